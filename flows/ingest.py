@@ -1,0 +1,91 @@
+"""``ingest_submission``: one submission from the landing zone to a published, verified archive version.
+
+Reads as the stages in order: intake, fetch, convert, pyramid, compress, qc,
+publish. Per-file and per-image stages fan out; a failure is recorded and
+the other images go on; the publish policy decides what a failure blocks.
+"""
+
+from __future__ import annotations
+
+from prefect import flow
+from pydantic import BaseModel, Field
+
+from zarrchive.cluster import cluster_for_run
+from zarrchive.config import load_settings
+from zarrchive.flows.fanout import gather
+from zarrchive.records import LineageRecord, Publication
+from zarrchive.staging import staging_area
+from zarrchive.tasks.compress import compress
+from zarrchive.tasks.convert import convert
+from zarrchive.tasks.fetch import fetch
+from zarrchive.tasks.intake import intake
+from zarrchive.tasks.publish import (
+    blocking_reasons, find_unchanged, image_outcomes, not_published, publish, unchanged_publication,
+    version_fingerprint,
+)
+from zarrchive.tasks.pyramid import pyramid
+from zarrchive.tasks.qc import qc
+
+
+class IngestRequest(BaseModel):
+    """What archive staff fill in to ingest one submission."""
+
+    submission: str = Field(description="Submission folder or fsspec URL (it holds submission.yaml)")
+    archive: str = Field(description="Archive root: a folder or fsspec URL such as s3://bucket/archive")
+    config: str | None = Field(default=None, description="YAML file merged over configs/default.yaml")
+
+
+@flow(name="ingest_submission", flow_run_name="ingest {request.submission}", validate_parameters=True)
+def ingest_submission(request: IngestRequest) -> Publication:
+    settings = load_settings(request.config)
+    lineage: list[LineageRecord] = []
+
+    submitted = intake(request.submission, request.archive, settings.archive)
+    lineage.append(submitted.lineage)
+    submission = submitted.output
+
+    with staging_area(settings.staging, submission.accession) as staging:
+        fetched = fetch(submission, staging, settings.fetch)
+        lineage.append(fetched.lineage)
+        files, failures = fetched.output.files, list(fetched.output.failures)
+
+        fingerprint = version_fingerprint(submission, files, settings)
+        if not failures and (latest := find_unchanged(request.archive, submission.accession, fingerprint)):
+            return unchanged_publication(submission, request.archive, latest)
+
+        entries = {entry.path: entry for entry in submission.doc.files}
+        with cluster_for_run(settings.cluster) as scheduler:
+            converted, failed = gather("convert", [
+                (convert.submit(f, entries[f.path], staging, settings.convert, scheduler), {"source_path": f.path})
+                for f in files if f.kind == "image"
+            ], lineage)
+            images = [image for batch in converted for image in batch]
+            failures += failed
+
+            images, failed = gather("pyramid", [
+                (pyramid.submit(image, settings.pyramid, scheduler), _who(image)) for image in images
+            ], lineage)
+            failures += failed
+
+            reports, failed = gather("compress", [
+                (compress.submit(image, staging, settings.compress, scheduler), _who(image)) for image in images
+            ], lineage)
+            failures += failed
+
+        images = [image for image in images if image.image_id in {r.image_id for r in reports}]
+        checked = qc(images, reports, settings.qc) if images else None
+        if checked:
+            lineage.append(checked.lineage)
+        qc_report = checked.output if checked else None
+
+        outcomes = image_outcomes(images, failures, qc_report, settings.publish)
+        if reasons := blocking_reasons(outcomes, qc_report):
+            return not_published(submission, request.archive, outcomes, reasons)
+        to_publish = {o.image_id for o in outcomes if o.status == "published"}
+        published = publish(submission, request.archive, fingerprint, files,
+                            [r for r in reports if r.image_id in to_publish], outcomes, qc_report, lineage)
+        return published.output
+
+
+def _who(image) -> dict:
+    return {"source_path": image.source_path, "image_id": image.image_id, "series": image.series}

@@ -1,0 +1,299 @@
+"""Convert: open a staged file with bioio and write each series as a level-0 OME-Zarr in staging.
+
+The reader is chosen from the file's content. Axes are mapped to OME-NGFF order
+(t, c, z, y, x; singleton t and z dropped), physical pixel sizes keep their
+units, channel names are carried over. Metadata the submission gives wins;
+where the file also has it and disagrees, the conflict is noted.
+Pixels are copied chunk by chunk on the Dask cluster, uncompressed: compression
+is its own stage.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import dask.array as da
+import numpy as np
+import tifffile
+import zarr
+from bioio import BioImage
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from zarrchive.cluster import client_for
+from zarrchive.config import ConvertSettings
+from zarrchive.errors import InputError, UnsupportedFormat
+from zarrchive.lineage import Traced, traced
+from zarrchive.ngff import multiscales_attrs
+from zarrchive.records import Axis, FileEntry, FileRecord, ImageRecord, Level, PixelSize
+from zarrchive.software import pixel_versions
+
+TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+
+# OME / ImageJ unit spellings -> OME-NGFF unit names, and their size in micrometers.
+LENGTH_UNITS = {
+    "µm": "micrometer", "um": "micrometer", "micron": "micrometer", "microns": "micrometer", "micrometer": "micrometer",
+    "\\u00B5m": "micrometer", "nm": "nanometer", "nanometer": "nanometer", "mm": "millimeter", "millimeter": "millimeter",
+    "cm": "centimeter", "centimeter": "centimeter", "m": "meter", "meter": "meter", "Å": "angstrom", "angstrom": "angstrom",
+    "pm": "picometer", "picometer": "picometer",
+}
+MICROMETERS = {"micrometer": 1.0, "nanometer": 1e-3, "millimeter": 1e3, "centimeter": 1e4, "meter": 1e6,
+               "angstrom": 1e-4, "picometer": 1e-6}
+TIME_UNITS = {"s": "second", "ms": "millisecond", "µs": "microsecond", "us": "microsecond", "min": "minute",
+              "h": "hour", "ns": "nanosecond"}
+
+
+@dataclass(frozen=True)
+class SourceMetadata:
+    """What the file itself says about one series."""
+
+    pixel_size: dict[str, float | None]  # z, y, x in ``unit``
+    unit: str | None
+    time_increment: float | None
+    time_unit: str | None
+    channel_names: list[str] | None  # None when the file names no channel
+
+
+# ---------------------------------------------------------------- reader choice
+
+
+def choose_reader(path: str, shown_as: str) -> type:
+    """The bioio reader for a file, chosen from its content (magic bytes, OME-XML), not its name."""
+    with open(path, "rb") as fh:
+        head = fh.read(4)
+    if head in TIFF_MAGIC:
+        try:
+            with tifffile.TiffFile(path) as tif:
+                is_ome = tif.is_ome
+        except Exception as exc:
+            raise InputError(shown_as, f"damaged TIFF: {exc}") from exc
+        if is_ome:
+            import bioio_ome_tiff
+
+            return bioio_ome_tiff.Reader
+        import bioio_tifffile
+
+        return bioio_tifffile.Reader
+    raise UnsupportedFormat(shown_as, "format not supported in this installation "
+                                      "(this version reads OME-TIFF and TIFF; the content is not TIFF)")
+
+
+# ---------------------------------------------------------------- metadata
+
+
+def _ome_metadata(img: BioImage, scene: int) -> SourceMetadata:
+    pixels = img.ome_metadata.images[scene].pixels
+
+    def unit_of(value: Any) -> str | None:
+        if value is None:
+            return None
+        text = getattr(value, "value", str(value))
+        return LENGTH_UNITS.get(text, None)
+
+    sizes = {"z": pixels.physical_size_z, "y": pixels.physical_size_y, "x": pixels.physical_size_x}
+    units = {ax: unit_of(getattr(pixels, f"physical_size_{ax}_unit")) for ax in "zyx" if sizes[ax] is not None}
+    unit = units.get("x") or units.get("y") or units.get("z")
+    # express every axis in the x unit so one unit serves all spatial axes
+    for ax, u in units.items():
+        if u and unit and u != unit and sizes[ax] is not None:
+            sizes[ax] = sizes[ax] * MICROMETERS[u] / MICROMETERS[unit]
+    names = [c.name for c in pixels.channels]
+    time_unit = getattr(pixels.time_increment_unit, "value", None) if pixels.time_increment else None
+    return SourceMetadata(
+        pixel_size=sizes, unit=unit if any(sizes.values()) else None,
+        time_increment=pixels.time_increment, time_unit=TIME_UNITS.get(time_unit or "", time_unit),
+        channel_names=names if names and all(names) else None,
+    )
+
+
+def _tiff_metadata(path: str, series: int) -> SourceMetadata:
+    """Calibration of a plain TIFF from ImageJ metadata or the resolution tags (centimetre only)."""
+    sizes: dict[str, float | None] = {"z": None, "y": None, "x": None}
+    unit = None
+    with tifffile.TiffFile(path) as tif:
+        page = tif.series[series].keyframe
+        ij = tif.imagej_metadata or {}
+        xres, yres = page.tags.get("XResolution"), page.tags.get("YResolution")
+        res_unit = page.tags.get("ResolutionUnit")
+
+        def size(tag: Any) -> float | None:
+            if tag is None:
+                return None
+            num, den = tag.value
+            return den / num if num else None
+
+        if ij.get("unit") in LENGTH_UNITS and xres is not None:
+            unit = LENGTH_UNITS[ij["unit"]]
+            sizes["x"], sizes["y"] = size(xres), size(yres)
+            sizes["z"] = float(ij["spacing"]) if ij.get("spacing") else None
+        elif res_unit is not None and int(res_unit.value) == 3 and xres is not None:  # centimetre
+            unit = "micrometer"
+            sizes["x"], sizes["y"] = (s * 1e4 if s else None for s in (size(xres), size(yres)))
+        finterval = ij.get("finterval")
+    return SourceMetadata(pixel_size=sizes, unit=unit, time_increment=float(finterval) if finterval else None,
+                          time_unit="second" if finterval else None, channel_names=None)
+
+
+def merge_metadata(
+    source: SourceMetadata, entry: FileEntry | None, n_channels: int, shown_as: str
+) -> tuple[dict[str, float | None], str | None, list[str], int | None, list[str]]:
+    """Combine file and submission metadata: the submission wins; disagreements become notes.
+
+    Returns pixel sizes (z, y, x), their unit, channel names (one per channel),
+    the number of names the submission gave (None if it gave none), and notes.
+    """
+    notes: list[str] = []
+    sizes = dict(source.pixel_size)
+    unit = source.unit
+    given: PixelSize | None = entry.pixel_size if entry else None
+    if given is not None:
+        for ax in "zyx":
+            value = getattr(given, ax)
+            if value is None:
+                continue
+            file_value = sizes.get(ax)
+            if file_value is not None and unit is not None:
+                in_um = file_value * MICROMETERS.get(unit, 1.0)
+                given_um = value * MICROMETERS.get(given.unit, 1.0)
+                if not math.isclose(in_um, given_um, rel_tol=1e-6):
+                    notes.append(f"{shown_as}: pixel_size.{ax}: the file says {file_value} {unit}, "
+                                 f"submission.yaml says {value} {given.unit}; using submission.yaml")
+        if unit and unit != given.unit:  # bring the file's own values into the submission's unit
+            sizes = {ax: (v * MICROMETERS[unit] / MICROMETERS[given.unit] if v is not None else None)
+                     for ax, v in sizes.items()}
+        unit = given.unit
+        for ax in "zyx":
+            if getattr(given, ax) is not None:
+                sizes[ax] = getattr(given, ax)
+    names_given = entry.channel_names if entry else None
+    if names_given is not None and len(names_given) == n_channels:
+        if source.channel_names and list(source.channel_names) != list(names_given):
+            notes.append(f"{shown_as}: channel_names: the file says {source.channel_names}, "
+                         f"submission.yaml says {names_given}; using submission.yaml")
+        names = list(names_given)
+    elif source.channel_names and len(source.channel_names) == n_channels:
+        names = list(source.channel_names)
+    else:
+        names = [f"C{i}" for i in range(n_channels)]
+    return sizes, unit, names, (len(names_given) if names_given is not None else None), notes
+
+
+# ---------------------------------------------------------------- identity
+
+
+def slug(path: str) -> str:
+    """A readable, path-safe image id from a submitted path: images/cell01.ome.tif -> images_cell01."""
+    stem = re.sub(r"(\.ome)?\.[A-Za-z0-9]+$", "", path)
+    return re.sub(r"[^A-Za-z0-9_-]+", "_", stem).strip("_") or "image"
+
+
+def conversion_id(source_sha256: str, series: int, settings: ConvertSettings, entry: FileEntry | None) -> str:
+    """Deterministic identity of one conversion: input bytes, series, settings, metadata given, software."""
+    payload = {
+        "source": source_sha256, "series": series, "settings": settings.model_dump(mode="json"),
+        "entry": entry.model_dump(mode="json") if entry else None, "software": pixel_versions(),
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:20]
+
+
+# ---------------------------------------------------------------- conversion
+
+
+def _pixels(img: BioImage, shown_as: str) -> tuple[da.Array, list[str] | None]:
+    """Pixels as a lazy TCZYX array; RGB(A) samples become channels."""
+    dims = img.dims
+    if "S" in dims.order and dims.S > 1:
+        if dims.C > 1:
+            raise InputError(shown_as, "images with both channels and colour samples are not supported")
+        data = img.get_image_dask_data("TCZYXS")[:, 0]  # T Z Y X S
+        return da.moveaxis(data, -1, 1), ["R", "G", "B", "A"][: dims.S]
+    return img.get_image_dask_data("TCZYX"), None
+
+
+def chunk_shape(axes: list[str], shape: tuple[int, ...], settings: ConvertSettings) -> tuple[int, ...]:
+    """One plane tile per chunk: 1 along t and c, ``chunk_z`` along z, ``chunk_xy`` along y and x."""
+    edge = {"t": 1, "c": 1, "z": settings.chunk_z, "y": settings.chunk_xy, "x": settings.chunk_xy}
+    return tuple(max(1, min(edge[a], n)) for a, n in zip(axes, shape))
+
+
+def convert_file(
+    file: FileRecord, entry: FileEntry | None, staging: str, settings: ConvertSettings, scheduler: str
+) -> list[ImageRecord]:
+    """Write every series of a staged file as a level-0 OME-Zarr under ``<staging>/convert/``."""
+    reader = choose_reader(file.staged_path, file.path)
+    try:
+        img = BioImage(file.staged_path, reader=reader)
+        scenes = list(img.scenes)
+    except Exception as exc:
+        raise InputError(file.path, f"cannot be read by {reader.__module__}: {exc}") from exc
+    base_id = slug(file.path)
+    images = []
+    for index, scene in enumerate(scenes):
+        img.set_scene(index)
+        images.append(_convert_series(img, reader, index, scene, len(scenes), file, entry, staging, settings,
+                                      scheduler, base_id))
+    return images
+
+
+def _convert_series(img, reader, index, scene, n_scenes, file, entry, staging, settings, scheduler, base_id):
+    shown_as = file.path if n_scenes == 1 else f"{file.path} [series {index}]"
+    data, sample_names = _pixels(img, shown_as)
+    if reader.__module__.startswith("bioio_ome_tiff"):
+        source = _ome_metadata(img, index)
+    else:
+        source = _tiff_metadata(file.staged_path, index)
+    if sample_names:
+        source = SourceMetadata(source.pixel_size, source.unit, source.time_increment, source.time_unit, sample_names)
+    t, c, z, _y, _x = data.shape
+    sizes, unit, names, names_given, notes = merge_metadata(source, entry, c, shown_as)
+
+    keep = [t > 1, True, z > 1, True, True]
+    index_expr = tuple(slice(None) if k else 0 for k in keep)
+    data = data[index_expr]
+    axis_names = [a for a, k in zip("tczyx", keep) if k]
+    axes, scale = [], []
+    for name in axis_names:
+        if name == "t":
+            axes.append(Axis(name="t", type="time", unit=source.time_unit if source.time_increment else None))
+            scale.append(float(source.time_increment or 1.0))
+        elif name == "c":
+            axes.append(Axis(name="c", type="channel"))
+            scale.append(1.0)
+        else:
+            value = sizes.get(name)
+            axes.append(Axis(name=name, type="space", unit=unit if value is not None else None))
+            scale.append(float(value) if value is not None else 1.0)
+
+    cid = conversion_id(file.sha256, index, settings, entry)
+    image_id = base_id if n_scenes == 1 else f"{base_id}_s{index}"
+    store = f"{staging.rstrip('/')}/convert/{cid}.ome.zarr"
+    shape = tuple(int(n) for n in data.shape)
+    chunks = chunk_shape(axis_names, shape, settings)
+    root = zarr.open_group(store, mode="w", zarr_format=3)
+    array = root.create_array("0", shape=shape, chunks=chunks, dtype=data.dtype, compressors=None,
+                              fill_value=0, dimension_names=axis_names)
+    with client_for(scheduler) as client:
+        client.compute(da.store(data.rechunk(chunks), array, lock=False, compute=False)).result()
+    record = ImageRecord(
+        image_id=image_id, conversion_id=cid, source_path=file.path, source_sha256=file.sha256, series=index,
+        series_name=str(scene), reader=reader.__module__.split(".")[0], store=store, axes=tuple(axes),
+        dtype=str(np.dtype(data.dtype)), channel_names=tuple(names), channel_names_given=names_given,
+        calibrated=any(v is not None for v in sizes.values()),
+        levels=(Level(path="0", shape=shape, chunks=chunks, scale=tuple(scale),
+                      translation=tuple(0.0 for _ in scale)),),
+        notes=tuple(notes),
+    )
+    root.update_attributes({"ome": multiscales_attrs(record)})
+    return record
+
+
+@task(name="convert", cache_policy=NO_CACHE, tags=["pixels"])
+def convert(
+    file: FileRecord, entry: FileEntry | None, staging: str, settings: ConvertSettings, scheduler: str
+) -> Traced[list[ImageRecord]]:
+    return traced("convert", convert_file, file, entry, staging, settings, scheduler)

@@ -1,0 +1,224 @@
+"""Publish: copy a version into ``<archive>/<accession>/v<N>/``, verify it, and commit it with its manifest.
+
+Layout of a version: ``images/<image-id>.ome.zarr``, ``originals/<submitted path>``,
+``qc/report.json``, ``ro-crate-metadata.json`` and ``manifest.json``. Every
+object is re-read after upload and its sha256 compared. ``manifest.json`` is
+written last: it is the commit point, so a version folder without one was never
+published (a crashed attempt) and is replaced by the next attempt.
+``versions.json`` is an index rebuilt from the manifests.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import re
+from typing import Any
+
+import fsspec
+from prefect import task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+
+from zarrchive.config import Settings
+from zarrchive.errors import TransientError
+from zarrchive.lineage import Traced, build_crate, traced
+from zarrchive.config import PublishSettings
+from zarrchive.records import (
+    CompressionReport, Failure, FileRecord, ImageOutcome, ImageRecord, LineageRecord, ManifestEntry, Publication,
+    QCReport, Submission,
+)
+from zarrchive.tasks.convert import slug
+from zarrchive.runtime import retry_transient
+from zarrchive.software import pixel_versions
+from zarrchive.storage import (
+    copy_hashing, dumps, join, read_json, resolve, sha256_stream, to_url, walk_files, write_bytes_atomic,
+)
+
+VERSION_RE = re.compile(r"^v(\d+)$")
+
+
+# ---------------------------------------------------------------- reading what is published
+
+
+def published_versions(archive: str, accession: str) -> list[dict[str, Any]]:
+    """The manifests of every committed version of ``accession``, oldest first."""
+    fs, root = resolve(archive)
+    acc = join(root, accession)
+    if not fs.isdir(acc):
+        return []
+    found = []
+    for name in (p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(acc, detail=False)):
+        if VERSION_RE.match(name) and fs.isfile(join(acc, name, "manifest.json")):
+            found.append(read_json(fs, join(acc, name, "manifest.json")))
+    return sorted(found, key=lambda m: m["version"])
+
+
+def version_fingerprint(submission: Submission, files: list[FileRecord], settings: Settings) -> str:
+    """What a version is made of: submission metadata, file bytes, pixel settings, pixel software."""
+    payload = {
+        "doc": submission.doc.model_dump(mode="json"),
+        "files": sorted((f.path, f.sha256) for f in files),
+        "settings": {k: getattr(settings, k).model_dump(mode="json")
+                     for k in ("convert", "pyramid", "compress", "qc", "publish")},
+        "software": pixel_versions(),
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def find_unchanged(archive: str, accession: str, fingerprint: str) -> dict[str, Any] | None:
+    """The manifest of the latest version when it was made from exactly this input; else None."""
+    versions = published_versions(archive, accession)
+    if versions and versions[-1].get("fingerprint") == fingerprint:
+        return versions[-1]
+    return None
+
+
+# ---------------------------------------------------------------- deciding what to publish
+
+
+def image_outcomes(images: list[ImageRecord], failures: list[Failure], qc_report: QCReport | None,
+                   settings: PublishSettings) -> list[ImageOutcome]:
+    """The fate of every image and failed file: failed, blocked by QC errors, or to be published."""
+    outcomes = [ImageOutcome(image_id=f.image_id or slug(f.source_path), source_path=f.source_path, series=f.series,
+                             status="failed", error=f"{f.stage}: {f.error}") for f in failures]
+    for image in images:
+        qc = qc_report.image_status(image.image_id) if qc_report else "not run"
+        errors = [x.message for x in qc_report.errors if x.image_id == image.image_id] if qc_report else []
+        outcomes.append(ImageOutcome(image_id=image.image_id, source_path=image.source_path, series=image.series,
+                                     status="blocked" if errors else "published", qc=qc,
+                                     error="; ".join(f"qc: {m}" for m in errors) or None))
+    if settings.on_image_error == "block_submission" and any(o.status != "published" for o in outcomes):
+        outcomes = [o.model_copy(update={"status": "blocked"}) if o.status == "published" else o for o in outcomes]
+    return outcomes
+
+
+def blocking_reasons(outcomes: list[ImageOutcome], qc_report: QCReport | None) -> list[str]:
+    """Why nothing can be published (empty when something can)."""
+    if any(o.status == "published" for o in outcomes):
+        return []
+    reasons = [f"{o.source_path}: {o.error}" for o in outcomes if o.error]
+    if qc_report:
+        reasons += [f"qc: {f.message}" for f in qc_report.errors if f.image_id is None]
+    if any(o.status == "blocked" and not o.error for o in outcomes):
+        reasons.append("publish.on_image_error is block_submission: one failed image blocks the whole version")
+    return reasons or ["the submission lists no image that could be converted"]
+
+
+def not_published(submission: Submission, archive: str, outcomes: list[ImageOutcome], reasons: list[str],
+                  status: str = "blocked") -> Publication:
+    fs, root = resolve(archive)
+    return Publication(accession=submission.accession, status=status, archive=to_url(fs, root), images=outcomes,
+                       reasons=reasons)
+
+
+# ---------------------------------------------------------------- writing a version
+
+
+def _upload(fs: fsspec.AbstractFileSystem, src: str, dst: str) -> ManifestEntry:
+    size, sha256 = copy_hashing(fsspec.filesystem("file"), src, fs, dst)
+    return ManifestEntry(path=dst, size=size, sha256=sha256)
+
+
+def _put_bytes(fs: fsspec.AbstractFileSystem, dst: str, data: bytes) -> ManifestEntry:
+    return ManifestEntry(path=dst, size=len(data), sha256=write_bytes_atomic(fs, dst, data))
+
+
+def publish_version(
+    submission: Submission,
+    archive: str,
+    fingerprint: str,
+    files: list[FileRecord],
+    reports: list[CompressionReport],
+    outcomes: list[ImageOutcome],
+    qc_report: QCReport,
+    lineage: list[LineageRecord],
+) -> Publication:
+    """Upload, verify and commit a new version; return what was published."""
+    fs, root = resolve(archive)
+    acc = join(root, submission.accession)
+    versions = published_versions(archive, submission.accession)
+    if versions and versions[-1].get("fingerprint") == fingerprint:
+        return unchanged_publication(submission, archive, versions[-1], outcomes)
+    number = (versions[-1]["version"] if versions else 0) + 1
+    vdir = join(acc, f"v{number}")
+    if fs.exists(vdir):  # an earlier attempt crashed before its manifest: it was never published
+        fs.rm(vdir, recursive=True)
+
+    entries: list[ManifestEntry] = []
+    published_paths: dict[str, str] = {}
+    for report in reports:
+        rel_store = f"images/{report.image_id}.ome.zarr"
+        published_paths[report.store] = rel_store + "/"
+        for rel in walk_files(report.store):
+            entries.append(_upload(fs, os.path.join(report.store, rel), join(vdir, rel_store, rel)))
+    for file in files:
+        rel = f"originals/{file.path}"
+        entry = _upload(fs, file.staged_path, join(vdir, rel))
+        if entry.sha256 != file.sha256:
+            raise TransientError(f"{file.path}: staged copy changed since fetch (sha256 {entry.sha256})")
+        published_paths[file.staged_path] = rel
+        entries.append(entry)
+    qc_doc = {"suite": qc_report.suite, "images": qc_report.rows,
+              "findings": [f.model_dump() for f in qc_report.findings],
+              "errors": len(qc_report.errors), "warnings": len(qc_report.warnings)}
+    entries.append(_put_bytes(fs, join(vdir, "qc/report.json"), dumps(qc_doc)))
+    relative = [ManifestEntry(path=e.path[len(vdir) + 1:], size=e.size, sha256=e.sha256) for e in entries]
+    crate = build_crate(submission, number, lineage, relative, published_paths)
+    entries.append(_put_bytes(fs, join(vdir, "ro-crate-metadata.json"), dumps(crate)))
+    relative = [ManifestEntry(path=e.path[len(vdir) + 1:], size=e.size, sha256=e.sha256) for e in entries]
+
+    for entry in entries:  # re-verify every object as stored
+        size, sha256 = sha256_stream(fs, entry.path)
+        if (size, sha256) != (entry.size, entry.sha256):
+            raise TransientError(f"{to_url(fs, entry.path)}: stored object does not match what was uploaded")
+
+    created = dt.datetime.now(dt.timezone.utc).isoformat()
+    images = [o.model_copy(update={"path": f"images/{o.image_id}.ome.zarr"}) if o.status == "published" else o
+              for o in outcomes]
+    manifest = {
+        "accession": submission.accession, "version": number, "created": created, "fingerprint": fingerprint,
+        "title": submission.doc.title, "release_date": submission.doc.release_date.isoformat(),
+        "embargoed": submission.embargoed, "submission": submission.source,
+        "images": [o.model_dump() for o in images],
+        "files": [e.model_dump() for e in sorted(relative, key=lambda e: e.path)],
+    }
+    _put_bytes(fs, join(vdir, "manifest.json"), dumps(manifest))  # the commit point
+    index = [{"version": m["version"], "created": m["created"], "fingerprint": m["fingerprint"],
+              "files": len(m["files"]), "bytes": sum(f["size"] for f in m["files"])}
+             for m in published_versions(archive, submission.accession)]
+    _put_bytes(fs, join(acc, "versions.json"), dumps(index))
+    return Publication(accession=submission.accession, status="published", version=number, archive=to_url(fs, root),
+                       version_uri=to_url(fs, vdir), fingerprint=fingerprint, images=images)
+
+
+def unchanged_publication(submission: Submission, archive: str, manifest: dict[str, Any],
+                          outcomes: list[ImageOutcome] = ()) -> Publication:
+    fs, root = resolve(archive)
+    images = [ImageOutcome.model_validate({**img, "status": "unchanged"}) for img in manifest.get("images", [])]
+    return Publication(
+        accession=submission.accession, status="unchanged", version=manifest["version"], archive=to_url(fs, root),
+        version_uri=to_url(fs, join(root, submission.accession, f"v{manifest['version']}")),
+        fingerprint=manifest["fingerprint"], images=images or list(outcomes),
+        reasons=[f"the submission is unchanged since version {manifest['version']}; nothing new was published"],
+    )
+
+
+@task(name="publish", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 10],
+      retry_condition_fn=retry_transient)
+def publish(
+    submission: Submission, archive: str, fingerprint: str, files: list[FileRecord],
+    reports: list[CompressionReport], outcomes: list[ImageOutcome], qc_report: QCReport,
+    lineage: list[LineageRecord],
+) -> Traced[Publication]:
+    result = traced("publish", publish_version, submission, archive, fingerprint, files, reports, outcomes,
+                    qc_report, lineage)
+    pub = result.output
+    create_markdown_artifact(
+        f"# {pub.accession} v{pub.version}: {pub.status}\n\n[{pub.version_uri}]({pub.version_uri})\n\n"
+        + "\n".join(f"- `{o.image_id}` ({o.source_path}): {o.status}, QC {o.qc}" for o in pub.images),
+        key="publication", description="What was published",
+    )
+    return result

@@ -1,0 +1,166 @@
+"""The ``zarrchive`` command line.
+
+Exit codes: 0 a version was published (or the submission is unchanged since its
+latest version), 1 nothing was published (the reasons are printed), 2 usage or
+configuration errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from zarrchive.errors import ConfigError, SubmissionError, ZarrchiveError
+from zarrchive.records import Publication
+
+EXIT_OK, EXIT_NOT_PUBLISHED, EXIT_USAGE = 0, 1, 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="zarrchive", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    ingest = sub.add_parser("ingest", help="ingest one submission folder (or fsspec URL) into an archive")
+    ingest.add_argument("submission", help="folder or URL holding submission.yaml and the files it lists")
+    ingest.add_argument("--archive", required=True, help="archive root: a folder or fsspec URL")
+    ingest.add_argument("--config", help="YAML merged over configs/default.yaml")
+    ingest.add_argument("--json", action="store_true", help="print one JSON object for scripts")
+
+    demo = sub.add_parser("demo", help="generate a sample submission and ingest it")
+    demo.add_argument("--archive", default="zarrchive-demo/archive", help="archive folder (default: %(default)s)")
+    demo.add_argument("--config", help="YAML merged over configs/default.yaml")
+    demo.add_argument("--json", action="store_true", help="print one JSON object for scripts")
+
+    show = sub.add_parser("show", help="print what is published under an accession")
+    show.add_argument("accession")
+    show.add_argument("--archive", required=True)
+    show.add_argument("--json", action="store_true")
+
+    submission = sub.add_parser("submission", help="help depositors prepare a submission")
+    sub_cmds = submission.add_subparsers(dest="action", required=True)
+    new = sub_cmds.add_parser("new", help="write a submission.yaml template listing the files in DIR")
+    new.add_argument("dir")
+    new.add_argument("--force", action="store_true", help="overwrite an existing submission.yaml")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "ingest":
+            return _ingest(args.submission, args.archive, args.config, args.json)
+        if args.command == "demo":
+            from zarrchive.demo import make_sample_submission
+
+            folder = make_sample_submission(Path(args.archive).resolve().parent / "submission")
+            if not args.json:
+                print(f"Sample submission: {folder}")
+            return _ingest(str(folder), args.archive, args.config, args.json)
+        if args.command == "show":
+            return _show(args.accession, args.archive, args.json)
+        if args.command == "submission":
+            return _submission_new(args.dir, args.force)
+    except ConfigError as exc:
+        print(f"zarrchive: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    return EXIT_USAGE
+
+
+def _ingest(submission: str, archive: str, config: str | None, as_json: bool) -> int:
+    from zarrchive.config import load_settings
+
+    load_settings(config)  # configuration errors are usage errors: report them before anything runs
+    from zarrchive.flows.ingest import IngestRequest, ingest_submission
+
+    try:
+        publication = ingest_submission(IngestRequest(submission=submission, archive=archive, config=config))
+    except SubmissionError as exc:
+        return _refused(submission, archive, exc.problems, as_json)
+    except ConfigError:
+        raise
+    except ZarrchiveError as exc:
+        return _refused(submission, archive, [str(exc)], as_json)
+    _report(publication, as_json)
+    return EXIT_OK if publication.status in ("published", "unchanged") else EXIT_NOT_PUBLISHED
+
+
+def _refused(submission: str, archive: str, problems: list[str], as_json: bool) -> int:
+    if as_json:
+        print(json.dumps({"status": "refused", "submission": submission, "archive": archive, "reasons": problems}))
+    else:
+        print(f"Submission {submission} refused; nothing was published:", file=sys.stderr)
+        for line in problems:
+            print(f"  {line}", file=sys.stderr)
+    return EXIT_NOT_PUBLISHED
+
+
+def _report(pub: Publication, as_json: bool) -> None:
+    if as_json:
+        print(pub.model_dump_json())
+        return
+    headline = {
+        "published": f"Published {pub.accession} v{pub.version}: {pub.version_uri}",
+        "unchanged": f"Unchanged: {pub.accession} v{pub.version} already holds this submission: {pub.version_uri}",
+        "blocked": f"Nothing published for {pub.accession}: blocked",
+        "failed": f"Nothing published for {pub.accession}: failed",
+    }[pub.status]
+    print(headline)
+    for o in pub.images:
+        where = f" -> {o.path}" if o.path else ""
+        print(f"  {o.image_id} ({o.source_path}): {o.status}, QC {o.qc}{where}" + (f"\n    {o.error}" if o.error else ""))
+    for reason in pub.reasons:
+        print(f"  reason: {reason}")
+
+
+def _show(accession: str, archive: str, as_json: bool) -> int:
+    from zarrchive.tasks.publish import published_versions
+
+    versions = published_versions(archive, accession)
+    if not versions:
+        print(f"zarrchive: no published version of {accession} in {archive}", file=sys.stderr)
+        return EXIT_NOT_PUBLISHED
+    if as_json:
+        print(json.dumps(versions, default=str))
+        return EXIT_OK
+    latest = versions[-1]
+    print(f"{accession}: {latest['title']}")
+    print(f"  release date {latest['release_date']}" + (" (embargoed)" if latest.get("embargoed") else ""))
+    for m in versions:
+        size = sum(f["size"] for f in m["files"])
+        print(f"  v{m['version']}  {m['created']}  {len(m['files'])} objects, {_human(size)}")
+        for img in m["images"]:
+            img_size = sum(f["size"] for f in m["files"] if img.get("path") and f["path"].startswith(img["path"] + "/"))
+            print(f"    {img['image_id']:<28} {img['status']:<10} QC {img['qc']:<8} {_human(img_size):>10}  "
+                  f"{img.get('path') or img.get('error') or ''}")
+    return EXIT_OK
+
+
+def _human(size: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if size < 1000 or unit == "TB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    return f"{size} B"
+
+
+def _submission_new(folder: str, force: bool) -> int:
+    from zarrchive.tasks.intake import SUBMISSION_FILE, template_for
+
+    target = Path(folder) / SUBMISSION_FILE
+    if not Path(folder).is_dir():
+        print(f"zarrchive: {folder}: not a folder", file=sys.stderr)
+        return EXIT_USAGE
+    if target.exists() and not force:
+        print(f"zarrchive: {target} exists (use --force to overwrite)", file=sys.stderr)
+        return EXIT_USAGE
+    target.write_text(template_for(folder))
+    print(f"Wrote {target}: complete the TODO fields, then run 'zarrchive ingest {folder} --archive ...'")
+    return EXIT_OK
+
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,48 @@
+"""The Dask distributed cluster that does the array work of a run.
+
+By default a ``LocalCluster`` is started for the run and closed after it; with
+``cluster.address`` set, an existing scheduler is used and left running.
+Tasks receive only the scheduler address and connect with ``client_for``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import Iterator
+
+from distributed import Client, LocalCluster
+
+from zarrchive.config import ClusterSettings
+
+
+@contextlib.contextmanager
+def cluster_for_run(settings: ClusterSettings) -> Iterator[str]:
+    """Yield the scheduler address of the run's cluster (started here unless configured)."""
+    if settings.address:
+        yield settings.address
+        return
+    n_workers = settings.n_workers or max(1, os.cpu_count() or 1)
+    cluster = LocalCluster(
+        n_workers=n_workers,
+        threads_per_worker=settings.threads_per_worker,
+        memory_limit=settings.memory_limit,
+        processes=True,
+        dashboard_address=None,
+        host="127.0.0.1",
+    )
+    try:
+        yield cluster.scheduler_address
+    finally:
+        cluster.close()
+
+
+@contextlib.contextmanager
+def client_for(address: str) -> Iterator[Client]:
+    """A client of the scheduler at ``address`` for the duration of one stage."""
+    client = Client(address, set_as_default=False, timeout="30s")
+    try:
+        with client.as_current():
+            yield client
+    finally:
+        client.close()

@@ -1,0 +1,129 @@
+"""Configuration: YAML validated by pydantic models, loaded once at the flow boundary.
+
+``configs/default.yaml`` holds the embedded defaults; a user's file is merged
+over it key by key. Each stage receives only its own slice.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from zarrchive.errors import ConfigError
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ArchiveSettings(Section):
+    accession_prefix: str = Field(pattern=r"^[A-Z][A-Z0-9-]{0,15}$")
+    accession_digits: int = Field(ge=1, le=12)
+
+
+class StagingSettings(Section):
+    root: str | None = None
+    keep: bool = False
+
+
+class FetchSettings(Section):
+    block_size: int = Field(gt=0)
+    retries: int = Field(ge=0)
+    retry_delay_seconds: list[float]
+
+
+class ConvertSettings(Section):
+    chunk_xy: int = Field(ge=16, multiple_of=2)
+    chunk_z: int = Field(ge=1)
+
+
+class PyramidSettings(Section):
+    method: Literal["mean"]
+    max_levels: int = Field(ge=1)
+
+
+class CompressSettings(Section):
+    codec: Literal["blosc", "zstd"]
+    cname: Literal["zstd", "lz4", "lz4hc", "zlib", "blosclz"] = "zstd"
+    clevel: int = Field(ge=0, le=22)
+    shuffle: Literal["shuffle", "bitshuffle", "noshuffle"] = "shuffle"
+
+
+class ClusterSettings(Section):
+    address: str | None = None
+    n_workers: int | None = Field(default=None, ge=1)
+    threads_per_worker: int = Field(ge=1)
+    memory_limit: str
+
+
+class QCSettings(Section):
+    suite: str
+
+
+class PublishSettings(Section):
+    on_image_error: Literal["block_submission", "skip_image"]
+
+
+class Settings(Section):
+    archive: ArchiveSettings
+    staging: StagingSettings
+    fetch: FetchSettings
+    convert: ConvertSettings
+    pyramid: PyramidSettings
+    compress: CompressSettings
+    cluster: ClusterSettings
+    qc: QCSettings
+    publish: PublishSettings
+
+
+def config_dir() -> Path:
+    """Where the shipped configuration files live (``configs/`` in the repository)."""
+    return Path(str(resources.files("zarrchive.configs")))
+
+
+def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(str(path), [str(exc)]) from exc
+    if not isinstance(data, dict):
+        raise ConfigError(str(path), ["the top level must be a mapping"])
+    return data
+
+
+def load_settings(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Settings:
+    """Load the defaults, merge ``path`` and then ``overrides`` over them, and validate."""
+    data = _read_yaml(config_dir() / "default.yaml")
+    source = "configs/default.yaml"
+    if path is not None:
+        data = _merge(data, _read_yaml(Path(path)))
+        source = str(path)
+    if overrides:
+        data = _merge(data, overrides)
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(source, format_validation_error(exc)) from exc
+
+
+def format_validation_error(exc: ValidationError) -> list[str]:
+    """One line per problem, naming the field by its dotted path."""
+    lines = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        lines.append(f"{where}: {err['msg']}")
+    return lines

@@ -1,0 +1,63 @@
+"""The one error tree of zarrchive.
+
+``TransientError`` marks what is worth retrying and is the only thing task
+retries retry. ``InputError`` names the file (or field) and the reason.
+"""
+
+from __future__ import annotations
+
+
+class ZarrchiveError(Exception):
+    """Root of every error zarrchive raises on purpose."""
+
+
+class ConfigError(ZarrchiveError):
+    """The configuration is invalid; ``problems`` holds one line per problem."""
+
+    def __init__(self, source: str, problems: list[str]):
+        self.source = source
+        self.problems = problems
+        super().__init__(f"invalid configuration {source}:\n" + "\n".join(f"  {p}" for p in problems))
+
+
+class InputError(ZarrchiveError):
+    """Bad input from a depositor: names the file (or field) and the reason."""
+
+    def __init__(self, file: str, reason: str):
+        self.file = file
+        self.reason = reason
+        super().__init__(f"{file}: {reason}")
+
+
+class SubmissionError(ZarrchiveError):
+    """The submission was refused before any data moved; one line per problem."""
+
+    def __init__(self, source: str, problems: list[str]):
+        self.source = source
+        self.problems = problems
+        super().__init__(f"submission {source} refused:\n" + "\n".join(f"  {p}" for p in problems))
+
+
+class ChecksumMismatch(InputError):
+    """A file's bytes do not match the checksum given for it."""
+
+
+class UnsupportedFormat(InputError):
+    """No installed reader can open the file."""
+
+
+class VerificationError(ZarrchiveError):
+    """Written data does not decode to the source data (losslessness violated)."""
+
+
+class TransientError(ZarrchiveError):
+    """A failure worth retrying: network or storage hiccups, not bad data."""
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether ``exc`` is worth a retry: our TransientError or an OS-level I/O fault."""
+    if isinstance(exc, TransientError):
+        return True
+    if isinstance(exc, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)):
+        return False
+    return isinstance(exc, (ConnectionError, TimeoutError)) or type(exc) is OSError

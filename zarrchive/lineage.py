@@ -1,0 +1,208 @@
+"""Lineage: what each stage did, recorded as it runs, written as an RO-Crate with the data.
+
+``traced`` runs a pure stage function and returns its output together with a
+``LineageRecord`` (inputs and outputs with checksums, parameters, software,
+times, host, Prefect run ids). ``build_crate`` turns a run's records into an
+RO-Crate (Process Run Crate profile) for the published version.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import socket
+from typing import Any, Callable, Generic, Iterable, TypeVar
+
+from pydantic import BaseModel, ConfigDict
+
+from zarrchive import __version__
+from zarrchive.records import Entity, LineageRecord, ManifestEntry, Submission
+from zarrchive.software import versions
+
+T = TypeVar("T")
+
+RO_CRATE = "https://w3id.org/ro/crate/1.1"
+PROCESS_RUN_CRATE = "https://w3id.org/ro/wfrun/process/0.5"
+WORKFLOW_RUN_CRATE = "https://w3id.org/ro/wfrun/workflow/0.5"
+
+
+class Traced(BaseModel, Generic[T]):
+    """A stage's output together with the lineage of the call that made it."""
+
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+
+    output: T
+    lineage: LineageRecord
+
+
+def _entities(value: Any) -> list[Entity]:
+    if hasattr(value, "entities"):
+        return list(value.entities())
+    if isinstance(value, (list, tuple)):
+        return [e for item in value for e in _entities(item)]
+    return []
+
+
+def _parameters(args: Iterable[Any]) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    for value in args:
+        if isinstance(value, BaseModel) and not hasattr(value, "entities"):
+            params[type(value).__name__] = value.model_dump(mode="json")
+    return params
+
+
+def _prefect_ids() -> tuple[str | None, str | None]:
+    try:
+        from prefect.runtime import flow_run, task_run
+
+        return (str(flow_run.id) if flow_run.id else None, str(task_run.id) if task_run.id else None)
+    except Exception:  # outside a Prefect run there is no run id
+        return None, None
+
+
+def traced(stage: str, fn: Callable[..., T], *args: Any, image_id: str | None = None, **kwargs: Any) -> Traced[T]:
+    """Call ``fn(*args, **kwargs)`` and record its lineage.
+
+    Inputs are the entities of the record arguments, outputs those of the
+    result, parameters the configuration sections among the arguments.
+    """
+    started = dt.datetime.now(dt.timezone.utc)
+    output = fn(*args, **kwargs)
+    ended = dt.datetime.now(dt.timezone.utc)
+    flow_run_id, task_run_id = _prefect_ids()
+    record = LineageRecord(
+        stage=stage,
+        image_id=image_id,
+        inputs=_entities(list(args) + list(kwargs.values())),
+        outputs=_entities(output),
+        parameters=_parameters(list(args) + list(kwargs.values())),
+        software=versions(),
+        started=started,
+        ended=ended,
+        host=socket.gethostname(),
+        flow_run_id=flow_run_id,
+        task_run_id=task_run_id,
+    )
+    return Traced[Any](output=output, lineage=record)
+
+
+# ---------------------------------------------------------------- RO-Crate
+
+
+def build_crate(
+    submission: Submission,
+    version: int,
+    lineage: list[LineageRecord],
+    manifest: list[ManifestEntry],
+    published_paths: dict[str, str],
+) -> dict[str, Any]:
+    """The ``ro-crate-metadata.json`` document of one published version.
+
+    ``published_paths`` maps a staging URI (as lineage knows it) to the path of
+    the object in the version, so actions point at the published objects.
+    Every file entity carries its size and sha256.
+    """
+    doc = submission.doc
+    graph: list[dict[str, Any]] = []
+    files_by_path = {entry.path: entry for entry in manifest}
+
+    def ref(entity: Entity) -> dict[str, str]:
+        return {"@id": published_paths.get(entity.uri, entity.uri)}
+
+    parts: list[dict[str, str]] = []
+    entities: dict[str, dict[str, Any]] = {}
+    for entry in manifest:
+        top = entry.path.split("/", 2)
+        if top[0] == "images" and len(top) > 1:
+            store = f"images/{top[1]}/"
+            if store not in entities:
+                entities[store] = {"@id": store, "@type": "Dataset", "encodingFormat": "application/x-zarr",
+                                   "conformsTo": {"@id": "https://ngff.openmicroscopy.org/0.5/"}, "hasPart": []}
+            entities[store]["hasPart"].append({"@id": entry.path})
+        entities[entry.path] = {"@id": entry.path, "@type": "File", "contentSize": entry.size, "sha256": entry.sha256}
+    for key, entity in entities.items():
+        if entity["@type"] == "Dataset" or not key.startswith("images/"):
+            parts.append({"@id": key})
+
+    software_ids = []
+    for name, ver in sorted(versions().items()):
+        sid = f"#software/{name}"
+        software_ids.append({"@id": sid})
+        graph.append({"@id": sid, "@type": "SoftwareApplication", "name": name, "softwareVersion": ver})
+
+    actions = []
+    sources: dict[str, dict[str, Any]] = {}
+    for i, rec in enumerate(lineage):
+        aid = f"#action/{i:04d}-{rec.stage}" + (f"-{rec.image_id}" if rec.image_id else "")
+        actions.append({"@id": aid})
+        for ent in [*rec.inputs, *rec.outputs]:
+            if ent.uri not in published_paths:  # a source in the landing zone or a staging intermediate
+                sources.setdefault(ent.uri, _entity_node(ent))
+        action = {
+            "@id": aid,
+            "@type": "CreateAction",
+            "name": f"{rec.stage}" + (f" {rec.image_id}" if rec.image_id else ""),
+            "instrument": {"@id": "#workflow/ingest_submission"},
+            "object": [ref(e) for e in rec.inputs],
+            "result": [ref(e) for e in rec.outputs],
+            "startTime": rec.started.isoformat(),
+            "endTime": rec.ended.isoformat(),
+            "actionStatus": {"@id": "http://schema.org/CompletedActionStatus" if rec.outcome == "success"
+                             else "http://schema.org/FailedActionStatus"},
+            "zarrchive:stage": rec.stage,
+            "zarrchive:parameters": rec.parameters,
+            "zarrchive:host": rec.host,
+        }
+        if rec.flow_run_id:
+            action["zarrchive:prefectFlowRun"] = rec.flow_run_id
+        if rec.task_run_id:
+            action["zarrchive:prefectTaskRun"] = rec.task_run_id
+        if rec.error:
+            action["error"] = rec.error
+        graph.append(action)
+
+    root = {
+        "@id": "./",
+        "@type": "Dataset",
+        "name": doc.title,
+        "description": doc.description,
+        "identifier": f"{submission.accession}/v{version}",
+        "license": {"@id": f"https://spdx.org/licenses/{doc.license}"},
+        "datePublished": dt.date.today().isoformat(),
+        "author": [{"@id": _author_id(a.orcid, a.name)} for a in doc.authors],
+        "hasPart": parts,
+        "mentions": actions,
+        "conformsTo": [{"@id": PROCESS_RUN_CRATE}],
+    }
+    if doc.publication:
+        root["citation"] = {"@id": f"https://doi.org/{doc.publication.doi}"}
+    graph[:0] = [
+        {"@id": "ro-crate-metadata.json", "@type": "CreativeWork",
+         "conformsTo": {"@id": RO_CRATE}, "about": {"@id": "./"}},
+        root,
+        {"@id": PROCESS_RUN_CRATE, "@type": "CreativeWork", "name": "Process Run Crate", "version": "0.5"},
+        {"@id": "#workflow/ingest_submission", "@type": "SoftwareApplication", "name": "zarrchive ingest_submission",
+         "softwareVersion": __version__, "softwareRequirements": software_ids},
+    ]
+    for a in doc.authors:
+        person = {"@id": _author_id(a.orcid, a.name), "@type": "Person", "name": a.name}
+        if a.email:
+            person["email"] = a.email
+        if a.affiliation:
+            person["affiliation"] = a.affiliation
+        graph.append(person)
+    graph.extend(entities.values())
+    graph.extend(sources.values())
+    return {"@context": "https://w3id.org/ro/crate/1.1/context", "@graph": graph}
+
+
+def _author_id(orcid: str | None, name: str) -> str:
+    return f"https://orcid.org/{orcid}" if orcid else f"#person/{name.replace(' ', '_')}"
+
+
+def _entity_node(entity: Entity) -> dict[str, Any]:
+    node: dict[str, Any] = {"@id": entity.uri, "@type": "File" if entity.kind == "file" else "Dataset"}
+    if entity.size is not None:
+        node["contentSize"] = entity.size
+    if entity.sha256:
+        node["sha256"] = entity.sha256
+    return node

@@ -1,0 +1,326 @@
+"""The records that cross stage boundaries, defined once.
+
+Every record is a frozen pydantic model with ``extra="forbid"``. Records carry
+references (URIs, paths, sizes, checksums) and metadata, never pixels.
+The submission format (``submission.yaml``, version 1) is defined here too,
+because it is the first record of every run.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+
+class Record(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+# ---------------------------------------------------------------- lineage entities
+
+
+class Entity(Record):
+    """Something lineage talks about: a file or a Zarr store, with its checksum."""
+
+    uri: str
+    kind: Literal["file", "zarr"] = "file"
+    size: int | None = None
+    sha256: str | None = None
+
+
+# ---------------------------------------------------------------- submission format v1
+
+SHA256_RE = r"^[0-9a-f]{64}$"
+SPACE_UNITS = (
+    "angstrom", "attometer", "centimeter", "decimeter", "exameter", "femtometer", "foot",
+    "gigameter", "hectometer", "inch", "kilometer", "megameter", "meter", "micrometer", "mile",
+    "millimeter", "nanometer", "parsec", "petameter", "picometer", "terameter", "yard",
+    "yoctometer", "yottameter", "zeptometer", "zettameter",
+)
+SpaceUnit = Literal[SPACE_UNITS]  # type: ignore[valid-type]
+
+
+class Author(Record):
+    name: str = Field(min_length=1)
+    email: str | None = Field(default=None, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+    orcid: str | None = Field(default=None, pattern=r"^\d{4}-\d{4}-\d{4}-\d{3}[\dX]$")
+    affiliation: str | None = None
+
+
+class Organism(Record):
+    scientific_name: str = Field(min_length=1)
+    ncbi_taxon: int | None = Field(default=None, gt=0)
+
+
+class ImagingMethod(Record):
+    name: str = Field(min_length=1)
+    fbbi_id: str | None = Field(default=None, pattern=r"^FBbi:\d{8}$")
+
+
+class PublicationRef(Record):
+    doi: str = Field(pattern=r"^10\.\d{4,9}/\S+$")
+
+
+class PixelSize(Record):
+    """Physical size of one pixel along each spatial axis."""
+
+    x: float | None = Field(default=None, gt=0)
+    y: float | None = Field(default=None, gt=0)
+    z: float | None = Field(default=None, gt=0)
+    unit: SpaceUnit = "micrometer"
+
+
+class FileEntry(Record):
+    """One file listed in ``submission.yaml``."""
+
+    path: str = Field(min_length=1)
+    sha256: str | None = Field(default=None, pattern=SHA256_RE)
+    kind: Literal["image", "label", "attachment"] = "image"
+    pixel_size: PixelSize | None = None
+    channel_names: list[str] | None = None
+
+    @field_validator("path")
+    @classmethod
+    def _relative_inside(cls, path: str) -> str:
+        return parse_relative_path(path)
+
+
+class SubmissionDoc(Record):
+    """``submission.yaml``, version 1 of the format."""
+
+    title: str = Field(min_length=10, max_length=300)
+    description: str = Field(min_length=1)
+    license: str = Field(pattern=r"^[A-Za-z0-9.+-]+$")
+    release_date: dt.date
+    authors: list[Author] = Field(min_length=1)
+    organism: Organism | None = None
+    imaging_method: ImagingMethod | None = None
+    publication: PublicationRef | None = None
+    files: list[FileEntry] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _unique_paths(self) -> SubmissionDoc:
+        seen: set[str] = set()
+        for entry in self.files:
+            if entry.path in seen:
+                raise ValueError(f"file {entry.path} is listed twice")
+            seen.add(entry.path)
+        return self
+
+
+def parse_relative_path(path: str) -> str:
+    """Normalise a submitted path; refuse one that is absolute or escapes the folder."""
+    if "\\" in path:
+        raise ValueError(f"path {path!r} must use '/' separators")
+    if path.startswith("/") or re.match(r"^[A-Za-z][A-Za-z0-9+.-]*:", path):
+        raise ValueError(f"path {path!r} must be relative to the submission folder")
+    parts = [p for p in path.split("/") if p not in ("", ".")]
+    if not parts or any(p == ".." for p in parts):
+        raise ValueError(f"path {path!r} escapes the submission folder")
+    return "/".join(parts)
+
+
+class Submission(Record):
+    """A validated submission with its accession: the output of intake."""
+
+    source: str  # URL of the submission folder
+    doc: SubmissionDoc
+    doc_sha256: str  # of submission.yaml as submitted
+    accession: str
+
+    @property
+    def embargoed(self) -> bool:
+        return self.doc.release_date > dt.date.today()
+
+    def entities(self) -> list[Entity]:
+        root = self.source.rstrip("/")
+        return [Entity(uri=f"{root}/submission.yaml", sha256=self.doc_sha256)] + [
+            Entity(uri=f"{root}/{f.path}", sha256=f.sha256) for f in self.doc.files
+        ]
+
+
+# ---------------------------------------------------------------- stage records
+
+
+class FileRecord(Record):
+    """A submitted file, staged and hashed by fetch."""
+
+    path: str  # as submitted, relative to the submission folder
+    source_uri: str
+    staged_path: str
+    size: int
+    sha256: str
+    kind: Literal["image", "label", "attachment"]
+
+    def entities(self) -> list[Entity]:
+        return [Entity(uri=self.staged_path, size=self.size, sha256=self.sha256)]
+
+
+class Failure(Record):
+    """A file or image a stage could not process, and why (the others go on)."""
+
+    stage: str
+    source_path: str
+    error: str
+    image_id: str | None = None
+    series: int | None = None
+
+
+class FetchResult(Record):
+    files: list[FileRecord]
+    failures: list[Failure]
+
+    def entities(self) -> list[Entity]:
+        return [e for f in self.files for e in f.entities()]
+
+
+class Axis(Record):
+    name: Literal["t", "c", "z", "y", "x"]
+    type: Literal["time", "channel", "space"]
+    unit: str | None = None
+
+
+class Level(Record):
+    """One resolution level of a multiscale image."""
+
+    path: str  # array name inside the image group: "0", "1", ...
+    shape: tuple[int, ...]
+    chunks: tuple[int, ...]
+    scale: tuple[float, ...]
+    translation: tuple[float, ...]
+
+
+class ImageRecord(Record):
+    """One image (one series of one file) in staging: level 0 after convert, all levels after pyramid."""
+
+    image_id: str
+    conversion_id: str
+    source_path: str  # submitted path
+    source_sha256: str
+    series: int
+    series_name: str
+    reader: str
+    store: str  # staging path of the (uncompressed) OME-Zarr group
+    axes: tuple[Axis, ...]
+    dtype: str
+    channel_names: tuple[str, ...]  # one per channel
+    channel_names_given: int | None = None  # how many names submission.yaml gave (None: it gave none)
+    calibrated: bool  # whether any physical pixel size is known
+    levels: tuple[Level, ...]
+    notes: tuple[str, ...] = ()  # metadata conflicts and defaults applied
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.levels[0].shape
+
+    def entities(self) -> list[Entity]:
+        return [Entity(uri=self.store, kind="zarr")]
+
+
+class CodecChoice(Record):
+    """A codec as written into Zarr metadata (name + configuration)."""
+
+    name: str
+    configuration: dict[str, Any]
+
+
+class CompressionReport(Record):
+    """The compressed image store and the proof that it is lossless."""
+
+    image_id: str
+    store: str  # staging path of the compressed OME-Zarr
+    codec: CodecChoice
+    bytes_in: int  # uncompressed bytes over all levels
+    bytes_out: int  # stored bytes over all levels (chunks + metadata)
+    ratio: float
+    seconds: float
+    chunks_verified: int
+    level0_sha256: str  # digest over level 0's decoded chunks, in chunk order
+    store_sha256: str  # digest over every object of the store (path + sha256)
+
+    def entities(self) -> list[Entity]:
+        return [Entity(uri=self.store, kind="zarr", size=self.bytes_out, sha256=self.store_sha256)]
+
+
+Severity = Literal["error", "warning"]
+
+
+class QCFinding(Record):
+    severity: Severity
+    check: str
+    message: str
+    image_id: str | None = None
+    field: str | None = None
+
+
+class QCReport(Record):
+    suite: str
+    rows: list[dict[str, Any]]
+    findings: list[QCFinding]
+
+    @property
+    def errors(self) -> list[QCFinding]:
+        return [f for f in self.findings if f.severity == "error"]
+
+    @property
+    def warnings(self) -> list[QCFinding]:
+        return [f for f in self.findings if f.severity == "warning"]
+
+    def image_status(self, image_id: str) -> Literal["ok", "warning", "error"]:
+        severities = {f.severity for f in self.findings if f.image_id == image_id}
+        return "error" if "error" in severities else "warning" if "warning" in severities else "ok"
+
+
+ImageStatus = Literal["published", "failed", "blocked", "unchanged"]
+
+
+class ImageOutcome(Record):
+    """What became of one image of a submission."""
+
+    image_id: str
+    source_path: str
+    series: int | None = None
+    status: ImageStatus
+    qc: Literal["ok", "warning", "error", "not run"] = "not run"
+    path: str | None = None  # relative to the version folder
+    error: str | None = None
+
+
+class Publication(Record):
+    """The result of one ingestion: what was (or was not) published, and why."""
+
+    accession: str
+    status: Literal["published", "unchanged", "blocked", "failed"]
+    version: int | None = None
+    archive: str
+    version_uri: str | None = None
+    fingerprint: str | None = None
+    images: list[ImageOutcome] = []
+    reasons: list[str] = []
+
+
+class ManifestEntry(Record):
+    path: str
+    size: int
+    sha256: str
+
+
+class LineageRecord(Record):
+    """What one stage did: inputs, outputs, parameters, software, time, run ids, outcome."""
+
+    stage: str
+    image_id: str | None = None
+    inputs: list[Entity]
+    outputs: list[Entity]
+    parameters: dict[str, Any]
+    software: dict[str, str]
+    started: dt.datetime
+    ended: dt.datetime
+    host: str
+    flow_run_id: str | None = None
+    task_run_id: str | None = None
+    outcome: Literal["success", "failed"] = "success"
+    error: str | None = None

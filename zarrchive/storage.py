@@ -1,0 +1,114 @@
+"""Storage through fsspec: one URL syntax for local folders, s3:// and the rest.
+
+Copies stream in blocks, hash while they copy, write to a temporary name and
+move into place only when complete, so a reader never sees half a file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import uuid
+from typing import Any, Iterator
+
+import fsspec
+from fsspec.implementations.local import LocalFileSystem
+
+BLOCK = 8 * 1024 * 1024
+
+
+def resolve(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    """The filesystem and path for ``url``; local paths become absolute."""
+    fs, path = fsspec.core.url_to_fs(url)
+    if isinstance(fs, LocalFileSystem):
+        path = os.path.abspath(path)
+    return fs, path.rstrip("/") or "/"
+
+
+def to_url(fs: fsspec.AbstractFileSystem, path: str) -> str:
+    """A URL that ``resolve`` turns back into (fs, path)."""
+    return fs.unstrip_protocol(path) if not isinstance(fs, LocalFileSystem) else path
+
+
+def join(path: str, *parts: str) -> str:
+    return "/".join([path.rstrip("/"), *(p.strip("/") for p in parts if p)])
+
+
+def sha256_stream(fs: fsspec.AbstractFileSystem, path: str, block: int = BLOCK) -> tuple[int, str]:
+    """Size and sha256 of one object, read in blocks."""
+    digest = hashlib.sha256()
+    size = 0
+    with fs.open(path, "rb") as fh:
+        while chunk := fh.read(block):
+            digest.update(chunk)
+            size += len(chunk)
+    return size, digest.hexdigest()
+
+
+def copy_hashing(
+    src_fs: fsspec.AbstractFileSystem,
+    src: str,
+    dst_fs: fsspec.AbstractFileSystem,
+    dst: str,
+    block: int = BLOCK,
+) -> tuple[int, str]:
+    """Stream ``src`` to ``dst`` hashing on the way; ``dst`` appears only when complete."""
+    digest = hashlib.sha256()
+    size = 0
+    parent = dst.rsplit("/", 1)[0]
+    if parent:
+        dst_fs.makedirs(parent, exist_ok=True)
+    if isinstance(dst_fs, LocalFileSystem):
+        tmp = f"{dst}.part-{uuid.uuid4().hex[:8]}"
+        try:
+            with src_fs.open(src, "rb") as fin, open(tmp, "wb") as fout:
+                while chunk := fin.read(block):
+                    digest.update(chunk)
+                    fout.write(chunk)
+                    size += len(chunk)
+            os.replace(tmp, dst)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    else:  # object stores commit an upload atomically when it is closed
+        with src_fs.open(src, "rb") as fin, dst_fs.open(dst, "wb") as fout:
+            while chunk := fin.read(block):
+                digest.update(chunk)
+                fout.write(chunk)
+                size += len(chunk)
+    return size, digest.hexdigest()
+
+
+def write_bytes_atomic(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> str:
+    """Write ``data`` to ``path`` (temp name + move on local disks); return its sha256."""
+    parent = path.rsplit("/", 1)[0]
+    if parent:
+        fs.makedirs(parent, exist_ok=True)
+    if isinstance(fs, LocalFileSystem):
+        tmp = f"{path}.part-{uuid.uuid4().hex[:8]}"
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    else:
+        fs.pipe_file(path, data)
+    return hashlib.sha256(data).hexdigest()
+
+
+def dumps(obj: Any) -> bytes:
+    """Canonical JSON bytes (sorted keys, indented, trailing newline)."""
+    return (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode()
+
+
+def read_json(fs: fsspec.AbstractFileSystem, path: str) -> Any:
+    with fs.open(path, "rb") as fh:
+        return json.load(fh)
+
+
+def walk_files(root: str) -> Iterator[str]:
+    """Relative paths of every file under a local folder, sorted."""
+    out = []
+    for base, _dirs, files in os.walk(root):
+        for name in files:
+            out.append(os.path.relpath(os.path.join(base, name), root).replace(os.sep, "/"))
+    yield from sorted(out)
