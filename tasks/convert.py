@@ -27,7 +27,7 @@ from prefect.cache_policies import NO_CACHE
 
 from zarrchive.cluster import client_for
 from zarrchive.config import ConvertSettings
-from zarrchive.errors import InputError, UnsupportedFormat
+from zarrchive.errors import InputError, UnsupportedFormat, ZarrchiveError
 from zarrchive.lineage import Traced, traced
 from zarrchive.ngff import multiscales_attrs
 from zarrchive.records import Axis, FileEntry, FileRecord, ImageRecord, Level, PixelSize
@@ -234,9 +234,17 @@ def convert_file(
     base_id = slug(file.path)
     images = []
     for index, scene in enumerate(scenes):
-        img.set_scene(index)
-        images.append(_convert_series(img, reader, index, scene, len(scenes), file, entry, staging, settings,
-                                      scheduler, base_id))
+        shown_as = file.path if len(scenes) == 1 else f"{file.path} [series {index}]"
+        try:
+            img.set_scene(index)
+            images.append(_convert_series(img, reader, index, scene, len(scenes), file, entry, staging, settings,
+                                          scheduler, base_id))
+        except (ZarrchiveError, ConnectionError, TimeoutError):
+            raise
+        except Exception as exc:
+            if type(exc).__module__.startswith("distributed"):  # the cluster failed, not the file
+                raise
+            raise InputError(shown_as, f"cannot be converted: {type(exc).__name__}: {exc}") from exc
     return images
 
 

@@ -1,0 +1,50 @@
+"""Shared test fixtures: one Dask LocalCluster and one Prefect test server for the whole session."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+import yaml
+
+from zarrchive.config import Settings, load_settings
+
+
+@pytest.fixture(scope="session")
+def scheduler() -> str:
+    """Address of a real Dask distributed LocalCluster (2 worker processes) shared by the session."""
+    from distributed import LocalCluster
+
+    logging.getLogger("distributed").setLevel(logging.WARNING)
+    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+                           host="127.0.0.1", memory_limit="3GiB")
+    yield cluster.scheduler_address
+    cluster.close()
+
+
+@pytest.fixture(scope="session")
+def prefect_server():
+    """A real temporary Prefect API server (SQLite) for every flow test of the session."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture()
+def settings(scheduler: str) -> Settings:
+    return load_settings(overrides={"cluster": {"address": scheduler}})
+
+
+@pytest.fixture()
+def config_file(tmp_path: Path, scheduler: str):
+    """Write a config YAML that uses the session cluster; extra sections are merged in."""
+
+    def write(**sections) -> str:
+        data = {"cluster": {"address": scheduler}, **sections}
+        path = tmp_path / f"config-{len(list(tmp_path.glob('config-*.yaml')))}.yaml"
+        path.write_text(yaml.safe_dump(data))
+        return str(path)
+
+    return write

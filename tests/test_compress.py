@@ -1,0 +1,75 @@
+"""Compress, without Prefect: lossless codec on the cluster, every chunk verified."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pytest
+import zarr
+
+from builders import ome_tiff, random_image
+from zarrchive.errors import VerificationError
+from zarrchive.records import FileRecord
+from zarrchive.tasks.compress import chunk_slices, compress_image, encode_verify
+from zarrchive.tasks.convert import convert_file
+from zarrchive.tasks.pyramid import build_pyramid
+
+
+def smooth(shape, seed=0):
+    """Compressible, microscopy-like content: smooth structure plus mild noise."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:shape[-2], 0:shape[-1]]
+    base = (np.sin(yy / 9.0) + np.cos(xx / 7.0) + 2) * 800
+    return (np.broadcast_to(base, shape) + rng.normal(0, 5, shape)).clip(0, 65535).astype(np.uint16)
+
+
+@pytest.fixture()
+def pyramid_image(tmp_path, settings, scheduler):
+    data = smooth((2, 2, 140, 100))
+    path = ome_tiff(tmp_path / "x.ome.tif", data, "CZYX", {"x": 0.5, "y": 0.5, "z": 1.0}, ["a", "b"])
+    rec = FileRecord(path="x.ome.tif", source_uri=str(path), staged_path=str(path), size=path.stat().st_size,
+                     sha256=hashlib.sha256(path.read_bytes()).hexdigest(), kind="image")
+    small = settings.convert.model_copy(update={"chunk_xy": 64})
+    [image] = convert_file(rec, None, str(tmp_path / "s"), small, scheduler)
+    return build_pyramid(image, settings.pyramid, scheduler), data
+
+
+@pytest.mark.parametrize("codec", [{"codec": "blosc", "cname": "zstd", "clevel": 5, "shuffle": "shuffle"},
+                                   {"codec": "blosc", "cname": "lz4", "clevel": 3, "shuffle": "bitshuffle"},
+                                   {"codec": "zstd", "clevel": 3}])
+def test_compressed_store_decodes_to_the_source_exactly(pyramid_image, tmp_path, settings, scheduler, codec):
+    image, data = pyramid_image
+    cfg = settings.compress.model_copy(update=codec)
+    report = compress_image(image, str(tmp_path / "s"), cfg, scheduler)
+    for level in image.levels:
+        src = zarr.open_array(f"{image.store}/{level.path}", mode="r")[...]
+        out = zarr.open_array(f"{report.store}/{level.path}", mode="r")
+        np.testing.assert_array_equal(out[...], src)
+        assert out.metadata.codecs[-1].to_dict()["name"] == codec["codec"]
+    np.testing.assert_array_equal(zarr.open_array(f"{report.store}/0", mode="r")[...], data)
+    assert report.chunks_verified == sum(len(chunk_slices(l.shape, l.chunks)) for l in image.levels)
+    assert report.ratio > 1.05 and report.bytes_out < report.bytes_in
+    digests = "".join(hashlib.sha256(np.ascontiguousarray(data[r]).tobytes()).hexdigest()
+                      for r in chunk_slices(image.levels[0].shape, image.levels[0].chunks))
+    assert report.level0_sha256 == hashlib.sha256(digests.encode()).hexdigest()
+    assert zarr.open_group(report.store, mode="r").attrs["ome"]["multiscales"][0]["name"] == image.image_id
+
+
+def test_store_digest_changes_when_any_byte_does(pyramid_image, tmp_path, settings, scheduler):
+    image, _ = pyramid_image
+    first = compress_image(image, str(tmp_path / "a"), settings.compress, scheduler)
+    again = compress_image(image, str(tmp_path / "b"), settings.compress, scheduler)
+    assert first.store_sha256 == again.store_sha256
+    chunk = next(p for p in (tmp_path / "b").rglob("c/*/*/*/*") if p.is_file())
+    chunk.write_bytes(chunk.read_bytes()[:-1] + b"\0")
+    from zarrchive.tasks.compress import store_digest
+    assert store_digest(again.store)[1] != first.store_sha256
+
+
+def test_a_lossy_write_is_caught(tmp_path):
+    src = zarr.create_array(str(tmp_path / "src"), shape=(4, 4), chunks=(2, 2), dtype="uint16", zarr_format=3)
+    src[...] = np.arange(16, dtype=np.uint16).reshape(4, 4) * 1000
+    zarr.create_array(str(tmp_path / "dst"), shape=(4, 4), chunks=(2, 2), dtype="uint8", zarr_format=3)
+    with pytest.raises(VerificationError, match="differ"):
+        encode_verify(str(tmp_path / "src"), str(tmp_path / "dst"), chunk_slices((4, 4), (2, 2)))

@@ -1,0 +1,82 @@
+"""Pyramid, without Prefect: block means, shapes and transforms (Hypothesis), levels on the cluster."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import zarr
+from hypothesis import given, settings as hsettings, strategies as st
+from hypothesis.extra.numpy import arrays
+
+from builders import ome_tiff, random_image
+from zarrchive.records import FileRecord, Level
+from zarrchive.tasks.convert import convert_file
+from zarrchive.tasks.pyramid import build_pyramid, downsample_mean, plan_levels
+
+
+def reference_mean(a: np.ndarray) -> np.ndarray:
+    """Mean over each 2x2 block of the last two axes, counting only the pixels a block holds."""
+    h, w = a.shape[-2:]
+    out = np.empty(a.shape[:-2] + (-(-h // 2), -(-w // 2)), dtype=np.float64)
+    for i in range(out.shape[-2]):
+        for j in range(out.shape[-1]):
+            out[..., i, j] = a[..., 2 * i:2 * i + 2, 2 * j:2 * j + 2].astype(np.float64).mean(axis=(-2, -1))
+    return out
+
+
+@given(arrays(np.uint16, st.tuples(st.integers(1, 3), st.integers(1, 13), st.integers(1, 13))))
+@hsettings(max_examples=60, deadline=None)
+def test_downsample_is_the_rounded_block_mean(a):
+    got = downsample_mean(a)
+    assert got.dtype == a.dtype
+    np.testing.assert_array_equal(got, np.rint(reference_mean(a)).astype(a.dtype))
+
+
+def test_downsample_float_and_bool():
+    f = np.arange(12, dtype=np.float32).reshape(3, 4)
+    np.testing.assert_allclose(downsample_mean(f), reference_mean(f).astype(np.float32))
+    b = np.array([[True, True, False], [True, False, False]])
+    np.testing.assert_array_equal(downsample_mean(b), [[True, False]])
+
+
+@given(st.integers(1, 5000), st.integers(1, 5000), st.sampled_from([16, 64, 256, 512]),
+       st.floats(0.01, 10), st.floats(0.01, 10))
+@hsettings(max_examples=200, deadline=None)
+def test_levels_halve_until_a_plane_fits_one_chunk(h, w, chunk, sy, sx):
+    level0 = Level(path="0", shape=(2, h, w), chunks=(1, min(chunk, h), min(chunk, w)), scale=(1.0, sy, sx),
+                   translation=(0.0, 0.0, 0.0))
+    levels = plan_levels(level0, ["c", "y", "x"], max_levels=20)
+    last = levels[-1]
+    assert last.shape[1] <= chunk and last.shape[2] <= chunk
+    if len(levels) > 1:
+        assert max(levels[-2].shape[1:]) > chunk
+    for k, level in enumerate(levels):
+        assert level.path == str(k)
+        assert level.shape[0] == 2
+        assert level.shape[1] == -(-h // 2 ** k) and level.shape[2] == -(-w // 2 ** k)
+        assert np.isclose(level.scale[1], sy * 2 ** k) and np.isclose(level.scale[2], sx * 2 ** k)
+        # pixel centres stay in place: (2^k - 1) / 2 level-0 pixels
+        assert np.isclose(level.translation[1], sy * (2 ** k - 1) / 2)
+        assert np.isclose(level.translation[2], sx * (2 ** k - 1) / 2)
+        assert level.scale[0] == 1.0 and level.translation[0] == 0.0
+        assert all(c <= n for c, n in zip(level.chunks, level.shape))
+
+
+def test_build_pyramid_writes_each_level_as_the_block_mean_of_the_one_below(tmp_path, settings, scheduler):
+    data = random_image((2, 3, 150, 133))
+    path = ome_tiff(tmp_path / "p.ome.tif", data, "CZYX", {"x": 0.2, "y": 0.2, "z": 1.0})
+    rec = FileRecord(path="p.ome.tif", source_uri=str(path), staged_path=str(path), size=path.stat().st_size,
+                     sha256=hashlib.sha256(path.read_bytes()).hexdigest(), kind="image")
+    small = settings.convert.model_copy(update={"chunk_xy": 32})
+    [image] = convert_file(rec, None, str(tmp_path / "s"), small, scheduler)
+    image = build_pyramid(image, settings.pyramid, scheduler)
+    shapes = [lvl.shape for lvl in image.levels]
+    assert shapes == [(2, 3, 150, 133), (2, 3, 75, 67), (2, 3, 38, 34), (2, 3, 19, 17)]
+    below = data
+    for level in image.levels[1:]:
+        got = zarr.open_array(f"{image.store}/{level.path}", mode="r")[...]
+        np.testing.assert_array_equal(got, np.rint(reference_mean(below)).astype(data.dtype))
+        below = got
+    datasets = zarr.open_group(image.store, mode="r").attrs["ome"]["multiscales"][0]["datasets"]
+    assert [d["coordinateTransformations"][0]["scale"][-1] for d in datasets] == [0.2, 0.4, 0.8, 1.6]
