@@ -13,7 +13,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from zarrchive.config import FetchSettings
-from zarrchive.errors import ChecksumMismatch, InputError, TransientError, is_transient
+from zarrchive.errors import ChecksumMismatch, InputError, TransientError, ZarrchiveError, is_transient
 from zarrchive.lineage import Traced, traced
 from zarrchive.records import Failure, FetchResult, FileEntry, FileRecord, Submission
 from zarrchive.storage import copy_hashing, join, resolve
@@ -51,8 +51,11 @@ def fetch_files(submission: Submission, staging: str, settings: FetchSettings) -
     for entry in submission.doc.files:
         try:
             records.append(fetch_file(submission, entry, staging, settings))
-        except (InputError, TransientError) as exc:
+        except ZarrchiveError as exc:
             failures.append(Failure(stage="fetch", source_path=entry.path, error=str(exc)))
+        except OSError as exc:  # unreadable, a folder, no permission: this file fails, the others go on
+            failures.append(Failure(stage="fetch", source_path=entry.path,
+                                    error=f"{entry.path}: cannot be read: {type(exc).__name__}: {exc}"))
     return FetchResult(files=records, failures=failures)
 
 

@@ -20,7 +20,7 @@ from pydantic import ValidationError
 from zarrchive.config import ArchiveSettings, format_validation_error
 from zarrchive.errors import SubmissionError
 from zarrchive.lineage import Traced, traced
-from zarrchive.records import Submission, SubmissionDoc
+from zarrchive.records import Submission, SubmissionDoc, parse_relative_path
 from zarrchive.runtime import retry_transient
 from zarrchive.storage import dumps, join, read_json, resolve, to_url, write_bytes_atomic
 
@@ -45,15 +45,30 @@ def read_submission(source: str) -> tuple[SubmissionDoc, str]:
         raise SubmissionError(source, [f"{SUBMISSION_FILE}: not valid YAML: {exc}"])
     if not isinstance(data, dict):
         raise SubmissionError(source, [f"{SUBMISSION_FILE}: the top level must be a mapping of fields"])
+    problems: list[str] = []
+    doc = None
     try:
         doc = SubmissionDoc.model_validate(data)
     except ValidationError as exc:
-        raise SubmissionError(source, [_describe(err, data) for err in exc.errors()]) from None
-    missing = [f"files: {e.path}: listed but not found in the submission" for e in doc.files
-               if not fs.isfile(join(root, e.path))]
-    if missing:
-        raise SubmissionError(source, missing)
+        problems = [_describe(err, data) for err in exc.errors()]
+    problems += [f"files: {path}: listed but not found in the submission"
+                 for path in _listed_paths(data) if not fs.isfile(join(root, path))]
+    if problems or doc is None:
+        raise SubmissionError(source, problems)
     return doc, hashlib.sha256(raw).hexdigest()
+
+
+def _listed_paths(data: dict) -> list[str]:
+    """The well-formed paths listed under ``files`` (checked for presence even when other fields are wrong)."""
+    paths = []
+    for entry in data.get("files") or []:
+        path = entry.get("path") if isinstance(entry, dict) else None
+        if isinstance(path, str):
+            try:
+                paths.append(parse_relative_path(path))
+            except ValueError:
+                continue  # reported by validation
+    return list(dict.fromkeys(paths))
 
 
 def _describe(err: dict, data: dict) -> str:
@@ -124,8 +139,8 @@ def template_for(folder: str) -> str:
     """A ``submission.yaml`` template listing the files found in ``folder``, for a depositor to complete."""
     fs, root = resolve(folder)
     paths = sorted(
-        p[len(root) + 1:] for p in fs.find(root)
-        if p[len(root) + 1:] != SUBMISSION_FILE and not p.rsplit("/", 1)[-1].startswith(".")
+        rel for rel in (p[len(root) + 1:] for p in fs.find(root))
+        if rel != SUBMISSION_FILE and not any(part.startswith(".") for part in rel.split("/"))
     )
     files = [{"path": p} for p in paths]
     body = {

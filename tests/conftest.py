@@ -48,3 +48,23 @@ def config_file(tmp_path: Path, scheduler: str):
         return str(path)
 
     return write
+
+
+@pytest.fixture(scope="session")
+def demo(tmp_path_factory, scheduler, prefect_server):
+    """The demo submission ingested once, through the flow, for the assertions of several modules.
+
+    Returns (publication, submission folder, archive folder, config path, sha256 of every original before).
+    """
+    import hashlib
+
+    from zarrchive.demo import make_sample_submission
+    from zarrchive.flows.ingest import IngestRequest, ingest_submission
+
+    root = tmp_path_factory.mktemp("demo")
+    cfg = root / "config.yaml"
+    cfg.write_text(yaml.safe_dump({"cluster": {"address": scheduler}}))
+    sub = make_sample_submission(root / "submission")
+    before = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in sub.rglob("*") if p.is_file()}
+    pub = ingest_submission(IngestRequest(submission=str(sub), archive=str(root / "archive"), config=str(cfg)))
+    return pub, sub, root / "archive", str(cfg), before

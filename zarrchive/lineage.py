@@ -62,8 +62,9 @@ def _prefect_ids() -> tuple[str | None, str | None]:
 def traced(stage: str, fn: Callable[..., T], *args: Any, image_id: str | None = None, **kwargs: Any) -> Traced[T]:
     """Call ``fn(*args, **kwargs)`` and record its lineage.
 
-    Inputs are the entities of the record arguments, outputs those of the
-    result, parameters the configuration sections among the arguments.
+    Inputs are the entities of the record arguments (plus the ``sources()`` a
+    result declares it read), outputs those of the result, parameters the
+    configuration sections among the arguments.
     """
     started = dt.datetime.now(dt.timezone.utc)
     output = fn(*args, **kwargs)
@@ -72,7 +73,7 @@ def traced(stage: str, fn: Callable[..., T], *args: Any, image_id: str | None = 
     record = LineageRecord(
         stage=stage,
         image_id=image_id,
-        inputs=_entities(list(args) + list(kwargs.values())),
+        inputs=_entities(list(args) + list(kwargs.values())) + list(getattr(output, "sources", list)()),
         outputs=_entities(output),
         parameters=_parameters(list(args) + list(kwargs.values())),
         software=versions(),

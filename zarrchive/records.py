@@ -12,7 +12,7 @@ import datetime as dt
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class Record(BaseModel):
@@ -101,14 +101,15 @@ class SubmissionDoc(Record):
     publication: PublicationRef | None = None
     files: list[FileEntry] = Field(min_length=1)
 
-    @model_validator(mode="after")
-    def _unique_paths(self) -> SubmissionDoc:
+    @field_validator("files")
+    @classmethod
+    def _unique_paths(cls, files: list[FileEntry]) -> list[FileEntry]:
         seen: set[str] = set()
-        for entry in self.files:
+        for entry in files:
             if entry.path in seen:
-                raise ValueError(f"file {entry.path} is listed twice")
+                raise ValueError(f"{entry.path} is listed twice")
             seen.add(entry.path)
-        return self
+        return files
 
 
 def parse_relative_path(path: str) -> str:
@@ -136,10 +137,7 @@ class Submission(Record):
         return self.doc.release_date > dt.date.today()
 
     def entities(self) -> list[Entity]:
-        root = self.source.rstrip("/")
-        return [Entity(uri=f"{root}/submission.yaml", sha256=self.doc_sha256)] + [
-            Entity(uri=f"{root}/{f.path}", sha256=f.sha256) for f in self.doc.files
-        ]
+        return [Entity(uri=f"{self.source.rstrip('/')}/submission.yaml", sha256=self.doc_sha256)]
 
 
 # ---------------------------------------------------------------- stage records
@@ -175,6 +173,10 @@ class FetchResult(Record):
 
     def entities(self) -> list[Entity]:
         return [e for f in self.files for e in f.entities()]
+
+    def sources(self) -> list[Entity]:
+        """The submitted files that were read (inputs of fetch, with the checksums measured while copying)."""
+        return [Entity(uri=f.source_uri, size=f.size, sha256=f.sha256) for f in self.files]
 
 
 class Axis(Record):

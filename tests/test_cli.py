@@ -1,0 +1,88 @@
+"""The command line: exit codes, --json output, show, submission templates."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from builders import ome_tiff, random_image, submission
+from zarrchive.cli import main
+from zarrchive.tasks.intake import read_submission
+
+
+def test_ingest_json_prints_one_object_and_exits_0(tmp_path, config_file, prefect_server, capsys):
+    sub = submission(tmp_path / "sub", [{"path": "a.ome.tif"}])
+    ome_tiff(sub / "a.ome.tif", random_image((1, 1, 24, 24)), "CZYX", {"x": 0.5, "y": 0.5})
+    code = main(["ingest", str(sub), "--archive", str(tmp_path / "archive"), "--config", config_file(), "--json"])
+    out = json.loads(capsys.readouterr().out)
+    assert code == 0
+    assert out["status"] == "published" and out["accession"] == "ZA000001" and out["version"] == 1
+    assert out["images"][0]["path"] == "images/a.ome.zarr" and out["images"][0]["status"] == "published"
+
+    assert main(["show", "ZA000001", "--archive", str(tmp_path / "archive")]) == 0
+    shown = capsys.readouterr().out
+    assert "v1" in shown and "a " in shown and "published" in shown
+
+
+def test_refused_submission_exits_1_with_one_line_per_problem(tmp_path, config_file, prefect_server, capsys):
+    sub = submission(tmp_path / "sub", [{"path": "missing.tif"}, {"path": "../outside.tif"}], licence="CC0-1.0")
+    code = main(["ingest", str(sub), "--archive", str(tmp_path / "archive"), "--config", config_file(), "--json"])
+    out = json.loads(capsys.readouterr().out)
+    assert code == 1 and out["status"] == "refused"
+    assert any(r.startswith("licence: unknown field") for r in out["reasons"])
+    assert any("../outside.tif" in r and "escapes" in r for r in out["reasons"])
+    assert not (tmp_path / "archive").exists() or not list((tmp_path / "archive").rglob("manifest.json"))
+
+
+def test_blocked_ingest_exits_1_with_reasons(tmp_path, config_file, prefect_server, capsys):
+    sub = tmp_path / "sub"
+    (sub).mkdir()
+    (sub / "x.tif").write_bytes(b"GIF89a not a tiff")
+    submission(sub, [{"path": "x.tif"}])
+    code = main(["ingest", str(sub), "--archive", str(tmp_path / "archive"), "--config", config_file()])
+    out = capsys.readouterr().out
+    assert code == 1
+    assert "Nothing published" in out and "x.tif" in out and "not supported" in out
+
+
+def test_configuration_errors_exit_2_before_anything_runs(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"compress": {"codec": "gzip"}, "archive": {"accession_digits": 0}}))
+    code = main(["ingest", str(tmp_path), "--archive", str(tmp_path / "a"), "--config", str(bad)])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "compress.codec" in err and "archive.accession_digits" in err
+
+
+def test_usage_errors_exit_2():
+    with pytest.raises(SystemExit) as exc:
+        main(["ingest", "somewhere"])  # --archive is required
+    assert exc.value.code == 2
+    done = subprocess.run([sys.executable, "-m", "zarrchive.cli", "frobnicate"], capture_output=True, text=True)
+    assert done.returncode == 2 and "invalid choice" in done.stderr
+
+
+def test_show_unknown_accession_exits_1(tmp_path, capsys):
+    assert main(["show", "ZA999999", "--archive", str(tmp_path)]) == 1
+    assert "no published version" in capsys.readouterr().err
+
+
+def test_submission_new_lists_the_files_and_completes_into_a_valid_submission(tmp_path, capsys):
+    folder = tmp_path / "deposit"
+    ome_tiff(folder / "images" / "a.ome.tif", random_image((1, 1, 8, 8)), "CZYX")
+    (folder / "readme.txt").write_text("x")
+    assert main(["submission", "new", str(folder)]) == 0
+    doc = yaml.safe_load((folder / "submission.yaml").read_text())
+    assert [f["path"] for f in doc["files"]] == ["images/a.ome.tif", "readme.txt"]
+    assert main(["submission", "new", str(folder)]) == 2  # never overwrites silently
+    doc["title"] = "Completed by the depositor"
+    doc["authors"] = [{"name": "Jane Doe"}]
+    doc["organism"] = {"scientific_name": "Homo sapiens", "ncbi_taxon": 9606}
+    doc["imaging_method"] = {"name": "confocal microscopy"}
+    (folder / "submission.yaml").write_text(yaml.safe_dump(doc))
+    parsed, _ = read_submission(str(folder))
+    assert len(parsed.files) == 2

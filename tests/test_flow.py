@@ -1,0 +1,171 @@
+"""The whole ingest flow under a real Prefect server and a real Dask cluster."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+from builders import ome_tiff, plain_tiff, random_image, submission
+from zarrchive.flows.ingest import IngestRequest, ingest_submission
+
+pytestmark = pytest.mark.usefixtures("prefect_server")
+
+
+def ingest(sub: Path, archive: Path, config: str):
+    return ingest_submission(IngestRequest(submission=str(sub), archive=str(archive), config=config))
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_demo_is_published_as_version_1(demo):
+    pub, _sub, archive, _cfg, _ = demo
+    assert pub.status == "published" and pub.version == 1 and pub.accession == "ZA000001"
+    assert Path(pub.version_uri) == archive / "ZA000001" / "v1"
+    assert {o.image_id: (o.status, o.qc) for o in pub.images} == {
+        "images_hela_nuclei": ("published", "ok"), "images_legacy_overview": ("published", "ok")}
+
+
+def test_originals_are_untouched_and_published_byte_for_byte(demo):
+    pub, sub, _archive, _cfg, before = demo
+    assert {p: sha256(p) for p in sub.rglob("*") if p.is_file()} == before
+    vdir = Path(pub.version_uri)
+    for rel in ("images/hela_nuclei.ome.tif", "images/legacy_overview.tif", "notes.txt"):
+        assert (vdir / "originals" / rel).read_bytes() == (sub / rel).read_bytes()
+
+
+def test_manifest_lists_every_object_with_its_checksum(demo):
+    vdir = Path(demo[0].version_uri)
+    manifest = json.loads((vdir / "manifest.json").read_text())
+    listed = {f["path"]: f for f in manifest["files"]}
+    on_disk = {p.relative_to(vdir).as_posix() for p in vdir.rglob("*") if p.is_file()} - {"manifest.json"}
+    assert set(listed) == on_disk
+    for rel, entry in listed.items():
+        assert entry["size"] == (vdir / rel).stat().st_size and entry["sha256"] == sha256(vdir / rel)
+    assert {"qc/report.json", "ro-crate-metadata.json"} <= on_disk
+    assert json.loads((vdir.parent / "versions.json").read_text())[0]["version"] == 1
+
+
+def test_published_images_open_in_bioio_with_source_metadata_and_exact_pixels(demo):
+    from bioio import BioImage
+    import bioio_ome_zarr
+
+    pub, sub, _archive, _cfg, _ = demo
+    vdir = Path(pub.version_uri)
+    cells = tifffile.imread(sub / "images/hela_nuclei.ome.tif")  # C Z Y X
+    img = BioImage(vdir / "images/images_hela_nuclei.ome.zarr", reader=bioio_ome_zarr.Reader)
+    assert list(img.channel_names) == ["DAPI", "LaminB1-GFP"]
+    assert img.physical_pixel_sizes.X == pytest.approx(0.108) and img.physical_pixel_sizes.Z == pytest.approx(0.5)
+    np.testing.assert_array_equal(img.get_image_data("CZYX"), cells)
+
+    legacy = tifffile.imread(sub / "images/legacy_overview.tif")
+    img = BioImage(vdir / "images/images_legacy_overview.ome.zarr", reader=bioio_ome_zarr.Reader)
+    assert list(img.channel_names) == ["Hoechst"]
+    assert img.physical_pixel_sizes.Y == pytest.approx(0.65)
+    np.testing.assert_array_equal(img.get_image_data("YX"), legacy)
+
+
+def test_published_images_validate_with_ome_zarr_models_and_ome_zarr_py(demo):
+    import zarr
+    from ome_zarr.io import parse_url
+    from ome_zarr.reader import Reader
+    from ome_zarr_models.v05 import Image
+
+    vdir = Path(demo[0].version_uri)
+    for store in sorted((vdir / "images").iterdir()):
+        model = Image.from_zarr(zarr.open_group(store, mode="r"))
+        assert len(model.attributes.ome.multiscales[0].datasets) >= 2
+        nodes = list(Reader(parse_url(str(store)))())
+        assert nodes and len(nodes[0].data) == len(model.attributes.ome.multiscales[0].datasets)
+
+
+def test_qc_report_and_prefect_run_show_every_stage(demo):
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
+
+    pub, _sub, _archive, _cfg, _ = demo
+    report = json.loads((Path(pub.version_uri) / "qc/report.json").read_text())
+    assert report["errors"] == 0 and len(report["images"]) == 2
+    crate = json.loads((Path(pub.version_uri) / "ro-crate-metadata.json").read_text())
+    run_ids = {n["zarrchive:prefectFlowRun"] for n in crate["@graph"] if n.get("@type") == "CreateAction"}
+    assert len(run_ids) == 1
+
+    async def stages():
+        async with get_client() as client:
+            runs = await client.read_task_runs(flow_run_filter=FlowRunFilter(id={"any_": list(run_ids)}))
+            artifacts = await client.read_artifacts()
+            return {r.name.rsplit("-", 1)[0] for r in runs}, {a.key for a in artifacts}
+
+    names, artifact_keys = asyncio.run(stages())
+    assert names == {"intake", "fetch", "convert", "pyramid", "compress", "qc", "publish"}
+    assert {"qc-summary", "qc-findings", "publication"} <= artifact_keys
+
+
+def test_rerunning_an_unchanged_submission_publishes_nothing_new(demo):
+    _pub, sub, archive, cfg, _ = demo
+    again = ingest(sub, archive, cfg)
+    assert again.status == "unchanged" and again.version == 1 and again.accession == "ZA000001"
+    assert sorted(p.name for p in (archive / "ZA000001").glob("v[0-9]*")) == ["v1"]
+
+
+def test_a_changed_file_publishes_version_2(demo, tmp_path):
+    import shutil
+
+    _pub, sub, archive, cfg, _ = demo
+    changed = tmp_path / "sub"
+    shutil.copytree(sub, changed)
+    # a different location is a different submission: same content, new accession
+    other = ingest(changed, archive, cfg)
+    assert other.accession == "ZA000002" and other.version == 1
+    (changed / "notes.txt").write_text("Corrected acquisition notes.\n")
+    second = ingest(changed, archive, cfg)
+    assert second.accession == "ZA000002" and second.status == "published" and second.version == 2
+
+
+def test_one_bad_image_is_reported_and_the_others_still_processed(tmp_path, config_file):
+    sub = tmp_path / "sub"
+    ome_tiff(sub / "good.ome.tif", random_image((1, 1, 40, 40)), "CZYX", {"x": 0.2, "y": 0.2})
+    (sub / "bad.tif").write_text("not an image at all")
+    submission(sub, [{"path": "good.ome.tif"}, {"path": "bad.tif"}])
+    blocked = ingest(sub, tmp_path / "archive", config_file())
+    assert blocked.status == "blocked" and blocked.version is None
+    outcome = {o.image_id: o for o in blocked.images}
+    assert outcome["bad"].status == "failed" and "bad.tif" in outcome["bad"].error
+    assert "not supported" in outcome["bad"].error
+    assert outcome["good"].status == "blocked" and outcome["good"].qc == "ok"  # it was converted and checked
+    assert not list((tmp_path / "archive").glob("*/v*/manifest.json"))
+
+    published = ingest(sub, tmp_path / "archive", config_file(publish={"on_image_error": "skip_image"}))
+    assert published.status == "published" and published.version == 1
+    outcome = {o.image_id: o for o in published.images}
+    assert outcome["good"].status == "published" and outcome["bad"].status == "failed"
+    manifest = json.loads((Path(published.version_uri) / "manifest.json").read_text())
+    assert not any(f["path"].startswith("images/bad") for f in manifest["files"])
+
+
+def test_checksum_mismatch_is_refused_with_the_file_named(tmp_path, config_file):
+    sub = tmp_path / "sub"
+    plain_tiff(sub / "a.tif", random_image((16, 16), "uint8"))
+    submission(sub, [{"path": "a.tif", "sha256": "0" * 64}])
+    pub = ingest(sub, tmp_path / "archive", config_file())
+    assert pub.status == "blocked"
+    [outcome] = pub.images
+    assert outcome.status == "failed" and "a.tif" in outcome.error and "sha256" in outcome.error
+
+
+def test_qc_error_blocks_publication(tmp_path, config_file):
+    sub = tmp_path / "sub"
+    ome_tiff(sub / "c.ome.tif", random_image((2, 1, 16, 16)), "CZYX", {"x": 0.1, "y": 0.1})
+    submission(sub, [{"path": "c.ome.tif", "channel_names": ["only one"]}])
+    pub = ingest(sub, tmp_path / "archive", config_file())
+    assert pub.status == "blocked"
+    assert pub.images[0].qc == "error" and "channel_names" in pub.images[0].error
+    assert any("channel_names" in r for r in pub.reasons)
