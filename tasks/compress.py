@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import os
 import time
 from typing import Any
 
+import fsspec
 import numpy as np
 import zarr
 from prefect import task
@@ -25,7 +27,9 @@ from zarrchive.errors import VerificationError
 from zarrchive.lineage import Traced, traced
 from zarrchive.ngff import multiscales_attrs
 from zarrchive.records import CodecChoice, CompressionReport, ImageRecord
-from zarrchive.storage import walk_files
+from zarrchive.storage import sha256_stream, tree_digest, walk_files
+
+LOCAL = fsspec.filesystem("file")
 
 BATCH = 32  # chunks per cluster task
 
@@ -61,17 +65,13 @@ def encode_verify(source: str, target: str, regions: list[tuple[slice, ...]]) ->
 
 
 def store_digest(store: str) -> tuple[int, str]:
-    """Total size and a digest over every object of a local Zarr store (sorted 'path sha256' lines)."""
-    import os
-
-    lines, total = [], 0
+    """Total size and tree digest of every object of a local Zarr store."""
+    entries, total = [], 0
     for rel in walk_files(store):
-        path = os.path.join(store, rel)
-        with open(path, "rb") as fh:
-            data = fh.read()
-        total += len(data)
-        lines.append(f"{rel} {hashlib.sha256(data).hexdigest()}\n")
-    return total, hashlib.sha256("".join(lines).encode()).hexdigest()
+        size, sha256 = sha256_stream(LOCAL, os.path.join(store, rel))
+        total += size
+        entries.append((rel, sha256))
+    return total, tree_digest(entries)
 
 
 def compress_image(image: ImageRecord, staging: str, settings: CompressSettings, scheduler: str) -> CompressionReport:
@@ -109,6 +109,6 @@ def compress_image(image: ImageRecord, staging: str, settings: CompressSettings,
     )
 
 
-@task(name="compress", cache_policy=NO_CACHE, tags=["pixels"])
+@task(name="compress", task_run_name="compress: {image.image_id}", cache_policy=NO_CACHE, tags=["pixels"])
 def compress(image: ImageRecord, staging: str, settings: CompressSettings, scheduler: str) -> Traced[CompressionReport]:
     return traced("compress", compress_image, image, staging, settings, scheduler, image_id=image.image_id)

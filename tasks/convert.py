@@ -300,7 +300,7 @@ def _convert_series(img, reader, index, scene, n_scenes, file, entry, staging, s
     return record
 
 
-@task(name="convert", cache_policy=NO_CACHE, tags=["pixels"])
+@task(name="convert", task_run_name="convert: {file.path}", cache_policy=NO_CACHE, tags=["pixels"])
 def convert(
     file: FileRecord, entry: FileEntry | None, staging: str, settings: ConvertSettings, scheduler: str
 ) -> Traced[list[ImageRecord]]:

@@ -125,7 +125,10 @@ def allocate_accession(source: str, archive: str, settings: ArchiveSettings) -> 
 
 
 def _names(fs: fsspec.AbstractFileSystem, root: str) -> list[str]:
-    return [p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(root, detail=False)]
+    try:
+        return [p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(root, detail=False)]
+    except FileNotFoundError:  # an object store has no empty folders: a new archive lists as missing
+        return []
 
 
 def intake_submission(source: str, archive: str, settings: ArchiveSettings) -> Submission:

@@ -34,7 +34,8 @@ from zarrchive.tasks.convert import slug
 from zarrchive.runtime import retry_transient
 from zarrchive.software import pixel_versions
 from zarrchive.storage import (
-    copy_hashing, dumps, join, read_json, resolve, sha256_stream, to_url, walk_files, write_bytes_atomic,
+    copy_hashing, dumps, join, read_json, resolve, sha256_stream, to_url, tree_digest, walk_files,
+    write_bytes_atomic,
 )
 
 VERSION_RE = re.compile(r"^v(\d+)$")
@@ -152,8 +153,11 @@ def publish_version(
     for report in reports:
         rel_store = f"images/{report.image_id}.ome.zarr"
         published_paths[report.store] = rel_store + "/"
-        for rel in walk_files(report.store):
-            entries.append(_upload(fs, os.path.join(report.store, rel), join(vdir, rel_store, rel)))
+        uploaded = [(rel, _upload(fs, os.path.join(report.store, rel), join(vdir, rel_store, rel)))
+                    for rel in walk_files(report.store)]
+        if tree_digest((rel, e.sha256) for rel, e in uploaded) != report.store_sha256:
+            raise TransientError(f"{report.image_id}: the staged store changed since it was compressed and verified")
+        entries.extend(e for _, e in uploaded)
     for file in files:
         rel = f"originals/{file.path}"
         entry = _upload(fs, file.staged_path, join(vdir, rel))

@@ -87,6 +87,6 @@ def build_pyramid(image: ImageRecord, settings: PyramidSettings, scheduler: str)
     return record
 
 
-@task(name="pyramid", cache_policy=NO_CACHE, tags=["pixels"])
+@task(name="pyramid", task_run_name="pyramid: {image.image_id}", cache_policy=NO_CACHE, tags=["pixels"])
 def pyramid(image: ImageRecord, settings: PyramidSettings, scheduler: str) -> Traced[ImageRecord]:
     return traced("pyramid", build_pyramid, image, settings, scheduler, image_id=image.image_id)

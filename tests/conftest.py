@@ -68,3 +68,40 @@ def demo(tmp_path_factory, scheduler, prefect_server):
     before = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in sub.rglob("*") if p.is_file()}
     pub = ingest_submission(IngestRequest(submission=str(sub), archive=str(root / "archive"), config=str(cfg)))
     return pub, sub, root / "archive", str(cfg), before
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """A real S3 HTTP endpoint (moto server) on loopback, with fsspec's s3 defaults pointed at it.
+
+    Yields a function that creates a fresh bucket and returns its name.
+    """
+    import socket
+    import uuid
+
+    import boto3
+    import fsspec
+    from moto.server import ThreadedMotoServer
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    url = f"http://127.0.0.1:{port}"
+    saved = fsspec.config.conf.get("s3")
+    fsspec.config.conf["s3"] = {"endpoint_url": url, "key": "testing", "secret": "testing"}
+    client = boto3.client("s3", endpoint_url=url, aws_access_key_id="testing", aws_secret_access_key="testing",
+                          region_name="us-east-1")
+
+    def new_bucket() -> str:
+        name = f"zarrchive-{uuid.uuid4().hex[:12]}"
+        client.create_bucket(Bucket=name)
+        return name
+
+    yield new_bucket
+    if saved is None:
+        fsspec.config.conf.pop("s3", None)
+    else:
+        fsspec.config.conf["s3"] = saved
+    server.stop()

@@ -102,10 +102,12 @@ def test_qc_report_and_prefect_run_show_every_stage(demo):
         async with get_client() as client:
             runs = await client.read_task_runs(flow_run_filter=FlowRunFilter(id={"any_": list(run_ids)}))
             artifacts = await client.read_artifacts()
-            return {r.name.rsplit("-", 1)[0] for r in runs}, {a.key for a in artifacts}
+            return [r.name for r in runs], {a.key for a in artifacts}
 
-    names, artifact_keys = asyncio.run(stages())
+    full, artifact_keys = asyncio.run(stages())
+    names = {name.split(":")[0].rsplit("-", 1)[0] for name in full}
     assert names == {"intake", "fetch", "convert", "pyramid", "compress", "qc", "publish"}
+    assert {"convert: images/hela_nuclei.ome.tif", "compress: images_legacy_overview"} <= set(full)
     assert {"qc-summary", "qc-findings", "publication"} <= artifact_keys
 
 

@@ -33,14 +33,26 @@ def test_crate_follows_the_process_run_profile(demo):
 
 
 def test_every_file_entity_carries_its_checksum_as_in_the_manifest(demo):
+    from zarrchive.storage import tree_digest
+
     vdir = Path(demo[0].version_uri)
     nodes = load_crate(vdir)
     manifest = json.loads((vdir / "manifest.json").read_text())
+    stores: dict[str, list] = {}
     for entry in manifest["files"]:
         if entry["path"] == "ro-crate-metadata.json":
             continue
+        if entry["path"].startswith("images/"):
+            store, _, rel = entry["path"].partition(".ome.zarr/")
+            stores.setdefault(store + ".ome.zarr/", []).append((rel, entry["sha256"]))
+            continue
         node = nodes[entry["path"]]
         assert node["@type"] == "File" and node["sha256"] == entry["sha256"] and node["contentSize"] == entry["size"]
+    assert len(stores) == 2
+    for store, objects in stores.items():
+        assert nodes[store]["@type"] == "Dataset" and nodes[store]["zarrchive:objects"] == len(objects)
+        assert nodes[store]["zarrchive:treeDigest"] == tree_digest(objects)
+        assert {"@id": store} in nodes["./"]["hasPart"]
 
 
 def test_every_published_image_leads_back_to_a_submitted_file_and_its_checksum(demo):

@@ -16,6 +16,7 @@ from zarrchive.records import (
     Axis, CodecChoice, CompressionReport, Entity, Failure, FileRecord, ImageOutcome, ImageRecord, Level,
     LineageRecord, QCFinding, QCReport, Submission, SubmissionDoc,
 )
+from zarrchive.tasks.compress import store_digest
 from zarrchive.tasks.publish import (
     blocking_reasons, find_unchanged, image_outcomes, publish_version, published_versions, version_fingerprint,
 )
@@ -59,10 +60,11 @@ def zarr_store(path: Path, seed: int = 0) -> Path:
 def compression_report(image_id: str, store: Path) -> CompressionReport:
     files = sorted(p for p in store.rglob("*") if p.is_file())
     size = sum(p.stat().st_size for p in files)
+    _, digest = store_digest(str(store))
     return CompressionReport(
         image_id=image_id, store=str(store), codec=CodecChoice(name="zstd", configuration={"level": 5}),
         bytes_in=16 * 20 * 2 + 8 * 10 * 2, bytes_out=size, ratio=1.0, seconds=0.01, chunks_verified=len(files),
-        level0_sha256="1" * 64, store_sha256="2" * 64,
+        level0_sha256="1" * 64, store_sha256=digest,
     )
 
 
@@ -184,11 +186,19 @@ def test_qc_report_and_crate_are_written(tmp_path):
     root = graph["./"]
     assert root["identifier"] == f"{ACCESSION}/v1" and root["name"] == inp.submission.doc.title
     manifest = json.loads((vdir / "manifest.json").read_text())
+    store_objects = []
     for entry in manifest["files"]:
         if entry["path"] == "ro-crate-metadata.json":
             continue
+        if entry["path"].startswith("images/cells.ome.zarr/"):  # objects of a store: the store is the entity
+            assert entry["path"] not in graph
+            store_objects.append((entry["path"][len("images/cells.ome.zarr/"):], entry["sha256"]))
+            continue
         node = graph[entry["path"]]
         assert (node["contentSize"], node["sha256"]) == (entry["size"], entry["sha256"])
+    store = graph["images/cells.ome.zarr/"]
+    assert store["@type"] == "Dataset" and store["zarrchive:treeDigest"] == inp.reports[0].store_sha256
+    assert store["zarrchive:objects"] == len(store_objects)
     actions = [n for n in crate["@graph"] if n.get("@type") == "CreateAction"]
     assert len(actions) == len(inp.lineage)
     # lineage points at the published objects, not at staging
@@ -417,3 +427,15 @@ def test_publish_records_outcomes_of_a_skip_image_version(tmp_path):
     assert images["cells"]["path"] == "images/cells.ome.zarr" and images["cells"]["status"] == "published"
     assert images["bad"]["status"] == "failed" and images["bad"]["path"] is None
     assert {o.image_id: o.path for o in pub.images} == {"cells": "images/cells.ome.zarr", "bad": None}
+
+
+def test_a_store_changed_after_compression_is_not_published(tmp_path):
+    from zarrchive.errors import TransientError
+
+    inp = Inputs(tmp_path)
+    store = Path(inp.reports[0].store)
+    chunk = next(p for p in (store / "0").rglob("*") if p.is_file() and p.name != "zarr.json")
+    chunk.write_bytes(chunk.read_bytes() + b"tampered")
+    with pytest.raises(TransientError, match="changed since it was compressed"):
+        inp.publish()
+    assert not list(inp.acc().rglob("manifest.json"))

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict
 from zarrchive import __version__
 from zarrchive.records import Entity, LineageRecord, ManifestEntry, Submission
 from zarrchive.software import versions
+from zarrchive.storage import tree_digest
 
 T = TypeVar("T")
 
@@ -100,29 +101,34 @@ def build_crate(
 
     ``published_paths`` maps a staging URI (as lineage knows it) to the path of
     the object in the version, so actions point at the published objects.
-    Every file entity carries its size and sha256.
+    Every file entity carries its size and sha256; a Zarr store is one
+    Dataset entity with its tree digest (``storage.tree_digest``) — its
+    objects are listed, with their checksums, in ``manifest.json``.
     """
     doc = submission.doc
     graph: list[dict[str, Any]] = []
-    files_by_path = {entry.path: entry for entry in manifest}
 
     def ref(entity: Entity) -> dict[str, str]:
         return {"@id": published_paths.get(entity.uri, entity.uri)}
 
-    parts: list[dict[str, str]] = []
     entities: dict[str, dict[str, Any]] = {}
+    stores: dict[str, list[ManifestEntry]] = {}
     for entry in manifest:
         top = entry.path.split("/", 2)
-        if top[0] == "images" and len(top) > 1:
-            store = f"images/{top[1]}/"
-            if store not in entities:
-                entities[store] = {"@id": store, "@type": "Dataset", "encodingFormat": "application/x-zarr",
-                                   "conformsTo": {"@id": "https://ngff.openmicroscopy.org/0.5/"}, "hasPart": []}
-            entities[store]["hasPart"].append({"@id": entry.path})
-        entities[entry.path] = {"@id": entry.path, "@type": "File", "contentSize": entry.size, "sha256": entry.sha256}
-    for key, entity in entities.items():
-        if entity["@type"] == "Dataset" or not key.startswith("images/"):
-            parts.append({"@id": key})
+        if top[0] == "images" and len(top) == 3:  # an object inside a Zarr store: the store is the entity
+            stores.setdefault(f"images/{top[1]}/", []).append(entry)
+        else:
+            entities[entry.path] = {"@id": entry.path, "@type": "File", "contentSize": entry.size,
+                                    "sha256": entry.sha256}
+    for store, objects in sorted(stores.items()):
+        entities[store] = {
+            "@id": store, "@type": "Dataset", "name": store.rstrip("/").rsplit("/", 1)[-1],
+            "encodingFormat": "application/vnd+zarr", "conformsTo": {"@id": "https://ngff.openmicroscopy.org/0.5/"},
+            "contentSize": sum(o.size for o in objects),
+            "zarrchive:objects": len(objects),
+            "zarrchive:treeDigest": tree_digest((o.path[len(store):], o.sha256) for o in objects),
+        }
+    parts = [{"@id": key} for key in entities]
 
     software_ids = []
     for name, ver in sorted(versions().items()):

@@ -10,7 +10,7 @@ import hashlib
 import json
 import os
 import uuid
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
@@ -103,6 +103,15 @@ def dumps(obj: Any) -> bytes:
 def read_json(fs: fsspec.AbstractFileSystem, path: str) -> Any:
     with fs.open(path, "rb") as fh:
         return json.load(fh)
+
+
+def tree_digest(entries: Iterable[tuple[str, str]]) -> str:
+    """One sha256 for a tree of objects (a Zarr store): over sorted 'relative-path sha256' lines.
+
+    It changes when any object's bytes, name, or the set of objects changes.
+    """
+    lines = sorted(f"{path} {sha256}\n" for path, sha256 in entries)
+    return hashlib.sha256("".join(lines).encode()).hexdigest()
 
 
 def walk_files(root: str) -> Iterator[str]:
