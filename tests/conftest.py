@@ -26,6 +26,9 @@ def scheduler() -> str:
 @pytest.fixture(scope="session")
 def prefect_server():
     """A real temporary Prefect API server (SQLite) for every flow test of the session."""
+    import os
+
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # offline: no telemetry attempts
     from prefect.testing.utilities import prefect_test_harness
 
     with prefect_test_harness(server_startup_timeout=120):

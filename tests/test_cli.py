@@ -86,3 +86,14 @@ def test_submission_new_lists_the_files_and_completes_into_a_valid_submission(tm
     (folder / "submission.yaml").write_text(yaml.safe_dump(doc))
     parsed, _ = read_submission(str(folder))
     assert len(parsed.files) == 2
+
+
+def test_demo_runs_on_the_embedded_defaults(tmp_path, prefect_server, capsys):
+    """The README's first command: no configuration, a LocalCluster started for the run."""
+    archive = tmp_path / "zarrchive-demo" / "archive"
+    assert main(["demo", "--archive", str(archive), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["status"] == "published" and out["version_uri"] == str(archive / "ZA000001" / "v1")
+    assert (tmp_path / "zarrchive-demo" / "submission" / "submission.yaml").exists()
+    assert main(["demo", "--archive", str(archive)]) == 0
+    assert "Unchanged: ZA000001 v1" in capsys.readouterr().out

@@ -53,6 +53,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     # Dask's per-connection INFO lines drown the run's own log; worker processes inherit this too.
     os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
+    # An archive runs offline: the ephemeral Prefect server must not try to phone home.
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     logging.getLogger("distributed").setLevel(logging.WARNING)
     try:
         if args.command == "ingest":

@@ -11,13 +11,24 @@ class ZarrchiveError(Exception):
     """Root of every error zarrchive raises on purpose."""
 
 
-class ConfigError(ZarrchiveError):
-    """The configuration is invalid; ``problems`` holds one line per problem."""
+class ProblemsError(ZarrchiveError):
+    """Something refused as a whole; ``problems`` holds one line per problem, all found at once."""
+
+    header = "refused"
 
     def __init__(self, source: str, problems: list[str]):
         self.source = source
         self.problems = problems
-        super().__init__(f"invalid configuration {source}:\n" + "\n".join(f"  {p}" for p in problems))
+        super().__init__(f"{self.header} {source}:\n" + "\n".join(f"  {p}" for p in problems))
+
+    def __reduce__(self):  # survive pickling (Dask, Prefect) with the structured fields
+        return type(self), (self.source, self.problems)
+
+
+class ConfigError(ProblemsError):
+    """The configuration is invalid."""
+
+    header = "invalid configuration"
 
 
 class InputError(ZarrchiveError):
@@ -28,14 +39,14 @@ class InputError(ZarrchiveError):
         self.reason = reason
         super().__init__(f"{file}: {reason}")
 
+    def __reduce__(self):
+        return type(self), (self.file, self.reason)
 
-class SubmissionError(ZarrchiveError):
-    """The submission was refused before any data moved; one line per problem."""
 
-    def __init__(self, source: str, problems: list[str]):
-        self.source = source
-        self.problems = problems
-        super().__init__(f"submission {source} refused:\n" + "\n".join(f"  {p}" for p in problems))
+class SubmissionError(ProblemsError):
+    """The submission was refused before any data moved."""
+
+    header = "refused submission"
 
 
 class ChecksumMismatch(InputError):
