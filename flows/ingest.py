@@ -40,7 +40,7 @@ def ingest_submission(request: IngestRequest) -> Publication:
     settings = load_settings(request.config)
     lineage: list[LineageRecord] = []
 
-    submitted = intake(request.submission, request.archive, settings.archive)
+    submitted = intake(request.submission, request.archive, settings.archive, settings.submission)
     lineage.append(submitted.lineage)
     submission = submitted.output
 

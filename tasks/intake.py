@@ -10,81 +10,78 @@ import datetime as dt
 import hashlib
 import json
 import re
+from typing import Any
 
 import fsspec
 import yaml
 from prefect import task
 from prefect.cache_policies import NO_CACHE
-from pydantic import ValidationError
 
-from zarrchive.config import ArchiveSettings, format_validation_error
+from zarrchive.config import ArchiveSettings, SubmissionSettings
 from zarrchive.errors import SubmissionError
 from zarrchive.lineage import Traced, traced
-from zarrchive.records import Submission, SubmissionDoc, parse_relative_path
+from zarrchive.records import Finding, Submission, SubmissionDoc, parse_relative_path
 from zarrchive.runtime import retry_transient
+from zarrchive.submission_checks import check_submission
 from zarrchive.storage import dumps, join, read_json, resolve, to_url, write_bytes_atomic
 
 SUBMISSION_FILE = "submission.yaml"
 
 
-def read_submission(source: str) -> tuple[SubmissionDoc, str]:
-    """Parse and validate ``<source>/submission.yaml``; check every listed file is present.
+def check_folder(
+    source: str, settings: SubmissionSettings
+) -> tuple[SubmissionDoc | None, str | None, list[Finding]]:
+    """Every finding about the submission at ``source``: its YAML, each field, the files it lists.
 
-    Returns the document and the sha256 of the file as submitted.
-    Raises ``SubmissionError`` listing every problem found.
+    Returns the document (None when it cannot be built), the sha256 of
+    ``submission.yaml`` as submitted (None when missing) and the findings.
+    Reads nothing but ``submission.yaml`` and the folder listing.
     """
     fs, root = resolve(source)
-    doc_path = join(root, SUBMISSION_FILE)
+
+    def refuse(message: str) -> tuple[None, None, list[Finding]]:
+        return None, None, [Finding(severity="error", check="schema", field=SUBMISSION_FILE, message=message)]
+
     try:
-        raw = fs.cat_file(doc_path)
+        raw = fs.cat_file(join(root, SUBMISSION_FILE))
     except FileNotFoundError:
-        raise SubmissionError(source, [f"{SUBMISSION_FILE}: missing (run 'zarrchive submission new {source}')"])
+        return refuse(f"missing (run 'zarrchive submission new {source}' to start one)")
     try:
         data = yaml.safe_load(raw)
     except yaml.YAMLError as exc:
-        raise SubmissionError(source, [f"{SUBMISSION_FILE}: not valid YAML: {exc}"])
-    if not isinstance(data, dict):
-        raise SubmissionError(source, [f"{SUBMISSION_FILE}: the top level must be a mapping of fields"])
-    problems: list[str] = []
-    doc = None
-    try:
-        doc = SubmissionDoc.model_validate(data)
-    except ValidationError as exc:
-        problems = [_describe(err, data) for err in exc.errors()]
-    problems += [f"files: {path}: listed but not found in the submission"
-                 for path in _listed_paths(data) if not fs.isfile(join(root, path))]
-    if problems or doc is None:
-        raise SubmissionError(source, problems)
-    return doc, hashlib.sha256(raw).hexdigest()
+        return refuse(f"not valid YAML: {exc}")
+    doc, findings = check_submission(data, settings)
+    for i, path in _listed_paths(data):
+        if not fs.isfile(join(root, path)):
+            findings.append(Finding(severity="error", check="file_present", field=f"files[{i}] ({path})",
+                                    file=path, message="listed but not found in the submission"))
+    return doc, hashlib.sha256(raw).hexdigest(), findings
 
 
-def _listed_paths(data: dict) -> list[str]:
+def read_submission(source: str, settings: SubmissionSettings) -> tuple[SubmissionDoc, str, list[Finding]]:
+    """The validated document, the sha256 of ``submission.yaml`` and the warnings.
+
+    Raises ``SubmissionError`` listing every error when there is any.
+    """
+    doc, sha256, findings = check_folder(source, settings)
+    errors = [f.line() for f in findings if f.severity == "error"]
+    if errors or doc is None or sha256 is None:
+        raise SubmissionError(source, errors)
+    return doc, sha256, [f for f in findings if f.severity != "error"]
+
+
+def _listed_paths(data: Any) -> list[tuple[int, str]]:
     """The well-formed paths listed under ``files`` (checked for presence even when other fields are wrong)."""
     paths = []
-    for entry in data.get("files") or []:
+    entries = data.get("files") if isinstance(data, dict) else None
+    for i, entry in enumerate(entries if isinstance(entries, list) else []):
         path = entry.get("path") if isinstance(entry, dict) else None
         if isinstance(path, str):
             try:
-                paths.append(parse_relative_path(path))
+                paths.append((i, parse_relative_path(path)))
             except ValueError:
-                continue  # reported by validation
-    return list(dict.fromkeys(paths))
-
-
-def _describe(err: dict, data: dict) -> str:
-    """One readable line for a pydantic error, naming the field (and file, for file entries)."""
-    loc = list(err["loc"])
-    if len(loc) >= 2 and loc[0] == "files" and isinstance(loc[1], int):
-        entries = data.get("files") or []
-        entry = entries[loc[1]] if loc[1] < len(entries) else None
-        label = entry.get("path") if isinstance(entry, dict) else None
-        loc[1] = f"[{loc[1]}]" + (f" ({label})" if label else "")
-    where = ".".join(str(p) for p in loc).replace(".[", "[") or "(top level)"
-    if err["type"] == "extra_forbidden":
-        return f"{where}: unknown field"
-    if err["type"] == "missing":
-        return f"{where}: required field is missing"
-    return f"{where}: {err['msg']}"
+                continue  # reported by the schema
+    return paths
 
 
 def submission_key(source: str) -> str:
@@ -131,11 +128,13 @@ def _names(fs: fsspec.AbstractFileSystem, root: str) -> list[str]:
         return []
 
 
-def intake_submission(source: str, archive: str, settings: ArchiveSettings) -> Submission:
+def intake_submission(source: str, archive: str, settings: ArchiveSettings,
+                      checks: SubmissionSettings) -> Submission:
     """Validate the submission at ``source`` and give it its accession in ``archive``."""
-    doc, doc_sha256 = read_submission(source)
+    doc, doc_sha256, warnings = read_submission(source, checks)
     accession = allocate_accession(source, archive, settings)
-    return Submission(source=submission_key(source), doc=doc, doc_sha256=doc_sha256, accession=accession)
+    return Submission(source=submission_key(source), doc=doc, doc_sha256=doc_sha256, accession=accession,
+                      findings=warnings)
 
 
 def template_for(folder: str) -> str:
@@ -166,5 +165,5 @@ def template_for(folder: str) -> str:
 
 @task(name="intake", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[1, 5],
       retry_condition_fn=retry_transient)
-def intake(source: str, archive: str, settings: ArchiveSettings) -> Traced[Submission]:
-    return traced("intake", intake_submission, source, archive, settings)
+def intake(source: str, archive: str, settings: ArchiveSettings, checks: SubmissionSettings) -> Traced[Submission]:
+    return traced("intake", intake_submission, source, archive, settings, checks)

@@ -20,7 +20,7 @@ from prefect.cache_policies import NO_CACHE
 from zarrchive.config import QCSettings, config_dir
 from zarrchive.lineage import Traced, traced
 from zarrchive.ngff import validate_image
-from zarrchive.records import CompressionReport, ImageRecord, QCFinding, QCReport
+from zarrchive.records import CompressionReport, ImageRecord, Finding, QCReport
 
 
 def load_suite(settings: QCSettings) -> dict[str, Any]:
@@ -68,7 +68,7 @@ def image_facts(image: ImageRecord, report: CompressionReport) -> dict[str, Any]
     }
 
 
-def run_suite(rows: list[dict[str, Any]], suite: dict[str, Any]) -> list[QCFinding]:
+def run_suite(rows: list[dict[str, Any]], suite: dict[str, Any]) -> list[Finding]:
     """Validate the rows with Great Expectations; one finding per failing image and expectation."""
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     import great_expectations as gx
@@ -92,11 +92,11 @@ def run_suite(rows: list[dict[str, Any]], suite: dict[str, Any]) -> list[QCFindi
         column = res.expectation_config.kwargs.get("column")
         unexpected = res.result.get("unexpected_index_list") or []
         if not unexpected:  # the expectation itself failed (e.g. a missing column)
-            findings.append(QCFinding(severity="error", check=meta.get("check", res.expectation_config.type),
+            findings.append(Finding(severity="error", check=meta.get("check", res.expectation_config.type),
                                       field=column, message=f"expectation could not run: {res.exception_info}"))
         for hit in unexpected:
             value = hit.get(column)
-            findings.append(QCFinding(
+            findings.append(Finding(
                 severity=meta.get("severity", "error"), check=meta.get("check", res.expectation_config.type),
                 image_id=hit["image_id"], field=column,
                 message=meta.get("message", res.expectation_config.type).replace("{value}", str(value)),
@@ -111,7 +111,7 @@ def check_metadata(images: list[ImageRecord], reports: list[CompressionReport], 
     rows = [image_facts(image, by_id[image.image_id]) for image in images]
     findings = run_suite(rows, suite) if rows else []
     for image in images:
-        findings.extend(QCFinding(severity="warning", check="metadata_conflict", image_id=image.image_id, message=n)
+        findings.extend(Finding(severity="warning", check="metadata_conflict", image_id=image.image_id, message=n)
                         for n in image.notes)
     return QCReport(suite=suite["name"], rows=rows, findings=findings)
 

@@ -11,7 +11,10 @@ import yaml
 
 from builders import ome_tiff, random_image, submission
 from zarrchive.cli import main
+from zarrchive.config import load_settings
 from zarrchive.tasks.intake import read_submission
+
+CHECKS = load_settings().submission
 
 
 def test_ingest_json_prints_one_object_and_exits_0(tmp_path, config_file, prefect_server, capsys):
@@ -79,13 +82,18 @@ def test_submission_new_lists_the_files_and_completes_into_a_valid_submission(tm
     doc = yaml.safe_load((folder / "submission.yaml").read_text())
     assert [f["path"] for f in doc["files"]] == ["images/a.ome.tif", "readme.txt"]
     assert main(["submission", "new", str(folder)]) == 2  # never overwrites silently
+    assert main(["validate", str(folder)]) == 1  # the TODOs are still there
+    assert "still holds the template's TODO" in capsys.readouterr().out
     doc["title"] = "Completed by the depositor"
+    doc["description"] = "Two test files."
     doc["authors"] = [{"name": "Jane Doe"}]
     doc["organism"] = {"scientific_name": "Homo sapiens", "ncbi_taxon": 9606}
     doc["imaging_method"] = {"name": "confocal microscopy"}
     (folder / "submission.yaml").write_text(yaml.safe_dump(doc))
-    parsed, _ = read_submission(str(folder))
+    parsed, _, _ = read_submission(str(folder), CHECKS)
     assert len(parsed.files) == 2
+    assert main(["validate", str(folder)]) == 0
+    assert "0 error(s)" in capsys.readouterr().out
 
 
 def test_demo_runs_on_the_embedded_defaults(tmp_path, prefect_server, capsys):

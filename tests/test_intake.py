@@ -11,13 +11,14 @@ from typing import Any
 import pytest
 import yaml
 
-from zarrchive.config import ArchiveSettings
+from zarrchive.config import ArchiveSettings, load_settings
 from zarrchive.errors import SubmissionError
 from zarrchive.records import Submission
 from zarrchive.tasks import intake as intake_mod
 from zarrchive.tasks.intake import allocate_accession, intake_submission, read_submission, template_for
 
 SETTINGS = ArchiveSettings(accession_prefix="ZA", accession_digits=6)
+CHECKS = load_settings().submission
 AUTHOR = {"name": "Jane Doe", "email": "jane@example.org", "orcid": "0000-0002-1825-0097", "affiliation": "EMBL"}
 
 
@@ -48,7 +49,7 @@ def write_doc(folder: Path, doc: dict[str, Any]) -> Path:
 
 def problems_of(folder: Path) -> list[str]:
     with pytest.raises(SubmissionError) as info:
-        read_submission(str(folder))
+        read_submission(str(folder), CHECKS)
     assert info.value.problems, "a SubmissionError must list at least one problem"
     return info.value.problems
 
@@ -71,7 +72,7 @@ def test_valid_submission_parses(tmp_path):
     doc["organism"] = {"scientific_name": "Homo sapiens", "ncbi_taxon": 9606}
     write_doc(folder, doc)
 
-    parsed, doc_sha = read_submission(str(folder))
+    parsed, doc_sha, _ = read_submission(str(folder), CHECKS)
 
     assert parsed.title == doc["title"]
     assert [f.path for f in parsed.files] == ["images/a.tif", "b.tif"]  # ./ normalised away
@@ -121,7 +122,7 @@ def test_missing_author_name_is_named(tmp_path):
     doc["authors"] = [{"email": "x@example.org"}]
     write_doc(folder, doc)
     [line] = problems_of(folder)
-    assert line.startswith("authors.0.name") and "required field is missing" in line
+    assert line.startswith("authors[0].name") and "required field is missing" in line
 
 
 def test_title_too_short(tmp_path):
@@ -207,7 +208,7 @@ def test_bad_orcid_is_named(tmp_path, orcid):
     doc["authors"] = [dict(AUTHOR), {**AUTHOR, "orcid": orcid}]
     write_doc(folder, doc)
     [line] = problems_of(folder)
-    assert line.startswith("authors.1.orcid")
+    assert line.startswith("authors[1].orcid")
 
 
 def test_orcid_with_x_checksum_is_accepted(tmp_path):
@@ -215,7 +216,7 @@ def test_orcid_with_x_checksum_is_accepted(tmp_path):
     doc = valid_doc([{"path": "b.tif"}])
     doc["authors"] = [{**AUTHOR, "orcid": "0000-0002-1694-233X"}]
     write_doc(folder, doc)
-    parsed, _ = read_submission(str(folder))
+    parsed, _, _ = read_submission(str(folder), CHECKS)
     assert parsed.authors[0].orcid == "0000-0002-1694-233X"
 
 
@@ -234,7 +235,7 @@ def test_all_problems_are_reported_at_once(tmp_path):
     only_line(problems, "license", "required field is missing")
     only_line(problems, "description", "required field is missing")
     assert only_line(problems, "title").startswith("title:")
-    assert only_line(problems, "orcid").startswith("authors.0.orcid")
+    assert only_line(problems, "orcid").startswith("authors[0].orcid")
     only_line(problems, "../x.tif", "escapes")
     only_line(problems, "/etc/passwd", "relative")
     assert only_line(problems, "b.tif").startswith("files[2] (b.tif).sha256")
@@ -267,7 +268,7 @@ def test_accession_format_follows_settings(tmp_path):
 def test_intake_submission_returns_a_submission_with_its_accession(tmp_path):
     folder = submission_folder(tmp_path, "sub")
     archive = tmp_path / "archive"
-    sub = intake_submission(str(folder), str(archive), SETTINGS)
+    sub = intake_submission(str(folder), str(archive), SETTINGS, CHECKS)
     assert isinstance(sub, Submission)
     assert re.fullmatch(r"ZA\d{6}", sub.accession)
     assert sub.source == str(folder)
@@ -284,15 +285,15 @@ def test_refused_submission_gets_no_accession(tmp_path):
     write_doc(folder, doc)
     archive = tmp_path / "archive"
     with pytest.raises(SubmissionError):
-        intake_submission(str(folder), str(archive), SETTINGS)
+        intake_submission(str(folder), str(archive), SETTINGS, CHECKS)
     assert not archive.exists() or not any(archive.iterdir())
 
 
 def test_accession_is_stable_on_rerun(tmp_path, monkeypatch):
     folder = submission_folder(tmp_path, "sub")
     archive = str(tmp_path / "archive")
-    first = intake_submission(str(folder), archive, SETTINGS).accession
-    second = intake_submission(str(folder), archive, SETTINGS).accession
+    first = intake_submission(str(folder), archive, SETTINGS, CHECKS).accession
+    second = intake_submission(str(folder), archive, SETTINGS, CHECKS).accession
     # the same folder spelled differently (trailing slash, relative path) is the same submission
     third = allocate_accession(str(folder) + "/", archive, SETTINGS)
     monkeypatch.chdir(tmp_path)
@@ -304,7 +305,7 @@ def test_accession_is_stable_on_rerun(tmp_path, monkeypatch):
 
 def test_different_folders_get_different_increasing_accessions(tmp_path):
     archive = str(tmp_path / "archive")
-    got = [intake_submission(str(submission_folder(tmp_path, f"sub{i}")), archive, SETTINGS).accession
+    got = [intake_submission(str(submission_folder(tmp_path, f"sub{i}")), archive, SETTINGS, CHECKS).accession
            for i in range(3)]
     assert got == ["ZA000001", "ZA000002", "ZA000003"]
     # and each remains its own on rerun
@@ -375,12 +376,14 @@ def test_template_lists_the_files_of_the_folder(tmp_path):
 def test_filled_template_is_accepted(tmp_path):
     folder = make_folder(tmp_path / "sub", ("b.tif", "images/a.tif"))
     template = template_for(str(folder))
-    # unfilled, the template is still structurally valid YAML of the format...
+    # unfilled, the template is refused: each TODO left is named
     (folder / "submission.yaml").write_text(template)
-    read_submission(str(folder))
+    problems = problems_of(folder)
+    assert {"title", "description", "authors[0].name", "organism.scientific_name"} <= {
+        line.split(":")[0] for line in problems if "TODO" in line}
     # ...and once the TODO fields are filled in it is accepted as a submission
     (folder / "submission.yaml").write_text(fill_todos(template))
-    doc, _ = read_submission(str(folder))
+    doc, _, _ = read_submission(str(folder), CHECKS)
     assert [f.path for f in doc.files] == ["b.tif", "images/a.tif"]
     assert doc.title == "Confocal images of fixed HeLa cells"
     assert doc.organism is not None and doc.organism.scientific_name == "Homo sapiens"

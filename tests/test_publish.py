@@ -14,7 +14,7 @@ import zarr
 from zarrchive.config import PublishSettings, load_settings
 from zarrchive.records import (
     Axis, CodecChoice, CompressionReport, Entity, Failure, FileRecord, ImageOutcome, ImageRecord, Level,
-    LineageRecord, QCFinding, QCReport, Submission, SubmissionDoc,
+    LineageRecord, Finding, QCReport, Submission, SubmissionDoc,
 )
 from zarrchive.tasks.compress import store_digest
 from zarrchive.tasks.publish import (
@@ -68,7 +68,7 @@ def compression_report(image_id: str, store: Path) -> CompressionReport:
     )
 
 
-def qc_report(findings: list[QCFinding] = ()) -> QCReport:
+def qc_report(findings: list[Finding] = ()) -> QCReport:
     return QCReport(suite="qc/default.json", rows=[{"image_id": "cells", "dtype": "uint16"}], findings=list(findings))
 
 
@@ -99,7 +99,7 @@ class Inputs:
         self.submission = make_submission([f.path for f in self.files])
         self.reports = [compression_report("cells", zarr_store(staging / "compressed" / "cells.ome.zarr"))]
         self.outcomes = [outcome("cells", "images/cells.tif")]
-        self.qc = qc_report([QCFinding(severity="warning", check="calibrated", message="no pixel size",
+        self.qc = qc_report([Finding(severity="warning", check="calibrated", message="no pixel size",
                                        image_id="cells")])
         self.lineage = lineage(self.files, self.reports)
 
@@ -361,7 +361,7 @@ def by_id(outcomes: list[ImageOutcome]) -> dict[str, ImageOutcome]:
 
 
 def test_all_good_images_are_published_under_either_policy():
-    qc = qc_report([QCFinding(severity="warning", check="calibrated", message="no pixel size", image_id="a")])
+    qc = qc_report([Finding(severity="warning", check="calibrated", message="no pixel size", image_id="a")])
     for policy in (BLOCK, SKIP):
         outcomes = by_id(image_outcomes(IMAGES, [], qc, policy))
         assert {k: o.status for k, o in outcomes.items()} == {"a": "published", "b": "published"}
@@ -387,8 +387,8 @@ def test_skip_image_publishes_the_rest():
 
 
 def test_qc_error_blocks_the_image_and_under_block_submission_all():
-    qc = qc_report([QCFinding(severity="error", check="shape", message="image is empty", image_id="b"),
-                    QCFinding(severity="warning", check="calibrated", message="no pixel size", image_id="a")])
+    qc = qc_report([Finding(severity="error", check="shape", message="image is empty", image_id="b"),
+                    Finding(severity="warning", check="calibrated", message="no pixel size", image_id="a")])
     skip = by_id(image_outcomes(IMAGES, [], qc, SKIP))
     assert (skip["a"].status, skip["a"].qc) == ("published", "warning")
     assert (skip["b"].status, skip["b"].qc) == ("blocked", "error") and "image is empty" in skip["b"].error
@@ -401,7 +401,7 @@ def test_qc_error_blocks_the_image_and_under_block_submission_all():
 
 
 def test_nothing_publishable_under_skip_image_gives_reasons():
-    qc = qc_report([QCFinding(severity="error", check="suite", message="metadata table invalid")])
+    qc = qc_report([Finding(severity="error", check="suite", message="metadata table invalid")])
     outcomes = image_outcomes([], [CONVERT_FAILED, Failure(stage="fetch", source_path="x.tif", error="sha256 is ...")],
                               qc, SKIP)
     assert [o.status for o in outcomes] == ["failed", "failed"]

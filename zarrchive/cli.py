@@ -1,8 +1,9 @@
 """The ``zarrchive`` command line.
 
 Exit codes: 0 a version was published (or the submission is unchanged since its
-latest version), 1 nothing was published (the reasons are printed), 2 usage or
-configuration errors.
+latest version; for ``validate``: no errors), 1 nothing was published (the
+reasons are printed; for ``validate``: errors found), 2 usage or configuration
+errors.
 """
 
 from __future__ import annotations
@@ -36,6 +37,11 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--config", help="YAML merged over configs/default.yaml")
     demo.add_argument("--json", action="store_true", help="print one JSON object for scripts")
 
+    validate = sub.add_parser("validate", help="check a submission (submission.yaml and its files) without ingesting")
+    validate.add_argument("submission", help="folder or URL holding submission.yaml")
+    validate.add_argument("--config", help="YAML merged over configs/default.yaml")
+    validate.add_argument("--json", action="store_true", help="print the findings as JSON")
+
     show = sub.add_parser("show", help="print what is published under an accession")
     show.add_argument("accession")
     show.add_argument("--archive", required=True)
@@ -66,6 +72,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             if not args.json:
                 print(f"Sample submission: {folder}")
             return _ingest(str(folder), args.archive, args.config, args.json)
+        if args.command == "validate":
+            return _validate(args.submission, args.config, args.json)
         if args.command == "show":
             return _show(args.accession, args.archive, args.json)
         if args.command == "submission":
@@ -120,6 +128,24 @@ def _report(pub: Publication, as_json: bool) -> None:
         print(f"  {o.image_id} ({o.source_path}): {o.status}, QC {o.qc}{where}" + (f"\n    {o.error}" if o.error else ""))
     for reason in pub.reasons:
         print(f"  reason: {reason}")
+
+
+def _validate(submission: str, config: str | None, as_json: bool) -> int:
+    from zarrchive.config import load_settings
+    from zarrchive.tasks.intake import check_folder
+
+    settings = load_settings(config)
+    _doc, _sha, findings = check_folder(submission, settings.submission)
+    errors = [f for f in findings if f.severity == "error"]
+    if as_json:
+        print(json.dumps({"submission": submission, "valid": not errors,
+                          "findings": [f.model_dump() for f in findings]}))
+    else:
+        for finding in findings:
+            print(f"{finding.severity:<8}{finding.line()}")
+        print(f"{submission}: {len(errors)} error(s), {len(findings) - len(errors)} warning(s)"
+              + ("" if errors else " — ready to submit"))
+    return EXIT_NOT_PUBLISHED if errors else EXIT_OK
 
 
 def _show(accession: str, archive: str, as_json: bool) -> int:

@@ -6,6 +6,7 @@ over it key by key. Each stage receives only its own slice.
 
 from __future__ import annotations
 
+import datetime as dt
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -23,6 +24,12 @@ class Section(BaseModel):
 class ArchiveSettings(Section):
     accession_prefix: str = Field(pattern=r"^[A-Z][A-Z0-9-]{0,15}$")
     accession_digits: int = Field(ge=1, le=12)
+
+
+class SubmissionSettings(Section):
+    licenses: list[str] = Field(min_length=1)
+    earliest_release_date: dt.date
+    max_embargo_years: int = Field(ge=0, le=50)
 
 
 class StagingSettings(Section):
@@ -70,6 +77,7 @@ class PublishSettings(Section):
 
 class Settings(Section):
     archive: ArchiveSettings
+    submission: SubmissionSettings
     staging: StagingSettings
     fetch: FetchSettings
     convert: ConvertSettings
