@@ -72,11 +72,11 @@ def ingest_submission(request: IngestRequest) -> Publication:
             ], lineage)
             failures += failed
 
-        images = [image for image in images if image.image_id in {r.image_id for r in reports}]
-        checked = qc(images, reports, settings.qc) if images else None
-        if checked:
-            lineage.append(checked.lineage)
-        qc_report = checked.output if checked else None
+            images = [image for image in images if image.image_id in {r.image_id for r in reports}]
+            checked = qc(submission, images, reports, settings.qc, scheduler) if images else None
+            if checked:
+                lineage.append(checked.lineage)
+            qc_report = checked.output if checked else None
 
         outcomes = image_outcomes(images, failures, qc_report, settings.publish)
         if reasons := blocking_reasons(outcomes, qc_report):

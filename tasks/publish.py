@@ -31,6 +31,7 @@ from zarrchive.records import (
     QCReport, Submission,
 )
 from zarrchive.tasks.convert import slug
+from zarrchive.tasks.qc import render_html
 from zarrchive.runtime import retry_transient
 from zarrchive.software import pixel_versions
 from zarrchive.storage import (
@@ -165,10 +166,12 @@ def publish_version(
             raise TransientError(f"{file.path}: staged copy changed since fetch (sha256 {entry.sha256})")
         published_paths[file.staged_path] = rel
         entries.append(entry)
-    qc_doc = {"suite": qc_report.suite, "images": qc_report.rows,
-              "findings": [f.model_dump() for f in qc_report.findings],
+    qc_doc = {"suite": qc_report.suite, "modality": qc_report.modality, "images": qc_report.rows,
+              "channels": qc_report.channels, "findings": [f.model_dump() for f in qc_report.findings],
               "errors": len(qc_report.errors), "warnings": len(qc_report.warnings)}
     entries.append(_put_bytes(fs, join(vdir, "qc/report.json"), dumps(qc_doc)))
+    page = render_html(qc_report, f"{submission.accession} v{number}: {submission.doc.title}")
+    entries.append(_put_bytes(fs, join(vdir, "qc/index.html"), page.encode()))
     relative = [ManifestEntry(path=e.path[len(vdir) + 1:], size=e.size, sha256=e.sha256) for e in entries]
     crate = build_crate(submission, number, lineage, relative, published_paths)
     entries.append(_put_bytes(fs, join(vdir, "ro-crate-metadata.json"), dumps(crate)))

@@ -1,75 +1,198 @@
-"""QC: one row of metadata facts per image, validated by a Great Expectations suite kept in configs/.
+"""QC: metadata facts per image and per channel, validated by a Great Expectations suite kept in configs/.
 
-The suite is data (JSON): each expectation carries ``meta.severity`` (error or
-warning), ``meta.check`` and a ``meta.message`` for the depositor. Checks report;
-the flow decides what blocks publication. Metadata conflicts noted during
-conversion are reported as warnings.
+The facts: dimensions, dtype, physical sizes and units, time step, channel
+names, intensity statistics and the level-0 checksum (both computed on the
+Dask cluster from the published pyramid), NGFF validation by an independent
+validator, compression ratio, source format.
+
+The suite is data (``configs/qc/default.json``): expectations on an ``images``
+table and a ``channels`` table, each carrying ``meta.severity``, ``meta.check``
+and ``meta.message``. A modality file (``configs/qc/modalities/*.json``)
+adjusts the kwargs of named checks (plausible pixel sizes differ between light
+and electron microscopy); ``qc.severity`` in the configuration re-grades
+checks. Checks report; the flow applies the publication policy. Submission
+warnings and metadata conflicts noted during conversion join the findings.
 """
 
 from __future__ import annotations
 
+import copy
+import hashlib
+import html
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import zarr
 from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
+from zarrchive.cluster import client_for
 from zarrchive.config import QCSettings, config_dir
 from zarrchive.lineage import Traced, traced
 from zarrchive.ngff import validate_image
-from zarrchive.records import CompressionReport, ImageRecord, Finding, QCReport
+from zarrchive.records import CompressionReport, Finding, ImageRecord, QCReport, Submission
+from zarrchive.tasks.compress import BATCH, chunk_slices
+
+MICROMETERS = {"micrometer": 1.0, "nanometer": 1e-3, "millimeter": 1e3, "centimeter": 1e4, "meter": 1e6,
+               "angstrom": 1e-4, "picometer": 1e-6}
 
 
-def load_suite(settings: QCSettings) -> dict[str, Any]:
-    """The expectation suite named by the settings (relative paths are under configs/)."""
-    path = Path(settings.suite)
-    if not path.is_absolute():
-        path = config_dir() / path
-    return json.loads(path.read_text())
+# ---------------------------------------------------------------- the suite
 
 
-def image_facts(image: ImageRecord, report: CompressionReport) -> dict[str, Any]:
-    """The QC row of one image: what the checks look at."""
+def _resolve(path: str) -> Path:
+    p = Path(path)
+    return p if p.is_absolute() else config_dir() / p
+
+
+def load_suite(settings: QCSettings, imaging_method: Any = None) -> tuple[dict[str, Any], str | None]:
+    """The suite with the modality's adjustments and the configured re-grading applied, and the modality."""
+    suite = json.loads(_resolve(settings.suite).read_text())
+    modality = choose_modality(settings, imaging_method)
+    adjust = {}
+    if modality:
+        adjust = json.loads((config_dir() / "qc" / "modalities" / f"{modality}.json").read_text())["kwargs"]
+    suite = copy.deepcopy(suite)
+    for table in ("images", "channels"):
+        for exp in suite.get(table, []):
+            check = exp["meta"]["check"]
+            exp["kwargs"].update(adjust.get(check, {}))
+            exp["meta"]["severity"] = settings.severity.get(check, exp["meta"]["severity"])
+    return suite, modality
+
+
+def choose_modality(settings: QCSettings, imaging_method: Any) -> str | None:
+    """The modality file to use: configured by name, or matched from the imaging method (FBbi id, keywords)."""
+    if settings.modality == "none":
+        return None
+    if settings.modality != "auto":
+        return settings.modality
+    if imaging_method is None:
+        return None
+    text = f" {imaging_method.name} "
+    for path in sorted((config_dir() / "qc" / "modalities").glob("*.json")):
+        match = json.loads(path.read_text())["match"]
+        if imaging_method.fbbi_id and imaging_method.fbbi_id in match.get("fbbi_ids", []):
+            return path.stem
+        if any(re.search(rf"(?<![A-Za-z]){re.escape(k)}(?![A-Za-z])", text, re.IGNORECASE if k.islower() else 0)
+               for k in match.get("keywords", [])):
+            return path.stem
+    return None
+
+
+# ---------------------------------------------------------------- facts, on the cluster
+
+
+def chunk_stats(array_path: str, regions: list[tuple[slice, ...]], channel_axis: int | None) -> list[dict[str, Any]]:
+    """Per chunk and channel: min, max, sum, count, saturated and zero pixel counts; sha256 of each chunk."""
+    array = zarr.open_array(array_path, mode="r")
+    dtype = array.dtype
+    top = float(np.iinfo(dtype).max) if np.issubdtype(dtype, np.integer) else None
+    out = []
+    for region in regions:
+        block = np.ascontiguousarray(array[region])
+        digest = hashlib.sha256(block.tobytes()).hexdigest()
+        start = region[channel_axis].start if channel_axis is not None else 0
+        planes = np.moveaxis(block, channel_axis, 0) if channel_axis is not None else block[None]
+        for offset, plane in enumerate(planes):
+            values = plane.astype(np.float64) if dtype == np.bool_ else plane
+            finite = values[np.isfinite(values)] if np.issubdtype(values.dtype, np.floating) else values
+            out.append({
+                "channel": start + offset, "sha256": digest if offset == 0 else None,
+                "min": float(finite.min()) if finite.size else None,
+                "max": float(finite.max()) if finite.size else None,
+                "sum": float(finite.sum(dtype=np.float64)), "count": int(finite.size),
+                "saturated": int(np.count_nonzero(plane == top)) if top is not None else 0,
+                "zero": int(np.count_nonzero(plane == 0)),
+            })
+    return out
+
+
+def intensity_facts(image: ImageRecord, report: CompressionReport, scheduler: str) -> tuple[list[dict], str]:
+    """Per-channel statistics of level 0 of the compressed store, and its level-0 digest (chunk order)."""
+    level = image.levels[0]
+    axes = [a.name for a in image.axes]
+    channel_axis = axes.index("c") if "c" in axes else None
+    regions = chunk_slices(level.shape, level.chunks)
+    batches = [regions[i:i + BATCH] for i in range(0, len(regions), BATCH)]
+    with client_for(scheduler) as client:
+        futures = client.map(chunk_stats, [f"{report.store}/{level.path}"] * len(batches), batches,
+                             [channel_axis] * len(batches), pure=False)
+        parts = [p for batch in client.gather(futures) for p in batch]
+    digest = hashlib.sha256("".join(p["sha256"] for p in parts if p["sha256"]).encode()).hexdigest()
+    channels = []
+    for index, name in enumerate(image.channel_names):
+        mine = [p for p in parts if p["channel"] == index]
+        count = sum(p["count"] for p in mine)
+        lows = [p["min"] for p in mine if p["min"] is not None]
+        highs = [p["max"] for p in mine if p["max"] is not None]
+        pixels = int(np.prod(level.shape)) // max(1, len(image.channel_names))
+        channels.append({
+            "image_id": image.image_id, "channel": index, "name": name,
+            "min": min(lows) if lows else None, "max": max(highs) if highs else None,
+            "mean": sum(p["sum"] for p in mine) / count if count else None,
+            "saturated_fraction": sum(p["saturated"] for p in mine) / pixels,
+            "zero_fraction": sum(p["zero"] for p in mine) / pixels,
+        })
+    return channels, digest
+
+
+def image_facts(image: ImageRecord, report: CompressionReport, channels: list[dict], level0_digest: str,
+                ngff_problems: list[str]) -> dict[str, Any]:
+    """The QC row of one image: what the image checks look at."""
     axes = [a.name for a in image.axes]
     shape = dict(zip(axes, image.shape))
     scale = dict(zip(axes, image.levels[0].scale))
-    unit = next((a.unit for a in image.axes if a.type == "space" and a.unit), None)
-    ngff_problems = validate_image(report.store)
+    units = {a.name: a.unit for a in image.axes}
+    space_unit = next((a.unit for a in image.axes if a.type == "space" and a.unit), None)
 
     def size(axis: str) -> float | None:
-        has_unit = any(a.name == axis and a.unit for a in image.axes)
-        return scale[axis] if axis in scale and has_unit else None
+        return scale[axis] if axis in scale and units.get(axis) else None
 
+    def in_um(axis: str) -> float | None:
+        value = size(axis)
+        return value * MICROMETERS[units[axis]] if value is not None and units[axis] in MICROMETERS else None
+
+    names = list(image.channel_names)
+    highs = [c["max"] for c in channels if c["max"] is not None]
+    lows = [c["min"] for c in channels if c["min"] is not None]
     return {
-        "image_id": image.image_id,
-        "source_path": image.source_path,
-        "series": image.series,
-        "reader": image.reader,
-        "dtype": image.dtype,
-        "axes": "".join(axes),
-        "shape": "x".join(str(n) for n in image.shape),
-        "min_extent": min(image.shape),
+        "image_id": image.image_id, "source_path": image.source_path, "series": image.series,
+        "source_format": image.reader, "dtype": image.dtype, "axes": "".join(axes),
+        "shape": "x".join(str(n) for n in image.shape), "min_extent": min(image.shape),
         "size_t": shape.get("t", 1), "size_c": shape.get("c", 1), "size_z": shape.get("z", 1),
         "size_y": shape["y"], "size_x": shape["x"],
-        "pixel_size_x": size("x"), "pixel_size_y": size("y"), "pixel_size_z": size("z"),
-        "unit": unit,
+        "pixel_size_x": size("x"), "pixel_size_y": size("y"), "pixel_size_z": size("z"), "unit": space_unit,
+        "pixel_size_x_um": in_um("x"), "pixel_size_y_um": in_um("y"), "pixel_size_z_um": in_um("z"),
+        "time_step": scale["t"] if "t" in scale and units.get("t") else None, "time_unit": units.get("t"),
         "calibrated": image.calibrated,
-        "n_channels": shape.get("c", 1),
-        "channel_names": ", ".join(image.channel_names),
-        "channel_names_match": image.channel_names_given is None or image.channel_names_given == shape.get("c", 1),
+        "channel_names": ", ".join(names),
+        "channel_names_match": image.channel_names_given is None or image.channel_names_given == len(names),
+        "channel_names_unique": len(set(names)) == len(names),
+        "channel_names_nonempty": all(n.strip() for n in names),
+        "min": min(lows) if lows else None, "max": max(highs) if highs else None,
+        "saturated_fraction": max((c["saturated_fraction"] for c in channels), default=0.0),
+        "all_zero": bool(highs) and max(highs) == 0 and min(lows) == 0,
         "levels": len(image.levels),
-        "ngff_valid": not ngff_problems,
-        "ngff_problems": "; ".join(ngff_problems),
+        "ngff_valid": not ngff_problems, "ngff_problems": "; ".join(ngff_problems),
         "compression_ratio": report.ratio,
-        "level0_sha256": report.level0_sha256,
+        "level0_sha256": level0_digest, "level0_checksum_matched": level0_digest == report.level0_sha256,
     }
 
 
-def run_suite(rows: list[dict[str, Any]], suite: dict[str, Any]) -> list[Finding]:
-    """Validate the rows with Great Expectations; one finding per failing image and expectation."""
+# ---------------------------------------------------------------- running the suite
+
+
+def run_suite(table: str, rows: list[dict[str, Any]], expectations: list[dict[str, Any]],
+              keys: list[str]) -> list[Finding]:
+    """Validate ``rows`` with Great Expectations; one finding per failing row and expectation."""
+    if not rows or not expectations:
+        return []
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     import great_expectations as gx
     import pandas as pd
@@ -77,59 +200,115 @@ def run_suite(rows: list[dict[str, Any]], suite: dict[str, Any]) -> list[Finding
 
     context = gx.get_context(mode="ephemeral")
     context.variables.progress_bars = {"globally": False, "metric_calculations": False}
-    frame = pd.DataFrame(rows)
-    batch = (context.data_sources.add_pandas("qc").add_dataframe_asset("images")
-             .add_batch_definition_whole_dataframe("all").get_batch(batch_parameters={"dataframe": frame}))
-    expectations = [ExpectationConfiguration(**e).to_domain_obj() for e in suite["expectations"]]
-    gx_suite = gx.ExpectationSuite(name=suite["name"], expectations=expectations)
-    result = batch.validate(gx_suite, result_format={"result_format": "COMPLETE",
-                                                     "unexpected_index_column_names": ["image_id"]})
+    batch = (context.data_sources.add_pandas(table).add_dataframe_asset(table)
+             .add_batch_definition_whole_dataframe("all").get_batch(batch_parameters={"dataframe": pd.DataFrame(rows)}))
+    suite = gx.ExpectationSuite(name=table, expectations=[ExpectationConfiguration(**e).to_domain_obj()
+                                                          for e in expectations])
+    result = batch.validate(suite, result_format={"result_format": "COMPLETE", "unexpected_index_column_names": keys})
     findings = []
     for res in result.results:
         if res.success:
             continue
         meta = res.expectation_config.meta or {}
         column = res.expectation_config.kwargs.get("column")
+        check = meta.get("check", res.expectation_config.type)
         unexpected = res.result.get("unexpected_index_list") or []
-        if not unexpected:  # the expectation itself failed (e.g. a missing column)
-            findings.append(Finding(severity="error", check=meta.get("check", res.expectation_config.type),
-                                      field=column, message=f"expectation could not run: {res.exception_info}"))
+        if not unexpected:  # the expectation could not run (e.g. a column the suite names is missing)
+            findings.append(Finding(severity="error", check=check, field=column,
+                                    message=f"expectation {res.expectation_config.type} could not run: "
+                                            f"{res.exception_info}"))
         for hit in unexpected:
             value = hit.get(column)
-            findings.append(Finding(
-                severity=meta.get("severity", "error"), check=meta.get("check", res.expectation_config.type),
-                image_id=hit["image_id"], field=column,
-                message=meta.get("message", res.expectation_config.type).replace("{value}", str(value)),
-            ))
+            value = f"{value:.4g}" if isinstance(value, float) else str(value)
+            message = meta.get("message", res.expectation_config.type).replace("{value}", value)
+            if table == "channels":
+                message = f"channel {hit.get('name', hit.get('channel'))}: {message}"
+            findings.append(Finding(severity=meta.get("severity", "error"), check=check, image_id=hit["image_id"],
+                                    field=column, message=message))
     return findings
 
 
-def check_metadata(images: list[ImageRecord], reports: list[CompressionReport], settings: QCSettings) -> QCReport:
-    """QC of every image that reached this stage: the suite's findings plus conversion notes (warnings)."""
-    suite = load_suite(settings)
+def check_metadata(submission: Submission, images: list[ImageRecord], reports: list[CompressionReport],
+                   settings: QCSettings, scheduler: str) -> QCReport:
+    """QC of every image that reached this stage, plus the submission's warnings and conversion notes."""
+    suite, modality = load_suite(settings, submission.doc.imaging_method)
     by_id = {r.image_id: r for r in reports}
-    rows = [image_facts(image, by_id[image.image_id]) for image in images]
-    findings = run_suite(rows, suite) if rows else []
+    rows, channel_rows = [], []
     for image in images:
-        findings.extend(Finding(severity="warning", check="metadata_conflict", image_id=image.image_id, message=n)
-                        for n in image.notes)
-    return QCReport(suite=suite["name"], rows=rows, findings=findings)
+        report = by_id[image.image_id]
+        channels, digest = intensity_facts(image, report, scheduler)
+        rows.append(image_facts(image, report, channels, digest, validate_image(report.store)))
+        channel_rows.extend(channels)
+    findings = list(submission.findings)
+    findings += run_suite("images", rows, suite.get("images", []), ["image_id"])
+    findings += run_suite("channels", channel_rows, suite.get("channels", []), ["image_id", "channel", "name"])
+    for image in images:
+        findings.extend(Finding(severity=settings.severity.get("metadata_conflict", "warning"),
+                                check="metadata_conflict", image_id=image.image_id, file=image.source_path,
+                                message=note) for note in image.notes)
+    return QCReport(suite=suite["name"], modality=modality, rows=rows, channels=channel_rows, findings=findings)
+
+
+# ---------------------------------------------------------------- reports people read
 
 
 def markdown_summary(report: QCReport) -> str:
-    lines = [f"# QC — suite `{report.suite}`", "",
+    lines = [f"# QC — suite `{report.suite}`" + (f", modality `{report.modality}`" if report.modality else ""), "",
              f"{len(report.rows)} image(s): {len(report.errors)} error(s), {len(report.warnings)} warning(s).", "",
-             "| image | severity | check | message |", "|---|---|---|---|"]
-    lines += [f"| {f.image_id or '-'} | {f.severity} | {f.check} | {f.message} |" for f in report.findings]
+             "| severity | where | check | message |", "|---|---|---|---|"]
+    lines += [f"| {f.severity} | {f.image_id or f.file or f.field or '-'} | {f.check} | {f.message} |"
+              for f in report.findings]
     if not report.findings:
         lines.append("| - | - | - | all checks passed |")
     return "\n".join(lines)
 
 
+def render_html(report: QCReport, title: str) -> str:
+    """A self-contained HTML page of the QC results: summary, findings, image and channel facts."""
+    def table(rows: list[dict[str, Any]], columns: list[str]) -> str:
+        head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+        body = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(r.get(c)))}</td>" for c in columns) + "</tr>"
+                       for r in rows)
+        return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+    findings = [f.model_dump() for f in report.findings]
+    verdict = "errors: not publishable" if report.errors else "passed" + (" with warnings" if report.warnings else "")
+    image_columns = ["image_id", "source_path", "source_format", "dtype", "axes", "shape", "pixel_size_x",
+                     "pixel_size_y", "pixel_size_z", "unit", "time_step", "channel_names", "min", "max",
+                     "saturated_fraction", "levels", "ngff_valid", "compression_ratio", "level0_checksum_matched"]
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>QC — {html.escape(title)}</title>
+<style>body{{font-family:system-ui,sans-serif;margin:2rem;max-width:80rem}}table{{border-collapse:collapse;margin:1rem 0}}
+td,th{{border:1px solid #ccc;padding:.25rem .5rem;text-align:left;font-size:.9rem}}th{{background:#f4f4f4}}
+.error{{color:#a00}}.warning{{color:#a60}}</style></head><body>
+<h1>Quality control — {html.escape(title)}</h1>
+<p>Suite <code>{html.escape(report.suite)}</code>{f", modality <code>{html.escape(report.modality)}</code>" if report.modality else ""}:
+<strong class="{'error' if report.errors else 'warning' if report.warnings else ''}">{verdict}</strong>
+— {len(report.rows)} image(s), {len(report.errors)} error(s), {len(report.warnings)} warning(s).</p>
+<h2>Findings</h2>
+{table(findings, ["severity", "check", "image_id", "file", "field", "message"]) if findings else "<p>All checks passed.</p>"}
+<h2>Images</h2>
+{table(report.rows, image_columns)}
+<h2>Channels</h2>
+{table(report.channels, ["image_id", "channel", "name", "min", "max", "mean", "saturated_fraction", "zero_fraction"])}
+</body></html>
+"""
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
 @task(name="qc", cache_policy=NO_CACHE)
-def qc(images: list[ImageRecord], reports: list[CompressionReport], settings: QCSettings) -> Traced[QCReport]:
-    result = traced("qc", check_metadata, images, reports, settings)
+def qc(submission: Submission, images: list[ImageRecord], reports: list[CompressionReport], settings: QCSettings,
+       scheduler: str) -> Traced[QCReport]:
+    result = traced("qc", check_metadata, submission, images, reports, settings, scheduler)
     create_markdown_artifact(markdown_summary(result.output), key="qc-summary", description="QC summary")
     create_table_artifact([f.model_dump() for f in result.output.findings] or [{"message": "no findings"}],
                           key="qc-findings", description="QC findings")
+    create_table_artifact(result.output.rows, key="qc-images", description="QC facts per image")
     return result

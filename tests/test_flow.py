@@ -48,7 +48,7 @@ def test_manifest_lists_every_object_with_its_checksum(demo):
     assert set(listed) == on_disk
     for rel, entry in listed.items():
         assert entry["size"] == (vdir / rel).stat().st_size and entry["sha256"] == sha256(vdir / rel)
-    assert {"qc/report.json", "ro-crate-metadata.json"} <= on_disk
+    assert {"qc/report.json", "qc/index.html", "ro-crate-metadata.json"} <= on_disk
     assert json.loads((vdir.parent / "versions.json").read_text())[0]["version"] == 1
 
 
@@ -108,7 +108,7 @@ def test_qc_report_and_prefect_run_show_every_stage(demo):
     names = {name.split(":")[0].rsplit("-", 1)[0] for name in full}
     assert names == {"intake", "fetch", "convert", "pyramid", "compress", "qc", "publish"}
     assert {"convert: images/hela_nuclei.ome.tif", "compress: images_legacy_overview"} <= set(full)
-    assert {"qc-summary", "qc-findings", "publication"} <= artifact_keys
+    assert {"qc-summary", "qc-findings", "qc-images", "publication"} <= artifact_keys
 
 
 def test_rerunning_an_unchanged_submission_publishes_nothing_new(demo):

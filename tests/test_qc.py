@@ -1,20 +1,32 @@
-"""QC, without Prefect: the Great Expectations suite from configs/ and its findings."""
+"""QC, without Prefect: facts computed on the cluster, the Great Expectations suite from configs/, the policy."""
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 
+import numpy as np
 import pytest
 import zarr
 
 from builders import ome_tiff, plain_tiff, random_image
 from zarrchive.config import QCSettings
-from zarrchive.records import FileEntry, FileRecord
+from zarrchive.records import FileEntry, FileRecord, Finding, ImagingMethod, PixelSize, Submission, SubmissionDoc
 from zarrchive.tasks.compress import compress_image
 from zarrchive.tasks.convert import convert_file
 from zarrchive.tasks.pyramid import build_pyramid
-from zarrchive.tasks.qc import check_metadata, load_suite
+from zarrchive.tasks.qc import check_metadata, choose_modality, load_suite, render_html
+
+LIGHT = ImagingMethod(name="confocal microscopy", fbbi_id="FBbi:00000251")
+
+
+def make_submission(method: ImagingMethod | None = LIGHT, findings: list[Finding] = ()) -> Submission:
+    doc = SubmissionDoc(title="QC tests of microscopy images", description="x", license="CC-BY-4.0",
+                        release_date=dt.date(2026, 1, 1), authors=[{"name": "A"}], files=[{"path": "x.tif"}],
+                        imaging_method=method)
+    return Submission(source="/landing/x", doc=doc, doc_sha256="0" * 64, accession="ZA000001",
+                      findings=list(findings))
 
 
 def staged_image(tmp_path, settings, scheduler, path, rel, entry=None):
@@ -25,63 +37,126 @@ def staged_image(tmp_path, settings, scheduler, path, rel, entry=None):
     return image, compress_image(image, str(tmp_path / "s"), settings.compress, scheduler)
 
 
+def run(images_reports, settings, scheduler, qc_settings=None, submission=None):
+    images = [i for i, _ in images_reports]
+    reports = [r for _, r in images_reports]
+    return check_metadata(submission or make_submission(), images, reports, qc_settings or settings.qc, scheduler)
+
+
 @pytest.fixture()
 def good(tmp_path, settings, scheduler):
-    path = ome_tiff(tmp_path / "good.ome.tif", random_image((2, 1, 20, 20)), "CZYX", {"x": 0.1, "y": 0.1}, ["a", "b"])
-    return staged_image(tmp_path, settings, scheduler, path, "good.ome.tif")
+    data = random_image((2, 1, 20, 20)) // 2  # no saturated pixel
+    path = ome_tiff(tmp_path / "good.ome.tif", data, "CZYX", {"x": 0.1, "y": 0.1}, ["a", "b"])
+    return staged_image(tmp_path, settings, scheduler, path, "good.ome.tif"), data
 
 
-def test_a_good_image_passes(good, settings):
-    image, report = good
-    qc = check_metadata([image], [report], settings.qc)
-    assert qc.findings == [] and qc.image_status(image.image_id) == "ok"
+def test_a_good_image_passes_with_facts_computed_from_the_published_pixels(good, settings, scheduler):
+    (image, report), data = good
+    qc = run([(image, report)], settings, scheduler)
+    assert qc.findings == [] and qc.image_status(image.image_id) == "ok" and qc.modality == "light"
     [row] = qc.rows
-    assert row["ngff_valid"] and row["pixel_size_x"] == 0.1 and row["dtype"] == "uint16"
+    assert row["ngff_valid"] and row["level0_checksum_matched"] and row["pixel_size_x_um"] == pytest.approx(0.1)
+    assert row["dtype"] == "uint16" and row["source_format"] == "bioio_ome_tiff"
+    assert (row["min"], row["max"]) == (float(data.min()), float(data.max()))
+    for channel in qc.channels:
+        plane = data[channel["channel"]]
+        assert channel["mean"] == pytest.approx(plane.mean())
+        assert channel["zero_fraction"] == pytest.approx((plane == 0).mean())
+        assert channel["saturated_fraction"] == 0
 
 
 def test_missing_calibration_is_a_warning_that_tells_how_to_fix_it(tmp_path, settings, scheduler):
-    path = plain_tiff(tmp_path / "bare.tif", random_image((20, 20), "uint8"))
-    image, report = staged_image(tmp_path, settings, scheduler, path, "bare.tif")
-    qc = check_metadata([image], [report], settings.qc)
+    path = plain_tiff(tmp_path / "bare.tif", random_image((20, 20), "uint8") // 2)
+    qc = run([staged_image(tmp_path, settings, scheduler, path, "bare.tif")], settings, scheduler)
     [finding] = qc.findings
     assert (finding.severity, finding.check, finding.image_id) == ("warning", "physical_calibration", "bare")
     assert "pixel_size" in finding.message and "submission.yaml" in finding.message
     assert qc.errors == []
 
 
-def test_channel_count_mismatch_is_an_error(tmp_path, settings, scheduler):
-    path = ome_tiff(tmp_path / "c.ome.tif", random_image((2, 1, 20, 20)), "CZYX", {"x": 0.1, "y": 0.1})
-    image, report = staged_image(tmp_path, settings, scheduler, path, "c.ome.tif",
-                                 FileEntry(path="c.ome.tif", channel_names=["one", "two", "three"]))
-    qc = check_metadata([image], [report], settings.qc)
-    assert [(f.severity, f.check, f.image_id) for f in qc.findings] == [("error", "channel_count_matches_names", "c")]
+@pytest.mark.parametrize("names, check", [(["one", "two", "three"], "channel_count_matches_names"),
+                                          (["same", "same"], "channel_names_unique"),
+                                          (["", "b"], "channel_names_nonempty")])
+def test_channel_name_problems_are_errors(tmp_path, settings, scheduler, names, check):
+    path = ome_tiff(tmp_path / "c.ome.tif", random_image((2, 1, 20, 20)) // 2, "CZYX", {"x": 0.1, "y": 0.1})
+    pair = staged_image(tmp_path, settings, scheduler, path, "c.ome.tif", FileEntry(path="c.ome.tif",
+                                                                                      channel_names=names))
+    qc = run([pair], settings, scheduler)
+    assert [(f.severity, f.check, f.image_id) for f in qc.findings] == [("error", check, "c")]
 
 
-def test_invalid_ngff_and_disallowed_dtype_are_errors(good, tmp_path, settings):
-    image, report = good
+def test_an_all_zero_image_is_an_error(tmp_path, settings, scheduler):
+    path = ome_tiff(tmp_path / "z.ome.tif", np.zeros((1, 1, 16, 16), np.uint16), "CZYX", {"x": 0.1, "y": 0.1})
+    qc = run([staged_image(tmp_path, settings, scheduler, path, "z.ome.tif")], settings, scheduler)
+    assert [(f.severity, f.check) for f in qc.findings] == [("error", "not_all_zero")]
+
+
+def test_saturation_is_a_warning_naming_the_channel_and_policy_can_make_it_an_error(tmp_path, settings, scheduler):
+    data = random_image((2, 1, 20, 20)) // 2
+    data[1, 0, :10] = 65535  # half of channel 'GFP' saturated
+    path = ome_tiff(tmp_path / "s.ome.tif", data, "CZYX", {"x": 0.1, "y": 0.1}, ["DAPI", "GFP"])
+    pair = staged_image(tmp_path, settings, scheduler, path, "s.ome.tif")
+    qc = run([pair], settings, scheduler)
+    [finding] = qc.findings
+    assert (finding.severity, finding.check, finding.image_id) == ("warning", "saturation", "s")
+    assert finding.message.startswith("channel GFP: 0.5 of the pixels are saturated")
+    strict = settings.qc.model_copy(update={"severity": {"saturation": "error"}})
+    assert [f.severity for f in run([pair], settings, scheduler, strict).findings] == ["error"]
+
+
+def test_pixel_sizes_are_checked_against_the_modality(tmp_path, settings, scheduler):
+    path = ome_tiff(tmp_path / "em.ome.tif", random_image((1, 1, 16, 16)) // 2, "CZYX", {"x": 2.0, "y": 2.0},
+                    unit="nm")
+    pair = staged_image(tmp_path, settings, scheduler, path, "em.ome.tif")
+    light = run([pair], settings, scheduler)
+    assert {(f.severity, f.check) for f in light.findings} == {("error", "pixel_size_plausible")}
+    assert "0.002 micrometer" in light.findings[0].message
+    em = make_submission(ImagingMethod(name="serial block-face scanning electron microscopy"))
+    assert run([pair], settings, scheduler, submission=em).findings == []
+    assert run([pair], settings, scheduler, settings.qc.model_copy(update={"modality": "electron"})).findings == []
+
+
+def test_modality_is_chosen_from_the_imaging_method(settings):
+    auto = settings.qc
+    assert choose_modality(auto, LIGHT) == "light"
+    assert choose_modality(auto, ImagingMethod(name="widefield fluorescence")) == "light"
+    assert choose_modality(auto, ImagingMethod(name="cryo-ET of vitrified cells")) == "electron"
+    assert choose_modality(auto, ImagingMethod(name="TEM")) == "electron"
+    assert choose_modality(auto, ImagingMethod(name="mass spectrometry imaging")) is None
+    assert choose_modality(auto, None) is None
+    assert choose_modality(auto.model_copy(update={"modality": "none"}), LIGHT) is None
+    suite, modality = load_suite(auto, ImagingMethod(name="TEM"))
+    plausible = [e for e in suite["images"] if e["meta"]["check"] == "pixel_size_plausible"]
+    assert modality == "electron" and plausible and all(e["kwargs"]["max_value"] == 1 for e in plausible)
+
+
+def test_invalid_ngff_disallowed_dtype_and_checksum_mismatch_are_errors(good, tmp_path, settings, scheduler):
+    (image, report), _ = good
     group = zarr.open_group(report.store, mode="r+")
     attrs = dict(group.attrs["ome"])
     attrs["multiscales"] = [{**attrs["multiscales"][0], "axes": []}]
     group.update_attributes({"ome": attrs})
-    suite = load_suite(settings.qc)
-    for exp in suite["expectations"]:
+    suite, _ = load_suite(settings.qc)
+    for exp in suite["images"]:
         if exp["meta"]["check"] == "dtype_allowed":
             exp["kwargs"]["value_set"] = ["uint8"]
     custom = tmp_path / "suite.json"
     custom.write_text(json.dumps(suite))
-    qc = check_metadata([image], [report], QCSettings(suite=str(custom)))
+    tampered = report.model_copy(update={"level0_sha256": "0" * 64})
+    qc = run([(image, tampered)], settings, scheduler, QCSettings(suite=str(custom)))
     checks = {(f.severity, f.check) for f in qc.findings}
-    assert checks == {("error", "ngff_valid"), ("error", "dtype_allowed")}
+    assert checks == {("error", "ngff_valid"), ("error", "dtype_allowed"), ("error", "level0_checksum_matched")}
     assert qc.image_status(image.image_id) == "error"
     assert any("uint16" in f.message for f in qc.findings)
 
 
-def test_metadata_conflicts_are_reported_as_warnings(tmp_path, settings, scheduler):
-    from zarrchive.records import PixelSize
-
-    path = ome_tiff(tmp_path / "k.ome.tif", random_image((1, 1, 20, 20)), "CZYX", {"x": 0.1, "y": 0.1})
-    image, report = staged_image(tmp_path, settings, scheduler, path, "k.ome.tif",
-                                 FileEntry(path="k.ome.tif", pixel_size=PixelSize(x=0.3, y=0.1)))
-    qc = check_metadata([image], [report], settings.qc)
-    assert [(f.severity, f.check) for f in qc.findings] == [("warning", "metadata_conflict")]
-    assert "pixel_size.x" in qc.findings[0].message
+def test_conflicts_and_submission_warnings_join_the_findings(tmp_path, settings, scheduler):
+    path = ome_tiff(tmp_path / "k.ome.tif", random_image((1, 1, 20, 20)) // 2, "CZYX", {"x": 0.1, "y": 0.1})
+    pair = staged_image(tmp_path, settings, scheduler, path, "k.ome.tif",
+                        FileEntry(path="k.ome.tif", pixel_size=PixelSize(x=0.3, y=0.1)))
+    warning = Finding(severity="warning", check="recommended", field="organism", message="not given")
+    qc = run([pair], settings, scheduler, submission=make_submission(findings=[warning]))
+    assert [(f.severity, f.check) for f in qc.findings] == [("warning", "recommended"), ("warning", "metadata_conflict")]
+    assert "pixel_size.x" in qc.findings[1].message and qc.findings[1].file == "k.ome.tif"
+    page = render_html(qc, "ZA000001 v1")
+    assert "metadata_conflict" in page and "<table>" in page and "passed with warnings" in page

@@ -69,6 +69,8 @@ class ClusterSettings(Section):
 
 class QCSettings(Section):
     suite: str
+    modality: str = "auto"
+    severity: dict[str, Literal["error", "warning"]] = {}
 
 
 class PublishSettings(Section):

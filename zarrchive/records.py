@@ -268,7 +268,9 @@ class CompressionReport(Record):
 
 class QCReport(Record):
     suite: str
-    rows: list[dict[str, Any]]
+    modality: str | None = None
+    rows: list[dict[str, Any]]  # one per image
+    channels: list[dict[str, Any]] = []  # one per channel of each image
     findings: list[Finding]
 
     @property

@@ -218,4 +218,13 @@ def _field_findings(data: dict[str, Any], settings: SubmissionSettings, today: d
     for i, entry in enumerate(data.get("files") or []):
         if isinstance(entry, dict) and isinstance(entry.get("sha256"), str) and not SHA256_RE.match(entry["sha256"]):
             add("sha256", ("files", i, "sha256"), "is not a sha256 (64 lower-case hexadecimal characters)")
+
+    # recommended, not required: reported as warnings, published alongside
+    for key, why in (("organism", "findable by species"), ("imaging_method", "checked against its modality")):
+        if data.get(key) is None:
+            add("recommended", (key,), f"not given: give it so the study is {why}", "warning")
+    authors = [a for a in data.get("authors") or [] if isinstance(a, dict)]
+    if authors and not any(a.get("orcid") for a in authors):
+        add("recommended", ("authors",), "no author has an ORCID iD: give at least one so the data is credited",
+            "warning")
     return findings
