@@ -14,7 +14,7 @@ from zarrchive.cluster import cluster_for_run
 from zarrchive.config import load_settings
 from zarrchive.flows.fanout import gather
 from zarrchive.records import LineageRecord, Publication
-from zarrchive.staging import staging_area
+from zarrchive.staging import staging_area, work_area
 from zarrchive.tasks.compress import compress
 from zarrchive.tasks.convert import convert
 from zarrchive.tasks.fetch import fetch
@@ -54,9 +54,10 @@ def ingest_submission(request: IngestRequest) -> Publication:
             return unchanged_publication(submission, request.archive, latest)
 
         entries = {entry.path: entry for entry in submission.doc.files}
+        work = work_area(settings.staging)
         with cluster_for_run(settings.cluster) as scheduler:
             converted, failed = gather("convert", [
-                (convert.submit(f, entries[f.path], staging, settings.convert, scheduler), {"source_path": f.path})
+                (convert.submit(f, entries[f.path], work, settings.convert, scheduler), {"source_path": f.path})
                 for f in files if f.kind == "image"
             ], lineage)
             images = [image for batch in converted for image in batch]
@@ -68,7 +69,7 @@ def ingest_submission(request: IngestRequest) -> Publication:
             failures += failed
 
             reports, failed = gather("compress", [
-                (compress.submit(image, staging, settings.compress, scheduler), _who(image)) for image in images
+                (compress.submit(image, work, settings.compress, scheduler), _who(image)) for image in images
             ], lineage)
             failures += failed
 

@@ -18,12 +18,12 @@ import fsspec
 import numpy as np
 import zarr
 from prefect import task
-from prefect.cache_policies import NO_CACHE
 from zarr.codecs import BloscCodec, ZstdCodec
 
 from zarrchive.cluster import client_for
 from zarrchive.config import CompressSettings
 from zarrchive.errors import VerificationError
+from zarrchive.identity import compress_key, compressed_name
 from zarrchive.lineage import Traced, traced
 from zarrchive.ngff import multiscales_attrs
 from zarrchive.records import CodecChoice, CompressionReport, ImageRecord
@@ -74,11 +74,11 @@ def store_digest(store: str) -> tuple[int, str]:
     return total, tree_digest(entries)
 
 
-def compress_image(image: ImageRecord, staging: str, settings: CompressSettings, scheduler: str) -> CompressionReport:
-    """Write the compressed OME-Zarr of ``image`` under ``<staging>/compress/`` and verify every chunk."""
+def compress_image(image: ImageRecord, work: str, settings: CompressSettings, scheduler: str) -> CompressionReport:
+    """Write the compressed OME-Zarr of ``image`` under ``<work>/compress/`` and verify every chunk."""
     started = time.perf_counter()
     codec = make_codec(settings)
-    store = f"{staging.rstrip('/')}/compress/{image.conversion_id}.ome.zarr"
+    store = f"{work.rstrip('/')}/compress/{compressed_name(image, settings)}.ome.zarr"
     root = zarr.open_group(store, mode="w", zarr_format=3)
     axes = [a.name for a in image.axes]
     bytes_in = 0
@@ -109,6 +109,7 @@ def compress_image(image: ImageRecord, staging: str, settings: CompressSettings,
     )
 
 
-@task(name="compress", task_run_name="compress: {image.image_id}", cache_policy=NO_CACHE, tags=["pixels"])
-def compress(image: ImageRecord, staging: str, settings: CompressSettings, scheduler: str) -> Traced[CompressionReport]:
-    return traced("compress", compress_image, image, staging, settings, scheduler, image_id=image.image_id)
+@task(name="compress", task_run_name="compress: {image.image_id}", tags=["pixels"], cache_key_fn=compress_key,
+      persist_result=True)
+def compress(image: ImageRecord, work: str, settings: CompressSettings, scheduler: str) -> Traced[CompressionReport]:
+    return traced("compress", compress_image, image, work, settings, scheduler, image_id=image.image_id)

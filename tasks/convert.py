@@ -1,4 +1,4 @@
-"""Convert: open a staged file with bioio and write each series as a level-0 OME-Zarr in staging.
+"""Convert: open a staged file with bioio and write each series as a level-0 OME-Zarr in the work area.
 
 The reader is chosen from the file's content. Axes are mapped to OME-NGFF order
 (t, c, z, y, x; singleton t and z dropped), physical pixel sizes keep their
@@ -23,11 +23,11 @@ import tifffile
 import zarr
 from bioio import BioImage
 from prefect import task
-from prefect.cache_policies import NO_CACHE
 
 from zarrchive.cluster import client_for
 from zarrchive.config import ConvertSettings
 from zarrchive.errors import InputError, UnsupportedFormat, ZarrchiveError
+from zarrchive.identity import convert_key
 from zarrchive.lineage import Traced, traced
 from zarrchive.ngff import multiscales_attrs
 from zarrchive.records import Axis, FileEntry, FileRecord, ImageRecord, Level, PixelSize
@@ -222,9 +222,9 @@ def chunk_shape(axes: list[str], shape: tuple[int, ...], settings: ConvertSettin
 
 
 def convert_file(
-    file: FileRecord, entry: FileEntry | None, staging: str, settings: ConvertSettings, scheduler: str
+    file: FileRecord, entry: FileEntry | None, work: str, settings: ConvertSettings, scheduler: str
 ) -> list[ImageRecord]:
-    """Write every series of a staged file as a level-0 OME-Zarr under ``<staging>/convert/``."""
+    """Write every series of a staged file as a level-0 OME-Zarr under ``<work>/convert/<conversion id>``."""
     reader = choose_reader(file.staged_path, file.path)
     try:
         img = BioImage(file.staged_path, reader=reader)
@@ -237,7 +237,7 @@ def convert_file(
         shown_as = file.path if len(scenes) == 1 else f"{file.path} [series {index}]"
         try:
             img.set_scene(index)
-            images.append(_convert_series(img, reader, index, scene, len(scenes), file, entry, staging, settings,
+            images.append(_convert_series(img, reader, index, scene, len(scenes), file, entry, work, settings,
                                           scheduler, base_id))
         except (ZarrchiveError, ConnectionError, TimeoutError):
             raise
@@ -248,7 +248,7 @@ def convert_file(
     return images
 
 
-def _convert_series(img, reader, index, scene, n_scenes, file, entry, staging, settings, scheduler, base_id):
+def _convert_series(img, reader, index, scene, n_scenes, file, entry, work, settings, scheduler, base_id):
     shown_as = file.path if n_scenes == 1 else f"{file.path} [series {index}]"
     data, sample_names = _pixels(img, shown_as)
     if reader.__module__.startswith("bioio_ome_tiff"):
@@ -279,7 +279,7 @@ def _convert_series(img, reader, index, scene, n_scenes, file, entry, staging, s
 
     cid = conversion_id(file.sha256, index, settings, entry)
     image_id = base_id if n_scenes == 1 else f"{base_id}_s{index}"
-    store = f"{staging.rstrip('/')}/convert/{cid}.ome.zarr"
+    store = f"{work.rstrip('/')}/convert/{cid}.ome.zarr"
     shape = tuple(int(n) for n in data.shape)
     chunks = chunk_shape(axis_names, shape, settings)
     root = zarr.open_group(store, mode="w", zarr_format=3)
@@ -300,8 +300,9 @@ def _convert_series(img, reader, index, scene, n_scenes, file, entry, staging, s
     return record
 
 
-@task(name="convert", task_run_name="convert: {file.path}", cache_policy=NO_CACHE, tags=["pixels"])
+@task(name="convert", task_run_name="convert: {file.path}", tags=["pixels"], cache_key_fn=convert_key,
+      persist_result=True)
 def convert(
-    file: FileRecord, entry: FileEntry | None, staging: str, settings: ConvertSettings, scheduler: str
+    file: FileRecord, entry: FileEntry | None, work: str, settings: ConvertSettings, scheduler: str
 ) -> Traced[list[ImageRecord]]:
-    return traced("convert", convert_file, file, entry, staging, settings, scheduler)
+    return traced("convert", convert_file, file, entry, work, settings, scheduler)

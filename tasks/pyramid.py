@@ -13,10 +13,10 @@ import dask.array as da
 import numpy as np
 import zarr
 from prefect import task
-from prefect.cache_policies import NO_CACHE
 
 from zarrchive.cluster import client_for
 from zarrchive.config import PyramidSettings
+from zarrchive.identity import pyramid_key
 from zarrchive.lineage import Traced, traced
 from zarrchive.ngff import multiscales_attrs
 from zarrchive.records import ImageRecord, Level
@@ -87,6 +87,7 @@ def build_pyramid(image: ImageRecord, settings: PyramidSettings, scheduler: str)
     return record
 
 
-@task(name="pyramid", task_run_name="pyramid: {image.image_id}", cache_policy=NO_CACHE, tags=["pixels"])
+@task(name="pyramid", task_run_name="pyramid: {image.image_id}", tags=["pixels"], cache_key_fn=pyramid_key,
+      persist_result=True)
 def pyramid(image: ImageRecord, settings: PyramidSettings, scheduler: str) -> Traced[ImageRecord]:
     return traced("pyramid", build_pyramid, image, settings, scheduler, image_id=image.image_id)

@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import logging
+import os
+import tempfile
 from pathlib import Path
 
 import pytest
 import yaml
 
 from zarrchive.config import Settings, load_settings
+
+# Prefect's persisted task results (the conversion cache) live in a folder of this session only,
+# set before Prefect reads its settings.
+SESSION_DIR = Path(tempfile.mkdtemp(prefix="zarrchive-tests-"))
+os.environ["PREFECT_LOCAL_STORAGE_PATH"] = str(SESSION_DIR / "prefect-results")
+WORK = str(SESSION_DIR / "work")  # the conversion work area of every flow run in this session
 
 
 @pytest.fixture(scope="session")
@@ -45,7 +53,9 @@ def config_file(tmp_path: Path, scheduler: str):
     """Write a config YAML that uses the session cluster; extra sections are merged in."""
 
     def write(**sections) -> str:
-        data = {"cluster": {"address": scheduler}, **sections}
+        data = {"cluster": {"address": scheduler}, "staging": {"work": WORK}, **sections}
+        if "staging" in sections:
+            data["staging"] = {"work": WORK, **sections["staging"]}
         path = tmp_path / f"config-{len(list(tmp_path.glob('config-*.yaml')))}.yaml"
         path.write_text(yaml.safe_dump(data))
         return str(path)
@@ -66,7 +76,7 @@ def demo(tmp_path_factory, scheduler, prefect_server):
 
     root = tmp_path_factory.mktemp("demo")
     cfg = root / "config.yaml"
-    cfg.write_text(yaml.safe_dump({"cluster": {"address": scheduler}}))
+    cfg.write_text(yaml.safe_dump({"cluster": {"address": scheduler}, "staging": {"work": WORK}}))
     sub = make_sample_submission(root / "submission")
     before = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in sub.rglob("*") if p.is_file()}
     pub = ingest_submission(IngestRequest(submission=str(sub), archive=str(root / "archive"), config=str(cfg)))

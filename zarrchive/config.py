@@ -35,6 +35,7 @@ class SubmissionSettings(Section):
 class StagingSettings(Section):
     root: str | None = None
     keep: bool = False
+    work: str | None = None
 
 
 class FetchSettings(Section):

@@ -84,7 +84,7 @@ def traced(stage: str, fn: Callable[..., T], *args: Any, image_id: str | None = 
         flow_run_id=flow_run_id,
         task_run_id=task_run_id,
     )
-    return Traced[Any](output=output, lineage=record)
+    return Traced(output=output, lineage=record)
 
 
 # ---------------------------------------------------------------- RO-Crate

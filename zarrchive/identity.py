@@ -1,0 +1,54 @@
+"""Deterministic identity of pixel work: what names the outputs in the work area and keys Prefect's cache.
+
+Each key hashes everything that can change the output: the input bytes (by
+sha256) or the upstream conversion id, the stage's configuration, the versions
+of the software that touch pixels, and the work area's generation token.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from zarrchive.software import pixel_versions
+from zarrchive.staging import generation
+
+
+def digest(*parts: Any) -> str:
+    """A short, stable hash of JSON-able parts (pydantic models by their JSON form)."""
+    def plain(value: Any) -> Any:
+        return value.model_dump(mode="json") if isinstance(value, BaseModel) else value
+
+    text = json.dumps([plain(p) for p in parts], sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+def _work_of(store: str) -> str:
+    return str(Path(store).parents[1])  # <work>/<stage>/<id>.ome.zarr
+
+
+def convert_key(_context: Any, params: dict[str, Any]) -> str:
+    file = params["file"]
+    return "convert-" + digest(file.path, file.sha256, params["entry"], params["settings"], pixel_versions(),
+                               generation(params["work"]))
+
+
+def pyramid_key(_context: Any, params: dict[str, Any]) -> str:
+    image = params["image"]
+    return "pyramid-" + digest(image.conversion_id, image.image_id, params["settings"], pixel_versions(),
+                               generation(_work_of(image.store)))
+
+
+def compress_key(_context: Any, params: dict[str, Any]) -> str:
+    image = params["image"]
+    return "compress-" + digest(compressed_name(image, params["settings"]), image.image_id,
+                                generation(params["work"]))
+
+
+def compressed_name(image: Any, settings: Any) -> str:
+    """The compressed store's name: the conversion, its levels and the codec settings."""
+    return f"{image.conversion_id}-{digest([lvl.shape for lvl in image.levels], settings, pixel_versions())[:12]}"
