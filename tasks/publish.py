@@ -24,6 +24,7 @@ from prefect.cache_policies import NO_CACHE
 
 from zarrchive.config import Settings
 from zarrchive.errors import TransientError
+from zarrchive.landing import render_landing_page
 from zarrchive.lineage import Traced, build_crate, traced
 from zarrchive.config import PublishSettings
 from zarrchive.records import (
@@ -172,8 +173,12 @@ def publish_version(
     entries.append(_put_bytes(fs, join(vdir, "qc/report.json"), dumps(qc_doc)))
     page = render_html(qc_report, f"{submission.accession} v{number}: {submission.doc.title}")
     entries.append(_put_bytes(fs, join(vdir, "qc/index.html"), page.encode()))
+    previous = versions[-1]["version"] if versions else None
+    landing = render_landing_page(submission, number, outcomes, qc_report, reports, files, lineage, previous)
+    entries.append(_put_bytes(fs, join(vdir, "index.html"), landing.encode()))
     relative = [ManifestEntry(path=e.path[len(vdir) + 1:], size=e.size, sha256=e.sha256) for e in entries]
-    crate = build_crate(submission, number, lineage, relative, published_paths)
+    crate = build_crate(submission, number, lineage, relative, published_paths, previous_version=previous,
+                        publish_results=("qc/report.json", "qc/index.html", "index.html"))
     entries.append(_put_bytes(fs, join(vdir, "ro-crate-metadata.json"), dumps(crate)))
     relative = [ManifestEntry(path=e.path[len(vdir) + 1:], size=e.size, sha256=e.sha256) for e in entries]
 
@@ -186,7 +191,8 @@ def publish_version(
     images = [o.model_copy(update={"path": f"images/{o.image_id}.ome.zarr"}) if o.status == "published" else o
               for o in outcomes]
     manifest = {
-        "accession": submission.accession, "version": number, "created": created, "fingerprint": fingerprint,
+        "accession": submission.accession, "version": number, "previous_version": previous, "created": created,
+        "fingerprint": fingerprint,
         "title": submission.doc.title, "release_date": submission.doc.release_date.isoformat(),
         "embargoed": submission.embargoed, "submission": submission.source,
         "images": [o.model_dump() for o in images],

@@ -200,7 +200,9 @@ def test_qc_report_and_crate_are_written(tmp_path):
     assert store["@type"] == "Dataset" and store["zarrchive:treeDigest"] == inp.reports[0].store_sha256
     assert store["zarrchive:objects"] == len(store_objects)
     actions = [n for n in crate["@graph"] if n.get("@type") == "CreateAction"]
-    assert len(actions) == len(inp.lineage)
+    assert len(actions) == len(inp.lineage) + 1  # every stage's record, and publish itself
+    publish = next(a for a in actions if a["zarrchive:stage"] == "publish")
+    assert {r["@id"] for r in publish["result"]} == {"qc/report.json", "qc/index.html", "index.html"}
     # lineage points at the published objects, not at staging
     fetch = next(a for a in actions if a["zarrchive:stage"] == "fetch")
     assert {r["@id"] for r in fetch["result"]} == {f"originals/{f.path}" for f in inp.files}

@@ -47,6 +47,13 @@ def _parser() -> argparse.ArgumentParser:
     show.add_argument("--archive", required=True)
     show.add_argument("--json", action="store_true")
 
+    lineage = sub.add_parser("lineage", help="where a published version's images came from, and what changed")
+    lineage.add_argument("accession")
+    lineage.add_argument("--archive", required=True)
+    lineage.add_argument("--version", type=int, help="a version number (default: the latest)")
+    lineage.add_argument("--image", help="one image id")
+    lineage.add_argument("--json", action="store_true")
+
     submission = sub.add_parser("submission", help="help depositors prepare a submission")
     sub_cmds = submission.add_subparsers(dest="action", required=True)
     new = sub_cmds.add_parser("new", help="write a submission.yaml template listing the files in DIR")
@@ -76,6 +83,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _validate(args.submission, args.config, args.json)
         if args.command == "show":
             return _show(args.accession, args.archive, args.json)
+        if args.command == "lineage":
+            return _lineage(args.accession, args.archive, args.version, args.image, args.json)
         if args.command == "submission":
             return _submission_new(args.dir, args.force)
     except ConfigError as exc:
@@ -168,6 +177,35 @@ def _show(accession: str, archive: str, as_json: bool) -> int:
             img_size = sum(f["size"] for f in m["files"] if img.get("path") and f["path"].startswith(img["path"] + "/"))
             print(f"    {img['image_id']:<28} {img['status']:<10} QC {img['qc']:<8} {_human(img_size):>10}  "
                   f"{img.get('path') or img.get('error') or ''}")
+    return EXIT_OK
+
+
+def _lineage(accession: str, archive: str, version: int | None, image: str | None, as_json: bool) -> int:
+    from zarrchive.provenance import lineage_of
+
+    try:
+        info = lineage_of(archive, accession, version, image)
+    except LookupError as exc:
+        print(f"zarrchive: {exc}", file=sys.stderr)
+        return EXIT_NOT_PUBLISHED
+    if as_json:
+        print(json.dumps(info, default=str))
+        return EXIT_OK
+    prev = f" (based on v{info['previous_version']})" if info["previous_version"] else ""
+    print(f"{accession} v{info['version']}{prev}, published {info['created']} from {info['submission']}")
+    print(f"  flow run(s): {', '.join(info['flow_runs']) or '-'}")
+    for img in info["images"]:
+        print(f"  {img['image_id']}: {img['path']} (tree digest {img['tree_digest']})")
+        print(f"    from {img['original']['path']} sha256 {img['original']['sha256']}")
+        for src in img["sources"]:
+            print(f"    submitted as {src['uri']}")
+        print("    stages: " + " -> ".join(f"{s['stage']} ({s['started'][:19]})" for s in img["stages"]))
+    wanted = ("zarrchive", "bioio", "bioio-ome-tiff", "bioio-tifffile", "zarr", "numcodecs", "dask", "prefect")
+    print("  software: " + ", ".join(f"{n} {info['software'][n]}" for n in wanted if n in info["software"]))
+    if info["changes"]:
+        for key, items in info["changes"].items():
+            if items and not key.endswith("unchanged"):
+                print(f"  since v{info['previous_version']}, {key.replace('_', ' ')}: {', '.join(items)}")
     return EXIT_OK
 
 

@@ -96,6 +96,8 @@ def build_crate(
     lineage: list[LineageRecord],
     manifest: list[ManifestEntry],
     published_paths: dict[str, str],
+    previous_version: int | None = None,
+    publish_results: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """The ``ro-crate-metadata.json`` document of one published version.
 
@@ -104,12 +106,22 @@ def build_crate(
     Every file entity carries its size and sha256; a Zarr store is one
     Dataset entity with its tree digest (``storage.tree_digest``) — its
     objects are listed, with their checksums, in ``manifest.json``.
+    A staged copy made by an earlier run (reused through the cache) is matched
+    to the published original by its sha256. The publish action itself links
+    the published images and originals to what publish wrote
+    (``publish_results``); ``previous_version`` links this version to the one
+    it is based on.
     """
     doc = submission.doc
     graph: list[dict[str, Any]] = []
+    originals = {e.sha256: e.path for e in manifest if e.path.startswith("originals/")}
 
     def ref(entity: Entity) -> dict[str, str]:
-        return {"@id": published_paths.get(entity.uri, entity.uri)}
+        if entity.uri in published_paths:
+            return {"@id": published_paths[entity.uri]}
+        if entity.role == "staged" and entity.sha256 in originals:
+            return {"@id": originals[entity.sha256]}
+        return {"@id": entity.uri}
 
     entities: dict[str, dict[str, Any]] = {}
     stores: dict[str, list[ManifestEntry]] = {}
@@ -142,7 +154,7 @@ def build_crate(
         aid = f"#action/{i:04d}-{rec.stage}" + (f"-{rec.image_id}" if rec.image_id else "")
         actions.append({"@id": aid})
         for ent in [*rec.inputs, *rec.outputs]:
-            if ent.uri not in published_paths:  # a source in the landing zone or a staging intermediate
+            if ref(ent)["@id"] == ent.uri:  # a source in the landing zone or an intermediate of the work area
                 sources.setdefault(ent.uri, _entity_node(ent))
         action = {
             "@id": aid,
@@ -167,6 +179,19 @@ def build_crate(
             action["error"] = rec.error
         graph.append(action)
 
+    if publish_results:
+        flow_runs = sorted({r.flow_run_id for r in lineage if r.flow_run_id})
+        now = dt.datetime.now(dt.timezone.utc).isoformat()
+        published = [{"@id": k} for k in entities if k.startswith(("images/", "originals/"))]
+        graph.append({
+            "@id": "#action/publish", "@type": "CreateAction", "name": "publish",
+            "instrument": {"@id": "#workflow/ingest_submission"}, "object": published,
+            "result": [{"@id": p} for p in publish_results], "startTime": now, "endTime": now,
+            "actionStatus": {"@id": "http://schema.org/CompletedActionStatus"}, "zarrchive:stage": "publish",
+            **({"zarrchive:prefectFlowRun": flow_runs[-1]} if flow_runs else {}),
+        })
+        actions.append({"@id": "#action/publish"})
+
     root = {
         "@id": "./",
         "@type": "Dataset",
@@ -182,6 +207,10 @@ def build_crate(
     }
     if doc.publication:
         root["citation"] = {"@id": f"https://doi.org/{doc.publication.doi}"}
+    if previous_version:
+        root["isBasedOn"] = {"@id": f"../v{previous_version}/"}
+        graph.append({"@id": f"../v{previous_version}/", "@type": "Dataset",
+                      "identifier": f"{submission.accession}/v{previous_version}"})
     graph[:0] = [
         {"@id": "ro-crate-metadata.json", "@type": "CreativeWork",
          "conformsTo": {"@id": RO_CRATE}, "about": {"@id": "./"}},
@@ -208,6 +237,8 @@ def _author_id(orcid: str | None, name: str) -> str:
 
 def _entity_node(entity: Entity) -> dict[str, Any]:
     node: dict[str, Any] = {"@id": entity.uri, "@type": "File" if entity.kind == "file" else "Dataset"}
+    if entity.role:
+        node["zarrchive:role"] = entity.role
     if entity.size is not None:
         node["contentSize"] = entity.size
     if entity.sha256:

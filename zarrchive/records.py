@@ -27,6 +27,7 @@ class Entity(Record):
 
     uri: str
     kind: Literal["file", "zarr"] = "file"
+    role: Literal["source", "staged", "intermediate", "output"] | None = None
     size: int | None = None
     sha256: str | None = None
 
@@ -156,7 +157,7 @@ class Submission(Record):
         return self.doc.release_date > dt.date.today()
 
     def entities(self) -> list[Entity]:
-        return [Entity(uri=f"{self.source.rstrip('/')}/submission.yaml", sha256=self.doc_sha256)]
+        return [Entity(uri=f"{self.source.rstrip('/')}/submission.yaml", role="source", sha256=self.doc_sha256)]
 
 
 # ---------------------------------------------------------------- stage records
@@ -173,7 +174,7 @@ class FileRecord(Record):
     kind: Literal["image", "label", "attachment"]
 
     def entities(self) -> list[Entity]:
-        return [Entity(uri=self.staged_path, size=self.size, sha256=self.sha256)]
+        return [Entity(uri=self.staged_path, role="staged", size=self.size, sha256=self.sha256)]
 
 
 class Failure(Record):
@@ -195,7 +196,7 @@ class FetchResult(Record):
 
     def sources(self) -> list[Entity]:
         """The submitted files that were read (inputs of fetch, with the checksums measured while copying)."""
-        return [Entity(uri=f.source_uri, size=f.size, sha256=f.sha256) for f in self.files]
+        return [Entity(uri=f.source_uri, role="source", size=f.size, sha256=f.sha256) for f in self.files]
 
 
 class Axis(Record):
@@ -238,7 +239,7 @@ class ImageRecord(Record):
         return self.levels[0].shape
 
     def entities(self) -> list[Entity]:
-        return [Entity(uri=self.store, kind="zarr")]
+        return [Entity(uri=self.store, kind="zarr", role="intermediate")]
 
 
 class CodecChoice(Record):
@@ -263,7 +264,7 @@ class CompressionReport(Record):
     store_sha256: str  # digest over every object of the store (path + sha256)
 
     def entities(self) -> list[Entity]:
-        return [Entity(uri=self.store, kind="zarr", size=self.bytes_out, sha256=self.store_sha256)]
+        return [Entity(uri=self.store, kind="zarr", role="output", size=self.bytes_out, sha256=self.store_sha256)]
 
 
 class QCReport(Record):

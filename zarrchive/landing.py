@@ -1,0 +1,102 @@
+"""The landing page of a published version (``<accession>/v<N>/index.html``): what people read first.
+
+Study metadata and how to cite it, the images with their QC status, the
+files as submitted, and a short provenance section linking the RO-Crate.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import html
+from typing import Any
+
+from zarrchive.records import CompressionReport, FileRecord, ImageOutcome, LineageRecord, QCReport, Submission
+from zarrchive.software import versions
+
+PROVENANCE_SOFTWARE = ("zarrchive", "bioio", "bioio-ome-tiff", "bioio-tifffile", "tifffile", "zarr", "numcodecs",
+                       "dask", "distributed", "prefect", "great-expectations")
+
+
+def citation(submission: Submission, version: int) -> str:
+    doc = submission.doc
+    names = [a.name for a in doc.authors]
+    who = names[0] + (" et al." if len(names) > 2 else f" and {names[1]}" if len(names) == 2 else "")
+    return f"{who} ({doc.release_date.year}). {doc.title}. zarrchive {submission.accession}, version {version}."
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n} B"
+
+
+def render_landing_page(submission: Submission, version: int, outcomes: list[ImageOutcome], qc_report: QCReport,
+                        reports: list[CompressionReport], files: list[FileRecord], lineage: list[LineageRecord],
+                        previous_version: int | None) -> str:
+    doc = submission.doc
+    e = html.escape
+    facts = {row["image_id"]: row for row in qc_report.rows}
+    sizes = {r.image_id: r for r in reports}
+    image_rows = []
+    for o in outcomes:
+        if o.status != "published":
+            continue
+        row: dict[str, Any] = facts.get(o.image_id, {})
+        report = sizes.get(o.image_id)
+        pixel = " × ".join(f"{row[k]:.4g}" for k in ("pixel_size_z", "pixel_size_y", "pixel_size_x")
+                           if row.get(k) is not None)
+        image_rows.append(
+            f"<tr><td><a href='images/{e(o.image_id)}.ome.zarr/'>{e(o.image_id)}</a></td><td>{e(o.source_path)}</td>"
+            f"<td>{e(str(row.get('axes', '')))} {e(str(row.get('shape', '')))}</td><td>{e(str(row.get('dtype', '')))}</td>"
+            f"<td>{e(pixel)} {e(str(row.get('unit') or ''))}</td><td>{e(str(row.get('channel_names', '')))}</td>"
+            f"<td>{e(o.qc)}</td><td>{_size(report.bytes_out) if report else ''}"
+            f"{f' ({report.ratio:.2f}×)' if report else ''}</td></tr>")
+    file_rows = "".join(f"<tr><td><a href='originals/{e(f.path)}'>{e(f.path)}</a></td><td>{e(f.kind)}</td>"
+                        f"<td>{_size(f.size)}</td><td><code>{f.sha256}</code></td></tr>" for f in files)
+    runs = sorted({r.flow_run_id for r in lineage if r.flow_run_id})
+    started = min((r.started for r in lineage), default=dt.datetime.now(dt.timezone.utc))
+    software = versions()
+    authors = ", ".join(
+        (f"<a href='https://orcid.org/{e(a.orcid)}'>{e(a.name)}</a>" if a.orcid else e(a.name))
+        + (f" ({e(a.affiliation)})" if a.affiliation else "") for a in doc.authors)
+    meta = [("Accession", f"{submission.accession} v{version}"), ("Release date", doc.release_date.isoformat()
+             + (" (embargoed until then)" if submission.embargoed else "")), ("Licence", doc.license)]
+    if doc.organism:
+        meta.append(("Organism", doc.organism.scientific_name
+                     + (f" (NCBI:txid{doc.organism.ncbi_taxon})" if doc.organism.ncbi_taxon else "")))
+    if doc.imaging_method:
+        meta.append(("Imaging method", doc.imaging_method.name
+                     + (f" ({doc.imaging_method.fbbi_id})" if doc.imaging_method.fbbi_id else "")))
+    meta_rows = "".join(f"<tr><th>{e(k)}</th><td>{e(v)}</td></tr>" for k, v in meta)
+    if doc.publication:
+        meta_rows += (f"<tr><th>Publication</th><td><a href='https://doi.org/{e(doc.publication.doi)}'>"
+                      f"{e(doc.publication.doi)}</a></td></tr>")
+    previous = (f"<p>This version replaces <a href='../v{previous_version}/'>version {previous_version}</a>.</p>"
+                if previous_version else "")
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{e(submission.accession)} v{version}: {e(doc.title)}</title>
+<style>body{{font-family:system-ui,sans-serif;margin:2rem;max-width:80rem}}table{{border-collapse:collapse;margin:1rem 0}}
+td,th{{border:1px solid #ccc;padding:.25rem .5rem;text-align:left;font-size:.9rem}}th{{background:#f4f4f4}}</style></head><body>
+<h1>{e(doc.title)}</h1>
+<p>{authors}</p>
+<p>{e(doc.description)}</p>
+<table>{meta_rows}</table>
+<h2>Cite</h2><p>{e(citation(submission, version))}</p>
+<h2>Images</h2>
+<p>OME-Zarr (OME-NGFF 0.5, Zarr v3), readable with napari, bioio, ome-zarr-py, zarr-python, tensorstore and
+neuroglancer/vizarr. Quality control: <a href="qc/index.html">report</a> ({len(qc_report.errors)} error(s),
+{len(qc_report.warnings)} warning(s)).</p>
+<table><thead><tr><th>image</th><th>source</th><th>axes, shape</th><th>type</th><th>pixel size (z × y × x)</th>
+<th>channels</th><th>QC</th><th>stored</th></tr></thead><tbody>{''.join(image_rows)}</tbody></table>
+<h2>Files as submitted</h2>
+<table><thead><tr><th>path</th><th>kind</th><th>size</th><th>sha256</th></tr></thead><tbody>{file_rows}</tbody></table>
+<h2>Provenance</h2>
+<p>Ingested by zarrchive on {started.date().isoformat()} (Prefect flow run {e(', '.join(runs) or 'none')}).
+Every object of this version is listed with its sha256 in <a href="manifest.json">manifest.json</a>; how each was
+made is recorded in <a href="ro-crate-metadata.json">ro-crate-metadata.json</a> (RO-Crate, Process Run Crate).</p>
+{previous}
+<p>Software: {e(', '.join(f'{n} {software[n]}' for n in PROVENANCE_SOFTWARE if n in software))}.</p>
+</body></html>
+"""
