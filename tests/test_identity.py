@@ -143,3 +143,22 @@ def test_lineage_command(demo, capsys):
     assert main(["lineage", pub.accession, "--archive", str(archive)]) == 0
     assert "stages: " in capsys.readouterr().out
     assert main(["lineage", pub.accession, "--archive", str(archive), "--version", "9"]) == 1
+
+
+def test_cache_keys_change_with_inputs_settings_and_pixel_software(monkeypatch, tmp_path, settings):
+    from zarrchive import identity
+    from zarrchive.config import StagingSettings
+    from zarrchive.records import FileRecord
+    from zarrchive.software import pixel_versions
+    from zarrchive.staging import work_area
+
+    work = work_area(StagingSettings(work=str(tmp_path / "work")))
+    file = FileRecord(path="a.tif", source_uri="/l/a.tif", staged_path="/s/1/a.tif", size=1, sha256="a" * 64,
+                      kind="image")
+    params = {"file": file, "entry": None, "settings": settings.convert, "work": work}
+    key = identity.convert_key(None, params)
+    assert identity.convert_key(None, {**params, "file": file.model_copy(update={"staged_path": "/s/2/a.tif"})}) == key
+    assert identity.convert_key(None, {**params, "file": file.model_copy(update={"sha256": "b" * 64})}) != key
+    assert identity.convert_key(None, {**params, "settings": settings.convert.model_copy(update={"chunk_z": 2})}) != key
+    monkeypatch.setattr(identity, "pixel_versions", lambda: {**pixel_versions(), "zarr": "99.0"})
+    assert identity.convert_key(None, params) != key

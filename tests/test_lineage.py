@@ -85,3 +85,24 @@ def test_every_published_image_leads_back_to_a_submitted_file_and_its_checksum(d
         assert originals, f"{image.path} does not lead back to {image.source_path}: {roots}"
         # the chain passes through the published original, whose checksum is recorded
         assert nodes[f"originals/{image.source_path}"]["sha256"]
+
+
+def test_crate_passes_an_ro_crate_validator_for_the_process_run_profile(demo, tmp_path):
+    """roc-validator (from PyPI) on a copy of the crate whose @context is inlined: the check runs offline."""
+    from importlib import resources
+
+    from rocrate_validator import services
+    from rocrate_validator.models import Severity
+
+    vdir = Path(demo[0].version_uri)
+    crate = json.loads((vdir / "ro-crate-metadata.json").read_text())
+    assert crate["@context"] == "https://w3id.org/ro/crate/1.1/context"
+    shipped = json.loads((resources.files("rocrate") / "data" / "ro-crate.jsonld").read_text())
+    crate["@context"] = shipped["@context"]  # RO-Crate 1.3's context, a superset of 1.1's terms
+    (tmp_path / "ro-crate-metadata.json").write_text(json.dumps(crate))
+    result = services.validate({
+        "rocrate_uri": str(tmp_path), "profile_identifier": "process-run-crate-0.5", "metadata_only": True,
+        "skip_availability_check": True, "offline": True, "requirement_severity": Severity.REQUIRED,
+    })
+    problems = [f"{i.check.identifier} {i.violatingEntity}: {i.message}" for i in result.get_issues(Severity.REQUIRED)]
+    assert result.passed(Severity.REQUIRED), problems

@@ -121,7 +121,9 @@ def build_crate(
             return {"@id": published_paths[entity.uri]}
         if entity.role == "staged" and entity.sha256 in originals:
             return {"@id": originals[entity.sha256]}
-        return {"@id": entity.uri}
+        if entity.role in ("intermediate", "output", "staged"):  # work-area objects that are not published
+            return {"@id": f"#intermediate/{entity.uri.rstrip('/').rsplit('/', 1)[-1]}"}
+        return {"@id": entity.uri if "://" in entity.uri else f"file://{entity.uri}"}
 
     entities: dict[str, dict[str, Any]] = {}
     stores: dict[str, list[ManifestEntry]] = {}
@@ -154,8 +156,9 @@ def build_crate(
         aid = f"#action/{i:04d}-{rec.stage}" + (f"-{rec.image_id}" if rec.image_id else "")
         actions.append({"@id": aid})
         for ent in [*rec.inputs, *rec.outputs]:
-            if ref(ent)["@id"] == ent.uri:  # a source in the landing zone or an intermediate of the work area
-                sources.setdefault(ent.uri, _entity_node(ent))
+            node_id = ref(ent)["@id"]
+            if node_id not in entities:  # a source in the landing zone or an intermediate of the work area
+                sources.setdefault(node_id, _entity_node(ent, node_id))
         action = {
             "@id": aid,
             "@type": "CreateAction",
@@ -199,6 +202,7 @@ def build_crate(
         "description": doc.description,
         "identifier": f"{submission.accession}/v{version}",
         "license": {"@id": f"https://spdx.org/licenses/{doc.license}"},
+        "publisher": {"@id": "#zarrchive"},
         "datePublished": dt.date.today().isoformat(),
         "author": [{"@id": _author_id(a.orcid, a.name)} for a in doc.authors],
         "hasPart": parts,
@@ -207,15 +211,21 @@ def build_crate(
     }
     if doc.publication:
         root["citation"] = {"@id": f"https://doi.org/{doc.publication.doi}"}
+    # sources in the landing zone are web-based data entities of the crate; intermediates are contextual
+    parts += [{"@id": key} for key, node in sources.items() if node["@type"] == "File"]
     if previous_version:
         root["isBasedOn"] = {"@id": f"../v{previous_version}/"}
-        graph.append({"@id": f"../v{previous_version}/", "@type": "Dataset",
+        graph.append({"@id": f"../v{previous_version}/", "@type": "CreativeWork",
+                      "name": f"{submission.accession} version {previous_version}",
                       "identifier": f"{submission.accession}/v{previous_version}"})
     graph[:0] = [
         {"@id": "ro-crate-metadata.json", "@type": "CreativeWork",
          "conformsTo": {"@id": RO_CRATE}, "about": {"@id": "./"}},
         root,
         {"@id": PROCESS_RUN_CRATE, "@type": "CreativeWork", "name": "Process Run Crate", "version": "0.5"},
+        {"@id": f"https://spdx.org/licenses/{doc.license}", "@type": "CreativeWork", "name": doc.license,
+         "identifier": doc.license},
+        {"@id": "#zarrchive", "@type": "Organization", "name": "zarrchive bioimage archive"},
         {"@id": "#workflow/ingest_submission", "@type": "SoftwareApplication", "name": "zarrchive ingest_submission",
          "softwareVersion": __version__, "softwareRequirements": software_ids},
     ]
@@ -235,8 +245,12 @@ def _author_id(orcid: str | None, name: str) -> str:
     return f"https://orcid.org/{orcid}" if orcid else f"#person/{name.replace(' ', '_')}"
 
 
-def _entity_node(entity: Entity) -> dict[str, Any]:
-    node: dict[str, Any] = {"@id": entity.uri, "@type": "File" if entity.kind == "file" else "Dataset"}
+def _entity_node(entity: Entity, node_id: str) -> dict[str, Any]:
+    external = not node_id.startswith("#")
+    node: dict[str, Any] = {"@id": node_id, "@type": ("File" if entity.kind == "file" else "Dataset") if external
+                            else "CreativeWork"}
+    if not external:
+        node["description"] = f"intermediate in the work area, not part of this version ({entity.uri})"
     if entity.role:
         node["zarrchive:role"] = entity.role
     if entity.size is not None:
