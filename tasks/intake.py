@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import json
 import re
 from typing import Any
 
@@ -160,7 +159,7 @@ def template_for(folder: str) -> str:
         "# files: kind is image (default), label or attachment; sha256 is optional but recommended;\n"
         "#   pixel_size {x, y, z, unit} and channel_names supply metadata a file lacks.\n"
     )
-    return header + yaml.safe_dump(json.loads(json.dumps(body)), sort_keys=False, allow_unicode=True)
+    return header + yaml.safe_dump(body, sort_keys=False, allow_unicode=True)
 
 
 @task(name="intake", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[1, 5],

@@ -129,6 +129,13 @@ def test_every_published_object_leads_back_to_a_submitted_file(demo):
         sources = [r for r in found if nodes.get(r, {}).get("zarrchive:role") == "source" and nodes[r].get("sha256")]
         assert sources, f"{obj} does not lead back to a submitted file with a checksum: {found}"
         assert all(r.startswith("file://") and str(sub) in r for r in sources)
+    for image in pub.images:  # each image passes through its published original, whose checksum is recorded
+        original = f"originals/{image.source_path}"
+        converted_from = {o["@id"] for a in nodes.values() if a.get("zarrchive:stage") == "convert"
+                          for o in a["object"]}
+        assert original in converted_from
+        sources = [r for r in roots(f"{image.path}/", set()) if r.endswith(image.source_path)]
+        assert sources and nodes[original]["sha256"] == nodes[sources[0]]["sha256"]
 
 
 def test_lineage_command(demo, capsys):

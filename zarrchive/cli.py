@@ -158,6 +158,7 @@ def _validate(submission: str, config: str | None, as_json: bool) -> int:
 
 
 def _show(accession: str, archive: str, as_json: bool) -> int:
+    from zarrchive.landing import human_size
     from zarrchive.tasks.publish import published_versions
 
     versions = published_versions(archive, accession)
@@ -172,10 +173,10 @@ def _show(accession: str, archive: str, as_json: bool) -> int:
     print(f"  release date {latest['release_date']}" + (" (embargoed)" if latest.get("embargoed") else ""))
     for m in versions:
         size = sum(f["size"] for f in m["files"])
-        print(f"  v{m['version']}  {m['created']}  {len(m['files'])} objects, {_human(size)}")
+        print(f"  v{m['version']}  {m['created']}  {len(m['files'])} objects, {human_size(size)}")
         for img in m["images"]:
             img_size = sum(f["size"] for f in m["files"] if img.get("path") and f["path"].startswith(img["path"] + "/"))
-            print(f"    {img['image_id']:<28} {img['status']:<10} QC {img['qc']:<8} {_human(img_size):>10}  "
+            print(f"    {img['image_id']:<28} {img['status']:<10} QC {img['qc']:<8} {human_size(img_size):>10}  "
                   f"{img.get('path') or img.get('error') or ''}")
     return EXIT_OK
 
@@ -208,13 +209,6 @@ def _lineage(accession: str, archive: str, version: int | None, image: str | Non
                 print(f"  since v{info['previous_version']}, {key.replace('_', ' ')}: {', '.join(items)}")
     return EXIT_OK
 
-
-def _human(size: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if size < 1000 or unit == "TB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1000
-    return f"{size} B"
 
 
 def _submission_new(folder: str, force: bool) -> int:

@@ -24,7 +24,8 @@ def citation(submission: Submission, version: int) -> str:
     return f"{who} ({doc.release_date.year}). {doc.title}. zarrchive {submission.accession}, version {version}."
 
 
-def _size(n: int) -> str:
+def human_size(n: float) -> str:
+    """A byte count for people, in decimal units: 18.6 MB."""
     for unit in ("B", "KB", "MB", "GB", "TB"):
         if n < 1000 or unit == "TB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
@@ -51,10 +52,10 @@ def render_landing_page(submission: Submission, version: int, outcomes: list[Ima
             f"<tr><td><a href='images/{e(o.image_id)}.ome.zarr/'>{e(o.image_id)}</a></td><td>{e(o.source_path)}</td>"
             f"<td>{e(str(row.get('axes', '')))} {e(str(row.get('shape', '')))}</td><td>{e(str(row.get('dtype', '')))}</td>"
             f"<td>{e(pixel)} {e(str(row.get('unit') or ''))}</td><td>{e(str(row.get('channel_names', '')))}</td>"
-            f"<td>{e(o.qc)}</td><td>{_size(report.bytes_out) if report else ''}"
+            f"<td>{e(o.qc)}</td><td>{human_size(report.bytes_out) if report else ''}"
             f"{f' ({report.ratio:.2f}×)' if report else ''}</td></tr>")
     file_rows = "".join(f"<tr><td><a href='originals/{e(f.path)}'>{e(f.path)}</a></td><td>{e(f.kind)}</td>"
-                        f"<td>{_size(f.size)}</td><td><code>{f.sha256}</code></td></tr>" for f in files)
+                        f"<td>{human_size(f.size)}</td><td><code>{f.sha256}</code></td></tr>" for f in files)
     runs = sorted({r.flow_run_id for r in lineage if r.flow_run_id})
     started = min((r.started for r in lineage), default=dt.datetime.now(dt.timezone.utc))
     software = versions()

@@ -6,6 +6,7 @@ move into place only when complete, so a reader never sees half a file.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -46,6 +47,30 @@ def sha256_stream(fs: fsspec.AbstractFileSystem, path: str, block: int = BLOCK) 
     return size, digest.hexdigest()
 
 
+@contextlib.contextmanager
+def open_for_commit(fs: fsspec.AbstractFileSystem, path: str) -> Iterator[Any]:
+    """A writable file that appears at ``path`` only once closed without error.
+
+    On a local disk: a temporary name moved into place; an object store commits
+    an upload only when it is closed, and an aborted one leaves nothing.
+    """
+    parent = path.rsplit("/", 1)[0]
+    if parent:
+        fs.makedirs(parent, exist_ok=True)
+    if not isinstance(fs, LocalFileSystem):
+        with fs.open(path, "wb") as fh:
+            yield fh
+        return
+    tmp = f"{path}.part-{uuid.uuid4().hex[:8]}"
+    try:
+        with open(tmp, "wb") as fh:
+            yield fh
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
 def copy_hashing(
     src_fs: fsspec.AbstractFileSystem,
     src: str,
@@ -56,42 +81,18 @@ def copy_hashing(
     """Stream ``src`` to ``dst`` hashing on the way; ``dst`` appears only when complete."""
     digest = hashlib.sha256()
     size = 0
-    parent = dst.rsplit("/", 1)[0]
-    if parent:
-        dst_fs.makedirs(parent, exist_ok=True)
-    if isinstance(dst_fs, LocalFileSystem):
-        tmp = f"{dst}.part-{uuid.uuid4().hex[:8]}"
-        try:
-            with src_fs.open(src, "rb") as fin, open(tmp, "wb") as fout:
-                while chunk := fin.read(block):
-                    digest.update(chunk)
-                    fout.write(chunk)
-                    size += len(chunk)
-            os.replace(tmp, dst)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-    else:  # object stores commit an upload atomically when it is closed
-        with src_fs.open(src, "rb") as fin, dst_fs.open(dst, "wb") as fout:
-            while chunk := fin.read(block):
-                digest.update(chunk)
-                fout.write(chunk)
-                size += len(chunk)
+    with src_fs.open(src, "rb") as fin, open_for_commit(dst_fs, dst) as fout:
+        while chunk := fin.read(block):
+            digest.update(chunk)
+            fout.write(chunk)
+            size += len(chunk)
     return size, digest.hexdigest()
 
 
 def write_bytes_atomic(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> str:
-    """Write ``data`` to ``path`` (temp name + move on local disks); return its sha256."""
-    parent = path.rsplit("/", 1)[0]
-    if parent:
-        fs.makedirs(parent, exist_ok=True)
-    if isinstance(fs, LocalFileSystem):
-        tmp = f"{path}.part-{uuid.uuid4().hex[:8]}"
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    else:
-        fs.pipe_file(path, data)
+    """Write ``data`` to ``path`` so that it appears whole or not at all; return its sha256."""
+    with open_for_commit(fs, path) as fh:
+        fh.write(data)
     return hashlib.sha256(data).hexdigest()
 
 
