@@ -1,9 +1,11 @@
 """Compress: encode every level with the configured lossless codec on the Dask cluster, and prove it.
 
-Each cluster task takes a batch of chunks: it reads the source chunk, writes it
-through the codec, reads it back (decoding), and compares the decoded bytes with
-the source. Any difference fails the image. The sha256 of every source chunk is
-returned, so level 0 gets a digest of its decoded pixels in chunk order.
+The output is sharded (Zarr v3 sharding: many chunks per stored object) so a
+large image is not hundreds of thousands of files. Each cluster task takes a
+batch of whole shards: it reads the source region, writes it through the codec,
+reads it back (decoding), and compares the decoded bytes with the source. Any
+difference fails the image. The sha256 of every source chunk is returned, so
+level 0 gets a digest of its decoded pixels in chunk order.
 """
 
 from __future__ import annotations
@@ -48,8 +50,24 @@ def chunk_slices(shape: tuple[int, ...], chunks: tuple[int, ...]) -> list[tuple[
             for start in itertools.product(*ranges)]
 
 
-def encode_verify(source: str, target: str, regions: list[tuple[slice, ...]]) -> list[str]:
-    """Copy ``regions`` from ``source`` to ``target`` (encoding), decode them back, compare; sha256 per region."""
+def shard_shape(axes: list[str], shape: tuple[int, ...], chunks: tuple[int, ...],
+                settings: CompressSettings) -> tuple[int, ...] | None:
+    """The shard of a level: ``shard_z`` x ``shard_xy`` x ``shard_xy`` chunks' worth, whole chunks, no larger
+    than the level; None when sharding is off (``shard_xy: 0``)."""
+    if not settings.shard_xy:
+        return None
+    edge = {"t": 1, "c": 1, "z": settings.shard_z, "y": settings.shard_xy, "x": settings.shard_xy}
+    out = []
+    for axis, n, c in zip(axes, shape, chunks):
+        want = min(max(edge[axis], c), -(-n // c) * c)
+        out.append(-(-want // c) * c)
+    return tuple(out)
+
+
+def encode_verify(source: str, target: str, regions: list[tuple[slice, ...]],
+                  chunks: tuple[int, ...]) -> list[tuple[tuple[int, ...], str]]:
+    """Copy ``regions`` (whole shards, or whole chunks) from ``source`` to ``target``, decode them back and
+    compare; return the sha256 of every chunk of each region with the chunk's start."""
     src = zarr.open_array(source, mode="r")
     dst = zarr.open_array(target, mode="r+")
     digests = []
@@ -58,9 +76,11 @@ def encode_verify(source: str, target: str, regions: list[tuple[slice, ...]]) ->
         dst[region] = block
         decoded = np.ascontiguousarray(dst[region])
         if decoded.dtype != block.dtype or decoded.tobytes() != block.tobytes():
-            raise VerificationError(f"{target} chunk at {[(s.start, s.stop) for s in region]}: "
+            raise VerificationError(f"{target} region {[(s.start, s.stop) for s in region]}: "
                                     "decoded pixels differ from the source")
-        digests.append(hashlib.sha256(block.tobytes()).hexdigest())
+        for sub in chunk_slices(block.shape, chunks):
+            start = tuple(r.start + s.start for r, s in zip(region, sub))
+            digests.append((start, hashlib.sha256(np.ascontiguousarray(block[sub]).tobytes()).hexdigest()))
     return digests
 
 
@@ -86,13 +106,17 @@ def compress_image(image: ImageRecord, work: str, settings: CompressSettings, sc
     verified = 0
     with client_for(scheduler) as client:
         for level in image.levels:
-            root.create_array(level.path, shape=level.shape, chunks=level.chunks, dtype=image.dtype,
-                              compressors=[codec], fill_value=0, dimension_names=axes)
-            regions = chunk_slices(level.shape, level.chunks)
-            batches = [regions[i:i + BATCH] for i in range(0, len(regions), BATCH)]
+            shards = shard_shape(axes, level.shape, level.chunks, settings)
+            root.create_array(level.path, shape=level.shape, chunks=level.chunks, shards=shards,
+                              dtype=image.dtype, compressors=[codec], fill_value=0, dimension_names=axes)
+            # a task writes whole shards (never two tasks in one shard), about BATCH chunks at a time
+            regions = chunk_slices(level.shape, shards or level.chunks)
+            per_task = max(1, BATCH // int(np.prod([s // c for s, c in zip(shards or level.chunks, level.chunks)])))
+            batches = [regions[i:i + per_task] for i in range(0, len(regions), per_task)]
             futures = client.map(encode_verify, [f"{image.store}/{level.path}"] * len(batches),
-                                 [f"{store}/{level.path}"] * len(batches), batches, pure=False)
-            digests = [d for batch in client.gather(futures) for d in batch]
+                                 [f"{store}/{level.path}"] * len(batches), batches, [level.chunks] * len(batches),
+                                 pure=False)
+            digests = [d for _start, d in sorted(d for batch in client.gather(futures) for d in batch)]
             verified += len(digests)
             bytes_in += int(np.prod(level.shape)) * np.dtype(image.dtype).itemsize
             if level.path == "0":

@@ -25,7 +25,7 @@ def scheduler() -> str:
     from distributed import LocalCluster
 
     logging.getLogger("distributed").setLevel(logging.WARNING)
-    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
                            host="127.0.0.1", memory_limit="3GiB")
     yield cluster.scheduler_address
     cluster.close()

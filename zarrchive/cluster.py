@@ -28,7 +28,7 @@ def cluster_for_run(settings: ClusterSettings) -> Iterator[str]:
         threads_per_worker=settings.threads_per_worker,
         memory_limit=settings.memory_limit,
         processes=True,
-        dashboard_address=None,
+        dashboard_address=":0",
         host="127.0.0.1",
     )
     try:

@@ -59,6 +59,8 @@ class CompressSettings(Section):
     cname: Literal["zstd", "lz4", "lz4hc", "zlib", "blosclz"] = "zstd"
     clevel: int = Field(ge=0, le=22)
     shuffle: Literal["shuffle", "bitshuffle", "noshuffle"] = "shuffle"
+    shard_xy: int = Field(default=2048, ge=0)
+    shard_z: int = Field(default=8, ge=1)
 
 
 class ClusterSettings(Section):
