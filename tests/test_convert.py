@@ -144,3 +144,14 @@ def test_truncated_tiff_is_a_clear_input_error(tmp_path, settings, scheduler):
 def test_slug_is_path_safe():
     assert slug("images/cell 01.ome.tif") == "images_cell_01"
     assert slug("a/b.c.tiff") == "a_b_c"
+
+
+def test_imagej_hyperstack_axes_spacing_units_and_frame_interval(tmp_path, settings, scheduler):
+    data = random_image((3, 4, 2, 30, 40))  # T Z C Y X as ImageJ stores it
+    path = plain_tiff(tmp_path / "hyper.tif", data, imagej=True, resolution=(1 / 0.1, 1 / 0.1),
+                      metadata={"axes": "TZCYX", "spacing": 0.5, "unit": "um", "finterval": 2.0})
+    [image] = convert_file(staged(path, "hyper.tif"), None, str(tmp_path / "s"), settings.convert, scheduler)
+    assert [a.name for a in image.axes] == ["t", "c", "z", "y", "x"]
+    assert [a.unit for a in image.axes] == ["second", None, "micrometer", "micrometer", "micrometer"]
+    assert image.levels[0].scale == pytest.approx((2.0, 1.0, 0.5, 0.1, 0.1))
+    np.testing.assert_array_equal(level0(image), np.moveaxis(data, 2, 1))

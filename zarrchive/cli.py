@@ -1,9 +1,9 @@
 """The ``zarrchive`` command line.
 
 Exit codes: 0 a version was published (or the submission is unchanged since its
-latest version; for ``validate``: no errors), 1 nothing was published (the
-reasons are printed; for ``validate``: errors found), 2 usage or configuration
-errors.
+latest version; for ``validate``: no errors; for ``convert``: written), 1 nothing
+was published (the reasons are printed; for ``validate``: errors found; for
+``convert``: the input could not be converted), 2 usage or configuration errors.
 """
 
 from __future__ import annotations
@@ -36,6 +36,12 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--archive", default="zarrchive-demo/archive", help="archive folder (default: %(default)s)")
     demo.add_argument("--config", help="YAML merged over configs/default.yaml")
     demo.add_argument("--json", action="store_true", help="print one JSON object for scripts")
+
+    conv = sub.add_parser("convert", help="convert one file to OME-Zarr, outside of an archive run")
+    conv.add_argument("input", help="an image file (OME-TIFF or TIFF)")
+    conv.add_argument("output", help="the .ome.zarr folder to write")
+    conv.add_argument("--config", help="YAML merged over configs/default.yaml (convert, pyramid, compress, cluster)")
+    conv.add_argument("--overwrite", action="store_true", help="replace an existing output")
 
     validate = sub.add_parser("validate", help="check a submission (submission.yaml and its files) without ingesting")
     validate.add_argument("submission", help="folder or URL holding submission.yaml")
@@ -79,6 +85,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             if not args.json:
                 print(f"Sample submission: {folder}")
             return _ingest(str(folder), args.archive, args.config, args.json)
+        if args.command == "convert":
+            return _convert(args.input, args.output, args.config, args.overwrite)
         if args.command == "validate":
             return _validate(args.submission, args.config, args.json)
         if args.command == "show":
@@ -137,6 +145,28 @@ def _report(pub: Publication, as_json: bool) -> None:
         print(f"  {o.image_id} ({o.source_path}): {o.status}, QC {o.qc}{where}" + (f"\n    {o.error}" if o.error else ""))
     for reason in pub.reasons:
         print(f"  reason: {reason}")
+
+
+def _convert(source: str, output: str, config: str | None, overwrite: bool) -> int:
+    from tqdm import tqdm
+
+    from zarrchive.config import load_settings
+    from zarrchive.standalone import convert_to_ome_zarr
+
+    settings = load_settings(config)
+    with tqdm(unit=" step", file=sys.stderr, bar_format="{desc} [{n_fmt} steps, {elapsed}]") as bar:
+        def progress(message: str) -> None:
+            bar.set_description_str(message)
+            bar.update(1)
+
+        try:
+            groups = convert_to_ome_zarr(source, output, settings, progress, overwrite)
+        except ZarrchiveError as exc:
+            bar.close()
+            print(f"zarrchive: {exc}", file=sys.stderr)
+            return EXIT_NOT_PUBLISHED
+    print(f"Wrote {output}" + (f" ({len(groups)} series: {', '.join(groups)})" if len(groups) > 1 else ""))
+    return EXIT_OK
 
 
 def _validate(submission: str, config: str | None, as_json: bool) -> int:

@@ -1,0 +1,47 @@
+"""``zarrchive convert``: one file to OME-Zarr outside an archive run, with the archive's stages."""
+
+from __future__ import annotations
+
+import numpy as np
+import tifffile
+import zarr
+
+from builders import ome_tiff, random_image
+from zarrchive.cli import main
+
+
+def test_convert_one_file_to_a_valid_ome_zarr(tmp_path, config_file, capsys):
+    data = random_image((2, 3, 70, 90))
+    source = ome_tiff(tmp_path / "cells.ome.tif", data, "CZYX", {"x": 0.2, "y": 0.2, "z": 1.0}, ["DAPI", "GFP"])
+    before = source.read_bytes()
+    out = tmp_path / "cells.ome.zarr"
+    assert main(["convert", str(source), str(out), "--config", config_file(convert={"chunk_xy": 32})]) == 0
+    assert source.read_bytes() == before
+    from ome_zarr_models.v05 import Image
+
+    model = Image.from_zarr(zarr.open_group(out, mode="r"))
+    assert len(model.attributes.ome.multiscales[0].datasets) == 3
+    np.testing.assert_array_equal(zarr.open_array(out / "0", mode="r")[...], data)
+    assert "compress and verify" in capsys.readouterr().err
+    assert main(["convert", str(source), str(out), "--config", config_file()]) == 1  # never overwrites silently
+    assert "exists already" in capsys.readouterr().err
+
+
+def test_a_multi_series_file_becomes_a_bioformats2raw_layout(tmp_path, config_file):
+    a, b = random_image((30, 40), "uint16", 1), random_image((20, 25), "uint16", 2)
+    source = tmp_path / "two.ome.tif"
+    with tifffile.TiffWriter(source, ome=True) as tif:
+        tif.write(a, metadata={"axes": "YX"})
+        tif.write(b, metadata={"axes": "YX"})
+    out = tmp_path / "two.ome.zarr"
+    assert main(["convert", str(source), str(out), "--config", config_file()]) == 0
+    assert zarr.open_group(out, mode="r").attrs["ome"]["bioformats2raw.layout"] == 3
+    np.testing.assert_array_equal(zarr.open_array(out / "1" / "0", mode="r")[0], b)
+
+
+def test_a_bad_input_is_a_clear_error_and_writes_nothing(tmp_path, config_file, capsys):
+    bad = tmp_path / "scan.tif"
+    bad.write_text("not an image")
+    assert main(["convert", str(bad), str(tmp_path / "out.ome.zarr"), "--config", config_file()]) == 1
+    assert "scan.tif" in capsys.readouterr().err and not (tmp_path / "out.ome.zarr").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith("zarrchive-convert-")]

@@ -1,0 +1,74 @@
+"""``zarrchive convert``: one file to OME-Zarr outside of an archive run, with the archive's own stages.
+
+The same convert, pyramid and compress functions as an ingestion (so the result
+is what the archive would publish), on a Dask cluster started for the call,
+without Prefect. A file with one series becomes one image group; a file with
+several becomes a bioformats2raw-layout group with one image per series
+(``0``, ``1``, …). The output appears only when complete.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+import zarr
+
+from zarrchive.cluster import cluster_for_run
+from zarrchive.config import Settings
+from zarrchive.errors import InputError
+from zarrchive.ngff import NGFF_VERSION, validate_image
+from zarrchive.records import FileRecord
+from zarrchive.storage import resolve, sha256_stream
+from zarrchive.tasks.compress import compress_image
+from zarrchive.tasks.convert import convert_file
+from zarrchive.tasks.pyramid import build_pyramid
+
+Progress = Callable[[str], None]
+
+
+def convert_to_ome_zarr(source: str, output: str, settings: Settings, progress: Progress = lambda _: None,
+                        overwrite: bool = False) -> list[str]:
+    """Convert ``source`` into ``output`` (a local ``.ome.zarr`` folder); return the image groups written."""
+    target = Path(output)
+    if target.exists() and not overwrite:
+        raise InputError(output, "exists already (use --overwrite to replace it)")
+    path = Path(source)
+    if not path.is_file():
+        raise InputError(source, "not found or not a file")
+    fs, local = resolve(str(path))
+    size, sha256 = sha256_stream(fs, local)
+    record = FileRecord(path=path.name, source_uri=str(path.resolve()), staged_path=str(path.resolve()), size=size,
+                        sha256=sha256, kind="image")  # read in place: the source is only ever read
+    with tempfile.TemporaryDirectory(prefix="zarrchive-convert-", dir=target.resolve().parent) as work, \
+            cluster_for_run(settings.cluster) as scheduler:
+        progress(f"reading {path.name}")
+        images = convert_file(record, None, work, settings.convert, scheduler)
+        staged = Path(work) / "result.ome.zarr"
+        if len(images) > 1:
+            staged.mkdir()
+        groups = []
+        for index, image in enumerate(images):
+            progress(f"pyramid {image.image_id}")
+            image = build_pyramid(image, settings.pyramid, scheduler)
+            progress(f"compress and verify {image.image_id}")
+            report = compress_image(image, work, settings.compress, scheduler)
+            if problems := validate_image(report.store):
+                raise InputError(source, f"the output does not validate as OME-NGFF: {'; '.join(problems)}")
+            if len(images) == 1:
+                shutil.move(report.store, staged)
+                groups.append(".")
+            else:
+                shutil.move(report.store, staged / str(index))
+                groups.append(str(index))
+        if len(images) > 1:
+            zarr.open_group(str(staged), mode="a", zarr_format=3).update_attributes(
+                {"ome": {"version": NGFF_VERSION, "bioformats2raw.layout": 3}})
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(staged, target)
+    progress(f"wrote {target}")
+    return groups
