@@ -73,8 +73,7 @@ def ingest_submission(request: IngestRequest) -> Publication:
             ], lineage)
             failures += failed
 
-            images = [image for image in images if image.image_id in {r.image_id for r in reports}]
-            checked = qc(submission, images, reports, settings.qc, scheduler) if images else None
+            checked = qc(submission, images, reports, settings.qc, scheduler) if reports else None
             if checked:
                 lineage.append(checked.lineage)
             qc_report = checked.output if checked else None
@@ -82,9 +81,7 @@ def ingest_submission(request: IngestRequest) -> Publication:
         outcomes = image_outcomes(images, failures, qc_report, settings.publish)
         if reasons := blocking_reasons(outcomes, qc_report):
             return not_published(submission, request.archive, outcomes, reasons)
-        to_publish = {o.image_id for o in outcomes if o.status == "published"}
-        published = publish(submission, request.archive, fingerprint, files,
-                            [r for r in reports if r.image_id in to_publish], outcomes, qc_report, lineage)
+        published = publish(submission, request.archive, fingerprint, files, reports, outcomes, qc_report, lineage)
         return published.output
 
 

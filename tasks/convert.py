@@ -30,7 +30,7 @@ from zarrchive.errors import InputError, UnsupportedFormat, ZarrchiveError
 from zarrchive.identity import convert_key
 from zarrchive.lineage import Traced, traced
 from zarrchive.ngff import multiscales_attrs
-from zarrchive.records import Axis, FileEntry, FileRecord, ImageRecord, Level, PixelSize
+from zarrchive.records import MICROMETERS, Axis, FileEntry, FileRecord, ImageRecord, Level, PixelSize
 from zarrchive.software import pixel_versions
 
 TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
@@ -42,8 +42,6 @@ LENGTH_UNITS = {
     "cm": "centimeter", "centimeter": "centimeter", "m": "meter", "meter": "meter", "Å": "angstrom", "angstrom": "angstrom",
     "pm": "picometer", "picometer": "picometer",
 }
-MICROMETERS = {"micrometer": 1.0, "nanometer": 1e-3, "millimeter": 1e3, "centimeter": 1e4, "meter": 1e6,
-               "angstrom": 1e-4, "picometer": 1e-6}
 TIME_UNITS = {"s": "second", "ms": "millisecond", "µs": "microsecond", "us": "microsecond", "min": "minute",
               "h": "hour", "ns": "nanosecond"}
 
@@ -158,8 +156,8 @@ def merge_metadata(
                 continue
             file_value = sizes.get(ax)
             if file_value is not None and unit is not None:
-                in_um = file_value * MICROMETERS.get(unit, 1.0)
-                given_um = value * MICROMETERS.get(given.unit, 1.0)
+                in_um = file_value * MICROMETERS[unit]
+                given_um = value * MICROMETERS[given.unit]
                 if not math.isclose(in_um, given_um, rel_tol=1e-6):
                     notes.append(f"{shown_as}: pixel_size.{ax}: the file says {file_value} {unit}, "
                                  f"submission.yaml says {value} {given.unit}; using submission.yaml")

@@ -87,7 +87,8 @@ def image_outcomes(images: list[ImageRecord], failures: list[Failure], qc_report
     """The fate of every image and failed file: failed, blocked by QC errors, or to be published."""
     outcomes = [ImageOutcome(image_id=f.image_id or slug(f.source_path), source_path=f.source_path, series=f.series,
                              status="failed", error=f"{f.stage}: {f.error}") for f in failures]
-    for image in images:
+    failed = {o.image_id for o in outcomes}
+    for image in (i for i in images if i.image_id not in failed):  # a later stage may have failed it
         qc = qc_report.image_status(image.image_id) if qc_report else "not run"
         errors = [x.message for x in qc_report.errors if x.image_id == image.image_id] if qc_report else []
         outcomes.append(ImageOutcome(image_id=image.image_id, source_path=image.source_path, series=image.series,
@@ -152,6 +153,8 @@ def publish_version(
 
     entries: list[ManifestEntry] = []
     published_paths: dict[str, str] = {}
+    publishable = {o.image_id for o in outcomes if o.status == "published"}
+    reports = [r for r in reports if r.image_id in publishable]
     for report in reports:
         rel_store = f"images/{report.image_id}.ome.zarr"
         published_paths[report.store] = rel_store + "/"

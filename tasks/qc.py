@@ -35,11 +35,9 @@ from zarrchive.cluster import client_for
 from zarrchive.config import QCSettings, config_dir
 from zarrchive.lineage import Traced, traced
 from zarrchive.ngff import validate_image
-from zarrchive.records import CompressionReport, Finding, ImageRecord, QCReport, Submission
+from zarrchive.records import MICROMETERS, CompressionReport, Finding, ImageRecord, QCReport, Submission
 from zarrchive.tasks.compress import BATCH, chunk_slices
 
-MICROMETERS = {"micrometer": 1.0, "nanometer": 1e-3, "millimeter": 1e3, "centimeter": 1e4, "meter": 1e6,
-               "angstrom": 1e-4, "picometer": 1e-6}
 
 
 # ---------------------------------------------------------------- the suite
@@ -233,6 +231,7 @@ def check_metadata(submission: Submission, images: list[ImageRecord], reports: l
     """QC of every image that reached this stage, plus the submission's warnings and conversion notes."""
     suite, modality = load_suite(settings, submission.doc.imaging_method)
     by_id = {r.image_id: r for r in reports}
+    images = [image for image in images if image.image_id in by_id]  # only what compress produced is checked
     rows, channel_rows = [], []
     for image in images:
         report = by_id[image.image_id]

@@ -441,3 +441,10 @@ def test_a_store_changed_after_compression_is_not_published(tmp_path):
     with pytest.raises(TransientError, match="changed since it was compressed"):
         inp.publish()
     assert not list(inp.acc().rglob("manifest.json"))
+
+
+def test_an_image_that_failed_a_later_stage_is_reported_once_as_failed():
+    compress_failed = Failure(stage="compress", source_path="b.tif", image_id="b", series=0, error="worker died")
+    outcomes = image_outcomes(IMAGES, [compress_failed], qc_report(), SKIP)
+    assert sorted((o.image_id, o.status) for o in outcomes) == [("a", "published"), ("b", "failed")]
+    assert by_id(outcomes)["b"].error == "compress: worker died"

@@ -53,12 +53,16 @@ class Finding(Record):
 
 # ---------------------------------------------------------------- submission format v1
 
-SPACE_UNITS = (
-    "angstrom", "attometer", "centimeter", "decimeter", "exameter", "femtometer", "foot",
-    "gigameter", "hectometer", "inch", "kilometer", "megameter", "meter", "micrometer", "mile",
-    "millimeter", "nanometer", "parsec", "petameter", "picometer", "terameter", "yard",
-    "yoctometer", "yottameter", "zeptometer", "zettameter",
-)
+# OME-NGFF length units and their size in micrometers (the one conversion table of the project).
+MICROMETERS: dict[str, float] = {
+    "angstrom": 1e-4, "attometer": 1e-12, "centimeter": 1e4, "decimeter": 1e5, "exameter": 1e24,
+    "femtometer": 1e-9, "foot": 304800.0, "gigameter": 1e15, "hectometer": 1e8, "inch": 25400.0,
+    "kilometer": 1e9, "megameter": 1e12, "meter": 1e6, "micrometer": 1.0, "mile": 1609344000.0,
+    "millimeter": 1e3, "nanometer": 1e-3, "parsec": 3.0856775814913673e22, "petameter": 1e21,
+    "picometer": 1e-6, "terameter": 1e18, "yard": 914400.0, "yoctometer": 1e-18, "yottameter": 1e30,
+    "zeptometer": 1e-15, "zettameter": 1e27,
+}
+SPACE_UNITS = tuple(MICROMETERS)
 SpaceUnit = Literal[SPACE_UNITS]  # type: ignore[valid-type]
 
 
