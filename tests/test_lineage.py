@@ -29,6 +29,8 @@ def test_crate_follows_the_process_run_profile(demo):
         assert action["startTime"] <= action["endTime"]
         assert action["zarrchive:prefectFlowRun"]
         assert action["zarrchive:stage"] == "publish" or action["zarrchive:prefectTaskRun"]
+        if action["zarrchive:stage"] != "publish":  # the run's page on the Prefect server the tests started
+            assert action["url"].startswith("http://127.0.0.1:") and action["zarrchive:prefectFlowRun"] in action["url"]
     software = {nodes[s["@id"]]["name"]: nodes[s["@id"]]["softwareVersion"]
                 for s in nodes["#workflow/ingest_submission"]["softwareRequirements"]}
     assert software["zarr"].startswith("3.") and "bioio" in software and "prefect" in software

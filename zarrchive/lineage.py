@@ -51,13 +51,15 @@ def _parameters(args: Iterable[Any]) -> dict[str, Any]:
     return params
 
 
-def _prefect_ids() -> tuple[str | None, str | None]:
+def _prefect_ids() -> tuple[str | None, str | None, str | None]:
+    """Flow run id, task run id and the flow run's UI address (None outside a Prefect run)."""
     try:
         from prefect.runtime import flow_run, task_run
 
-        return (str(flow_run.id) if flow_run.id else None, str(task_run.id) if task_run.id else None)
+        flow_id = str(flow_run.id) if flow_run.id else None
+        return flow_id, (str(task_run.id) if task_run.id else None), (flow_run.ui_url if flow_id else None)
     except Exception:  # outside a Prefect run there is no run id
-        return None, None
+        return None, None, None
 
 
 def traced(stage: str, fn: Callable[..., T], *args: Any, image_id: str | None = None, **kwargs: Any) -> Traced[T]:
@@ -70,7 +72,7 @@ def traced(stage: str, fn: Callable[..., T], *args: Any, image_id: str | None = 
     started = dt.datetime.now(dt.timezone.utc)
     output = fn(*args, **kwargs)
     ended = dt.datetime.now(dt.timezone.utc)
-    flow_run_id, task_run_id = _prefect_ids()
+    flow_run_id, task_run_id, run_url = _prefect_ids()
     record = LineageRecord(
         stage=stage,
         image_id=image_id,
@@ -83,6 +85,7 @@ def traced(stage: str, fn: Callable[..., T], *args: Any, image_id: str | None = 
         host=socket.gethostname(),
         flow_run_id=flow_run_id,
         task_run_id=task_run_id,
+        run_url=run_url,
     )
     return Traced(output=output, lineage=record)
 
@@ -178,6 +181,8 @@ def build_crate(
             action["zarrchive:prefectFlowRun"] = rec.flow_run_id
         if rec.task_run_id:
             action["zarrchive:prefectTaskRun"] = rec.task_run_id
+        if rec.run_url:
+            action["url"] = rec.run_url
         if rec.error:
             action["error"] = rec.error
         graph.append(action)

@@ -339,5 +339,6 @@ class LineageRecord(Record):
     host: str
     flow_run_id: str | None = None
     task_run_id: str | None = None
+    run_url: str | None = None  # the flow run in the Prefect UI, when a server is used
     outcome: Literal["success", "failed"] = "success"
     error: str | None = None
