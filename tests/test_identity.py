@@ -167,5 +167,8 @@ def test_cache_keys_change_with_inputs_settings_and_pixel_software(monkeypatch, 
     assert identity.convert_key(None, {**params, "file": file.model_copy(update={"staged_path": "/s/2/a.tif"})}) == key
     assert identity.convert_key(None, {**params, "file": file.model_copy(update={"sha256": "b" * 64})}) != key
     assert identity.convert_key(None, {**params, "settings": settings.convert.model_copy(update={"chunk_z": 2})}) != key
+    monkeypatch.setattr(identity, "records_schema", lambda: "an older record schema")
+    assert identity.convert_key(None, params) != key  # results cached by older code are never reused
+    monkeypatch.undo()
     monkeypatch.setattr(identity, "pixel_versions", lambda: {**pixel_versions(), "zarr": "99.0"})
     assert identity.convert_key(None, params) != key

@@ -2,11 +2,14 @@
 
 Each key hashes everything that can change the output: the input bytes (by
 sha256) or the upstream conversion id, the stage's configuration, the versions
-of the software that touch pixels, and the work area's generation token.
+of the software that touch pixels, the work area's generation token, and the
+shape of the records a cached result holds (a cached result of an older record
+schema is never handed to newer code).
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from pathlib import Path
@@ -27,6 +30,14 @@ def digest(*parts: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
+@functools.cache
+def records_schema() -> str:
+    """A digest of the JSON schemas of the records that cached task results contain."""
+    from zarrchive.records import CompressionReport, ImageRecord, LineageRecord
+
+    return digest(*(model.model_json_schema() for model in (ImageRecord, CompressionReport, LineageRecord)))
+
+
 def _work_of(store: str) -> str:
     return str(Path(store).parents[1])  # <work>/<stage>/<id>.ome.zarr
 
@@ -34,19 +45,19 @@ def _work_of(store: str) -> str:
 def convert_key(_context: Any, params: dict[str, Any]) -> str:
     file = params["file"]
     return "convert-" + digest(file.path, file.sha256, params["entry"], params["settings"], pixel_versions(),
-                               generation(params["work"]))
+                               generation(params["work"]), records_schema())
 
 
 def pyramid_key(_context: Any, params: dict[str, Any]) -> str:
     image = params["image"]
     return "pyramid-" + digest(image.conversion_id, image.image_id, params["settings"], pixel_versions(),
-                               generation(_work_of(image.store)))
+                               generation(_work_of(image.store)), records_schema())
 
 
 def compress_key(_context: Any, params: dict[str, Any]) -> str:
     image = params["image"]
     return "compress-" + digest(compressed_name(image, params["settings"]), image.image_id,
-                                generation(params["work"]))
+                                generation(params["work"]), records_schema())
 
 
 def compressed_name(image: Any, settings: Any) -> str:
