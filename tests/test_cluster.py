@@ -26,3 +26,5 @@ def test_an_existing_scheduler_is_used_and_left_running(scheduler):
         assert address == scheduler
     with client_for(scheduler) as client:
         assert client.compute(da.arange(10, chunks=5).sum()).result() == 45
+        imported = client.run(lambda: sorted(m for m in __import__("sys").modules if m.startswith("zarrchive.tasks")))
+        assert all("zarrchive.tasks.compress" in mods for mods in imported.values()) and len(imported) == 2

@@ -37,11 +37,27 @@ def cluster_for_run(settings: ClusterSettings) -> Iterator[str]:
         cluster.close()
 
 
+# Imported on every worker before a stage sends work: a worker that unpickles a zarr array in its
+# communication thread while a task thread is still importing zarr hits a circular-import error
+# (seen on fresh workers), and the nanny restarts it.
+WORKER_MODULES = ("zarr", "zarr.core.array", "zarr.api.asynchronous", "numcodecs", "tifffile", "bioio",
+                  "zarrchive.tasks.convert", "zarrchive.tasks.pyramid", "zarrchive.tasks.compress",
+                  "zarrchive.tasks.qc")
+
+
+def import_worker_modules() -> list[str]:
+    """Import what stage tasks need (run on each worker); return the modules imported."""
+    import importlib
+
+    return [importlib.import_module(name).__name__ for name in WORKER_MODULES]
+
+
 @contextlib.contextmanager
 def client_for(address: str) -> Iterator[Client]:
-    """A client of the scheduler at ``address`` for the duration of one stage."""
+    """A client of the scheduler at ``address`` for the duration of one stage, its workers ready."""
     client = Client(address, set_as_default=False, timeout="30s")
     try:
+        client.run(import_worker_modules)
         with client.as_current():
             yield client
     finally:
