@@ -16,6 +16,7 @@ from zarrchive.config import Settings, load_settings
 # set before Prefect reads its settings.
 SESSION_DIR = Path(tempfile.mkdtemp(prefix="zarrchive-tests-"))
 os.environ["PREFECT_LOCAL_STORAGE_PATH"] = str(SESSION_DIR / "prefect-results")
+os.environ["XDG_CACHE_HOME"] = str(SESSION_DIR / "cache")  # the default work area of runs without a config
 WORK = str(SESSION_DIR / "work")  # the conversion work area of every flow run in this session
 
 

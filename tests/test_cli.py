@@ -105,3 +105,5 @@ def test_demo_runs_on_the_embedded_defaults(tmp_path, prefect_server, capsys):
     assert (tmp_path / "zarrchive-demo" / "submission" / "submission.yaml").exists()
     assert main(["demo", "--archive", str(archive)]) == 0
     assert "Unchanged: ZA000001 v1" in capsys.readouterr().out
+    from conftest import SESSION_DIR
+    assert list((SESSION_DIR / "cache" / "zarrchive" / "convert").glob("*.ome.zarr"))  # not the user's cache
