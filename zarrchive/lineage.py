@@ -200,6 +200,8 @@ def build_crate(
         })
         actions.append({"@id": "#action/publish"})
 
+    # sources in the landing zone are web-based data entities of the crate; intermediates are contextual
+    parts += [{"@id": key} for key, node in sources.items() if node["@type"] == "File"]
     root = {
         "@id": "./",
         "@type": "Dataset",
@@ -216,8 +218,6 @@ def build_crate(
     }
     if doc.publication:
         root["citation"] = {"@id": f"https://doi.org/{doc.publication.doi}"}
-    # sources in the landing zone are web-based data entities of the crate; intermediates are contextual
-    parts += [{"@id": key} for key, node in sources.items() if node["@type"] == "File"]
     if previous_version:
         root["isBasedOn"] = {"@id": f"../v{previous_version}/"}
         graph.append({"@id": f"../v{previous_version}/", "@type": "CreativeWork",
