@@ -54,22 +54,24 @@ def ingest_submission(request: IngestRequest) -> Publication:
             return unchanged_publication(submission, request.archive, latest)
 
         entries = {entry.path: entry for entry in submission.doc.files}
+        staged = {f.path: f for f in files}
         work = work_area(settings.staging)
         with cluster_for_run(settings.cluster) as scheduler:
             converted, failed = gather("convert", [
-                (convert.submit(f, entries[f.path], work, settings.convert, scheduler), {"source_path": f.path})
+                (convert.submit(f, entries[f.path], work, settings.convert), {"source_path": f.path})
                 for f in files if f.kind == "image"
             ], lineage)
             images = [image for batch in converted for image in batch]
             failures += failed
 
             images, failed = gather("pyramid", [
-                (pyramid.submit(image, settings.pyramid, scheduler), _who(image)) for image in images
+                (pyramid.submit(image, settings.pyramid), _who(image)) for image in images
             ], lineage)
             failures += failed
 
             reports, failed = gather("compress", [
-                (compress.submit(image, work, settings.compress, scheduler), _who(image)) for image in images
+                (compress.submit(image, staged[image.source_path], work, settings.compress, scheduler), _who(image))
+                for image in images
             ], lineage)
             failures += failed
 

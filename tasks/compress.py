@@ -1,11 +1,19 @@
-"""Compress: encode every level with the configured lossless codec on the Dask cluster, and prove it.
+"""Compress: one streaming pass from the source file to every level of a compressed, sharded OME-Zarr.
 
 The output is sharded (Zarr v3 sharding: many chunks per stored object) so a
-large image is not hundreds of thousands of files. Each cluster task takes a
-batch of whole shards: it reads the source region, writes it through the codec,
-reads it back (decoding), and compares the decoded bytes with the source. Any
-difference fails the image. The sha256 of every source chunk is returned, so
-level 0 gets a digest of its decoded pixels in chunk order.
+large image is not hundreds of thousands of files. The pass is cut into
+regions of level 0 made of whole shards; a cluster task reads its region of
+the source once (``sources.read_region``), writes it, then halves it in memory
+for the next level (``pyramid.downsample_mean``) and writes that too, for as
+many levels as its region still holds whole shards of. The few small levels
+left are then made the same way from the level above them in the output.
+
+Every write is proven: the task reads the region it wrote back through the
+codec (decoding) and compares the bytes with what it meant to write; any
+difference fails the image. The sha256 of every level-0 chunk is returned, so
+level 0 gets a digest of its decoded pixels in chunk order. Regions never
+share a shard, so a task that is re-run (a worker died) rewrites whole
+shards. The store is built under a temporary name and renamed when complete.
 """
 
 from __future__ import annotations
@@ -13,7 +21,10 @@ from __future__ import annotations
 import hashlib
 import itertools
 import os
+import shutil
 import time
+import uuid
+from dataclasses import dataclass
 from typing import Any
 
 import fsspec
@@ -24,17 +35,20 @@ from zarr.codecs import BloscCodec, ZstdCodec
 
 from zarrchive.cluster import client_for
 from zarrchive.config import CompressSettings
-from zarrchive.errors import VerificationError
+from zarrchive.errors import InputError, VerificationError, ZarrchiveError
 from zarrchive.identity import compress_key, compressed_name
 from zarrchive.lineage import Traced, traced
 from zarrchive.ngff import multiscales_attrs
-from zarrchive.records import CodecChoice, CompressionReport, ImageRecord
+from zarrchive.records import CodecChoice, CompressionReport, FileRecord, ImageRecord, Level
+from zarrchive.sources import read_region
 from zarrchive.storage import sha256_stream, tree_digest, walk_files
+from zarrchive.tasks.pyramid import downsample_mean, factors
 
 LOCAL = fsspec.filesystem("file")
 
-BATCH = 32  # chunks per cluster task
-
+REGION_BYTES = 128 << 20  # level-0 pixels per streaming task: a run of whole shards along x
+BATCH = 32  # chunks per task for the small levels made from the level above
+ZARR_CONFIG = {"codec_pipeline.batch_size": 64}  # encode and decode a shard's chunks together, not one by one
 
 def make_codec(settings: CompressSettings) -> Any:
     """The zarr v3 codec object for the settings (both are core codecs every Zarr v3 reader has)."""
@@ -64,26 +78,6 @@ def shard_shape(axes: list[str], shape: tuple[int, ...], chunks: tuple[int, ...]
     return tuple(out)
 
 
-def encode_verify(source: str, target: str, regions: list[tuple[slice, ...]],
-                  chunks: tuple[int, ...]) -> list[tuple[tuple[int, ...], str]]:
-    """Copy ``regions`` (whole shards, or whole chunks) from ``source`` to ``target``, decode them back and
-    compare; return the sha256 of every chunk of each region with the chunk's start."""
-    src = zarr.open_array(source, mode="r")
-    dst = zarr.open_array(target, mode="r+")
-    digests = []
-    for region in regions:
-        block = np.ascontiguousarray(src[region])
-        dst[region] = block
-        decoded = np.ascontiguousarray(dst[region])
-        if decoded.dtype != block.dtype or decoded.tobytes() != block.tobytes():
-            raise VerificationError(f"{target} region {[(s.start, s.stop) for s in region]}: "
-                                    "decoded pixels differ from the source")
-        for sub in chunk_slices(block.shape, chunks):
-            start = tuple(r.start + s.start for r, s in zip(region, sub))
-            digests.append((start, hashlib.sha256(np.ascontiguousarray(block[sub]).tobytes()).hexdigest()))
-    return digests
-
-
 def store_digest(store: str) -> tuple[int, str]:
     """Total size and tree digest of every object of a local Zarr store."""
     entries, total = [], 0
@@ -94,46 +88,211 @@ def store_digest(store: str) -> tuple[int, str]:
     return total, tree_digest(entries)
 
 
-def compress_image(image: ImageRecord, work: str, settings: CompressSettings, scheduler: str) -> CompressionReport:
-    """Write the compressed OME-Zarr of ``image`` under ``<work>/compress/`` and verify every chunk."""
+@dataclass(frozen=True)
+class LevelPlan:
+    """How one level is written: its array layout and the unit of work that owns whole shards of it."""
+
+    level: Level
+    shards: tuple[int, ...] | None  # None: one object per chunk
+    unit: tuple[int, ...]  # the region one task writes (whole shards; the array's end may cut it)
+    halved: tuple[int, ...]  # axes halved from the level above
+    streamed: bool  # written in the streaming pass (else from the level above, in the output)
+
+
+def plan_writes(image: ImageRecord, settings: CompressSettings) -> list[LevelPlan]:
+    """The write plan of every level: level 0 in units of whole shards; each next level streamed while the
+    halved unit still holds whole chunks of it, the rest made from the level above."""
+    axes = [a.name for a in image.axes]
+    level0 = image.levels[0]
+    sharded = settings.shard_xy > 0
+    edge_settings = settings if sharded else settings.model_copy(update={"shard_xy": 2048})
+    unit = shard_shape(axes, level0.shape, level0.chunks, edge_settings) or level0.chunks
+    plans = [LevelPlan(level0, unit if sharded else None, unit, (), True)]
+    streaming = True
+    for above, level in zip(image.levels, image.levels[1:]):
+        factor = factors(above, level)
+        halved = tuple(i for i, f in enumerate(factor) if f == 2)
+        if streaming:
+            whole = all(u % f == 0 for u, f in zip(unit, factor))
+            unit = tuple(u // f for u, f in zip(unit, factor))
+            streaming = whole and all(u % c == 0 or u >= n for u, c, n in zip(unit, level.chunks, level.shape))
+        if streaming:
+            shards = tuple(u if u < n else -(-n // c) * c for u, c, n in zip(unit, level.chunks, level.shape))
+            plans.append(LevelPlan(level, shards if sharded and shards != level.chunks else None, shards, halved,
+                                   True))
+        else:
+            shards = shard_shape(axes, level.shape, level.chunks, settings)
+            plans.append(LevelPlan(level, shards, shards or level.chunks, halved, False))
+    return plans
+
+
+def scaled(region: tuple[slice, ...], plans: list[LevelPlan]) -> list[tuple[slice, ...]]:
+    """The region of each streamed level that a level-0 region makes."""
+    out = [region]
+    for plan in plans[1:]:
+        previous = out[-1]
+        out.append(tuple(
+            slice(r.start // 2, min(-(-r.stop // 2), n)) if i in plan.halved else r
+            for i, (r, n) in enumerate(zip(previous, plan.level.shape))))
+    return out
+
+
+def stream_regions(image: ImageRecord, plans: list[LevelPlan]) -> list[tuple[slice, ...]]:
+    """Level-0 regions for the streaming tasks: whole units, grouped along x up to ``REGION_BYTES``."""
+    level0 = plans[0].level
+    unit = list(plans[0].unit)
+    per_unit = int(np.prod([min(u, n) for u, n in zip(unit, level0.shape)])) * np.dtype(image.dtype).itemsize
+    unit[-1] *= max(1, min(REGION_BYTES // max(per_unit, 1), -(-level0.shape[-1] // unit[-1])))
+    return chunk_slices(level0.shape, tuple(unit))
+
+
+def _write_verified(array: Any, region: tuple[slice, ...], block: np.ndarray, where: str) -> None:
+    array[region] = block
+    decoded = array[region]
+    if decoded.dtype != block.dtype or decoded.shape != block.shape or not np.array_equal(_bits(decoded),
+                                                                                          _bits(block)):
+        raise VerificationError(f"{where} region {[(s.start, s.stop) for s in region]}: "
+                                "decoded pixels differ from the pixels written")
+
+
+def _bits(block: np.ndarray) -> np.ndarray:
+    """The array's bits as unsigned integers of the same size (so NaNs and -0.0 compare exactly)."""
+    return block.view(f"u{block.dtype.itemsize}") if block.dtype != np.bool_ else block
+
+
+def _chunk_digests(block: np.ndarray, region: tuple[slice, ...], chunks: tuple[int, ...]) -> list[tuple]:
+    digests = []
+    for sub in chunk_slices(block.shape, chunks):
+        start = tuple(r.start + s.start for r, s in zip(region, sub))
+        digests.append((start, hashlib.sha256(np.ascontiguousarray(block[sub]).tobytes()).hexdigest()))
+    return digests
+
+
+def stream_region(source: str, image: ImageRecord, store: str, region: tuple[slice, ...],
+                  plans: list[LevelPlan]) -> list[list[tuple]]:
+    """Read ``region`` of the source once and write it, and each streamed level below it, proven;
+    return the chunk digests of each streamed level."""
+    shown_as = image.source_path if image.series == 0 else f"{image.source_path} [series {image.series}]"
+    try:
+        block = read_region(source, image.layout, region)
+    except Exception as exc:
+        raise InputError(shown_as, f"pixels {[(s.start, s.stop) for s in region]} cannot be read: "
+                                   f"{type(exc).__name__}: {exc}") from exc
+    expected = tuple(s.stop - s.start for s in region)
+    if block.shape != expected or block.dtype != np.dtype(image.dtype):
+        raise InputError(shown_as, f"the reader gave {block.shape} {block.dtype} pixels for a region of "
+                                   f"{expected} {image.dtype}")
+    streamed = [p for p in plans if p.streamed]
+    out = []
+    with zarr.config.set(ZARR_CONFIG):
+        for plan, level_region in zip(streamed, scaled(region, streamed)):
+            if plan.halved:
+                block = downsample_mean(block, plan.halved)
+            _write_verified(zarr.open_array(f"{store}/{plan.level.path}", mode="r+"), level_region, block, store)
+            out.append(_chunk_digests(block, level_region, plan.level.chunks))
+    return out
+
+
+def downsample_regions(store: str, above: str, plan: LevelPlan, regions: list[tuple[slice, ...]]) -> list[tuple]:
+    """Make ``regions`` (whole shards) of a level from the level above it in the output, proven."""
+    source = zarr.open_array(f"{store}/{above}", mode="r")
+    target = zarr.open_array(f"{store}/{plan.level.path}", mode="r+")
+    digests = []
+    with zarr.config.set(ZARR_CONFIG):
+        for region in regions:
+            wide = tuple(slice(r.start * 2, min(r.stop * 2, n)) if i in plan.halved else r
+                         for i, (r, n) in enumerate(zip(region, source.shape)))
+            block = downsample_mean(np.ascontiguousarray(source[wide]), plan.halved)
+            _write_verified(target, region, block, store)
+            digests += _chunk_digests(block, region, plan.level.chunks)
+    return digests
+
+
+def display_windows(store: str, image: ImageRecord) -> list[tuple[float, float]]:
+    """Per channel, the 0.1 and 99.9 percentiles of the smallest level: the display window the viewers start
+    with (the whole range stays available as min/max)."""
+    smallest = zarr.open_array(f"{store}/{image.levels[-1].path}", mode="r")[...]
+    axes = [a.name for a in image.axes]
+    planes = np.moveaxis(smallest, axes.index("c"), 0)
+    windows = []
+    for plane in planes:
+        values = plane[np.isfinite(plane)] if np.issubdtype(plane.dtype, np.floating) else plane
+        values = values.astype(np.float64).ravel()
+        if values.size == 0:
+            windows.append((0.0, 1.0))
+            continue
+        lo, hi = np.percentile(values, [0.1, 99.9])
+        windows.append((float(lo), float(hi if hi > lo else lo + 1)))
+    return windows
+
+
+def compress_image(image: ImageRecord, source: FileRecord, work: str, settings: CompressSettings,
+                   scheduler: str) -> CompressionReport:
+    """Write every level of ``image`` from its source file into a compressed OME-Zarr under ``<work>/compress/``,
+    proving each write lossless."""
+    if source.sha256 != image.source_sha256:
+        raise InputError(source.path, "the staged file is not the one the image was converted from "
+                                      f"(sha256 {source.sha256[:12]}…, expected {image.source_sha256[:12]}…)")
     started = time.perf_counter()
     codec = make_codec(settings)
-    store = f"{work.rstrip('/')}/compress/{compressed_name(image, settings)}.ome.zarr"
-    root = zarr.open_group(store, mode="w", zarr_format=3)
+    final = f"{work.rstrip('/')}/compress/{compressed_name(image, settings)}.ome.zarr"
+    store = f"{final}.partial-{uuid.uuid4().hex[:8]}"
     axes = [a.name for a in image.axes]
-    bytes_in = 0
-    level0_digests: list[str] = []
-    verified = 0
-    with client_for(scheduler) as client:
-        for level in image.levels:
-            shards = shard_shape(axes, level.shape, level.chunks, settings)
-            root.create_array(level.path, shape=level.shape, chunks=level.chunks, shards=shards,
-                              dtype=image.dtype, compressors=[codec], fill_value=0, dimension_names=axes)
-            # a task writes whole shards (never two tasks in one shard), about BATCH chunks at a time
-            regions = chunk_slices(level.shape, shards or level.chunks)
-            per_task = max(1, BATCH // int(np.prod([s // c for s, c in zip(shards or level.chunks, level.chunks)])))
-            batches = [regions[i:i + per_task] for i in range(0, len(regions), per_task)]
-            futures = client.map(encode_verify, [f"{image.store}/{level.path}"] * len(batches),
-                                 [f"{store}/{level.path}"] * len(batches), batches, [level.chunks] * len(batches),
-                                 pure=False)
-            digests = [d for _start, d in sorted(d for batch in client.gather(futures) for d in batch)]
-            verified += len(digests)
-            bytes_in += int(np.prod(level.shape)) * np.dtype(image.dtype).itemsize
-            if level.path == "0":
-                level0_digests = digests
-    root.update_attributes({"ome": multiscales_attrs(image)})
-    bytes_out, digest = store_digest(store)
+    plans = plan_writes(image, settings)
+    root = zarr.open_group(store, mode="w", zarr_format=3)
+    for plan in plans:
+        root.create_array(plan.level.path, shape=plan.level.shape, chunks=plan.level.chunks, shards=plan.shards,
+                          dtype=image.dtype, compressors=[codec], fill_value=0, dimension_names=axes)
+    digests: dict[str, list[tuple]] = {p.level.path: [] for p in plans}
+    try:
+        with client_for(scheduler) as client:
+            regions = stream_regions(image, plans)
+            futures = client.map(stream_region, [source.staged_path] * len(regions), [image] * len(regions),
+                                 [store] * len(regions), regions, [plans] * len(regions), pure=False)
+            for per_level in client.gather(futures):
+                for plan, found in zip([p for p in plans if p.streamed], per_level):
+                    digests[plan.level.path] += found
+            for above, plan in zip(plans, plans[1:]):
+                if plan.streamed:
+                    continue
+                shards = chunk_slices(plan.level.shape, plan.unit)
+                per_task = max(1, BATCH // int(np.prod([-(-u // c) for u, c in zip(plan.unit, plan.level.chunks)])))
+                batches = [shards[i:i + per_task] for i in range(0, len(shards), per_task)]
+                futures = client.map(downsample_regions, [store] * len(batches), [above.level.path] * len(batches),
+                                     [plan] * len(batches), batches, pure=False)
+                digests[plan.level.path] = [d for batch in client.gather(futures) for d in batch]
+        root.update_attributes({"ome": multiscales_attrs(image, display_windows(store, image))})
+        _keep_ome_xml(store, image)
+        if os.path.exists(final):
+            shutil.rmtree(final)
+        os.replace(store, final)
+    except Exception as exc:
+        shutil.rmtree(store, ignore_errors=True)
+        if isinstance(exc, ZarrchiveError) or type(exc).__module__.startswith("distributed"):
+            raise
+        raise VerificationError(f"{image.image_id}: the compress pass failed: {type(exc).__name__}: {exc}") from exc
+    bytes_in = sum(int(np.prod(p.level.shape)) * np.dtype(image.dtype).itemsize for p in plans)
+    bytes_out, digest = store_digest(final)
     config = codec.to_dict()
     return CompressionReport(
-        image_id=image.image_id, store=store,
+        image_id=image.image_id, store=final,
         codec=CodecChoice(name=config["name"], configuration=config.get("configuration", {})),
         bytes_in=bytes_in, bytes_out=bytes_out, ratio=round(bytes_in / bytes_out, 4) if bytes_out else 0.0,
-        seconds=round(time.perf_counter() - started, 3), chunks_verified=verified,
-        level0_sha256=hashlib.sha256("".join(level0_digests).encode()).hexdigest(), store_sha256=digest,
+        seconds=round(time.perf_counter() - started, 3), chunks_verified=sum(len(d) for d in digests.values()),
+        level0_sha256=hashlib.sha256("".join(d for _s, d in sorted(digests["0"])).encode()).hexdigest(),
+        store_sha256=digest,
     )
+
+
+def _keep_ome_xml(store: str, image: ImageRecord) -> None:
+    """The source's OME-XML beside the image, as in the bioformats2raw layout: ``OME/METADATA.ome.xml``."""
+    group = zarr.open_group(f"{store}/OME", mode="w", zarr_format=3)
+    group.update_attributes({"ome": {"version": "0.5"}})
+    shutil.copyfile(image.metadata_xml, f"{store}/OME/METADATA.ome.xml")
 
 
 @task(name="compress", task_run_name="compress: {image.image_id}", tags=["pixels"], cache_key_fn=compress_key,
       persist_result=True)
-def compress(image: ImageRecord, work: str, settings: CompressSettings, scheduler: str) -> Traced[CompressionReport]:
-    return traced("compress", compress_image, image, work, settings, scheduler, image_id=image.image_id)
+def compress(image: ImageRecord, source: FileRecord, work: str, settings: CompressSettings,
+             scheduler: str) -> Traced[CompressionReport]:
+    return traced("compress", compress_image, image, source, work, settings, scheduler, image_id=image.image_id)

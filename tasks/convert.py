@@ -1,11 +1,15 @@
-"""Convert: open a staged file with bioio and write each series as a level-0 OME-Zarr in the work area.
+"""Convert: open a staged file with bioio and describe each series as an image of the archive.
 
 The reader is chosen from the file's content. Axes are mapped to OME-NGFF order
 (t, c, z, y, x; singleton t and z dropped), physical pixel sizes keep their
 units, channel names are carried over. Metadata the submission gives wins;
-where the file also has it and disagrees, the conflict is noted.
-Pixels are copied chunk by chunk on the Dask cluster, uncompressed: compression
-is its own stage.
+where the file also has it and disagrees, the conflict is noted. The file's
+OME-XML (or one generated for other formats) is kept in the work area, to be
+stored beside the image.
+
+Convert reads no pixels: it says where they are (``SourceLayout``) and the
+compress stage's single streaming pass reads each region of the source once,
+writing every level of the pyramid from it.
 """
 
 from __future__ import annotations
@@ -13,25 +17,28 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import re
 from dataclasses import dataclass
 from typing import Any
 
-import dask.array as da
+import fsspec
 import numpy as np
 import tifffile
-import zarr
 from bioio import BioImage
 from prefect import task
 
-from zarrchive.cluster import client_for
+from zarrchive import __version__
 from zarrchive.config import ConvertSettings
 from zarrchive.errors import InputError, UnsupportedFormat, ZarrchiveError
 from zarrchive.identity import convert_key
 from zarrchive.lineage import Traced, traced
-from zarrchive.ngff import multiscales_attrs
 from zarrchive.records import MICROMETERS, Axis, FileEntry, FileRecord, ImageRecord, Level, PixelSize
 from zarrchive.software import pixel_versions
+from zarrchive.sources import layout_of, lazy_pixels
+from zarrchive.storage import write_bytes_atomic
+
+LOCAL = fsspec.filesystem("file")
 
 TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 
@@ -202,17 +209,6 @@ def conversion_id(source_sha256: str, series: int, settings: ConvertSettings, en
 # ---------------------------------------------------------------- conversion
 
 
-def _pixels(img: BioImage, shown_as: str) -> tuple[da.Array, list[str] | None]:
-    """Pixels as a lazy TCZYX array; RGB(A) samples become channels."""
-    dims = img.dims
-    if "S" in dims.order and dims.S > 1:
-        if dims.C > 1:
-            raise InputError(shown_as, "images with both channels and colour samples are not supported")
-        data = img.get_image_dask_data("TCZYXS")[:, 0]  # T Z Y X S
-        return da.moveaxis(data, -1, 1), ["R", "G", "B", "A"][: dims.S]
-    return img.get_image_dask_data("TCZYX"), None
-
-
 def chunk_shape(axes: list[str], shape: tuple[int, ...], settings: ConvertSettings) -> tuple[int, ...]:
     """One plane tile per chunk: 1 along t and c, ``chunk_z`` along z, ``chunk_xy`` along y and x."""
     edge = {"t": 1, "c": 1, "z": settings.chunk_z, "y": settings.chunk_xy, "x": settings.chunk_xy}
@@ -220,9 +216,10 @@ def chunk_shape(axes: list[str], shape: tuple[int, ...], settings: ConvertSettin
 
 
 def convert_file(
-    file: FileRecord, entry: FileEntry | None, work: str, settings: ConvertSettings, scheduler: str
+    file: FileRecord, entry: FileEntry | None, work: str, settings: ConvertSettings
 ) -> list[ImageRecord]:
-    """Write every series of a staged file as a level-0 OME-Zarr under ``<work>/convert/<conversion id>``."""
+    """Describe every series of a staged file as an image (metadata, level 0, source layout); keep its OME-XML
+    under ``<work>/convert/<conversion id>.ome.xml``."""
     reader = choose_reader(file.staged_path, file.path)
     try:
         img = BioImage(file.staged_path, reader=reader)
@@ -236,7 +233,7 @@ def convert_file(
         try:
             img.set_scene(index)
             images.append(_convert_series(img, reader, index, scene, len(scenes), file, entry, work, settings,
-                                          scheduler, base_id))
+                                          base_id))
         except (ZarrchiveError, ConnectionError, TimeoutError):
             raise
         except Exception as exc:
@@ -246,9 +243,9 @@ def convert_file(
     return images
 
 
-def _convert_series(img, reader, index, scene, n_scenes, file, entry, work, settings, scheduler, base_id):
+def _convert_series(img, reader, index, scene, n_scenes, file, entry, work, settings, base_id):
     shown_as = file.path if n_scenes == 1 else f"{file.path} [series {index}]"
-    data, sample_names = _pixels(img, shown_as)
+    data, sample_names = lazy_pixels(img, shown_as)
     if reader.__module__.startswith("bioio_ome_tiff"):
         source = _ome_metadata(img, index)
     else:
@@ -259,9 +256,7 @@ def _convert_series(img, reader, index, scene, n_scenes, file, entry, work, sett
     sizes, unit, names, names_given, notes = merge_metadata(source, entry, c, shown_as)
 
     keep = [t > 1, True, z > 1, True, True]
-    index_expr = tuple(slice(None) if k else 0 for k in keep)
-    data = data[index_expr]
-    axis_names = [a for a, k in zip("tczyx", keep) if k]
+    axis_names = tuple(a for a, k in zip("tczyx", keep) if k)
     axes, scale = [], []
     for name in axis_names:
         if name == "t":
@@ -277,30 +272,76 @@ def _convert_series(img, reader, index, scene, n_scenes, file, entry, work, sett
 
     cid = conversion_id(file.sha256, index, settings, entry)
     image_id = base_id if n_scenes == 1 else f"{base_id}_s{index}"
-    store = f"{work.rstrip('/')}/convert/{cid}.ome.zarr"
-    shape = tuple(int(n) for n in data.shape)
-    chunks = chunk_shape(axis_names, shape, settings)
-    root = zarr.open_group(store, mode="w", zarr_format=3)
-    array = root.create_array("0", shape=shape, chunks=chunks, dtype=data.dtype, compressors=None,
-                              fill_value=0, dimension_names=axis_names)
-    with client_for(scheduler) as client:
-        client.compute(da.store(data.rechunk(chunks), array, lock=False, compute=False)).result()
-    record = ImageRecord(
+    shape = tuple(int(n) for n, k in zip(data.shape, keep) if k)
+    reader_name = reader.__module__.split(".")[0]
+    layout = layout_of(file.staged_path, img, reader_name, index, axis_names, bool(sample_names))
+    xml = ome_xml(file.staged_path, img, reader_name, str(scene), shape, axis_names, data.dtype, names, sizes, unit,
+                  source)
+    xml_path = f"{work.rstrip('/')}/convert/{cid}.ome.xml"
+    os.makedirs(os.path.dirname(xml_path), exist_ok=True)
+    write_bytes_atomic(LOCAL, xml_path, xml)
+    return ImageRecord(
         image_id=image_id, conversion_id=cid, source_path=file.path, source_sha256=file.sha256, series=index,
-        series_name=str(scene), reader=reader.__module__.split(".")[0], store=store, axes=tuple(axes),
+        series_name=str(scene), reader=reader_name, layout=layout, metadata_xml=xml_path,
+        metadata_sha256=hashlib.sha256(xml).hexdigest(), axes=tuple(axes),
         dtype=str(np.dtype(data.dtype)), channel_names=tuple(names), channel_names_given=names_given,
         calibrated=any(v is not None for v in sizes.values()),
-        levels=(Level(path="0", shape=shape, chunks=chunks, scale=tuple(scale),
-                      translation=tuple(0.0 for _ in scale)),),
+        levels=(Level(path="0", shape=shape, chunks=chunk_shape(list(axis_names), shape, settings),
+                      scale=tuple(scale), translation=tuple(0.0 for _ in scale)),),
         notes=tuple(notes),
     )
-    root.update_attributes({"ome": multiscales_attrs(record)})
-    return record
+
+
+def ome_xml(path: str, img: BioImage, reader: str, name: str, shape: tuple[int, ...], axes: tuple[str, ...],
+            dtype: Any, channels: list[str], sizes: dict[str, float | None], unit: str | None,
+            source: SourceMetadata) -> bytes:
+    """The OME-XML kept beside the image: an OME file's own document, whole (every series, every annotation);
+    for other files one generated from what was read, with the file's own description kept as an annotation."""
+    if reader == "bioio_ome_tiff":
+        with tifffile.TiffFile(path) as tif:
+            if tif.ome_metadata:
+                return tif.ome_metadata.encode()
+    from ome_types import model
+
+    dims = dict(zip(axes, shape))
+    ome_type = {"bool": "bit", "float32": "float", "float64": "double"}.get(str(np.dtype(dtype)), str(np.dtype(dtype)))
+    pixels: dict[str, Any] = {
+        "id": "Pixels:0", "dimension_order": "XYZCT", "type": ome_type, "metadata_only": True,
+        "size_x": dims["x"], "size_y": dims["y"], "size_z": dims.get("z", 1), "size_c": dims["c"],
+        "size_t": dims.get("t", 1),
+        "channels": [model.Channel(id=f"Channel:0:{i}", name=n, samples_per_pixel=1) for i, n in enumerate(channels)],
+    }
+    ome_units = {"micrometer": "µm", "nanometer": "nm", "millimeter": "mm", "centimeter": "cm", "meter": "m",
+                 "angstrom": "Å", "picometer": "pm"}
+    for ax in "xyz":
+        if sizes.get(ax) is not None and unit in ome_units:
+            pixels[f"physical_size_{ax}"] = sizes[ax]
+            pixels[f"physical_size_{ax}_unit"] = ome_units[unit]
+    if source.time_increment:
+        pixels["time_increment"] = source.time_increment
+    annotations = []
+    description = _tiff_description(path) if reader == "bioio_tifffile" else None
+    if description:
+        annotations.append(model.CommentAnnotation(id="Annotation:0", namespace="zarrchive/source-description",
+                                                   value=description))
+    doc = model.OME(
+        creator=f"zarrchive {__version__} (generated from {reader})",
+        images=[model.Image(id="Image:0", name=name, pixels=model.Pixels(**pixels),
+                            annotation_refs=[model.AnnotationRef(id=a.id) for a in annotations])],
+        structured_annotations=model.StructuredAnnotations(comment_annotations=annotations) if annotations else None,
+    )
+    return doc.to_xml().encode()
+
+
+def _tiff_description(path: str) -> str | None:
+    with tifffile.TiffFile(path) as tif:
+        tag = tif.pages[0].tags.get("ImageDescription")
+        return str(tag.value) if tag is not None and str(tag.value).strip() else None
 
 
 @task(name="convert", task_run_name="convert: {file.path}", tags=["pixels"], cache_key_fn=convert_key,
       persist_result=True)
 def convert(
-    file: FileRecord, entry: FileEntry | None, work: str, settings: ConvertSettings, scheduler: str
+    file: FileRecord, entry: FileEntry | None, work: str, settings: ConvertSettings
 ) -> Traced[list[ImageRecord]]:
-    return traced("convert", convert_file, file, entry, work, settings, scheduler)
+    return traced("convert", convert_file, file, entry, work, settings)

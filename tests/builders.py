@@ -57,3 +57,31 @@ def random_image(shape: tuple[int, ...], dtype: str = "uint16", seed: int = 0) -
         return rng.normal(100, 20, shape).astype(dt)
     info = np.iinfo(dt)
     return rng.integers(info.min, info.max, shape, dtype=dt, endpoint=True)
+
+
+def staged(path: Path, rel: str | None = None) -> "FileRecord":
+    """A file as fetch would have staged it (read in place)."""
+    import hashlib
+
+    from zarrchive.records import FileRecord
+
+    data = Path(path).read_bytes()
+    return FileRecord(path=rel or Path(path).name, source_uri=str(path), staged_path=str(path), size=len(data),
+                      sha256=hashlib.sha256(data).hexdigest(), kind="image")
+
+
+def archive_images(path: Path, work: Path, settings: Any, scheduler: str, rel: str | None = None, entry: Any = None,
+                   convert: dict | None = None, compress: dict | None = None) -> list[tuple[Any, Any]]:
+    """convert -> pyramid -> compress, as an ingestion does: (image record, compression report) per series."""
+    from zarrchive.tasks.compress import compress_image
+    from zarrchive.tasks.convert import convert_file
+    from zarrchive.tasks.pyramid import build_pyramid
+
+    record = staged(path, rel)
+    conv = settings.convert.model_copy(update=convert or {})
+    comp = settings.compress.model_copy(update=compress or {})
+    out = []
+    for image in convert_file(record, entry, str(work), conv):
+        image = build_pyramid(image, settings.pyramid)
+        out.append((image, compress_image(image, record, str(work), comp, scheduler)))
+    return out

@@ -106,4 +106,4 @@ def test_demo_runs_on_the_embedded_defaults(tmp_path, prefect_server, capsys):
     assert main(["demo", "--archive", str(archive)]) == 0
     assert "Unchanged: ZA000001 v1" in capsys.readouterr().out
     from conftest import SESSION_DIR
-    assert list((SESSION_DIR / "cache" / "zarrchive" / "convert").glob("*.ome.zarr"))  # not the user's cache
+    assert list((SESSION_DIR / "cache" / "zarrchive" / "compress").glob("*.ome.zarr"))  # not the user's cache

@@ -1,4 +1,4 @@
-"""Compress, without Prefect: lossless codec on the cluster, every chunk verified."""
+"""Compress, without Prefect: one streaming pass from the source to every compressed level, each write proven."""
 
 from __future__ import annotations
 
@@ -8,13 +8,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
+from hypothesis import given, settings as hsettings, strategies as st
+from hypothesis.extra.numpy import arrays
 
-from builders import ome_tiff, random_image
-from zarrchive.errors import VerificationError
-from zarrchive.records import FileRecord
-from zarrchive.tasks.compress import chunk_slices, compress_image, encode_verify
+from builders import archive_images, ome_tiff, plain_tiff, random_image, staged
+from zarrchive.config import CompressSettings
+from zarrchive.errors import InputError, VerificationError
+from zarrchive.records import Axis, ImageRecord, Level, SourceLayout
+from zarrchive.tasks.compress import (
+    _write_verified, chunk_slices, compress_image, make_codec, plan_writes, scaled, shard_shape, store_digest,
+    stream_regions,
+)
 from zarrchive.tasks.convert import convert_file
-from zarrchive.tasks.pyramid import build_pyramid
+from zarrchive.tasks.pyramid import build_pyramid, downsample_mean, plan_levels
 
 
 def smooth(shape, seed=0):
@@ -26,58 +32,90 @@ def smooth(shape, seed=0):
 
 
 @pytest.fixture()
-def pyramid_image(tmp_path, settings, scheduler):
+def source(tmp_path):
     data = smooth((2, 2, 140, 100))
-    path = ome_tiff(tmp_path / "x.ome.tif", data, "CZYX", {"x": 0.5, "y": 0.5, "z": 1.0}, ["a", "b"])
-    rec = FileRecord(path="x.ome.tif", source_uri=str(path), staged_path=str(path), size=path.stat().st_size,
-                     sha256=hashlib.sha256(path.read_bytes()).hexdigest(), kind="image")
-    small = settings.convert.model_copy(update={"chunk_xy": 64})
-    [image] = convert_file(rec, None, str(tmp_path / "s"), small, scheduler)
-    return build_pyramid(image, settings.pyramid, scheduler), data
+    return ome_tiff(tmp_path / "x.ome.tif", data, "CZYX", {"x": 0.5, "y": 0.5, "z": 1.0}, ["a", "b"]), data
+
+
+def assert_levels_are_block_means(report, image, data):
+    """Level 0 is the source exactly; each level is the rounded block mean of the one above."""
+    above = data
+    for level, next_level in zip(image.levels, image.levels[1:] + (None,)):
+        got = zarr.open_array(f"{report.store}/{level.path}", mode="r")[...]
+        assert got.shape == level.shape
+        np.testing.assert_array_equal(got, above)
+        if next_level is not None:
+            halved = tuple(i for i, (a, b) in enumerate(zip(level.scale, next_level.scale)) if b > a)
+            above = downsample_mean(got, halved)
 
 
 @pytest.mark.parametrize("codec", [{"codec": "blosc", "cname": "zstd", "clevel": 5, "shuffle": "shuffle"},
                                    {"codec": "blosc", "cname": "lz4", "clevel": 3, "shuffle": "bitshuffle"},
                                    {"codec": "zstd", "clevel": 3}])
-def test_compressed_store_decodes_to_the_source_exactly(pyramid_image, tmp_path, settings, scheduler, codec):
-    image, data = pyramid_image
-    cfg = settings.compress.model_copy(update=codec)
-    report = compress_image(image, str(tmp_path / "s"), cfg, scheduler)
-    for level in image.levels:
-        src = zarr.open_array(f"{image.store}/{level.path}", mode="r")[...]
-        out = zarr.open_array(f"{report.store}/{level.path}", mode="r")
-        np.testing.assert_array_equal(out[...], src)
-        assert out.compressors[0].to_dict()["name"] == codec["codec"]
-    np.testing.assert_array_equal(zarr.open_array(f"{report.store}/0", mode="r")[...], data)
-    assert report.chunks_verified == sum(len(chunk_slices(l.shape, l.chunks)) for l in image.levels)
+def test_every_level_decodes_to_the_source_and_its_block_means(source, tmp_path, settings, scheduler, codec):
+    path, data = source
+    [(image, report)] = archive_images(path, tmp_path / "w", settings, scheduler, convert={"chunk_xy": 64},
+                                       compress=codec)
+    assert [lvl.shape for lvl in image.levels] == [(2, 2, 140, 100), (2, 2, 70, 50), (2, 1, 35, 25)]  # z halved
+    #                                                                              once as fine as x
+    assert_levels_are_block_means(report, image, data)
+    assert zarr.open_array(f"{report.store}/0", mode="r").compressors[0].to_dict()["name"] == codec["codec"]
+    assert report.chunks_verified == sum(len(chunk_slices(lvl.shape, lvl.chunks)) for lvl in image.levels)
     assert report.ratio > 1.05 and report.bytes_out < report.bytes_in
     digests = "".join(hashlib.sha256(np.ascontiguousarray(data[r]).tobytes()).hexdigest()
                       for r in chunk_slices(image.levels[0].shape, image.levels[0].chunks))
     assert report.level0_sha256 == hashlib.sha256(digests.encode()).hexdigest()
     assert zarr.open_group(report.store, mode="r").attrs["ome"]["multiscales"][0]["name"] == image.image_id
+    assert not list((tmp_path / "w" / "compress").glob("*partial*"))  # built under a temporary name, renamed
 
 
-def test_store_digest_changes_when_any_byte_does(pyramid_image, tmp_path, settings, scheduler):
-    image, _ = pyramid_image
-    first = compress_image(image, str(tmp_path / "a"), settings.compress, scheduler)
-    again = compress_image(image, str(tmp_path / "b"), settings.compress, scheduler)
+def test_streamed_and_small_levels_alike_are_block_means(tmp_path, settings, scheduler):
+    data = random_image((3, 300, 520), "uint16", 3)  # z y x, shards of 64: levels 1 streamed, 2.. from above
+    path = ome_tiff(tmp_path / "s.ome.tif", data, "ZYX", {"x": 0.2, "y": 0.2, "z": 2.0})
+    settings_small = {"shard_xy": 64, "shard_z": 2}
+    [(image, report)] = archive_images(path, tmp_path / "w", settings, scheduler, convert={"chunk_xy": 32},
+                                       compress=settings_small)
+    plans = plan_writes(image, settings.compress.model_copy(update=settings_small))
+    assert [p.streamed for p in plans] == [True, True] + [False] * (len(plans) - 2) and len(plans) == 6
+    assert_levels_are_block_means(report, image, data[None])
+
+
+def test_store_digest_changes_when_any_byte_does(source, tmp_path, settings, scheduler):
+    path, _ = source
+    [(_, first)] = archive_images(path, tmp_path / "a", settings, scheduler, convert={"chunk_xy": 64})
+    [(_, again)] = archive_images(path, tmp_path / "b", settings, scheduler, convert={"chunk_xy": 64})
     assert first.store_sha256 == again.store_sha256
-    chunk = next(p for p in (tmp_path / "b").rglob("c/*/*/*/*") if p.is_file())
+    chunk = next(p for p in Path(again.store).rglob("c/*/*/*/*") if p.is_file())
     chunk.write_bytes(chunk.read_bytes()[:-1] + b"\0")
-    from zarrchive.tasks.compress import store_digest
     assert store_digest(again.store)[1] != first.store_sha256
 
 
 def test_a_lossy_write_is_caught(tmp_path):
-    src = zarr.create_array(str(tmp_path / "src"), shape=(4, 4), chunks=(2, 2), dtype="uint16", zarr_format=3)
-    src[...] = np.arange(16, dtype=np.uint16).reshape(4, 4) * 1000
-    zarr.create_array(str(tmp_path / "dst"), shape=(4, 4), chunks=(2, 2), dtype="uint8", zarr_format=3)
+    narrow = zarr.create_array(str(tmp_path / "dst"), shape=(4, 4), chunks=(2, 2), dtype="uint8", zarr_format=3)
     with pytest.raises(VerificationError, match="differ"):
-        encode_verify(str(tmp_path / "src"), str(tmp_path / "dst"), chunk_slices((4, 4), (2, 2)), (2, 2))
+        _write_verified(narrow, (slice(0, 4), slice(0, 4)), np.arange(16, dtype=np.uint16).reshape(4, 4) * 1000,
+                        "dst")
 
 
-from hypothesis import given, settings as hsettings, strategies as st  # noqa: E402
-from hypothesis.extra.numpy import arrays  # noqa: E402
+@pytest.mark.parametrize("keep", [200, -5000])  # a damaged header; a whole header with the last strips missing
+def test_a_truncated_file_fails_naming_the_file_and_leaves_nothing(tmp_path, settings, scheduler, keep):
+    good = plain_tiff(tmp_path / "g.tif", random_image((256, 256), "uint16"))
+    broken = tmp_path / "broken.tif"
+    broken.write_bytes(good.read_bytes()[:keep])
+    with pytest.raises(InputError) as err:
+        archive_images(broken, tmp_path / "w", settings, scheduler, rel="images/broken.tif")
+    assert err.value.file == "images/broken.tif"
+    assert not list((tmp_path / "w").glob("compress/*"))
+
+
+def test_a_staged_file_that_is_not_the_converted_one_is_refused(source, tmp_path, settings, scheduler):
+    path, _ = source
+    [image] = convert_file(staged(path), None, str(tmp_path / "w"), settings.convert)
+    other = ome_tiff(tmp_path / "other.ome.tif", random_image((2, 2, 140, 100)), "CZYX")
+    with pytest.raises(InputError, match="not the one"):
+        compress_image(build_pyramid(image, settings.pyramid), staged(other, "x.ome.tif"), str(tmp_path / "w"),
+                       settings.compress, scheduler)
+
 
 DTYPES = ["bool", "uint8", "uint16", "uint32", "int8", "int16", "int32", "float32", "float64"]
 
@@ -87,49 +125,99 @@ def arrays_and_chunks(draw):
     dtype = draw(st.sampled_from(DTYPES))
     shape = draw(st.tuples(st.integers(1, 3), st.integers(1, 40), st.integers(1, 40)))
     chunks = tuple(draw(st.integers(1, n)) for n in shape)
-    data = draw(arrays(dtype, shape))  # NaN and infinities included: equality is checked on the bytes
+    data = draw(arrays(dtype, shape))  # NaN and infinities included: equality is checked on the bits
     return data, chunks
 
 
 @given(arrays_and_chunks(), st.sampled_from(["blosc-shuffle", "blosc-bitshuffle", "zstd"]))
 @hsettings(max_examples=40, deadline=None)
-def test_encode_verify_round_trips_any_array_losslessly(tmp_path_factory, case, codec_name):
-    from zarrchive.config import CompressSettings
-    from zarrchive.tasks.compress import make_codec
-
+def test_verified_writes_round_trip_any_array_losslessly(tmp_path_factory, case, codec_name):
     data, chunks = case
     codec, _, shuffle = codec_name.partition("-")
     cfg = CompressSettings(codec=codec, clevel=3, shuffle=shuffle or "shuffle")
-    root = tmp_path_factory.mktemp("rt")
-    src = zarr.create_array(str(root / "src"), shape=data.shape, chunks=chunks, dtype=data.dtype, zarr_format=3,
-                            compressors=None)
-    src[...] = data
-    zarr.create_array(str(root / "dst"), shape=data.shape, chunks=chunks, dtype=data.dtype, zarr_format=3,
-                      compressors=[make_codec(cfg)])
-    regions = chunk_slices(data.shape, chunks)
-    digests = encode_verify(str(root / "src"), str(root / "dst"), regions, chunks)
-    assert [start for start, _ in digests] == [tuple(s.start for s in r) for r in regions]
-    np.testing.assert_array_equal(zarr.open_array(str(root / "dst"), mode="r")[...], data)
+    target = zarr.create_array(str(tmp_path_factory.mktemp("rt") / "a"), shape=data.shape, chunks=chunks,
+                               dtype=data.dtype, zarr_format=3, compressors=[make_codec(cfg)])
+    for region in chunk_slices(data.shape, chunks):
+        _write_verified(target, region, data[region], "a")
+    np.testing.assert_array_equal(target[...], data)
 
 
-def test_output_is_sharded_and_each_chunk_still_verified(pyramid_image, tmp_path, settings, scheduler):
-    image, data = pyramid_image  # level 0: (2, 2, 140, 100) in chunks of (1, 1, 64, 64)
-    cfg = settings.compress.model_copy(update={"shard_xy": 128, "shard_z": 2})
-    report = compress_image(image, str(tmp_path / "s"), cfg, scheduler)
+def planned(shape, chunks, scale, axes, shard_xy, shard_z):
+    level0 = Level(path="0", shape=shape, chunks=chunks, scale=scale, translation=(0.0,) * len(shape))
+    levels = plan_levels(level0, list(axes), 12, calibrated_z="z" in axes)
+    image = ImageRecord(
+        image_id="i", conversion_id="c", source_path="i.tif", source_sha256="0" * 64, series=0, series_name="0",
+        reader="bioio_tifffile", layout=SourceLayout(reader="bioio_tifffile", series=0, axes=tuple(axes)),
+        metadata_xml="/dev/null", metadata_sha256="0" * 64,
+        axes=tuple(Axis(name=a, type="channel" if a == "c" else "space") for a in axes), dtype="uint16",
+        channel_names=("C0",), calibrated=True, levels=tuple(levels))
+    cfg = CompressSettings(codec="blosc", clevel=3, shard_xy=shard_xy, shard_z=shard_z)
+    return image, plan_writes(image, cfg)
+
+
+@given(st.integers(1, 9), st.integers(1, 700), st.integers(1, 900), st.sampled_from([16, 32, 64]),
+       st.integers(1, 3), st.sampled_from([0, 64, 128, 256]), st.integers(1, 4), st.sampled_from([0.5, 1.0, 3.0]))
+@hsettings(max_examples=150, deadline=None)
+def test_streaming_regions_tile_every_streamed_level_in_whole_shards(z, h, w, chunk, chunk_z, shard_xy, shard_z,
+                                                                     z_spacing):
+    shape, chunks = (1, z, h, w), (1, min(chunk_z, z), min(chunk, h), min(chunk, w))
+    image, plans = planned(shape, chunks, (1.0, z_spacing, 1.0, 1.0), "czyx", shard_xy, shard_z)
+    streamed = [p for p in plans if p.streamed]
+    assert streamed[0] is plans[0] and all(p.streamed for p in plans[:len(streamed)])  # streamed levels come first
+    covered = [np.zeros(p.level.shape, dtype=np.int8) for p in streamed]
+    for region in stream_regions(image, plans):
+        for plan, part, seen in zip(streamed, scaled(region, streamed), covered):
+            seen[part] += 1
+            for axis, (s, u, n) in enumerate(zip(part, plan.unit, plan.level.shape)):
+                assert s.start % u == 0 and (s.stop - s.start) % u == 0 or s.stop == n  # whole units of work
+                if plan.shards:
+                    assert s.start % plan.shards[axis] == 0  # a region never shares a shard with another
+    assert all((seen == 1).all() for seen in covered)  # every pixel of every streamed level written once
+    for plan in plans:
+        if plan.shards:
+            assert all(s % c == 0 for s, c in zip(plan.shards, plan.level.chunks))
+
+
+def test_output_is_sharded_and_each_chunk_still_verified(source, tmp_path, settings, scheduler):
+    path, data = source  # level 0: (2, 2, 140, 100) in chunks of (1, 1, 64, 64)
+    [(image, report)] = archive_images(path, tmp_path / "s", settings, scheduler, convert={"chunk_xy": 64},
+                                       compress={"shard_xy": 128, "shard_z": 2})
     out = zarr.open_array(f"{report.store}/0", mode="r")
     assert out.shards == (1, 2, 128, 128) and out.chunks == (1, 1, 64, 64)
     np.testing.assert_array_equal(out[...], data)
     stored = [p for p in Path(report.store, "0").rglob("*") if p.is_file() and p.name != "zarr.json"]
     assert len(stored) == 2 * 1 * 2 * 1  # c x z-shards x y-shards x x-shards, instead of 2 x 2 x 3 x 2 chunks
-    unsharded = compress_image(image, str(tmp_path / "u"), cfg.model_copy(update={"shard_xy": 0}), scheduler)
+    [(_, unsharded)] = archive_images(path, tmp_path / "u", settings, scheduler, convert={"chunk_xy": 64},
+                                      compress={"shard_xy": 0})
+    assert zarr.open_array(f"{unsharded.store}/0", mode="r").shards is None
     assert report.level0_sha256 == unsharded.level0_sha256  # the same pixels, digested chunk by chunk
     assert report.chunks_verified == unsharded.chunks_verified
 
 
 def test_shard_shapes_are_whole_chunks_within_the_level(settings):
-    from zarrchive.tasks.compress import shard_shape
-
     cfg = settings.compress.model_copy(update={"shard_xy": 1000, "shard_z": 3})
     assert shard_shape(["c", "z", "y", "x"], (2, 10, 5000, 300), (1, 1, 256, 256), cfg) == (1, 3, 1024, 512)
     assert shard_shape(["y", "x"], (100, 100), (64, 64), cfg) == (128, 128)
     assert shard_shape(["y", "x"], (100, 100), (64, 64), cfg.model_copy(update={"shard_xy": 0})) is None
+
+
+def test_ome_xml_is_kept_beside_the_image_and_windows_come_from_the_data(source, tmp_path, settings, scheduler):
+    import tifffile
+    from ome_types import from_xml
+
+    path, data = source
+    [(image, report)] = archive_images(path, tmp_path / "w", settings, scheduler)
+    kept = Path(report.store, "OME", "METADATA.ome.xml").read_text()
+    with tifffile.TiffFile(path) as tif:
+        assert kept == tif.ome_metadata  # the file's own document, whole
+    channels = zarr.open_group(report.store, mode="r").attrs["ome"]["omero"]["channels"]
+    for index, channel in enumerate(channels):
+        window = channel["window"]
+        assert window["min"] == 0 and window["max"] == 65535  # the dtype's range
+        assert float(data[index].min()) - 50 <= window["start"] < window["end"] <= float(data[index].max()) + 50
+
+    plain = plain_tiff(tmp_path / "p.tif", random_image((40, 30), "uint8"), description="acquired on scope 3")
+    [(_, report)] = archive_images(plain, tmp_path / "w", settings, scheduler)
+    generated = from_xml(Path(report.store, "OME", "METADATA.ome.xml").read_text())
+    assert generated.images[0].pixels.size_x == 30 and generated.images[0].pixels.type.value == "uint8"
+    assert "acquired on scope 3" in generated.structured_annotations.comment_annotations[0].value

@@ -14,7 +14,7 @@ import zarr
 from zarrchive.config import PublishSettings, load_settings
 from zarrchive.records import (
     Axis, CodecChoice, CompressionReport, Entity, Failure, FileRecord, ImageOutcome, ImageRecord, Level,
-    LineageRecord, Finding, QCReport, Submission, SubmissionDoc,
+    LineageRecord, Finding, QCReport, SourceLayout, Submission, SubmissionDoc,
 )
 from zarrchive.tasks.compress import store_digest
 from zarrchive.tasks.publish import (
@@ -334,7 +334,7 @@ def test_fingerprint_depends_on_inputs_and_settings(tmp_path):
     assert base != version_fingerprint(inp.submission, [changed_file, inp.files[1]], settings)
     other_doc = make_submission([f.path for f in inp.files], title="Another title of this submission")
     assert base != version_fingerprint(other_doc, inp.files, settings)
-    assert base != version_fingerprint(inp.submission, inp.files, load_settings(overrides={"compress": {"clevel": 3}}))
+    assert base != version_fingerprint(inp.submission, inp.files, load_settings(overrides={"compress": {"clevel": 7}}))
     assert base != version_fingerprint(inp.submission, inp.files,
                                        load_settings(overrides={"publish": {"on_image_error": "skip_image"}}))
 
@@ -345,7 +345,8 @@ def test_fingerprint_depends_on_inputs_and_settings(tmp_path):
 def image(image_id: str, source_path: str) -> ImageRecord:
     return ImageRecord(
         image_id=image_id, conversion_id="c" * 16, source_path=source_path, source_sha256="0" * 64, series=0,
-        series_name="", reader="bioio_tifffile", store=f"/staging/{image_id}.ome.zarr",
+        series_name="", reader="bioio_tifffile", metadata_xml=f"/work/{image_id}.ome.xml", metadata_sha256="0" * 64,
+        layout=SourceLayout(reader="bioio_tifffile", series=0, axes=("y", "x")),
         axes=(Axis(name="y", type="space"), Axis(name="x", type="space")), dtype="uint16",
         channel_names=("c0",), calibrated=True,
         levels=(Level(path="0", shape=(16, 20), chunks=(8, 8), scale=(1.0, 1.0), translation=(0.0, 0.0)),),

@@ -32,9 +32,9 @@ def make_submission(method: ImagingMethod | None = LIGHT, findings: list[Finding
 def staged_image(tmp_path, settings, scheduler, path, rel, entry=None):
     rec = FileRecord(path=rel, source_uri=str(path), staged_path=str(path), size=path.stat().st_size,
                      sha256=hashlib.sha256(path.read_bytes()).hexdigest(), kind="image")
-    [image] = convert_file(rec, entry, str(tmp_path / "s"), settings.convert, scheduler)
-    image = build_pyramid(image, settings.pyramid, scheduler)
-    return image, compress_image(image, str(tmp_path / "s"), settings.compress, scheduler)
+    [image] = convert_file(rec, entry, str(tmp_path / "s"), settings.convert)
+    image = build_pyramid(image, settings.pyramid)
+    return image, compress_image(image, rec, str(tmp_path / "s"), settings.compress, scheduler)
 
 
 def run(images_reports, settings, scheduler, qc_settings=None, submission=None):

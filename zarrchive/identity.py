@@ -38,20 +38,10 @@ def records_schema() -> str:
     return digest(*(model.model_json_schema() for model in (ImageRecord, CompressionReport, LineageRecord)))
 
 
-def _work_of(store: str) -> str:
-    return str(Path(store).parents[1])  # <work>/<stage>/<id>.ome.zarr
-
-
 def convert_key(_context: Any, params: dict[str, Any]) -> str:
     file = params["file"]
     return "convert-" + digest(file.path, file.sha256, params["entry"], params["settings"], pixel_versions(),
                                generation(params["work"]), records_schema())
-
-
-def pyramid_key(_context: Any, params: dict[str, Any]) -> str:
-    image = params["image"]
-    return "pyramid-" + digest(image.conversion_id, image.image_id, params["settings"], pixel_versions(),
-                               generation(_work_of(image.store)), records_schema())
 
 
 def compress_key(_context: Any, params: dict[str, Any]) -> str:

@@ -13,8 +13,9 @@ NGFF_VERSION = "0.5"
 COLOURS = ("FFFFFF",) + ("0000FF", "00FF00", "FF0000", "FF00FF", "00FFFF", "FFFF00")
 
 
-def multiscales_attrs(image: ImageRecord) -> dict[str, Any]:
-    """The ``ome`` attributes of an image group: multiscales plus an omero block."""
+def multiscales_attrs(image: ImageRecord, windows: list[tuple[float, float]] | None = None) -> dict[str, Any]:
+    """The ``ome`` attributes of an image group: multiscales plus an omero block (display windows per channel
+    from the data when given, else the dtype's range)."""
     axes = []
     for axis in image.axes:
         entry: dict[str, Any] = {"name": axis.name, "type": axis.type}
@@ -36,26 +37,27 @@ def multiscales_attrs(image: ImageRecord) -> dict[str, Any]:
         "axes": axes,
         "datasets": datasets,
         "type": "mean",
-        "metadata": {"description": "2x2 block mean (y, x); edge blocks average the pixels they hold",
+        "metadata": {"description": "2x2 block mean (y, x; z too once z is no coarser than x); edge blocks "
+                                    "average the pixels they hold",
                      "method": "zarrchive.tasks.pyramid.downsample_mean"},
     }
-    return {"version": NGFF_VERSION, "multiscales": [multiscale], "omero": omero_block(image)}
+    return {"version": NGFF_VERSION, "multiscales": [multiscale], "omero": omero_block(image, windows)}
 
 
-def omero_block(image: ImageRecord) -> dict[str, Any]:
+def omero_block(image: ImageRecord, windows: list[tuple[float, float]] | None = None) -> dict[str, Any]:
     dtype = np.dtype(image.dtype)
-    if dtype.kind in "ui":
-        lo, hi = float(np.iinfo(dtype).min), float(np.iinfo(dtype).max)
-    elif dtype.kind == "b":
-        lo, hi = 0.0, 1.0
-    else:
-        lo, hi = 0.0, 1.0
     n = len(image.channel_names)
     channels = []
     for i, name in enumerate(image.channel_names):
         colour = COLOURS[0] if n == 1 else COLOURS[1 + i % (len(COLOURS) - 1)]
+        start, end = windows[i] if windows else (None, None)
+        if dtype.kind in "ui":
+            lo, hi = float(np.iinfo(dtype).min), float(np.iinfo(dtype).max)
+        else:  # floats and masks: the range the data shows
+            lo, hi = (start, end) if windows else (0.0, 1.0)
         channels.append({"label": name, "color": colour, "active": True,
-                         "window": {"min": lo, "max": hi, "start": lo, "end": hi}})
+                         "window": {"min": lo, "max": hi, "start": lo if start is None else start,
+                                    "end": hi if end is None else end}})
     return {"channels": channels, "rdefs": {"model": "greyscale" if n == 1 else "color"}}
 
 

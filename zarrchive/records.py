@@ -219,8 +219,21 @@ class Level(Record):
     translation: tuple[float, ...]
 
 
+class SourceLayout(Record):
+    """How to read one series of a file in the image's axes."""
+
+    reader: str  # bioio reader module, e.g. bioio_ome_tiff
+    series: int
+    axes: tuple[str, ...]  # the image's axes, e.g. ("c", "z", "y", "x")
+    samples_as_channels: bool = False  # RGB(A) samples of the file are the image's channels
+    tiff_axes: str | None = None  # the file's axes (bioio letters, in tifffile's order) when tifffile reads it
+
+
 class ImageRecord(Record):
-    """One image (one series of one file) in staging: level 0 after convert, all levels after pyramid."""
+    """One image (one series of one file): its metadata and level 0 after convert, all levels after pyramid.
+
+    The pixels stay in the source file until the compress pass reads them through ``layout``.
+    """
 
     image_id: str
     conversion_id: str
@@ -229,7 +242,9 @@ class ImageRecord(Record):
     series: int
     series_name: str
     reader: str
-    store: str  # staging path of the (uncompressed) OME-Zarr group
+    layout: SourceLayout  # how the compress pass reads the pixels from the source file
+    metadata_xml: str  # work-area path of the OME-XML kept beside the image (the file's own, or generated)
+    metadata_sha256: str
     axes: tuple[Axis, ...]
     dtype: str
     channel_names: tuple[str, ...]  # one per channel
@@ -243,7 +258,7 @@ class ImageRecord(Record):
         return self.levels[0].shape
 
     def entities(self) -> list[Entity]:
-        return [Entity(uri=self.store, kind="zarr", role="intermediate")]
+        return [Entity(uri=self.metadata_xml, role="intermediate", sha256=self.metadata_sha256)]
 
 
 class CodecChoice(Record):

@@ -46,16 +46,15 @@ def convert_to_ome_zarr(source: str, output: str, settings: Settings, progress: 
     with tempfile.TemporaryDirectory(prefix="zarrchive-convert-", dir=target.resolve().parent) as work, \
             cluster_for_run(settings.cluster) as scheduler:
         progress(f"reading {path.name}")
-        images = convert_file(record, None, work, settings.convert, scheduler)
+        images = convert_file(record, None, work, settings.convert)
         staged = Path(work) / "result.ome.zarr"
         if len(images) > 1:
             staged.mkdir()
         groups = []
         for index, image in enumerate(images):
-            progress(f"pyramid {image.image_id}")
-            image = build_pyramid(image, settings.pyramid, scheduler)
-            progress(f"compress and verify {image.image_id}")
-            report = compress_image(image, work, settings.compress, scheduler)
+            image = build_pyramid(image, settings.pyramid)
+            progress(f"convert, pyramid, compress and verify {image.image_id}")
+            report = compress_image(image, record, work, settings.compress, scheduler)
             if problems := validate_image(report.store):
                 raise InputError(source, f"the output does not validate as OME-NGFF: {'; '.join(problems)}")
             if len(images) == 1:

@@ -1,0 +1,132 @@
+"""Sources: the pixels of one series of a staged file, read region by region in the image's NGFF axes.
+
+Convert describes a series (``SourceLayout``: the reader, the series, how the
+file's own axes map onto the image's t, c, z, y, x); the compress pass reads
+the regions it writes with ``read_region`` on a Dask worker, so pixels flow
+from the source file straight into the compressed store.
+
+TIFF-based files (OME-TIFF and TIFF) are read through tifffile's Zarr view of
+the series: only the pages and strips of a region are read. Other formats go
+through the bioio reader's own lazy array.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import os
+from typing import Any
+
+import dask.array as da
+import numpy as np
+
+from zarrchive.errors import InputError
+from zarrchive.records import SourceLayout
+
+NGFF_ORDER = "tczyx"
+
+
+def lazy_pixels(img: Any, shown_as: str) -> tuple[da.Array, list[str] | None]:
+    """Pixels of a BioImage's current scene as a lazy TCZYX array; RGB(A) samples become channels."""
+    dims = img.dims
+    if "S" in dims.order and dims.S > 1:
+        if dims.C > 1:
+            raise InputError(shown_as, "images with both channels and colour samples are not supported")
+        data = img.get_image_dask_data("TCZYXS")[:, 0]  # T Z Y X S
+        return da.moveaxis(data, -1, 1), ["R", "G", "B", "A"][: dims.S]
+    return img.get_image_dask_data("TCZYX"), None
+
+
+def tiff_axes(path: str, img: Any) -> str | None:
+    """The file's axes in tifffile's order, named as bioio names them, when tifffile can read the series
+    directly: the axes longer than one agree in order, size and letter with the reader's native dims (bioio
+    may add or drop singleton axes). None otherwise (the bioio reader then reads the pixels)."""
+    import tifffile
+
+    native = img.reader.xarray_dask_data
+    dims = [(str(d), int(n)) for d, n in zip(native.dims, native.shape) if int(n) > 1]
+    try:
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[img.current_scene_index]
+            t_axes, t_shape = series.axes, tuple(series.levels[0].shape)
+    except Exception:
+        return None
+    if len(dims) != sum(1 for n in t_shape if n > 1) or any(len(d) != 1 for d, _n in dims):
+        return None
+    named, wide = [], iter(dims)
+    for letter, size in zip(t_axes, t_shape):
+        if size == 1:
+            named.append(letter)  # a singleton: read at index 0 (or as the image's one channel)
+            continue
+        dim, n = next(wide)
+        if n != size or (letter in "TCZYXS" and letter != dim):
+            return None
+        named.append(dim)
+    return "".join(named)
+
+
+def layout_of(path: str, img: Any, reader: str, series: int, axes: tuple[str, ...], samples: bool) -> SourceLayout:
+    """The layout of the current scene of ``img`` (read from ``path``)."""
+    return SourceLayout(reader=reader, series=series, axes=axes, samples_as_channels=samples,
+                        tiff_axes=tiff_axes(path, img) if reader in ("bioio_ome_tiff", "bioio_tifffile") else None)
+
+
+def read_region(path: str, layout: SourceLayout, region: tuple[slice, ...]) -> np.ndarray:
+    """The pixels of ``region`` (slices in ``layout.axes``) of the series, as a numpy array."""
+    if layout.tiff_axes:
+        return _read_tiff(path, layout, region)
+    data = _bioio_array(path, layout, _version(path))
+    return np.asarray(data[region].compute(scheduler="synchronous"))
+
+
+def _read_tiff(path: str, layout: SourceLayout, region: tuple[slice, ...]) -> np.ndarray:
+    array = _tiff_array(path, layout.series, _version(path))
+    wanted = dict(zip(layout.axes, region))
+    index, kept = [], []
+    for letter in layout.tiff_axes or "":
+        name = "c" if letter == "S" and layout.samples_as_channels else letter.lower()
+        if letter == "C" and layout.samples_as_channels:
+            name = "_"  # a singleton channel axis beside the samples
+        if name in wanted:
+            index.append(wanted[name])
+            kept.append(name)
+        else:
+            index.append(0)  # a singleton axis the image drops (t or z of size 1, …)
+    block = array[tuple(index)]
+    for name in layout.axes:  # an axis the file does not have (one channel): a singleton
+        if name not in kept:
+            block = block[..., np.newaxis]
+            kept.append(name)
+    order = [kept.index(name) for name in layout.axes]
+    return np.ascontiguousarray(np.transpose(block, order))
+
+
+def _version(path: str) -> tuple[int, int]:
+    stat = os.stat(path)
+    return stat.st_mtime_ns, stat.st_size
+
+
+@functools.lru_cache(maxsize=4)
+def _tiff_array(path: str, series: int, _version: tuple[int, int]) -> Any:
+    import tifffile
+    import zarr
+
+    store = tifffile.TiffFile(path).series[series].aszarr(level=0)
+    return zarr.open_array(store, mode="r")
+
+
+@functools.lru_cache(maxsize=4)
+def _bioio_array(path: str, layout: SourceLayout, _version: tuple[int, int]) -> da.Array:
+    from bioio import BioImage
+
+    img = BioImage(path, reader=importlib.import_module(layout.reader).Reader)
+    img.set_scene(layout.series)
+    data, _names = lazy_pixels(img, path)
+    index = tuple(slice(None) if name in layout.axes else 0 for name in NGFF_ORDER)
+    return data[index]
+
+
+def forget_open_files() -> None:
+    """Close what this process keeps open (tests and workers call it when files are replaced)."""
+    _tiff_array.cache_clear()
+    _bioio_array.cache_clear()
