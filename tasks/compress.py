@@ -46,7 +46,8 @@ from zarrchive.tasks.pyramid import downsample_mean, factors
 
 LOCAL = fsspec.filesystem("file")
 
-REGION_BYTES = 128 << 20  # level-0 pixels per streaming task: a run of whole shards along x
+REGION_BYTES = 128 << 20  # level-0 pixels per streaming task at most: a run of whole shards along x
+MEMORY_SHARE = 8  # a task holds about 4 copies of its region (source, decoded, halved, encoded): 1/8 of a worker
 BATCH = 32  # chunks per task for the small levels made from the level above
 ZARR_CONFIG = {"codec_pipeline.batch_size": 64}  # encode and decode a shard's chunks together, not one by one
 
@@ -137,13 +138,21 @@ def scaled(region: tuple[slice, ...], plans: list[LevelPlan]) -> list[tuple[slic
     return out
 
 
-def stream_regions(image: ImageRecord, plans: list[LevelPlan]) -> list[tuple[slice, ...]]:
-    """Level-0 regions for the streaming tasks: whole units, grouped along x up to ``REGION_BYTES``."""
+def stream_regions(image: ImageRecord, plans: list[LevelPlan], budget: int = REGION_BYTES) -> list[tuple[slice, ...]]:
+    """Level-0 regions for the streaming tasks: whole units, grouped along x up to ``budget`` bytes."""
     level0 = plans[0].level
     unit = list(plans[0].unit)
     per_unit = int(np.prod([min(u, n) for u, n in zip(unit, level0.shape)])) * np.dtype(image.dtype).itemsize
-    unit[-1] *= max(1, min(REGION_BYTES // max(per_unit, 1), -(-level0.shape[-1] // unit[-1])))
+    unit[-1] *= max(1, min(budget // max(per_unit, 1), -(-level0.shape[-1] // unit[-1])))
     return chunk_slices(level0.shape, tuple(unit))
+
+
+def region_budget(client: Any) -> int:
+    """Bytes of level 0 per streaming task: ``REGION_BYTES``, or less where workers have little memory, so a
+    worker's memory bounds the pass whatever the image's size (one region is whole shards, at the least)."""
+    limits = [w.get("memory_limit") or 0 for w in client.scheduler_info()["workers"].values()]
+    smallest = min((limit for limit in limits if limit), default=0)
+    return min(REGION_BYTES, smallest // MEMORY_SHARE) if smallest else REGION_BYTES
 
 
 def _write_verified(array: Any, region: tuple[slice, ...], block: np.ndarray, where: str) -> None:
@@ -246,7 +255,7 @@ def compress_image(image: ImageRecord, source: FileRecord, work: str, settings: 
     digests: dict[str, list[tuple]] = {p.level.path: [] for p in plans}
     try:
         with client_for(scheduler) as client:
-            regions = stream_regions(image, plans)
+            regions = stream_regions(image, plans, region_budget(client))
             futures = client.map(stream_region, [source.staged_path] * len(regions), [image] * len(regions),
                                  [store] * len(regions), regions, [plans] * len(regions), pure=False)
             for per_level in client.gather(futures):

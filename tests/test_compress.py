@@ -221,3 +221,24 @@ def test_ome_xml_is_kept_beside_the_image_and_windows_come_from_the_data(source,
     generated = from_xml(Path(report.store, "OME", "METADATA.ome.xml").read_text())
     assert generated.images[0].pixels.size_x == 30 and generated.images[0].pixels.type.value == "uint8"
     assert "acquired on scope 3" in generated.structured_annotations.comment_annotations[0].value
+
+
+def test_regions_shrink_to_the_workers_memory_but_stay_whole_shards():
+    from zarrchive.tasks.compress import region_budget
+
+    image, plans = planned((1, 16, 4096, 8192), (1, 1, 512, 512), (1.0, 1.0, 1.0, 1.0), "czyx", 2048, 8)
+    unit_bytes = 8 * 2048 * 2048 * 2
+    assert [r[-1].stop - r[-1].start for r in stream_regions(image, plans)][:2] == [4096, 4096]  # 128 MiB: 2 units
+    small = stream_regions(image, plans, budget=unit_bytes // 3)
+    assert {r[-1].stop - r[-1].start for r in small} == {2048}  # never less than one unit of whole shards
+    assert len(small) == 2 * 2 * 4
+
+    class Client:  # what the scheduler reports about its workers
+        def __init__(self, limits):
+            self.limits = limits
+
+        def scheduler_info(self):
+            return {"workers": {f"w{i}": {"memory_limit": m} for i, m in enumerate(self.limits)}}
+
+    assert region_budget(Client([4 << 30, 512 << 20])) == (512 << 20) // 8
+    assert region_budget(Client([0])) == 128 << 20  # no limit: the default
