@@ -218,10 +218,14 @@ def downsample_regions(store: str, above: str, plan: LevelPlan, regions: list[tu
 
 
 def display_windows(store: str, image: ImageRecord) -> list[tuple[float, float]]:
-    """Per channel, the 0.1 and 99.9 percentiles of the smallest level: the display window the viewers start
-    with (the whole range stays available as min/max)."""
-    smallest = zarr.open_array(f"{store}/{image.levels[-1].path}", mode="r")[...]
+    """Per channel, the 0.1 and 99.9 percentiles of the smallest level: the display window viewers start with
+    (the whole range stays available as min/max)."""
     axes = [a.name for a in image.axes]
+    level = image.levels[-1]
+    # every plane of the smallest level fits a chunk; of a long z or t series, 8 evenly spaced planes will do
+    sample = tuple(slice(None, None, -(-n // 8)) if name in "tz" else slice(None)
+                   for name, n in zip(axes, level.shape))
+    smallest = zarr.open_array(f"{store}/{level.path}", mode="r")[sample]
     planes = np.moveaxis(smallest, axes.index("c"), 0)
     windows = []
     for plane in planes:
