@@ -38,7 +38,7 @@ from zarrchive.config import CompressSettings
 from zarrchive.errors import InputError, VerificationError, ZarrchiveError
 from zarrchive.identity import compress_key, compressed_name
 from zarrchive.lineage import Traced, traced
-from zarrchive.ngff import multiscales_attrs
+from zarrchive.ngff import ZARR_FORMAT, group_attributes
 from zarrchive.records import CodecChoice, CompressionReport, FileRecord, ImageRecord, Level
 from zarrchive.sources import read_region
 from zarrchive.storage import sha256_stream, tree_digest, walk_files
@@ -105,7 +105,7 @@ def plan_writes(image: ImageRecord, settings: CompressSettings) -> list[LevelPla
     halved unit still holds whole chunks of it, the rest made from the level above."""
     axes = [a.name for a in image.axes]
     level0 = image.levels[0]
-    sharded = settings.shard_xy > 0
+    sharded = settings.shard_xy > 0 and settings.ngff == "0.5"  # Zarr v2 (NGFF 0.4) has no sharding
     edge_settings = settings if sharded else settings.model_copy(update={"shard_xy": 2048})
     unit = shard_shape(axes, level0.shape, level0.chunks, edge_settings) or level0.chunks
     plans = [LevelPlan(level0, unit if sharded else None, unit, (), True)]
@@ -122,7 +122,7 @@ def plan_writes(image: ImageRecord, settings: CompressSettings) -> list[LevelPla
             plans.append(LevelPlan(level, shards if sharded and shards != level.chunks else None, shards, halved,
                                    True))
         else:
-            shards = shard_shape(axes, level.shape, level.chunks, settings)
+            shards = shard_shape(axes, level.shape, level.chunks, settings) if sharded else None
             plans.append(LevelPlan(level, shards, shards or level.chunks, halved, False))
     return plans
 
@@ -252,10 +252,10 @@ def compress_image(image: ImageRecord, source: FileRecord, work: str, settings: 
     store = f"{final}.partial-{uuid.uuid4().hex[:8]}"
     axes = [a.name for a in image.axes]
     plans = plan_writes(image, settings)
-    root = zarr.open_group(store, mode="w", zarr_format=3)
+    root = zarr.open_group(store, mode="w", zarr_format=ZARR_FORMAT[settings.ngff])
     for plan in plans:
-        root.create_array(plan.level.path, shape=plan.level.shape, chunks=plan.level.chunks, shards=plan.shards,
-                          dtype=image.dtype, compressors=[codec], fill_value=0, dimension_names=axes)
+        root.create_array(plan.level.path, shape=plan.level.shape, chunks=plan.level.chunks, dtype=image.dtype,
+                          fill_value=0, **array_layout(plan, codec, axes, settings.ngff))
     digests: dict[str, list[tuple]] = {p.level.path: [] for p in plans}
     try:
         with client_for(scheduler) as client:
@@ -274,8 +274,8 @@ def compress_image(image: ImageRecord, source: FileRecord, work: str, settings: 
                 futures = client.map(downsample_regions, [store] * len(batches), [above.level.path] * len(batches),
                                      [plan] * len(batches), batches, pure=False)
                 digests[plan.level.path] = [d for batch in client.gather(futures) for d in batch]
-        root.update_attributes({"ome": multiscales_attrs(image, display_windows(store, image))})
-        _keep_ome_xml(store, image)
+        root.update_attributes(group_attributes(image, display_windows(store, image), settings.ngff))
+        _keep_ome_xml(store, image, settings.ngff)
         if os.path.exists(final):
             shutil.rmtree(final)
         os.replace(store, final)
@@ -286,7 +286,9 @@ def compress_image(image: ImageRecord, source: FileRecord, work: str, settings: 
         raise VerificationError(f"{image.image_id}: the compress pass failed: {type(exc).__name__}: {exc}") from exc
     bytes_in = sum(int(np.prod(p.level.shape)) * np.dtype(image.dtype).itemsize for p in plans)
     bytes_out, digest = store_digest(final)
-    config = codec.to_dict()
+    config = codec.to_dict() if settings.ngff == "0.5" else v2_codec(codec).get_config()
+    if "id" in config:  # a Zarr v2 compressor: {"id": ..., options}
+        config = {"name": config.pop("id"), "configuration": config}
     return CompressionReport(
         image_id=image.image_id, store=final,
         codec=CodecChoice(name=config["name"], configuration=config.get("configuration", {})),
@@ -297,10 +299,32 @@ def compress_image(image: ImageRecord, source: FileRecord, work: str, settings: 
     )
 
 
-def _keep_ome_xml(store: str, image: ImageRecord) -> None:
+def array_layout(plan: LevelPlan, codec: Any, axes: list[str], ngff: str) -> dict[str, Any]:
+    """``create_array`` arguments for a level: sharded Zarr v3 with named dimensions (NGFF 0.5), or Zarr v2
+    with '/'-separated chunk keys (NGFF 0.4)."""
+    if ngff == "0.5":
+        return {"shards": plan.shards, "compressors": [codec], "dimension_names": axes}
+    return {"compressors": v2_codec(codec), "chunk_key_encoding": {"name": "v2", "separator": "/"}}
+
+
+def v2_codec(codec: Any) -> Any:
+    """The numcodecs compressor a Zarr v2 array stores for a core Zarr v3 codec."""
+    import numcodecs
+
+    if isinstance(codec, BloscCodec):
+        shuffle = {"noshuffle": numcodecs.Blosc.NOSHUFFLE, "shuffle": numcodecs.Blosc.SHUFFLE,
+                   "bitshuffle": numcodecs.Blosc.BITSHUFFLE}[str(getattr(codec.shuffle, "value", codec.shuffle))]
+        return numcodecs.Blosc(cname=str(getattr(codec.cname, "value", codec.cname)), clevel=codec.clevel,
+                               shuffle=shuffle)
+    if isinstance(codec, ZstdCodec):
+        return numcodecs.Zstd(level=codec.level)
+    raise ValueError(f"{type(codec).__name__} has no Zarr v2 form: OME-NGFF 0.4 output takes blosc or zstd")
+
+
+def _keep_ome_xml(store: str, image: ImageRecord, ngff: str) -> None:
     """The source's OME-XML beside the image, as in the bioformats2raw layout: ``OME/METADATA.ome.xml``."""
-    group = zarr.open_group(f"{store}/OME", mode="w", zarr_format=3)
-    group.update_attributes({"ome": {"version": "0.5"}})
+    group = zarr.open_group(f"{store}/OME", mode="w", zarr_format=ZARR_FORMAT[ngff])
+    group.update_attributes({"ome": {"version": ngff}} if ngff == "0.5" else {})
     shutil.copyfile(image.metadata_xml, f"{store}/OME/METADATA.ome.xml")
 
 

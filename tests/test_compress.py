@@ -242,3 +242,27 @@ def test_regions_shrink_to_the_workers_memory_but_stay_whole_shards():
 
     assert region_budget(Client([4 << 30, 512 << 20])) == (512 << 20) // 8
     assert region_budget(Client([0])) == 128 << 20  # no limit: the default
+
+
+def test_ngff_04_output_is_zarr_v2_and_validates(source, tmp_path, settings, scheduler):
+    from ome_zarr_models.v04 import Image
+
+    from zarrchive.ngff import validate_image
+
+    path, data = source
+    [(image, report)] = archive_images(path, tmp_path / "w", settings, scheduler, convert={"chunk_xy": 64},
+                                       compress={"ngff": "0.4"})
+    group = zarr.open_group(report.store, mode="r")
+    assert group.metadata.zarr_format == 2 and group.attrs["multiscales"][0]["version"] == "0.4"
+    Image.from_zarr(group)
+    assert validate_image(report.store) == []
+    level0 = zarr.open_array(f"{report.store}/0", mode="r")
+    assert level0.metadata.zarr_format == 2 and level0.metadata.dimension_separator == "/"
+    assert_levels_are_block_means(report, image, data)
+    assert report.codec.name == "blosc" and (Path(report.store) / "0" / ".zarray").exists()
+    assert (Path(report.store) / "OME" / "METADATA.ome.xml").exists()
+    from ome_zarr.io import parse_url
+    from ome_zarr.reader import Reader
+
+    node = next(iter(Reader(parse_url(report.store))()))  # older viewers' reader opens it
+    np.testing.assert_array_equal(np.asarray(node.data[0]), data)

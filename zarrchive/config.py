@@ -61,6 +61,7 @@ class CompressSettings(Section):
     shuffle: Literal["shuffle", "bitshuffle", "noshuffle"] = "shuffle"
     shard_xy: int = Field(default=2048, ge=0)
     shard_z: int = Field(default=8, ge=1)
+    ngff: Literal["0.5", "0.4"] = "0.5"
 
 
 class ClusterSettings(Section):

@@ -140,7 +140,8 @@ def build_crate(
     for store, objects in sorted(stores.items()):
         entities[store] = {
             "@id": store, "@type": "Dataset", "name": store.rstrip("/").rsplit("/", 1)[-1],
-            "encodingFormat": "application/vnd+zarr", "conformsTo": {"@id": "https://ngff.openmicroscopy.org/0.5/"},
+            "encodingFormat": "application/vnd+zarr",
+            "conformsTo": {"@id": f"https://ngff.openmicroscopy.org/{_ngff_of(objects, store)}/"},
             "contentSize": sum(o.size for o in objects),
             "zarrchive:objects": len(objects),
             "zarrchive:treeDigest": tree_digest((o.path[len(store):], o.sha256) for o in objects),
@@ -244,6 +245,11 @@ def build_crate(
     graph.extend(entities.values())
     graph.extend(sources.values())
     return {"@context": "https://w3id.org/ro/crate/1.1/context", "@graph": graph}
+
+
+def _ngff_of(objects: list[ManifestEntry], store: str) -> str:
+    """0.5 for a Zarr v3 store (its root ``zarr.json``), else 0.4 (Zarr v2)."""
+    return "0.5" if any(o.path == f"{store}zarr.json" for o in objects) else "0.4"
 
 
 def _author_id(orcid: str | None, name: str) -> str:

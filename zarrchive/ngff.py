@@ -1,4 +1,5 @@
-"""OME-NGFF 0.5 metadata: built from an ImageRecord, checked by an independent validator."""
+"""OME-NGFF metadata (0.5 by default, 0.4 for older viewers): built from an ImageRecord, checked by an
+independent validator."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import numpy as np
 from zarrchive.records import ImageRecord
 
 NGFF_VERSION = "0.5"
+ZARR_FORMAT = {"0.5": 3, "0.4": 2}  # the Zarr format each OME-NGFF version is stored in
 # Default channel colours (hex RGB) cycled for channels without one.
 COLOURS = ("FFFFFF",) + ("0000FF", "00FF00", "FF0000", "FF00FF", "00FFFF", "FFFF00")
 
@@ -44,6 +46,25 @@ def multiscales_attrs(image: ImageRecord, windows: list[tuple[float, float]] | N
     return {"version": NGFF_VERSION, "multiscales": [multiscale], "omero": omero_block(image, windows)}
 
 
+def group_attributes(image: ImageRecord, windows: list[tuple[float, float]] | None = None,
+                     ngff: str = NGFF_VERSION) -> dict[str, Any]:
+    """The attributes of an image group in OME-NGFF ``ngff``: 0.5 nests them under ``ome``; 0.4 puts them at
+    the top, with the version inside each multiscale."""
+    attrs = multiscales_attrs(image, windows)
+    if ngff == "0.5":
+        return {"ome": attrs}
+    multiscale = {**attrs["multiscales"][0], "version": ngff}
+    return {"multiscales": [multiscale], "omero": attrs["omero"]}
+
+
+def ngff_version(attributes: dict[str, Any]) -> str | None:
+    """The OME-NGFF version an image group's attributes declare (None when they declare none)."""
+    if "ome" in attributes:
+        return attributes["ome"].get("version")
+    multiscales = attributes.get("multiscales") or [{}]
+    return multiscales[0].get("version")
+
+
 def omero_block(image: ImageRecord, windows: list[tuple[float, float]] | None = None) -> dict[str, Any]:
     dtype = np.dtype(image.dtype)
     n = len(image.channel_names)
@@ -62,13 +83,16 @@ def omero_block(image: ImageRecord, windows: list[tuple[float, float]] | None = 
 
 
 def validate_image(store_path: str) -> list[str]:
-    """Problems an independent validator (ome-zarr-models) finds in an NGFF 0.5 image; [] when valid."""
+    """Problems an independent validator (ome-zarr-models) finds in an NGFF 0.5 or 0.4 image; [] when valid."""
     import zarr
-    from ome_zarr_models.v05 import Image
+    from ome_zarr_models import v04, v05
 
     try:
         group = zarr.open_group(store_path, mode="r")
-        Image.from_zarr(group)
+        version = ngff_version(dict(group.attrs))
+        if version not in ("0.4", "0.5"):
+            return [f"the group declares OME-NGFF version {version!r}; 0.5 or 0.4 expected"]
+        (v05 if version == "0.5" else v04).Image.from_zarr(group)
     except Exception as exc:  # the validator's own error types vary; report them all
         return [f"{type(exc).__name__}: {exc}".strip()]
     return []

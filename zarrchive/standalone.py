@@ -20,7 +20,7 @@ import zarr
 from zarrchive.cluster import cluster_for_run
 from zarrchive.config import Settings
 from zarrchive.errors import InputError
-from zarrchive.ngff import NGFF_VERSION, validate_image
+from zarrchive.ngff import ZARR_FORMAT, validate_image
 from zarrchive.records import FileRecord
 from zarrchive.storage import resolve, sha256_stream
 from zarrchive.tasks.compress import compress_image
@@ -64,8 +64,10 @@ def convert_to_ome_zarr(source: str, output: str, settings: Settings, progress: 
                 shutil.move(report.store, staged / str(index))
                 groups.append(str(index))
         if len(images) > 1:
-            zarr.open_group(str(staged), mode="a", zarr_format=3).update_attributes(
-                {"ome": {"version": NGFF_VERSION, "bioformats2raw.layout": 3}})
+            ngff = settings.compress.ngff
+            zarr.open_group(str(staged), mode="a", zarr_format=ZARR_FORMAT[ngff]).update_attributes(
+                {"ome": {"version": ngff, "bioformats2raw.layout": 3}} if ngff == "0.5"
+                else {"bioformats2raw.layout": 3})
         if target.exists():
             shutil.rmtree(target)
         os.replace(staged, target)
