@@ -29,7 +29,7 @@ from zarrchive.identity import compress_key, compressed_name
 from zarrchive.lineage import Traced, traced
 from zarrchive.ngff import multiscales_attrs
 from zarrchive.records import CodecChoice, CompressionReport, ImageRecord
-from zarrchive.storage import sha256_stream, tree_digest, walk_files
+from zarrchive.storage import remove_unfinished_writes, sha256_stream, tree_digest, walk_files
 
 LOCAL = fsspec.filesystem("file")
 
@@ -122,6 +122,7 @@ def compress_image(image: ImageRecord, work: str, settings: CompressSettings, sc
             if level.path == "0":
                 level0_digests = digests
     root.update_attributes({"ome": multiscales_attrs(image)})
+    remove_unfinished_writes(store)  # left by a worker killed mid-write (its task was redone)
     bytes_out, digest = store_digest(store)
     config = codec.to_dict()
     return CompressionReport(

@@ -1,21 +1,29 @@
-"""The run's Dask cluster: a LocalCluster per run, an existing scheduler, or Slurm jobs; its dashboard."""
+"""The run's Dask cluster: a LocalCluster per run, an existing scheduler, or Slurm jobs; its dashboard; worker death."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hashlib
 import os
+import signal
 import sys
+import threading
+import time
 import urllib.request
 from pathlib import Path
 
 import dask.array as da
+import numpy as np
 import pytest
 import yaml
+import zarr
 from distributed import Client
+from distributed.diagnostics.plugin import WorkerPlugin
 
 from zarrchive.cluster import client_for, cluster_for_run, local_sizes, slurm_cluster, view_cluster
 from zarrchive.config import ClusterSettings, config_dir, load_settings
-from zarrchive.errors import ConfigError
+from zarrchive.errors import ClusterError, ConfigError
 
 
 def test_a_local_cluster_is_started_for_the_run_and_closed_after():
@@ -191,3 +199,145 @@ def test_an_ingest_run_shows_its_dask_dashboard_as_an_artifact(demo, scheduler):
     assert f"Dask scheduler {scheduler}: 2 workers" in artifact.description
     with urllib.request.urlopen(link, timeout=30) as page:  # usable while the cluster runs
         assert page.status == 200
+
+
+# --- a worker that dies mid-image ----------------------------------------------------------------------------
+
+# Where the victim dies: inside zarr's atomic write of a compressed chunk or shard, after its bytes are in the
+# temporary file and before the rename; the task's earlier writes are in place, the rest of the image is not.
+DYING_WRITE = "zarr.storage._local._atomic_write"
+
+
+class DieInFirstWrite(WorkerPlugin):
+    """The first write into a ``/compress/`` store on any worker of the cluster records its process id in
+    ``marker`` and then waits (to be killed); later writes, and restarted workers, go on normally."""
+
+    name = "zarrchive-test-die-in-first-write"
+    idempotent = True
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def setup(self, worker) -> None:
+        import importlib
+
+        module_name, _, attr = DYING_WRITE.rpartition(".")
+        module = importlib.import_module(module_name)
+        original, marker = getattr(module, attr), self.marker
+
+        @contextlib.contextmanager
+        def dying(path, *args, **kwargs):
+            with original(path, *args, **kwargs) as f:
+                yield f
+                if "/compress/" in str(path) and "/c/" in str(path).replace(os.sep, "/"):
+                    try:
+                        fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+                    except FileExistsError:
+                        return
+                    f.flush()
+                    os.write(fd, str(os.getpid()).encode())
+                    os.close(fd)
+                    time.sleep(120)  # killed long before this ends
+
+        setattr(module, attr, dying)
+
+
+def smooth(shape):
+    rng = np.random.default_rng(7)
+    yy, xx = np.mgrid[0:shape[-2], 0:shape[-1]]
+    base = (np.sin(yy / 9.0) + np.cos(xx / 7.0) + 2) * 800
+    return (np.broadcast_to(base, shape) + rng.normal(0, 5, shape)).clip(0, 65535).astype(np.uint16)
+
+
+def prepared_image(tmp_path: Path, scheduler: str):
+    """A converted, pyramided 2-channel z-stack in small chunks (level 0: ten compress tasks of 8 shards)."""
+    from builders import ome_tiff
+    from zarrchive.records import FileRecord
+    from zarrchive.tasks.convert import convert_file
+    from zarrchive.tasks.pyramid import build_pyramid
+
+    settings = load_settings()
+    data = smooth((2, 2, 140, 100))
+    path = ome_tiff(tmp_path / "x.ome.tif", data, "CZYX", {"x": 0.5, "y": 0.5, "z": 1.0}, ["a", "b"])
+    record = FileRecord(path="x.ome.tif", source_uri=str(path), staged_path=str(path), size=path.stat().st_size,
+                        sha256=hashlib.sha256(path.read_bytes()).hexdigest(), kind="image")
+    small = settings.convert.model_copy(update={"chunk_xy": 16})
+    [image] = convert_file(record, None, str(tmp_path / "work"), small, scheduler)
+    return build_pyramid(image, settings.pyramid, scheduler), data
+
+
+def compress(image, work: Path, scheduler: str):
+    """The compress stage on ``image`` (shards of 2x2 chunks) into ``work``, as the flow calls it."""
+    from zarrchive.tasks.compress import compress_image
+
+    settings = load_settings().compress.model_copy(update={"shard_xy": 32, "shard_z": 1})
+    return compress_image(image, str(work), settings, scheduler)
+
+
+def compress_while_a_worker_dies(tmp_path: Path, allowed_failures: int):
+    """Compress a prepared image on a cluster of its own (2 workers) while the first worker to write a shard is
+    killed (SIGKILL) mid-write. Return the image, its pixels, the report or error, the store, and the report of
+    the same compression undisturbed (None after an error)."""
+    cluster = ClusterSettings(n_workers=2, threads_per_worker=1, memory_limit="1GiB",
+                              allowed_failures=allowed_failures)
+    with cluster_for_run(cluster) as address:
+        image, data = prepared_image(tmp_path, address)
+        marker = tmp_path / "victim.pid"
+        with Client(address, set_as_default=False) as client:
+            pids = set(client.run(os.getpid).values())
+            client.register_plugin(DieInFirstWrite(str(marker)))
+            killed: list[int] = []
+
+            def kill_the_victim():
+                deadline = time.monotonic() + 120
+                while time.monotonic() < deadline and not (marker.exists() and marker.read_text()):
+                    time.sleep(0.02)
+                pid = int(marker.read_text())
+                assert pid in pids
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+
+            killer = threading.Thread(target=kill_the_victim, daemon=True)
+            killer.start()
+            try:
+                outcome = compress(image, tmp_path / "work", address)
+            except ClusterError as exc:
+                outcome = exc
+            killer.join(timeout=130)
+            assert killed, "no worker was killed"
+            client.wait_for_workers(2, timeout=60)  # the nanny started a new worker process
+            assert killed[0] not in set(client.run(os.getpid).values())
+        undisturbed = None if isinstance(outcome, Exception) else compress(image, tmp_path / "undisturbed", address)
+    store = next((tmp_path / "work" / "compress").glob("*.ome.zarr"))
+    return image, data, outcome, store, undisturbed
+
+
+def test_work_lost_with_a_killed_worker_is_redone_and_the_image_is_bit_exact(tmp_path):
+    from zarrchive.ngff import validate_image
+    from zarrchive.tasks.compress import chunk_slices
+
+    image, data, report, store, undisturbed = compress_while_a_worker_dies(tmp_path, allowed_failures=3)
+    assert not isinstance(report, Exception), report
+    for level in image.levels:
+        source = zarr.open_array(f"{image.store}/{level.path}", mode="r")[...]
+        np.testing.assert_array_equal(zarr.open_array(f"{report.store}/{level.path}", mode="r")[...], source)
+    np.testing.assert_array_equal(zarr.open_array(f"{report.store}/0", mode="r")[...], data)
+    assert report.chunks_verified == sum(len(chunk_slices(l.shape, l.chunks)) for l in image.levels)
+    digests = "".join(hashlib.sha256(np.ascontiguousarray(data[r]).tobytes()).hexdigest()
+                      for r in chunk_slices(image.levels[0].shape, image.levels[0].chunks))
+    assert report.level0_sha256 == hashlib.sha256(digests.encode()).hexdigest()
+    assert validate_image(report.store) == []
+    # the dead worker's unfinished write leaves nothing behind: the store is the one an undisturbed run writes
+    assert not [p for p in store.rglob("*") if p.is_file() and p.name.endswith(".partial")]
+    assert (report.store_sha256, report.bytes_out) == (undisturbed.store_sha256, undisturbed.bytes_out)
+
+
+def test_an_image_whose_worker_dies_beyond_allowed_failures_fails_cleanly(tmp_path):
+    from zarrchive.ngff import validate_image
+
+    _image, _data, outcome, store, _ = compress_while_a_worker_dies(tmp_path, allowed_failures=0)
+    assert isinstance(outcome, ClusterError)
+    assert "died 1 time(s) while running" in str(outcome) and "encode_verify" in str(outcome)
+    # nothing was reported, and the half-written store cannot pass for an image: its metadata comes last
+    assert "ome" not in zarr.open_group(str(store), mode="r").attrs
+    assert validate_image(str(store))
