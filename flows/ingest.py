@@ -10,7 +10,7 @@ from __future__ import annotations
 from prefect import flow
 from pydantic import BaseModel, Field
 
-from zarrchive.cluster import cluster_for_run
+from zarrchive.cluster import cluster_for_run, link_dashboard
 from zarrchive.config import load_settings
 from zarrchive.flows.fanout import gather
 from zarrchive.records import LineageRecord, Publication
@@ -57,6 +57,7 @@ def ingest_submission(request: IngestRequest) -> Publication:
         staged = {f.path: f for f in files}
         work = work_area(settings.staging)
         with cluster_for_run(settings.cluster) as scheduler:
+            link_dashboard(scheduler)
             converted, failed = gather("convert", [
                 (convert.submit(f, entries[f.path], work, settings.convert), {"source_path": f.path})
                 for f in files if f.kind == "image"

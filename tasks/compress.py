@@ -30,6 +30,7 @@ from typing import Any
 import fsspec
 import numpy as np
 import zarr
+from distributed import wait
 from prefect import task
 from zarr.codecs import BloscCodec, ZstdCodec
 
@@ -41,7 +42,7 @@ from zarrchive.lineage import Traced, traced
 from zarrchive.ngff import ZARR_FORMAT, group_attributes
 from zarrchive.records import CodecChoice, CompressionReport, FileRecord, ImageRecord, Level
 from zarrchive.sources import read_region
-from zarrchive.storage import sha256_stream, tree_digest, walk_files
+from zarrchive.storage import remove_unfinished_writes, sha256_stream, tree_digest, walk_files
 from zarrchive.tasks.pyramid import downsample_mean, factors
 
 LOCAL = fsspec.filesystem("file")
@@ -145,6 +146,13 @@ def stream_regions(image: ImageRecord, plans: list[LevelPlan], budget: int = REG
     per_unit = int(np.prod([min(u, n) for u, n in zip(unit, level0.shape)])) * np.dtype(image.dtype).itemsize
     unit[-1] *= max(1, min(budget // max(per_unit, 1), -(-level0.shape[-1] // unit[-1])))
     return chunk_slices(level0.shape, tuple(unit))
+
+
+def gather_all(client: Any, futures: list[Any]) -> list[Any]:
+    """The results of ``futures`` once every one has finished: a failure is raised only when no task is still
+    writing into the store (which is then removed)."""
+    wait(futures)
+    return client.gather(futures)
 
 
 def region_budget(client: Any) -> int:
@@ -262,7 +270,7 @@ def compress_image(image: ImageRecord, source: FileRecord, work: str, settings: 
             regions = stream_regions(image, plans, region_budget(client))
             futures = client.map(stream_region, [source.staged_path] * len(regions), [image] * len(regions),
                                  [store] * len(regions), regions, [plans] * len(regions), pure=False)
-            for per_level in client.gather(futures):
+            for per_level in gather_all(client, futures):
                 for plan, found in zip([p for p in plans if p.streamed], per_level):
                     digests[plan.level.path] += found
             for above, plan in zip(plans, plans[1:]):
@@ -273,7 +281,8 @@ def compress_image(image: ImageRecord, source: FileRecord, work: str, settings: 
                 batches = [shards[i:i + per_task] for i in range(0, len(shards), per_task)]
                 futures = client.map(downsample_regions, [store] * len(batches), [above.level.path] * len(batches),
                                      [plan] * len(batches), batches, pure=False)
-                digests[plan.level.path] = [d for batch in client.gather(futures) for d in batch]
+                digests[plan.level.path] = [d for batch in gather_all(client, futures) for d in batch]
+        remove_unfinished_writes(store)  # left by a worker killed mid-write (its task was redone)
         root.update_attributes(group_attributes(image, display_windows(store, image), settings.ngff))
         _keep_ome_xml(store, image, settings.ngff)
         if os.path.exists(final):

@@ -1,11 +1,29 @@
-"""The run's Dask cluster: a LocalCluster started and closed per run, or an existing scheduler."""
+"""The run's Dask cluster: a LocalCluster per run, an existing scheduler, or Slurm jobs; its dashboard; worker death."""
 
 from __future__ import annotations
 
-import dask.array as da
+import asyncio
+import contextlib
+import hashlib
+import os
+import signal
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
 
-from zarrchive.cluster import client_for, cluster_for_run
-from zarrchive.config import ClusterSettings
+import dask.array as da
+import numpy as np
+import pytest
+import yaml
+import zarr
+from distributed import Client
+from distributed.diagnostics.plugin import WorkerPlugin
+
+from zarrchive.cluster import client_for, cluster_for_run, local_sizes, slurm_cluster, view_cluster
+from zarrchive.config import ClusterSettings, config_dir, load_settings
+from zarrchive.errors import ClusterError, ConfigError
 
 
 def test_a_local_cluster_is_started_for_the_run_and_closed_after():
@@ -14,9 +32,6 @@ def test_a_local_cluster_is_started_for_the_run_and_closed_after():
         with client_for(address) as client:
             assert len(client.scheduler_info()["workers"]) == 1
             assert client.compute(da.ones((100, 100), chunks=50).sum()).result() == 10_000
-    import pytest
-    from distributed import Client
-
     with pytest.raises(OSError):
         Client(address, timeout="2s")
 
@@ -28,3 +43,303 @@ def test_an_existing_scheduler_is_used_and_left_running(scheduler):
         assert client.compute(da.arange(10, chunks=5).sum()).result() == 45
         imported = client.run(lambda: sorted(m for m in __import__("sys").modules if m.startswith("zarrchive.tasks")))
         assert all("zarrchive.tasks.compress" in mods for mods in imported.values()) and len(imported) == 2
+
+
+# --- LocalCluster sized to the machine, memory limits and thresholds -----------------------------------------
+
+def test_the_local_cluster_is_sized_to_the_machine_with_explicit_memory_limits():
+    from dask.system import CPU_COUNT
+    from distributed.system import MEMORY_LIMIT
+
+    auto = load_settings().cluster
+    assert auto.kind == "local"
+    assert local_sizes(auto) == (CPU_COUNT, MEMORY_LIMIT // CPU_COUNT)
+    two_threads = auto.model_copy(update={"threads_per_worker": 2})
+    assert local_sizes(two_threads)[0] == max(1, CPU_COUNT // 2)
+    assert local_sizes(auto.model_copy(update={"n_workers": 3, "memory_limit": "2GiB"})) == (3, 2 * 2**30)
+
+
+def test_workers_and_scheduler_get_the_configured_memory_thresholds_and_allowed_failures():
+    settings = load_settings(overrides={"cluster": {
+        "n_workers": 1, "memory_limit": "768MiB", "allowed_failures": 1,
+        "worker_memory": {"target": False, "spill": 0.65, "pause": 0.75, "terminate": 0.9}}}).cluster
+    with cluster_for_run(settings) as address, Client(address, set_as_default=False) as client:
+        def thresholds(dask_worker):
+            memory = dask_worker.memory_manager
+            return (memory.memory_limit, memory.memory_target_fraction, memory.memory_spill_fraction,
+                    memory.memory_pause_fraction)
+
+        assert list(client.run(thresholds).values()) == [(768 * 2**20, False, 0.65, 0.75)]
+        terminate = client.run(lambda dask_worker: dask_worker.memory_manager.memory_terminate_fraction, nanny=True)
+        assert list(terminate.values()) == [0.9]
+        assert client.run_on_scheduler(lambda dask_scheduler: dask_scheduler.allowed_failures) == 1
+
+
+@pytest.mark.parametrize("cluster, problem", [
+    ({"memory_limit": "plenty"}, "cluster.memory_limit"),
+    ({"worker_memory": {"pause": 0.5}}, "spill (0.7) must not be above pause (0.5)"),
+    ({"address": "tcp://somewhere:8786", "slurm": {"cores": 4, "memory": "8GiB"}}, "not both"),
+    ({"slurm": {"cores": 4, "memory": "8GiB", "queue": "cpu"}}, "cluster.slurm.queue: Extra inputs"),
+    ({"slurm": {"cores": 6, "memory": "8GiB", "processes": 4}}, "multiple of processes"),
+    ({"slurm": {"cores": 4, "memory": "lots"}}, "cluster.slurm.memory"),
+    ({"slurm": {"cores": 4, "memory": "8GiB", "walltime": "4h"}}, "cluster.slurm.walltime"),
+    ({"slurm": {"cores": 4, "memory": "8GiB", "jobs": {"minimum": 3, "maximum": 2}}}, "minimum (3) is above"),
+])
+def test_cluster_configuration_errors_name_the_key(cluster, problem):
+    with pytest.raises(ConfigError, match=problem.replace("(", r"\(").replace(")", r"\)")):
+        load_settings(overrides={"cluster": cluster})
+
+
+# --- Slurm through dask-jobqueue -----------------------------------------------------------------------------
+
+def test_the_example_slurm_yaml_becomes_the_worker_job_script(tmp_path):
+    settings = load_settings(config_dir() / "examples" / "slurm.yaml", overrides={"cluster": {"slurm": {
+        "log_directory": str(tmp_path / "logs"),  # created when the cluster is built
+        "interface": "lo"}}}).cluster  # the example's ib0 is not on this machine
+    assert settings.kind == "slurm"
+    cluster = slurm_cluster(settings)  # not scaled: nothing is submitted
+    try:
+        script = cluster.job_script()
+        assert not cluster.workers
+    finally:
+        cluster.close()
+    header = [line for line in script.splitlines() if line.startswith("#SBATCH")]
+    assert {"#SBATCH -J zarrchive-worker", "#SBATCH -p cpu", "#SBATCH -A imaging-archive",
+            "#SBATCH --cpus-per-task=8", "#SBATCH --mem=32G", "#SBATCH -t 04:00:00", "#SBATCH --qos=normal",
+            f"#SBATCH -e {tmp_path}/logs/zarrchive-worker-%J.err"} <= set(header)
+    lines = script.splitlines()
+    command = next(line for line in lines if "distributed.cli.dask_worker" in line)
+    assert command.startswith("/shared/zarrchive/venv/bin/python -m distributed.cli.dask_worker tcp://127.0.0.1:")
+    for option in ("--nthreads 4", "--memory-limit 16.00GiB", "--nworkers 2", "--nanny",
+                   "--local-directory $TMPDIR", "--interface lo"):
+        assert option in command
+    prologue = lines[lines.index(header[-1]) + 1:lines.index(command)]
+    assert prologue == [
+        "export DASK_DISTRIBUTED__WORKER__MEMORY__TARGET=0.6", "export DASK_DISTRIBUTED__WORKER__MEMORY__SPILL=0.7",
+        "export DASK_DISTRIBUTED__WORKER__MEMORY__PAUSE=0.8", "export DASK_DISTRIBUTED__WORKER__MEMORY__TERMINATE=0.9",
+        "module load python/3.11", "source /shared/zarrchive/venv/bin/activate"]
+
+
+FAKE_SBATCH = """#!/usr/bin/env bash
+# Stands in for Slurm: runs the job script here, in the background, in a process group of its own.
+set -e
+here="$(dirname "$0")"
+id=$(( $(ls "$here"/job-*.sh 2>/dev/null | wc -l) + 1 ))
+cp "$1" "$here/job-$id.sh"
+setsid bash "$here/job-$id.sh" > "$here/job-$id.log" 2>&1 < /dev/null &
+echo $! > "$here/job-$id.pid"
+echo "Submitted batch job $id"
+"""
+FAKE_SCANCEL = """#!/usr/bin/env bash
+here="$(dirname "$0")"
+echo "$1" >> "$here/cancelled"
+kill -TERM -- -"$(cat "$here/job-$1.pid")" 2>/dev/null || true
+"""
+
+
+def test_a_slurm_cluster_submits_its_jobs_runs_the_work_and_cancels_them(tmp_path, monkeypatch):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, text in (("sbatch", FAKE_SBATCH), ("scancel", FAKE_SCANCEL)):
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    config = tmp_path / "slurm.yaml"
+    config.write_text(yaml.safe_dump({"cluster": {"slurm": {
+        "cores": 1, "memory": "1GiB", "walltime": "00:10:00", "jobs": 1, "interface": "lo",
+        "python": sys.executable, "local_directory": str(tmp_path / "spill")}}}))
+    with cluster_for_run(load_settings(config).cluster) as address, client_for(address) as client:
+        client.wait_for_workers(1, timeout=90)
+        assert client.compute(da.ones((64, 64), chunks=16).sum()).result() == 64 * 64
+        [worker] = client.scheduler_info()["workers"].values()
+        assert worker["memory_limit"] == 2**30 and worker["nthreads"] == 1
+        assert list(client.run(lambda: os.environ["DASK_DISTRIBUTED__WORKER__MEMORY__TERMINATE"]).values()) == ["0.95"]
+    assert (bin_dir / "job-1.sh").exists() and (bin_dir / "cancelled").read_text().split() == ["1"]
+    with pytest.raises(OSError):
+        Client(address, timeout="2s")
+
+
+def test_a_slurm_config_without_dask_jobqueue_is_a_configuration_error(monkeypatch):
+    monkeypatch.setitem(sys.modules, "dask_jobqueue", None)  # as if not installed
+    settings = ClusterSettings(threads_per_worker=1, memory_limit="auto", slurm={"cores": 2, "memory": "4GiB"})
+    with pytest.raises(ConfigError, match=r"zarrchive\[slurm\]"):
+        slurm_cluster(settings)
+
+
+# --- the dashboard as a Prefect artifact ---------------------------------------------------------------------
+
+def test_the_cluster_dashboard_is_served_and_described():
+    with cluster_for_run(ClusterSettings(n_workers=1, threads_per_worker=1, memory_limit="1GiB")) as address:
+        view = view_cluster(address)
+        assert view.dashboard.startswith("http://127.0.0.1:") and view.dashboard.endswith("/status")
+        assert (view.workers, view.threads, view.memory) == (1, 1, 2**30)
+        assert "1 workers, 1 threads, 1.00 GiB" in view.describe()
+        with urllib.request.urlopen(view.dashboard, timeout=30) as page:
+            assert page.status == 200 and b"Dask" in page.read()
+
+
+def test_an_ingest_run_shows_its_dask_dashboard_as_an_artifact(demo, scheduler):
+    import json
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
+
+    pub, *_ = demo
+    crate = json.loads((Path(pub.version_uri) / "ro-crate-metadata.json").read_text())
+    [run_id] = {n["zarrchive:prefectFlowRun"] for n in crate["@graph"] if n.get("@type") == "CreateAction"}
+
+    async def artifacts():
+        async with get_client() as client:
+            return await client.read_artifacts(artifact_filter=ArtifactFilter(
+                flow_run_id=ArtifactFilterFlowRunId(any_=[run_id]), key=ArtifactFilterKey(any_=["dask-dashboard"])))
+
+    [artifact] = asyncio.run(artifacts())
+    link = view_cluster(scheduler).dashboard
+    assert artifact.type == "markdown" and artifact.data == f"[Dask dashboard]({link})"
+    assert f"Dask scheduler {scheduler}: 2 workers" in artifact.description
+    with urllib.request.urlopen(link, timeout=30) as page:  # usable while the cluster runs
+        assert page.status == 200
+
+
+# --- a worker that dies mid-image ----------------------------------------------------------------------------
+
+# Where the victim dies: inside zarr's atomic write of a compressed chunk or shard, after its bytes are in the
+# temporary file and before the rename; the task's earlier writes are in place, the rest of the image is not.
+DYING_WRITE = "zarr.storage._local._atomic_write"
+
+
+class DieInFirstWrite(WorkerPlugin):
+    """The first write into a ``/compress/`` store on any worker of the cluster records its process id in
+    ``marker`` and then waits (to be killed); later writes, and restarted workers, go on normally."""
+
+    name = "zarrchive-test-die-in-first-write"
+    idempotent = True
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def setup(self, worker) -> None:
+        import importlib
+
+        module_name, _, attr = DYING_WRITE.rpartition(".")
+        module = importlib.import_module(module_name)
+        original, marker = getattr(module, attr), self.marker
+
+        @contextlib.contextmanager
+        def dying(path, *args, **kwargs):
+            with original(path, *args, **kwargs) as f:
+                yield f
+                if "/compress/" in str(path) and "/c/" in str(path).replace(os.sep, "/"):
+                    try:
+                        fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+                    except FileExistsError:
+                        return
+                    f.flush()
+                    os.write(fd, str(os.getpid()).encode())
+                    os.close(fd)
+                    time.sleep(120)  # killed long before this ends
+
+        setattr(module, attr, dying)
+
+
+def smooth(shape):
+    rng = np.random.default_rng(7)
+    yy, xx = np.mgrid[0:shape[-2], 0:shape[-1]]
+    base = (np.sin(yy / 9.0) + np.cos(xx / 7.0) + 2) * 800
+    return (np.broadcast_to(base, shape) + rng.normal(0, 5, shape)).clip(0, 65535).astype(np.uint16)
+
+
+def prepared_image(tmp_path: Path, scheduler: str):
+    """A converted, pyramided 2-channel z-stack in small chunks (level 0: ten compress tasks of 8 shards)."""
+    from builders import ome_tiff
+    from zarrchive.records import FileRecord
+    from zarrchive.tasks.convert import convert_file
+    from zarrchive.tasks.pyramid import build_pyramid
+
+    settings = load_settings()
+    data = smooth((2, 2, 140, 100))
+    path = ome_tiff(tmp_path / "x.ome.tif", data, "CZYX", {"x": 0.5, "y": 0.5, "z": 1.0}, ["a", "b"])
+    record = FileRecord(path="x.ome.tif", source_uri=str(path), staged_path=str(path), size=path.stat().st_size,
+                        sha256=hashlib.sha256(path.read_bytes()).hexdigest(), kind="image")
+    small = settings.convert.model_copy(update={"chunk_xy": 16})
+    [image] = convert_file(record, None, str(tmp_path / "work"), small)
+    return build_pyramid(image, settings.pyramid), data, record
+
+
+def compress(image, record, work: Path, scheduler: str):
+    """The compress stage on ``image`` (shards of 2x2 chunks) into ``work``, as the flow calls it."""
+    from zarrchive.tasks.compress import compress_image
+
+    settings = load_settings().compress.model_copy(update={"shard_xy": 32, "shard_z": 1})
+    return compress_image(image, record, str(work), settings, scheduler)
+
+
+def compress_while_a_worker_dies(tmp_path: Path, allowed_failures: int):
+    """Compress a prepared image on a cluster of its own (2 workers) while the first worker to write a shard is
+    killed (SIGKILL) mid-write. Return the image, its pixels, the report or error, the store, and the report of
+    the same compression undisturbed (None after an error)."""
+    cluster = ClusterSettings(n_workers=2, threads_per_worker=1, memory_limit="1GiB",
+                              allowed_failures=allowed_failures)
+    with cluster_for_run(cluster) as address:
+        image, data, record = prepared_image(tmp_path, address)
+        marker = tmp_path / "victim.pid"
+        with Client(address, set_as_default=False) as client:
+            pids = set(client.run(os.getpid).values())
+            client.register_plugin(DieInFirstWrite(str(marker)))
+            killed: list[int] = []
+
+            def kill_the_victim():
+                deadline = time.monotonic() + 120
+                while time.monotonic() < deadline and not (marker.exists() and marker.read_text()):
+                    time.sleep(0.02)
+                pid = int(marker.read_text())
+                assert pid in pids
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+
+            killer = threading.Thread(target=kill_the_victim, daemon=True)
+            killer.start()
+            try:
+                outcome = compress(image, record, tmp_path / "work", address)
+            except ClusterError as exc:
+                outcome = exc
+            killer.join(timeout=130)
+            assert killed, "no worker was killed"
+            client.wait_for_workers(2, timeout=60)  # the nanny started a new worker process
+            assert killed[0] not in set(client.run(os.getpid).values())
+        undisturbed = None if isinstance(outcome, Exception) else \
+            compress(image, record, tmp_path / "undisturbed", address)
+    return image, data, outcome, tmp_path / "work" / "compress", undisturbed
+
+
+def test_work_lost_with_a_killed_worker_is_redone_and_the_image_is_bit_exact(tmp_path):
+    from zarrchive.ngff import validate_image
+    from zarrchive.tasks.compress import chunk_slices
+
+    from zarrchive.tasks.pyramid import downsample_mean, factors
+
+    image, data, report, work, undisturbed = compress_while_a_worker_dies(tmp_path, allowed_failures=3)
+    assert not isinstance(report, Exception), report
+    above = data
+    for level, below in zip(image.levels, image.levels[1:] + (None,)):
+        written = zarr.open_array(f"{report.store}/{level.path}", mode="r")[...]
+        np.testing.assert_array_equal(written, above)
+        if below is not None:
+            above = downsample_mean(written, tuple(i for i, f in enumerate(factors(level, below)) if f == 2))
+    assert report.chunks_verified == sum(len(chunk_slices(l.shape, l.chunks)) for l in image.levels)
+    digests = "".join(hashlib.sha256(np.ascontiguousarray(data[r]).tobytes()).hexdigest()
+                      for r in chunk_slices(image.levels[0].shape, image.levels[0].chunks))
+    assert report.level0_sha256 == hashlib.sha256(digests.encode()).hexdigest()
+    assert validate_image(report.store) == []
+    # the dead worker's unfinished write leaves nothing behind: the store is the one an undisturbed run writes
+    assert [p.name for p in work.iterdir()] == [Path(report.store).name]
+    assert not [p for p in work.rglob("*") if p.is_file() and p.name.endswith(".partial")]
+    assert (report.store_sha256, report.bytes_out) == (undisturbed.store_sha256, undisturbed.bytes_out)
+
+
+def test_an_image_whose_worker_dies_beyond_allowed_failures_fails_cleanly(tmp_path):
+    _image, _data, outcome, work, _ = compress_while_a_worker_dies(tmp_path, allowed_failures=0)
+    assert isinstance(outcome, ClusterError)
+    assert "died 1 time(s) while running" in str(outcome) and "stream_region" in str(outcome)
+    # nothing was reported, and nothing half-written is left: the store was built under a temporary name
+    assert list(work.iterdir()) == []

@@ -1,20 +1,37 @@
 """The Dask distributed cluster that does the array work of a run.
 
-By default a ``LocalCluster`` is started for the run and closed after it; with
-``cluster.address`` set, an existing scheduler is used and left running.
-Tasks receive only the scheduler address and connect with ``client_for``.
+``cluster_for_run`` yields the scheduler address of the run's cluster, whose
+kind follows from the configuration (``ClusterSettings.kind``):
+
+- ``local`` (the default): a ``LocalCluster`` sized to the machine, one worker
+  process per core, each with an explicit memory limit; started for the run
+  and closed after it;
+- ``address``: an existing scheduler, used as it is and left running;
+- ``slurm``: workers as Slurm batch jobs through dask-jobqueue (the optional
+  ``zarrchive[slurm]`` extra); the scheduler runs in this process for the run,
+  the jobs are cancelled at its end.
+
+Workers zarrchive starts get the configured memory thresholds (spill, pause,
+restart) and the scheduler the number of worker deaths a task may survive; a
+task whose workers keep dying fails its stage with ``ClusterError``. Tasks
+receive only the scheduler address and connect with ``client_for``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
-from typing import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Iterator
 
-import dask.config
-from distributed import Client, LocalCluster
+import dask
+from distributed import Client, KilledWorker, LocalCluster
+from distributed.diagnostics.plugin import WorkerPlugin
 
-from zarrchive.config import ClusterSettings
+from zarrchive.config import ClusterSettings, SlurmSettings, WorkerMemory
+from zarrchive.errors import ClusterError, ConfigError
+
+if TYPE_CHECKING:
+    from dask_jobqueue import SLURMCluster
 
 
 # distributed starts workers with MALLOC_TRIM_THRESHOLD_=64 KiB so they hand memory back to the system; set
@@ -29,27 +46,133 @@ WORKER_MALLOC = {
 
 @contextlib.contextmanager
 def cluster_for_run(settings: ClusterSettings) -> Iterator[str]:
-    """Yield the scheduler address of the run's cluster (started here unless configured)."""
-    if settings.address:
+    """Yield the scheduler address of the run's cluster (started here unless ``settings.address`` is given)."""
+    if settings.kind == "address":
         yield settings.address
         return
-    n_workers = settings.n_workers or max(1, os.cpu_count() or 1)
-    with dask.config.set(WORKER_MALLOC):
-        cluster = LocalCluster(
-            n_workers=n_workers,
-            threads_per_worker=settings.threads_per_worker,
-            memory_limit=settings.memory_limit,
-            processes=True,
-            dashboard_address=":0",
-            host="127.0.0.1",
-        )
+    cluster = slurm_cluster(settings) if settings.kind == "slurm" else local_cluster(settings)
     try:
+        if settings.kind == "slurm":
+            submit_jobs(cluster, settings.slurm)
         yield cluster.scheduler_address
     finally:
         cluster.close()
 
 
-# Imported on every worker before a stage sends work: a worker that unpickles a zarr array in its
+def local_sizes(settings: ClusterSettings) -> tuple[int, int]:
+    """Workers and memory limit (bytes) per worker of the LocalCluster: ``n_workers`` or as many workers as the
+    machine's cores allow at ``threads_per_worker`` each; ``memory_limit`` or the machine's memory shared
+    equally (both as the process may use them: CPU affinity and cgroup limits count)."""
+    from dask.system import CPU_COUNT
+    from dask.utils import parse_bytes
+    from distributed.system import MEMORY_LIMIT
+
+    n_workers = settings.n_workers or max(1, CPU_COUNT // settings.threads_per_worker)
+    if settings.memory_limit == "auto":
+        return n_workers, MEMORY_LIMIT // n_workers
+    return n_workers, parse_bytes(settings.memory_limit)
+
+
+def local_cluster(settings: ClusterSettings) -> LocalCluster:
+    """A LocalCluster of worker processes on loopback, with explicit memory limits and thresholds."""
+    n_workers, memory_limit = local_sizes(settings)
+    with dask.config.set(scheduler_config(settings) | worker_memory_config(settings.worker_memory) | WORKER_MALLOC):
+        # the nannies keep this configuration for the workers they start, restarts included
+        return LocalCluster(n_workers=n_workers, threads_per_worker=settings.threads_per_worker,
+                            memory_limit=memory_limit, processes=True, dashboard_address=":0", host="127.0.0.1")
+
+
+def slurm_cluster(settings: ClusterSettings) -> SLURMCluster:
+    """A SLURMCluster from ``settings.slurm``, not yet scaled (no job submitted): its scheduler runs here."""
+    try:
+        from dask_jobqueue import SLURMCluster
+    except ImportError as exc:
+        raise ConfigError("cluster.slurm", [
+            f"Slurm clusters need dask-jobqueue, which is not installed ({exc}): pip install 'zarrchive[slurm]'"
+        ]) from exc
+    slurm: SlurmSettings = settings.slurm
+    prologue = [f"export {name}={value}" for name, value in worker_memory_environment(settings.worker_memory)]
+    scheduler_options: dict[str, Any] = {"dashboard_address": slurm.dashboard_address}
+    if slurm.scheduler_interface:
+        scheduler_options["interface"] = slurm.scheduler_interface
+    with dask.config.set(scheduler_config(settings)):
+        return SLURMCluster(
+            queue=slurm.partition, account=slurm.account, cores=slurm.cores, memory=slurm.memory,
+            processes=slurm.processes, walltime=slurm.walltime, job_name=slurm.job_name,
+            job_extra_directives=list(slurm.job_extra_directives),
+            job_script_prologue=prologue + list(slurm.job_script_prologue),
+            python=slurm.python, local_directory=slurm.local_directory, log_directory=slurm.log_directory,
+            interface=slurm.interface, scheduler_options=scheduler_options,
+        )
+
+
+def submit_jobs(cluster: SLURMCluster, slurm: SlurmSettings) -> None:
+    """Ask for the configured number of jobs, or let the cluster adapt between the minimum and maximum."""
+    if isinstance(slurm.jobs, int):
+        cluster.scale(jobs=slurm.jobs)
+    else:
+        cluster.adapt(minimum_jobs=slurm.jobs.minimum, maximum_jobs=slurm.jobs.maximum)
+
+
+def scheduler_config(settings: ClusterSettings) -> dict[str, Any]:
+    """Dask configuration of a scheduler zarrchive starts."""
+    return {"distributed.scheduler.allowed-failures": settings.allowed_failures}
+
+
+def worker_memory_config(memory: WorkerMemory) -> dict[str, Any]:
+    """Dask configuration of the memory thresholds of the workers zarrchive starts."""
+    return {f"distributed.worker.memory.{name}": value for name, value in memory.model_dump().items()}
+
+
+def worker_memory_environment(memory: WorkerMemory) -> list[tuple[str, str]]:
+    """The same thresholds as environment variables, for workers started elsewhere (a Slurm job script)."""
+    return [(f"DASK_DISTRIBUTED__WORKER__MEMORY__{name.upper()}", str(value))
+            for name, value in memory.model_dump().items()]
+
+
+@dataclass(frozen=True)
+class ClusterView:
+    """What a run's cluster looks like from its scheduler, at one moment."""
+
+    address: str
+    dashboard: str | None
+    workers: int
+    threads: int
+    memory: int
+
+    def describe(self) -> str:
+        from dask.utils import format_bytes
+
+        return (f"Dask scheduler {self.address}: {self.workers} workers, {self.threads} threads, "
+                f"{format_bytes(self.memory)} memory limit in all")
+
+
+def view_cluster(address: str) -> ClusterView:
+    """Ask the scheduler at ``address`` for its dashboard link (None without a dashboard) and its workers."""
+    with Client(address, set_as_default=False, timeout="30s") as client:
+        info = client.scheduler_info(n_workers=-1)
+        try:
+            dashboard = client.dashboard_link  # follows dask's distributed.dashboard.link template
+        except KeyError:  # a scheduler started without its dashboard
+            dashboard = None
+    workers = info["workers"].values()
+    return ClusterView(address=address, dashboard=dashboard, workers=len(workers),
+                       threads=sum(w["nthreads"] for w in workers), memory=sum(w["memory_limit"] for w in workers))
+
+
+def link_dashboard(address: str) -> ClusterView:
+    """Show the Dask dashboard of the scheduler at ``address`` as the ``dask-dashboard`` link artifact of the
+    current Prefect flow run (nothing is created when the scheduler has no dashboard)."""
+    from prefect.artifacts import create_link_artifact
+
+    view = view_cluster(address)
+    if view.dashboard:
+        create_link_artifact(view.dashboard, link_text="Dask dashboard", key="dask-dashboard",
+                             description=view.describe())
+    return view
+
+
+# Imported on every worker before it runs stage work: a worker that unpickles a zarr array in its
 # communication thread while a task thread is still importing zarr hits a circular-import error
 # (seen on fresh workers), and the nanny restarts it.
 WORKER_MODULES = ("zarr", "zarr.core.array", "zarr.api.asynchronous", "numcodecs", "tifffile", "bioio",
@@ -64,13 +187,34 @@ def import_worker_modules() -> list[str]:
     return [importlib.import_module(name).__name__ for name in WORKER_MODULES]
 
 
+class ImportStageModules(WorkerPlugin):
+    """Imports the stage modules on every worker of the scheduler, those that join later included (a worker
+    the nanny restarted after a crash, a Slurm job that started late), before the worker takes tasks."""
+
+    name = "zarrchive-import-stage-modules"
+    idempotent = True  # registered once per scheduler, however many stages connect
+
+    def setup(self, worker) -> None:
+        import_worker_modules()
+
+
 @contextlib.contextmanager
 def client_for(address: str) -> Iterator[Client]:
-    """A client of the scheduler at ``address`` for the duration of one stage, its workers ready."""
+    """A client of the scheduler at ``address`` for the duration of one stage, its workers ready.
+
+    A task that was running each time one of ``allowed_failures + 1`` workers died (a crash, an out-of-memory
+    kill) fails the stage with ``ClusterError``; work lost with fewer deaths is simply redone.
+    """
     client = Client(address, set_as_default=False, timeout="30s")
     try:
-        client.run(import_worker_modules)
+        client.register_plugin(ImportStageModules())
         with client.as_current():
             yield client
+    except KilledWorker as exc:
+        raise ClusterError(
+            f"Dask workers died {exc.allowed_failures + 1} time(s) while running {exc.task!r}, the last one "
+            f"{exc.last_worker.address} (cluster.allowed_failures: {exc.allowed_failures}). Workers killed for "
+            "their memory need a larger memory limit per thread for these chunk and shard sizes"
+        ) from exc
     finally:
         client.close()

@@ -9,10 +9,10 @@ from __future__ import annotations
 import datetime as dt
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from zarrchive.errors import ConfigError
 
@@ -64,11 +64,99 @@ class CompressSettings(Section):
     ngff: Literal["0.5", "0.4"] = "0.5"
 
 
+def _byte_size(value: str) -> str:
+    from dask.utils import parse_bytes
+
+    parse_bytes(value)  # ValueError: "Could not interpret 'x' as a byte unit"
+    return value
+
+
+def _memory_limit(value: str) -> str:
+    return value if value == "auto" else _byte_size(value)
+
+
+Fraction = Annotated[float, Field(gt=0, le=1)] | Literal[False]
+
+
+class WorkerMemory(Section):
+    """Dask's memory thresholds of a worker, as fractions of its memory limit (``false`` turns one off)."""
+
+    target: Fraction = 0.6
+    spill: Fraction = 0.7
+    pause: Fraction = 0.8
+    terminate: Fraction = 0.95
+
+    @model_validator(mode="after")
+    def _in_order(self) -> "WorkerMemory":
+        steps = [(name, value) for name in ("target", "spill", "pause", "terminate")
+                 if (value := getattr(self, name)) is not False]
+        for (low, a), (high, b) in zip(steps, steps[1:]):
+            if a > b:
+                raise ValueError(f"{low} ({a}) must not be above {high} ({b})")
+        return self
+
+
+class JobRange(Section):
+    """Adaptive scaling: between ``minimum`` and ``maximum`` Slurm jobs, following the load."""
+
+    minimum: int = Field(ge=0)
+    maximum: int = Field(ge=1)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "JobRange":
+        if self.minimum > self.maximum:
+            raise ValueError(f"minimum ({self.minimum}) is above maximum ({self.maximum})")
+        return self
+
+
+class SlurmSettings(Section):
+    """Dask workers as Slurm batch jobs (dask-jobqueue's ``SLURMCluster``); the scheduler runs in the flow."""
+
+    partition: str | None = None
+    account: str | None = None
+    cores: int = Field(ge=1)
+    memory: Annotated[str, AfterValidator(_byte_size)]
+    processes: int = Field(default=1, ge=1)
+    walltime: str = Field(default="01:00:00", pattern=r"^(\d+-)?\d+(:\d{2}){0,2}$")
+    jobs: Annotated[int, Field(ge=1)] | JobRange = 1
+    job_name: str = "zarrchive-worker"
+    job_extra_directives: list[str] = []
+    job_script_prologue: list[str] = []
+    python: str | None = None
+    local_directory: str | None = None
+    log_directory: str | None = None
+    interface: str | None = None
+    scheduler_interface: str | None = None
+    dashboard_address: str = ":0"
+
+    @model_validator(mode="after")
+    def _whole_threads(self) -> "SlurmSettings":
+        if self.cores % self.processes:
+            raise ValueError(f"cores ({self.cores}) must be a multiple of processes ({self.processes})")
+        return self
+
+
 class ClusterSettings(Section):
+    """Which Dask cluster does a run's pixel work: ``kind`` follows from the keys that are set."""
+
     address: str | None = None
     n_workers: int | None = Field(default=None, ge=1)
     threads_per_worker: int = Field(ge=1)
-    memory_limit: str
+    memory_limit: Annotated[str, AfterValidator(_memory_limit)]
+    worker_memory: WorkerMemory = WorkerMemory()
+    allowed_failures: int = Field(default=3, ge=0)
+    slurm: SlurmSettings | None = None
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> "ClusterSettings":
+        if self.address and self.slurm:
+            raise ValueError("give either address (an existing scheduler) or slurm (workers as Slurm jobs), not both")
+        return self
+
+    @property
+    def kind(self) -> Literal["address", "slurm", "local"]:
+        """``address``: an existing scheduler; ``slurm``: a SLURMCluster for the run; ``local``: a LocalCluster."""
+        return "address" if self.address else "slurm" if self.slurm else "local"
 
 
 class QCSettings(Section):

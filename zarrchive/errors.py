@@ -61,6 +61,10 @@ class VerificationError(ZarrchiveError):
     """Written data does not decode to the source data (losslessness violated)."""
 
 
+class ClusterError(ZarrchiveError):
+    """The Dask cluster could not finish a stage's work: workers kept dying while running the same task."""
+
+
 class TransientError(ZarrchiveError):
     """A failure worth retrying: network or storage hiccups, not bad data."""
 

@@ -10,6 +10,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import uuid
 from typing import Any, Iterable, Iterator
 
@@ -122,3 +123,16 @@ def walk_files(root: str) -> Iterator[str]:
         for name in files:
             out.append(os.path.relpath(os.path.join(base, name), root).replace(os.sep, "/"))
     yield from sorted(out)
+
+
+# zarr's local store writes <key>.<32 hex digits>.partial and renames it into place
+_UNFINISHED_ZARR_WRITE = re.compile(r"\.[0-9a-f]{32}\.partial$")
+
+
+def remove_unfinished_writes(root: str) -> list[str]:
+    """Delete what a process killed mid-write left under a local Zarr store (a temporary file never renamed into
+    place: the object itself is whole, or rewritten by the task's retry); return their relative paths."""
+    left = [rel for rel in walk_files(root) if _UNFINISHED_ZARR_WRITE.search(rel)]
+    for rel in left:
+        os.remove(os.path.join(root, rel))
+    return left
