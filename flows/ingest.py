@@ -7,6 +7,8 @@ the other images go on; the publish policy decides what a failure blocks.
 
 from __future__ import annotations
 
+from typing import Literal
+
 from prefect import flow
 from pydantic import BaseModel, Field
 
@@ -33,11 +35,15 @@ class IngestRequest(BaseModel):
     submission: str = Field(description="Submission folder or fsspec URL (it holds submission.yaml)")
     archive: str = Field(description="Archive root: a folder or fsspec URL such as s3://bucket/archive")
     config: str | None = Field(default=None, description="YAML file merged over configs/default.yaml")
+    codec_profile: Literal["compat", "max", "fixed"] | None = Field(
+        default=None, description="compat: codecs every Zarr v3 reader has; max: also JPEG-XL, JPEG-LS, HTJ2K, "
+                                  "pcodec (smallest; reading needs imagecodecs); empty: the config's profile")
 
 
 @flow(name="ingest_submission", flow_run_name="ingest {request.submission}", validate_parameters=True)
 def ingest_submission(request: IngestRequest) -> Publication:
-    settings = load_settings(request.config)
+    settings = load_settings(request.config, {"compress": {"profile": request.codec_profile}}
+                             if request.codec_profile else None)
     lineage: list[LineageRecord] = []
 
     submitted = intake(request.submission, request.archive, settings.archive, settings.submission)

@@ -35,12 +35,13 @@ from prefect import task
 from zarr.codecs import BloscCodec, ZstdCodec
 
 from zarrchive.cluster import client_for
-from zarrchive.config import CompressSettings
+from zarrchive.codecs import array_codec_kwargs, choice_of, choose_codec, make_codec, sample_regions
+from zarrchive.config import CodecSpec, CompressSettings
 from zarrchive.errors import InputError, VerificationError, ZarrchiveError
 from zarrchive.identity import compress_key, compressed_name
 from zarrchive.lineage import Traced, traced
 from zarrchive.ngff import ZARR_FORMAT, group_attributes
-from zarrchive.records import CodecChoice, CompressionReport, FileRecord, ImageRecord, Level
+from zarrchive.records import CodecChoice, CodecSelection, CompressionReport, FileRecord, ImageRecord, Level
 from zarrchive.sources import read_region
 from zarrchive.storage import remove_unfinished_writes, sha256_stream, tree_digest, walk_files
 from zarrchive.tasks.pyramid import downsample_mean, factors
@@ -51,13 +52,6 @@ REGION_BYTES = 128 << 20  # level-0 pixels per streaming task at most: a run of 
 MEMORY_SHARE = 8  # a task holds about 4 copies of its region (source, decoded, halved, encoded): 1/8 of a worker
 BATCH = 32  # chunks per task for the small levels made from the level above
 ZARR_CONFIG = {"codec_pipeline.batch_size": 64}  # encode and decode a shard's chunks together, not one by one
-
-def make_codec(settings: CompressSettings) -> Any:
-    """The zarr v3 codec object for the settings (both are core codecs every Zarr v3 reader has)."""
-    if settings.codec == "blosc":
-        return BloscCodec(cname=settings.cname, clevel=settings.clevel, shuffle=settings.shuffle)
-    return ZstdCodec(level=settings.clevel)
-
 
 def chunk_slices(shape: tuple[int, ...], chunks: tuple[int, ...]) -> list[tuple[slice, ...]]:
     """The region of every chunk, in C order of chunk indices."""
@@ -255,18 +249,18 @@ def compress_image(image: ImageRecord, source: FileRecord, work: str, settings: 
         raise InputError(source.path, "the staged file is not the one the image was converted from "
                                       f"(sha256 {source.sha256[:12]}…, expected {image.source_sha256[:12]}…)")
     started = time.perf_counter()
-    codec = make_codec(settings)
     final = f"{work.rstrip('/')}/compress/{compressed_name(image, settings)}.ome.zarr"
     store = f"{final}.partial-{uuid.uuid4().hex[:8]}"
     axes = [a.name for a in image.axes]
     plans = plan_writes(image, settings)
-    root = zarr.open_group(store, mode="w", zarr_format=ZARR_FORMAT[settings.ngff])
-    for plan in plans:
-        root.create_array(plan.level.path, shape=plan.level.shape, chunks=plan.level.chunks, dtype=image.dtype,
-                          fill_value=0, **array_layout(plan, codec, axes, settings.ngff))
     digests: dict[str, list[tuple]] = {p.level.path: [] for p in plans}
     try:
         with client_for(scheduler) as client:
+            codec, selection = _codec_for(image, source, settings, client)
+            root = zarr.open_group(store, mode="w", zarr_format=ZARR_FORMAT[settings.ngff])
+            for plan in plans:
+                root.create_array(plan.level.path, shape=plan.level.shape, chunks=plan.level.chunks,
+                                  dtype=image.dtype, fill_value=0, **array_layout(plan, codec, axes, settings.ngff))
             regions = stream_regions(image, plans, region_budget(client))
             futures = client.map(stream_region, [source.staged_path] * len(regions), [image] * len(regions),
                                  [store] * len(regions), regions, [plans] * len(regions), pure=False)
@@ -295,12 +289,13 @@ def compress_image(image: ImageRecord, source: FileRecord, work: str, settings: 
         raise VerificationError(f"{image.image_id}: the compress pass failed: {type(exc).__name__}: {exc}") from exc
     bytes_in = sum(int(np.prod(p.level.shape)) * np.dtype(image.dtype).itemsize for p in plans)
     bytes_out, digest = store_digest(final)
-    config = codec.to_dict() if settings.ngff == "0.5" else v2_codec(codec).get_config()
-    if "id" in config:  # a Zarr v2 compressor: {"id": ..., options}
-        config = {"name": config.pop("id"), "configuration": config}
+    if settings.ngff == "0.5":
+        choice = choice_of(codec)
+    else:  # a Zarr v2 compressor: {"id": ..., options}
+        config = v2_codec(codec).get_config()
+        choice = CodecChoice(name=config.pop("id"), configuration=config)
     return CompressionReport(
-        image_id=image.image_id, store=final,
-        codec=CodecChoice(name=config["name"], configuration=config.get("configuration", {})),
+        image_id=image.image_id, store=final, codec=choice, selection=selection,
         bytes_in=bytes_in, bytes_out=bytes_out, ratio=round(bytes_in / bytes_out, 4) if bytes_out else 0.0,
         seconds=round(time.perf_counter() - started, 3), chunks_verified=sum(len(d) for d in digests.values()),
         level0_sha256=hashlib.sha256("".join(d for _s, d in sorted(digests["0"])).encode()).hexdigest(),
@@ -308,11 +303,35 @@ def compress_image(image: ImageRecord, source: FileRecord, work: str, settings: 
     )
 
 
+def _codec_for(image: ImageRecord, source: FileRecord, settings: CompressSettings,
+               client: Any) -> tuple[Any, CodecSelection | None]:
+    """The image's codec: the fixed one, or the profile's candidate chosen on a sample of its chunks."""
+    candidates = settings.candidates()
+    if len(candidates) == 1:
+        return make_codec(candidates[0]), None
+    level0 = image.levels[0]
+    regions = sample_regions(level0.shape, level0.chunks, settings.sample_chunks)
+    selection = client.submit(select_codec, source.staged_path, image, regions, candidates,
+                              settings.min_encode_mbps, pure=False).result()
+    return make_codec(candidates[selection.chosen]), selection
+
+
+def select_codec(source: str, image: ImageRecord, regions: list[tuple[slice, ...]], candidates: list[CodecSpec],
+                 min_encode_mbps: float) -> CodecSelection:
+    """On a worker: read the sample chunks from the source and choose among the candidates."""
+    shown_as = image.source_path if image.series == 0 else f"{image.source_path} [series {image.series}]"
+    try:
+        samples = [read_region(source, image.layout, region) for region in regions]
+    except Exception as exc:
+        raise InputError(shown_as, f"pixels cannot be read: {type(exc).__name__}: {exc}") from exc
+    return choose_codec(samples, candidates, min_encode_mbps)
+
+
 def array_layout(plan: LevelPlan, codec: Any, axes: list[str], ngff: str) -> dict[str, Any]:
     """``create_array`` arguments for a level: sharded Zarr v3 with named dimensions (NGFF 0.5), or Zarr v2
     with '/'-separated chunk keys (NGFF 0.4)."""
     if ngff == "0.5":
-        return {"shards": plan.shards, "compressors": [codec], "dimension_names": axes}
+        return {"shards": plan.shards, "dimension_names": axes, **array_codec_kwargs(codec)}
     return {"compressors": v2_codec(codec), "chunk_key_encoding": {"name": "v2", "separator": "/"}}
 
 

@@ -270,7 +270,7 @@ def compress(image, record, work: Path, scheduler: str):
     """The compress stage on ``image`` (shards of 2x2 chunks) into ``work``, as the flow calls it."""
     from zarrchive.tasks.compress import compress_image
 
-    settings = load_settings().compress.model_copy(update={"shard_xy": 32, "shard_z": 1})
+    settings = load_settings().compress.model_copy(update={"shard_xy": 32, "shard_z": 1, "profile": "fixed"})
     return compress_image(image, record, str(work), settings, scheduler)
 
 

@@ -23,6 +23,6 @@ def test_every_deployment_loads_its_flow_with_an_enforced_parameter_schema(monke
         if deployment["name"] == "ingest":
             assert flow.name == "ingest_submission"
             request = schema["definitions"]["IngestRequest"]
-            assert set(request["properties"]) == {"submission", "archive", "config"}
+            assert set(request["properties"]) == {"submission", "archive", "config", "codec_profile"}
             assert set(request["required"]) == {"submission", "archive"}
             assert all(p.get("description") for p in request["properties"].values())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import tifffile
 import zarr
 
@@ -45,3 +46,19 @@ def test_a_bad_input_is_a_clear_error_and_writes_nothing(tmp_path, config_file, 
     assert main(["convert", str(bad), str(tmp_path / "out.ome.zarr"), "--config", config_file()]) == 1
     assert "scan.tif" in capsys.readouterr().err and not (tmp_path / "out.ome.zarr").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith("zarrchive-convert-")]
+
+
+def test_codec_profile_on_the_command_line(tmp_path, config_file, capsys):
+    yy, xx = np.mgrid[0:96, 0:80]
+    smooth = 400 + 300 * np.sin(yy / 7.0) * np.cos(xx / 5.0)
+    data = (smooth + np.random.default_rng(1).poisson(30, (1, 2, 96, 80))).astype("uint16")
+    source = ome_tiff(tmp_path / "p.ome.tif", data, "CZYX", {"x": 0.2, "y": 0.2, "z": 1.0})
+    out = tmp_path / "p.ome.zarr"
+    config = config_file(convert={"chunk_xy": 32}, compress={"min_encode_mbps": 0})  # tiny chunks measure slow
+    assert main(["convert", str(source), str(out), "--config", config, "--codec-profile", "max"]) == 0
+    serializer = zarr.open_array(out / "0", mode="r").metadata.codecs[0].codecs[0]
+    assert type(serializer).__module__ == "zarrchive.codecs"  # one of imagecodecs' image codecs was chosen
+    np.testing.assert_array_equal(zarr.open_array(out / "0", mode="r")[...], data)
+    with pytest.raises(SystemExit) as usage:
+        main(["convert", str(source), str(tmp_path / "x.ome.zarr"), "--codec-profile", "best"])
+    assert usage.value.code == 2 and "invalid choice: 'best'" in capsys.readouterr().err

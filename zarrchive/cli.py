@@ -20,6 +20,9 @@ from zarrchive.errors import ConfigError, SubmissionError, ZarrchiveError
 from zarrchive.records import Publication
 
 EXIT_OK, EXIT_NOT_PUBLISHED, EXIT_USAGE = 0, 1, 2
+PROFILES = ("compat", "max", "fixed")
+PROFILE_HELP = ("codecs to choose from per image: compat (every Zarr v3 reader), max (also JPEG-XL, JPEG-LS, "
+                "HTJ2K, pcodec: smallest; reading needs imagecodecs), fixed (compress.codec); default: the config's")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -31,6 +34,7 @@ def _parser() -> argparse.ArgumentParser:
     ingest.add_argument("--archive", required=True, help="archive root: a folder or fsspec URL")
     ingest.add_argument("--config", help="YAML merged over configs/default.yaml")
     ingest.add_argument("--json", action="store_true", help="print one JSON object for scripts")
+    ingest.add_argument("--codec-profile", choices=PROFILES, help=PROFILE_HELP)
 
     demo = sub.add_parser("demo", help="generate a sample submission and ingest it")
     demo.add_argument("--archive", default="zarrchive-demo/archive", help="archive folder (default: %(default)s)")
@@ -42,6 +46,7 @@ def _parser() -> argparse.ArgumentParser:
     conv.add_argument("output", help="the .ome.zarr folder to write")
     conv.add_argument("--config", help="YAML merged over configs/default.yaml (convert, pyramid, compress, cluster)")
     conv.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    conv.add_argument("--codec-profile", choices=PROFILES, help=PROFILE_HELP)
 
     validate = sub.add_parser("validate", help="check a submission (submission.yaml and its files) without ingesting")
     validate.add_argument("submission", help="folder or URL holding submission.yaml")
@@ -77,7 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("distributed").setLevel(logging.WARNING)
     try:
         if args.command == "ingest":
-            return _ingest(args.submission, args.archive, args.config, args.json)
+            return _ingest(args.submission, args.archive, args.config, args.json, args.codec_profile)
         if args.command == "demo":
             from zarrchive.demo import make_sample_submission
 
@@ -86,7 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"Sample submission: {folder}")
             return _ingest(str(folder), args.archive, args.config, args.json)
         if args.command == "convert":
-            return _convert(args.input, args.output, args.config, args.overwrite)
+            return _convert(args.input, args.output, args.config, args.overwrite, args.codec_profile)
         if args.command == "validate":
             return _validate(args.submission, args.config, args.json)
         if args.command == "show":
@@ -101,14 +106,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     return EXIT_USAGE
 
 
-def _ingest(submission: str, archive: str, config: str | None, as_json: bool) -> int:
+def _ingest(submission: str, archive: str, config: str | None, as_json: bool, profile: str | None = None) -> int:
     from zarrchive.config import load_settings
 
-    load_settings(config)  # configuration errors are usage errors: report them before anything runs
+    load_settings(config, _profile(profile))  # configuration errors are usage errors: report them before a run
     from zarrchive.flows.ingest import IngestRequest, ingest_submission
 
     try:
-        publication = ingest_submission(IngestRequest(submission=submission, archive=archive, config=config))
+        publication = ingest_submission(IngestRequest(submission=submission, archive=archive, config=config,
+                                                      codec_profile=profile))
     except SubmissionError as exc:
         return _refused(submission, archive, exc.problems, as_json)
     except ConfigError:
@@ -147,13 +153,18 @@ def _report(pub: Publication, as_json: bool) -> None:
         print(f"  reason: {reason}")
 
 
-def _convert(source: str, output: str, config: str | None, overwrite: bool) -> int:
+def _profile(profile: str | None) -> dict | None:
+    """Settings overrides for ``--codec-profile``."""
+    return {"compress": {"profile": profile}} if profile else None
+
+
+def _convert(source: str, output: str, config: str | None, overwrite: bool, profile: str | None = None) -> int:
     from tqdm import tqdm
 
     from zarrchive.config import load_settings
     from zarrchive.standalone import convert_to_ome_zarr
 
-    settings = load_settings(config)
+    settings = load_settings(config, _profile(profile))
     with tqdm(unit=" step", file=sys.stderr, bar_format="{desc} [{n_fmt} steps, {elapsed}]") as bar:
         def progress(message: str) -> None:
             bar.set_description_str(message)

@@ -176,7 +176,7 @@ def link_dashboard(address: str) -> ClusterView:
 # communication thread while a task thread is still importing zarr hits a circular-import error
 # (seen on fresh workers), and the nanny restarts it.
 WORKER_MODULES = ("zarr", "zarr.core.array", "zarr.api.asynchronous", "numcodecs", "tifffile", "bioio",
-                  "zarrchive.tasks.convert", "zarrchive.tasks.pyramid", "zarrchive.tasks.compress",
+                  "zarrchive.codecs", "zarrchive.tasks.convert", "zarrchive.tasks.pyramid", "zarrchive.tasks.compress",
                   "zarrchive.tasks.qc")
 
 

@@ -54,14 +54,42 @@ class PyramidSettings(Section):
     max_levels: int = Field(ge=1)
 
 
+class CodecSpec(Section):
+    """One lossless codec with its settings: a candidate of a profile, or the fixed codec."""
+
+    codec: Literal["blosc", "zstd", "jpegxl", "jpegls", "htj2k", "pcodec"]
+    cname: Literal["zstd", "lz4", "lz4hc", "zlib", "blosclz"] = "zstd"  # blosc's inner compressor
+    clevel: int = Field(default=3, ge=0, le=22)  # blosc / zstd level
+    shuffle: Literal["shuffle", "bitshuffle", "noshuffle"] = "shuffle"  # blosc only
+    level: int | None = Field(default=None, ge=0, le=12)  # jpegxl effort (1-9), pcodec level (0-12)
+
+
 class CompressSettings(Section):
-    codec: Literal["blosc", "zstd"]
+    profile: Literal["compat", "max", "fixed"] = "compat"
+    profiles: dict[Literal["compat", "max"], list[CodecSpec]] = {}
+    min_encode_mbps: float = Field(default=40.0, ge=0)
+    sample_chunks: int = Field(default=8, ge=1, le=256)
+    codec: Literal["blosc", "zstd"] = "blosc"  # the fixed codec (profile: fixed)
     cname: Literal["zstd", "lz4", "lz4hc", "zlib", "blosclz"] = "zstd"
-    clevel: int = Field(ge=0, le=22)
-    shuffle: Literal["shuffle", "bitshuffle", "noshuffle"] = "shuffle"
+    clevel: int = Field(default=3, ge=0, le=22)
+    shuffle: Literal["shuffle", "bitshuffle", "noshuffle"] = "bitshuffle"
     shard_xy: int = Field(default=2048, ge=0)
     shard_z: int = Field(default=8, ge=1)
     ngff: Literal["0.5", "0.4"] = "0.5"
+
+    @model_validator(mode="after")
+    def _profile_is_usable(self) -> "CompressSettings":
+        if self.profile != "fixed" and not self.profiles.get(self.profile):
+            raise ValueError(f"profile {self.profile!r} has no candidates under compress.profiles")
+        if self.ngff == "0.4" and any(c.codec not in ("blosc", "zstd") for c in self.candidates()):
+            raise ValueError("OME-NGFF 0.4 (Zarr v2) output takes blosc or zstd only: use profile compat or fixed")
+        return self
+
+    def candidates(self) -> list[CodecSpec]:
+        """The codecs to choose from: the profile's candidates, or the one fixed codec."""
+        if self.profile == "fixed":
+            return [CodecSpec(codec=self.codec, cname=self.cname, clevel=self.clevel, shuffle=self.shuffle)]
+        return list(self.profiles[self.profile])
 
 
 def _byte_size(value: str) -> str:

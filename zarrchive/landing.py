@@ -24,6 +24,11 @@ def citation(submission: Submission, version: int) -> str:
     return f"{who} ({doc.release_date.year}). {doc.title}. zarrchive {submission.accession}, version {version}."
 
 
+def needs_imagecodecs(report: Any) -> bool:
+    """Whether an image's codec is one only readers with imagecodecs (and zarrchive's codecs) can decode."""
+    return report.codec.name.startswith("imagecodecs_")
+
+
 def human_size(n: float) -> str:
     """A byte count for people, in decimal units: 18.6 MB."""
     for unit in ("B", "KB", "MB", "GB", "TB"):
@@ -53,7 +58,13 @@ def render_landing_page(submission: Submission, version: int, outcomes: list[Ima
             f"<td>{e(str(row.get('axes', '')))} {e(str(row.get('shape', '')))}</td><td>{e(str(row.get('dtype', '')))}</td>"
             f"<td>{e(pixel)} {e(str(row.get('unit') or ''))}</td><td>{e(str(row.get('channel_names', '')))}</td>"
             f"<td>{e(o.qc)}</td><td>{human_size(report.bytes_out) if report else ''}"
-            f"{f' ({report.ratio:.2f}×)' if report else ''}</td></tr>")
+            f"{f' ({report.ratio:.2f}×)' if report else ''}</td>"
+            f"<td>{e(report.codec.name) if report else ''}{'*' if report and needs_imagecodecs(report) else ''}"
+            f"</td></tr>")
+    codec_note = ("<p>* stored with a lossless image codec of imagecodecs (the <code>max</code> profile): "
+                  "reading it needs zarr-python with <code>imagecodecs</code> and <code>zarrchive</code> "
+                  "installed (<code>pip install zarrchive</code>), which registers the codec with zarr.</p>"
+                  if any(needs_imagecodecs(r) for r in reports) else "")
     file_rows = "".join(f"<tr><td><a href='originals/{e(f.path)}'>{e(f.path)}</a></td><td>{e(f.kind)}</td>"
                         f"<td>{human_size(f.size)}</td><td><code>{f.sha256}</code></td></tr>" for f in files)
     runs = sorted({r.flow_run_id for r in lineage if r.flow_run_id})
@@ -90,7 +101,8 @@ td,th{{border:1px solid #ccc;padding:.25rem .5rem;text-align:left;font-size:.9re
 neuroglancer/vizarr. Quality control: <a href="qc/index.html">report</a> ({len(qc_report.errors)} error(s),
 {len(qc_report.warnings)} warning(s)).</p>
 <table><thead><tr><th>image</th><th>source</th><th>axes, shape</th><th>type</th><th>pixel size (z × y × x)</th>
-<th>channels</th><th>QC</th><th>stored</th></tr></thead><tbody>{''.join(image_rows)}</tbody></table>
+<th>channels</th><th>QC</th><th>stored</th><th>codec</th></tr></thead><tbody>{''.join(image_rows)}</tbody></table>
+{codec_note}
 <h2>Files as submitted</h2>
 <table><thead><tr><th>path</th><th>kind</th><th>size</th><th>sha256</th></tr></thead><tbody>{file_rows}</tbody></table>
 <h2>Provenance</h2>

@@ -86,6 +86,7 @@ def traced(stage: str, fn: Callable[..., T], *args: Any, image_id: str | None = 
         flow_run_id=flow_run_id,
         task_run_id=task_run_id,
         run_url=run_url,
+        facts=getattr(output, "facts", dict)(),
     )
     return Traced(output=output, lineage=record)
 
@@ -186,6 +187,8 @@ def build_crate(
             action["url"] = rec.run_url
         if rec.error:
             action["error"] = rec.error
+        if rec.facts:
+            action["zarrchive:facts"] = rec.facts
         graph.append(action)
 
     if publish_results:

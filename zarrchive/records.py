@@ -262,10 +262,33 @@ class ImageRecord(Record):
 
 
 class CodecChoice(Record):
-    """A codec as written into Zarr metadata (name + configuration)."""
+    """A codec as written into Zarr metadata (name + configuration), and who can read it."""
 
     name: str
     configuration: dict[str, Any]
+    readable_by: str = "any Zarr v3 reader"
+
+
+class CodecTrial(Record):
+    """One candidate codec measured on an image's sample chunks (or skipped, and why)."""
+
+    codec: CodecChoice
+    ratio: float | None = None
+    stored_bytes: int | None = None
+    encode_mbps: float | None = None  # one thread
+    decode_mbps: float | None = None
+    skipped: str | None = None
+
+
+class CodecSelection(Record):
+    """How an image's codec was chosen: the objective, the sample, every candidate's figures."""
+
+    objective: str
+    min_encode_mbps: float
+    sample_chunks: int
+    sample_bytes: int
+    candidates: list[CodecTrial]
+    chosen: int  # index into candidates
 
 
 class CompressionReport(Record):
@@ -281,9 +304,16 @@ class CompressionReport(Record):
     chunks_verified: int
     level0_sha256: str  # digest over level 0's decoded chunks, in chunk order
     store_sha256: str  # digest over every object of the store (path + sha256)
+    selection: CodecSelection | None = None  # how the codec was chosen (None: a fixed codec)
 
     def entities(self) -> list[Entity]:
         return [Entity(uri=self.store, kind="zarr", role="output", size=self.bytes_out, sha256=self.store_sha256)]
+
+    def facts(self) -> dict[str, Any]:
+        """What lineage keeps of the stage's outcome: the codec, who can read it, how it was chosen."""
+        return {"codec": self.codec.model_dump(mode="json"), "ratio": self.ratio, "bytes_out": self.bytes_out,
+                "chunks_verified": self.chunks_verified,
+                "codec_selection": self.selection.model_dump(mode="json") if self.selection else None}
 
 
 class QCReport(Record):
@@ -355,5 +385,6 @@ class LineageRecord(Record):
     flow_run_id: str | None = None
     task_run_id: str | None = None
     run_url: str | None = None  # the flow run in the Prefect UI, when a server is used
+    facts: dict[str, Any] = {}  # what the stage measured or decided (e.g. the codec chosen and why)
     outcome: Literal["success", "failed"] = "success"
     error: str | None = None

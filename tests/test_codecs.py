@@ -1,0 +1,125 @@
+"""Codecs: imagecodecs' lossless image codecs as Zarr v3 codecs, the profiles, and the per-image choice."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import zarr
+from hypothesis import given, settings as hsettings, strategies as st
+from hypothesis.extra.numpy import arrays
+
+from builders import archive_images, ome_tiff
+from zarrchive.codecs import (
+    IMAGE_CODECS, OBJECTIVE, WITH_IMAGECODECS, array_codec_kwargs, choose_codec, make_codec, sample_regions,
+)
+from zarrchive.config import CodecSpec, load_settings
+from zarrchive.errors import ConfigError
+
+
+def microscopy(shape, dtype="uint16", seed=0):
+    """Smooth structure, blobs and shot noise: what the image codecs are for."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:shape[-2], 0:shape[-1]]
+    base = 300 + 200 * np.sin(yy / 11.0) * np.cos(xx / 17.0)
+    stack = np.broadcast_to(base, shape) + rng.poisson(40, shape)
+    return np.clip(stack, 0, np.iinfo(dtype).max).astype(dtype)
+
+
+@pytest.mark.parametrize("name", sorted(IMAGE_CODECS))
+def test_each_image_codec_round_trips_in_sharded_arrays_and_plain_zarr_reads_it(tmp_path, name):
+    cls = IMAGE_CODECS[name]
+    for dtype in cls.dtypes:
+        if dtype in ("uint64", "int64"):
+            continue
+        info = np.iinfo(dtype) if np.dtype(dtype).kind in "ui" else None
+        data = microscopy((2, 64, 48), "uint16").astype(np.int64) % min(info.max if info else 65535, 65535)
+        if info is not None and info.min < 0:
+            data = data - 100  # negative values too
+        data = data.astype(dtype)
+        path = tmp_path / f"{name}-{dtype}"
+        array = zarr.create_array(str(path), shape=data.shape, chunks=(1, 32, 16), shards=(2, 64, 48),
+                                  dtype=dtype, zarr_format=3, **array_codec_kwargs(make_codec(CodecSpec(codec=name))))
+        array[...] = data
+        np.testing.assert_array_equal(zarr.open_array(str(path), mode="r")[...], data)
+        meta = json.loads((path / "zarr.json").read_text())
+        inner = meta["codecs"][0]["configuration"]["codecs"]
+        assert inner[0]["name"] == cls.codec_name  # the serializer inside the sharding codec
+    # a reader that has zarrchive installed but never imports it: the entry point registers the codec
+    code = "import zarr, sys; a = zarr.open_array(sys.argv[1], mode='r'); print(int(a[...].astype('int64').sum()))"
+    out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, check=True)
+    assert int(out.stdout) == int(data.astype(np.int64).sum())
+
+
+@given(st.sampled_from(sorted(IMAGE_CODECS)), st.data())
+@hsettings(max_examples=40, deadline=None)
+def test_image_codecs_are_lossless_on_any_content(name, data):
+    cls = IMAGE_CODECS[name]
+    dtype = data.draw(st.sampled_from([d for d in cls.dtypes if d not in ("uint64", "int64")]))
+    shape = data.draw(st.tuples(st.integers(1, 2), st.integers(1, 33), st.integers(1, 33)))
+    values = data.draw(arrays(dtype, shape))
+    array = zarr.create_array(store={}, shape=shape, chunks=shape, dtype=dtype, zarr_format=3,
+                              **array_codec_kwargs(make_codec(CodecSpec(codec=name))))
+    array[...] = values
+    np.testing.assert_array_equal(array[...].view(f"u{values.dtype.itemsize}"), values.view(f"u{values.dtype.itemsize}"))
+
+
+def test_an_image_codec_refuses_a_dtype_it_cannot_keep(tmp_path):
+    with pytest.raises(ValueError, match="imagecodecs_jpegls encodes uint8, uint16, not float32"):
+        zarr.create_array(str(tmp_path / "f"), shape=(4, 4), dtype="float32", zarr_format=3,
+                          **array_codec_kwargs(make_codec(CodecSpec(codec="jpegls"))))
+
+
+def test_the_choice_is_the_smallest_fast_enough_candidate_and_records_every_trial():
+    samples = [microscopy((1, 128, 128), seed=s)[0] for s in range(4)]
+    candidates = [CodecSpec(codec="blosc", cname="lz4", clevel=1, shuffle="noshuffle"), CodecSpec(codec="jpegls"),
+                  CodecSpec(codec="blosc", cname="zstd", clevel=3, shuffle="bitshuffle")]
+    chosen = choose_codec(samples, candidates, min_encode_mbps=0)
+    trials = chosen.candidates
+    assert chosen.objective == OBJECTIVE and chosen.sample_chunks == 4 and chosen.sample_bytes == 4 * 128 * 128 * 2
+    assert all(t.ratio and t.encode_mbps and t.decode_mbps and t.skipped is None for t in trials)
+    assert chosen.chosen == min(range(3), key=lambda i: trials[i].stored_bytes)
+    assert trials[1].codec.name == "imagecodecs_jpegls" and trials[1].codec.readable_by == WITH_IMAGECODECS
+    assert trials[1].ratio > trials[0].ratio  # the image codec beats plain lz4 on microscopy
+    # nothing is fast enough: the fastest is taken
+    slowest_bar = choose_codec(samples, candidates, min_encode_mbps=1e9)
+    assert slowest_bar.chosen == max(range(3), key=lambda i: slowest_bar.candidates[i].encode_mbps)
+    # a candidate that cannot keep the dtype is skipped, with the reason
+    floats = [s.astype("float32") for s in samples]
+    skipped = choose_codec(floats, candidates, min_encode_mbps=0).candidates[1]
+    assert skipped.skipped == "imagecodecs_jpegls does not encode float32" and skipped.ratio is None
+
+
+def test_samples_are_whole_chunks_spread_over_the_image():
+    regions = sample_regions((3, 100, 130), (1, 32, 32), 5)
+    assert len(regions) == 5 and regions[0] == (slice(0, 1), slice(0, 32), slice(0, 32))
+    assert all(r[1].stop - r[1].start == 32 and r[2].stop - r[2].start == 32 for r in regions)
+    assert regions[-1][0] == slice(2, 3)  # the last plane too
+    assert sample_regions((10, 10), (32, 32), 8) == [(slice(0, 10), slice(0, 10))]
+
+
+def test_max_profile_picks_an_image_codec_and_stores_less_than_compat(tmp_path, settings, scheduler):
+    data = microscopy((2, 200, 260))
+    path = ome_tiff(tmp_path / "m.ome.tif", data, "ZYX", {"x": 0.2, "y": 0.2, "z": 1.0})
+    [(_, compat)] = archive_images(path, tmp_path / "c", settings, scheduler, convert={"chunk_xy": 64},
+                                   compress={"profile": "compat"})
+    [(image, best)] = archive_images(path, tmp_path / "m", settings, scheduler, convert={"chunk_xy": 64},
+                                     compress={"profile": "max", "min_encode_mbps": 0})
+    assert best.selection.candidates[best.selection.chosen].codec == best.codec
+    assert best.codec.name.startswith("imagecodecs_") and best.codec.readable_by == WITH_IMAGECODECS
+    assert compat.codec.readable_by == "any Zarr v3 reader"
+    assert best.bytes_out < 0.9 * compat.bytes_out
+    np.testing.assert_array_equal(zarr.open_array(f"{best.store}/0", mode="r")[...], data[None])
+    assert best.chunks_verified == compat.chunks_verified  # every chunk of every level read back and compared
+
+
+def test_profiles_are_configuration_with_clear_errors():
+    assert [c.codec for c in load_settings().compress.candidates()][:1] == ["blosc"]
+    assert "jpegxl" in [c.codec for c in load_settings(overrides={"compress": {"profile": "max"}}).compress.candidates()]
+    with pytest.raises(ConfigError, match="OME-NGFF 0.4 .* blosc or zstd"):
+        load_settings(overrides={"compress": {"profile": "max", "ngff": "0.4"}})
+    with pytest.raises(ConfigError, match="compress.profiles.max.0.codec"):
+        load_settings(overrides={"compress": {"profiles": {"max": [{"codec": "webp"}]}}})

@@ -1,0 +1,276 @@
+"""Codecs: imagecodecs' lossless image codecs as Zarr v3 codecs, the codec profiles, and choosing per image.
+
+Zarr v3 readers all have the core codecs (``bytes``, ``blosc``, ``zstd``…);
+imagecodecs' image codecs (JPEG-XL, JPEG-LS, HTJ2K) and pcodec compress
+microscopy markedly better but have no Zarr v3 codec of their own. Each class
+here is an *array → bytes* codec (it replaces ``bytes``: an image codec needs
+the chunk's shape and dtype) named ``imagecodecs_<codec>``, encoding a chunk
+as one lossless image of its last two axes (leading singleton axes dropped;
+other leading axes stacked along y).
+
+Reading them takes zarr-python with imagecodecs and zarrchive installed:
+zarrchive registers the codecs through the ``zarr.codecs`` entry point, so a
+plain ``zarr.open_array`` finds them. That is the ``max`` profile's price; the
+``compat`` profile uses only codecs every Zarr v3 implementation reads.
+
+``choose_codec`` encodes a sample of an image's chunks with every candidate of
+the profile and picks by a documented objective (``OBJECTIVE``).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+from zarr.abc.codec import ArrayBytesCodec
+from zarr.codecs import BloscCodec, ZstdCodec
+from zarr.core.common import parse_named_configuration
+
+from zarrchive.config import CodecSpec
+from zarrchive.records import CodecChoice, CodecSelection, CodecTrial
+
+ANY_READER = "any Zarr v3 reader"
+WITH_IMAGECODECS = "zarr-python with imagecodecs and zarrchive installed (pip install zarrchive)"
+OBJECTIVE = ("the smallest stored size over the sampled chunks among candidates that encode at least "
+             "min_encode_mbps MB/s on one thread; if none is that fast, the fastest")
+
+
+@dataclass(frozen=True)
+class ImageCodec(ArrayBytesCodec):
+    """A lossless imagecodecs image codec as a Zarr v3 array -> bytes codec."""
+
+    codec_name: ClassVar[str]
+    dtypes: ClassVar[tuple[str, ...]]
+    level: int | None = None
+
+    is_fixed_size = False
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ImageCodec:
+        _, configuration = parse_named_configuration(data, cls.codec_name, require_configuration=False)
+        return cls(**(configuration or {}))
+
+    def to_dict(self) -> dict[str, Any]:
+        configuration = {"level": self.level} if self.level is not None else {}
+        return {"name": self.codec_name, "configuration": configuration}
+
+    def validate(self, *, shape: Any, dtype: Any, chunk_grid: Any) -> None:
+        native = str(np.dtype(dtype.to_native_dtype()))
+        if native not in self.dtypes:
+            raise ValueError(f"{self.codec_name} encodes {', '.join(self.dtypes)}, not {native}")
+
+    def compute_encoded_size(self, input_byte_length: int, chunk_spec: Any) -> int:
+        raise NotImplementedError  # variable size
+
+    def _encode_sync(self, chunk_array: Any, chunk_spec: Any) -> Any:
+        array = np.ascontiguousarray(chunk_array.as_numpy_array())
+        plane = array.reshape(-1, array.shape[-1]) if array.ndim != 2 else array
+        return chunk_spec.prototype.buffer.from_bytes(self.encode_plane(plane))
+
+    def _decode_sync(self, chunk_bytes: Any, chunk_spec: Any) -> Any:
+        dtype = chunk_spec.dtype.to_native_dtype()
+        shape = tuple(chunk_spec.shape)
+        plane = (int(np.prod(shape[:-1])), shape[-1])
+        decoded = np.asarray(self.decode_plane(chunk_bytes.to_bytes(), plane, dtype))
+        return chunk_spec.prototype.nd_buffer.from_numpy_array(decoded.reshape(shape).astype(dtype, copy=False))
+
+    async def _encode_single(self, chunk_array: Any, chunk_spec: Any) -> Any:
+        return self._encode_sync(chunk_array, chunk_spec)
+
+    async def _decode_single(self, chunk_bytes: Any, chunk_spec: Any) -> Any:
+        return self._decode_sync(chunk_bytes, chunk_spec)
+
+    def encode_plane(self, plane: np.ndarray) -> bytes:
+        raise NotImplementedError
+
+    def decode_plane(self, data: bytes, shape: tuple[int, int], dtype: np.dtype) -> np.ndarray:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class JpegXLCodec(ImageCodec):
+    """JPEG-XL, lossless (``distance 0``); ``level`` is the encoder's effort (1 fastest … 9 smallest)."""
+
+    codec_name: ClassVar[str] = "imagecodecs_jpegxl"
+    dtypes: ClassVar[tuple[str, ...]] = ("uint8", "uint16")
+
+    def encode_plane(self, plane: np.ndarray) -> bytes:
+        import imagecodecs
+
+        return imagecodecs.jpegxl_encode(plane, lossless=True, effort=self.level or 1, numthreads=1)
+
+    def decode_plane(self, data: bytes, shape: tuple[int, int], dtype: np.dtype) -> np.ndarray:
+        import imagecodecs
+
+        return imagecodecs.jpegxl_decode(data, numthreads=1)
+
+
+@dataclass(frozen=True)
+class JpegLSCodec(ImageCodec):
+    """JPEG-LS, lossless (near-lossless distance 0)."""
+
+    codec_name: ClassVar[str] = "imagecodecs_jpegls"
+    dtypes: ClassVar[tuple[str, ...]] = ("uint8", "uint16")
+
+    def encode_plane(self, plane: np.ndarray) -> bytes:
+        import imagecodecs
+
+        return imagecodecs.jpegls_encode(plane, level=0)
+
+    def decode_plane(self, data: bytes, shape: tuple[int, int], dtype: np.dtype) -> np.ndarray:
+        import imagecodecs
+
+        return imagecodecs.jpegls_decode(data)
+
+
+@dataclass(frozen=True)
+class HTJ2KCodec(ImageCodec):
+    """High-throughput JPEG 2000, reversible (lossless) wavelet."""
+
+    codec_name: ClassVar[str] = "imagecodecs_htj2k"
+    dtypes: ClassVar[tuple[str, ...]] = ("uint8", "uint16", "int8", "int16")
+
+    def encode_plane(self, plane: np.ndarray) -> bytes:
+        import imagecodecs
+
+        return imagecodecs.htj2k_encode(plane, reversible=True)
+
+    def decode_plane(self, data: bytes, shape: tuple[int, int], dtype: np.dtype) -> np.ndarray:
+        import imagecodecs
+
+        return imagecodecs.htj2k_decode(data)
+
+
+@dataclass(frozen=True)
+class PcodecCodec(ImageCodec):
+    """pcodec: lossless compression of numerical sequences; ``level`` 0 fastest … 12 smallest (8 default)."""
+
+    codec_name: ClassVar[str] = "imagecodecs_pcodec"
+    dtypes: ClassVar[tuple[str, ...]] = ("uint16", "uint32", "uint64", "int16", "int32", "int64", "float32",
+                                         "float64")
+
+    def encode_plane(self, plane: np.ndarray) -> bytes:
+        import imagecodecs
+
+        return imagecodecs.pcodec_encode(plane, level=8 if self.level is None else self.level)
+
+    def decode_plane(self, data: bytes, shape: tuple[int, int], dtype: np.dtype) -> np.ndarray:
+        import imagecodecs
+
+        return imagecodecs.pcodec_decode(data, shape=shape, dtype=dtype)
+
+
+IMAGE_CODECS: dict[str, type[ImageCodec]] = {
+    "jpegxl": JpegXLCodec, "jpegls": JpegLSCodec, "htj2k": HTJ2KCodec, "pcodec": PcodecCodec,
+}
+
+
+def register() -> None:
+    """Register the image codecs with zarr (the ``zarr.codecs`` entry points do the same for readers)."""
+    from zarr.registry import register_codec
+
+    for cls in IMAGE_CODECS.values():
+        register_codec(cls.codec_name, cls)
+
+
+register()
+
+
+# ---------------------------------------------------------------- profiles and choice
+
+
+def make_codec(spec: CodecSpec) -> Any:
+    """The Zarr v3 codec object of a candidate."""
+    if spec.codec == "blosc":
+        return BloscCodec(cname=spec.cname, clevel=spec.clevel, shuffle=spec.shuffle)
+    if spec.codec == "zstd":
+        return ZstdCodec(level=spec.clevel)
+    return IMAGE_CODECS[spec.codec](level=spec.level)
+
+
+def array_codec_kwargs(codec: Any) -> dict[str, Any]:
+    """``create_array`` arguments placing a codec: image codecs serialize (array -> bytes); blosc and zstd
+    compress the ``bytes`` serializer's output."""
+    if isinstance(codec, ImageCodec):
+        return {"serializer": codec, "compressors": None}
+    return {"compressors": [codec]}
+
+
+def choice_of(codec: Any) -> CodecChoice:
+    config = codec.to_dict()
+    return CodecChoice(name=config["name"], configuration=config.get("configuration", {}),
+                       readable_by=WITH_IMAGECODECS if isinstance(codec, ImageCodec) else ANY_READER)
+
+
+def supports(spec: CodecSpec, dtype: np.dtype) -> str | None:
+    """Why the candidate cannot encode ``dtype`` losslessly (None when it can)."""
+    cls = IMAGE_CODECS.get(spec.codec)
+    if cls is not None and str(np.dtype(dtype)) not in cls.dtypes:
+        return f"{cls.codec_name} does not encode {np.dtype(dtype)}"
+    return None
+
+
+def _round_trip(codec: Any, samples: np.ndarray) -> tuple[int, float, float]:
+    """Stored bytes, encode and decode seconds of the samples (stacked chunks) through ``codec``, checked
+    lossless: one array, one chunk per sample, so zarr's per-call overhead is paid once."""
+    import zarr
+
+    objects: dict[str, Any] = {}
+    array = zarr.create_array(store=zarr.storage.MemoryStore(store_dict=objects), shape=samples.shape,
+                              chunks=(1,) + samples.shape[1:], dtype=samples.dtype, fill_value=0, zarr_format=3,
+                              **array_codec_kwargs(codec))
+    started = time.perf_counter()
+    array[...] = samples
+    encoded = time.perf_counter() - started
+    stored = sum(len(v) for k, v in objects.items() if not k.endswith("zarr.json"))
+    started = time.perf_counter()
+    back = array[...]
+    decoded = time.perf_counter() - started
+    bits = (lambda a: a) if samples.dtype == np.bool_ else (lambda a: a.view(f"u{a.dtype.itemsize}"))
+    if not np.array_equal(bits(back), bits(samples)):
+        raise ValueError(f"{codec.to_dict()['name']} did not round-trip the sample losslessly")
+    return stored, encoded, decoded
+
+
+def choose_codec(samples: list[np.ndarray], candidates: list[CodecSpec], min_encode_mbps: float) -> CodecSelection:
+    """Encode the sample chunks (of one shape) with each candidate and choose by ``OBJECTIVE``."""
+    stack = np.stack(samples)
+    raw = stack.nbytes
+    trials: list[CodecTrial] = []
+    for spec in candidates:
+        codec = make_codec(spec)
+        choice = choice_of(codec)
+        if (reason := supports(spec, samples[0].dtype)) is not None:
+            trials.append(CodecTrial(codec=choice, skipped=reason))
+            continue
+        try:
+            stored, enc, dec = _round_trip(codec, stack)
+        except Exception as exc:  # a codec that fails on this content is not a candidate for it
+            trials.append(CodecTrial(codec=choice, skipped=f"{type(exc).__name__}: {exc}"))
+            continue
+        trials.append(CodecTrial(codec=choice, ratio=round(raw / max(stored, 1), 4), stored_bytes=stored,
+                                 encode_mbps=round(raw / 1e6 / max(enc, 1e-9), 1),
+                                 decode_mbps=round(raw / 1e6 / max(dec, 1e-9), 1)))
+    measured = [i for i, t in enumerate(trials) if t.skipped is None]
+    if not measured:
+        raise ValueError("no codec candidate can encode this image: "
+                         + "; ".join(f"{t.codec.name}: {t.skipped}" for t in trials))
+    fast = [i for i in measured if (trials[i].encode_mbps or 0) >= min_encode_mbps]
+    chosen = min(fast, key=lambda i: (trials[i].stored_bytes, i)) if fast else \
+        max(measured, key=lambda i: trials[i].encode_mbps or 0)
+    return CodecSelection(objective=OBJECTIVE, min_encode_mbps=min_encode_mbps, sample_chunks=len(samples),
+                          sample_bytes=raw, candidates=trials, chosen=chosen)
+
+
+def sample_regions(shape: tuple[int, ...], chunks: tuple[int, ...], n: int) -> list[tuple[slice, ...]]:
+    """``n`` whole-chunk regions spread evenly over the chunk grid (in C order), deterministic; chunks cut by
+    the array's end are left out unless there are no others (then the sample is the first chunk's shape)."""
+    import itertools
+
+    whole = [range(0, size - c + 1, c) if size >= c else range(0, 1) for size, c in zip(shape, chunks)]
+    chunks = tuple(min(c, size) for c, size in zip(chunks, shape))
+    starts = list(itertools.product(*whole))
+    picks = sorted({round(i * (len(starts) - 1) / max(n - 1, 1)) for i in range(min(n, len(starts)))})
+    return [tuple(slice(s, min(s + c, size)) for s, c, size in zip(starts[p], chunks, shape)) for p in picks]
