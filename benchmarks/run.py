@@ -1,0 +1,392 @@
+"""Benchmark: zarrchive's convert + pyramid + compress + verify against its peers, on the same inputs, in one run.
+
+    .venv/bin/pip install -e ".[bench]"          # ngff-zarr and psutil
+    .venv/bin/python benchmarks/run.py --size 1GiB [--size 4GiB] [--inputs DIR] [--tools a,b] [--out FILE]
+
+Inputs: synthetic uint16 z-stacks of each ``--size`` (smooth background, Gaussian blobs, shot and read noise,
+written plane by plane as TIFF and cached in ``--workdir``), plus every TIFF in ``--inputs``.
+Each tool runs in a fresh process (``run.py --tool NAME INPUT OUTPUT``); the parent measures wall time, CPU
+time of the whole process tree (Dask workers included) and its peak RSS (sampled every 0.1 s), then checks the
+output: bytes and objects stored, level 0 bit-exact against the source, level 1 against the exact 2x2 block
+mean, and ome-zarr-models validation. It prints a table, ratios against the peers and the ceiling, the issue's
+targets as PASS/FAIL, and writes everything as JSON (default ``benchmarks/results/<time>.json``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+CHUNK = (1, 512, 512)  # zarrchive's default chunks for a z-stack; "matched" peers use them too
+MATCHED = {"cname": "zstd", "clevel": 3, "shuffle": "bitshuffle"}  # zarrchive's fixed/compat default codec
+
+
+# ---------------------------------------------------------------- inputs
+
+
+def parse_size(text: str) -> int:
+    units = {"KIB": 1 << 10, "MIB": 1 << 20, "GIB": 1 << 30, "KB": 10**3, "MB": 10**6, "GB": 10**9, "B": 1}
+    upper = text.strip().upper()
+    for unit, factor in units.items():
+        if upper.endswith(unit):
+            return int(float(upper[: -len(unit)]) * factor)
+    return int(upper)
+
+
+def synthetic(path: Path, nbytes: int, seed: int = 0) -> Path:
+    """A uint16 z-stack of about ``nbytes`` that looks like fluorescence microscopy, written plane by plane."""
+    import tifffile
+
+    y, x = 2048, 2048
+    z = max(1, nbytes // (y * x * 2))
+    if path.exists() and path.stat().st_size >= z * y * x * 2:
+        return path
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:y, 0:x].astype(np.float32)
+    background = 100 + 40 * np.sin(yy / 310.0) * np.cos(xx / 270.0)
+    blobs = np.zeros((y, x), np.float32)
+    for cy, cx, r, a in zip(rng.uniform(0, y, 400), rng.uniform(0, x, 400), rng.uniform(6, 30, 400),
+                            rng.uniform(200, 2500, 400)):
+        sl = (slice(max(0, int(cy - 3 * r)), int(cy + 3 * r)), slice(max(0, int(cx - 3 * r)), int(cx + 3 * r)))
+        blobs[sl] += a * np.exp(-((yy[sl] - cy) ** 2 + (xx[sl] - cx) ** 2) / (2 * r * r))
+    tmp = path.with_suffix(".partial")
+    with tifffile.TiffWriter(tmp, bigtiff=z * y * x * 2 > 3 << 30) as tif:
+        for k in range(z):
+            signal = background + blobs * (0.6 + 0.4 * np.cos(k / 9.0))
+            plane = rng.poisson(signal).astype(np.float32) + rng.normal(0, 3, (y, x)).astype(np.float32)
+            tif.write(np.clip(plane, 0, 65535).astype(np.uint16), contiguous=True, metadata=None,
+                      resolution=(1 / 0.2, 1 / 0.2))
+    tmp.replace(path)
+    return path
+
+
+# ---------------------------------------------------------------- tools (run in a fresh process)
+
+
+def _source(path: str):
+    import dask.array as da
+    import tifffile
+    import zarr
+
+    return da.from_zarr(zarr.open_array(tifffile.imread(path, aszarr=True), mode="r"))
+
+
+def _blosc():
+    from zarr.codecs import BloscCodec
+
+    return BloscCodec(cname=MATCHED["cname"], clevel=MATCHED["clevel"], shuffle=MATCHED["shuffle"])
+
+
+def tool_zarrchive(profile: str) -> Callable[[str, str], None]:
+    def run(src: str, out: str) -> None:
+        from zarrchive.config import load_settings
+        from zarrchive.standalone import convert_to_ome_zarr
+
+        convert_to_ome_zarr(src, out, load_settings(overrides={"compress": {"profile": profile}}))
+    return run
+
+
+def tool_ceiling(src: str, out: str) -> None:
+    """One level, tifffile -> zarr v3, the matched codec, two planes at a time: no pyramid, no verification."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import tifffile
+    import zarr
+
+    with tifffile.TiffFile(src) as tif:
+        series = tif.series[0]
+        shape, dtype = series.shape, series.dtype
+        root = zarr.open_group(out, mode="w", zarr_format=3)
+        dst = root.create_array("0", shape=shape, chunks=CHUNK[-len(shape):], dtype=dtype, compressors=[_blosc()])
+
+        def copy(k: int) -> None:
+            dst[k] = tif.pages[k].asarray()
+
+        with ThreadPoolExecutor(2) as pool:
+            list(pool.map(copy, range(shape[0])))
+
+
+def tool_ome_zarr(matched: bool) -> Callable[[str, str], None]:
+    def run(src: str, out: str) -> None:
+        import zarr
+        from ome_zarr.scale import Methods
+        from ome_zarr.writer import write_image
+
+        data = _source(src)
+        options: dict[str, Any] = {}
+        kwargs: dict[str, Any] = {}
+        if matched:
+            options = {"chunks": CHUNK, "compressors": [_blosc()]}
+            kwargs = {"method": Methods.LOCAL_MEAN}
+        write_image(data, zarr.open_group(out, mode="w"), axes="zyx", scale_factors=[2, 4, 8],
+                    storage_options=options or None, **kwargs)
+    return run
+
+
+def tool_ngff_zarr(matched: bool) -> Callable[[str, str], None]:
+    def run(src: str, out: str) -> None:
+        import ngff_zarr as nz
+
+        image = nz.to_ngff_image(_source(src), dims=["z", "y", "x"], scale={"z": 1.0, "y": 0.2, "x": 0.2})
+        if matched:
+            multiscales = nz.to_multiscales(image, scale_factors=[{"y": 2, "x": 2}, {"y": 4, "x": 4},
+                                                                  {"y": 8, "x": 8}], chunks=dict(zip("zyx", CHUNK)),
+                                            method=nz.Methods.DASK_IMAGE_GAUSSIAN)
+            nz.to_ngff_zarr(out, multiscales, version="0.5", compressors=[_blosc()])
+        else:
+            nz.to_ngff_zarr(out, nz.to_multiscales(image), version="0.5")
+    return run
+
+
+def tool_bioio(src: str, out: str) -> None:
+    from bioio_ome_zarr.writers import OMEZarrWriter
+
+    data = _source(src)
+    shapes, shape = [], tuple(data.shape)
+    for _ in range(4):
+        shapes.append(shape)
+        shape = (shape[0], -(-shape[1] // 2), -(-shape[2] // 2))
+    writer = OMEZarrWriter(out, level_shapes=shapes, dtype=data.dtype, axes_names=["z", "y", "x"],
+                           axes_types=["space", "space", "space"], zarr_format=3)
+    writer.write_full_volume(data)
+
+
+TOOLS: dict[str, Callable[[str, str], None]] = {
+    "zarrchive-compat": tool_zarrchive("compat"),
+    "zarrchive-max": tool_zarrchive("max"),
+    "ome-zarr-py": tool_ome_zarr(matched=False),
+    "ome-zarr-py-matched": tool_ome_zarr(matched=True),
+    "ngff-zarr": tool_ngff_zarr(matched=False),
+    "ngff-zarr-matched": tool_ngff_zarr(matched=True),
+    "bioio-ome-zarr": tool_bioio,
+    "ceiling": tool_ceiling,
+}
+ZARRCHIVE = ("zarrchive-compat", "zarrchive-max")
+
+
+# ---------------------------------------------------------------- measuring
+
+
+def measure(tool: str, src: Path, out: Path) -> dict[str, Any]:
+    """Run one tool in a fresh process; wall, CPU of the tree, peak RSS of the tree."""
+    import psutil
+
+    if out.exists():
+        shutil.rmtree(out)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, __file__, "--tool", tool, str(src), str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    peak, stop = 0, threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        try:
+            root = psutil.Process(proc.pid)
+        except psutil.NoSuchProcess:
+            return
+        while not stop.is_set():
+            try:
+                procs = [root] + root.children(recursive=True)
+                peak = max(peak, sum(p.memory_info().rss for p in procs if p.is_running()))
+            except psutil.Error:
+                pass
+            time.sleep(0.1)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    stdout, stderr = proc.communicate()
+    wall = time.perf_counter() - started
+    stop.set()
+    sampler.join()
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    result = {"tool": tool, "wall_s": round(wall, 2), "peak_rss_mib": round(peak / 2**20, 1),
+              "cpu_s": round((after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime), 2)}
+    if proc.returncode != 0:
+        last = (stderr.strip().splitlines() or ["?"])[-1]
+        result["error"] = f"exit {proc.returncode}: {last[:300]}"
+    return result
+
+
+def check(src: Path, out: Path) -> dict[str, Any]:
+    """Bytes and objects stored, level-0 exactness, level-1 error against the exact 2x2 mean, validation."""
+    import tifffile
+    import zarr
+
+    files = [p for p in out.rglob("*") if p.is_file()]
+    found: dict[str, Any] = {"out_bytes": sum(p.stat().st_size for p in files), "files": len(files)}
+    group = zarr.open_group(str(out), mode="r")
+    attrs = dict(group.attrs)
+    datasets = (attrs.get("ome", attrs).get("multiscales") or [{"datasets": [{"path": "0"}]}])[0]["datasets"]
+    paths = [d["path"] for d in datasets]
+    level0 = group[paths[0]]
+    with tifffile.TiffFile(src) as tif:
+        n = len(tif.pages)
+        exact = level0.shape == (n,) + tif.pages[0].shape
+        planes = range(0, n, max(1, n // 8)) if exact else []
+        for k in planes:
+            exact = exact and np.array_equal(level0[k], tif.pages[k].asarray())
+        found["level0_exact"] = bool(exact)
+        if len(paths) > 1 and exact:
+            level1 = group[paths[1]]
+            errors = []
+            for k in list(planes)[:3]:
+                plane = tif.pages[k].asarray().astype(np.float64)
+                h, w = plane.shape
+                padded = np.pad(plane, [(0, h % 2), (0, w % 2)], mode="edge")
+                mean = padded.reshape(padded.shape[0] // 2, 2, padded.shape[1] // 2, 2).mean(axis=(1, 3))
+                kz = k if level1.shape[0] == n else k // 2
+                got = level1[kz]
+                if got.shape != mean.shape:
+                    errors.append(float("nan"))
+                    continue
+                errors.append(float(np.abs(got.astype(np.float64) - mean).max()))
+            found["pyramid_max_err"] = max(errors) if errors else None
+            found["anti_aliased"] = bool(errors) and all(e <= 1.0 for e in errors)  # a block mean, up to rounding
+        else:
+            found["pyramid_max_err"], found["anti_aliased"] = None, False
+    try:
+        from zarrchive.ngff import validate_image
+
+        found["valid"] = validate_image(str(out)) == []
+    except Exception as exc:  # the validator itself failed
+        found["valid"] = f"{type(exc).__name__}: {exc}"
+    return found
+
+
+def versions() -> dict[str, str]:
+    out = {}
+    for name in ("zarrchive", "zarr", "ome-zarr", "ngff-zarr", "bioio-ome-zarr", "tifffile", "imagecodecs", "dask",
+                 "distributed", "numcodecs", "numpy"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+# ---------------------------------------------------------------- report
+
+
+def report(rows: list[dict[str, Any]]) -> list[str]:
+    header = (f"{'input':<22} {'tool':<20} {'MB/s':>7} {'wall s':>7} {'CPU s':>7} {'RSS MiB':>8} {'out MiB':>8} "
+              f"{'files':>6} {'ratio':>6} {'exact':>5} {'pyr err':>7} {'a-a':>4} {'valid':>5}")
+    lines = [header, "-" * len(header)]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"{r['input']:<22} {r['tool']:<20} unavailable/failed: {r['error']}")
+            continue
+        err = "-" if r.get("pyramid_max_err") is None else f"{r['pyramid_max_err']:.2f}"
+        lines.append(
+            f"{r['input']:<22} {r['tool']:<20} {r['mb_s']:>7.1f} {r['wall_s']:>7.1f} {r['cpu_s']:>7.1f} "
+            f"{r['peak_rss_mib']:>8.0f} {r['out_bytes'] / 2**20:>8.1f} {r['files']:>6} {r['ratio']:>6.3f} "
+            f"{str(r['level0_exact'])[0]:>5} {err:>7} {str(r['anti_aliased'])[0]:>4} {str(r['valid'])[0]:>5}")
+    return lines
+
+
+def targets(rows: list[dict[str, Any]]) -> list[str]:
+    """The issue's targets, per input, PASS or FAIL with the figures."""
+    lines = []
+    for name in sorted({r["input"] for r in rows}):
+        ok = {r["tool"]: r for r in rows if r["input"] == name and "error" not in r}
+        ours = ok.get("zarrchive-compat")
+        if not ours:
+            continue
+        peers = {t: r for t, r in ok.items() if t not in ZARRCHIVE and t != "ceiling"}
+        verdict = lambda good: "PASS" if good else "FAIL"  # noqa: E731
+        if peers:
+            fastest = max(peers.values(), key=lambda r: r["mb_s"])
+            lines.append(f"{name}: compat vs fastest peer ({fastest['tool']}): {ours['mb_s'] / fastest['mb_s']:.2f}x "
+                         f"-> {verdict(ours['mb_s'] > fastest['mb_s'])} (target: faster)")
+            aa = [r for r in peers.values() if r.get("anti_aliased")]
+            if aa:
+                best = max(aa, key=lambda r: r["mb_s"])
+                lines.append(f"{name}: compat vs fastest anti-aliased peer ({best['tool']}): "
+                             f"{ours['mb_s'] / best['mb_s']:.2f}x -> {verdict(ours['mb_s'] >= 3 * best['mb_s'])} "
+                             "(target: >= 3x)")
+        if "ceiling" in ok:
+            share = ours["mb_s"] / ok["ceiling"]["mb_s"]
+            lines.append(f"{name}: compat vs bare-copy ceiling: {share:.0%} -> {verdict(share >= 0.6)} (target: >= 60%)")
+        if "ome-zarr-py" in ok:
+            base = ok["ome-zarr-py"]["out_bytes"]
+            for tool, bar in (("zarrchive-max", 0.72), ("zarrchive-compat", 0.85)):
+                if tool in ok:
+                    rel = ok[tool]["out_bytes"] / base
+                    lines.append(f"{name}: {tool} bytes / ome-zarr-py default bytes: {rel:.3f} -> "
+                                 f"{verdict(rel <= bar)} (target: <= {bar})")
+    rss = sorted((r["input_bytes"], r["peak_rss_mib"]) for r in rows
+                 if r["tool"] == "zarrchive-compat" and "error" not in r)
+    if len(rss) > 1:
+        growth = rss[-1][1] / rss[0][1]
+        lines.append(f"zarrchive-compat peak RSS {rss[0][1]:.0f} -> {rss[-1][1]:.0f} MiB as the input grows "
+                     f"{rss[-1][0] / rss[0][0]:.1f}x: {growth:.2f}x -> {'PASS' if growth < 1.25 else 'FAIL'} "
+                     "(target: flat)")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tool", nargs=3, metavar=("NAME", "INPUT", "OUTPUT"), help=argparse.SUPPRESS)
+    parser.add_argument("--size", action="append", help="synthetic input size, e.g. 1GiB (repeatable)")
+    parser.add_argument("--inputs", help="a folder of real TIFF/OME-TIFF files to include")
+    parser.add_argument("--tools", default=",".join(TOOLS), help="comma-separated (default: all)")
+    parser.add_argument("--workdir", default=str(Path.home() / ".cache" / "zarrchive-bench"))
+    parser.add_argument("--out", help="JSON result (default: benchmarks/results/<time>.json)")
+    args = parser.parse_args(argv)
+    if args.tool:
+        name, src, out = args.tool
+        TOOLS[name](src, out)
+        return 0
+
+    work = Path(args.workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    inputs = [synthetic(work / f"synthetic-{s}.tif", parse_size(s)) for s in (args.size or ["1GiB"])]
+    if args.inputs:
+        inputs += sorted(p for p in Path(args.inputs).iterdir() if p.suffix.lower() in (".tif", ".tiff"))
+    rows = []
+    for src in inputs:
+        size = src.stat().st_size
+        for tool in args.tools.split(","):
+            out = work / "out" / f"{src.stem}-{tool}.ome.zarr"
+            print(f"... {src.name}: {tool}", file=sys.stderr, flush=True)
+            row = {"input": src.name, "input_bytes": size, **measure(tool, src, out)}
+            if "error" not in row:
+                try:
+                    row.update(check(src, out))
+                except Exception as exc:  # an output the checks cannot read is a failure of the tool
+                    row["error"] = f"output unreadable: {type(exc).__name__}: {exc}"[:300]
+            if "error" not in row:
+                row["mb_s"] = round(size / 1e6 / row["wall_s"], 1)
+                row["ratio"] = round(size / row["out_bytes"], 3)
+            rows.append(row)
+            shutil.rmtree(out, ignore_errors=True)
+    lines = report(rows) + [""] + targets(rows)
+    print("\n".join(lines))
+    result = {"when": dt.datetime.now(dt.timezone.utc).isoformat(), "machine": {
+        "cpus": os.cpu_count(), "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+        "python": platform.python_version(), "platform": platform.platform()}, "versions": versions(),
+        "rows": rows, "targets": targets(rows)}
+    path = Path(args.out) if args.out else HERE / "results" / f"{dt.datetime.now():%Y%m%d-%H%M%S}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2, default=str))
+    print(f"\nwrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
