@@ -172,7 +172,7 @@ IMAGE = {"path": "images/cell01.ome.tif"}
 
 
 def label_findings(files: list[dict]) -> list[tuple[str, str, str]]:
-    parsed, findings = check_submission(doc(files), CHECKS)
+    _doc, findings = check_submission(doc(files), CHECKS)
     return [(f.check, f.field, f.message) for f in findings if f.severity == "error"]
 
 
