@@ -3,6 +3,8 @@
 Reads as the stages in order: intake, fetch, convert, pyramid, compress, qc,
 publish. Per-file and per-image stages fan out; a failure is recorded and
 the other images go on; the publish policy decides what a failure blocks.
+Label images go through the same stages; their pyramid follows the image they
+annotate, and publish nests them under it.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from zarrchive.tasks.publish import (
     blocking_reasons, find_unchanged, image_outcomes, not_published, publish, unchanged_publication,
     version_fingerprint,
 )
-from zarrchive.tasks.pyramid import pyramid
+from zarrchive.tasks.pyramid import labels_with_images, pyramid
 from zarrchive.tasks.qc import qc
 
 
@@ -66,15 +68,20 @@ def ingest_submission(request: IngestRequest) -> Publication:
             link_dashboard(scheduler)
             converted, failed = gather("convert", [
                 (convert.submit(f, entries[f.path], work, settings.convert), {"source_path": f.path})
-                for f in files if f.kind == "image"
+                for f in files if f.kind in ("image", "label")
             ], lineage)
-            images = [image for batch in converted for image in batch]
+            converted = [image for batch in converted for image in batch]
             failures += failed
 
             images, failed = gather("pyramid", [
-                (pyramid.submit(image, settings.pyramid), _who(image)) for image in images
+                (pyramid.submit(image, settings.pyramid), _who(image)) for image in converted if image.kind == "image"
             ], lineage)
             failures += failed
+            labels, failed = gather("pyramid", [  # a label follows the levels of the image it annotates
+                (pyramid.submit(label, settings.pyramid, image), _who(label))
+                for label, image in labels_with_images(converted, images)
+            ], lineage)
+            images, failures = images + labels, failures + failed
 
             reports, failed = gather("compress", [
                 (compress.submit(image, staged[image.source_path], work, settings.compress, scheduler), _who(image))
@@ -95,4 +102,5 @@ def ingest_submission(request: IngestRequest) -> Publication:
 
 
 def _who(image) -> dict:
-    return {"source_path": image.source_path, "image_id": image.image_id, "series": image.series}
+    return {"source_path": image.source_path, "image_id": image.image_id, "series": image.series,
+            "label_of": image.label_of}

@@ -4,9 +4,10 @@ The output is sharded (Zarr v3 sharding: many chunks per stored object) so a
 large image is not hundreds of thousands of files. The pass is cut into
 regions of level 0 made of whole shards; a cluster task reads its region of
 the source once (``sources.read_region``), writes it, then halves it in memory
-for the next level (``pyramid.downsample_mean``) and writes that too, for as
-many levels as its region still holds whole shards of. The few small levels
-left are then made the same way from the level above them in the output.
+for the next level (``pyramid.downsample``: mean, or mode for labels) and
+writes that too, for as many levels as its region still holds whole shards
+of. The few small levels left are then made the same way from the level above
+them in the output.
 
 Every write is proven: the task reads the region it wrote back through the
 codec (decoding) and compares the bytes with what it meant to write; any
@@ -44,7 +45,7 @@ from zarrchive.ngff import ZARR_FORMAT, group_attributes
 from zarrchive.records import CodecChoice, CodecSelection, CompressionReport, FileRecord, ImageRecord, Level
 from zarrchive.sources import read_region
 from zarrchive.storage import remove_unfinished_writes, sha256_stream, tree_digest, walk_files
-from zarrchive.tasks.pyramid import downsample_mean, factors
+from zarrchive.tasks.pyramid import downsample, factors
 
 LOCAL = fsspec.filesystem("file")
 
@@ -198,7 +199,7 @@ def stream_region(source: str, image: ImageRecord, store: str, region: tuple[sli
     with zarr.config.set(ZARR_CONFIG):
         for plan, level_region in zip(streamed, scaled(region, streamed)):
             if plan.halved:
-                block = downsample_mean(block, plan.halved)
+                block = downsample(block, plan.halved, plan.level.downsampling)
             _write_verified(zarr.open_array(f"{store}/{plan.level.path}", mode="r+"), level_region, block, store)
             out.append(_chunk_digests(block, level_region, plan.level.chunks))
     return out
@@ -213,7 +214,7 @@ def downsample_regions(store: str, above: str, plan: LevelPlan, regions: list[tu
         for region in regions:
             wide = tuple(slice(r.start * 2, min(r.stop * 2, n)) if i in plan.halved else r
                          for i, (r, n) in enumerate(zip(region, source.shape)))
-            block = downsample_mean(np.ascontiguousarray(source[wide]), plan.halved)
+            block = downsample(np.ascontiguousarray(source[wide]), plan.halved, plan.level.downsampling)
             _write_verified(target, region, block, store)
             digests += _chunk_digests(block, region, plan.level.chunks)
     return digests
@@ -228,7 +229,7 @@ def display_windows(store: str, image: ImageRecord) -> list[tuple[float, float]]
     sample = tuple(slice(None, None, -(-n // 8)) if name in "tz" else slice(None)
                    for name, n in zip(axes, level.shape))
     smallest = zarr.open_array(f"{store}/{level.path}", mode="r")[sample]
-    planes = np.moveaxis(smallest, axes.index("c"), 0)
+    planes = np.moveaxis(smallest, axes.index("c"), 0) if "c" in axes else smallest[None]  # a label: no channels
     windows = []
     for plane in planes:
         values = plane[np.isfinite(plane)] if np.issubdtype(plane.dtype, np.floating) else plane

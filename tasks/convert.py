@@ -240,6 +240,8 @@ def convert_file(
             if type(exc).__module__.startswith("distributed"):  # the cluster failed, not the file
                 raise
             raise InputError(shown_as, f"cannot be converted: {type(exc).__name__}: {exc}") from exc
+    if file.kind == "label":
+        return [as_label(image, entry, len(scenes)) for image in images]
     return images
 
 
@@ -290,6 +292,41 @@ def _convert_series(img, reader, index, scene, n_scenes, file, entry, work, sett
                       scale=tuple(scale), translation=tuple(0.0 for _ in scale)),),
         notes=tuple(notes),
     )
+
+
+def as_label(image: ImageRecord, entry: FileEntry | None, n_series: int) -> ImageRecord:
+    """A converted series as a label image: one channel of integer (or bool) labels, the channel axis dropped,
+    annotating the image of ``entry.label_of`` (its series of the same index when the label file has several).
+
+    A bool mask is stored as uint8 (0 and 1): OME-NGFF labels are integers.
+    Raises ``InputError`` naming the file when it is not a label image.
+    """
+    shown_as = image.source_path if n_series == 1 else f"{image.source_path} [series {image.series}]"
+    if entry is None or entry.label_of is None:
+        raise InputError(shown_as, "a label file names the image it annotates (label_of)")
+    axes = [a.name for a in image.axes]
+    channels = image.shape[axes.index("c")]
+    if channels != 1:
+        raise InputError(shown_as, f"a label image has one channel of label values; this one has {channels}")
+    dtype = np.dtype(image.dtype)
+    if dtype.kind not in "uib":
+        raise InputError(shown_as, f"a label image holds integer label values; this one holds {dtype} pixels")
+    keep = [i for i, name in enumerate(axes) if name != "c"]
+
+    def drop_c(values: tuple) -> tuple:
+        return tuple(values[i] for i in keep)
+
+    stored = "uint8" if dtype == np.bool_ else str(dtype)
+    level0 = image.levels[0]
+    annotates = slug(entry.label_of) + (f"_s{image.series}" if n_series > 1 else "")
+    return image.model_copy(update={
+        "kind": "label", "label_of": annotates, "label_name": entry.label, "dtype": stored,
+        "axes": drop_c(image.axes), "channel_names": (entry.label,), "channel_names_given": None,
+        "layout": image.layout.model_copy(update={"axes": drop_c(image.layout.axes),
+                                                  "dtype": stored if stored != image.dtype else None}),
+        "levels": (Level(path="0", shape=drop_c(level0.shape), chunks=drop_c(level0.chunks),
+                         scale=drop_c(level0.scale), translation=drop_c(level0.translation), downsampling="mode"),),
+    })
 
 
 def ome_xml(path: str, img: BioImage, reader: str, name: str, shape: tuple[int, ...], axes: tuple[str, ...],

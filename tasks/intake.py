@@ -19,7 +19,7 @@ from prefect.cache_policies import NO_CACHE
 from zarrchive.config import ArchiveSettings, SubmissionSettings
 from zarrchive.errors import SubmissionError
 from zarrchive.lineage import Traced, traced
-from zarrchive.records import Finding, Submission, SubmissionDoc, parse_relative_path
+from zarrchive.records import Finding, Submission, SubmissionDoc, default_label_name, parse_relative_path
 from zarrchive.runtime import retry_transient
 from zarrchive.submission_checks import check_submission
 from zarrchive.storage import dumps, join, read_json, resolve, to_url, write_bytes_atomic
@@ -143,7 +143,7 @@ def template_for(folder: str) -> str:
         rel for rel in (p[len(root) + 1:] for p in fs.find(root))
         if rel != SUBMISSION_FILE and not any(part.startswith(".") for part in rel.split("/"))
     )
-    files = [{"path": p} for p in paths]
+    files = [template_entry(p, paths) for p in paths]
     body = {
         "title": "TODO: a title of 10 to 300 characters",
         "description": "TODO: what was imaged, how, and why",
@@ -158,8 +158,27 @@ def template_for(folder: str) -> str:
         "# zarrchive submission, format version 1. Complete the TODO fields; remove optional ones you do not need.\n"
         "# files: kind is image (default), label or attachment; sha256 is optional but recommended;\n"
         "#   pixel_size {x, y, z, unit} and channel_names supply metadata a file lacks.\n"
+        "#   A label (kind: label; integer label values, one channel, the image's shape without channels) names the\n"
+        "#   image file it annotates with label_of; label_name (optional, default: the file name) names it among\n"
+        "#   that image's labels. Files under a labels/ or masks/ folder are proposed as labels: check label_of.\n"
     )
     return header + yaml.safe_dump(body, sort_keys=False, allow_unicode=True)
+
+
+LABEL_FOLDERS = {"labels", "label", "masks", "mask", "segmentations", "segmentation"}
+
+
+def template_entry(path: str, paths: list[str]) -> dict[str, Any]:
+    """The template's entry for ``path``: a label when it lies in a folder named like labels or masks, with a
+    guess of the image it annotates (the other file whose name its own name starts with), else an image."""
+    if not any(part.lower() in LABEL_FOLDERS for part in path.split("/")[:-1]):
+        return {"path": path}
+    stem = default_label_name(path)
+    images = [p for p in paths if not any(part.lower() in LABEL_FOLDERS for part in p.split("/")[:-1])]
+    guesses = sorted((p for p in images if stem.startswith(default_label_name(p))),
+                     key=lambda p: -len(default_label_name(p)))
+    return {"path": path, "kind": "label",
+            "label_of": guesses[0] if guesses else "TODO: the listed image file this label annotates"}
 
 
 @task(name="intake", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[1, 5],

@@ -1,6 +1,7 @@
 """Publish: copy a version into ``<archive>/<accession>/v<N>/``, verify it, and commit it with its manifest.
 
-Layout of a version: ``images/<image-id>.ome.zarr``, ``originals/<submitted path>``,
+Layout of a version: ``images/<image-id>.ome.zarr`` (its label images nested
+under ``labels/<name>/``, listed by ``labels/zarr.json``), ``originals/<submitted path>``,
 ``qc/report.json``, ``ro-crate-metadata.json`` and ``manifest.json``. Every
 object is re-read after upload and its sha256 compared. ``manifest.json`` is
 written last: it is the commit point, so a version folder without one was never
@@ -26,6 +27,7 @@ from zarrchive.config import Settings
 from zarrchive.errors import TransientError
 from zarrchive.landing import render_landing_page
 from zarrchive.lineage import Traced, build_crate, traced
+from zarrchive.ngff import labels_group_document
 from zarrchive.config import PublishSettings
 from zarrchive.records import (
     CompressionReport, Failure, FileRecord, ImageOutcome, ImageRecord, LineageRecord, ManifestEntry, Publication,
@@ -86,17 +88,52 @@ def image_outcomes(images: list[ImageRecord], failures: list[Failure], qc_report
                    settings: PublishSettings) -> list[ImageOutcome]:
     """The fate of every image and failed file: failed, blocked by QC errors, or to be published."""
     outcomes = [ImageOutcome(image_id=f.image_id or slug(f.source_path), source_path=f.source_path, series=f.series,
-                             status="failed", error=f"{f.stage}: {f.error}") for f in failures]
+                             status="failed", error=f"{f.stage}: {f.error}", label_of=f.label_of) for f in failures]
     failed = {o.image_id for o in outcomes}
     for image in (i for i in images if i.image_id not in failed):  # a later stage may have failed it
         qc = qc_report.image_status(image.image_id) if qc_report else "not run"
         errors = [x.message for x in qc_report.errors if x.image_id == image.image_id] if qc_report else []
         outcomes.append(ImageOutcome(image_id=image.image_id, source_path=image.source_path, series=image.series,
                                      status="blocked" if errors else "published", qc=qc,
-                                     error="; ".join(f"qc: {m}" for m in errors) or None))
+                                     error="; ".join(f"qc: {m}" for m in errors) or None,
+                                     label_of=image.label_of, label_name=image.label_name))
+    outcomes = _labels_follow_their_images(outcomes)
     if settings.on_image_error == "block_submission" and any(o.status != "published" for o in outcomes):
         outcomes = [o.model_copy(update={"status": "blocked"}) if o.status == "published" else o for o in outcomes]
-    return outcomes
+    return _with_label_names(outcomes)
+
+
+def _labels_follow_their_images(outcomes: list[ImageOutcome]) -> list[ImageOutcome]:
+    """A label is published only with its image: when the image failed, so does the label; when the image is
+    blocked, so is the label."""
+    status = {o.image_id: o.status for o in outcomes if not o.label_of}
+    out = []
+    for o in outcomes:
+        image = status.get(o.label_of or "")
+        if o.label_of and o.status == "published" and image != "published":
+            fate = "blocked" if image == "blocked" else "failed"
+            o = o.model_copy(update={"status": fate, "error": f"the image it annotates ({o.label_of}) "
+                                                            f"{'is blocked' if fate == 'blocked' else 'failed'}"})
+        out.append(o)
+    return out
+
+
+def _with_label_names(outcomes: list[ImageOutcome]) -> list[ImageOutcome]:
+    """Each published image's outcome names its published labels."""
+    names: dict[str, list[str]] = {}
+    for o in outcomes:
+        if o.label_of and o.status == "published":
+            names.setdefault(o.label_of, []).append(o.label_name or o.image_id)
+    return [o.model_copy(update={"labels": sorted(names[o.image_id])}) if o.image_id in names and not o.label_of
+            else o for o in outcomes]
+
+
+def store_path(outcome: ImageOutcome) -> str:
+    """Where an image's store is published in the version: ``images/<id>.ome.zarr``, a label's under its image's
+    ``labels/<name>``."""
+    if outcome.label_of:
+        return f"images/{outcome.label_of}.ome.zarr/labels/{outcome.label_name}"
+    return f"images/{outcome.image_id}.ome.zarr"
 
 
 def blocking_reasons(outcomes: list[ImageOutcome], qc_report: QCReport | None) -> list[str]:
@@ -153,16 +190,20 @@ def publish_version(
 
     entries: list[ManifestEntry] = []
     published_paths: dict[str, str] = {}
-    publishable = {o.image_id for o in outcomes if o.status == "published"}
+    publishable = {o.image_id: o for o in outcomes if o.status == "published"}
     reports = [r for r in reports if r.image_id in publishable]
     for report in reports:
-        rel_store = f"images/{report.image_id}.ome.zarr"
+        rel_store = store_path(publishable[report.image_id])
         published_paths[report.store] = rel_store + "/"
         uploaded = [(rel, _upload(fs, os.path.join(report.store, rel), join(vdir, rel_store, rel)))
                     for rel in walk_files(report.store)]
         if tree_digest((rel, e.sha256) for rel, e in uploaded) != report.store_sha256:
             raise TransientError(f"{report.image_id}: the staged store changed since it was compressed and verified")
         entries.extend(e for _, e in uploaded)
+    labels_groups = []
+    for image in (o for o in publishable.values() if o.labels):  # each image's labels group lists its labels
+        labels_groups.append(f"images/{image.image_id}.ome.zarr/labels/zarr.json")
+        entries.append(_put_bytes(fs, join(vdir, labels_groups[-1]), dumps(labels_group_document(image.labels))))
     for file in files:
         rel = f"originals/{file.path}"
         entry = _upload(fs, file.staged_path, join(vdir, rel))
@@ -181,7 +222,7 @@ def publish_version(
     entries.append(_put_bytes(fs, join(vdir, "index.html"), landing.encode()))
     relative = [ManifestEntry(path=e.path[len(vdir) + 1:], size=e.size, sha256=e.sha256) for e in entries]
     crate = build_crate(submission, number, lineage, relative, published_paths, previous_version=previous,
-                        publish_results=("qc/report.json", "qc/index.html", "index.html"))
+                        publish_results=("qc/report.json", "qc/index.html", "index.html", *labels_groups))
     entries.append(_put_bytes(fs, join(vdir, "ro-crate-metadata.json"), dumps(crate)))
     relative = [ManifestEntry(path=e.path[len(vdir) + 1:], size=e.size, sha256=e.sha256) for e in entries]
 
@@ -191,8 +232,7 @@ def publish_version(
             raise TransientError(f"{to_url(fs, entry.path)}: stored object does not match what was uploaded")
 
     created = dt.datetime.now(dt.timezone.utc).isoformat()
-    images = [o.model_copy(update={"path": f"images/{o.image_id}.ome.zarr"}) if o.status == "published" else o
-              for o in outcomes]
+    images = [o.model_copy(update={"path": store_path(o)}) if o.status == "published" else o for o in outcomes]
     manifest = {
         "accession": submission.accession, "version": number, "previous_version": previous, "created": created,
         "fingerprint": fingerprint,

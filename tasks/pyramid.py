@@ -10,9 +10,17 @@ nearest. Level k's scale is the product of the factors times level 0's, and
 its translation keeps pixel centres in place: + (factor - 1)/2 pixels of the
 level above along each halved axis.
 
-The plan is this stage's record; the pixels of every level are computed in
-the compress stage's single streaming pass (``downsample_mean`` on each region
-as it is written), so the source is read once.
+Label images are never averaged: each output pixel is the **mode** of its
+block (the most frequent label value; a tie goes to the smallest value; at an
+odd edge the block holds fewer pixels and their mode is taken). A label's
+levels are not planned from the label itself but follow the image it
+annotates exactly (same shapes, chunks, scales and translations, without the
+channel axis), so every level of the label lies over the same level of the image.
+
+The plan is this stage's record, and says per level how it is made
+(``Level.downsampling``: ``mean`` or ``mode``); the pixels of every level are
+computed in the compress stage's single streaming pass (``downsample`` on each
+region as it is written), so the source is read once.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ import numpy as np
 from prefect import task
 
 from zarrchive.config import PyramidSettings
+from zarrchive.errors import InputError
 from zarrchive.lineage import Traced, traced
 from zarrchive.records import ImageRecord, Level
 
@@ -66,6 +75,38 @@ def _integer_mean(block: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
     return quotient.astype(block.dtype)
 
 
+def downsample_mode(block: np.ndarray, axes: tuple[int, ...] = (-2, -1)) -> np.ndarray:
+    """Mode over 2-blocks along ``axes``: the most frequent value of each block, a tie going to the smallest
+    value; at an odd edge the mode of the pixels the block holds. The output only ever holds values of its
+    block (for label images: integers and bools)."""
+    axes = tuple(sorted(a % block.ndim for a in axes))
+    pad = [(0, block.shape[i] % 2 if i in axes else 0) for i in range(block.ndim)]
+    if any(p[1] for p in pad):  # replicating the edge doubles every count of an edge block: same mode, same ties
+        block = np.pad(block, pad, mode="edge")
+    views = [block[tuple(slice(o, None, 2) if o is not None else slice(None) for o in offsets)]
+             for offsets in itertools.product(*[(0, 1) if i in axes else (None,) for i in range(block.ndim)])]
+    best = views[0].copy()
+    best_count = np.zeros(best.shape, dtype=np.uint8)
+    count = np.empty(best.shape, dtype=np.uint8)
+    for j, candidate in enumerate(views):  # 4 (or 8) candidates, each counted against the block
+        count.fill(1)
+        for i, other in enumerate(views):
+            if i != j:
+                count += candidate == other
+        better = (count > best_count) | ((count == best_count) & (candidate < best))
+        np.copyto(best, candidate, where=better)
+        np.copyto(best_count, count, where=better)
+    return best
+
+
+DOWNSAMPLERS = {"mean": downsample_mean, "mode": downsample_mode}
+
+
+def downsample(block: np.ndarray, axes: tuple[int, ...], method: str) -> np.ndarray:
+    """Halve ``block`` along ``axes`` with the level's method: ``mean`` (intensities) or ``mode`` (labels)."""
+    return DOWNSAMPLERS[method](block, axes)
+
+
 def factors(above: Level, level: Level) -> tuple[int, ...]:
     """The downsampling factor (1 or 2) of ``level`` along each axis, relative to the level above."""
     return tuple(int(round(b / a)) for a, b in zip(above.scale, level.scale))
@@ -106,16 +147,62 @@ def plan_levels(level0: Level, axes: list[str], max_levels: int, calibrated_z: b
     return levels
 
 
-def build_pyramid(image: ImageRecord, settings: PyramidSettings) -> ImageRecord:
-    """The image's record with every level planned (shapes, chunks, exact scale and translation)."""
+def build_pyramid(image: ImageRecord, settings: PyramidSettings, annotated: ImageRecord | None = None) -> ImageRecord:
+    """The image's record with every level planned (shapes, chunks, exact scale and translation, method).
+
+    A label's levels follow ``annotated``, the planned image it annotates (``follow_image``).
+    """
+    if image.kind == "label":
+        return follow_image(image, annotated)
     axes = [a.name for a in image.axes]
     z_axis = next((a for a in image.axes if a.name == "z"), None)
     x_axis = next(a for a in image.axes if a.name == "x")
     calibrated_z = bool(z_axis and z_axis.unit and x_axis.unit)
     levels = plan_levels(image.levels[0], axes, settings.max_levels, calibrated_z)
-    return image.model_copy(update={"levels": tuple(levels)})
+    return image.model_copy(update={"levels": tuple(lvl.model_copy(update={"downsampling": settings.method})
+                                                    for lvl in levels)})
+
+
+def follow_image(label: ImageRecord, image: ImageRecord | None) -> ImageRecord:
+    """The label's record with the levels of the image it annotates, without the channel axis, made by mode.
+
+    Its axes (and units) are the image's too. Raises ``InputError`` naming the label's file when the image is
+    missing (it failed) or the label's shape is not the image's level-0 shape without channels.
+    """
+    shown_as = label.source_path if label.series == 0 else f"{label.source_path} [series {label.series}]"
+    if image is None:
+        raise InputError(shown_as, f"the image it annotates ({label.label_of}) was not converted (see that image's "
+                                   "failure); the label is not published on its own")
+    keep = [i for i, axis in enumerate(image.axes) if axis.name != "c"]
+    axes = tuple(image.axes[i] for i in keep)
+    wanted = tuple(image.shape[i] for i in keep)
+    if label.shape != wanted or [a.name for a in label.axes] != [a.name for a in axes]:
+        def shown(names, shape):
+            return " × ".join(f"{n}={s}" for n, s in zip(names, shape))
+
+        raise InputError(shown_as, f"the label's shape ({shown([a.name for a in label.axes], label.shape)}) must "
+                                   f"equal that of the image it annotates, {image.source_path}, without channels "
+                                   f"({shown([a.name for a in axes], wanted)})")
+    levels = tuple(Level(path=lvl.path, shape=tuple(lvl.shape[i] for i in keep),
+                         chunks=tuple(lvl.chunks[i] for i in keep), scale=tuple(lvl.scale[i] for i in keep),
+                         translation=tuple(lvl.translation[i] for i in keep), downsampling="mode")
+                   for lvl in image.levels)
+    notes = list(label.notes)
+    if label.calibrated and label.levels[0].scale != levels[0].scale:
+        notes.append(f"{shown_as}: the label's own pixel size {label.levels[0].scale} differs from that of "
+                     f"{image.source_path} {levels[0].scale}; the label takes the image's")
+    return label.model_copy(update={"axes": axes, "levels": levels, "calibrated": image.calibrated,
+                                    "notes": tuple(notes)})
+
+
+def labels_with_images(converted: list[ImageRecord],
+                       planned: list[ImageRecord]) -> list[tuple[ImageRecord, ImageRecord | None]]:
+    """Each label among ``converted`` with the planned image it annotates (None when that image failed)."""
+    by_id = {image.image_id: image for image in planned}
+    return [(label, by_id.get(label.label_of or "")) for label in converted if label.kind == "label"]
 
 
 @task(name="pyramid", task_run_name="pyramid: {image.image_id}", tags=["plan"])
-def pyramid(image: ImageRecord, settings: PyramidSettings) -> Traced[ImageRecord]:
-    return traced("pyramid", build_pyramid, image, settings, image_id=image.image_id)
+def pyramid(image: ImageRecord, settings: PyramidSettings,
+            annotated: ImageRecord | None = None) -> Traced[ImageRecord]:
+    return traced("pyramid", build_pyramid, image, settings, annotated, image_id=image.image_id)

@@ -12,6 +12,11 @@ adjusts the kwargs of named checks (plausible pixel sizes differ between light
 and electron microscopy); ``qc.severity`` in the configuration re-grades
 checks. Checks report; the flow applies the publication policy. Submission
 warnings and metadata conflicts noted during conversion join the findings.
+
+Label images get a row each too (``kind: label``, ``label_of``), validated as
+NGFF label groups; the suite's ``row_condition`` keeps intensity and
+image-metadata checks to ``kind == "image"`` rows (a label's sizes are its
+image's). A label's values are not intensities: they join no channels table.
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ from prefect.cache_policies import NO_CACHE
 from zarrchive.cluster import client_for
 from zarrchive.config import QCSettings, config_dir
 from zarrchive.lineage import Traced, traced
-from zarrchive.ngff import validate_image
+from zarrchive.ngff import validate_image, validate_label
 from zarrchive.records import MICROMETERS, CompressionReport, Finding, ImageRecord, QCReport, Submission
 from zarrchive.tasks.compress import BATCH, chunk_slices
 
@@ -160,7 +165,8 @@ def image_facts(image: ImageRecord, report: CompressionReport, channels: list[di
     highs = [c["max"] for c in channels if c["max"] is not None]
     lows = [c["min"] for c in channels if c["min"] is not None]
     return {
-        "image_id": image.image_id, "source_path": image.source_path, "series": image.series,
+        "image_id": image.image_id, "kind": image.kind, "label_of": image.label_of,
+        "source_path": image.source_path, "series": image.series,
         "source_format": image.reader, "dtype": image.dtype, "axes": "".join(axes),
         "shape": "x".join(str(n) for n in image.shape), "min_extent": min(image.shape),
         "size_t": shape.get("t", 1), "size_c": shape.get("c", 1), "size_z": shape.get("z", 1),
@@ -236,8 +242,10 @@ def check_metadata(submission: Submission, images: list[ImageRecord], reports: l
     for image in images:
         report = by_id[image.image_id]
         channels, digest = intensity_facts(image, report, scheduler)
-        rows.append(image_facts(image, report, channels, digest, validate_image(report.store)))
-        channel_rows.extend(channels)
+        validate = validate_label if image.kind == "label" else validate_image
+        rows.append(image_facts(image, report, channels, digest, validate(report.store)))
+        if image.kind == "image":  # a label's values are ids, not intensities
+            channel_rows.extend(channels)
     findings = list(submission.findings)
     findings += run_suite("images", rows, suite.get("images", []), ["image_id"])
     findings += run_suite("channels", channel_rows, suite.get("channels", []), ["image_id", "channel", "name"])
@@ -272,8 +280,8 @@ def render_html(report: QCReport, title: str) -> str:
 
     findings = [f.model_dump() for f in report.findings]
     verdict = "errors: not publishable" if report.errors else "passed" + (" with warnings" if report.warnings else "")
-    image_columns = ["image_id", "source_path", "source_format", "dtype", "axes", "shape", "pixel_size_x",
-                     "pixel_size_y", "pixel_size_z", "unit", "time_step", "channel_names", "min", "max",
+    image_columns = ["image_id", "kind", "label_of", "source_path", "source_format", "dtype", "axes", "shape",
+                     "pixel_size_x", "pixel_size_y", "pixel_size_z", "unit", "time_step", "channel_names", "min", "max",
                      "saturated_fraction", "levels", "ngff_valid", "compression_ratio", "level0_checksum_matched"]
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>QC — {html.escape(title)}</title>

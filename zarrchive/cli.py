@@ -148,7 +148,10 @@ def _report(pub: Publication, as_json: bool) -> None:
     print(headline)
     for o in pub.images:
         where = f" -> {o.path}" if o.path else ""
-        print(f"  {o.image_id} ({o.source_path}): {o.status}, QC {o.qc}{where}" + (f"\n    {o.error}" if o.error else ""))
+        what = f"label {o.label_name or o.image_id} of {o.label_of}, " if o.label_of else ""
+        labels = f", labels: {', '.join(o.labels)}" if o.labels else ""
+        print(f"  {o.image_id} ({o.source_path}): {what}{o.status}, QC {o.qc}{labels}{where}"
+              + (f"\n    {o.error}" if o.error else ""))
     for reason in pub.reasons:
         print(f"  reason: {reason}")
 
@@ -215,11 +218,28 @@ def _show(accession: str, archive: str, as_json: bool) -> int:
     for m in versions:
         size = sum(f["size"] for f in m["files"])
         print(f"  v{m['version']}  {m['created']}  {len(m['files'])} objects, {human_size(size)}")
+        images = {img["image_id"] for img in m["images"] if not img.get("label_of")}
         for img in m["images"]:
-            img_size = sum(f["size"] for f in m["files"] if img.get("path") and f["path"].startswith(img["path"] + "/"))
-            print(f"    {img['image_id']:<28} {img['status']:<10} QC {img['qc']:<8} {human_size(img_size):>10}  "
-                  f"{img.get('path') or img.get('error') or ''}")
+            if img.get("label_of") in images:  # shown under its image
+                continue
+            _show_image(img, m["files"], "")
+            for label in sorted((x for x in m["images"] if x.get("label_of") == img["image_id"]),
+                                key=lambda x: x.get("label_name") or x["image_id"]):
+                _show_image(label, m["files"], f"label {label.get('label_name') or label['image_id']}")
     return EXIT_OK
+
+
+def _show_image(img: dict, files: list[dict], label: str) -> None:
+    from zarrchive.landing import human_size
+
+    path = img.get("path")
+    nested = f"{path}/labels/"
+    size = sum(f["size"] for f in files
+               if path and f["path"].startswith(path + "/") and not f["path"].startswith(nested))
+    name = f"  {label}" if label else img["image_id"]
+    labels = f" (labels: {', '.join(img['labels'])})" if img.get("labels") else ""
+    print(f"    {name:<28} {img['status']:<10} QC {img['qc']:<8} {human_size(size):>10}  "
+          f"{path or img.get('error') or ''}{labels}")
 
 
 def _lineage(accession: str, archive: str, version: int | None, image: str | None, as_json: bool) -> int:

@@ -51,5 +51,7 @@ def compress_key(_context: Any, params: dict[str, Any]) -> str:
 
 
 def compressed_name(image: Any, settings: Any) -> str:
-    """The compressed store's name: the conversion, its levels and the codec settings."""
-    return f"{image.conversion_id}-{digest([lvl.shape for lvl in image.levels], settings, pixel_versions())[:12]}"
+    """The compressed store's name: the conversion, its planned levels and axes (a label takes both from the image
+    it annotates, so they are not implied by its own conversion) and the codec settings."""
+    plan = [[lvl.model_dump(mode="json") for lvl in image.levels], [a.model_dump(mode="json") for a in image.axes]]
+    return f"{image.conversion_id}-{digest(plan, settings, pixel_versions())[:12]}"

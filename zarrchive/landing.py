@@ -38,6 +38,13 @@ def human_size(n: float) -> str:
     return f"{n} B"
 
 
+def label_links(outcome: ImageOutcome) -> str:
+    """The labels published with an image, linked, for its row of the images table."""
+    e = html.escape
+    links = [f"<a href='images/{e(outcome.image_id)}.ome.zarr/labels/{e(n)}/'>{e(n)}</a>" for n in outcome.labels]
+    return f"<br><small>labels: {', '.join(links)}</small>" if links else ""
+
+
 def render_landing_page(submission: Submission, version: int, outcomes: list[ImageOutcome], qc_report: QCReport,
                         reports: list[CompressionReport], files: list[FileRecord], lineage: list[LineageRecord],
                         previous_version: int | None) -> str:
@@ -47,14 +54,15 @@ def render_landing_page(submission: Submission, version: int, outcomes: list[Ima
     sizes = {r.image_id: r for r in reports}
     image_rows = []
     for o in outcomes:
-        if o.status != "published":
+        if o.status != "published" or o.label_of:  # a label is shown with its image
             continue
         row: dict[str, Any] = facts.get(o.image_id, {})
         report = sizes.get(o.image_id)
         pixel = " × ".join(f"{row[k]:.4g}" for k in ("pixel_size_z", "pixel_size_y", "pixel_size_x")
                            if row.get(k) is not None)
         image_rows.append(
-            f"<tr><td><a href='images/{e(o.image_id)}.ome.zarr/'>{e(o.image_id)}</a></td><td>{e(o.source_path)}</td>"
+            f"<tr><td><a href='images/{e(o.image_id)}.ome.zarr/'>{e(o.image_id)}</a>{label_links(o)}</td>"
+            f"<td>{e(o.source_path)}</td>"
             f"<td>{e(str(row.get('axes', '')))} {e(str(row.get('shape', '')))}</td><td>{e(str(row.get('dtype', '')))}</td>"
             f"<td>{e(pixel)} {e(str(row.get('unit') or ''))}</td><td>{e(str(row.get('channel_names', '')))}</td>"
             f"<td>{e(o.qc)}</td><td>{human_size(report.bytes_out) if report else ''}"

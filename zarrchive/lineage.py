@@ -109,7 +109,10 @@ def build_crate(
     the object in the version, so actions point at the published objects.
     Every file entity carries its size and sha256; a Zarr store is one
     Dataset entity with its tree digest (``storage.tree_digest``) — its
-    objects are listed, with their checksums, in ``manifest.json``.
+    objects are listed, with their checksums, in ``manifest.json``. A label
+    image nested in an image's store (``labels/<name>/``) is a Dataset of its
+    own, part of the image's; the image's digest covers the image's own objects,
+    so each store's digest is the one its compress action verified.
     A staged copy made by an earlier run (reused through the cache) is matched
     to the published original by its sha256. The publish action itself links
     the published images and originals to what publish wrote
@@ -132,9 +135,8 @@ def build_crate(
     entities: dict[str, dict[str, Any]] = {}
     stores: dict[str, list[ManifestEntry]] = {}
     for entry in manifest:
-        top = entry.path.split("/", 2)
-        if top[0] == "images" and len(top) == 3:  # an object inside a Zarr store: the store is the entity
-            stores.setdefault(f"images/{top[1]}/", []).append(entry)
+        if store := _store_of(entry.path):  # an object inside a Zarr store: the store is the entity
+            stores.setdefault(store, []).append(entry)
         else:
             entities[entry.path] = {"@id": entry.path, "@type": "File", "contentSize": entry.size,
                                     "sha256": entry.sha256}
@@ -147,6 +149,10 @@ def build_crate(
             "zarrchive:objects": len(objects),
             "zarrchive:treeDigest": tree_digest((o.path[len(store):], o.sha256) for o in objects),
         }
+    for key in sorted(entities):  # label stores and labels groups are parts of their image's store
+        image, _, rest = key.partition(".ome.zarr/labels/")
+        if rest and f"{image}.ome.zarr/" in entities:
+            entities[f"{image}.ome.zarr/"].setdefault("hasPart", []).append({"@id": key})
     parts = [{"@id": key} for key in entities]
 
     software_ids = []
@@ -194,7 +200,8 @@ def build_crate(
     if publish_results:
         flow_runs = sorted({r.flow_run_id for r in lineage if r.flow_run_id})
         now = dt.datetime.now(dt.timezone.utc).isoformat()
-        published = [{"@id": k} for k in entities if k.startswith(("images/", "originals/"))]
+        published = [{"@id": k} for k in entities
+                     if k.startswith(("images/", "originals/")) and k not in publish_results]
         graph.append({
             "@id": "#action/publish", "@type": "CreateAction", "name": "publish",
             "instrument": {"@id": "#workflow/ingest_submission"}, "object": published,
@@ -253,6 +260,17 @@ def build_crate(
 def _ngff_of(objects: list[ManifestEntry], store: str) -> str:
     """0.5 for a Zarr v3 store (its root ``zarr.json``), else 0.4 (Zarr v2)."""
     return "0.5" if any(o.path == f"{store}zarr.json" for o in objects) else "0.4"
+
+
+def _store_of(path: str) -> str | None:
+    """The Zarr store an object of the version belongs to: ``images/<id>.ome.zarr/``, or a label's
+    ``images/<id>.ome.zarr/labels/<name>/``; None for a file of its own (the ``labels`` group's ``zarr.json``)."""
+    parts = path.split("/")
+    if parts[0] != "images" or len(parts) < 3:
+        return None
+    if parts[2] == "labels":
+        return f"images/{parts[1]}/labels/{parts[3]}/" if len(parts) > 4 else None
+    return f"images/{parts[1]}/"
 
 
 def _author_id(orcid: str | None, name: str) -> str:

@@ -1,5 +1,9 @@
 """OME-NGFF metadata (0.5 by default, 0.4 for older viewers): built from an ImageRecord, checked by an
-independent validator."""
+independent validator.
+
+An image group carries ``multiscales`` and ``omero``; a label image's group carries ``multiscales`` and
+``image-label`` and lives under its image's ``labels/<name>/``, listed by the ``labels`` group.
+"""
 
 from __future__ import annotations
 
@@ -13,11 +17,20 @@ NGFF_VERSION = "0.5"
 ZARR_FORMAT = {"0.5": 3, "0.4": 2}  # the Zarr format each OME-NGFF version is stored in
 # Default channel colours (hex RGB) cycled for channels without one.
 COLOURS = ("FFFFFF",) + ("0000FF", "00FF00", "FF0000", "FF00FF", "00FFFF", "FFFF00")
+DOWNSAMPLING = {
+    "mean": ("2x2 block mean (y, x; z too once z is no coarser than x); edge blocks average the pixels they hold",
+             "zarrchive.tasks.pyramid.downsample_mean"),
+    "mode": ("2x2 block mode (y, x; z too where the image's levels halve z): the most frequent label value of the "
+             "block, a tie going to the smallest value; edge blocks take the mode of the pixels they hold",
+             "zarrchive.tasks.pyramid.downsample_mode"),
+}
+# Label value 0 is the background: transparent; viewers choose the colours of the other values.
+LABEL_COLOURS = ({"label-value": 0, "rgba": [0, 0, 0, 0]},)
 
 
 def multiscales_attrs(image: ImageRecord, windows: list[tuple[float, float]] | None = None) -> dict[str, Any]:
     """The ``ome`` attributes of an image group: multiscales plus an omero block (display windows per channel
-    from the data when given, else the dtype's range)."""
+    from the data when given, else the dtype's range); of a label image: multiscales plus ``image-label``."""
     axes = []
     for axis in image.axes:
         entry: dict[str, Any] = {"name": axis.name, "type": axis.type}
@@ -34,15 +47,16 @@ def multiscales_attrs(image: ImageRecord, windows: list[tuple[float, float]] | N
         }
         for level in image.levels
     ]
+    description, method = DOWNSAMPLING[image.downsampling]
     multiscale = {
-        "name": image.image_id,
+        "name": image.label_name if image.kind == "label" else image.image_id,
         "axes": axes,
         "datasets": datasets,
-        "type": "mean",
-        "metadata": {"description": "2x2 block mean (y, x; z too once z is no coarser than x); edge blocks "
-                                    "average the pixels they hold",
-                     "method": "zarrchive.tasks.pyramid.downsample_mean"},
+        "type": image.downsampling,
+        "metadata": {"description": description, "method": method},
     }
+    if image.kind == "label":
+        return {"version": NGFF_VERSION, "multiscales": [multiscale], "image-label": image_label_block()}
     return {"version": NGFF_VERSION, "multiscales": [multiscale], "omero": omero_block(image, windows)}
 
 
@@ -54,7 +68,7 @@ def group_attributes(image: ImageRecord, windows: list[tuple[float, float]] | No
     if ngff == "0.5":
         return {"ome": attrs}
     multiscale = {**attrs["multiscales"][0], "version": ngff}
-    return {"multiscales": [multiscale], "omero": attrs["omero"]}
+    return {**{k: v for k, v in attrs.items() if k != "version"}, "multiscales": [multiscale]}
 
 
 def ngff_version(attributes: dict[str, Any]) -> str | None:
@@ -63,6 +77,21 @@ def ngff_version(attributes: dict[str, Any]) -> str | None:
         return attributes["ome"].get("version")
     multiscales = attributes.get("multiscales") or [{}]
     return multiscales[0].get("version")
+
+
+def image_label_block() -> dict[str, Any]:
+    """The ``image-label`` metadata of a label group nested at ``<image>/labels/<name>/``."""
+    return {"version": NGFF_VERSION, "colors": [dict(c) for c in LABEL_COLOURS], "source": {"image": "../../"}}
+
+
+def labels_group_attrs(names: list[str]) -> dict[str, Any]:
+    """The ``ome`` attributes of an image's ``labels`` group, listing its label groups."""
+    return {"version": NGFF_VERSION, "labels": list(names)}
+
+
+def labels_group_document(names: list[str]) -> dict[str, Any]:
+    """The ``zarr.json`` of an image's ``labels`` group (Zarr v3 group metadata)."""
+    return {"zarr_format": 3, "node_type": "group", "attributes": {"ome": labels_group_attrs(names)}}
 
 
 def omero_block(image: ImageRecord, windows: list[tuple[float, float]] | None = None) -> dict[str, Any]:
@@ -80,6 +109,30 @@ def omero_block(image: ImageRecord, windows: list[tuple[float, float]] | None = 
                          "window": {"min": lo, "max": hi, "start": lo if start is None else start,
                                     "end": hi if end is None else end}})
     return {"channels": channels, "rdefs": {"model": "greyscale" if n == 1 else "color"}}
+
+
+def validate_label(store_path: str) -> list[str]:
+    """Problems an independent validator (ome-zarr-models) finds in an NGFF 0.5 label image group (checked on
+    its own, before it is nested under its image): image-label metadata, multiscales, an integer type allowed
+    for labels; [] when valid."""
+    import zarr
+    from ome_zarr_models.v05.image_label import ImageLabel
+    from ome_zarr_models.v05.labels import VALID_DTYPES
+
+    try:
+        group = zarr.open_group(store_path, mode="r")
+        model = ImageLabel.from_zarr(group)
+        if model.attributes.ome.image_label is None:
+            return ["the label group has no image-label metadata"]
+        problems = []
+        for dataset in model.attributes.ome.multiscales[0].datasets:
+            dtype = group[dataset.path].dtype
+            if dtype not in VALID_DTYPES:
+                allowed = ", ".join(map(str, VALID_DTYPES))
+                problems.append(f"level {dataset.path}: {dtype} is not a label type ({allowed})")
+        return problems
+    except Exception as exc:  # the validator's own error types vary; report them all
+        return [f"{type(exc).__name__}: {exc}".strip()]
 
 
 def validate_image(store_path: str) -> list[str]:

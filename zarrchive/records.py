@@ -104,11 +104,18 @@ class FileEntry(Record):
     kind: Literal["image", "label", "attachment"] = "image"
     pixel_size: PixelSize | None = None
     channel_names: list[str] | None = None
+    label_of: str | None = None  # a label: the listed image file it annotates (checks: zarrchive.submission_checks)
+    label_name: str | None = None  # a label: its name under the image's labels/ (default: from the file name)
 
-    @field_validator("path")
+    @field_validator("path", "label_of")
     @classmethod
-    def _relative_inside(cls, path: str) -> str:
-        return parse_relative_path(path)
+    def _relative_inside(cls, path: str | None) -> str | None:
+        return parse_relative_path(path) if path is not None else None
+
+    @property
+    def label(self) -> str:
+        """The label's name: ``label_name``, or the file's name without its extension, made path-safe."""
+        return self.label_name or default_label_name(self.path)
 
 
 class SubmissionDoc(Record):
@@ -145,6 +152,16 @@ def parse_relative_path(path: str) -> str:
     if not parts or any(p == ".." for p in parts):
         raise ValueError(f"path {path!r} escapes the submission folder")
     return "/".join(parts)
+
+
+LABEL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")  # a folder name on every store
+RESERVED_LABEL_NAMES = {"zarr.json"}  # the labels group's own metadata
+
+
+def default_label_name(path: str) -> str:
+    """The name a label gets from its file: labels/cell01_nuclei.tif -> cell01_nuclei (path-safe)."""
+    stem = re.sub(r"(\.ome)?\.[A-Za-z0-9]+$", "", path.rsplit("/", 1)[-1])
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", stem).strip("._-")[:128] or "label"
 
 
 class Submission(Record):
@@ -189,6 +206,7 @@ class Failure(Record):
     error: str
     image_id: str | None = None
     series: int | None = None
+    label_of: str | None = None  # a label: the id of the image it annotates
 
 
 class FetchResult(Record):
@@ -217,6 +235,7 @@ class Level(Record):
     chunks: tuple[int, ...]
     scale: tuple[float, ...]
     translation: tuple[float, ...]
+    downsampling: Literal["mean", "mode"] = "mean"  # how it is made from the level above (pyramid.downsample)
 
 
 class SourceLayout(Record):
@@ -227,12 +246,16 @@ class SourceLayout(Record):
     axes: tuple[str, ...]  # the image's axes, e.g. ("c", "z", "y", "x")
     samples_as_channels: bool = False  # RGB(A) samples of the file are the image's channels
     tiff_axes: str | None = None  # the file's axes (bioio letters, in tifffile's order) when tifffile reads it
+    dtype: str | None = None  # the stored type when it differs from the file's (a bool mask stored as uint8 labels)
 
 
 class ImageRecord(Record):
     """One image (one series of one file): its metadata and level 0 after convert, all levels after pyramid.
 
     The pixels stay in the source file until the compress pass reads them through ``layout``.
+    A label image (``kind="label"``) has no channel axis; its levels follow those of the image it
+    annotates (``label_of``, an image id) and are downsampled by mode; it is published under that
+    image's ``labels/<label_name>/``.
     """
 
     image_id: str
@@ -252,10 +275,18 @@ class ImageRecord(Record):
     calibrated: bool  # whether any physical pixel size is known
     levels: tuple[Level, ...]
     notes: tuple[str, ...] = ()  # metadata conflicts and defaults applied
+    kind: Literal["image", "label"] = "image"
+    label_of: str | None = None  # a label: the id of the image it annotates
+    label_name: str | None = None  # a label: its name under that image's labels/
 
     @property
     def shape(self) -> tuple[int, ...]:
         return self.levels[0].shape
+
+    @property
+    def downsampling(self) -> Literal["mean", "mode"]:
+        """How the levels below level 0 are made: ``mean`` for intensities, ``mode`` for labels."""
+        return self.levels[-1].downsampling
 
     def entities(self) -> list[Entity]:
         return [Entity(uri=self.metadata_xml, role="intermediate", sha256=self.metadata_sha256)]
@@ -349,6 +380,9 @@ class ImageOutcome(Record):
     qc: Literal["ok", "warning", "error", "not run"] = "not run"
     path: str | None = None  # relative to the version folder
     error: str | None = None
+    label_of: str | None = None  # a label: the id of the image it annotates
+    label_name: str | None = None  # a label: its name under that image's labels/
+    labels: list[str] = []  # an image: the names of its labels published with it
 
 
 class Publication(Record):

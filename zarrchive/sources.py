@@ -72,11 +72,13 @@ def layout_of(path: str, img: Any, reader: str, series: int, axes: tuple[str, ..
 
 
 def read_region(path: str, layout: SourceLayout, region: tuple[slice, ...]) -> np.ndarray:
-    """The pixels of ``region`` (slices in ``layout.axes``) of the series, as a numpy array."""
+    """The pixels of ``region`` (slices in ``layout.axes``) of the series, as a numpy array (of
+    ``layout.dtype`` when the layout stores another type than the file's)."""
     if layout.tiff_axes:
-        return _read_tiff(path, layout, region)
-    data = _bioio_array(path, layout, _version(path))
-    return np.asarray(data[region].compute(scheduler="synchronous"))
+        block = _read_tiff(path, layout, region)
+    else:
+        block = np.asarray(_bioio_array(path, layout, _version(path))[region].compute(scheduler="synchronous"))
+    return block.astype(layout.dtype) if layout.dtype else block
 
 
 def _read_tiff(path: str, layout: SourceLayout, region: tuple[slice, ...]) -> np.ndarray:

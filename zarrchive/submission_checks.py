@@ -16,7 +16,8 @@ from pydantic import BaseModel, ValidationError
 
 from zarrchive.config import SubmissionSettings
 from zarrchive.records import (
-    Author, FileEntry, Finding, ImagingMethod, Organism, PixelSize, PublicationRef, SubmissionDoc,
+    LABEL_NAME_RE, RESERVED_LABEL_NAMES, Author, FileEntry, Finding, ImagingMethod, Organism, PixelSize,
+    PublicationRef, SubmissionDoc, default_label_name, parse_relative_path,
 )
 
 EMAIL_RE = re.compile(r"^[A-Za-z0-9._%+'-]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}$")
@@ -161,6 +162,60 @@ def _strings(value: Any, loc: tuple[Any, ...] = ()):
             yield from _strings(item, (*loc, i))
 
 
+def _normal(path: Any) -> str | None:
+    try:
+        return parse_relative_path(path) if isinstance(path, str) else None
+    except ValueError:
+        return None  # reported by the schema
+
+
+def label_problems(files: Any) -> list[tuple[str, tuple[Any, ...], str]]:
+    """What is wrong with the label entries of ``files``: (check, location, message) each.
+
+    A label (``kind: label``) names the listed image file it annotates (``label_of``); ``label_of`` and
+    ``label_name`` belong to labels only; the names of an image's labels are path-safe and distinct.
+    """
+    entries = [(i, e) for i, e in enumerate(files if isinstance(files, list) else []) if isinstance(e, dict)]
+    kinds = {_normal(e.get("path")): e.get("kind", "image") for _i, e in entries}
+    problems = []
+    names: dict[tuple[str, str], str] = {}  # (image path, name folded to lower case) -> label path
+    for i, entry in entries:
+        kind = entry.get("kind", "image")
+        if kind != "label":
+            for key in ("label_of", "label_name"):
+                if entry.get(key) is not None:
+                    problems.append((key, ("files", i, key), f"only a label file (kind: label) has {key}; this file "
+                                                             f"is kind: {kind}"))
+            continue
+        target = entry.get("label_of")
+        if target is None:
+            problems.append(("label_of", ("files", i, "label_of"), "required for a label: the path of the listed "
+                                                                   "image file it annotates"))
+        elif isinstance(target, str) and "TODO" not in target and (path := _normal(target)) is not None:
+            if path not in kinds:
+                problems.append(("label_of", ("files", i, "label_of"), f"{target} is not listed under files: a "
+                                                                       "label annotates a listed image file"))
+            elif kinds[path] != "image":
+                problems.append(("label_of", ("files", i, "label_of"), f"{target} is listed as kind: {kinds[path]}; "
+                                                                       "a label annotates an image file"))
+        name = entry.get("label_name")
+        if isinstance(name, str):
+            if not LABEL_NAME_RE.match(name) or name.lower() in RESERVED_LABEL_NAMES:
+                problems.append(("label_name", ("files", i, "label_name"),
+                                 f"{name!r} is not a usable label name: letters, digits, '.', '_' and '-', starting "
+                                 "with a letter or digit, at most 128 characters (and not zarr.json)"))
+                continue
+        elif isinstance(entry.get("path"), str):
+            name = default_label_name(entry["path"])
+        if isinstance(name, str) and isinstance(target, str) and (path := _normal(target)) is not None:
+            other = names.setdefault((path, name.lower()), entry.get("path"))
+            if other != entry.get("path"):
+                problems.append(("label_name", ("files", i, "label_name"),
+                                 f"the label name {name!r} is taken by {other}, another label of {path}: give each "
+                                 "label of an image its own label_name"))
+    return problems
+
+
 def _field_findings(data: dict[str, Any], settings: SubmissionSettings, today: dt.date) -> list[Finding]:
     findings: list[Finding] = []
 
@@ -218,6 +273,8 @@ def _field_findings(data: dict[str, Any], settings: SubmissionSettings, today: d
     for i, entry in enumerate(data.get("files") or []):
         if isinstance(entry, dict) and isinstance(entry.get("sha256"), str) and not SHA256_RE.match(entry["sha256"]):
             add("sha256", ("files", i, "sha256"), "is not a sha256 (64 lower-case hexadecimal characters)")
+    for check, loc, message in label_problems(data.get("files")):
+        add(check, loc, message)
 
     # recommended, not required: reported as warnings, published alongside
     for key, why in (("organism", "findable by species"), ("imaging_method", "checked against its modality")):
