@@ -109,16 +109,15 @@ def tool_ceiling(src: str, out: str) -> None:
     import zarr
 
     with tifffile.TiffFile(src) as tif:
-        series = tif.series[0]
-        shape, dtype = series.shape, series.dtype
-        root = zarr.open_group(out, mode="w", zarr_format=3)
-        dst = root.create_array("0", shape=shape, chunks=CHUNK[-len(shape):], dtype=dtype, compressors=[_blosc()])
+        shape, dtype = (len(tif.pages),) + tif.pages[0].shape, tif.pages[0].dtype
+    root = zarr.open_group(out, mode="w", zarr_format=3)
+    dst = root.create_array("0", shape=shape, chunks=CHUNK[-len(shape):], dtype=dtype, compressors=[_blosc()])
 
-        def copy(k: int) -> None:
-            dst[k] = tif.pages[k].asarray()
+    def copy(k: int) -> None:
+        dst[k] = tifffile.imread(src, key=k)  # a file handle per read: threads never share one
 
-        with ThreadPoolExecutor(2) as pool:
-            list(pool.map(copy, range(shape[0])))
+    with ThreadPoolExecutor(2) as pool:
+        list(pool.map(copy, range(shape[0])))
 
 
 def tool_ome_zarr(matched: bool) -> Callable[[str, str], None]:
@@ -235,12 +234,13 @@ def check(src: Path, out: Path) -> dict[str, Any]:
     datasets = (attrs.get("ome", attrs).get("multiscales") or [{"datasets": [{"path": "0"}]}])[0]["datasets"]
     paths = [d["path"] for d in datasets]
     level0 = group[paths[0]]
+    lead = (0,) * (level0.ndim - 3)  # singleton t/c axes some writers keep in front of z, y, x
     with tifffile.TiffFile(src) as tif:
         n = len(tif.pages)
-        exact = level0.shape == (n,) + tif.pages[0].shape
+        exact = level0.shape[len(lead):] == (n,) + tif.pages[0].shape and all(s == 1 for s in level0.shape[:len(lead)])
         planes = range(0, n, max(1, n // 8)) if exact else []
         for k in planes:
-            exact = exact and np.array_equal(level0[k], tif.pages[k].asarray())
+            exact = exact and np.array_equal(level0[lead + (k,)], tif.pages[k].asarray())
         found["level0_exact"] = bool(exact)
         if len(paths) > 1 and exact:
             level1 = group[paths[1]]
@@ -250,8 +250,8 @@ def check(src: Path, out: Path) -> dict[str, Any]:
                 h, w = plane.shape
                 padded = np.pad(plane, [(0, h % 2), (0, w % 2)], mode="edge")
                 mean = padded.reshape(padded.shape[0] // 2, 2, padded.shape[1] // 2, 2).mean(axis=(1, 3))
-                kz = k if level1.shape[0] == n else k // 2
-                got = level1[kz]
+                kz = k if level1.shape[len(lead)] == n else k // 2
+                got = level1[lead + (kz,)]
                 if got.shape != mean.shape:
                     errors.append(float("nan"))
                     continue
