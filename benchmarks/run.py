@@ -187,6 +187,7 @@ def measure(tool: str, src: Path, out: Path) -> dict[str, Any]:
 
     if out.exists():
         shutil.rmtree(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     proc = subprocess.Popen([sys.executable, __file__, "--tool", tool, str(src), str(out)],

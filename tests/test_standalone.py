@@ -62,3 +62,10 @@ def test_codec_profile_on_the_command_line(tmp_path, config_file, capsys):
     with pytest.raises(SystemExit) as usage:
         main(["convert", str(source), str(tmp_path / "x.ome.zarr"), "--codec-profile", "best"])
     assert usage.value.code == 2 and "invalid choice: 'best'" in capsys.readouterr().err
+
+
+def test_the_output_folder_is_created_when_missing(tmp_path, config_file):
+    source = ome_tiff(tmp_path / "s.ome.tif", random_image((1, 1, 40, 30)), "CZYX")
+    out = tmp_path / "not" / "yet" / "s.ome.zarr"
+    assert main(["convert", str(source), str(out), "--config", config_file()]) == 0
+    assert zarr.open_group(out, mode="r").attrs["ome"]["version"] == "0.5"

@@ -43,6 +43,7 @@ def convert_to_ome_zarr(source: str, output: str, settings: Settings, progress: 
     size, sha256 = sha256_stream(fs, local)
     record = FileRecord(path=path.name, source_uri=str(path.resolve()), staged_path=str(path.resolve()), size=size,
                         sha256=sha256, kind="image")  # read in place: the source is only ever read
+    target.resolve().parent.mkdir(parents=True, exist_ok=True)  # the work folder sits beside the output
     with tempfile.TemporaryDirectory(prefix="zarrchive-convert-", dir=target.resolve().parent) as work, \
             cluster_for_run(settings.cluster) as scheduler:
         progress(f"reading {path.name}")
