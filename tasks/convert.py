@@ -290,7 +290,7 @@ def _convert_series(img, reader, index, scene, n_scenes, file, entry, work, sett
         calibrated=any(v is not None for v in sizes.values()),
         levels=(Level(path="0", shape=shape, chunks=chunk_shape(list(axis_names), shape, settings),
                       scale=tuple(scale), translation=tuple(0.0 for _ in scale)),),
-        notes=tuple(notes),
+        notes=tuple(notes), lossy_source=lossy_compression(file.staged_path, index, reader_name),
     )
 
 
@@ -327,6 +327,19 @@ def as_label(image: ImageRecord, entry: FileEntry | None, n_series: int) -> Imag
         "levels": (Level(path="0", shape=drop_c(level0.shape), chunks=drop_c(level0.chunks),
                          scale=drop_c(level0.scale), translation=drop_c(level0.translation), downsampling="mode"),),
     })
+
+
+LOSSY_TIFF = {"JPEG", "OJPEG", "WEBP", "JPEGXR", "JPEGXR_NDPI"}  # TIFF compressions that are lossy in practice
+
+
+def lossy_compression(path: str, series: int, reader: str) -> str | None:
+    """The lossy compression the source's pixels went through (the name of a TIFF compression such as JPEG),
+    or None: the archive keeps the decoded pixels exactly, which can take more room than the lossy original."""
+    if reader not in ("bioio_ome_tiff", "bioio_tifffile"):
+        return None
+    with tifffile.TiffFile(path) as tif:
+        name = tif.series[series].keyframe.compression.name
+    return name if name in LOSSY_TIFF else None
 
 
 def ome_xml(path: str, img: BioImage, reader: str, name: str, shape: tuple[int, ...], axes: tuple[str, ...],

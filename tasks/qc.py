@@ -253,7 +253,25 @@ def check_metadata(submission: Submission, images: list[ImageRecord], reports: l
         findings.extend(Finding(severity=settings.severity.get("metadata_conflict", "warning"),
                                 check="metadata_conflict", image_id=image.image_id, file=image.source_path,
                                 message=note) for note in image.notes)
+    findings.extend(lossy_source_findings(images, reports, settings))
     return QCReport(suite=suite["name"], modality=modality, rows=rows, channels=channel_rows, findings=findings)
+
+
+def lossy_source_findings(images: list[ImageRecord], reports: list[CompressionReport],
+                          settings: QCSettings) -> list[Finding]:
+    """A lossy-compressed source (JPEG…) is archived as its decoded pixels, losslessly: say so, with the sizes,
+    rather than let the archive copy look like an unexplained inflation (the original is kept as submitted)."""
+    stored = {r.image_id: r for r in reports}
+    out = []
+    for image in images:
+        if image.lossy_source and (report := stored.get(image.image_id)):
+            out.append(Finding(
+                severity=settings.severity.get("lossy_source", "warning"), check="lossy_source",
+                image_id=image.image_id, file=image.source_path,
+                message=f"the source's pixels were {image.lossy_source}-compressed (lossy): the archive keeps the "
+                        f"decoded pixels exactly ({report.bytes_out:,} bytes stored, ratio {report.ratio:.2f} "
+                        "over the decoded pixels); the lossy original is kept as submitted under originals/"))
+    return out
 
 
 # ---------------------------------------------------------------- reports people read

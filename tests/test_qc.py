@@ -160,3 +160,21 @@ def test_conflicts_and_submission_warnings_join_the_findings(tmp_path, settings,
     assert "pixel_size.x" in qc.findings[1].message and qc.findings[1].file == "k.ome.tif"
     page = render_html(qc, "ZA000001 v1")
     assert "metadata_conflict" in page and "<table>" in page and "passed with warnings" in page
+
+
+def test_a_lossy_compressed_source_is_reported_not_silently_inflated(tmp_path, settings, scheduler):
+    import tifffile
+
+    yy, xx = np.mgrid[0:64, 0:80]
+    data = (100 + 80 * np.sin(yy / 5.0) * np.cos(xx / 7.0)).astype("uint8")
+    path = tmp_path / "photo.tif"
+    tifffile.imwrite(path, data, compression="jpeg")
+    image, report = staged_image(tmp_path, settings, scheduler, path, "photo.tif")
+    assert image.lossy_source == "JPEG"
+    np.testing.assert_array_equal(zarr.open_array(f"{report.store}/0", mode="r")[0], tifffile.imread(path))
+    qc = run([(image, report)], settings, scheduler)
+    [finding] = [f for f in qc.findings if f.check == "lossy_source"]
+    assert finding.severity == "warning" and finding.file == "photo.tif" and "JPEG-compressed" in finding.message
+    lossless = tmp_path / "plain.tif"
+    tifffile.imwrite(lossless, data, compression="zlib")
+    assert staged_image(tmp_path, settings, scheduler, lossless, "plain.tif")[0].lossy_source is None
