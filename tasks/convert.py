@@ -15,6 +15,7 @@ writing every level of the pyramid from it.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import math
 import os
@@ -67,11 +68,24 @@ class SourceMetadata:
 # ---------------------------------------------------------------- reader choice
 
 
+# Formats read by optional bioio plugins: (a test of the file's first bytes, name, plugin module, pip name, extra,
+# licence of the reader). Not installed by default; a file in one of them names the plugin to install.
+VENDOR_FORMATS = (
+    (lambda head: head[:4] == b"\xda\xce\xbe\x0a", "Nikon ND2", "bioio_nd2", "bioio-nd2", "nd2",
+     "bioio-nd2 and nd2: BSD-3-Clause"),
+    (lambda head: head[:10] == b"ZISRAWFILE", "Zeiss CZI", "bioio_czi", "bioio-czi", "czi",
+     "bioio-czi: BSD-3-Clause; pylibczirw: LGPL-3.0 (libCZI)"),
+    (lambda head: head[:4] == b"\x70\x00\x00\x00" and head[8:9] == b"\x2a", "Leica LIF", "bioio_lif", "bioio-lif",
+     "lif", "bioio-lif: BSD-3-Clause; readlif: GPL-3.0"),
+)
+PNG_MAGIC, JPEG_MAGIC = b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff"
+
+
 def choose_reader(path: str, shown_as: str) -> type:
     """The bioio reader for a file, chosen from its content (magic bytes, OME-XML), not its name."""
     with open(path, "rb") as fh:
-        head = fh.read(4)
-    if head in TIFF_MAGIC:
+        head = fh.read(16)
+    if head[:4] in TIFF_MAGIC:
         try:
             with tifffile.TiffFile(path) as tif:
                 is_ome = tif.is_ome
@@ -84,8 +98,20 @@ def choose_reader(path: str, shown_as: str) -> type:
         import bioio_tifffile
 
         return bioio_tifffile.Reader
-    raise UnsupportedFormat(shown_as, "format not supported in this installation "
-                                      "(this version reads OME-TIFF and TIFF; the content is not TIFF)")
+    if head.startswith((PNG_MAGIC, JPEG_MAGIC)):
+        import bioio_imageio
+
+        return bioio_imageio.Reader
+    for matches, name, module, package, extra, licence in VENDOR_FORMATS:
+        if matches(head):
+            try:
+                return importlib.import_module(module).Reader
+            except ImportError:
+                raise UnsupportedFormat(shown_as, f"format not supported in this installation: {name} needs the "
+                                                  f"reader plugin {package} (pip install 'zarrchive[{extra}]'; "
+                                                  f"{licence})") from None
+    raise UnsupportedFormat(shown_as, "format not supported in this installation (the content is none of OME-TIFF, "
+                                      "TIFF, PNG, JPEG, ND2, CZI, LIF)")
 
 
 # ---------------------------------------------------------------- metadata
@@ -114,6 +140,17 @@ def _ome_metadata(img: BioImage, scene: int) -> SourceMetadata:
         time_increment=pixels.time_increment, time_unit=TIME_UNITS.get(time_unit or "", time_unit),
         channel_names=names if names and all(names) else None,
     )
+
+
+def _bioio_metadata(img: BioImage) -> SourceMetadata:
+    """What any bioio reader says: physical pixel sizes (micrometres) and channel names (its generated
+    ``Channel:i:j`` placeholders are no names)."""
+    sizes = img.physical_pixel_sizes
+    values = {"z": sizes.Z, "y": sizes.Y, "x": sizes.X}
+    names = [str(n) for n in (img.channel_names or [])]
+    named = bool(names) and not all(re.fullmatch(r"Channel:\d+:\d+", n) for n in names)
+    return SourceMetadata(pixel_size=values, unit="micrometer" if any(values.values()) else None,
+                          time_increment=None, time_unit=None, channel_names=names if named else None)
 
 
 def _tiff_metadata(path: str, series: int) -> SourceMetadata:
@@ -248,10 +285,11 @@ def convert_file(
 def _convert_series(img, reader, index, scene, n_scenes, file, entry, work, settings, base_id):
     shown_as = file.path if n_scenes == 1 else f"{file.path} [series {index}]"
     data, sample_names = lazy_pixels(img, shown_as)
-    if reader.__module__.startswith("bioio_ome_tiff"):
+    reader_name = reader.__module__.split(".")[0]
+    if reader_name == "bioio_ome_tiff":
         source = _ome_metadata(img, index)
     else:
-        source = _tiff_metadata(file.staged_path, index)
+        source = _tiff_metadata(file.staged_path, index) if reader_name == "bioio_tifffile" else _bioio_metadata(img)
     if sample_names:
         source = SourceMetadata(source.pixel_size, source.unit, source.time_increment, source.time_unit, sample_names)
     t, c, z, _y, _x = data.shape
@@ -275,7 +313,6 @@ def _convert_series(img, reader, index, scene, n_scenes, file, entry, work, sett
     cid = conversion_id(file.sha256, index, settings, entry)
     image_id = base_id if n_scenes == 1 else f"{base_id}_s{index}"
     shape = tuple(int(n) for n, k in zip(data.shape, keep) if k)
-    reader_name = reader.__module__.split(".")[0]
     layout = layout_of(file.staged_path, img, reader_name, index, axis_names, bool(sample_names))
     xml = ome_xml(file.staged_path, img, reader_name, str(scene), shape, axis_names, data.dtype, names, sizes, unit,
                   source)
@@ -335,6 +372,9 @@ LOSSY_TIFF = {"JPEG", "OJPEG", "WEBP", "JPEGXR", "JPEGXR_NDPI"}  # TIFF compress
 def lossy_compression(path: str, series: int, reader: str) -> str | None:
     """The lossy compression the source's pixels went through (the name of a TIFF compression such as JPEG),
     or None: the archive keeps the decoded pixels exactly, which can take more room than the lossy original."""
+    if reader == "bioio_imageio":
+        with open(path, "rb") as fh:
+            return "JPEG" if fh.read(3) == JPEG_MAGIC else None
     if reader not in ("bioio_ome_tiff", "bioio_tifffile"):
         return None
     with tifffile.TiffFile(path) as tif:

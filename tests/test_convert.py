@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import zarr
 
 from builders import ome_tiff, plain_tiff, random_image
 from zarrchive.errors import InputError, UnsupportedFormat
@@ -146,3 +147,77 @@ def test_imagej_hyperstack_axes_spacing_units_and_frame_interval(tmp_path, setti
     assert [a.unit for a in image.axes] == ["second", None, "micrometer", "micrometer", "micrometer"]
     assert image.levels[0].scale == pytest.approx((2.0, 1.0, 0.5, 0.1, 0.1))
     np.testing.assert_array_equal(level0(image, path), np.moveaxis(data, 2, 1))
+
+
+# ---------------------------------------------------------------- PNG, JPEG and vendor formats
+
+
+def _png(path: Path, data: np.ndarray) -> Path:
+    import imageio.v3 as iio
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    iio.imwrite(path, data, extension=".png")
+    return path
+
+
+@pytest.mark.parametrize("shape, dtype, names", [((40, 52), "uint8", None), ((40, 52), "uint16", None),
+                                                 ((40, 52, 3), "uint8", ("R", "G", "B")),
+                                                 ((40, 52, 4), "uint8", ("R", "G", "B", "A"))])
+def test_png_gray_and_colour_become_exact_images(tmp_path, settings, scheduler, shape, dtype, names):
+    from builders import archive_images
+
+    data = random_image(shape, dtype)
+    path = _png(tmp_path / "figure.png", data)
+    [(image, report)] = archive_images(path, tmp_path / "w", settings, scheduler, convert={"chunk_xy": 16})
+    assert image.reader == "bioio_imageio" and image.lossy_source is None
+    expected = np.moveaxis(data, -1, 0) if data.ndim == 3 else data[None]
+    assert [a.name for a in image.axes] == ["c", "y", "x"] and image.levels[0].shape == expected.shape
+    if names:
+        assert image.channel_names == names
+    np.testing.assert_array_equal(zarr.open_array(f"{report.store}/0", mode="r")[...], expected)
+    assert len(image.levels) == 3  # 40x52 in chunks of 16: a pyramid
+
+
+def test_jpeg_is_its_decoded_pixels_and_is_marked_lossy(tmp_path, settings, scheduler):
+    import imageio.v3 as iio
+
+    from builders import archive_images
+
+    yy, xx = np.mgrid[0:48, 0:64]
+    rgb = np.stack([(100 + 60 * np.sin(yy / 5.0 + k) * np.cos(xx / 7.0)) for k in range(3)], -1).astype("uint8")
+    path = tmp_path / "photo.jpg"
+    iio.imwrite(path, rgb, extension=".jpg")
+    [(image, report)] = archive_images(path, tmp_path / "w", settings, scheduler)
+    assert image.lossy_source == "JPEG" and image.channel_names == ("R", "G", "B")
+    np.testing.assert_array_equal(zarr.open_array(f"{report.store}/0", mode="r")[...],
+                                  np.moveaxis(iio.imread(path), -1, 0))
+
+
+def test_a_png_named_tif_converts_by_its_content(tmp_path, settings):
+    path = _png(tmp_path / "mislabelled.tif", random_image((20, 24), "uint8"))
+    assert choose_reader(str(path), "mislabelled.tif").__module__.startswith("bioio_imageio")
+    [image] = convert_file(staged(path, "mislabelled.tif"), None, str(tmp_path / "w"), settings.convert)
+    assert image.reader == "bioio_imageio"
+
+
+@pytest.mark.parametrize("head, plugin", [(b"\xda\xce\xbe\x0a" + b"\0" * 60, "bioio-nd2"),
+                                          (b"ZISRAWFILE" + b"\0" * 54, "bioio-czi"),
+                                          (b"\x70\x00\x00\x00\x10\x00\x00\x00\x2a" + b"\0" * 55, "bioio-lif")])
+def test_a_vendor_file_without_its_plugin_names_the_plugin_to_install(tmp_path, monkeypatch, head, plugin):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def without_plugin(name, *args, **kwargs):  # as on an installation without the optional plugin
+        if name == plugin.replace("-", "_"):
+            raise ImportError(f"No module named {name!r}")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", without_plugin)
+    path = tmp_path / "acquisition.dat"
+    path.write_bytes(head)
+    with pytest.raises(UnsupportedFormat) as err:
+        choose_reader(str(path), "raw/acquisition.dat")
+    assert err.value.file == "raw/acquisition.dat"
+    assert "not supported in this installation" in err.value.reason and plugin in err.value.reason
+    assert "pip install 'zarrchive[" in err.value.reason

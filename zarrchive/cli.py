@@ -42,7 +42,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--json", action="store_true", help="print one JSON object for scripts")
 
     conv = sub.add_parser("convert", help="convert one file to OME-Zarr, outside of an archive run")
-    conv.add_argument("input", help="an image file (OME-TIFF or TIFF)")
+    conv.add_argument("input", help="an image file (OME-TIFF, TIFF, PNG, JPEG; ND2, CZI, LIF with their plugins)")
     conv.add_argument("output", help="the .ome.zarr folder to write")
     conv.add_argument("--config", help="YAML merged over configs/default.yaml (convert, pyramid, compress, cluster)")
     conv.add_argument("--overwrite", action="store_true", help="replace an existing output")
