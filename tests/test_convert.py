@@ -10,7 +10,7 @@ import pytest
 import zarr
 
 from builders import ome_tiff, plain_tiff, random_image
-from zarrchive.errors import InputError, UnsupportedFormat
+from zarrchive.errors import UnsupportedFormat
 from zarrchive.records import FileEntry, FileRecord, PixelSize
 from zarrchive.sources import read_region
 from zarrchive.tasks.convert import choose_reader, convert_file, slug

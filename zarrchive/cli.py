@@ -14,7 +14,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 from zarrchive.errors import ConfigError, SubmissionError, ZarrchiveError
 from zarrchive.records import Publication
