@@ -85,3 +85,22 @@ def archive_images(path: Path, work: Path, settings: Any, scheduler: str, rel: s
         image = build_pyramid(image, settings.pyramid)
         out.append((image, compress_image(image, record, str(work), comp, scheduler)))
     return out
+
+
+def crate_problems(version_dir: Path, scratch: Path) -> list[str]:
+    """What roc-validator finds against the Process Run Crate profile (REQUIRED level) in a version's crate,
+    run offline on a copy whose @context is the one the ``rocrate`` package ships (a superset of 1.1's terms)."""
+    import json
+    from importlib import resources
+
+    from rocrate_validator import services
+    from rocrate_validator.models import Severity
+
+    crate = json.loads((Path(version_dir) / "ro-crate-metadata.json").read_text())
+    crate["@context"] = json.loads((resources.files("rocrate") / "data" / "ro-crate.jsonld").read_text())["@context"]
+    (scratch / "ro-crate-metadata.json").write_text(json.dumps(crate))
+    result = services.validate({
+        "rocrate_uri": str(scratch), "profile_identifier": "process-run-crate-0.5", "metadata_only": True,
+        "skip_availability_check": True, "offline": True, "requirement_severity": Severity.REQUIRED,
+    })
+    return [f"{i.check.identifier} {i.violatingEntity}: {i.message}" for i in result.get_issues(Severity.REQUIRED)]
