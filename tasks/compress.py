@@ -20,12 +20,10 @@ shards. The store is built under a temporary name and renamed when complete.
 from __future__ import annotations
 
 import hashlib
-import itertools
 import os
 import shutil
 import time
 import uuid
-from dataclasses import dataclass
 from typing import Any
 
 import fsspec
@@ -35,31 +33,24 @@ from distributed import wait
 from prefect import task
 from zarr.codecs import BloscCodec, ZstdCodec
 
+from zarrchive.blocks import chunk_slices
 from zarrchive.cluster import client_for
-from zarrchive.codecs import array_codec_kwargs, choice_of, choose_codec, make_codec, sample_regions
-from zarrchive.config import CodecSpec, CompressSettings
+from zarrchive.codecs import array_codec_kwargs, choice_of, make_codec, sample_regions
+from zarrchive.config import CompressSettings
 from zarrchive.errors import InputError, VerificationError, ZarrchiveError
 from zarrchive.identity import compress_key, compressed_name
 from zarrchive.lineage import Traced, traced
 from zarrchive.ngff import ZARR_FORMAT, group_attributes
-from zarrchive.records import CodecChoice, CodecSelection, CompressionReport, FileRecord, ImageRecord, Level
-from zarrchive.sources import read_region
+from zarrchive.passes import LevelPlan, downsample_regions, select_codec, stream_region
+from zarrchive.records import CodecChoice, CodecSelection, CompressionReport, FileRecord, ImageRecord
 from zarrchive.storage import remove_unfinished_writes, sha256_stream, tree_digest, walk_files
-from zarrchive.tasks.pyramid import downsample, factors
+from zarrchive.tasks.pyramid import factors
 
 LOCAL = fsspec.filesystem("file")
 
 REGION_BYTES = 128 << 20  # level-0 pixels per streaming task at most: a run of whole shards along x
 MEMORY_SHARE = 8  # a task holds about 4 copies of its region (source, decoded, halved, encoded): 1/8 of a worker
 BATCH = 32  # chunks per task for the small levels made from the level above
-ZARR_CONFIG = {"codec_pipeline.batch_size": 64}  # encode and decode a shard's chunks together, not one by one
-
-def chunk_slices(shape: tuple[int, ...], chunks: tuple[int, ...]) -> list[tuple[slice, ...]]:
-    """The region of every chunk, in C order of chunk indices."""
-    ranges = [range(0, n, c) for n, c in zip(shape, chunks)]
-    return [tuple(slice(s, min(s + c, n)) for s, c, n in zip(start, chunks, shape))
-            for start in itertools.product(*ranges)]
-
 
 def shard_shape(axes: list[str], shape: tuple[int, ...], chunks: tuple[int, ...],
                 settings: CompressSettings) -> tuple[int, ...] | None:
@@ -83,17 +74,6 @@ def store_digest(store: str) -> tuple[int, str]:
         total += size
         entries.append((rel, sha256))
     return total, tree_digest(entries)
-
-
-@dataclass(frozen=True)
-class LevelPlan:
-    """How one level is written: its array layout and the unit of work that owns whole shards of it."""
-
-    level: Level
-    shards: tuple[int, ...] | None  # None: one object per chunk
-    unit: tuple[int, ...]  # the region one task writes (whole shards; the array's end may cut it)
-    halved: tuple[int, ...]  # axes halved from the level above
-    streamed: bool  # written in the streaming pass (else from the level above, in the output)
 
 
 def plan_writes(image: ImageRecord, settings: CompressSettings) -> list[LevelPlan]:
@@ -123,17 +103,6 @@ def plan_writes(image: ImageRecord, settings: CompressSettings) -> list[LevelPla
     return plans
 
 
-def scaled(region: tuple[slice, ...], plans: list[LevelPlan]) -> list[tuple[slice, ...]]:
-    """The region of each streamed level that a level-0 region makes."""
-    out = [region]
-    for plan in plans[1:]:
-        previous = out[-1]
-        out.append(tuple(
-            slice(r.start // 2, min(-(-r.stop // 2), n)) if i in plan.halved else r
-            for i, (r, n) in enumerate(zip(previous, plan.level.shape))))
-    return out
-
-
 def stream_regions(image: ImageRecord, plans: list[LevelPlan], budget: int = REGION_BYTES) -> list[tuple[slice, ...]]:
     """Level-0 regions for the streaming tasks: whole units, grouped along x up to ``budget`` bytes."""
     level0 = plans[0].level
@@ -156,68 +125,6 @@ def region_budget(client: Any) -> int:
     limits = [w.get("memory_limit") or 0 for w in client.scheduler_info()["workers"].values()]
     smallest = min((limit for limit in limits if limit), default=0)
     return min(REGION_BYTES, smallest // MEMORY_SHARE) if smallest else REGION_BYTES
-
-
-def _write_verified(array: Any, region: tuple[slice, ...], block: np.ndarray, where: str) -> None:
-    array[region] = block
-    decoded = array[region]
-    if decoded.dtype != block.dtype or decoded.shape != block.shape or not np.array_equal(_bits(decoded),
-                                                                                          _bits(block)):
-        raise VerificationError(f"{where} region {[(s.start, s.stop) for s in region]}: "
-                                "decoded pixels differ from the pixels written")
-
-
-def _bits(block: np.ndarray) -> np.ndarray:
-    """The array's bits as unsigned integers of the same size (so NaNs and -0.0 compare exactly)."""
-    return block.view(f"u{block.dtype.itemsize}") if block.dtype != np.bool_ else block
-
-
-def _chunk_digests(block: np.ndarray, region: tuple[slice, ...], chunks: tuple[int, ...]) -> list[tuple]:
-    digests = []
-    for sub in chunk_slices(block.shape, chunks):
-        start = tuple(r.start + s.start for r, s in zip(region, sub))
-        digests.append((start, hashlib.sha256(np.ascontiguousarray(block[sub]).tobytes()).hexdigest()))
-    return digests
-
-
-def stream_region(source: str, image: ImageRecord, store: str, region: tuple[slice, ...],
-                  plans: list[LevelPlan]) -> list[list[tuple]]:
-    """Read ``region`` of the source once and write it, and each streamed level below it, proven;
-    return the chunk digests of each streamed level."""
-    shown_as = image.source_path if image.series == 0 else f"{image.source_path} [series {image.series}]"
-    try:
-        block = read_region(source, image.layout, region)
-    except Exception as exc:
-        raise InputError(shown_as, f"pixels {[(s.start, s.stop) for s in region]} cannot be read: "
-                                   f"{type(exc).__name__}: {exc}") from exc
-    expected = tuple(s.stop - s.start for s in region)
-    if block.shape != expected or block.dtype != np.dtype(image.dtype):
-        raise InputError(shown_as, f"the reader gave {block.shape} {block.dtype} pixels for a region of "
-                                   f"{expected} {image.dtype}")
-    streamed = [p for p in plans if p.streamed]
-    out = []
-    with zarr.config.set(ZARR_CONFIG):
-        for plan, level_region in zip(streamed, scaled(region, streamed)):
-            if plan.halved:
-                block = downsample(block, plan.halved, plan.level.downsampling)
-            _write_verified(zarr.open_array(f"{store}/{plan.level.path}", mode="r+"), level_region, block, store)
-            out.append(_chunk_digests(block, level_region, plan.level.chunks))
-    return out
-
-
-def downsample_regions(store: str, above: str, plan: LevelPlan, regions: list[tuple[slice, ...]]) -> list[tuple]:
-    """Make ``regions`` (whole shards) of a level from the level above it in the output, proven."""
-    source = zarr.open_array(f"{store}/{above}", mode="r")
-    target = zarr.open_array(f"{store}/{plan.level.path}", mode="r+")
-    digests = []
-    with zarr.config.set(ZARR_CONFIG):
-        for region in regions:
-            wide = tuple(slice(r.start * 2, min(r.stop * 2, n)) if i in plan.halved else r
-                         for i, (r, n) in enumerate(zip(region, source.shape)))
-            block = downsample(np.ascontiguousarray(source[wide]), plan.halved, plan.level.downsampling)
-            _write_verified(target, region, block, store)
-            digests += _chunk_digests(block, region, plan.level.chunks)
-    return digests
 
 
 def display_windows(store: str, image: ImageRecord) -> list[tuple[float, float]]:
@@ -315,17 +222,6 @@ def _codec_for(image: ImageRecord, source: FileRecord, settings: CompressSetting
     selection = client.submit(select_codec, source.staged_path, image, regions, candidates,
                               settings.min_encode_mbps, pure=False).result()
     return make_codec(candidates[selection.chosen]), selection
-
-
-def select_codec(source: str, image: ImageRecord, regions: list[tuple[slice, ...]], candidates: list[CodecSpec],
-                 min_encode_mbps: float) -> CodecSelection:
-    """On a worker: read the sample chunks from the source and choose among the candidates."""
-    shown_as = image.source_path if image.series == 0 else f"{image.source_path} [series {image.series}]"
-    try:
-        samples = [read_region(source, image.layout, region) for region in regions]
-    except Exception as exc:
-        raise InputError(shown_as, f"pixels cannot be read: {type(exc).__name__}: {exc}") from exc
-    return choose_codec(samples, candidates, min_encode_mbps)
 
 
 def array_layout(plan: LevelPlan, codec: Any, axes: list[str], ngff: str) -> dict[str, Any]:

@@ -25,86 +25,12 @@ region as it is written), so the source is read once.
 
 from __future__ import annotations
 
-import itertools
-
-import numpy as np
 from prefect import task
 
 from zarrchive.config import PyramidSettings
 from zarrchive.errors import InputError
 from zarrchive.lineage import Traced, traced
 from zarrchive.records import ImageRecord, Level
-
-
-def downsample_mean(block: np.ndarray, axes: tuple[int, ...] = (-2, -1)) -> np.ndarray:
-    """Mean over 2-blocks along ``axes``, rounding integers to nearest (ties to even) and keeping the dtype
-    (bool: majority, ties true)."""
-    axes = tuple(sorted(a % block.ndim for a in axes))
-    pad = [(0, block.shape[i] % 2 if i in axes else 0) for i in range(block.ndim)]
-    if any(p[1] for p in pad):
-        block = np.pad(block, pad, mode="edge")
-    dtype = block.dtype
-    if dtype.kind in "ui" and dtype.itemsize <= 4:
-        return _integer_mean(block, axes)
-    shape, reduce = [], []
-    for i, n in enumerate(block.shape):
-        if i in axes:
-            shape += [n // 2, 2]
-            reduce.append(len(shape) - 1)
-        else:
-            shape.append(n)
-    mean = block.reshape(shape).mean(axis=tuple(reduce), dtype=np.float64)
-    if dtype == np.bool_:
-        return mean >= 0.5
-    if np.issubdtype(dtype, np.integer):
-        info = np.iinfo(dtype)
-        return np.clip(np.rint(mean), info.min, info.max).astype(dtype)
-    return mean.astype(dtype)
-
-
-def _integer_mean(block: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
-    """The exact rounded mean of integer 2-blocks, in integer arithmetic (as ``np.rint`` of the float mean)."""
-    total = None
-    wide = np.int64 if block.dtype.itemsize == 4 else np.int32
-    for offsets in itertools.product(*[(0, 1) if i in axes else (None,) for i in range(block.ndim)]):
-        view = block[tuple(slice(o, None, 2) if o is not None else slice(None) for o in offsets)]
-        total = view.astype(wide) if total is None else np.add(total, view, dtype=wide, out=total)
-    n = 1 << len(axes)
-    quotient, remainder = total >> len(axes), total & (n - 1)  # floor division and its remainder, also below 0
-    quotient += (remainder > n // 2) | ((remainder == n // 2) & (quotient & 1).astype(bool))
-    return quotient.astype(block.dtype)
-
-
-def downsample_mode(block: np.ndarray, axes: tuple[int, ...] = (-2, -1)) -> np.ndarray:
-    """Mode over 2-blocks along ``axes``: the most frequent value of each block, a tie going to the smallest
-    value; at an odd edge the mode of the pixels the block holds. The output only ever holds values of its
-    block (for label images: integers and bools)."""
-    axes = tuple(sorted(a % block.ndim for a in axes))
-    pad = [(0, block.shape[i] % 2 if i in axes else 0) for i in range(block.ndim)]
-    if any(p[1] for p in pad):  # replicating the edge doubles every count of an edge block: same mode, same ties
-        block = np.pad(block, pad, mode="edge")
-    views = [block[tuple(slice(o, None, 2) if o is not None else slice(None) for o in offsets)]
-             for offsets in itertools.product(*[(0, 1) if i in axes else (None,) for i in range(block.ndim)])]
-    best = views[0].copy()
-    best_count = np.zeros(best.shape, dtype=np.uint8)
-    count = np.empty(best.shape, dtype=np.uint8)
-    for j, candidate in enumerate(views):  # 4 (or 8) candidates, each counted against the block
-        count.fill(1)
-        for i, other in enumerate(views):
-            if i != j:
-                count += candidate == other
-        better = (count > best_count) | ((count == best_count) & (candidate < best))
-        np.copyto(best, candidate, where=better)
-        np.copyto(best_count, count, where=better)
-    return best
-
-
-DOWNSAMPLERS = {"mean": downsample_mean, "mode": downsample_mode}
-
-
-def downsample(block: np.ndarray, axes: tuple[int, ...], method: str) -> np.ndarray:
-    """Halve ``block`` along ``axes`` with the level's method: ``mean`` (intensities) or ``mode`` (labels)."""
-    return DOWNSAMPLERS[method](block, axes)
 
 
 def factors(above: Level, level: Level) -> tuple[int, ...]:

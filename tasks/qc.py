@@ -31,17 +31,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import zarr
 from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
+from zarrchive.blocks import chunk_slices
 from zarrchive.cluster import client_for
 from zarrchive.config import QCSettings, config_dir
 from zarrchive.lineage import Traced, traced
 from zarrchive.ngff import validate_image, validate_label
 from zarrchive.records import MICROMETERS, CompressionReport, Finding, ImageRecord, QCReport, Submission
-from zarrchive.tasks.compress import BATCH, chunk_slices
+from zarrchive.passes import chunk_stats
+from zarrchive.tasks.compress import BATCH
 
 
 
@@ -89,31 +90,6 @@ def choose_modality(settings: QCSettings, imaging_method: Any) -> str | None:
 
 
 # ---------------------------------------------------------------- facts, on the cluster
-
-
-def chunk_stats(array_path: str, regions: list[tuple[slice, ...]], channel_axis: int | None) -> list[dict[str, Any]]:
-    """Per chunk and channel: min, max, sum, count, saturated and zero pixel counts; sha256 of each chunk."""
-    array = zarr.open_array(array_path, mode="r")
-    dtype = array.dtype
-    top = float(np.iinfo(dtype).max) if np.issubdtype(dtype, np.integer) else None
-    out = []
-    for region in regions:
-        block = np.ascontiguousarray(array[region])
-        digest = hashlib.sha256(block.tobytes()).hexdigest()
-        start = region[channel_axis].start if channel_axis is not None else 0
-        planes = np.moveaxis(block, channel_axis, 0) if channel_axis is not None else block[None]
-        for offset, plane in enumerate(planes):
-            values = plane.astype(np.float64) if dtype == np.bool_ else plane
-            finite = values[np.isfinite(values)] if np.issubdtype(values.dtype, np.floating) else values
-            out.append({
-                "channel": start + offset, "sha256": digest if offset == 0 else None,
-                "min": float(finite.min()) if finite.size else None,
-                "max": float(finite.max()) if finite.size else None,
-                "sum": float(finite.sum(dtype=np.float64)), "count": int(finite.size),
-                "saturated": int(np.count_nonzero(plane == top)) if top is not None else 0,
-                "zero": int(np.count_nonzero(plane == 0)),
-            })
-    return out
 
 
 def intensity_facts(image: ImageRecord, report: CompressionReport, scheduler: str) -> tuple[list[dict], str]:

@@ -59,7 +59,7 @@ def random_image(shape: tuple[int, ...], dtype: str = "uint16", seed: int = 0) -
     return rng.integers(info.min, info.max, shape, dtype=dt, endpoint=True)
 
 
-def staged(path: Path, rel: str | None = None) -> "FileRecord":
+def staged(path: Path, rel: str | None = None) -> Any:
     """A file as fetch would have staged it (read in place)."""
     import hashlib
 

@@ -41,8 +41,8 @@ def test_an_existing_scheduler_is_used_and_left_running(scheduler):
         assert address == scheduler
     with client_for(scheduler) as client:
         assert client.compute(da.arange(10, chunks=5).sum()).result() == 45
-        imported = client.run(lambda: sorted(m for m in __import__("sys").modules if m.startswith("zarrchive.tasks")))
-        assert all("zarrchive.tasks.compress" in mods for mods in imported.values()) and len(imported) == 2
+        imported = client.run(lambda: sorted(m for m in __import__("sys").modules if m.startswith("zarrchive.")))
+        assert all("zarrchive.passes" in mods for mods in imported.values()) and len(imported) == 2
 
 
 # --- LocalCluster sized to the machine, memory limits and thresholds -----------------------------------------
@@ -314,9 +314,9 @@ def compress_while_a_worker_dies(tmp_path: Path, allowed_failures: int):
 
 def test_work_lost_with_a_killed_worker_is_redone_and_the_image_is_bit_exact(tmp_path):
     from zarrchive.ngff import validate_image
-    from zarrchive.tasks.compress import chunk_slices
+    from zarrchive.blocks import chunk_slices, downsample_mean
 
-    from zarrchive.tasks.pyramid import downsample_mean, factors
+    from zarrchive.tasks.pyramid import factors
 
     image, data, report, work, undisturbed = compress_while_a_worker_dies(tmp_path, allowed_failures=3)
     assert not isinstance(report, Exception), report

@@ -16,12 +16,11 @@ from zarrchive.codecs import make_codec
 from zarrchive.config import CodecSpec, CompressSettings
 from zarrchive.errors import InputError, VerificationError
 from zarrchive.records import Axis, ImageRecord, Level, SourceLayout
-from zarrchive.tasks.compress import (
-    _write_verified, chunk_slices, compress_image, plan_writes, scaled, shard_shape, store_digest,
-    stream_regions,
-)
+from zarrchive.blocks import chunk_slices, downsample_mean
+from zarrchive.passes import _write_verified, scaled
+from zarrchive.tasks.compress import compress_image, plan_writes, shard_shape, store_digest, stream_regions
 from zarrchive.tasks.convert import convert_file
-from zarrchive.tasks.pyramid import build_pyramid, downsample_mean, plan_levels
+from zarrchive.tasks.pyramid import build_pyramid, plan_levels
 
 
 def smooth(shape, seed=0):

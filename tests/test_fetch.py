@@ -14,7 +14,7 @@ from fsspec.implementations.memory import MemoryFileSystem
 
 from zarrchive.config import FetchSettings
 from zarrchive.errors import ChecksumMismatch, InputError, TransientError
-from zarrchive.records import FileEntry, Submission, SubmissionDoc
+from zarrchive.records import Submission, SubmissionDoc
 from zarrchive.tasks.fetch import fetch_file, fetch_files
 
 FAST = FetchSettings(block_size=7, retries=3, retry_delay_seconds=[0])  # tiny blocks: many read steps

@@ -89,7 +89,7 @@ def test_qc_report_and_prefect_run_show_every_stage(demo):
     import asyncio
 
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
+    from prefect.client.schemas.filters import FlowRunFilter
 
     pub, _sub, _archive, _cfg, _ = demo
     report = json.loads((Path(pub.version_uri) / "qc/report.json").read_text())

@@ -24,7 +24,8 @@ from zarrchive.submission_checks import check_submission
 from zarrchive.tasks.convert import convert_file
 from zarrchive.tasks.intake import template_for
 from zarrchive.tasks.publish import image_outcomes
-from zarrchive.tasks.pyramid import build_pyramid, downsample, downsample_mean, downsample_mode
+from zarrchive.blocks import downsample, downsample_mean, downsample_mode
+from zarrchive.tasks.pyramid import build_pyramid
 
 CHECKS = load_settings().submission
 

@@ -12,7 +12,8 @@ from hypothesis.extra.numpy import arrays
 from builders import ome_tiff, random_image
 from zarrchive.records import FileRecord, Level
 from zarrchive.tasks.convert import convert_file
-from zarrchive.tasks.pyramid import build_pyramid, downsample_mean, plan_levels
+from zarrchive.blocks import downsample_mean
+from zarrchive.tasks.pyramid import build_pyramid, plan_levels
 
 
 def reference_mean(a: np.ndarray) -> np.ndarray:

@@ -79,7 +79,8 @@ def local_cluster(settings: ClusterSettings) -> LocalCluster:
     with dask.config.set(scheduler_config(settings) | worker_memory_config(settings.worker_memory) | WORKER_MALLOC):
         # the nannies keep this configuration for the workers they start, restarts included
         return LocalCluster(n_workers=n_workers, threads_per_worker=settings.threads_per_worker,
-                            memory_limit=memory_limit, processes=True, dashboard_address=":0", host="127.0.0.1")
+                            memory_limit=memory_limit, processes=True, dashboard_address=":0", host="127.0.0.1",
+                            preload=list(WORKER_MODULES))  # imported as each worker starts, in parallel
 
 
 def slurm_cluster(settings: ClusterSettings) -> SLURMCluster:
@@ -175,9 +176,8 @@ def link_dashboard(address: str) -> ClusterView:
 # Imported on every worker before it runs stage work: a worker that unpickles a zarr array in its
 # communication thread while a task thread is still importing zarr hits a circular-import error
 # (seen on fresh workers), and the nanny restarts it.
-WORKER_MODULES = ("zarr", "zarr.core.array", "zarr.api.asynchronous", "numcodecs", "tifffile", "bioio",
-                  "zarrchive.codecs", "zarrchive.tasks.convert", "zarrchive.tasks.pyramid", "zarrchive.tasks.compress",
-                  "zarrchive.tasks.qc")
+WORKER_MODULES = ("zarr", "zarr.core.array", "zarr.api.asynchronous", "numcodecs", "tifffile", "zarrchive.codecs",
+                  "zarrchive.passes")  # light: no Prefect, no bioio (read_region imports a bioio reader if it needs one)
 
 
 def import_worker_modules() -> list[str]:

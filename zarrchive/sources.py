@@ -15,19 +15,23 @@ from __future__ import annotations
 import functools
 import importlib
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import dask.array as da
 import numpy as np
 
 from zarrchive.errors import InputError
 from zarrchive.records import SourceLayout
+
+if TYPE_CHECKING:
+    import dask.array as da
 
 NGFF_ORDER = "tczyx"
 
 
 def lazy_pixels(img: Any, shown_as: str) -> tuple[da.Array, list[str] | None]:
     """Pixels of a BioImage's current scene as a lazy TCZYX array; RGB(A) samples become channels."""
+    import dask.array as da
+
     dims = img.dims
     if "S" in dims.order and dims.S > 1:
         if dims.C > 1:

@@ -9,9 +9,11 @@ several becomes a bioformats2raw-layout group with one image per series
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
 
@@ -39,15 +41,17 @@ def convert_to_ome_zarr(source: str, output: str, settings: Settings, progress: 
     path = Path(source)
     if not path.is_file():
         raise InputError(source, "not found or not a file")
-    fs, local = resolve(str(path))
-    size, sha256 = sha256_stream(fs, local)
-    record = FileRecord(path=path.name, source_uri=str(path.resolve()), staged_path=str(path.resolve()), size=size,
-                        sha256=sha256, kind="image")  # read in place: the source is only ever read
     target.resolve().parent.mkdir(parents=True, exist_ok=True)  # the work folder sits beside the output
     with tempfile.TemporaryDirectory(prefix="zarrchive-convert-", dir=target.resolve().parent) as work, \
-            cluster_for_run(settings.cluster) as scheduler:
+            contextlib.ExitStack() as stack, ThreadPoolExecutor(1) as pool:
+        starting = pool.submit(stack.enter_context, cluster_for_run(settings.cluster))  # starts while we read
         progress(f"reading {path.name}")
+        fs, local = resolve(str(path))
+        size, sha256 = sha256_stream(fs, local)
+        record = FileRecord(path=path.name, source_uri=str(path.resolve()), staged_path=str(path.resolve()),
+                            size=size, sha256=sha256, kind="image")  # read in place: the source is only ever read
         images = convert_file(record, None, work, settings.convert)
+        scheduler = starting.result()
         staged = Path(work) / "result.ome.zarr"
         if len(images) > 1:
             staged.mkdir()

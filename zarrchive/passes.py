@@ -1,0 +1,144 @@
+"""Passes: the functions Dask workers run over regions of an image, importing neither Prefect nor bioio.
+
+The compress stage's streaming pass (``stream_region``: read a region of the
+source once, write it and every level it makes, proven), the small levels made
+from the level above (``downsample_regions``), the codec trial on a sample of
+chunks (``select_codec``) and QC's per-chunk facts (``chunk_stats``). Workers
+import this module when they start (``cluster.WORKER_MODULES``), so a light
+import keeps the cluster's start short.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import zarr
+
+from zarrchive.blocks import bits, chunk_slices, downsample
+from zarrchive.codecs import choose_codec
+from zarrchive.config import CodecSpec
+from zarrchive.errors import InputError, VerificationError
+from zarrchive.records import CodecSelection, ImageRecord, Level
+from zarrchive.sources import read_region
+
+ZARR_CONFIG = {"codec_pipeline.batch_size": 64}  # encode and decode a shard's chunks together, not one by one
+
+
+@dataclass(frozen=True)
+class LevelPlan:
+    """How one level is written: its array layout and the unit of work that owns whole shards of it."""
+
+    level: Level
+    shards: tuple[int, ...] | None  # None: one object per chunk
+    unit: tuple[int, ...]  # the region one task writes (whole shards; the array's end may cut it)
+    halved: tuple[int, ...]  # axes halved from the level above
+    streamed: bool  # written in the streaming pass (else from the level above, in the output)
+
+
+def scaled(region: tuple[slice, ...], plans: list[LevelPlan]) -> list[tuple[slice, ...]]:
+    """The region of each streamed level that a level-0 region makes."""
+    out = [region]
+    for plan in plans[1:]:
+        previous = out[-1]
+        out.append(tuple(
+            slice(r.start // 2, min(-(-r.stop // 2), n)) if i in plan.halved else r
+            for i, (r, n) in enumerate(zip(previous, plan.level.shape))))
+    return out
+
+
+def _write_verified(array: Any, region: tuple[slice, ...], block: np.ndarray, where: str) -> None:
+    array[region] = block
+    decoded = array[region]
+    if decoded.dtype != block.dtype or decoded.shape != block.shape or not np.array_equal(bits(decoded),
+                                                                                          bits(block)):
+        raise VerificationError(f"{where} region {[(s.start, s.stop) for s in region]}: "
+                                "decoded pixels differ from the pixels written")
+
+
+def _chunk_digests(block: np.ndarray, region: tuple[slice, ...], chunks: tuple[int, ...]) -> list[tuple]:
+    digests = []
+    for sub in chunk_slices(block.shape, chunks):
+        start = tuple(r.start + s.start for r, s in zip(region, sub))
+        digests.append((start, hashlib.sha256(np.ascontiguousarray(block[sub]).tobytes()).hexdigest()))
+    return digests
+
+
+def stream_region(source: str, image: ImageRecord, store: str, region: tuple[slice, ...],
+                  plans: list[LevelPlan]) -> list[list[tuple]]:
+    """Read ``region`` of the source once and write it, and each streamed level below it, proven;
+    return the chunk digests of each streamed level."""
+    shown_as = image.source_path if image.series == 0 else f"{image.source_path} [series {image.series}]"
+    try:
+        block = read_region(source, image.layout, region)
+    except Exception as exc:
+        raise InputError(shown_as, f"pixels {[(s.start, s.stop) for s in region]} cannot be read: "
+                                   f"{type(exc).__name__}: {exc}") from exc
+    expected = tuple(s.stop - s.start for s in region)
+    if block.shape != expected or block.dtype != np.dtype(image.dtype):
+        raise InputError(shown_as, f"the reader gave {block.shape} {block.dtype} pixels for a region of "
+                                   f"{expected} {image.dtype}")
+    streamed = [p for p in plans if p.streamed]
+    out = []
+    with zarr.config.set(ZARR_CONFIG):
+        for plan, level_region in zip(streamed, scaled(region, streamed)):
+            if plan.halved:
+                block = downsample(block, plan.halved, plan.level.downsampling)
+            _write_verified(zarr.open_array(f"{store}/{plan.level.path}", mode="r+"), level_region, block, store)
+            out.append(_chunk_digests(block, level_region, plan.level.chunks))
+    return out
+
+
+def downsample_regions(store: str, above: str, plan: LevelPlan, regions: list[tuple[slice, ...]]) -> list[tuple]:
+    """Make ``regions`` (whole shards) of a level from the level above it in the output, proven."""
+    source = zarr.open_array(f"{store}/{above}", mode="r")
+    target = zarr.open_array(f"{store}/{plan.level.path}", mode="r+")
+    digests = []
+    with zarr.config.set(ZARR_CONFIG):
+        for region in regions:
+            wide = tuple(slice(r.start * 2, min(r.stop * 2, n)) if i in plan.halved else r
+                         for i, (r, n) in enumerate(zip(region, source.shape)))
+            block = downsample(np.ascontiguousarray(source[wide]), plan.halved, plan.level.downsampling)
+            _write_verified(target, region, block, store)
+            digests += _chunk_digests(block, region, plan.level.chunks)
+    return digests
+
+
+def select_codec(source: str, image: ImageRecord, regions: list[tuple[slice, ...]], candidates: list[CodecSpec],
+                 min_encode_mbps: float) -> CodecSelection:
+    """On a worker: read the sample chunks from the source and choose among the candidates."""
+    shown_as = image.source_path if image.series == 0 else f"{image.source_path} [series {image.series}]"
+    try:
+        samples = [read_region(source, image.layout, region) for region in regions]
+    except Exception as exc:
+        raise InputError(shown_as, f"pixels cannot be read: {type(exc).__name__}: {exc}") from exc
+    return choose_codec(samples, candidates, min_encode_mbps)
+
+
+def chunk_stats(array_path: str, regions: list[tuple[slice, ...]], channel_axis: int | None) -> list[dict[str, Any]]:
+    """Per chunk and channel: min, max, sum, count, saturated and zero pixel counts; sha256 of each chunk."""
+    array = zarr.open_array(array_path, mode="r")
+    dtype = array.dtype
+    top = float(np.iinfo(dtype).max) if np.issubdtype(dtype, np.integer) else None
+    out = []
+    for region in regions:
+        block = np.ascontiguousarray(array[region])
+        digest = hashlib.sha256(block.tobytes()).hexdigest()
+        start = region[channel_axis].start if channel_axis is not None else 0
+        planes = np.moveaxis(block, channel_axis, 0) if channel_axis is not None else block[None]
+        for offset, plane in enumerate(planes):
+            values = plane.astype(np.float64) if dtype == np.bool_ else plane
+            finite = values[np.isfinite(values)] if np.issubdtype(values.dtype, np.floating) else values
+            out.append({
+                "channel": start + offset, "sha256": digest if offset == 0 else None,
+                "min": float(finite.min()) if finite.size else None,
+                "max": float(finite.max()) if finite.size else None,
+                "sum": float(finite.sum(dtype=np.float64)), "count": int(finite.size),
+                "saturated": int(np.count_nonzero(plane == top)) if top is not None else 0,
+                "zero": int(np.count_nonzero(plane == 0)),
+            })
+    return out
+
+
