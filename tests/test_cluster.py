@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import os
 import signal
@@ -11,6 +10,7 @@ import sys
 import threading
 import time
 import urllib.request
+import uuid
 from pathlib import Path
 
 import dask.array as da
@@ -203,9 +203,9 @@ def test_an_ingest_run_shows_its_dask_dashboard_as_an_artifact(demo, scheduler):
 
 # --- a worker that dies mid-image ----------------------------------------------------------------------------
 
-# Where the victim dies: inside zarr's atomic write of a compressed chunk or shard, after its bytes are in the
-# temporary file and before the rename; the task's earlier writes are in place, the rest of the image is not.
-DYING_WRITE = "zarr.storage._local._atomic_write"
+# Where the victim dies: inside the shard writer's atomic write of a shard, after its bytes are in the temporary
+# file and before the rename; the task's earlier writes are in place, the rest of the image is not.
+DYING_WRITE = "zarrchive.shards._write_atomically"
 
 
 class DieInFirstWrite(WorkerPlugin):
@@ -225,19 +225,19 @@ class DieInFirstWrite(WorkerPlugin):
         module = importlib.import_module(module_name)
         original, marker = getattr(module, attr), self.marker
 
-        @contextlib.contextmanager
-        def dying(path, *args, **kwargs):
-            with original(path, *args, **kwargs) as f:
-                yield f
-                if "/compress/" in str(path) and "/c/" in str(path).replace(os.sep, "/"):
-                    try:
-                        fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-                    except FileExistsError:
-                        return
-                    f.flush()
-                    os.write(fd, str(os.getpid()).encode())
-                    os.close(fd)
-                    time.sleep(120)  # killed long before this ends
+        def dying(target, pieces):
+            if "/compress/" in target and "/c/" in target.replace(os.sep, "/"):
+                try:
+                    fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+                except FileExistsError:
+                    return original(target, pieces)
+                os.makedirs(os.path.dirname(target), exist_ok=True)
+                with open(f"{target}.{uuid.uuid4().hex}.partial", "wb") as f:
+                    f.write(b"".join(pieces))
+                os.write(fd, str(os.getpid()).encode())
+                os.close(fd)
+                time.sleep(120)  # killed long before this ends
+            return original(target, pieces)
 
         setattr(module, attr, dying)
 

@@ -1,0 +1,122 @@
+"""The shard writer: what it stores is what zarr reads, bit for bit, for every layout the archive writes."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import numcodecs
+import numpy as np
+import pytest
+import zarr
+from hypothesis import given, settings as hsettings, strategies as st
+from hypothesis.extra.numpy import arrays
+from zarr.codecs import BloscCodec, ZstdCodec
+
+from zarrchive.blocks import chunk_slices
+from zarrchive.codecs import JpegLSCodec
+from zarrchive.errors import VerificationError
+from zarrchive.shards import ArrayWriter
+
+LAYOUTS = {
+    "v3 sharded blosc": dict(zarr_format=3, sharded=True, compressors=BloscCodec(cname="zstd", clevel=3,
+                                                                                   shuffle="bitshuffle")),
+    "v3 sharded zstd": dict(zarr_format=3, sharded=True, compressors=ZstdCodec(level=3)),
+    "v3 chunks": dict(zarr_format=3, sharded=False, compressors=BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")),
+    "v2 chunks": dict(zarr_format=2, sharded=False, compressors=numcodecs.Blosc("zstd", 3, numcodecs.Blosc.SHUFFLE),
+                      chunk_key_encoding={"name": "v2", "separator": "/"}),
+}
+
+
+def create(path, shape, chunks, shards, dtype, layout):
+    options = dict(LAYOUTS[layout])
+    sharded = options.pop("sharded")
+    return zarr.create_array(str(path), shape=shape, chunks=chunks, shards=shards if sharded else None, dtype=dtype,
+                             fill_value=0, **options)
+
+
+def write_all(path, data, objects):
+    """Write ``data`` object by object, as the streaming tasks do (each task its own whole objects)."""
+    writer = ArrayWriter.open(str(path))
+    return sum(writer.write(region, data[region]) for region in chunk_slices(data.shape, objects))
+
+
+@st.composite
+def cases(draw):
+    ndim = draw(st.integers(2, 4))
+    shape = tuple(draw(st.lists(st.integers(1, 40), min_size=ndim, max_size=ndim)))
+    chunks = tuple(draw(st.integers(1, n + 3)) for n in shape)
+    per_shard = tuple(draw(st.integers(1, 3)) for _ in shape)
+    dtype = draw(st.sampled_from(["bool", "uint8", "uint16", "uint32", "int8", "int16", "int32", "float32",
+                                   "float64"]))
+    data = draw(arrays(dtype, shape, elements={"allow_nan": True} if dtype.startswith("float") else None))
+    return data, chunks, tuple(c * k for c, k in zip(chunks, per_shard))
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@hsettings(max_examples=25, deadline=None)
+@given(case=cases())
+def test_zarr_reads_back_exactly_what_was_written(tmp_path_factory, layout, case):
+    data, chunks, shards = case
+    path = tmp_path_factory.mktemp("a") / "a.zarr"
+    create(path, data.shape, chunks, shards, data.dtype, layout)
+    write_all(path, data, shards if LAYOUTS[layout]["sharded"] else chunks)
+    back = zarr.open_array(str(path), mode="r")[...]
+    assert back.dtype == data.dtype
+    assert back.tobytes() == data.tobytes()  # bit for bit: NaN payloads and -0.0 included
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_chunks_of_only_the_fill_value_are_not_stored_but_negative_zero_is(tmp_path, layout):
+    data = np.zeros((8, 8), np.float32)
+    data[4:, 4:] = -0.0  # equal to the fill value 0, yet other bits: stored
+    create(tmp_path / "a", data.shape, (4, 4), (8, 8), data.dtype, layout)
+    proven = write_all(tmp_path / "a", data, (8, 8) if LAYOUTS[layout]["sharded"] else (4, 4))
+    assert proven == 1
+    back = zarr.open_array(str(tmp_path / "a"), mode="r")[...]
+    assert back.tobytes() == data.tobytes()
+
+
+def test_an_image_codec_writes_through_the_same_path(tmp_path):
+    data = np.random.default_rng(1).integers(0, 4096, (2, 50, 70), dtype=np.uint16)
+    zarr.create_array(str(tmp_path / "a"), shape=data.shape, chunks=(1, 32, 32), shards=(2, 64, 64),
+                      dtype=data.dtype, fill_value=0, serializer=JpegLSCodec(), compressors=None)
+    write_all(tmp_path / "a", data, (2, 64, 64))
+    assert np.array_equal(zarr.open_array(str(tmp_path / "a"), mode="r")[...], data)
+
+
+def test_a_stored_object_that_differs_from_the_one_written_fails(tmp_path, monkeypatch):
+    data = np.arange(256, dtype=np.uint16).reshape(16, 16)
+    create(tmp_path / "a", data.shape, (4, 4), (16, 16), data.dtype, "v3 sharded blosc")
+    import zarrchive.shards as shards
+
+    def damaged(target, pieces):  # the disk keeps other bytes than those handed to it
+        stored = bytearray(b"".join(pieces))
+        stored[10] ^= 0xFF
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        with open(target, "wb") as fh:
+            fh.write(bytes(stored))
+
+    monkeypatch.setattr(shards, "_write_atomically", damaged)
+    with pytest.raises(VerificationError, match="c/0/0: chunk 0"):
+        write_all(tmp_path / "a", data, (16, 16))
+
+
+def test_a_region_must_be_whole_objects_and_of_the_array_type(tmp_path):
+    create(tmp_path / "a", (10, 10), (4, 4), (8, 8), "uint16", "v3 sharded blosc")
+    writer = ArrayWriter.open(str(tmp_path / "a"))
+    with pytest.raises(ValueError, match="whole objects"):
+        writer.write((slice(0, 4), slice(0, 8)), np.zeros((4, 8), np.uint16))
+    with pytest.raises(ValueError, match="uint8"):
+        writer.write((slice(0, 8), slice(0, 8)), np.zeros((8, 8), np.uint8))
+    writer.write((slice(8, 10), slice(8, 10)), np.ones((2, 2), np.uint16))  # the array's end cuts the object
+    assert not [f for _, _, files in os.walk(tmp_path / "a") for f in files if f.endswith(".partial")]
+    assert zarr.open_array(str(tmp_path / "a"), mode="r")[9, 9] == 1
+
+
+def test_a_lossy_codec_is_caught(tmp_path):
+    create(tmp_path / "a", (8, 8), (4, 4), (8, 8), "uint16", "v3 chunks")
+    writer = ArrayWriter.open(str(tmp_path / "a"))
+    lossy = dataclasses.replace(writer, decode=lambda data: writer.decode(data) // 2 * 2)
+    with pytest.raises(VerificationError, match="other pixels"):
+        lossy.write((slice(0, 8), slice(0, 8)), np.arange(64, dtype=np.uint16).reshape(8, 8) + 1)
