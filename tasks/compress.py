@@ -220,7 +220,7 @@ def _codec_for(image: ImageRecord, source: FileRecord, settings: CompressSetting
     level0 = image.levels[0]
     regions = sample_regions(level0.shape, level0.chunks, settings.sample_chunks)
     selection = client.submit(select_codec, source.staged_path, image, regions, candidates,
-                              settings.min_encode_mbps, pure=False).result()
+                              settings.min_encode_mbps, settings.size_tolerance, pure=False).result()
     return make_codec(candidates[selection.chosen]), selection
 
 

@@ -84,6 +84,12 @@ def test_the_choice_is_the_smallest_fast_enough_candidate_and_records_every_tria
     assert chosen.chosen == min(range(3), key=lambda i: trials[i].stored_bytes)
     assert trials[1].codec.name == "imagecodecs_jpegls" and trials[1].codec.readable_by == WITH_IMAGECODECS
     assert trials[1].ratio > trials[0].ratio  # the image codec beats plain lz4 on microscopy
+    # sizes within the tolerance count as equal: the fastest of them is taken
+    everything_equal = choose_codec(samples, candidates, min_encode_mbps=0, size_tolerance=1.0)
+    speeds = [t.encode_mbps for t in everything_equal.candidates]
+    small = [i for i, t in enumerate(everything_equal.candidates)
+             if t.stored_bytes <= 2 * min(u.stored_bytes for u in everything_equal.candidates)]
+    assert everything_equal.chosen == max(small, key=lambda i: speeds[i]) and everything_equal.size_tolerance == 1.0
     # nothing is fast enough: the fastest is taken
     slowest_bar = choose_codec(samples, candidates, min_encode_mbps=1e9)
     assert slowest_bar.chosen == max(range(3), key=lambda i: slowest_bar.candidates[i].encode_mbps)

@@ -28,13 +28,15 @@ from zarr.abc.codec import ArrayBytesCodec
 from zarr.codecs import BloscCodec, ZstdCodec
 from zarr.core.common import parse_named_configuration
 
+from zarrchive.blocks import bits
 from zarrchive.config import CodecSpec
 from zarrchive.records import CodecChoice, CodecSelection, CodecTrial
 
 ANY_READER = "any Zarr v3 reader"
 WITH_IMAGECODECS = "zarr-python with imagecodecs and zarrchive installed (pip install zarrchive)"
 OBJECTIVE = ("the smallest stored size over the sampled chunks among candidates that encode at least "
-             "min_encode_mbps MB/s on one thread; if none is that fast, the fastest")
+             "min_encode_mbps MB/s on one thread, sizes within size_tolerance of the smallest counting as equal "
+             "(then the fastest of them); if none is that fast, the fastest")
 
 
 @dataclass(frozen=True)
@@ -212,32 +214,38 @@ def supports(spec: CodecSpec, dtype: np.dtype) -> str | None:
     return None
 
 
-def _round_trip(codec: Any, samples: np.ndarray) -> tuple[int, float, float]:
-    """Stored bytes, encode and decode seconds of the samples (stacked chunks) through ``codec``, checked
-    lossless: one array, one chunk per sample, so zarr's per-call overhead is paid once."""
+def _round_trip(codec: Any, samples: list[np.ndarray], repeats: int = 3) -> tuple[int, float, float]:
+    """Stored bytes, encode and decode seconds of the sample chunks through ``codec``, checked lossless.
+
+    The chunks are encoded one after another on this thread, through the same codec objects as the shard
+    writer uses; the best of ``repeats`` runs counts (the first run also pays for warming caches up)."""
     import zarr
 
-    objects: dict[str, Any] = {}
-    array = zarr.create_array(store=zarr.storage.MemoryStore(store_dict=objects), shape=samples.shape,
-                              chunks=(1,) + samples.shape[1:], dtype=samples.dtype, fill_value=0, zarr_format=3,
-                              **array_codec_kwargs(codec))
-    started = time.perf_counter()
-    array[...] = samples
-    encoded = time.perf_counter() - started
-    stored = sum(len(v) for k, v in objects.items() if not k.endswith("zarr.json"))
-    started = time.perf_counter()
-    back = array[...]
-    decoded = time.perf_counter() - started
-    bits = (lambda a: a) if samples.dtype == np.bool_ else (lambda a: a.view(f"u{a.dtype.itemsize}"))
-    if not np.array_equal(bits(back), bits(samples)):
-        raise ValueError(f"{codec.to_dict()['name']} did not round-trip the sample losslessly")
-    return stored, encoded, decoded
+    from zarrchive.shards import chunk_coder
+
+    shape = samples[0].shape
+    array = zarr.create_array(store=zarr.storage.MemoryStore(), shape=shape, chunks=shape, dtype=samples[0].dtype,
+                              fill_value=0, zarr_format=3, **array_codec_kwargs(codec))
+    encode, decode = chunk_coder(array.metadata, shape)
+    chunks = [np.ascontiguousarray(sample) for sample in samples]
+    encoded, decoded, enc_seconds, dec_seconds = [], [], float("inf"), float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        encoded = [encode(chunk) for chunk in chunks]
+        enc_seconds = min(enc_seconds, time.perf_counter() - started)
+        started = time.perf_counter()
+        decoded = [decode(data) for data in encoded]
+        dec_seconds = min(dec_seconds, time.perf_counter() - started)
+    for chunk, back in zip(chunks, decoded):
+        if back.shape != chunk.shape or not np.array_equal(bits(back), bits(chunk)):
+            raise ValueError(f"{codec.to_dict()['name']} did not round-trip the sample losslessly")
+    return sum(len(data) for data in encoded), enc_seconds, dec_seconds
 
 
-def choose_codec(samples: list[np.ndarray], candidates: list[CodecSpec], min_encode_mbps: float) -> CodecSelection:
+def choose_codec(samples: list[np.ndarray], candidates: list[CodecSpec], min_encode_mbps: float,
+                 size_tolerance: float = 0.0) -> CodecSelection:
     """Encode the sample chunks (of one shape) with each candidate and choose by ``OBJECTIVE``."""
-    stack = np.stack(samples)
-    raw = stack.nbytes
+    raw = sum(sample.nbytes for sample in samples)
     trials: list[CodecTrial] = []
     for spec in candidates:
         codec = make_codec(spec)
@@ -246,7 +254,7 @@ def choose_codec(samples: list[np.ndarray], candidates: list[CodecSpec], min_enc
             trials.append(CodecTrial(codec=choice, skipped=reason))
             continue
         try:
-            stored, enc, dec = _round_trip(codec, stack)
+            stored, enc, dec = _round_trip(codec, samples)
         except Exception as exc:  # a codec that fails on this content is not a candidate for it
             trials.append(CodecTrial(codec=choice, skipped=f"{type(exc).__name__}: {exc}"))
             continue
@@ -258,10 +266,14 @@ def choose_codec(samples: list[np.ndarray], candidates: list[CodecSpec], min_enc
         raise ValueError("no codec candidate can encode this image: "
                          + "; ".join(f"{t.codec.name}: {t.skipped}" for t in trials))
     fast = [i for i in measured if (trials[i].encode_mbps or 0) >= min_encode_mbps]
-    chosen = min(fast, key=lambda i: (trials[i].stored_bytes, i)) if fast else \
-        max(measured, key=lambda i: trials[i].encode_mbps or 0)
-    return CodecSelection(objective=OBJECTIVE, min_encode_mbps=min_encode_mbps, sample_chunks=len(samples),
-                          sample_bytes=raw, candidates=trials, chosen=chosen)
+    if fast:
+        smallest = min(trials[i].stored_bytes or 0 for i in fast)
+        small = [i for i in fast if (trials[i].stored_bytes or 0) <= smallest * (1 + size_tolerance)]
+        chosen = max(small, key=lambda i: (trials[i].encode_mbps or 0, -i))
+    else:
+        chosen = max(measured, key=lambda i: (trials[i].encode_mbps or 0, -i))
+    return CodecSelection(objective=OBJECTIVE, min_encode_mbps=min_encode_mbps, size_tolerance=size_tolerance,
+                          sample_chunks=len(samples), sample_bytes=raw, candidates=trials, chosen=chosen)
 
 
 def sample_regions(shape: tuple[int, ...], chunks: tuple[int, ...], n: int) -> list[tuple[slice, ...]]:

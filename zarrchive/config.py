@@ -68,6 +68,7 @@ class CompressSettings(Section):
     profile: Literal["compat", "max", "fixed"] = "compat"
     profiles: dict[Literal["compat", "max"], list[CodecSpec]] = {}
     min_encode_mbps: float = Field(default=40.0, ge=0)
+    size_tolerance: float = Field(default=0.01, ge=0, le=1)
     sample_chunks: int = Field(default=8, ge=1, le=256)
     codec: Literal["blosc", "zstd"] = "blosc"  # the fixed codec (profile: fixed)
     cname: Literal["zstd", "lz4", "lz4hc", "zlib", "blosclz"] = "zstd"

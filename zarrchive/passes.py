@@ -98,14 +98,14 @@ def downsample_regions(store: str, above: str, plan: LevelPlan, regions: list[tu
 
 
 def select_codec(source: str, image: ImageRecord, regions: list[tuple[slice, ...]], candidates: list[CodecSpec],
-                 min_encode_mbps: float) -> CodecSelection:
+                 min_encode_mbps: float, size_tolerance: float = 0.0) -> CodecSelection:
     """On a worker: read the sample chunks from the source and choose among the candidates."""
     shown_as = image.source_path if image.series == 0 else f"{image.source_path} [series {image.series}]"
     try:
         samples = [read_region(source, image.layout, region) for region in regions]
     except Exception as exc:
         raise InputError(shown_as, f"pixels cannot be read: {type(exc).__name__}: {exc}") from exc
-    return choose_codec(samples, candidates, min_encode_mbps)
+    return choose_codec(samples, candidates, min_encode_mbps, size_tolerance)
 
 
 def chunk_stats(array_path: str, regions: list[tuple[slice, ...]], channel_axis: int | None) -> list[dict[str, Any]]:

@@ -317,6 +317,7 @@ class CodecSelection(Record):
 
     objective: str
     min_encode_mbps: float
+    size_tolerance: float = 0.0
     sample_chunks: int
     sample_bytes: int
     candidates: list[CodecTrial]

@@ -159,6 +159,11 @@ def _is_sharded(meta: Any) -> bool:
     return len(meta.codecs) == 1 and isinstance(meta.codecs[0], ShardingCodec)
 
 
+def chunk_coder(meta: Any, chunks: tuple[int, ...]) -> tuple[Callable, Callable]:
+    """Encode and decode functions of one chunk of the array with metadata ``meta`` (Zarr v3)."""
+    return _v3_coder(meta, chunks)
+
+
 def _v3_coder(meta: Any, chunks: tuple[int, ...]) -> tuple[Callable, Callable]:
     """Encode and decode one chunk through the array's own Zarr v3 codec objects (array -> bytes, then
     bytes -> bytes), as zarr does for every chunk."""
