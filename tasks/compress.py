@@ -43,6 +43,7 @@ from zarrchive.lineage import Traced, traced
 from zarrchive.ngff import ZARR_FORMAT, group_attributes
 from zarrchive.passes import LevelPlan, downsample_regions, select_codec, stream_region
 from zarrchive.records import CodecChoice, CodecSelection, CompressionReport, FileRecord, ImageRecord
+from zarrchive.shards import Stored
 from zarrchive.storage import remove_unfinished_writes, sha256_stream, tree_digest, walk_files
 from zarrchive.tasks.pyramid import factors
 
@@ -66,11 +67,12 @@ def shard_shape(axes: list[str], shape: tuple[int, ...], chunks: tuple[int, ...]
     return tuple(out)
 
 
-def store_digest(store: str) -> tuple[int, str]:
-    """Total size and tree digest of every object of a local Zarr store."""
+def store_digest(store: str, known: dict[str, tuple[int, str]] | None = None) -> tuple[int, str]:
+    """Total size and tree digest of every object of a local Zarr store; ``known`` objects (relative path: size
+    and sha256, as the writer read them back) are not read again."""
     entries, total = [], 0
     for rel in walk_files(store):
-        size, sha256 = sha256_stream(LOCAL, os.path.join(store, rel))
+        size, sha256 = (known or {}).get(rel) or sha256_stream(LOCAL, os.path.join(store, rel))
         total += size
         entries.append((rel, sha256))
     return total, tree_digest(entries)
@@ -161,7 +163,7 @@ def compress_image(image: ImageRecord, source: FileRecord, work: str, settings: 
     store = f"{final}.partial-{uuid.uuid4().hex[:8]}"
     axes = [a.name for a in image.axes]
     plans = plan_writes(image, settings)
-    digests: dict[str, list[tuple]] = {p.level.path: [] for p in plans}
+    stored, level0 = Stored(), []
     try:
         with client_for(scheduler) as client:
             codec, selection = _codec_for(image, source, settings, client)
@@ -172,9 +174,9 @@ def compress_image(image: ImageRecord, source: FileRecord, work: str, settings: 
             regions = stream_regions(image, plans, region_budget(client))
             futures = client.map(stream_region, [source.staged_path] * len(regions), [image] * len(regions),
                                  [store] * len(regions), regions, [plans] * len(regions), pure=False)
-            for per_level in gather_all(client, futures):
-                for plan, found in zip([p for p in plans if p.streamed], per_level):
-                    digests[plan.level.path] += found
+            for region_stored, digests in gather_all(client, futures):
+                stored.add(region_stored)
+                level0 += digests
             for above, plan in zip(plans, plans[1:]):
                 if plan.streamed:
                     continue
@@ -183,7 +185,8 @@ def compress_image(image: ImageRecord, source: FileRecord, work: str, settings: 
                 batches = [shards[i:i + per_task] for i in range(0, len(shards), per_task)]
                 futures = client.map(downsample_regions, [store] * len(batches), [above.level.path] * len(batches),
                                      [plan] * len(batches), batches, pure=False)
-                digests[plan.level.path] = [d for batch in gather_all(client, futures) for d in batch]
+                for batch_stored in gather_all(client, futures):
+                    stored.add(batch_stored)
         remove_unfinished_writes(store)  # left by a worker killed mid-write (its task was redone)
         root.update_attributes(group_attributes(image, display_windows(store, image), settings.ngff))
         _keep_ome_xml(store, image, settings.ngff)
@@ -196,7 +199,7 @@ def compress_image(image: ImageRecord, source: FileRecord, work: str, settings: 
             raise
         raise VerificationError(f"{image.image_id}: the compress pass failed: {type(exc).__name__}: {exc}") from exc
     bytes_in = sum(int(np.prod(p.level.shape)) * np.dtype(image.dtype).itemsize for p in plans)
-    bytes_out, digest = store_digest(final)
+    bytes_out, digest = store_digest(final, stored.objects)
     if settings.ngff == "0.5":
         choice = choice_of(codec)
     else:  # a Zarr v2 compressor: {"id": ..., options}
@@ -205,8 +208,8 @@ def compress_image(image: ImageRecord, source: FileRecord, work: str, settings: 
     return CompressionReport(
         image_id=image.image_id, store=final, codec=choice, selection=selection,
         bytes_in=bytes_in, bytes_out=bytes_out, ratio=round(bytes_in / bytes_out, 4) if bytes_out else 0.0,
-        seconds=round(time.perf_counter() - started, 3), chunks_verified=sum(len(d) for d in digests.values()),
-        level0_sha256=hashlib.sha256("".join(d for _s, d in sorted(digests["0"])).encode()).hexdigest(),
+        seconds=round(time.perf_counter() - started, 3), chunks_verified=stored.chunks,
+        level0_sha256=hashlib.sha256("".join(d for _s, d in sorted(level0)).encode()).hexdigest(),
         store_sha256=digest,
     )
 

@@ -20,6 +20,7 @@ receive only the scheduler address and connect with ``client_for``.
 from __future__ import annotations
 
 import contextlib
+import shlex
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterator
 
@@ -92,7 +93,8 @@ def slurm_cluster(settings: ClusterSettings) -> SLURMCluster:
             f"Slurm clusters need dask-jobqueue, which is not installed ({exc}): pip install 'zarrchive[slurm]'"
         ]) from exc
     slurm: SlurmSettings = settings.slurm
-    prologue = [f"export {name}={value}" for name, value in worker_memory_environment(settings.worker_memory)]
+    prologue = [f"export {name}={shlex.quote(value)}"
+                for name, value in worker_memory_environment(settings.worker_memory) + worker_malloc_environment()]
     scheduler_options: dict[str, Any] = {"dashboard_address": slurm.dashboard_address}
     if slurm.scheduler_interface:
         scheduler_options["interface"] = slurm.scheduler_interface
@@ -129,6 +131,12 @@ def worker_memory_environment(memory: WorkerMemory) -> list[tuple[str, str]]:
     """The same thresholds as environment variables, for workers started elsewhere (a Slurm job script)."""
     return [(f"DASK_DISTRIBUTED__WORKER__MEMORY__{name.upper()}", str(value))
             for name, value in memory.model_dump().items()]
+
+
+def worker_malloc_environment() -> list[tuple[str, str]]:
+    """``WORKER_MALLOC`` for nannies started elsewhere (a Slurm job script): set in the job's environment, which
+    a nanny's pre-spawn environment gives way to (and which overrides what the submitting process had)."""
+    return [(key.rpartition(".")[2], str(value)) for key, value in WORKER_MALLOC.items()]
 
 
 @dataclass(frozen=True)

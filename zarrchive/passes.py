@@ -22,7 +22,7 @@ from zarrchive.codecs import choose_codec
 from zarrchive.config import CodecSpec
 from zarrchive.errors import InputError
 from zarrchive.records import CodecSelection, ImageRecord, Level
-from zarrchive.shards import ArrayWriter
+from zarrchive.shards import ArrayWriter, Stored
 from zarrchive.sources import read_region
 
 ZARR_CONFIG = {"codec_pipeline.batch_size": 64}  # zarr reads a shard's chunks together, not one by one
@@ -59,9 +59,9 @@ def _chunk_digests(block: np.ndarray, region: tuple[slice, ...], chunks: tuple[i
 
 
 def stream_region(source: str, image: ImageRecord, store: str, region: tuple[slice, ...],
-                  plans: list[LevelPlan]) -> list[list[tuple]]:
-    """Read ``region`` of the source once and write it, and each streamed level below it, proven;
-    return the chunk digests of each streamed level."""
+                  plans: list[LevelPlan]) -> tuple[Stored, list[tuple]]:
+    """Read ``region`` of the source once and write it, and each streamed level below it, proven; return what
+    was stored and the digests of the level-0 chunks (their start and the sha256 of their pixels)."""
     shown_as = image.source_path if image.series == 0 else f"{image.source_path} [series {image.series}]"
     try:
         block = read_region(source, image.layout, region)
@@ -72,29 +72,28 @@ def stream_region(source: str, image: ImageRecord, store: str, region: tuple[sli
     if block.shape != expected or block.dtype != np.dtype(image.dtype):
         raise InputError(shown_as, f"the reader gave {block.shape} {block.dtype} pixels for a region of "
                                    f"{expected} {image.dtype}")
+    digests = _chunk_digests(block, region, plans[0].level.chunks)
     streamed = [p for p in plans if p.streamed]
-    out = []
+    stored = Stored()
     for plan, level_region in zip(streamed, scaled(region, streamed)):
         if plan.halved:
             block = downsample(block, plan.halved, plan.level.downsampling)
-        ArrayWriter.open(f"{store}/{plan.level.path}").write(level_region, block)
-        out.append(_chunk_digests(block, level_region, plan.level.chunks))
-    return out
+        stored.add(ArrayWriter.open(f"{store}/{plan.level.path}").write(level_region, block, f"{plan.level.path}/"))
+    return stored, digests
 
 
-def downsample_regions(store: str, above: str, plan: LevelPlan, regions: list[tuple[slice, ...]]) -> list[tuple]:
+def downsample_regions(store: str, above: str, plan: LevelPlan, regions: list[tuple[slice, ...]]) -> Stored:
     """Make ``regions`` (whole shards) of a level from the level above it in the output, proven."""
     source = zarr.open_array(f"{store}/{above}", mode="r")
     target = ArrayWriter.open(f"{store}/{plan.level.path}")
-    digests = []
+    stored = Stored()
     with zarr.config.set(ZARR_CONFIG):
         for region in regions:
             wide = tuple(slice(r.start * 2, min(r.stop * 2, n)) if i in plan.halved else r
                          for i, (r, n) in enumerate(zip(region, source.shape)))
             block = downsample(np.ascontiguousarray(source[wide]), plan.halved, plan.level.downsampling)
-            target.write(region, block)
-            digests += _chunk_digests(block, region, plan.level.chunks)
-    return digests
+            stored.add(target.write(region, block, f"{plan.level.path}/"))
+    return stored
 
 
 def select_codec(source: str, image: ImageRecord, regions: list[tuple[slice, ...]], candidates: list[CodecSpec],

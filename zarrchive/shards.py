@@ -18,10 +18,11 @@ chunk: OME-NGFF 0.4) are written; readers see ordinary Zarr arrays.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import os
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
@@ -31,6 +32,20 @@ from zarrchive.blocks import bits
 from zarrchive.errors import VerificationError
 
 ABSENT = 2**64 - 1  # offset and length of a chunk a shard does not hold
+
+
+@dataclass
+class Stored:
+    """What writes stored: the chunks proven, and every object written (its path under the store, size and the
+    sha256 of its bytes as read back from the disk)."""
+
+    chunks: int = 0
+    objects: dict[str, tuple[int, str]] = field(default_factory=dict)
+
+    def add(self, other: Stored) -> Stored:
+        self.chunks += other.chunks
+        self.objects.update(other.objects)
+        return self
 
 
 @dataclass(frozen=True)
@@ -63,36 +78,39 @@ class ArrayWriter:
         return cls(path=path, shape=tuple(array.shape), chunks=chunks, objects=objects, sharded=sharded,
                    dtype=dtype, fill=fill, key=meta.encode_chunk_key, encode=encode, decode=decode)
 
-    def write(self, region: tuple[slice, ...], block: np.ndarray) -> int:
+    def write(self, region: tuple[slice, ...], block: np.ndarray, prefix: str = "") -> Stored:
         """Write ``block`` as the objects covering ``region`` (whole objects; the array's end may cut the last
-        ones), each proven by decoding what was stored; return the number of chunks proven."""
+        ones), each proven by decoding what was stored; object paths in the result start with ``prefix``."""
         if block.dtype != self.dtype or block.shape != tuple(r.stop - r.start for r in region):
             raise ValueError(f"{self.path}: a {block.shape} {block.dtype} block for region {region} of a "
                              f"{self.dtype} array")
         for r, o, n in zip(region, self.objects, self.shape):
             if r.start % o or (r.stop % o and r.stop != n):
                 raise ValueError(f"{self.path}: region {region} is not made of whole objects of {self.objects}")
-        proven = 0
+        stored = Stored()
         starts = [range(r.start, r.stop, o) for r, o in zip(region, self.objects)]
         for start in itertools.product(*starts):
             cell = tuple(slice(s, min(s + o, n)) for s, o, n in zip(start, self.objects, self.shape))
             local = tuple(slice(c.start - r.start, c.stop - r.start) for c, r in zip(cell, region))
-            proven += self._write_object(cell, block[local])
-        return proven
+            key = self.key(tuple(c.start // o for c, o in zip(cell, self.objects)))
+            proven, written = self._write_object(os.path.join(self.path, *key.split("/")), block[local])
+            stored.chunks += proven
+            if written is not None:
+                stored.objects[f"{prefix}{key}"] = written
+        return stored
 
-    def _write_object(self, cell: tuple[slice, ...], block: np.ndarray) -> int:
-        index = tuple(c.start // o for c, o in zip(cell, self.objects))
-        target = os.path.join(self.path, *self.key(index).split("/"))
+    def _write_object(self, target: str, block: np.ndarray) -> tuple[int, tuple[int, str] | None]:
         inner = [c // k for c, k in zip(self.objects, self.chunks)] if self.sharded else [1] * len(self.chunks)
-        pieces, table, offset = [], np.full((int(np.prod(inner)), 2), ABSENT, dtype="<u8"), 0
+        pieces, table, offset, proven = [], np.full((int(np.prod(inner)), 2), ABSENT, dtype="<u8"), 0, 0
         expected: list[tuple[int, np.ndarray]] = []
         for i, position in enumerate(itertools.product(*[range(n) for n in inner])):
             origin = [p * k for p, k in zip(position, self.chunks)]
             if any(o >= b for o, b in zip(origin, block.shape)):
                 continue  # beyond the array's end
             chunk = self._padded(block[tuple(slice(o, o + k) for o, k in zip(origin, self.chunks))])
+            proven += 1
             if np.all(bits(chunk) == self.fill[0]):
-                continue  # only the fill value: not stored
+                continue  # only the fill value (bit for bit), which is what a missing chunk reads as: not stored
             data = self.encode(chunk)
             pieces.append(data)
             table[i] = (offset, len(data))
@@ -101,13 +119,13 @@ class ArrayWriter:
         if not pieces:
             if os.path.exists(target):
                 os.remove(target)
-            return 0
+            return proven, None
         if self.sharded:
             index_bytes = table.tobytes()
             pieces.append(index_bytes + _crc32c(index_bytes))
         _write_atomically(target, pieces)
-        self._prove(target, table, expected)
-        return len(expected)
+        stored = self._prove(target, table, expected)
+        return proven, (len(stored), hashlib.sha256(stored).hexdigest())
 
     def _padded(self, chunk: np.ndarray) -> np.ndarray:
         """A chunk cut by the array's end, padded with the fill value to the whole chunk (as zarr stores it)."""
@@ -118,7 +136,8 @@ class ArrayWriter:
         whole[tuple(slice(0, n) for n in chunk.shape)] = chunk
         return whole
 
-    def _prove(self, target: str, table: np.ndarray, expected: list[tuple[int, np.ndarray]]) -> None:
+    def _prove(self, target: str, table: np.ndarray, expected: list[tuple[int, np.ndarray]]) -> bytes:
+        """The stored object, read back: every chunk decodes to the pixels written (raises otherwise)."""
         with open(target, "rb") as fh:
             stored = fh.read()
         if self.sharded:
@@ -134,6 +153,7 @@ class ArrayWriter:
                 raise VerificationError(f"{target}: chunk {i} cannot be decoded: {type(exc).__name__}: {exc}") from exc
             if decoded.shape != chunk.shape or not np.array_equal(bits(decoded), bits(chunk)):
                 raise VerificationError(f"{target}: chunk {i} decodes to other pixels than those written")
+        return stored
 
 
 def _write_atomically(target: str, pieces: list[bytes]) -> None:
