@@ -27,7 +27,7 @@ from zarrchive.config import Settings
 from zarrchive.errors import TransientError
 from zarrchive.landing import render_landing_page
 from zarrchive.lineage import Traced, build_crate, traced
-from zarrchive.ngff import labels_group_document
+from zarrchive.ngff import labels_group_documents, store_ngff_version
 from zarrchive.config import PublishSettings
 from zarrchive.records import (
     CompressionReport, Failure, FileRecord, ImageOutcome, ImageRecord, LineageRecord, ManifestEntry, Publication,
@@ -201,9 +201,12 @@ def publish_version(
             raise TransientError(f"{report.image_id}: the staged store changed since it was compressed and verified")
         entries.extend(e for _, e in uploaded)
     labels_groups = []
+    staged = {r.image_id: r.store for r in reports}
     for image in (o for o in publishable.values() if o.labels):  # each image's labels group lists its labels
-        labels_groups.append(f"images/{image.image_id}.ome.zarr/labels/zarr.json")
-        entries.append(_put_bytes(fs, join(vdir, labels_groups[-1]), dumps(labels_group_document(image.labels))))
+        ngff = store_ngff_version(staged[image.image_id])  # the labels group is in the image's Zarr format
+        for name, document in labels_group_documents(image.labels, ngff).items():
+            labels_groups.append(f"images/{image.image_id}.ome.zarr/labels/{name}")
+            entries.append(_put_bytes(fs, join(vdir, labels_groups[-1]), dumps(document)))
     for file in files:
         rel = f"originals/{file.path}"
         entry = _upload(fs, file.staged_path, join(vdir, rel))

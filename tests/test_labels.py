@@ -441,3 +441,36 @@ def test_lineage_leads_a_label_back_to_its_file_and_the_crate_passes_the_profile
     assert stages[-1] == "compress" and {"fetch", "convert", "pyramid"} <= set(stages)
 
     assert crate_problems(Path(pub.version_uri), tmp_path) == []
+
+
+def test_with_ngff_0_4_the_labels_are_zarr_v2_and_ome_zarr_readers_find_them(tmp_path, config_file, prefect_server):
+    from ome_zarr.io import parse_url
+    from ome_zarr.reader import Label, Reader
+    from ome_zarr_models.v04 import Image
+    from ome_zarr_models.v04.labels import Labels
+
+    from zarrchive.flows.ingest import IngestRequest, ingest_submission
+
+    sub = tmp_path / "sub"
+    ome_tiff(sub / "images/cell01.ome.tif", random_image((1, 40, 36)), "CYX", {"x": 0.2, "y": 0.2})
+    nuclei = blobs((40, 36))
+    ome_tiff(sub / "labels/cell01_nuclei.tif", nuclei, "YX")
+    submission(sub, [{"path": "images/cell01.ome.tif"},
+                     {"path": "labels/cell01_nuclei.tif", "kind": "label", "label_of": "images/cell01.ome.tif",
+                      "label_name": "nuclei"}])
+    pub = ingest_submission(IngestRequest(submission=str(sub), archive=str(tmp_path / "archive"), config=config_file(
+        convert={"chunk_xy": 16}, compress={"ngff": "0.4"})))
+    assert pub.status == "published", pub.reasons
+    store = Path(pub.version_uri) / "images/images_cell01.ome.zarr"
+    assert json.loads((store / "labels/.zattrs").read_text()) == {"labels": ["nuclei"]}
+    assert json.loads((store / "labels/.zgroup").read_text()) == {"zarr_format": 2}
+    assert not (store / "labels/zarr.json").exists() and not (store / "labels/nuclei/zarr.json").exists()
+    label = zarr.open_group(str(store / "labels/nuclei"), mode="r")
+    assert label.attrs["image-label"]["version"] == "0.4" and label.attrs["multiscales"][0]["version"] == "0.4"
+    np.testing.assert_array_equal(label["0"][...], nuclei)
+    Image.from_zarr(zarr.open_group(str(store), mode="r"))
+    assert Labels.from_zarr(zarr.open_group(str(store / "labels"), mode="r")).attributes.labels == ["nuclei"]
+    nodes = list(Reader(parse_url(str(store)))())
+    found = [n for n in nodes if any(isinstance(s, Label) for s in n.specs)]
+    assert [n.zarr.basename() for n in found] == ["nuclei"] and found[0].data[0].shape == (40, 36)
+    assert "OME-Zarr (OME-NGFF 0.4, Zarr v2)" in (Path(pub.version_uri) / "index.html").read_text()

@@ -10,6 +10,7 @@ import datetime as dt
 import html
 from typing import Any
 
+from zarrchive.ngff import NGFF_VERSION, ZARR_FORMAT, store_ngff_version
 from zarrchive.records import CompressionReport, FileRecord, ImageOutcome, LineageRecord, QCReport, Submission
 from zarrchive.software import versions
 
@@ -73,6 +74,8 @@ def render_landing_page(submission: Submission, version: int, outcomes: list[Ima
                   "reading it needs zarr-python with <code>imagecodecs</code> and <code>zarrchive</code> "
                   "installed (<code>pip install zarrchive</code>), which registers the codec with zarr.</p>"
                   if any(needs_imagecodecs(r) for r in reports) else "")
+    formats = "; ".join(f"OME-NGFF {v}, Zarr v{ZARR_FORMAT[v]}"
+                        for v in sorted({store_ngff_version(r.store) for r in reports}) or [NGFF_VERSION])
     file_rows = "".join(f"<tr><td><a href='originals/{e(f.path)}'>{e(f.path)}</a></td><td>{e(f.kind)}</td>"
                         f"<td>{human_size(f.size)}</td><td><code>{f.sha256}</code></td></tr>" for f in files)
     runs = sorted({r.flow_run_id for r in lineage if r.flow_run_id})
@@ -105,7 +108,7 @@ td,th{{border:1px solid #ccc;padding:.25rem .5rem;text-align:left;font-size:.9re
 <table>{meta_rows}</table>
 <h2>Cite</h2><p>{e(citation(submission, version))}</p>
 <h2>Images</h2>
-<p>OME-Zarr (OME-NGFF 0.5, Zarr v3), readable with napari, bioio, ome-zarr-py, zarr-python, tensorstore and
+<p>OME-Zarr ({e(formats)}), readable with napari, bioio, ome-zarr-py, zarr-python, tensorstore and
 neuroglancer/vizarr. Quality control: <a href="qc/index.html">report</a> ({len(qc_report.errors)} error(s),
 {len(qc_report.warnings)} warning(s)).</p>
 <table><thead><tr><th>image</th><th>source</th><th>axes, shape</th><th>type</th><th>pixel size (z × y × x)</th>

@@ -7,6 +7,7 @@ An image group carries ``multiscales`` and ``omero``; a label image's group carr
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import numpy as np
@@ -68,7 +69,10 @@ def group_attributes(image: ImageRecord, windows: list[tuple[float, float]] | No
     if ngff == "0.5":
         return {"ome": attrs}
     multiscale = {**attrs["multiscales"][0], "version": ngff}
-    return {**{k: v for k, v in attrs.items() if k != "version"}, "multiscales": [multiscale]}
+    out = {**{k: v for k, v in attrs.items() if k != "version"}, "multiscales": [multiscale]}
+    if "image-label" in out:
+        out["image-label"] = {**out["image-label"], "version": ngff}
+    return out
 
 
 def ngff_version(attributes: dict[str, Any]) -> str | None:
@@ -89,9 +93,18 @@ def labels_group_attrs(names: list[str]) -> dict[str, Any]:
     return {"version": NGFF_VERSION, "labels": list(names)}
 
 
-def labels_group_document(names: list[str]) -> dict[str, Any]:
-    """The ``zarr.json`` of an image's ``labels`` group (Zarr v3 group metadata)."""
-    return {"zarr_format": 3, "node_type": "group", "attributes": {"ome": labels_group_attrs(names)}}
+def labels_group_documents(names: list[str], ngff: str = NGFF_VERSION) -> dict[str, dict[str, Any]]:
+    """The metadata objects of an image's ``labels`` group, by name: ``zarr.json`` (Zarr v3, NGFF 0.5), or
+    ``.zgroup`` and ``.zattrs`` (Zarr v2, NGFF 0.4)."""
+    if ngff == "0.5":
+        return {"zarr.json": {"zarr_format": 3, "node_type": "group",
+                              "attributes": {"ome": labels_group_attrs(names)}}}
+    return {".zgroup": {"zarr_format": 2}, ".zattrs": {"labels": list(names)}}
+
+
+def store_ngff_version(store_path: str) -> str:
+    """The OME-NGFF version of a local image store this package wrote: 0.5 has Zarr v3's ``zarr.json``."""
+    return "0.5" if os.path.exists(os.path.join(store_path, "zarr.json")) else "0.4"
 
 
 def omero_block(image: ImageRecord, windows: list[tuple[float, float]] | None = None) -> dict[str, Any]:
@@ -112,20 +125,24 @@ def omero_block(image: ImageRecord, windows: list[tuple[float, float]] | None = 
 
 
 def validate_label(store_path: str) -> list[str]:
-    """Problems an independent validator (ome-zarr-models) finds in an NGFF 0.5 label image group (checked on
-    its own, before it is nested under its image): image-label metadata, multiscales, an integer type allowed
+    """Problems an independent validator (ome-zarr-models) finds in an NGFF 0.5 or 0.4 label image group (checked
+    on its own, before it is nested under its image): image-label metadata, multiscales, an integer type allowed
     for labels; [] when valid."""
     import zarr
+    from ome_zarr_models.v04.image_label import ImageLabel as ImageLabel04
     from ome_zarr_models.v05.image_label import ImageLabel
     from ome_zarr_models.v05.labels import VALID_DTYPES
 
     try:
         group = zarr.open_group(store_path, mode="r")
-        model = ImageLabel.from_zarr(group)
-        if model.attributes.ome.image_label is None:
+        if ngff_version(dict(group.attrs)) == "0.4":
+            attributes = ImageLabel04.from_zarr(group).attributes
+        else:
+            attributes = ImageLabel.from_zarr(group).attributes.ome
+        if attributes.image_label is None:
             return ["the label group has no image-label metadata"]
         problems = []
-        for dataset in model.attributes.ome.multiscales[0].datasets:
+        for dataset in attributes.multiscales[0].datasets:
             dtype = group[dataset.path].dtype
             if dtype not in VALID_DTYPES:
                 allowed = ", ".join(map(str, VALID_DTYPES))
