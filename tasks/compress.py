@@ -24,12 +24,12 @@ import os
 import shutil
 import time
 import uuid
-from typing import Any
+from typing import Any, Callable
 
 import fsspec
 import numpy as np
 import zarr
-from distributed import wait
+from distributed import as_completed, wait
 from prefect import task
 from zarr.codecs import BloscCodec, ZstdCodec
 
@@ -152,9 +152,9 @@ def display_windows(store: str, image: ImageRecord) -> list[tuple[float, float]]
 
 
 def compress_image(image: ImageRecord, source: FileRecord, work: str, settings: CompressSettings,
-                   scheduler: str) -> CompressionReport:
+                   scheduler: str, progress: Callable[[int, int], None] | None = None) -> CompressionReport:
     """Write every level of ``image`` from its source file into a compressed OME-Zarr under ``<work>/compress/``,
-    proving each write lossless."""
+    proving each write lossless; ``progress(done, total)`` hears the bytes of level 0 written so far."""
     if source.sha256 != image.source_sha256:
         raise InputError(source.path, "the staged file is not the one the image was converted from "
                                       f"(sha256 {source.sha256[:12]}…, expected {image.source_sha256[:12]}…)")
@@ -174,6 +174,8 @@ def compress_image(image: ImageRecord, source: FileRecord, work: str, settings: 
             regions = stream_regions(image, plans, region_budget(client))
             futures = client.map(stream_region, [source.staged_path] * len(regions), [image] * len(regions),
                                  [store] * len(regions), regions, [plans] * len(regions), pure=False)
+            if progress is not None:
+                _report_progress(futures, regions, np.dtype(image.dtype).itemsize, progress)
             for region_stored, digests in gather_all(client, futures):
                 stored.add(region_stored)
                 level0 += digests
@@ -212,6 +214,17 @@ def compress_image(image: ImageRecord, source: FileRecord, work: str, settings: 
         level0_sha256=hashlib.sha256("".join(d for _s, d in sorted(level0)).encode()).hexdigest(),
         store_sha256=digest,
     )
+
+
+def _report_progress(futures: list[Any], regions: list[tuple[slice, ...]], itemsize: int,
+                     progress: Callable[[int, int], None]) -> None:
+    """Call ``progress(done, total)`` in bytes of level 0 as the streaming tasks finish (failed ones too)."""
+    sizes = {f.key: int(np.prod([r.stop - r.start for r in region])) * itemsize for f, region in zip(futures, regions)}
+    total, done = sum(sizes.values()), 0
+    progress(0, total)
+    for future in as_completed(futures):
+        done += sizes[future.key]
+        progress(done, total)
 
 
 def _codec_for(image: ImageRecord, source: FileRecord, settings: CompressSettings,

@@ -23,7 +23,8 @@ def test_convert_one_file_to_a_valid_ome_zarr(tmp_path, config_file, capsys):
     model = Image.from_zarr(zarr.open_group(out, mode="r"))
     assert len(model.attributes.ome.multiscales[0].datasets) == 3
     np.testing.assert_array_equal(zarr.open_array(out / "0", mode="r")[...], data)
-    assert "compress and verify" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "compress and verify" in err and "100%|" in err  # a progress bar over the bytes of level 0
     assert main(["convert", str(source), str(out), "--config", config_file()]) == 1  # never overwrites silently
     assert "exists already" in capsys.readouterr().err
 
@@ -69,3 +70,20 @@ def test_the_output_folder_is_created_when_missing(tmp_path, config_file):
     out = tmp_path / "not" / "yet" / "s.ome.zarr"
     assert main(["convert", str(source), str(out), "--config", config_file()]) == 0
     assert zarr.open_group(out, mode="r").attrs["ome"]["version"] == "0.5"
+
+
+def test_progress_follows_the_bytes_of_level_0_written(tmp_path):
+    from zarrchive.config import load_settings
+    from zarrchive.standalone import convert_to_ome_zarr
+
+    data = random_image((6, 64, 80))
+    source = ome_tiff(tmp_path / "stack.ome.tif", data, "ZYX", {"x": 0.2, "y": 0.2, "z": 1.0})
+    events: list[tuple] = []
+    settings = load_settings(overrides={"convert": {"chunk_xy": 32}, "compress": {"shard_xy": 32, "shard_z": 1},
+                                        "cluster": {"n_workers": 1, "threads_per_worker": 1}})
+    convert_to_ome_zarr(str(source), str(tmp_path / "out.ome.zarr"), settings, lambda *event: events.append(event))
+    counts = [e[1:] for e in events if len(e) == 3]
+    assert counts[0] == (0, data.nbytes) and counts[-1] == (data.nbytes, data.nbytes)
+    assert len(counts) == 1 + 6 * 2  # a task per row of shards of each plane
+    assert [done for done, _ in counts] == sorted(done for done, _ in counts)
+    assert events[-1] == (f"wrote {tmp_path / 'out.ome.zarr'}",)

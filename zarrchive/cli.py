@@ -168,10 +168,15 @@ def _convert(source: str, output: str, config: str | None, overwrite: bool, prof
     from zarrchive.standalone import convert_to_ome_zarr
 
     settings = load_settings(config, _profile(profile))
-    with tqdm(unit=" step", file=sys.stderr, bar_format="{desc} [{n_fmt} steps, {elapsed}]") as bar:
-        def progress(message: str) -> None:
-            bar.set_description_str(message)
-            bar.update(1)
+    with tqdm(unit="B", unit_scale=True, unit_divisor=1024, file=sys.stderr, total=None) as bar:
+        def progress(message: str, done: int | None = None, total: int | None = None) -> None:
+            bar.set_description_str(message, refresh=False)
+            if total is not None:  # the pixels of level 0 written so far
+                if not done or bar.total != total:
+                    bar.reset(total=total)
+                bar.update((done or 0) - bar.n)
+            else:
+                bar.refresh()
 
         try:
             groups = convert_to_ome_zarr(source, output, settings, progress, overwrite)

@@ -29,7 +29,7 @@ from zarrchive.tasks.compress import compress_image
 from zarrchive.tasks.convert import convert_file
 from zarrchive.tasks.pyramid import build_pyramid
 
-Progress = Callable[[str], None]
+Progress = Callable[..., None]  # progress(message) at each step; progress(message, done, total) in bytes
 
 
 def convert_to_ome_zarr(source: str, output: str, settings: Settings, progress: Progress = lambda _: None,
@@ -59,7 +59,8 @@ def convert_to_ome_zarr(source: str, output: str, settings: Settings, progress: 
         for index, image in enumerate(images):
             image = build_pyramid(image, settings.pyramid)
             progress(f"convert, pyramid, compress and verify {image.image_id}")
-            report = compress_image(image, record, work, settings.compress, scheduler)
+            report = compress_image(image, record, work, settings.compress, scheduler,
+                                    lambda done, total, step=f"write {image.image_id}": progress(step, done, total))
             if problems := validate_image(report.store):
                 raise InputError(source, f"the output does not validate as OME-NGFF: {'; '.join(problems)}")
             if len(images) == 1:
