@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
+import tifffile
 import zarr
 from hypothesis import given, settings as hsettings, strategies as st
 
@@ -247,3 +249,46 @@ def test_ngff_04_output_is_zarr_v2_and_validates(source, tmp_path, settings, sch
 
     node = next(iter(Reader(parse_url(report.store))()))  # older viewers' reader opens it
     np.testing.assert_array_equal(node.data[0].compute(scheduler="synchronous"), data)
+
+
+def test_an_image_larger_than_the_workers_memory_streams_with_bounded_memory(tmp_path, settings):
+    """768 MiB of pixels through two workers of 320 MiB each (more than the cluster's memory): every task holds a
+    shard or a few, never the image, and no worker comes near Dask's pause threshold."""
+    import threading
+
+    import psutil
+
+    from zarrchive.cluster import cluster_for_run
+    from zarrchive.config import ClusterSettings
+
+    planes, edge, limit = 384, 1024, 320 << 20
+    base = random_image((edge, edge), "uint16", seed=3) // 4
+    path = tmp_path / "big.tif"
+    with tifffile.TiffWriter(path, bigtiff=True) as tif:
+        for k in range(planes):
+            tif.write(base + np.uint16(k), contiguous=True, metadata=None)
+    cluster = ClusterSettings(n_workers=2, threads_per_worker=1, memory_limit=str(limit), allowed_failures=0)
+    with cluster_for_run(cluster) as address:
+        from distributed import Client
+
+        with Client(address, set_as_default=False) as client:
+            pids = list(client.run(os.getpid).values())
+        peak, done = dict.fromkeys(pids, 0), threading.Event()
+
+        def sample() -> None:
+            while not done.wait(0.05):
+                for pid in pids:
+                    peak[pid] = max(peak[pid], psutil.Process(pid).memory_info().rss)
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        try:
+            [(image, report)] = archive_images(path, tmp_path / "w", settings, address, compress={"profile": "fixed"})
+        finally:
+            done.set()
+            sampler.join()
+    assert image.shape == (1, planes, edge, edge) and report.bytes_in > 2 * limit + (64 << 20)
+    assert max(peak.values()) < 0.8 * limit, {pid: rss >> 20 for pid, rss in peak.items()}  # below Dask's pause
+    level0 = zarr.open_array(f"{report.store}/0", mode="r")
+    for k in (0, planes // 2, planes - 1):
+        np.testing.assert_array_equal(level0[0, k], base + np.uint16(k))

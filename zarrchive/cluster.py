@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterator
 
 import dask
+from dask.utils import parse_bytes
 from distributed import Client, KilledWorker, LocalCluster
 from distributed.diagnostics.plugin import WorkerPlugin
 
@@ -38,11 +39,12 @@ if TYPE_CHECKING:
 # distributed starts workers with MALLOC_TRIM_THRESHOLD_=64 KiB so they hand memory back to the system; set
 # alone, it also pins glibc's mmap threshold at 128 KiB, so every chunk buffer is a fresh mmap and the pixel
 # work spends as much time in page faults as in codecs (measured: 2.7x the system time). Large buffers are
-# still returned: above 32 MiB they are mmapped, and a heap with 256 MiB free at its top is trimmed.
-WORKER_MALLOC = {
-    "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": 256 << 20,
-    "distributed.nanny.pre-spawn-environ.MALLOC_MMAP_THRESHOLD_": 32 << 20,
-}
+# still returned: above 32 MiB they are mmapped, and a heap with an eighth of the worker's memory (at most
+# 256 MiB) free at its top is trimmed, so what a worker keeps stays a fraction of its limit.
+def worker_malloc(memory_limit: int | None) -> dict[str, int]:
+    """glibc's allocator thresholds for a worker with ``memory_limit`` bytes (None: unknown, the largest)."""
+    trim = min(256 << 20, max(16 << 20, memory_limit // 8)) if memory_limit else 256 << 20
+    return {"MALLOC_TRIM_THRESHOLD_": trim, "MALLOC_MMAP_THRESHOLD_": min(32 << 20, trim)}
 
 
 @contextlib.contextmanager
@@ -65,7 +67,6 @@ def local_sizes(settings: ClusterSettings) -> tuple[int, int]:
     machine's cores allow at ``threads_per_worker`` each; ``memory_limit`` or the machine's memory shared
     equally (both as the process may use them: CPU affinity and cgroup limits count)."""
     from dask.system import CPU_COUNT
-    from dask.utils import parse_bytes
     from distributed.system import MEMORY_LIMIT
 
     n_workers = settings.n_workers or max(1, CPU_COUNT // settings.threads_per_worker)
@@ -77,7 +78,8 @@ def local_sizes(settings: ClusterSettings) -> tuple[int, int]:
 def local_cluster(settings: ClusterSettings) -> LocalCluster:
     """A LocalCluster of worker processes on loopback, with explicit memory limits and thresholds."""
     n_workers, memory_limit = local_sizes(settings)
-    with dask.config.set(scheduler_config(settings) | worker_memory_config(settings.worker_memory) | WORKER_MALLOC):
+    malloc = {f"distributed.nanny.pre-spawn-environ.{k}": v for k, v in worker_malloc(memory_limit).items()}
+    with dask.config.set(scheduler_config(settings) | worker_memory_config(settings.worker_memory) | malloc):
         # the nannies keep this configuration for the workers they start, restarts included
         return LocalCluster(n_workers=n_workers, threads_per_worker=settings.threads_per_worker,
                             memory_limit=memory_limit, processes=True, dashboard_address=":0", host="127.0.0.1",
@@ -94,7 +96,8 @@ def slurm_cluster(settings: ClusterSettings) -> SLURMCluster:
         ]) from exc
     slurm: SlurmSettings = settings.slurm
     prologue = [f"export {name}={shlex.quote(value)}"
-                for name, value in worker_memory_environment(settings.worker_memory) + worker_malloc_environment()]
+                for name, value in worker_memory_environment(settings.worker_memory)
+                + worker_malloc_environment(parse_bytes(slurm.memory) // max(1, slurm.processes))]
     scheduler_options: dict[str, Any] = {"dashboard_address": slurm.dashboard_address}
     if slurm.scheduler_interface:
         scheduler_options["interface"] = slurm.scheduler_interface
@@ -133,10 +136,10 @@ def worker_memory_environment(memory: WorkerMemory) -> list[tuple[str, str]]:
             for name, value in memory.model_dump().items()]
 
 
-def worker_malloc_environment() -> list[tuple[str, str]]:
-    """``WORKER_MALLOC`` for nannies started elsewhere (a Slurm job script): set in the job's environment, which
+def worker_malloc_environment(memory_limit: int | None) -> list[tuple[str, str]]:
+    """``worker_malloc`` for nannies started elsewhere (a Slurm job script): set in the job's environment, which
     a nanny's pre-spawn environment gives way to (and which overrides what the submitting process had)."""
-    return [(key.rpartition(".")[2], str(value)) for key, value in WORKER_MALLOC.items()]
+    return [(name, str(value)) for name, value in worker_malloc(memory_limit).items()]
 
 
 @dataclass(frozen=True)
