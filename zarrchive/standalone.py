@@ -32,7 +32,7 @@ from zarrchive.tasks.pyramid import build_pyramid
 Progress = Callable[..., None]  # progress(message) at each step; progress(message, done, total) in bytes
 
 
-def convert_to_ome_zarr(source: str, output: str, settings: Settings, progress: Progress = lambda _: None,
+def convert_to_ome_zarr(source: str, output: str, settings: Settings, progress: Progress = lambda *_: None,
                         overwrite: bool = False) -> list[str]:
     """Convert ``source`` into ``output`` (a local ``.ome.zarr`` folder); return the image groups written."""
     target = Path(output)
