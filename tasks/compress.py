@@ -30,7 +30,6 @@ import fsspec
 import numpy as np
 import zarr
 from distributed import as_completed, wait
-from prefect import task
 from zarr.codecs import BloscCodec, ZstdCodec
 
 from zarrchive.blocks import chunk_slices
@@ -39,7 +38,7 @@ from zarrchive.codecs import array_codec_kwargs, choice_of, make_codec, sample_r
 from zarrchive.config import CompressSettings
 from zarrchive.errors import InputError, VerificationError, ZarrchiveError
 from zarrchive.identity import compress_key, compressed_name
-from zarrchive.lineage import Traced, traced
+from zarrchive.lineage import Traced, stage_task, traced
 from zarrchive.ngff import ZARR_FORMAT, group_attributes
 from zarrchive.passes import LevelPlan, downsample_regions, select_codec, stream_region
 from zarrchive.records import CodecChoice, CodecSelection, CompressionReport, FileRecord, ImageRecord
@@ -269,8 +268,8 @@ def _keep_ome_xml(store: str, image: ImageRecord, ngff: str) -> None:
     shutil.copyfile(image.metadata_xml, f"{store}/OME/METADATA.ome.xml")
 
 
-@task(name="compress", task_run_name="compress: {image.image_id}", tags=["pixels"], cache_key_fn=compress_key,
-      persist_result=True)
+@stage_task(name="compress", task_run_name="compress: {image.image_id}", tags=["pixels"],
+            cache_key_fn=compress_key, persist_result=True)
 def compress(image: ImageRecord, source: FileRecord, work: str, settings: CompressSettings,
              scheduler: str) -> Traced[CompressionReport]:
     return traced("compress", compress_image, image, source, work, settings, scheduler, image_id=image.image_id)

@@ -27,13 +27,12 @@ import fsspec
 import numpy as np
 import tifffile
 from bioio import BioImage
-from prefect import task
 
 from zarrchive import __version__
 from zarrchive.config import ConvertSettings
 from zarrchive.errors import InputError, UnsupportedFormat, ZarrchiveError
 from zarrchive.identity import convert_key
-from zarrchive.lineage import Traced, traced
+from zarrchive.lineage import Traced, stage_task, traced
 from zarrchive.records import MICROMETERS, Axis, FileEntry, FileRecord, ImageRecord, Level, PixelSize
 from zarrchive.software import pixel_versions
 from zarrchive.sources import layout_of, lazy_pixels
@@ -429,8 +428,8 @@ def _tiff_description(path: str) -> str | None:
         return str(tag.value) if tag is not None and str(tag.value).strip() else None
 
 
-@task(name="convert", task_run_name="convert: {file.path}", tags=["pixels"], cache_key_fn=convert_key,
-      persist_result=True)
+@stage_task(name="convert", task_run_name="convert: {file.path}", tags=["pixels"], cache_key_fn=convert_key,
+            persist_result=True)
 def convert(
     file: FileRecord, entry: FileEntry | None, work: str, settings: ConvertSettings
 ) -> Traced[list[ImageRecord]]:

@@ -25,11 +25,10 @@ region as it is written), so the source is read once.
 
 from __future__ import annotations
 
-from prefect import task
 
 from zarrchive.config import PyramidSettings
 from zarrchive.errors import InputError
-from zarrchive.lineage import Traced, traced
+from zarrchive.lineage import Traced, stage_task, traced
 from zarrchive.records import ImageRecord, Level
 
 
@@ -128,7 +127,7 @@ def labels_with_images(converted: list[ImageRecord],
     return [(label, by_id.get(label.label_of or "")) for label in converted if label.kind == "label"]
 
 
-@task(name="pyramid", task_run_name="pyramid: {image.image_id}", tags=["plan"])
+@stage_task(name="pyramid", task_run_name="pyramid: {image.image_id}", tags=["plan"])
 def pyramid(image: ImageRecord, settings: PyramidSettings,
             annotated: ImageRecord | None = None) -> Traced[ImageRecord]:
     return traced("pyramid", build_pyramid, image, settings, annotated, image_id=image.image_id)

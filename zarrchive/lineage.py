@@ -35,6 +35,35 @@ class Traced(BaseModel, Generic[T]):
     lineage: LineageRecord
 
 
+class StageTask:
+    """A Prefect task made from a stage's wrapper the first time it is used (called, submitted, its options
+    read), so that plain users of a stage module — ``zarrchive convert``, Dask workers — never import Prefect
+    (about a second of start-up). Made with ``stage_task(**options)`` in place of ``@task(**options)``."""
+
+    def __init__(self, fn: Callable[..., Any], options: dict[str, Any]):
+        self._fn, self._options, self._task = fn, options, None
+        self.__doc__, self.__name__, self.__wrapped__ = fn.__doc__, fn.__name__, fn
+
+    @property
+    def task(self) -> Any:
+        if self._task is None:
+            from prefect import task
+
+            self._task = task(**self._options)(self._fn)
+        return self._task
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.task(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:  # submit, map, with_options, name, fn …
+        return getattr(self.task, name)
+
+
+def stage_task(**options: Any) -> Callable[[Callable[..., Any]], StageTask]:
+    """``@task(**options)``, made when first used (``StageTask``)."""
+    return lambda fn: StageTask(fn, options)
+
+
 def _entities(value: Any) -> list[Entity]:
     if hasattr(value, "entities"):
         return list(value.entities())
