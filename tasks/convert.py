@@ -245,9 +245,15 @@ def conversion_id(source_sha256: str, series: int, settings: ConvertSettings, en
 # ---------------------------------------------------------------- conversion
 
 
-def chunk_shape(axes: list[str], shape: tuple[int, ...], settings: ConvertSettings) -> tuple[int, ...]:
-    """One plane tile per chunk: 1 along t and c, ``chunk_z`` along z, ``chunk_xy`` along y and x."""
-    edge = {"t": 1, "c": 1, "z": settings.chunk_z, "y": settings.chunk_xy, "x": settings.chunk_xy}
+def chunk_shape(axes: list[str], shape: tuple[int, ...], dtype: str, settings: ConvertSettings) -> tuple[int, ...]:
+    """One plane tile per chunk: 1 along t and c, ``chunk_z`` along z (when the image has z), ``chunk_xy`` along y
+    and x — for ``auto``, the largest power of two (64 to 4096) whose chunk holds at most ``chunk_bytes``."""
+    depth = settings.chunk_z if "z" in axes else 1
+    xy = settings.chunk_xy
+    if xy == "auto":
+        pixels = settings.chunk_bytes / (np.dtype(dtype).itemsize * depth)
+        xy = int(min(4096, max(64, 2 ** int(np.floor(np.log2(np.sqrt(pixels)))))))
+    edge = {"t": 1, "c": 1, "z": settings.chunk_z, "y": xy, "x": xy}
     return tuple(max(1, min(edge[a], n)) for a, n in zip(axes, shape))
 
 
@@ -324,7 +330,7 @@ def _convert_series(img, reader, index, scene, n_scenes, file, entry, work, sett
         metadata_sha256=hashlib.sha256(xml).hexdigest(), axes=tuple(axes),
         dtype=str(np.dtype(data.dtype)), channel_names=tuple(names), channel_names_given=names_given,
         calibrated=any(v is not None for v in sizes.values()),
-        levels=(Level(path="0", shape=shape, chunks=chunk_shape(list(axis_names), shape, settings),
+        levels=(Level(path="0", shape=shape, chunks=chunk_shape(list(axis_names), shape, str(data.dtype), settings),
                       scale=tuple(scale), translation=tuple(0.0 for _ in scale)),),
         notes=tuple(notes), lossy_source=lossy_compression(file.staged_path, index, reader_name),
     )

@@ -221,3 +221,17 @@ def test_a_vendor_file_without_its_plugin_names_the_plugin_to_install(tmp_path, 
     assert err.value.file == "raw/acquisition.dat"
     assert "not supported in this installation" in err.value.reason and plugin in err.value.reason
     assert "pip install 'zarrchive[" in err.value.reason
+
+
+@pytest.mark.parametrize("dtype, z, expected, plane", [
+    ("uint8", 1, 1024, 1024), ("bool", 1, 1024, 1024), ("uint16", 1, 512, 512), ("float32", 1, 512, 512),
+    ("float64", 1, 256, 256), ("uint16", 4, 256, 512)])  # deeper chunks are narrower; a 2D image has no depth
+def test_auto_chunks_follow_the_pixel_type(dtype, z, expected, plane):
+    from zarrchive.config import ConvertSettings
+    from zarrchive.tasks.convert import chunk_shape
+
+    settings = ConvertSettings(chunk_xy="auto", chunk_z=z)
+    assert chunk_shape(["c", "z", "y", "x"], (2, 40, 5000, 5000), dtype, settings) == (1, z, expected, expected)
+    assert chunk_shape(["y", "x"], (3000, 100), dtype, settings) == (plane, 100)
+    assert chunk_shape(["c", "z", "y", "x"], (2, 40, 5000, 5000), dtype, ConvertSettings(chunk_xy=128, chunk_z=z)) \
+        == (1, z, 128, 128)

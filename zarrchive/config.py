@@ -45,8 +45,9 @@ class FetchSettings(Section):
 
 
 class ConvertSettings(Section):
-    chunk_xy: int = Field(ge=16, multiple_of=2)
+    chunk_xy: Annotated[int, Field(ge=16, multiple_of=2)] | Literal["auto"]
     chunk_z: int = Field(ge=1)
+    chunk_bytes: int = Field(default=1 << 20, ge=1 << 12)  # chunk_xy "auto": a chunk of at most this many bytes
 
 
 class PyramidSettings(Section):
