@@ -36,7 +36,8 @@ from zarrchive.lineage import Traced, stage_task, traced
 from zarrchive.records import MICROMETERS, Axis, FileEntry, FileRecord, ImageRecord, Level, PixelSize
 from zarrchive.software import pixel_versions
 from zarrchive.sources import layout_of, lazy_pixels
-from zarrchive.storage import write_bytes_atomic
+from zarrchive.ngff import image_attributes
+from zarrchive.storage import is_zarr_store, write_bytes_atomic
 
 LOCAL = fsspec.filesystem("file")
 
@@ -44,12 +45,15 @@ TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 
 # OME / ImageJ unit spellings -> OME-NGFF unit names, and their size in micrometers.
 LENGTH_UNITS = {
+    **{name: name for name in ("micrometer", "nanometer", "millimeter", "centimeter", "meter", "angstrom",
+                               "picometer")},  # OME-NGFF's own names
     "µm": "micrometer", "um": "micrometer", "micron": "micrometer", "microns": "micrometer", "micrometer": "micrometer",
     "\\u00B5m": "micrometer", "nm": "nanometer", "nanometer": "nanometer", "mm": "millimeter", "millimeter": "millimeter",
     "cm": "centimeter", "centimeter": "centimeter", "m": "meter", "meter": "meter", "Å": "angstrom", "angstrom": "angstrom",
     "pm": "picometer", "picometer": "picometer",
 }
-TIME_UNITS = {"s": "second", "ms": "millisecond", "µs": "microsecond", "us": "microsecond", "min": "minute",
+TIME_UNITS = {"second": "second", "millisecond": "millisecond", "minute": "minute", "hour": "hour",
+              "s": "second", "ms": "millisecond", "µs": "microsecond", "us": "microsecond", "min": "minute",
               "h": "hour", "ns": "nanosecond"}
 
 
@@ -81,7 +85,17 @@ PNG_MAGIC, JPEG_MAGIC = b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff"
 
 
 def choose_reader(path: str, shown_as: str) -> type:
-    """The bioio reader for a file, chosen from its content (magic bytes, OME-XML), not its name."""
+    """The bioio reader for a file, chosen from its content (magic bytes, OME-XML, a Zarr store's metadata), not
+    its name."""
+    if os.path.isdir(path):
+        if not is_zarr_store(LOCAL, path):
+            raise UnsupportedFormat(shown_as, "a folder that is not a Zarr store (no zarr.json, .zgroup or .zarray)")
+        if not image_attributes(path).get("multiscales"):
+            raise UnsupportedFormat(shown_as, "a Zarr store without OME-NGFF multiscales metadata (not an OME-Zarr "
+                                              "image; a bioformats2raw collection: list its images one by one)")
+        import bioio_ome_zarr
+
+        return bioio_ome_zarr.Reader
     with open(path, "rb") as fh:
         head = fh.read(16)
     if head[:4] in TIFF_MAGIC:
@@ -137,6 +151,36 @@ def _ome_metadata(img: BioImage, scene: int) -> SourceMetadata:
     return SourceMetadata(
         pixel_size=sizes, unit=unit if any(sizes.values()) else None,
         time_increment=pixels.time_increment, time_unit=TIME_UNITS.get(time_unit or "", time_unit),
+        channel_names=names if names and all(names) else None,
+    )
+
+
+def _ome_zarr_metadata(path: str, scene: int) -> SourceMetadata:
+    """An OME-Zarr input's own metadata: level 0's scale with the axes' units (space in the x axis' unit), the time
+    step, and the ``omero`` channel labels."""
+    attrs = image_attributes(path)
+    multiscale = attrs["multiscales"][scene]
+    axes = [a["name"].lower() for a in multiscale["axes"]]
+    scale = [1.0] * len(axes)
+    for transforms in (multiscale["datasets"][0].get("coordinateTransformations", []),
+                       multiscale.get("coordinateTransformations", [])):
+        for t in transforms:
+            if t.get("type") == "scale":
+                scale = [a * b for a, b in zip(scale, t["scale"])]
+    units = {a["name"].lower(): LENGTH_UNITS.get(a.get("unit") or "") for a in multiscale["axes"]}
+    unit = units.get("x") or units.get("y") or units.get("z")
+    sizes: dict[str, float | None] = {}
+    for ax in "zyx":
+        value = scale[axes.index(ax)] if ax in axes and units.get(ax) else None
+        if value is not None and unit and units[ax] != unit:  # every spatial axis in the x unit
+            value = value * MICROMETERS[units[ax]] / MICROMETERS[unit]
+        sizes[ax] = value
+    time = next((a for a in multiscale["axes"] if a["name"].lower() == "t"), None)
+    names = [str(c.get("label") or "") for c in (attrs.get("omero") or {}).get("channels", [])]
+    return SourceMetadata(
+        pixel_size=sizes, unit=unit if any(v is not None for v in sizes.values()) else None,
+        time_increment=scale[axes.index("t")] if time and time.get("unit") else None,
+        time_unit=TIME_UNITS.get(time.get("unit") or "", time.get("unit")) if time else None,
         channel_names=names if names and all(names) else None,
     )
 
@@ -293,6 +337,8 @@ def _convert_series(img, reader, index, scene, n_scenes, file, entry, work, sett
     reader_name = reader.__module__.split(".")[0]
     if reader_name == "bioio_ome_tiff":
         source = _ome_metadata(img, index)
+    elif reader_name == "bioio_ome_zarr":
+        source = _ome_zarr_metadata(file.staged_path, index)
     else:
         source = _tiff_metadata(file.staged_path, index) if reader_name == "bioio_tifffile" else _bioio_metadata(img)
     if sample_names:
@@ -396,6 +442,9 @@ def ome_xml(path: str, img: BioImage, reader: str, name: str, shape: tuple[int, 
         with tifffile.TiffFile(path) as tif:
             if tif.ome_metadata:
                 return tif.ome_metadata.encode()
+    if reader == "bioio_ome_zarr" and os.path.isfile(os.path.join(path, "OME", "METADATA.ome.xml")):
+        with open(os.path.join(path, "OME", "METADATA.ome.xml"), "rb") as fh:  # bioformats2raw's own OME-XML
+            return fh.read()
     from ome_types import model
 
     dims = dict(zip(axes, shape))

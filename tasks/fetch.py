@@ -1,7 +1,9 @@
 """Fetch: stream every submitted file into staging, hashing as it copies.
 
 A file is copied to a temporary name, hashed on the way, checked against the
-submitter's sha256 and only then moved into place. Transient I/O errors are
+submitter's sha256 and only then moved into place. A Zarr store (an OME-Zarr
+input) is one entry: each of its objects is copied so, and its sha256 is the
+tree digest of its objects (``storage.tree_digest``). Transient I/O errors are
 retried per file with backoff; a checksum mismatch is never retried.
 """
 
@@ -16,7 +18,7 @@ from zarrchive.config import FetchSettings
 from zarrchive.errors import ChecksumMismatch, InputError, TransientError, ZarrchiveError, is_transient
 from zarrchive.lineage import Traced, traced
 from zarrchive.records import Failure, FetchResult, FileEntry, FileRecord, Submission
-from zarrchive.storage import copy_hashing, join, resolve
+from zarrchive.storage import copy_hashing, copy_store_hashing, is_zarr_store, join, resolve
 
 
 def fetch_file(submission: Submission, entry: FileEntry, staging: str, settings: FetchSettings) -> FileRecord:
@@ -26,9 +28,11 @@ def fetch_file(submission: Submission, entry: FileEntry, staging: str, settings:
     src = join(src_root, entry.path)
     dst = join(dst_root, "originals", entry.path)
     delays = list(settings.retry_delay_seconds) or [0.0]
+    store = is_zarr_store(src_fs, src)  # a Zarr store: every object copied and hashed; its sha256 is the tree digest
     for attempt in range(settings.retries + 1):
         try:
-            size, sha256 = copy_hashing(src_fs, src, dst_fs, dst, settings.block_size)
+            copy = copy_store_hashing if store else copy_hashing
+            size, sha256 = copy(src_fs, src, dst_fs, dst, settings.block_size)
             break
         except FileNotFoundError:
             raise InputError(entry.path, "listed in submission.yaml but not found") from None
@@ -39,7 +43,7 @@ def fetch_file(submission: Submission, entry: FileEntry, staging: str, settings:
                 raise
             time.sleep(delays[min(attempt, len(delays) - 1)])
     if entry.sha256 and entry.sha256 != sha256:
-        dst_fs.rm(dst)
+        dst_fs.rm(dst, recursive=store)
         raise ChecksumMismatch(entry.path, f"sha256 is {sha256}, submission.yaml says {entry.sha256}")
     return FileRecord(path=entry.path, source_uri=src_fs.unstrip_protocol(src), staged_path=dst, size=size,
                       sha256=sha256, kind=entry.kind)

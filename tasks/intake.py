@@ -7,9 +7,10 @@ the field or file. The accession is stable for the same submission location.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import re
-from typing import Any
+from typing import Any, Callable
 
 import fsspec
 import yaml
@@ -22,7 +23,7 @@ from zarrchive.lineage import Traced, traced
 from zarrchive.records import Finding, Submission, SubmissionDoc, default_label_name, parse_relative_path
 from zarrchive.runtime import retry_transient
 from zarrchive.submission_checks import check_submission
-from zarrchive.storage import dumps, join, read_json, resolve, to_url, write_bytes_atomic
+from zarrchive.storage import dumps, is_zarr_store, join, read_json, resolve, to_url, write_bytes_atomic
 
 SUBMISSION_FILE = "submission.yaml"
 
@@ -51,9 +52,13 @@ def check_folder(
         return refuse(f"not valid YAML: {exc}")
     doc, findings = check_submission(data, settings)
     for i, path in _listed_paths(data):
-        if not fs.isfile(join(root, path)):
-            findings.append(Finding(severity="error", check="file_present", field=f"files[{i}] ({path})",
-                                    file=path, message="listed but not found in the submission"))
+        where = join(root, path)
+        if fs.isfile(where) or is_zarr_store(fs, where):
+            continue
+        message = ("a folder: only a Zarr store (zarr.json, .zgroup or .zarray at its root) is listed as a folder; "
+                   "list the files in it instead" if fs.isdir(where) else "listed but not found in the submission")
+        findings.append(Finding(severity="error", check="file_present", field=f"files[{i}] ({path})", file=path,
+                                message=message))
     return doc, hashlib.sha256(raw).hexdigest(), findings
 
 
@@ -139,10 +144,10 @@ def intake_submission(source: str, archive: str, settings: ArchiveSettings,
 def template_for(folder: str) -> str:
     """A ``submission.yaml`` template listing the files found in ``folder``, for a depositor to complete."""
     fs, root = resolve(folder)
-    paths = sorted(
-        rel for rel in (p[len(root) + 1:] for p in fs.find(root))
-        if rel != SUBMISSION_FILE and not any(part.startswith(".") for part in rel.split("/"))
-    )
+    is_store = functools.cache(lambda prefix: is_zarr_store(fs, join(root, prefix)))
+    entries = {_entry_of(p[len(root) + 1:], is_store) for p in fs.find(root)}
+    paths = sorted(rel for rel in entries
+                   if rel != SUBMISSION_FILE and not any(part.startswith(".") for part in rel.split("/")))
     files = [template_entry(p, paths) for p in paths]
     body = {
         "title": "TODO: a title of 10 to 300 characters",
@@ -163,6 +168,15 @@ def template_for(folder: str) -> str:
         "#   that image's labels. Files under a labels/ or masks/ folder are proposed as labels: check label_of.\n"
     )
     return header + yaml.safe_dump(body, sort_keys=False, allow_unicode=True)
+
+
+def _entry_of(rel: str, is_store: Callable[[str], bool]) -> str:
+    """The entry a file belongs to: the outermost Zarr store holding it (listed as one entry), or itself."""
+    parts = rel.split("/")
+    for i in range(1, len(parts)):
+        if is_store("/".join(parts[:i])):
+            return "/".join(parts[:i])
+    return rel
 
 
 LABEL_FOLDERS = {"labels", "label", "masks", "mask", "segmentations", "segmentation"}

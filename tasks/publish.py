@@ -209,11 +209,19 @@ def publish_version(
             entries.append(_put_bytes(fs, join(vdir, labels_groups[-1]), dumps(document)))
     for file in files:
         rel = f"originals/{file.path}"
-        entry = _upload(fs, file.staged_path, join(vdir, rel))
-        if entry.sha256 != file.sha256:
-            raise TransientError(f"{file.path}: staged copy changed since fetch (sha256 {entry.sha256})")
-        published_paths[file.staged_path] = rel
-        entries.append(entry)
+        if os.path.isdir(file.staged_path):  # a Zarr store submitted as one entry: each object, checked as a tree
+            uploaded = [(obj, _upload(fs, os.path.join(file.staged_path, obj), join(vdir, rel, obj)))
+                        for obj in walk_files(file.staged_path)]
+            digest = tree_digest((obj, e.sha256) for obj, e in uploaded)
+            published_paths[file.staged_path] = rel + "/"
+            entries.extend(e for _, e in uploaded)
+        else:
+            entry = _upload(fs, file.staged_path, join(vdir, rel))
+            digest = entry.sha256
+            published_paths[file.staged_path] = rel
+            entries.append(entry)
+        if digest != file.sha256:
+            raise TransientError(f"{file.path}: staged copy changed since fetch (sha256 {digest})")
     qc_doc = {"suite": qc_report.suite, "modality": qc_report.modality, "images": qc_report.rows,
               "channels": qc_report.channels, "findings": [f.model_dump() for f in qc_report.findings],
               "errors": len(qc_report.errors), "warnings": len(qc_report.warnings)}

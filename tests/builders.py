@@ -60,14 +60,21 @@ def random_image(shape: tuple[int, ...], dtype: str = "uint16", seed: int = 0) -
 
 
 def staged(path: Path, rel: str | None = None) -> Any:
-    """A file as fetch would have staged it (read in place)."""
+    """A file (or a Zarr store) as fetch would have staged it (read in place)."""
     import hashlib
 
-    from zarrchive.records import FileRecord
+    import fsspec
 
-    data = Path(path).read_bytes()
-    return FileRecord(path=rel or Path(path).name, source_uri=str(path), staged_path=str(path), size=len(data),
-                      sha256=hashlib.sha256(data).hexdigest(), kind="image")
+    from zarrchive.records import FileRecord
+    from zarrchive.storage import store_tree_digest
+
+    if Path(path).is_dir():
+        size, sha256 = store_tree_digest(fsspec.filesystem("file"), str(path))
+    else:
+        data = Path(path).read_bytes()
+        size, sha256 = len(data), hashlib.sha256(data).hexdigest()
+    return FileRecord(path=rel or Path(path).name, source_uri=str(path), staged_path=str(path), size=size,
+                      sha256=sha256, kind="image")
 
 
 def archive_images(path: Path, work: Path, settings: Any, scheduler: str, rel: str | None = None, entry: Any = None,
@@ -104,3 +111,35 @@ def crate_problems(version_dir: Path, scratch: Path) -> list[str]:
         "skip_availability_check": True, "offline": True, "requirement_severity": Severity.REQUIRED,
     })
     return [f"{i.check.identifier} {i.violatingEntity}: {i.message}" for i in result.get_issues(Severity.REQUIRED)]
+
+
+def ome_zarr_input(path: Path, data: np.ndarray, axes: str, scale: dict[str, float] | None = None,
+                   channels: list[str] | None = None, version: str = "0.5", levels: int = 2) -> Path:
+    """An OME-Zarr as another tool writes it (zarr-python and the NGFF metadata by hand): ``levels`` levels, each
+    halving y and x by striding, physical sizes in micrometres, channel names in ``omero``."""
+    import zarr
+
+    zarr_format = 3 if version == "0.5" else 2
+    root = zarr.open_group(str(path), mode="w", zarr_format=zarr_format)
+    names = list(axes.lower())
+    datasets = []
+    for k in range(levels):
+        level = data[tuple(slice(None, None, 2**k) if a in "yx" else slice(None) for a in names)]
+        root.create_array(f"s{k}", data=level, chunks=tuple(min(n, 16) if a in "yx" else 1
+                                                            for a, n in zip(names, level.shape)))
+        datasets.append({"path": f"s{k}", "coordinateTransformations": [{"type": "scale", "scale": [
+            (scale or {}).get(a, 1.0) * (2**k if a in "yx" else 1) for a in names]}]})
+    multiscale = {"name": path.stem, "datasets": datasets, "axes": [
+        {"name": a, "type": {"c": "channel", "t": "time"}.get(a, "space"),
+         **({"unit": "micrometer"} if a in "zyx" and scale else {})} for a in names]}
+    attrs: dict[str, Any] = {"multiscales": [multiscale]}
+    if channels:
+        attrs["omero"] = {"channels": [{"label": c, "color": "FFFFFF", "active": True,
+                                        "window": {"min": 0, "max": 65535, "start": 0, "end": 4000}}
+                                       for c in channels]}
+    if version == "0.5":
+        root.attrs["ome"] = {"version": "0.5", **attrs}
+    else:
+        multiscale["version"] = "0.4"
+        root.attrs.update(attrs)
+    return path

@@ -14,7 +14,7 @@ from fsspec.implementations.memory import MemoryFileSystem
 
 from zarrchive.config import FetchSettings
 from zarrchive.errors import ChecksumMismatch, InputError, TransientError
-from zarrchive.records import Submission, SubmissionDoc
+from zarrchive.records import FileEntry, Submission, SubmissionDoc
 from zarrchive.tasks.fetch import fetch_file, fetch_files
 
 FAST = FetchSettings(block_size=7, retries=3, retry_delay_seconds=[0])  # tiny blocks: many read steps
@@ -132,6 +132,25 @@ def test_checksum_mismatch_raises_from_fetch_file(tmp_path):
     with pytest.raises(ChecksumMismatch) as info:
         fetch_file(sub, sub.doc.files[0], str(tmp_path / "staging"), FAST)
     assert info.value.file == "b.bin"
+
+
+def test_a_zarr_store_is_staged_whole_and_checked_by_its_tree_digest(tmp_path):
+    from zarrchive.storage import tree_digest
+
+    store = {"cells.ome.zarr/zarr.json": b'{"zarr_format": 3, "node_type": "group"}',
+             "cells.ome.zarr/0/zarr.json": b"{}", "cells.ome.zarr/0/c/0/0": bytes(range(200))}
+    src = write_files(tmp_path / "sub", store)
+    digest = tree_digest((rel.removeprefix("cells.ome.zarr/"), sha(data)) for rel, data in store.items())
+    staging = tmp_path / "staging"
+    record = fetch_file(make_submission(str(src), [{"path": "cells.ome.zarr", "sha256": digest}]),
+                        FileEntry(path="cells.ome.zarr", sha256=digest), str(staging), FAST)
+    assert (record.sha256, record.size) == (digest, sum(len(d) for d in store.values()))
+    for rel, data in store.items():
+        assert (staging / "originals" / rel).read_bytes() == data
+    wrong = make_submission(str(src), [{"path": "cells.ome.zarr", "sha256": "0" * 64}])
+    with pytest.raises(ChecksumMismatch, match="cells.ome.zarr"):
+        fetch_file(wrong, wrong.doc.files[0], str(tmp_path / "other"), FAST)
+    assert not (tmp_path / "other" / "originals" / "cells.ome.zarr").exists()  # nothing half-staged stays
 
 
 def test_file_gone_since_intake_is_a_failure(tmp_path):

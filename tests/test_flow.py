@@ -171,3 +171,47 @@ def test_qc_error_blocks_publication(tmp_path, config_file):
     assert pub.status == "blocked"
     assert pub.images[0].qc == "error" and "channel_names" in pub.images[0].error
     assert any("channel_names" in r for r in pub.reasons)
+
+
+def test_an_ome_zarr_input_is_fetched_converted_and_published_as_one_entry(tmp_path, config_file):
+    """An OME-Zarr folder listed in submission.yaml: staged whole, re-chunked and re-compressed into the archive's
+    own OME-Zarr, its original objects published under originals/ and described as one Dataset in the crate."""
+    import yaml
+    import zarr
+
+    from builders import crate_problems, ome_zarr_input
+    from zarrchive.storage import store_tree_digest
+    from zarrchive.tasks.intake import template_for
+
+    import fsspec
+
+    sub = tmp_path / "sub"
+    data = random_image((2, 3, 48, 40))
+    store = ome_zarr_input(sub / "images" / "embryo.ome.zarr", data, "CZYX", {"x": 0.4, "y": 0.4, "z": 2.0},
+                           ["H2B", "membrane"], version="0.4")
+    listed = [f["path"] for f in yaml.safe_load(template_for(str(sub)))["files"]]
+    assert listed == ["images/embryo.ome.zarr"]  # one entry, not its objects
+    _size, digest = store_tree_digest(fsspec.filesystem("file"), str(store))
+    submission(sub, [{"path": "images/embryo.ome.zarr", "sha256": digest}])
+    before = {p: sha256(p) for p in store.rglob("*") if p.is_file()}
+    pub = ingest(sub, tmp_path / "archive", config_file(convert={"chunk_xy": 16}))
+    assert pub.status == "published", pub.reasons
+    assert {p: sha256(p) for p in store.rglob("*") if p.is_file()} == before  # the original is never modified
+    vdir = Path(pub.version_uri)
+    [outcome] = pub.images
+    image = zarr.open_group(str(vdir / outcome.path), mode="r")
+    np.testing.assert_array_equal(image["0"][...], data)
+    ome = image.attrs["ome"]
+    assert ome["version"] == "0.5" and [c["label"] for c in ome["omero"]["channels"]] == ["H2B", "membrane"]
+    assert ome["multiscales"][0]["datasets"][0]["coordinateTransformations"][0]["scale"] == [1.0, 2.0, 0.4, 0.4]
+    assert len(ome["multiscales"][0]["datasets"]) == 3  # its own pyramid, not the input's two levels
+    for rel in before:  # every object of the input, published as it was
+        assert (vdir / "originals/images/embryo.ome.zarr" / rel.relative_to(store)).read_bytes() == rel.read_bytes()
+    nodes = {n["@id"]: n for n in json.loads((vdir / "ro-crate-metadata.json").read_text())["@graph"]}
+    original = nodes["originals/images/embryo.ome.zarr/"]
+    assert original["@type"] == "Dataset" and original["zarrchive:treeDigest"] == digest
+    assert original["conformsTo"] == {"@id": "https://ngff.openmicroscopy.org/0.4/"}
+    fetch = next(n for n in nodes.values() if n.get("zarrchive:stage") == "fetch")
+    assert {"@id": "originals/images/embryo.ome.zarr/"} in fetch["result"]
+    assert crate_problems(vdir, tmp_path) == []
+

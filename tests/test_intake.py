@@ -15,7 +15,9 @@ from zarrchive.config import ArchiveSettings, load_settings
 from zarrchive.errors import SubmissionError
 from zarrchive.records import Submission
 from zarrchive.tasks import intake as intake_mod
-from zarrchive.tasks.intake import allocate_accession, intake_submission, read_submission, template_for
+from zarrchive.tasks.intake import (
+    allocate_accession, check_folder, intake_submission, read_submission, template_for,
+)
 
 SETTINGS = ArchiveSettings(accession_prefix="ZA", accession_digits=6)
 CHECKS = load_settings().submission
@@ -168,7 +170,7 @@ def test_a_directory_is_not_a_listed_file(tmp_path):
     folder = make_folder(tmp_path / "sub")
     write_doc(folder, valid_doc([{"path": "images"}]))
     [line] = problems_of(folder)
-    assert "images" in line and "not found" in line
+    assert line.startswith("files[0] (images): a folder: only a Zarr store")
 
 
 def test_duplicate_file_paths_are_refused(tmp_path):
@@ -389,3 +391,19 @@ def test_filled_template_is_accepted(tmp_path):
     assert doc.organism is not None and doc.organism.scientific_name == "Homo sapiens"
     # the template of a folder that already has a submission.yaml still does not list it
     assert [f["path"] for f in yaml.safe_load(template_for(str(folder)))["files"]] == ["b.tif", "images/a.tif"]
+
+
+def test_a_zarr_store_is_one_entry_of_the_template_and_of_a_submission(tmp_path):
+    import numpy as np
+    import zarr
+
+    folder = tmp_path / "sub"
+    for name, fmt in (("images/a.ome.zarr", 3), ("images/b.zarr", 2)):
+        zarr.create_array(str(folder / name), shape=(4, 4), chunks=(2, 2), dtype="uint8", zarr_format=fmt)[...] = \
+            np.arange(16, dtype="uint8").reshape(4, 4)
+    (folder / "stack").mkdir()
+    (folder / "stack" / "z0.tif").write_bytes(b"II*\0")
+    files = yaml.safe_load(template_for(str(folder)))["files"]
+    assert [f["path"] for f in files] == ["images/a.ome.zarr", "images/b.zarr", "stack/z0.tif"]
+    doc = valid_doc([{"path": "images/a.ome.zarr"}, {"path": "images/b.zarr"}, {"path": "stack/z0.tif"}])
+    assert [f for f in check_folder(str(write_doc(folder, doc)), CHECKS)[2] if f.severity == "error"] == []

@@ -87,3 +87,15 @@ def test_progress_follows_the_bytes_of_level_0_written(tmp_path):
     assert len(counts) == 1 + 6 * 2  # a task per row of shards of each plane
     assert [done for done, _ in counts] == sorted(done for done, _ in counts)
     assert events[-1] == (f"wrote {tmp_path / 'out.ome.zarr'}",)
+
+
+def test_an_ome_zarr_input_is_rechunked_recompressed_and_revalidated(tmp_path, config_file):
+    from builders import ome_zarr_input
+
+    data = random_image((2, 40, 36))
+    source = ome_zarr_input(tmp_path / "in.ome.zarr", data, "CYX", {"x": 0.3, "y": 0.3}, ["a", "b"], version="0.4")
+    out = tmp_path / "out.ome.zarr"
+    assert main(["convert", str(source), str(out), "--config", config_file(convert={"chunk_xy": 16})]) == 0
+    group = zarr.open_group(out, mode="r")
+    assert group.attrs["ome"]["version"] == "0.5" and group["0"].chunks == (1, 16, 16)
+    np.testing.assert_array_equal(group["0"][...], data)

@@ -150,7 +150,7 @@ def build_crate(
     """
     doc = submission.doc
     graph: list[dict[str, Any]] = []
-    originals = {e.sha256: e.path for e in manifest if e.path.startswith("originals/")}
+    originals = {e.sha256: e.path for e in manifest if e.path.startswith("originals/") and not _store_of(e.path)}
 
     def ref(entity: Entity) -> dict[str, str]:
         if entity.uri in published_paths:
@@ -170,6 +170,8 @@ def build_crate(
             entities[entry.path] = {"@id": entry.path, "@type": "File", "contentSize": entry.size,
                                     "sha256": entry.sha256}
     for store, objects in sorted(stores.items()):
+        if store.startswith("originals/"):  # a staged store is matched to the published one by its tree digest
+            originals[tree_digest((o.path[len(store):], o.sha256) for o in objects)] = store
         entities[store] = {
             "@id": store, "@type": "Dataset", "name": store.rstrip("/").rsplit("/", 1)[-1],
             "encodingFormat": "application/vnd+zarr",
@@ -295,6 +297,9 @@ def _store_of(path: str) -> str | None:
     """The Zarr store an object of the version belongs to: ``images/<id>.ome.zarr/``, or a label's
     ``images/<id>.ome.zarr/labels/<name>/``; None for a file of its own (the ``labels`` group's ``zarr.json``)."""
     parts = path.split("/")
+    if parts[0] == "originals":  # a Zarr store submitted as one entry (an OME-Zarr input)
+        inside = next((i for i, part in enumerate(parts[:-1]) if part.endswith(".zarr")), None)
+        return "/".join(parts[:inside + 1]) + "/" if inside is not None else None
     if parts[0] != "images" or len(parts) < 3:
         return None
     if parts[2] == "labels":

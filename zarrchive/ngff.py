@@ -7,6 +7,7 @@ An image group carries ``multiscales`` and ``omero``; a label image's group carr
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any
 
@@ -81,6 +82,20 @@ def ngff_version(attributes: dict[str, Any]) -> str | None:
         return attributes["ome"].get("version")
     multiscales = attributes.get("multiscales") or [{}]
     return multiscales[0].get("version")
+
+
+def image_attributes(store_path: str) -> dict[str, Any]:
+    """The OME-NGFF attributes of a local image group, 0.5 (under ``ome``) or 0.4 (at the top) alike; {} when
+    the folder holds none."""
+    for name, nested in (("zarr.json", True), (".zattrs", False)):
+        try:
+            with open(os.path.join(store_path, name), "rb") as fh:
+                document = json.load(fh)
+        except (OSError, ValueError):
+            continue
+        attrs = document.get("attributes", {}) if nested else document
+        return dict(attrs.get("ome", attrs))
+    return {}
 
 
 def image_label_block() -> dict[str, Any]:

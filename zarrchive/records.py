@@ -246,6 +246,8 @@ class SourceLayout(Record):
     axes: tuple[str, ...]  # the image's axes, e.g. ("c", "z", "y", "x")
     samples_as_channels: bool = False  # RGB(A) samples of the file are the image's channels
     tiff_axes: str | None = None  # the file's axes (bioio letters, in tifffile's order) when tifffile reads it
+    zarr_array: str | None = None  # an OME-Zarr input: its level-0 array (path in the store), read with zarr
+    zarr_axes: str | None = None  # ... and that array's axes (NGFF names, in its order)
     dtype: str | None = None  # the stored type when it differs from the file's (a bool mask stored as uint8 labels)
 
 

@@ -6,8 +6,9 @@ the regions it writes with ``read_region`` on a Dask worker, so pixels flow
 from the source file straight into the compressed store.
 
 TIFF-based files (OME-TIFF and TIFF) are read through tifffile's Zarr view of
-the series: only the pages and strips of a region are read. Other formats go
-through the bioio reader's own lazy array.
+the series, and OME-Zarr inputs through zarr, their level-0 array: only the
+pages, strips or chunks of a region are read. Other formats go through the
+bioio reader's own lazy array.
 """
 
 from __future__ import annotations
@@ -69,10 +70,28 @@ def tiff_axes(path: str, img: Any) -> str | None:
     return "".join(named)
 
 
+def zarr_level0(path: str, series: int) -> tuple[str, str] | None:
+    """An OME-Zarr input's level-0 array (its path in the store) and that array's axes, for zarr to read regions
+    of directly; None when its axes are not NGFF's t, c, z, y, x (bioio's reader then reads the pixels)."""
+    from zarrchive.ngff import image_attributes
+
+    try:
+        multiscale = image_attributes(path)["multiscales"][series]
+        axes = "".join(a["name"].lower() for a in multiscale["axes"])
+        array = multiscale["datasets"][0]["path"]
+    except (KeyError, IndexError, TypeError):
+        return None
+    if len(set(axes)) != len(axes) or not set(axes) <= set(NGFF_ORDER) or not {"y", "x"} <= set(axes):
+        return None
+    return array, axes
+
+
 def layout_of(path: str, img: Any, reader: str, series: int, axes: tuple[str, ...], samples: bool) -> SourceLayout:
     """The layout of the current scene of ``img`` (read from ``path``)."""
+    level0 = zarr_level0(path, series) if reader == "bioio_ome_zarr" else None
     return SourceLayout(reader=reader, series=series, axes=axes, samples_as_channels=samples,
-                        tiff_axes=tiff_axes(path, img) if reader in ("bioio_ome_tiff", "bioio_tifffile") else None)
+                        tiff_axes=tiff_axes(path, img) if reader in ("bioio_ome_tiff", "bioio_tifffile") else None,
+                        zarr_array=level0[0] if level0 else None, zarr_axes=level0[1] if level0 else None)
 
 
 def read_region(path: str, layout: SourceLayout, region: tuple[slice, ...]) -> np.ndarray:
@@ -80,6 +99,9 @@ def read_region(path: str, layout: SourceLayout, region: tuple[slice, ...]) -> n
     ``layout.dtype`` when the layout stores another type than the file's)."""
     if layout.tiff_axes:
         block = _read_tiff(path, layout, region)
+    elif layout.zarr_array and layout.zarr_axes:
+        block = _in_image_axes(_zarr_array(path, layout.zarr_array, _version(path)), layout.zarr_axes, layout,
+                               region)
     else:
         block = np.asarray(_bioio_array(path, layout, _version(path))[region].compute(scheduler="synchronous"))
     return block.astype(layout.dtype) if layout.dtype else block
@@ -107,6 +129,19 @@ def _read_tiff(path: str, layout: SourceLayout, region: tuple[slice, ...]) -> np
     return np.ascontiguousarray(np.transpose(block, order))
 
 
+def _in_image_axes(array: Any, file_axes: str, layout: SourceLayout, region: tuple[slice, ...]) -> np.ndarray:
+    """``region`` (in the image's axes) of an array whose axes are ``file_axes`` (NGFF names): an axis the image
+    dropped is read at 0, one the file lacks becomes a singleton."""
+    wanted = dict(zip(layout.axes, region))
+    block = array[tuple(wanted.get(name, 0) for name in file_axes)]
+    kept = [name for name in file_axes if name in wanted]
+    for name in layout.axes:
+        if name not in kept:
+            block = block[..., np.newaxis]
+            kept.append(name)
+    return np.ascontiguousarray(np.transpose(block, [kept.index(name) for name in layout.axes]))
+
+
 def _version(path: str) -> tuple[int, int]:
     stat = os.stat(path)
     return stat.st_mtime_ns, stat.st_size
@@ -119,6 +154,13 @@ def _tiff_array(path: str, series: int, _version: tuple[int, int]) -> Any:
 
     store = tifffile.TiffFile(path).series[series].aszarr(level=0)
     return zarr.open_array(store, mode="r")
+
+
+@functools.lru_cache(maxsize=4)
+def _zarr_array(path: str, array: str, _version: tuple[int, int]) -> Any:
+    import zarr
+
+    return zarr.open_array(os.path.join(path, array), mode="r")
 
 
 @functools.lru_cache(maxsize=4)
@@ -135,4 +177,5 @@ def _bioio_array(path: str, layout: SourceLayout, _version: tuple[int, int]) -> 
 def forget_open_files() -> None:
     """Close what this process keeps open (tests and workers call it when files are replaced)."""
     _tiff_array.cache_clear()
+    _zarr_array.cache_clear()
     _bioio_array.cache_clear()

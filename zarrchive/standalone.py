@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
 
+import fsspec
 import zarr
 
 from zarrchive.cluster import cluster_for_run
@@ -24,7 +25,7 @@ from zarrchive.config import Settings
 from zarrchive.errors import InputError
 from zarrchive.ngff import ZARR_FORMAT, validate_image
 from zarrchive.records import FileRecord
-from zarrchive.storage import resolve, sha256_stream
+from zarrchive.storage import is_zarr_store, resolve, sha256_stream, store_tree_digest
 from zarrchive.tasks.compress import compress_image
 from zarrchive.tasks.convert import convert_file
 from zarrchive.tasks.pyramid import build_pyramid
@@ -39,15 +40,15 @@ def convert_to_ome_zarr(source: str, output: str, settings: Settings, progress: 
     if target.exists() and not overwrite:
         raise InputError(output, "exists already (use --overwrite to replace it)")
     path = Path(source)
-    if not path.is_file():
-        raise InputError(source, "not found or not a file")
+    if not path.is_file() and not is_zarr_store(fsspec.filesystem("file"), str(path)):
+        raise InputError(source, "not found, or neither a file nor a Zarr store")
     target.resolve().parent.mkdir(parents=True, exist_ok=True)  # the work folder sits beside the output
     with tempfile.TemporaryDirectory(prefix="zarrchive-convert-", dir=target.resolve().parent) as work, \
             contextlib.ExitStack() as stack, ThreadPoolExecutor(1) as pool:
         starting = pool.submit(stack.enter_context, cluster_for_run(settings.cluster))  # starts while we read
         progress(f"reading {path.name}")
         fs, local = resolve(str(path))
-        size, sha256 = sha256_stream(fs, local)
+        size, sha256 = sha256_stream(fs, local) if path.is_file() else store_tree_digest(fs, local)
         record = FileRecord(path=path.name, source_uri=str(path.resolve()), staged_path=str(path.resolve()),
                             size=size, sha256=sha256, kind="image")  # read in place: the source is only ever read
         images = convert_file(record, None, work, settings.convert)

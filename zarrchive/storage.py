@@ -90,6 +90,42 @@ def copy_hashing(
     return size, digest.hexdigest()
 
 
+ZARR_MARKERS = ("zarr.json", ".zgroup", ".zarray")  # what a Zarr store (v3, v2) has at its root
+
+
+def is_zarr_store(fs: fsspec.AbstractFileSystem, path: str) -> bool:
+    """A folder that is a Zarr store: submitted, fetched and published as one entry (its objects inside)."""
+    return fs.isdir(path) and any(fs.isfile(join(path, marker)) for marker in ZARR_MARKERS)
+
+
+def store_objects(fs: fsspec.AbstractFileSystem, root: str) -> list[str]:
+    """Relative paths of every object under ``root`` (a folder or prefix), sorted."""
+    base = root.rstrip("/")
+    return sorted(p[len(base) + 1:] for p in fs.find(base))
+
+
+def copy_store_hashing(src_fs: fsspec.AbstractFileSystem, src: str, dst_fs: fsspec.AbstractFileSystem, dst: str,
+                       block: int = BLOCK) -> tuple[int, str]:
+    """Copy every object of the store ``src`` to ``dst``, each streamed and hashed (``copy_hashing``); return the
+    total size and the tree digest of the objects."""
+    entries, total = [], 0
+    for rel in store_objects(src_fs, src):
+        size, sha256 = copy_hashing(src_fs, join(src, rel), dst_fs, join(dst, rel), block)
+        entries.append((rel, sha256))
+        total += size
+    return total, tree_digest(entries)
+
+
+def store_tree_digest(fs: fsspec.AbstractFileSystem, root: str) -> tuple[int, str]:
+    """Total size and tree digest of every object of a store, read in place."""
+    entries, total = [], 0
+    for rel in store_objects(fs, root):
+        size, sha256 = sha256_stream(fs, join(root, rel))
+        entries.append((rel, sha256))
+        total += size
+    return total, tree_digest(entries)
+
+
 def write_bytes_atomic(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> str:
     """Write ``data`` to ``path`` so that it appears whole or not at all; return its sha256."""
     with open_for_commit(fs, path) as fh:
