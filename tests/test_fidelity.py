@@ -296,3 +296,10 @@ def test_ngff_04_output_keeps_the_same_pixels_and_opens_in_tensorstore_and_ome_z
 def test_a_pyramidal_ome_tiff_is_one_series_at_full_resolution(converted):
     _case, image, _store = converted["ome-pyramidal"]
     assert image.series == 0 and image.image_id == "pyramid" and image.levels[0].shape == (1, 3, 40, 36)
+
+
+def test_an_ome_zarr_input_is_read_with_zarr_from_its_level_0_array(converted):
+    for name in ("omezarr-0.5-3d", "omezarr-0.4-2d-no-channel-axis"):
+        _case, image, _store = converted[name]
+        assert image.reader == "bioio_ome_zarr" and image.layout.zarr_array == "s0"
+    assert converted["omezarr-0.4-2d-no-channel-axis"][1].layout.zarr_axes == "yx"
