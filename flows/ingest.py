@@ -20,7 +20,7 @@ from zarrchive.flows.fanout import gather
 from zarrchive.records import LineageRecord, Publication
 from zarrchive.staging import staging_area, work_area
 from zarrchive.tasks.compress import compress
-from zarrchive.tasks.convert import convert
+from zarrchive.tasks.convert import companions_of, convert
 from zarrchive.tasks.fetch import fetch
 from zarrchive.tasks.intake import intake
 from zarrchive.tasks.publish import (
@@ -67,7 +67,8 @@ def ingest_submission(request: IngestRequest) -> Publication:
         with cluster_for_run(settings.cluster) as scheduler:
             link_dashboard(scheduler)
             converted, failed = gather("convert", [
-                (convert.submit(f, entries[f.path], work, settings.convert), {"source_path": f.path})
+                (convert.submit(f, entries[f.path], work, settings.convert, companions_of(f, files)),
+                 {"source_path": f.path})
                 for f in files if f.kind in ("image", "label")
             ], lineage)
             converted = [image for batch in converted for image in batch]

@@ -19,6 +19,7 @@ import importlib
 import json
 import math
 import os
+import posixpath
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -37,7 +38,7 @@ from zarrchive.records import MICROMETERS, Axis, FileEntry, FileRecord, ImageRec
 from zarrchive.software import pixel_versions
 from zarrchive.sources import layout_of, lazy_pixels
 from zarrchive.ngff import image_attributes
-from zarrchive.storage import is_zarr_store, write_bytes_atomic
+from zarrchive.storage import is_zarr_store, sha256_stream, write_bytes_atomic
 
 LOCAL = fsspec.filesystem("file")
 
@@ -301,12 +302,63 @@ def chunk_shape(axes: list[str], shape: tuple[int, ...], dtype: str, settings: C
     return tuple(max(1, min(edge[a], n)) for a, n in zip(axes, shape))
 
 
+def ome_tiff_set(path: str) -> list[str]:
+    """The files of the multi-file OME-TIFF set ``path`` belongs to (names relative to its folder, in the order
+    of their planes); [] for a file that holds its own planes."""
+    from xml.etree import ElementTree
+
+    with tifffile.TiffFile(path) as tif:
+        xml = tif.ome_metadata
+    if not xml:
+        return []
+    names: list[str] = []
+    for element in ElementTree.fromstring(xml).iter():
+        name = element.get("FileName") if element.tag.rsplit("}", 1)[-1] == "UUID" else None
+        if name and name not in names:
+            names.append(name)
+    return names if any(n != os.path.basename(path) for n in names) else []
+
+
+def companions_of(file: FileRecord, files: list[FileRecord]) -> dict[str, str]:
+    """The sha256 of the other staged files in ``file``'s folder: the members a multi-file OME-TIFF set may have
+    (they are part of its conversion's identity)."""
+    folder = posixpath.dirname(file.path)
+    return {f.path: f.sha256 for f in files if f.path != file.path and posixpath.dirname(f.path) == folder}
+
+
+def _set_digest(file: FileRecord, members: list[str], companions: dict[str, str] | None) -> tuple[str, tuple]:
+    """The identity of a multi-file set (the sha256 of every member's sha256) and its members' submitted paths;
+    raises ``InputError`` naming the file when a member is missing."""
+    folder = posixpath.dirname(file.path)
+    paths = tuple(posixpath.normpath(posixpath.join(folder, name)) for name in members)
+    here = os.path.dirname(file.staged_path)
+    missing = [p for p, name in zip(paths, members) if p != file.path and (
+        not os.path.isfile(os.path.join(here, name)) or (companions is not None and p not in companions))]
+    if missing:
+        raise InputError(file.path, f"a multi-file OME-TIFF set of {len(paths)} files whose member(s) "
+                                    f"{', '.join(missing)} are not in the submission: list every file of the set")
+    digests = [file.sha256 if p == file.path else
+               companions[p] if companions is not None else sha256_stream(LOCAL, os.path.join(here, name))[1]
+               for p, name in zip(paths, members)]
+    return hashlib.sha256(" ".join(digests).encode()).hexdigest(), paths
+
+
 def convert_file(
-    file: FileRecord, entry: FileEntry | None, work: str, settings: ConvertSettings
+    file: FileRecord, entry: FileEntry | None, work: str, settings: ConvertSettings,
+    companions: dict[str, str] | None = None,
 ) -> list[ImageRecord]:
     """Describe every series of a staged file as an image (metadata, level 0, source layout); keep its OME-XML
-    under ``<work>/convert/<conversion id>.ome.xml``."""
+    under ``<work>/convert/<conversion id>.ome.xml``.
+
+    A file of a multi-file OME-TIFF set gives the set's images when it holds the set's first planes, and no image
+    otherwise (the set is one image, not one per file); ``companions`` (the sha256 of the other staged files of
+    its folder, ``companions_of``) make the members part of the conversion's identity."""
     reader = choose_reader(file.staged_path, file.path)
+    source_digest, source_set = file.sha256, ()
+    if reader.__module__.startswith("bioio_ome_tiff") and (members := ome_tiff_set(file.staged_path)):
+        source_digest, source_set = _set_digest(file, members, companions)
+        if source_set[0] != file.path:
+            return []  # its planes belong to the image of the set's first file
     try:
         img = BioImage(file.staged_path, reader=reader)
         scenes = list(img.scenes)
@@ -318,8 +370,9 @@ def convert_file(
         shown_as = file.path if len(scenes) == 1 else f"{file.path} [series {index}]"
         try:
             img.set_scene(index)
-            images.append(_convert_series(img, reader, index, scene, len(scenes), file, entry, work, settings,
-                                          base_id))
+            image = _convert_series(img, reader, index, scene, len(scenes), file, entry, work, settings, base_id,
+                                    source_digest)
+            images.append(image.model_copy(update={"source_set": source_set}) if source_set else image)
         except (ZarrchiveError, ConnectionError, TimeoutError):
             raise
         except Exception as exc:
@@ -331,7 +384,7 @@ def convert_file(
     return images
 
 
-def _convert_series(img, reader, index, scene, n_scenes, file, entry, work, settings, base_id):
+def _convert_series(img, reader, index, scene, n_scenes, file, entry, work, settings, base_id, source_digest):
     shown_as = file.path if n_scenes == 1 else f"{file.path} [series {index}]"
     data, sample_names = lazy_pixels(img, shown_as)
     reader_name = reader.__module__.split(".")[0]
@@ -361,7 +414,7 @@ def _convert_series(img, reader, index, scene, n_scenes, file, entry, work, sett
             axes.append(Axis(name=name, type="space", unit=unit if value is not None else None))
             scale.append(float(value) if value is not None else 1.0)
 
-    cid = conversion_id(file.sha256, index, settings, entry)
+    cid = conversion_id(source_digest, index, settings, entry)
     image_id = base_id if n_scenes == 1 else f"{base_id}_s{index}"
     shape = tuple(int(n) for n, k in zip(data.shape, keep) if k)
     layout = layout_of(file.staged_path, img, reader_name, index, axis_names, bool(sample_names))
@@ -486,6 +539,7 @@ def _tiff_description(path: str) -> str | None:
 @stage_task(name="convert", task_run_name="convert: {file.path}", tags=["pixels"], cache_key_fn=convert_key,
             persist_result=True)
 def convert(
-    file: FileRecord, entry: FileEntry | None, work: str, settings: ConvertSettings
+    file: FileRecord, entry: FileEntry | None, work: str, settings: ConvertSettings,
+    companions: dict[str, str] | None = None,
 ) -> Traced[list[ImageRecord]]:
-    return traced("convert", convert_file, file, entry, work, settings)
+    return traced("convert", convert_file, file, entry, work, settings, companions)

@@ -143,3 +143,29 @@ def ome_zarr_input(path: Path, data: np.ndarray, axes: str, scale: dict[str, flo
         multiscale["version"] = "0.4"
         root.attrs.update(attrs)
     return path
+
+
+def ome_tiff_file_set(folder: Path, data: np.ndarray, names: list[str], sizes: dict[str, float] | None = None,
+                      channel: str = "DNA") -> list[Path]:
+    """A multi-file OME-TIFF set of a z-stack (Z, Y, X): its planes split evenly over the files ``names``, each
+    file with the OME-XML of the whole set (TiffData pointing at every file by UUID and FileName)."""
+    import uuid
+
+    z, y, x = data.shape
+    per = z // len(names)
+    ids = [f"urn:uuid:{uuid.uuid4()}" for _ in names]
+    size_attrs = "".join(f' PhysicalSize{a.upper()}="{v}"' for a, v in (sizes or {}).items())
+    tiff_data = "".join(f'<TiffData FirstZ="{i * per}" IFD="0" PlaneCount="{per}"><UUID FileName="{n}">{u}</UUID>'
+                        "</TiffData>" for i, (n, u) in enumerate(zip(names, ids)))
+    paths = []
+    for i, (name, own) in enumerate(zip(names, ids)):
+        xml = ('<?xml version="1.0" encoding="UTF-8"?>'
+               f'<OME xmlns="http://www.openmicroscopy.org/Schemas/OME/2016-06" UUID="{own}">'
+               f'<Image ID="Image:0" Name="set"><Pixels ID="Pixels:0" DimensionOrder="XYZCT" Type="{data.dtype}" '
+               f'SizeX="{x}" SizeY="{y}" SizeZ="{z}" SizeC="1" SizeT="1"{size_attrs}>'
+               f'<Channel ID="Channel:0:0" SamplesPerPixel="1" Name="{channel}"/>{tiff_data}</Pixels></Image></OME>')
+        folder.mkdir(parents=True, exist_ok=True)
+        tifffile.imwrite(folder / name, data[i * per:(i + 1) * per], description=xml, metadata=None,
+                         photometric="minisblack")
+        paths.append(folder / name)
+    return paths

@@ -10,7 +10,7 @@ import pytest
 import zarr
 
 from builders import ome_tiff, plain_tiff, random_image
-from zarrchive.errors import UnsupportedFormat
+from zarrchive.errors import InputError, UnsupportedFormat
 from zarrchive.records import FileEntry, FileRecord, PixelSize
 from zarrchive.sources import read_region
 from zarrchive.tasks.convert import choose_reader, convert_file, slug
@@ -235,3 +235,36 @@ def test_auto_chunks_follow_the_pixel_type(dtype, z, expected, plane):
     assert chunk_shape(["y", "x"], (3000, 100), dtype, settings) == (plane, 100)
     assert chunk_shape(["c", "z", "y", "x"], (2, 40, 5000, 5000), dtype, ConvertSettings(chunk_xy=128, chunk_z=z)) \
         == (1, z, 128, 128)
+
+
+# ---------------------------------------------------------------- multi-file OME-TIFF
+
+
+def test_a_multi_file_ome_tiff_set_is_one_image_from_its_first_file(tmp_path, settings, scheduler):
+    from builders import archive_images, ome_tiff_file_set
+
+    data = random_image((6, 32, 40))
+    first, second, third = ome_tiff_file_set(tmp_path / "set", data, ["t_0.ome.tif", "t_1.ome.tif", "t_2.ome.tif"],
+                                             {"x": 0.5, "y": 0.5, "z": 2.0})
+    [(image, report)] = archive_images(first, tmp_path / "w", settings, scheduler, rel="set/t_0.ome.tif")
+    assert image.source_set == ("set/t_0.ome.tif", "set/t_1.ome.tif", "set/t_2.ome.tif")
+    assert image.levels[0].shape == (1, 6, 32, 40) and image.levels[0].scale[-3:] == (2.0, 0.5, 0.5)
+    assert image.channel_names == ("DNA",)
+    np.testing.assert_array_equal(zarr.open_array(f"{report.store}/0", mode="r")[0], data)
+    for member in (second, third):  # the other files of the set give no image of their own
+        assert convert_file(staged(member, f"set/{member.name}"), None, str(tmp_path / "w"), settings.convert) == []
+
+
+def test_a_member_that_changes_changes_the_conversion_and_a_missing_one_is_named(tmp_path, settings):
+    from builders import ome_tiff_file_set
+
+    first, second = ome_tiff_file_set(tmp_path / "set", random_image((4, 16, 16)), ["a.ome.tif", "b.ome.tif"])
+    record = staged(first, "set/a.ome.tif")
+    [one] = convert_file(record, None, str(tmp_path / "w"), settings.convert, {"set/b.ome.tif": "1" * 64})
+    [other] = convert_file(record, None, str(tmp_path / "w"), settings.convert, {"set/b.ome.tif": "2" * 64})
+    assert one.conversion_id != other.conversion_id and one.source_sha256 == other.source_sha256
+    with pytest.raises(InputError, match=r"set/a.ome.tif.*member\(s\) set/b.ome.tif are not in the submission"):
+        convert_file(record, None, str(tmp_path / "w"), settings.convert, {})  # b.ome.tif not listed
+    second.unlink()
+    with pytest.raises(InputError, match="set/b.ome.tif"):
+        convert_file(record, None, str(tmp_path / "w"), settings.convert)

@@ -215,3 +215,21 @@ def test_an_ome_zarr_input_is_fetched_converted_and_published_as_one_entry(tmp_p
     assert {"@id": "originals/images/embryo.ome.zarr/"} in fetch["result"]
     assert crate_problems(vdir, tmp_path) == []
 
+
+
+def test_a_multi_file_ome_tiff_set_is_published_as_one_image(tmp_path, config_file):
+    import zarr
+
+    from builders import ome_tiff_file_set
+
+    sub = tmp_path / "sub"
+    data = random_image((4, 32, 24))
+    ome_tiff_file_set(sub / "timelapse", data, ["p_0.ome.tif", "p_1.ome.tif"], {"x": 0.5, "y": 0.5, "z": 1.0})
+    submission(sub, [{"path": "timelapse/p_0.ome.tif"}, {"path": "timelapse/p_1.ome.tif"}])
+    pub = ingest(sub, tmp_path / "archive", config_file(convert={"chunk_xy": 16}))
+    assert pub.status == "published", pub.reasons
+    [outcome] = pub.images
+    assert outcome.image_id == "timelapse_p_0" and outcome.source_path == "timelapse/p_0.ome.tif"
+    vdir = Path(pub.version_uri)
+    np.testing.assert_array_equal(zarr.open_array(str(vdir / outcome.path / "0"), mode="r")[0], data)
+    assert {p.name for p in (vdir / "originals" / "timelapse").iterdir()} == {"p_0.ome.tif", "p_1.ome.tif"}

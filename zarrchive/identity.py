@@ -39,8 +39,8 @@ def records_schema() -> str:
 
 def convert_key(_context: Any, params: dict[str, Any]) -> str:
     file = params["file"]
-    return "convert-" + digest(file.path, file.sha256, params["entry"], params["settings"], pixel_versions(),
-                               generation(params["work"]), records_schema())
+    return "convert-" + digest(file.path, file.sha256, params["entry"], params["settings"], params.get("companions"),
+                               pixel_versions(), generation(params["work"]), records_schema())
 
 
 def compress_key(_context: Any, params: dict[str, Any]) -> str:

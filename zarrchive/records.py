@@ -278,6 +278,7 @@ class ImageRecord(Record):
     levels: tuple[Level, ...]
     notes: tuple[str, ...] = ()  # metadata conflicts and defaults applied
     lossy_source: str | None = None  # the lossy compression the source's pixels went through (e.g. JPEG)
+    source_set: tuple[str, ...] = ()  # a multi-file OME-TIFF: every file of the set (submitted paths), in order
     kind: Literal["image", "label"] = "image"
     label_of: str | None = None  # a label: the id of the image it annotates
     label_name: str | None = None  # a label: its name under that image's labels/
