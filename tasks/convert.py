@@ -76,9 +76,9 @@ class SourceMetadata:
 # licence of the reader). Not installed by default; a file in one of them names the plugin to install.
 VENDOR_FORMATS = (
     (lambda head: head[:4] == b"\xda\xce\xbe\x0a", "Nikon ND2", "bioio_nd2", "bioio-nd2", "nd2",
-     "bioio-nd2 and nd2: BSD-3-Clause"),
+     "bioio-nd2: MIT; nd2: BSD-3-Clause"),
     (lambda head: head[:10] == b"ZISRAWFILE", "Zeiss CZI", "bioio_czi", "bioio-czi", "czi",
-     "bioio-czi: BSD-3-Clause; pylibczirw: LGPL-3.0 (libCZI)"),
+     "bioio-czi: GPL-3.0; aicspylibczi: GPL-3.0-or-later; pylibCZIrw: LGPL-3.0 (libCZI)"),
     (lambda head: head[:4] == b"\x70\x00\x00\x00" and head[8:9] == b"\x2a", "Leica LIF", "bioio_lif", "bioio-lif",
      "lif", "bioio-lif: BSD-3-Clause; readlif: GPL-3.0"),
 )

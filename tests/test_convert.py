@@ -268,3 +268,37 @@ def test_a_member_that_changes_changes_the_conversion_and_a_missing_one_is_named
     second.unlink()
     with pytest.raises(InputError, match="set/b.ome.tif"):
         convert_file(record, None, str(tmp_path / "w"), settings.convert)
+
+
+# ---------------------------------------------------------------- a vendor format end to end: Zeiss CZI
+
+
+def _czi(path: Path, data: np.ndarray, names: list[str], xy_um: float, z_um: float) -> Path:
+    """A CZI file written with pylibCZIrw (libCZI): planes of ``data`` (C, Z, Y, X), scaling and channel names."""
+    from pylibCZIrw import czi as pyczi
+
+    with pyczi.create_czi(str(path), exist_ok=True) as czi:
+        for c in range(data.shape[0]):
+            for z in range(data.shape[1]):
+                czi.write(data[c, z], plane={"C": c, "Z": z, "T": 0}, location=(0, 0))
+        czi.write_metadata(document_name=path.stem, channel_names=dict(enumerate(names)), scale_x=xy_um * 1e-6,
+                           scale_y=xy_um * 1e-6, scale_z=z_um * 1e-6)
+    return path
+
+
+@pytest.mark.parametrize("shape, dtype", [((2, 3, 40, 48), "uint16"), ((1, 1, 50, 30), "uint8")])
+def test_a_czi_file_converts_exactly_with_its_scaling_and_channel_names(tmp_path, settings, scheduler, shape, dtype):
+    pytest.importorskip("bioio_czi", reason="the CZI reader plugin (zarrchive[czi]) is not installed")
+    from builders import archive_images
+
+    data = random_image(shape, dtype)
+    names = ["DAPI", "GFP"][: shape[0]]
+    path = _czi(tmp_path / "scan.czi", data, names, xy_um=0.2, z_um=1.5)
+    [(image, report)] = archive_images(path, tmp_path / "w", settings, scheduler, convert={"chunk_xy": 16})
+    assert image.reader == "bioio_czi" and image.channel_names == tuple(names)
+    expected = data if shape[1] > 1 else data[:, 0]
+    assert [a.name for a in image.axes] == (["c", "z", "y", "x"] if shape[1] > 1 else ["c", "y", "x"])
+    assert image.levels[0].scale[-2:] == pytest.approx((0.2, 0.2)) and image.axes[-1].unit == "micrometer"
+    if shape[1] > 1:
+        assert image.levels[0].scale[-3] == pytest.approx(1.5)
+    np.testing.assert_array_equal(zarr.open_array(f"{report.store}/0", mode="r")[...], expected)
