@@ -67,6 +67,7 @@ class SourceMetadata:
     time_increment: float | None
     time_unit: str | None
     channel_names: list[str] | None  # None when the file names no channel
+    channel_colours: list[str] | None = None  # hex RRGGBB per channel; None when the file gives none
 
 
 # ---------------------------------------------------------------- reader choice
@@ -148,11 +149,14 @@ def _ome_metadata(img: BioImage, scene: int) -> SourceMetadata:
         if u and unit and u != unit and sizes[ax] is not None:
             sizes[ax] = sizes[ax] * MICROMETERS[u] / MICROMETERS[unit]
     names = [c.name for c in pixels.channels]
+    colours = ["%02X%02X%02X" % c.color.as_rgb_tuple()[:3] if c.color is not None else "FFFFFF"
+               for c in pixels.channels]
     time_unit = getattr(pixels.time_increment_unit, "value", None) if pixels.time_increment else None
     return SourceMetadata(
         pixel_size=sizes, unit=unit if any(sizes.values()) else None,
         time_increment=pixels.time_increment, time_unit=TIME_UNITS.get(time_unit or "", time_unit),
         channel_names=names if names and all(names) else None,
+        channel_colours=colours if any(c != "FFFFFF" for c in colours) else None,  # white is OME's default
     )
 
 
@@ -177,12 +181,15 @@ def _ome_zarr_metadata(path: str, scene: int) -> SourceMetadata:
             value = value * MICROMETERS[units[ax]] / MICROMETERS[unit]
         sizes[ax] = value
     time = next((a for a in multiscale["axes"] if a["name"].lower() == "t"), None)
-    names = [str(c.get("label") or "") for c in (attrs.get("omero") or {}).get("channels", [])]
+    channels = (attrs.get("omero") or {}).get("channels", [])
+    names = [str(c.get("label") or "") for c in channels]
+    colours = [str(c.get("color") or "").upper() for c in channels]
     return SourceMetadata(
         pixel_size=sizes, unit=unit if any(v is not None for v in sizes.values()) else None,
         time_increment=scale[axes.index("t")] if time and time.get("unit") else None,
         time_unit=TIME_UNITS.get(time.get("unit") or "", time.get("unit")) if time else None,
         channel_names=names if names and all(names) else None,
+        channel_colours=colours if colours and all(re.fullmatch(r"[0-9A-F]{6}", c) for c in colours) else None,
     )
 
 
@@ -394,8 +401,9 @@ def _convert_series(img, reader, index, scene, n_scenes, file, entry, work, sett
         source = _ome_zarr_metadata(file.staged_path, index)
     else:
         source = _tiff_metadata(file.staged_path, index) if reader_name == "bioio_tifffile" else _bioio_metadata(img)
-    if sample_names:
-        source = SourceMetadata(source.pixel_size, source.unit, source.time_increment, source.time_unit, sample_names)
+    if sample_names:  # colour samples: red, green, blue (and alpha)
+        source = SourceMetadata(source.pixel_size, source.unit, source.time_increment, source.time_unit, sample_names,
+                                ["FF0000", "00FF00", "0000FF", "FFFFFF"][: len(sample_names)])
     t, c, z, _y, _x = data.shape
     sizes, unit, names, names_given, notes = merge_metadata(source, entry, c, shown_as)
 
@@ -428,6 +436,8 @@ def _convert_series(img, reader, index, scene, n_scenes, file, entry, work, sett
         series_name=str(scene), reader=reader_name, layout=layout, metadata_xml=xml_path,
         metadata_sha256=hashlib.sha256(xml).hexdigest(), axes=tuple(axes),
         dtype=str(np.dtype(data.dtype)), channel_names=tuple(names), channel_names_given=names_given,
+        channel_colours=tuple(source.channel_colours) if source.channel_colours and len(source.channel_colours) == c
+        else None,
         calibrated=any(v is not None for v in sizes.values()),
         levels=(Level(path="0", shape=shape, chunks=chunk_shape(list(axis_names), shape, str(data.dtype), settings),
                       scale=tuple(scale), translation=tuple(0.0 for _ in scale)),),

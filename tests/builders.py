@@ -134,9 +134,9 @@ def ome_zarr_input(path: Path, data: np.ndarray, axes: str, scale: dict[str, flo
          **({"unit": "micrometer"} if a in "zyx" and scale else {})} for a in names]}
     attrs: dict[str, Any] = {"multiscales": [multiscale]}
     if channels:
-        attrs["omero"] = {"channels": [{"label": c, "color": "FFFFFF", "active": True,
+        attrs["omero"] = {"channels": [{"label": c, "color": ("FF00FF", "00FFFF", "FFFF00")[i % 3], "active": True,
                                         "window": {"min": 0, "max": 65535, "start": 0, "end": 4000}}
-                                       for c in channels]}
+                                       for i, c in enumerate(channels)]}
     if version == "0.5":
         root.attrs["ome"] = {"version": "0.5", **attrs}
     else:

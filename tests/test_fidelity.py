@@ -36,6 +36,7 @@ class Case:
     scale: dict[str, float] = field(default_factory=dict)  # physical sizes (and the time step) expected
     units: dict[str, str] = field(default_factory=dict)
     channels: tuple[str, ...] | None = None
+    colours: tuple[str, ...] | None = None  # the omero colours expected (None: not checked)
 
 
 def ome(data: np.ndarray, axes: str, sizes: dict[str, float] | None = None, channels: list[str] | None = None,
@@ -47,8 +48,9 @@ def ome(data: np.ndarray, axes: str, sizes: dict[str, float] | None = None, chan
                     **{f"PhysicalSize{a.upper()}Unit": "µm" for a in (sizes or {})}}
         if channels:
             metadata["Channel"] = {"Name": channels}
-        metadata.update(extra.pop("metadata", {}))
-        tifffile.imwrite(path / "in.ome.tif", data, ome=True, photometric="minisblack", metadata=metadata, **extra)
+        options = dict(extra)
+        metadata.update(options.pop("metadata", {}))
+        tifffile.imwrite(path / "in.ome.tif", data, ome=True, photometric="minisblack", metadata=metadata, **options)
         return path / "in.ome.tif"
     return write
 
@@ -125,6 +127,9 @@ CASES: dict[str, Case] = {
                          metadata={"TimeIncrement": 2.5, "TimeIncrementUnit": "s"}),
                      random_image((3, 2, 24, 20), "uint16"), "tcyx", {"x": 0.3, "y": 0.3, "t": 2.5},
                      {"x": UM, "y": UM, "t": "second"}),
+    "ome-colours": Case(ome(_czyx("uint16"), "CZYX", SIZES3, ["DAPI", "GFP"],
+                            metadata={"Channel": {"Name": ["DAPI", "GFP"], "Color": [-16776961, 16711935]}}),
+                        _czyx("uint16"), **CZYX, colours=("FF0000", "00FF00")),  # OME's signed RGBA integers
     # TIFF layouts and compressions
     "ome-tiled": Case(ome(_czyx("uint16"), "CZYX", SIZES3, ["DAPI", "GFP"], tile=(16, 16)), _czyx("uint16"), **CZYX),
     "ome-bigtiff": Case(ome(_czyx("uint16"), "CZYX", SIZES3, ["DAPI", "GFP"], bigtiff=True), _czyx("uint16"),
@@ -142,7 +147,8 @@ CASES: dict[str, Case] = {
     "tiff-2d-float32-tiled-deflate": Case(tiff(random_image((40, 48), "float32"), tile=(16, 16), compression="zlib"),
                                           random_image((40, 48), "float32")[None], "cyx"),
     # OME-Zarr inputs (written by another tool), re-chunked and re-compressed
-    "omezarr-0.5-3d": Case(omezarr(_czyx("uint16"), "CZYX", SIZES3, ["DAPI", "GFP"], "0.5"), _czyx("uint16"), **CZYX),
+    "omezarr-0.5-3d": Case(omezarr(_czyx("uint16"), "CZYX", SIZES3, ["DAPI", "GFP"], "0.5"), _czyx("uint16"), **CZYX,
+                           colours=("FF00FF", "00FFFF")),  # as the input's omero block gives them
     "omezarr-0.4-3d-float32": Case(omezarr(_czyx("float32"), "CZYX", SIZES3, ["DAPI", "GFP"], "0.4"),
                                    _czyx("float32"), **CZYX),
     "omezarr-0.5-time-nm": Case(omezarr(random_image((3, 1, 24, 20), "uint8"), "TCYX", {"t": 4.0, "y": 80.0, "x": 80.0},
@@ -155,7 +161,7 @@ CASES: dict[str, Case] = {
                                            {"y": UM, "x": UM}),
     "png-gray-uint16": Case(png(random_image((40, 36), "uint16")), random_image((40, 36), "uint16")[None], "cyx"),
     "png-rgba": Case(png(random_image((40, 36, 4), "uint8")), np.moveaxis(random_image((40, 36, 4), "uint8"), -1, 0),
-                     "cyx", channels=("R", "G", "B", "A")),
+                     "cyx", channels=("R", "G", "B", "A"), colours=("FF0000", "00FF00", "0000FF", "FFFFFF")),
 }
 
 
@@ -209,6 +215,8 @@ def test_physical_sizes_units_and_channel_names_are_the_sources(converted, name)
         assert axes[axis].get("unit") == case.units.get(axis), axis
     if case.channels:
         assert [c["label"] for c in attrs["omero"]["channels"]] == list(case.channels)
+    if case.colours:
+        assert [c["color"] for c in attrs["omero"]["channels"]] == list(case.colours)
     assert image.calibrated == bool(case.units)
 
 

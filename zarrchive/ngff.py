@@ -127,7 +127,8 @@ def omero_block(image: ImageRecord, windows: list[tuple[float, float]] | None = 
     n = len(image.channel_names)
     channels = []
     for i, name in enumerate(image.channel_names):
-        colour = COLOURS[0] if n == 1 else COLOURS[1 + i % (len(COLOURS) - 1)]
+        colour = image.channel_colours[i] if image.channel_colours else \
+            COLOURS[0] if n == 1 else COLOURS[1 + i % (len(COLOURS) - 1)]
         start, end = windows[i] if windows else (None, None)
         if dtype.kind in "ui":
             lo, hi = float(np.iinfo(dtype).min), float(np.iinfo(dtype).max)
