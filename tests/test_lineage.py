@@ -66,3 +66,19 @@ def test_crate_passes_an_ro_crate_validator_for_the_process_run_profile(demo, tm
     assert json.loads((vdir / "ro-crate-metadata.json").read_text())["@context"] == \
         "https://w3id.org/ro/crate/1.1/context"
     assert crate_problems(vdir, tmp_path) == []
+
+
+def test_a_stage_task_is_made_on_first_use_and_is_the_prefect_task():
+    import pickle
+    import subprocess
+    import sys
+
+    code = ("import sys, zarrchive.standalone, zarrchive.tasks.compress as c; "
+            "assert 'prefect' not in sys.modules, 'imported Prefect'; "
+            "print(c.compress.name, type(c.compress.task).__name__, 'prefect' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["compress", "Task", "True"]
+    from zarrchive.tasks.convert import convert
+
+    assert pickle.loads(pickle.dumps(convert)) is convert  # a copy is the module-level task itself

@@ -55,8 +55,19 @@ class StageTask:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.task(*args, **kwargs)
 
+    def __reduce__(self) -> tuple[Any, tuple[str, str]]:  # a copy is the module's own task, found by name
+        return _module_attribute, (self._fn.__module__, self.__name__)
+
     def __getattr__(self, name: str) -> Any:  # submit, map, with_options, name, fn …
+        if name.startswith("_"):  # not set yet (a copy being made): never build the task for it
+            raise AttributeError(name)
         return getattr(self.task, name)
+
+
+def _module_attribute(module: str, name: str) -> Any:
+    import importlib
+
+    return getattr(importlib.import_module(module), name)
 
 
 def stage_task(**options: Any) -> Callable[[Callable[..., Any]], StageTask]:
