@@ -189,7 +189,8 @@ def compress_image(image: ImageRecord, source: FileRecord, work: str, settings: 
                 for batch_stored in gather_all(client, futures):
                     stored.add(batch_stored)
         remove_unfinished_writes(store)  # left by a worker killed mid-write (its task was redone)
-        root.update_attributes(group_attributes(image, display_windows(store, image), settings.ngff))
+        windows = list(image.channel_windows) if image.channel_windows else display_windows(store, image)
+        root.update_attributes(group_attributes(image, windows, settings.ngff))
         _keep_ome_xml(store, image, settings.ngff)
         if os.path.exists(final):
             shutil.rmtree(final)

@@ -68,6 +68,7 @@ class SourceMetadata:
     time_unit: str | None
     channel_names: list[str] | None  # None when the file names no channel
     channel_colours: list[str] | None = None  # hex RRGGBB per channel; None when the file gives none
+    channel_windows: list[tuple[float, float]] | None = None  # display window (start, end) per channel, if given
 
 
 # ---------------------------------------------------------------- reader choice
@@ -190,7 +191,17 @@ def _ome_zarr_metadata(path: str, scene: int) -> SourceMetadata:
         time_unit=TIME_UNITS.get(time.get("unit") or "", time.get("unit")) if time else None,
         channel_names=names if names and all(names) else None,
         channel_colours=colours if colours and all(re.fullmatch(r"[0-9A-F]{6}", c) for c in colours) else None,
+        channel_windows=_windows(channels),
     )
+
+
+def _windows(channels: list[dict[str, Any]]) -> list[tuple[float, float]] | None:
+    """The omero display windows (start, end) of every channel, when each gives a usable one."""
+    try:
+        windows = [(float(c["window"]["start"]), float(c["window"]["end"])) for c in channels]
+    except (KeyError, TypeError, ValueError):
+        return None
+    return windows if windows and all(math.isfinite(a) and math.isfinite(b) and b > a for a, b in windows) else None
 
 
 def _bioio_metadata(img: BioImage) -> SourceMetadata:
@@ -437,6 +448,8 @@ def _convert_series(img, reader, index, scene, n_scenes, file, entry, work, sett
         metadata_sha256=hashlib.sha256(xml).hexdigest(), axes=tuple(axes),
         dtype=str(np.dtype(data.dtype)), channel_names=tuple(names), channel_names_given=names_given,
         channel_colours=tuple(source.channel_colours) if source.channel_colours and len(source.channel_colours) == c
+        else None,
+        channel_windows=tuple(source.channel_windows) if source.channel_windows and len(source.channel_windows) == c
         else None,
         calibrated=any(v is not None for v in sizes.values()),
         levels=(Level(path="0", shape=shape, chunks=chunk_shape(list(axis_names), shape, str(data.dtype), settings),

@@ -217,6 +217,9 @@ def test_physical_sizes_units_and_channel_names_are_the_sources(converted, name)
         assert [c["label"] for c in attrs["omero"]["channels"]] == list(case.channels)
     if case.colours:
         assert [c["color"] for c in attrs["omero"]["channels"]] == list(case.colours)
+    if name.startswith("omezarr") and case.channels:  # the input's display windows are kept
+        assert [(c["window"]["start"], c["window"]["end"]) for c in attrs["omero"]["channels"]] == \
+            [(0.0, 4000.0)] * len(case.channels)
     assert image.calibrated == bool(case.units)
 
 

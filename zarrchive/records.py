@@ -275,6 +275,7 @@ class ImageRecord(Record):
     channel_names: tuple[str, ...]  # one per channel
     channel_names_given: int | None = None  # how many names submission.yaml gave (None: it gave none)
     channel_colours: tuple[str, ...] | None = None  # hex RRGGBB per channel, as the file gives them (None: defaults)
+    channel_windows: tuple[tuple[float, float], ...] | None = None  # display windows the file gives (None: from data)
     calibrated: bool  # whether any physical pixel size is known
     levels: tuple[Level, ...]
     notes: tuple[str, ...] = ()  # metadata conflicts and defaults applied
