@@ -36,7 +36,7 @@ from zarrchive.identity import convert_key
 from zarrchive.lineage import Traced, stage_task, traced
 from zarrchive.records import MICROMETERS, Axis, FileEntry, FileRecord, ImageRecord, Level, PixelSize
 from zarrchive.software import pixel_versions
-from zarrchive.sources import layout_of, lazy_pixels
+from zarrchive.sources import layout_of, lazy_pixels, ome_tiff_set
 from zarrchive.ngff import image_attributes
 from zarrchive.storage import is_zarr_store, sha256_stream, write_bytes_atomic
 
@@ -318,23 +318,6 @@ def chunk_shape(axes: list[str], shape: tuple[int, ...], dtype: str, settings: C
         xy = int(min(4096, max(64, 2 ** int(np.floor(np.log2(np.sqrt(pixels)))))))
     edge = {"t": 1, "c": 1, "z": settings.chunk_z, "y": xy, "x": xy}
     return tuple(max(1, min(edge[a], n)) for a, n in zip(axes, shape))
-
-
-def ome_tiff_set(path: str) -> list[str]:
-    """The files of the multi-file OME-TIFF set ``path`` belongs to (names relative to its folder, in the order
-    of their planes); [] for a file that holds its own planes."""
-    from xml.etree import ElementTree
-
-    with tifffile.TiffFile(path) as tif:
-        xml = tif.ome_metadata
-    if not xml:
-        return []
-    names: list[str] = []
-    for element in ElementTree.fromstring(xml).iter():
-        name = element.get("FileName") if element.tag.rsplit("}", 1)[-1] == "UUID" else None
-        if name and name not in names:
-            names.append(name)
-    return names if any(n != os.path.basename(path) for n in names) else []
 
 
 def companions_of(file: FileRecord, files: list[FileRecord]) -> dict[str, str]:

@@ -302,3 +302,23 @@ def test_a_czi_file_converts_exactly_with_its_scaling_and_channel_names(tmp_path
     if shape[1] > 1:
         assert image.levels[0].scale[-3] == pytest.approx(1.5)
     np.testing.assert_array_equal(zarr.open_array(f"{report.store}/0", mode="r")[...], expected)
+
+
+def test_the_conversion_key_follows_the_members_of_a_set_and_nothing_else(tmp_path, settings):
+    from builders import ome_tiff_file_set
+    from zarrchive.config import StagingSettings
+    from zarrchive.identity import convert_key
+    from zarrchive.staging import work_area
+
+    first, _second = ome_tiff_file_set(tmp_path / "set", random_image((4, 16, 16)), ["a.ome.tif", "b.ome.tif"])
+    lone = ome_tiff(tmp_path / "set" / "lone.ome.tif", random_image((1, 16, 16)), "CYX")
+    work = work_area(StagingSettings(work=str(tmp_path / "w")))
+
+    def key(path: Path, companions: dict[str, str]) -> str:
+        return convert_key(None, {"file": staged(path, f"set/{path.name}"), "entry": None,
+                                  "settings": settings.convert, "work": work, "companions": companions})
+
+    base = {"set/b.ome.tif": "1" * 64, "set/lone.ome.tif": "2" * 64}
+    assert key(first, base) != key(first, {**base, "set/b.ome.tif": "3" * 64})  # a member changed
+    assert key(first, base) == key(first, {**base, "set/lone.ome.tif": "4" * 64})  # an unrelated sibling changed
+    assert key(lone, base) == key(lone, {**base, "set/b.ome.tif": "3" * 64})

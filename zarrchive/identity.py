@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import os
 from typing import Any
 
 from pydantic import BaseModel
@@ -38,9 +39,19 @@ def records_schema() -> str:
 
 
 def convert_key(_context: Any, params: dict[str, Any]) -> str:
-    file = params["file"]
-    return "convert-" + digest(file.path, file.sha256, params["entry"], params["settings"], params.get("companions"),
-                               pixel_versions(), generation(params["work"]), records_schema())
+    """The conversion's identity: the file, its entry and settings — and, for a file of a multi-file OME-TIFF set,
+    the sha256 of the other members (``companions``), so a changed member converts again and nothing else does."""
+    import posixpath
+
+    from zarrchive.sources import ome_tiff_set
+
+    file, companions = params["file"], params.get("companions") or {}
+    folder = posixpath.dirname(file.path)
+    members = [posixpath.normpath(posixpath.join(folder, name)) for name in ome_tiff_set(file.staged_path)] \
+        if os.path.isfile(file.staged_path) else []
+    return "convert-" + digest(file.path, file.sha256, params["entry"], params["settings"],
+                               {m: companions.get(m) for m in members}, pixel_versions(), generation(params["work"]),
+                               records_schema())
 
 
 def compress_key(_context: Any, params: dict[str, Any]) -> str:

@@ -70,6 +70,28 @@ def tiff_axes(path: str, img: Any) -> str | None:
     return "".join(named)
 
 
+def ome_tiff_set(path: str) -> list[str]:
+    """The files of the multi-file OME-TIFF set ``path`` belongs to (names relative to its folder, in the order
+    of their planes); [] for a file that holds its own planes, or is no OME-TIFF."""
+    from xml.etree import ElementTree
+
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            xml = tif.ome_metadata
+    except Exception:  # not a TIFF at all
+        return []
+    if not xml:
+        return []
+    names: list[str] = []
+    for element in ElementTree.fromstring(xml).iter():
+        name = element.get("FileName") if element.tag.rsplit("}", 1)[-1] == "UUID" else None
+        if name and name not in names:
+            names.append(name)
+    return names if any(n != os.path.basename(path) for n in names) else []
+
+
 def zarr_level0(path: str, series: int) -> tuple[str, str] | None:
     """An OME-Zarr input's level-0 array (its path in the store) and that array's axes, for zarr to read regions
     of directly; None when its axes are not NGFF's t, c, z, y, x (bioio's reader then reads the pixels)."""
