@@ -2,17 +2,18 @@
 
 The output is sharded (Zarr v3 sharding: many chunks per stored object) so a
 large image is not hundreds of thousands of files. The pass is cut into
-regions of level 0 made of whole shards; a cluster task reads its region of
-the source once (``sources.read_region``), writes it, then halves it in memory
-for the next level (``pyramid.downsample``: mean, or mode for labels) and
-writes that too, for as many levels as its region still holds whole shards
-of. The few small levels left are then made the same way from the level above
-them in the output.
+regions of level 0 made of whole shards; a cluster task (``passes.stream_region``)
+reads its region of the source once (``sources.read_region``), writes it, then
+halves it in memory for the next level (``blocks.downsample``: mean, or mode
+for labels) and writes that too, for as many levels as its region still holds
+whole shards of. The few small levels left are then made the same way from
+the level above them in the output (``passes.downsample_regions``).
 
-Every write is proven: the task reads the region it wrote back through the
-codec (decoding) and compares the bytes with what it meant to write; any
-difference fails the image. The sha256 of every level-0 chunk is returned, so
-level 0 gets a digest of its decoded pixels in chunk order. Regions never
+Every write is proven (``shards.ArrayWriter``): each shard is read back from
+the disk and every chunk of it decoded and compared bit for bit with the
+pixels meant; any difference fails the image. The sha256 of every level-0
+chunk's pixels gives level 0 a digest in chunk order, and the sha256 of every
+stored object (taken on the read-back) the store's tree digest. Regions never
 share a shard, so a task that is re-run (a worker died) rewrites whole
 shards. The store is built under a temporary name and renamed when complete.
 """
@@ -49,7 +50,7 @@ from zarrchive.tasks.pyramid import factors
 LOCAL = fsspec.filesystem("file")
 
 REGION_BYTES = 128 << 20  # level-0 pixels per streaming task at most: a run of whole shards along x
-MEMORY_SHARE = 8  # a task holds about 4 copies of its region (source, decoded, halved, encoded): 1/8 of a worker
+MEMORY_SHARE = 8  # a task holds up to ~6.5x its region (source, halved, encoded, read back, the mean's sums)
 BATCH = 32  # chunks per task for the small levels made from the level above
 
 def shard_shape(axes: list[str], shape: tuple[int, ...], chunks: tuple[int, ...],

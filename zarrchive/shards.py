@@ -143,7 +143,7 @@ class ArrayWriter:
         if self.sharded:
             n = len(table) * 16
             index_bytes, crc = stored[-n - 4:-4], stored[-4:]
-            if crc != _crc32c(index_bytes) or np.frombuffer(index_bytes, "<u8").tobytes() != table.tobytes():
+            if crc != _crc32c(index_bytes) or index_bytes != table.tobytes():
                 raise VerificationError(f"{target}: the stored shard index differs from the one written")
         for i, chunk in expected:
             start, length = (int(v) for v in table[i]) if self.sharded else (0, len(stored))
