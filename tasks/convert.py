@@ -34,10 +34,10 @@ from zarrchive.config import ConvertSettings
 from zarrchive.errors import InputError, UnsupportedFormat, ZarrchiveError
 from zarrchive.identity import convert_key
 from zarrchive.lineage import Traced, stage_task, traced
+from zarrchive.ngff import image_attributes
 from zarrchive.records import MICROMETERS, Axis, FileEntry, FileRecord, ImageRecord, Level, PixelSize
 from zarrchive.software import pixel_versions
 from zarrchive.sources import layout_of, lazy_pixels, ome_tiff_set
-from zarrchive.ngff import image_attributes
 from zarrchive.storage import is_zarr_store, sha256_stream, write_bytes_atomic
 
 LOCAL = fsspec.filesystem("file")

@@ -22,8 +22,8 @@ from zarrchive.errors import SubmissionError
 from zarrchive.lineage import Traced, traced
 from zarrchive.records import Finding, Submission, SubmissionDoc, default_label_name, parse_relative_path
 from zarrchive.runtime import retry_transient
-from zarrchive.submission_checks import check_submission
 from zarrchive.storage import dumps, is_zarr_store, join, read_json, resolve, to_url, write_bytes_atomic
+from zarrchive.submission_checks import check_submission
 
 SUBMISSION_FILE = "submission.yaml"
 

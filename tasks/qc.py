@@ -40,8 +40,8 @@ from zarrchive.cluster import client_for
 from zarrchive.config import QCSettings, config_dir
 from zarrchive.lineage import Traced, traced
 from zarrchive.ngff import validate_image, validate_label
-from zarrchive.records import MICROMETERS, CompressionReport, Finding, ImageRecord, QCReport, Submission
 from zarrchive.passes import chunk_stats
+from zarrchive.records import MICROMETERS, CompressionReport, Finding, ImageRecord, QCReport, Submission
 from zarrchive.tasks.compress import BATCH
 
 

@@ -17,6 +17,7 @@ from hypothesis import given, settings as hsettings, strategies as st
 from hypothesis.extra.numpy import arrays
 
 from builders import AUTHOR, crate_problems, ome_tiff, plain_tiff, random_image, staged, submission
+from zarrchive.blocks import downsample, downsample_mean, downsample_mode
 from zarrchive.config import PublishSettings, load_settings
 from zarrchive.errors import InputError
 from zarrchive.records import Failure, FileEntry, QCReport
@@ -24,7 +25,6 @@ from zarrchive.submission_checks import check_submission
 from zarrchive.tasks.convert import convert_file
 from zarrchive.tasks.intake import template_for
 from zarrchive.tasks.publish import image_outcomes
-from zarrchive.blocks import downsample, downsample_mean, downsample_mode
 from zarrchive.tasks.pyramid import build_pyramid
 
 CHECKS = load_settings().submission
