@@ -82,7 +82,7 @@ VENDOR_FORMATS = (
     (lambda head: head[:10] == b"ZISRAWFILE", "Zeiss CZI", "bioio_czi", "bioio-czi", "czi",
      "bioio-czi: GPL-3.0; aicspylibczi: GPL-3.0-or-later; pylibCZIrw: LGPL-3.0 (libCZI)"),
     (lambda head: head[:4] == b"\x70\x00\x00\x00" and head[8:9] == b"\x2a", "Leica LIF", "bioio_lif", "bioio-lif",
-     "lif", "bioio-lif: BSD-3-Clause; readlif: GPL-3.0"),
+     "lif", "bioio-lif and liffile: BSD-3-Clause"),
 )
 PNG_MAGIC, JPEG_MAGIC = b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff"
 

@@ -204,16 +204,9 @@ def test_a_png_named_tif_converts_by_its_content(tmp_path, settings):
                                           (b"ZISRAWFILE" + b"\0" * 54, "bioio-czi"),
                                           (b"\x70\x00\x00\x00\x10\x00\x00\x00\x2a" + b"\0" * 55, "bioio-lif")])
 def test_a_vendor_file_without_its_plugin_names_the_plugin_to_install(tmp_path, monkeypatch, head, plugin):
-    import builtins
+    import sys
 
-    real_import = builtins.__import__
-
-    def without_plugin(name, *args, **kwargs):  # as on an installation without the optional plugin
-        if name == plugin.replace("-", "_"):
-            raise ImportError(f"No module named {name!r}")
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", without_plugin)
+    monkeypatch.setitem(sys.modules, plugin.replace("-", "_"), None)  # as on an installation without the plugin
     path = tmp_path / "acquisition.dat"
     path.write_bytes(head)
     with pytest.raises(UnsupportedFormat) as err:
@@ -221,6 +214,19 @@ def test_a_vendor_file_without_its_plugin_names_the_plugin_to_install(tmp_path, 
     assert err.value.file == "raw/acquisition.dat"
     assert "not supported in this installation" in err.value.reason and plugin in err.value.reason
     assert "pip install 'zarrchive[" in err.value.reason
+
+
+@pytest.mark.parametrize("head, module", [(b"\xda\xce\xbe\x0a" + b"\0" * 60, "bioio_nd2"),
+                                          (b"ZISRAWFILE" + b"\0" * 54, "bioio_czi"),
+                                          (b"\x70\x00\x00\x00\x10\x00\x00\x00\x2a" + b"\0" * 55, "bioio_lif")])
+def test_with_its_plugin_a_vendor_file_is_read_by_it_and_a_damaged_one_is_named(tmp_path, settings, head, module):
+    pytest.importorskip(module, reason="the vendor reader plugins (zarrchive[vendor]) are not installed")
+    path = tmp_path / "acquisition.dat"  # the name says nothing: the content decides
+    path.write_bytes(head)
+    assert choose_reader(str(path), "raw/acquisition.dat").__module__.startswith(module)
+    with pytest.raises(InputError) as err:  # a header and nothing else: the plugin cannot read it
+        convert_file(staged(path, "raw/acquisition.dat"), None, str(tmp_path / "w"), settings.convert)
+    assert err.value.file == "raw/acquisition.dat" and module in err.value.reason
 
 
 @pytest.mark.parametrize("dtype, z, expected, plane", [
