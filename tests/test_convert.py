@@ -328,3 +328,23 @@ def test_the_conversion_key_follows_the_members_of_a_set_and_nothing_else(tmp_pa
     assert key(first, base) != key(first, {**base, "set/b.ome.tif": "3" * 64})  # a member changed
     assert key(first, base) == key(first, {**base, "set/lone.ome.tif": "4" * 64})  # an unrelated sibling changed
     assert key(lone, base) == key(lone, {**base, "set/b.ome.tif": "3" * 64})
+
+
+# ---------------------------------------------------------------- Leica LIF, written by hand
+
+
+@pytest.mark.parametrize("shape, dtype", [((2, 3, 40, 48), "uint16"), ((1, 1, 30, 20), "uint8")])
+def test_a_lif_file_converts_exactly_with_its_voxel_size_and_channels(tmp_path, settings, scheduler, shape, dtype):
+    pytest.importorskip("bioio_lif", reason="the LIF reader plugin (zarrchive[lif]) is not installed")
+    from builders import archive_images, lif_file
+
+    data = random_image(shape, dtype)
+    luts = ["Green", "Red"][: shape[0]]
+    path = lif_file(tmp_path / "stack.lif", data, (1.5, 0.2, 0.2), luts)
+    [(image, report)] = archive_images(path, tmp_path / "w", settings, scheduler, convert={"chunk_xy": 16})
+    assert image.reader == "bioio_lif" and image.channel_names == tuple(luts)  # LAS X names channels by LUT
+    assert image.levels[0].scale[-2:] == pytest.approx((0.2, 0.2)) and image.axes[-1].unit == "micrometer"
+    if shape[1] > 1:
+        assert image.levels[0].scale[-3] == pytest.approx(1.5)
+    expected = data if shape[1] > 1 else data[:, 0]
+    np.testing.assert_array_equal(zarr.open_array(f"{report.store}/0", mode="r")[...], expected)
