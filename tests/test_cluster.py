@@ -33,7 +33,7 @@ def test_a_local_cluster_is_started_for_the_run_and_closed_after():
             assert len(client.scheduler_info()["workers"]) == 1
             assert client.compute(da.ones((100, 100), chunks=50).sum()).result() == 10_000
     with pytest.raises(OSError):
-        Client(address, timeout="2s")
+        Client(address, timeout="2s", set_as_default=False)
 
 
 def test_an_existing_scheduler_is_used_and_left_running(scheduler):
@@ -161,7 +161,7 @@ def test_a_slurm_cluster_submits_its_jobs_runs_the_work_and_cancels_them(tmp_pat
             (str(128 << 20), str(32 << 20))]
     assert (bin_dir / "job-1.sh").exists() and (bin_dir / "cancelled").read_text().split() == ["1"]
     with pytest.raises(OSError):
-        Client(address, timeout="2s")
+        Client(address, timeout="2s", set_as_default=False)
 
 
 def test_a_slurm_config_without_dask_jobqueue_is_a_configuration_error(monkeypatch):
@@ -348,3 +348,23 @@ def test_an_image_whose_worker_dies_beyond_allowed_failures_fails_cleanly(tmp_pa
     assert "died 1 time(s) while running" in str(outcome) and "stream_region" in str(outcome)
     # nothing was reported, and nothing half-written is left: the store was built under a temporary name
     assert list(work.iterdir()) == []
+
+
+def test_stages_in_threads_leave_dask_s_global_scheduler_alone(scheduler):
+    """Stages run in Prefect's worker threads at the same time; none may leave the process asking for a
+    distributed client (dask's global ``scheduler`` option) once it is done."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import dask
+
+    before = dask.config.get("scheduler", None)
+
+    def stage(delay: float) -> int:
+        with client_for(scheduler) as client:
+            time.sleep(delay)
+            return client.submit(sum, [1, 2], pure=False).result()
+
+    with ThreadPoolExecutor(4) as pool:
+        assert list(pool.map(stage, [0.3, 0.1, 0.4, 0.2])) == [3] * 4
+    assert dask.config.get("scheduler", None) == before
+    assert da.ones((4, 4), chunks=2).sum().compute() == 16  # the local scheduler still computes

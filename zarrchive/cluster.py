@@ -215,12 +215,15 @@ def client_for(address: str) -> Iterator[Client]:
 
     A task that was running each time one of ``allowed_failures + 1`` workers died (a crash, an out-of-memory
     kill) fails the stage with ``ClusterError``; work lost with fewer deaths is simply redone.
+
+    The client is used explicitly (``submit``, ``map``, ``compute``), never made "current": that sets dask's
+    global scheduler option, which stages running at the same time in other threads would then restore out of
+    order, leaving the process asking for a distributed client that no longer exists.
     """
     client = Client(address, set_as_default=False, timeout="30s")
     try:
         client.register_plugin(ImportStageModules())
-        with client.as_current():
-            yield client
+        yield client
     except KilledWorker as exc:
         raise ClusterError(
             f"Dask workers died {exc.allowed_failures + 1} time(s) while running {exc.task!r}, the last one "
