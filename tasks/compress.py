@@ -30,7 +30,7 @@ from typing import Any, Callable
 import fsspec
 import numpy as np
 import zarr
-from distributed import as_completed, wait
+from distributed import as_completed
 from zarr.codecs import BloscCodec, ZstdCodec
 
 from zarrchive.blocks import chunk_slices
@@ -117,7 +117,8 @@ def stream_regions(image: ImageRecord, plans: list[LevelPlan], budget: int = REG
 def gather_all(client: Any, futures: list[Any]) -> list[Any]:
     """The results of ``futures`` once every one has finished: a failure is raised only when no task is still
     writing into the store (which is then removed)."""
-    wait(futures)
+    for _done in as_completed(futures, loop=client.loop):  # the client's loop: there is no default client
+        pass
     return client.gather(futures)
 
 
@@ -175,7 +176,7 @@ def compress_image(image: ImageRecord, source: FileRecord, work: str, settings: 
             futures = client.map(stream_region, [source.staged_path] * len(regions), [image] * len(regions),
                                  [store] * len(regions), regions, [plans] * len(regions), pure=False)
             if progress is not None:
-                _report_progress(futures, regions, np.dtype(image.dtype).itemsize, progress)
+                _report_progress(client, futures, regions, np.dtype(image.dtype).itemsize, progress)
             for region_stored, digests in gather_all(client, futures):
                 stored.add(region_stored)
                 level0 += digests
@@ -217,13 +218,13 @@ def compress_image(image: ImageRecord, source: FileRecord, work: str, settings: 
     )
 
 
-def _report_progress(futures: list[Any], regions: list[tuple[slice, ...]], itemsize: int,
+def _report_progress(client: Any, futures: list[Any], regions: list[tuple[slice, ...]], itemsize: int,
                      progress: Callable[[int, int], None]) -> None:
     """Call ``progress(done, total)`` in bytes of level 0 as the streaming tasks finish (failed ones too)."""
     sizes = {f.key: int(np.prod([r.stop - r.start for r in region])) * itemsize for f, region in zip(futures, regions)}
     total, done = sum(sizes.values()), 0
     progress(0, total)
-    for future in as_completed(futures):
+    for future in as_completed(futures, loop=client.loop):
         done += sizes[future.key]
         progress(done, total)
 
