@@ -54,7 +54,8 @@ def _chunk_digests(block: np.ndarray, region: tuple[slice, ...], chunks: tuple[i
     digests = []
     for sub in chunk_slices(block.shape, chunks):
         start = tuple(r.start + s.start for r, s in zip(region, sub))
-        digests.append((start, hashlib.sha256(np.ascontiguousarray(block[sub]).tobytes()).hexdigest()))
+        pixels = np.ascontiguousarray(block[sub])
+        digests.append((start, hashlib.sha256(pixels.view(np.uint8).data).hexdigest()))  # hashed in place
     return digests
 
 

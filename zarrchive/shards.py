@@ -109,7 +109,7 @@ class ArrayWriter:
                 continue  # beyond the array's end
             chunk = self._padded(block[tuple(slice(o, o + k) for o, k in zip(origin, self.chunks))])
             proven += 1
-            if np.all(bits(chunk) == self.fill[0]):
+            if bits(chunk).flat[0] == self.fill[0] and np.all(bits(chunk) == self.fill[0]):
                 continue  # only the fill value (bit for bit), which is what a missing chunk reads as: not stored
             data = self.encode(chunk)
             pieces.append(data)
