@@ -7,8 +7,12 @@ from the source file straight into the compressed store.
 
 TIFF-based files (OME-TIFF and TIFF) are read through tifffile's Zarr view of
 the series, and OME-Zarr inputs through zarr, their level-0 array: only the
-pages, strips or chunks of a region are read. Other formats go through the
-bioio reader's own lazy array.
+pages, strips or chunks of a region are read. A TIFF series stored
+uncompressed in one contiguous run of the file (what microscopes and ImageJ
+write most) is read straight into the region's buffer instead, a few large
+reads at computed offsets: a copy from the page cache, about eight times less
+work than the Zarr view's per-page path. Other formats go through the bioio
+reader's own lazy array.
 """
 
 from __future__ import annotations
@@ -130,7 +134,6 @@ def read_region(path: str, layout: SourceLayout, region: tuple[slice, ...]) -> n
 
 
 def _read_tiff(path: str, layout: SourceLayout, region: tuple[slice, ...]) -> np.ndarray:
-    array = _tiff_array(path, layout.series, _version(path))
     wanted = dict(zip(layout.axes, region))
     index, kept = [], []
     for letter in layout.tiff_axes or "":
@@ -142,7 +145,9 @@ def _read_tiff(path: str, layout: SourceLayout, region: tuple[slice, ...]) -> np
             kept.append(name)
         else:
             index.append(0)  # a singleton axis the image drops (t or z of size 1, …)
-    block = array[tuple(index)]
+    raw = _tiff_raw(path, layout.series, _version(path))
+    block = (read_contiguous(path, *raw, tuple(index)) if raw
+             else _tiff_array(path, layout.series, _version(path))[tuple(index)])
     for name in layout.axes:  # an axis the file does not have (one channel): a singleton
         if name not in kept:
             block = block[..., np.newaxis]
@@ -179,6 +184,63 @@ def _tiff_array(path: str, series: int, _version: tuple[int, int]) -> Any:
 
 
 @functools.lru_cache(maxsize=4)
+def _tiff_raw(path: str, series: int, _version: tuple[int, int]) -> tuple[int, tuple[int, ...], np.dtype] | None:
+    """Where the series' pixels lie in the file when they are stored as they are held in memory (uncompressed,
+    no predictor, whole bytes per sample) in one contiguous run: its offset, shape and dtype in the file's byte
+    order. None otherwise (compressed, tiled or scattered pages: the Zarr view reads those)."""
+    import tifffile
+
+    with tifffile.TiffFile(path) as tif:
+        series_ = tif.series[series]
+        offset = series_.dataoffset
+        if offset is None or series_.dtype is None:
+            return None
+        return offset, tuple(series_.shape), np.dtype(series_.dtype).newbyteorder(tif.byteorder)
+
+
+def read_contiguous(path: str, offset: int, shape: tuple[int, ...], dtype: np.dtype,
+                    index: tuple[int | slice, ...]) -> np.ndarray:
+    """``array[index]`` (integers and step-1 slices) of the C-ordered array of ``shape`` and ``dtype`` stored at
+    ``offset`` in ``path``, read with as few reads as keep the bytes read within twice those wanted."""
+    bounds = [(i, i + 1) if isinstance(i, (int, np.integer)) else i.indices(n)[:2] for i, n in zip(index, shape)]
+    if any(b <= a for a, b in bounds):
+        raise ValueError(f"empty or reversed region {index} of {shape}")
+    wanted = int(np.prod([b - a for a, b in bounds]))
+    # axes after ``k`` are read whole, axis k in its bounds, and every combination of the axes before it is one
+    # contiguous run of the file; an axis is read whole beyond its bounds when that saves reads cheaply
+    k = len(shape) - 1
+    while k > 0 and (bounds[k] == (0, shape[k]) or
+                     int(np.prod([b - a for a, b in bounds[:k]])) * int(np.prod(shape[k:])) <= 2 * wanted):
+        k -= 1
+    extent = [b - a for a, b in bounds[:k + 1]] + list(shape[k + 1:])
+    buffer = np.empty(extent, dtype=dtype)
+    run = int(np.prod(extent[k:])) * dtype.itemsize
+    flat = memoryview(buffer.reshape(-1).view(np.uint8))
+    strides = np.cumprod((shape[1:] + (1,))[::-1])[::-1] * dtype.itemsize  # bytes per step along each axis
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        for n, outer in enumerate(np.ndindex(*extent[:k])):
+            start = offset + sum((a + i) * int(s) for (a, _b), i, s in zip(bounds, outer, strides))
+            start += bounds[k][0] * int(strides[k])
+            _read_exactly(fd, flat[n * run:(n + 1) * run], start, path)
+    finally:
+        os.close(fd)
+    crop = tuple(slice(None) if i <= k else slice(a, b) for i, (a, b) in enumerate(bounds))
+    drop = tuple(0 if isinstance(i, (int, np.integer)) else slice(None) for i in index)
+    block = buffer[crop][drop]
+    return block.astype(dtype.newbyteorder("="), copy=False) if dtype.byteorder not in "=|" else block
+
+
+def _read_exactly(fd: int, target: memoryview, offset: int, path: str) -> None:
+    done = 0
+    while done < len(target):
+        got = os.preadv(fd, [target[done:]], offset + done)
+        if got == 0:
+            raise OSError(f"{path} ends at byte {offset + done}, before the pixels it declares end")
+        done += got
+
+
+@functools.lru_cache(maxsize=4)
 def _zarr_array(path: str, array: str, _version: tuple[int, int]) -> Any:
     import zarr
 
@@ -199,5 +261,6 @@ def _bioio_array(path: str, layout: SourceLayout, _version: tuple[int, int]) -> 
 def forget_open_files() -> None:
     """Close what this process keeps open (tests and workers call it when files are replaced)."""
     _tiff_array.cache_clear()
+    _tiff_raw.cache_clear()
     _zarr_array.cache_clear()
     _bioio_array.cache_clear()

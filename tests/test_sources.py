@@ -1,0 +1,68 @@
+"""Sources: regions of uncompressed, contiguous TIFF series read straight from the file equal tifffile's pixels."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tifffile
+from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
+
+from zarrchive.sources import _tiff_raw, _version, forget_open_files, read_contiguous
+
+
+@st.composite
+def stored_regions(draw):
+    ndim = draw(st.integers(2, 5))
+    shape = tuple(draw(st.integers(1, 6)) for _ in range(ndim - 2)) + (draw(st.integers(2, 33)),
+                                                                       draw(st.integers(2, 33)))
+    dtype = np.dtype(draw(st.sampled_from(["u1", "u2", "i2", "u4", "f4", "f8"])))
+    byteorder = draw(st.sampled_from(["<", ">"]))
+    return shape, dtype, byteorder, draw(st.integers(0, 2**32 - 1))
+
+
+def _region(rng: np.random.Generator, shape: tuple[int, ...]) -> tuple[int | slice, ...]:
+    index: list[int | slice] = []
+    for n in shape:
+        if rng.random() < 0.3:
+            index.append(int(rng.integers(n)))
+        else:
+            start = int(rng.integers(n))
+            index.append(slice(start, int(rng.integers(start + 1, n + 1))))
+    return tuple(index)
+
+
+@given(stored_regions())
+@hsettings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_regions_read_from_the_file_are_tifffiles_pixels(tmp_path, case):
+    shape, dtype, byteorder, seed = case
+    rng = np.random.default_rng(seed)
+    data = (rng.random(shape) * 250).astype(dtype)
+    path = str(tmp_path / f"{seed}.tif")
+    tifffile.imwrite(path, data, byteorder=byteorder, contiguous=True)
+    forget_open_files()
+    raw = _tiff_raw(path, 0, _version(path))
+    assert raw is not None, "an uncompressed contiguous series is read from the file directly"
+    whole = tifffile.imread(path).reshape(raw[1])
+    for _ in range(4):
+        index = _region(rng, raw[1])
+        got = read_contiguous(path, *raw, index)
+        expected = whole[index]
+        assert got.dtype == expected.dtype.newbyteorder("=") and got.dtype.isnative
+        assert got.shape == expected.shape
+        np.testing.assert_array_equal(got, expected)
+
+
+def test_compressed_series_are_left_to_the_zarr_view(tmp_path):
+    path = str(tmp_path / "zlib.tif")
+    tifffile.imwrite(path, np.arange(64 * 64, dtype=np.uint16).reshape(64, 64), compression="zlib")
+    assert _tiff_raw(path, 0, _version(path)) is None
+
+
+def test_a_truncated_file_is_named(tmp_path):
+    path = tmp_path / "cut.tif"
+    tifffile.imwrite(path, np.ones((4, 64, 64), dtype=np.uint16), contiguous=True)
+    raw = _tiff_raw(str(path), 0, _version(str(path)))
+    path.write_bytes(path.read_bytes()[: raw[0] + 3 * 64 * 64 * 2 + 100])  # the fourth plane is cut
+    with pytest.raises(OSError, match="cut.tif ends at byte"):
+        read_contiguous(str(path), *raw, (slice(0, 4), slice(0, 64), slice(0, 64)))
+    np.testing.assert_array_equal(read_contiguous(str(path), *raw, (1, slice(0, 64), slice(0, 64))), 1)
