@@ -34,6 +34,25 @@ def test_downsample_is_the_rounded_block_mean(a):
     np.testing.assert_array_equal(got, np.rint(reference_mean(a)).astype(a.dtype))
 
 
+@given(st.sampled_from(["u1", "i1", "u2", "i2", "u4", "i4"]).flatmap(
+    lambda dtype: arrays(np.dtype(dtype), st.tuples(st.integers(1, 5), st.integers(1, 9), st.integers(1, 9)))),
+    st.sampled_from([(1, 2), (0, 1, 2), (2,), (0,)]))
+@hsettings(max_examples=120, deadline=None)
+def test_integer_means_round_to_nearest_even_over_any_axes(a, axes):
+    # the float64 mean is exact for these sums; rint rounds ties to even, as the integer arithmetic must
+    padded = np.pad(a, [(0, a.shape[i] % 2 if i in axes else 0) for i in range(a.ndim)], mode="edge")
+    shape = [n for i, size in enumerate(padded.shape) for n in ((size // 2, 2) if i in axes else (size,))]
+    split = padded.reshape(shape)
+    blocks = tuple(k for k, i in enumerate(_split_axes(padded.ndim, axes)) if i)
+    expected = np.rint(split.astype(np.float64).mean(axis=blocks)).astype(a.dtype)
+    np.testing.assert_array_equal(downsample_mean(a, axes), expected)
+
+
+def _split_axes(ndim: int, axes: tuple[int, ...]) -> list[bool]:
+    """For the reshaped array: True at each new axis of block offsets (after every halved axis)."""
+    return [flag for i in range(ndim) for flag in ((False, True) if i in axes else (False,))]
+
+
 def test_downsample_float_and_bool():
     f = np.arange(12, dtype=np.float32).reshape(3, 4)
     np.testing.assert_allclose(downsample_mean(f), reference_mean(f).astype(np.float32))

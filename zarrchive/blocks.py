@@ -51,16 +51,26 @@ def downsample_mean(block: np.ndarray, axes: tuple[int, ...] = (-2, -1)) -> np.n
 
 
 def _integer_mean(block: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
-    """The exact rounded mean of integer 2-blocks, in integer arithmetic (as ``np.rint`` of the float mean)."""
-    total = None
+    """The exact rounded mean of integer 2-blocks, in integer arithmetic (as ``np.rint`` of the float mean).
+
+    Pairs are summed one axis at a time, the outermost first (its pairs are whole rows, added in one vectorised
+    pass that also widens the type), each pass halving what the next reads; then rounding to nearest, ties to
+    even, in place: (total + n/2 - 1 + (floor(total / n) & 1)) >> log2(n) for n pixels per block."""
     wide = np.int64 if block.dtype.itemsize == 4 else np.int32
-    for offsets in itertools.product(*[(0, 1) if i in axes else (None,) for i in range(block.ndim)]):
-        view = block[tuple(slice(o, None, 2) if o is not None else slice(None) for o in offsets)]
-        total = view.astype(wide) if total is None else np.add(total, view, dtype=wide, out=total)
-    n = 1 << len(axes)
-    quotient, remainder = total >> len(axes), total & (n - 1)  # floor division and its remainder, also below 0
-    quotient += (remainder > n // 2) | ((remainder == n // 2) & (quotient & 1).astype(bool))
-    return quotient.astype(block.dtype)
+    total = block
+    for axis in axes:  # sorted, outermost first
+        pick = [slice(None)] * block.ndim
+        pick[axis] = slice(0, None, 2)
+        even = total[tuple(pick)]
+        pick[axis] = slice(1, None, 2)
+        total = np.add(even, total[tuple(pick)], dtype=wide)
+    k = len(axes)
+    odd = total >> k  # floor division, also below 0
+    odd &= 1
+    total += odd
+    total += (1 << (k - 1)) - 1
+    total >>= k
+    return total.astype(block.dtype)
 
 
 def downsample_mode(block: np.ndarray, axes: tuple[int, ...] = (-2, -1)) -> np.ndarray:
