@@ -5,6 +5,10 @@ is what the archive would publish), on a Dask cluster started for the call,
 without Prefect. A file with one series becomes one image group; a file with
 several becomes a bioformats2raw-layout group with one image per series
 (``0``, ``1``, …). The output appears only when complete.
+
+Start-up is overlapped: the source is hashed and the cluster's workers start
+in threads while this process imports the readers, so a call costs little
+more than its pixel work.
 """
 
 from __future__ import annotations
@@ -18,17 +22,11 @@ from pathlib import Path
 from typing import Callable
 
 import fsspec
-import zarr
 
-from zarrchive.cluster import cluster_for_run
-from zarrchive.config import Settings
+from zarrchive.config import ClusterSettings, Settings
 from zarrchive.errors import InputError
-from zarrchive.ngff import ZARR_FORMAT, validate_image
 from zarrchive.records import FileRecord
 from zarrchive.storage import is_zarr_store, resolve, sha256_stream, store_tree_digest
-from zarrchive.tasks.compress import compress_image
-from zarrchive.tasks.convert import convert_file
-from zarrchive.tasks.pyramid import build_pyramid
 
 Progress = Callable[..., None]  # progress(message) at each step; progress(message, done, total) in bytes
 
@@ -44,11 +42,19 @@ def convert_to_ome_zarr(source: str, output: str, settings: Settings, progress: 
         raise InputError(source, "not found, or neither a file nor a Zarr store")
     target.resolve().parent.mkdir(parents=True, exist_ok=True)  # the work folder sits beside the output
     with tempfile.TemporaryDirectory(prefix="zarrchive-convert-", dir=target.resolve().parent) as work, \
-            contextlib.ExitStack() as stack, ThreadPoolExecutor(1) as pool:
-        starting = pool.submit(stack.enter_context, cluster_for_run(settings.cluster))  # starts while we read
+            contextlib.ExitStack() as stack, ThreadPoolExecutor(2) as pool:
         progress(f"reading {path.name}")
         fs, local = resolve(str(path))
-        size, sha256 = sha256_stream(fs, local) if path.is_file() else store_tree_digest(fs, local)
+        hashing = pool.submit(sha256_stream if path.is_file() else store_tree_digest, fs, local)
+        starting = pool.submit(_start_cluster, stack, settings.cluster)
+        import zarr  # the heavy imports, while the source is hashed and the workers start
+
+        from zarrchive.ngff import ZARR_FORMAT, validate_image
+        from zarrchive.tasks.compress import compress_image
+        from zarrchive.tasks.convert import convert_file
+        from zarrchive.tasks.pyramid import build_pyramid
+
+        size, sha256 = hashing.result()
         record = FileRecord(path=path.name, source_uri=str(path.resolve()), staged_path=str(path.resolve()),
                             size=size, sha256=sha256, kind="image")  # read in place: the source is only ever read
         images = convert_file(record, None, work, settings.convert)
@@ -80,3 +86,9 @@ def convert_to_ome_zarr(source: str, output: str, settings: Settings, progress: 
         os.replace(staged, target)
     progress(f"wrote {target}")
     return groups
+
+
+def _start_cluster(stack: contextlib.ExitStack, settings: ClusterSettings) -> str:
+    from zarrchive.cluster import cluster_for_run  # distributed: imported in this thread, beside the readers
+
+    return stack.enter_context(cluster_for_run(settings))
