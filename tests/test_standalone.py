@@ -99,3 +99,38 @@ def test_an_ome_zarr_input_is_rechunked_recompressed_and_revalidated(tmp_path, c
     group = zarr.open_group(out, mode="r")
     assert group.attrs["ome"]["version"] == "0.5" and group["0"].chunks == (1, 16, 16)
     np.testing.assert_array_equal(group["0"][...], data)
+
+
+def test_a_source_changed_while_being_converted_fails_and_writes_nothing(tmp_path):
+    import os
+
+    from zarrchive.config import load_settings
+    from zarrchive.errors import InputError
+    from zarrchive.standalone import convert_to_ome_zarr
+
+    source = ome_tiff(tmp_path / "live.ome.tif", random_image((1, 2, 40, 30)), "CZYX")
+    before = source.read_bytes()
+
+    def touch_while_writing(message, *counts):  # as an acquisition still writing the file would
+        if message.startswith("convert, pyramid"):
+            stat = source.stat()
+            os.utime(source, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+
+    settings = load_settings(overrides={"cluster": {"n_workers": 1, "threads_per_worker": 1}})
+    with pytest.raises(InputError, match="live.ome.tif: changed while it was being converted"):
+        convert_to_ome_zarr(str(source), str(tmp_path / "out.ome.zarr"), settings, touch_while_writing)
+    assert not (tmp_path / "out.ome.zarr").exists() and source.read_bytes() == before
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith("zarrchive-convert-")]
+
+
+def test_a_multi_file_ome_tiff_set_converts_from_its_first_file(tmp_path, config_file, capsys):
+    from builders import ome_tiff_file_set
+
+    data = random_image((6, 32, 40))
+    first, second, _third = ome_tiff_file_set(tmp_path / "set", data, ["t_0.ome.tif", "t_1.ome.tif", "t_2.ome.tif"])
+    out = tmp_path / "set.ome.zarr"
+    assert main(["convert", str(first), str(out), "--config", config_file()]) == 0
+    np.testing.assert_array_equal(zarr.open_array(out / "0", mode="r")[0], data)  # every member's planes
+    second.unlink()
+    assert main(["convert", str(first), str(tmp_path / "again.ome.zarr"), "--config", config_file()]) == 1
+    assert "t_1.ome.tif" in capsys.readouterr().err and not (tmp_path / "again.ome.zarr").exists()

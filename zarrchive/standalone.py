@@ -6,14 +6,19 @@ without Prefect. A file with one series becomes one image group; a file with
 several becomes a bioformats2raw-layout group with one image per series
 (``0``, ``1``, …). The output appears only when complete.
 
-Start-up is overlapped: the source is hashed and the cluster's workers start
-in threads while this process imports the readers, so a call costs little
-more than its pixel work.
+The source is only read, in place, and not hashed: nothing of the output
+records its checksum (an archive run hashes every file when it fetches it),
+so the run's private work folder names it by its path, size and modification
+time, which are checked again at the end: a source that changed while it was
+being converted fails the call rather than giving an output of two files.
+The cluster's workers start in a thread while this process imports the
+readers, so a call costs little more than its pixel work.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import shutil
 import tempfile
@@ -26,7 +31,7 @@ import fsspec
 from zarrchive.config import ClusterSettings, Settings
 from zarrchive.errors import InputError
 from zarrchive.records import FileRecord
-from zarrchive.storage import is_zarr_store, resolve, sha256_stream, store_tree_digest
+from zarrchive.storage import is_zarr_store
 
 Progress = Callable[..., None]  # progress(message) at each step; progress(message, done, total) in bytes
 
@@ -42,22 +47,23 @@ def convert_to_ome_zarr(source: str, output: str, settings: Settings, progress: 
         raise InputError(source, "not found, or neither a file nor a Zarr store")
     target.resolve().parent.mkdir(parents=True, exist_ok=True)  # the work folder sits beside the output
     with tempfile.TemporaryDirectory(prefix="zarrchive-convert-", dir=target.resolve().parent) as work, \
-            contextlib.ExitStack() as stack, ThreadPoolExecutor(2) as pool:
+            contextlib.ExitStack() as stack, ThreadPoolExecutor(1) as pool:
         progress(f"reading {path.name}")
-        fs, local = resolve(str(path))
-        hashing = pool.submit(sha256_stream if path.is_file() else store_tree_digest, fs, local)
         starting = pool.submit(_start_cluster, stack, settings.cluster)
-        import zarr  # the heavy imports, while the source is hashed and the workers start
+        import zarr  # the heavy imports, while the workers start
 
         from zarrchive.ngff import ZARR_FORMAT, validate_image
         from zarrchive.tasks.compress import compress_image
         from zarrchive.tasks.convert import convert_file
         from zarrchive.tasks.pyramid import build_pyramid
 
-        size, sha256 = hashing.result()
+        before = fingerprint(path)
         record = FileRecord(path=path.name, source_uri=str(path.resolve()), staged_path=str(path.resolve()),
-                            size=size, sha256=sha256, kind="image")  # read in place: the source is only ever read
-        images = convert_file(record, None, work, settings.convert)
+                            size=before[0], sha256=before[1], kind="image")
+        # the other files beside it: members a multi-file OME-TIFF set may name, identified the same way
+        beside = {p.name: fingerprint(p)[1] for p in path.resolve().parent.iterdir()
+                  if p.name != path.name and p.is_file()} if path.is_file() else None
+        images = convert_file(record, None, work, settings.convert, beside)
         scheduler = starting.result()
         staged = Path(work) / "result.ome.zarr"
         if len(images) > 1:
@@ -81,11 +87,24 @@ def convert_to_ome_zarr(source: str, output: str, settings: Settings, progress: 
             zarr.open_group(str(staged), mode="a", zarr_format=ZARR_FORMAT[ngff]).update_attributes(
                 {"ome": {"version": ngff, "bioformats2raw.layout": 3}} if ngff == "0.5"
                 else {"bioformats2raw.layout": 3})
+        if fingerprint(path) != before:
+            raise InputError(source, "changed while it was being converted (its size or modification time): "
+                                     "nothing was written; convert it again once it is complete")
         if target.exists():
             shutil.rmtree(target)
         os.replace(staged, target)
     progress(f"wrote {target}")
     return groups
+
+
+def fingerprint(path: Path) -> tuple[int, str]:
+    """Size and a stand-in for the sha256 of a file or Zarr store that is not hashed: the sha256 of its resolved
+    path and of the size and modification time of every file it is made of."""
+    path = path.resolve()
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    stats = [(str(p.relative_to(path)) if p != path else "", p.stat()) for p in files]
+    text = "\n".join([str(path)] + [f"{rel}\0{st.st_size}\0{st.st_mtime_ns}" for rel, st in stats])
+    return sum(st.st_size for _rel, st in stats), hashlib.sha256(text.encode()).hexdigest()
 
 
 def _start_cluster(stack: contextlib.ExitStack, settings: ClusterSettings) -> str:
