@@ -153,9 +153,11 @@ def display_windows(store: str, image: ImageRecord) -> list[tuple[float, float]]
 
 
 def compress_image(image: ImageRecord, source: FileRecord, work: str, settings: CompressSettings,
-                   scheduler: str, progress: Callable[[int, int], None] | None = None) -> CompressionReport:
+                   scheduler: str, progress: Callable[[int, int], None] | None = None,
+                   level0_digest: bool = True) -> CompressionReport:
     """Write every level of ``image`` from its source file into a compressed OME-Zarr under ``<work>/compress/``,
-    proving each write lossless; ``progress(done, total)`` hears the bytes of level 0 written so far."""
+    proving each write lossless; ``progress(done, total)`` hears the bytes of level 0 written so far. Without
+    ``level0_digest`` the report has no digest of level 0's pixels (QC's re-check; the proof stays)."""
     if source.sha256 != image.source_sha256:
         raise InputError(source.path, "the staged file is not the one the image was converted from "
                                       f"(sha256 {source.sha256[:12]}…, expected {image.source_sha256[:12]}…)")
@@ -174,7 +176,8 @@ def compress_image(image: ImageRecord, source: FileRecord, work: str, settings: 
                                   dtype=image.dtype, fill_value=0, **array_layout(plan, codec, axes, settings.ngff))
             regions = stream_regions(image, plans, region_budget(client))
             futures = client.map(stream_region, [source.staged_path] * len(regions), [image] * len(regions),
-                                 [store] * len(regions), regions, [plans] * len(regions), pure=False)
+                                 [store] * len(regions), regions, [plans] * len(regions),
+                                 [level0_digest] * len(regions), pure=False)
             if progress is not None:
                 _report_progress(client, futures, regions, np.dtype(image.dtype).itemsize, progress)
             for region_stored, digests in gather_all(client, futures):
@@ -213,7 +216,8 @@ def compress_image(image: ImageRecord, source: FileRecord, work: str, settings: 
         image_id=image.image_id, store=final, codec=choice, selection=selection,
         bytes_in=bytes_in, bytes_out=bytes_out, ratio=round(bytes_in / bytes_out, 4) if bytes_out else 0.0,
         seconds=round(time.perf_counter() - started, 3), chunks_verified=stored.chunks,
-        level0_sha256=hashlib.sha256("".join(d for _s, d in sorted(level0)).encode()).hexdigest(),
+        level0_sha256=hashlib.sha256("".join(d for _s, d in sorted(level0)).encode()).hexdigest()
+        if level0_digest else None,
         store_sha256=digest,
     )
 

@@ -84,6 +84,19 @@ def test_streamed_and_small_levels_alike_are_block_means(tmp_path, settings, sch
     assert_levels_are_block_means(report, image, data[None])
 
 
+def test_without_the_level0_digest_the_same_store_is_written_and_proven(source, tmp_path, settings, scheduler):
+    path, data = source
+    fixed = settings.compress.model_copy(update={"profile": "fixed"})
+    conv = settings.convert.model_copy(update={"chunk_xy": 64})
+    record = staged(path)
+    [image] = [build_pyramid(i, settings.pyramid) for i in convert_file(record, None, str(tmp_path / "w"), conv)]
+    with_digest = compress_image(image, record, str(tmp_path / "a"), fixed, scheduler)
+    without = compress_image(image, record, str(tmp_path / "b"), fixed, scheduler, level0_digest=False)
+    assert with_digest.level0_sha256 and without.level0_sha256 is None
+    assert without.store_sha256 == with_digest.store_sha256 and without.chunks_verified == with_digest.chunks_verified
+    assert_levels_are_block_means(without, image, data)
+
+
 def test_store_digest_changes_when_any_byte_does(source, tmp_path, settings, scheduler):
     path, _ = source
     fixed = {"profile": "fixed"}  # a chosen codec may differ between runs (speeds are measured)

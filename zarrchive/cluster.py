@@ -48,12 +48,13 @@ def worker_malloc(memory_limit: int | None) -> dict[str, int]:
 
 
 @contextlib.contextmanager
-def cluster_for_run(settings: ClusterSettings) -> Iterator[str]:
-    """Yield the scheduler address of the run's cluster (started here unless ``settings.address`` is given)."""
+def cluster_for_run(settings: ClusterSettings, dashboard: bool = True) -> Iterator[str]:
+    """Yield the scheduler address of the run's cluster (started here unless ``settings.address`` is given);
+    a LocalCluster started without ``dashboard`` starts faster (no Bokeh), for callers that show no link."""
     if settings.kind == "address":
         yield settings.address
         return
-    cluster = slurm_cluster(settings) if settings.kind == "slurm" else local_cluster(settings)
+    cluster = slurm_cluster(settings) if settings.kind == "slurm" else local_cluster(settings, dashboard)
     try:
         if settings.kind == "slurm":
             submit_jobs(cluster, settings.slurm)
@@ -75,14 +76,16 @@ def local_sizes(settings: ClusterSettings) -> tuple[int, int]:
     return n_workers, parse_bytes(settings.memory_limit)
 
 
-def local_cluster(settings: ClusterSettings) -> LocalCluster:
-    """A LocalCluster of worker processes on loopback, with explicit memory limits and thresholds."""
+def local_cluster(settings: ClusterSettings, dashboard: bool = True) -> LocalCluster:
+    """A LocalCluster of worker processes on loopback, with explicit memory limits and thresholds, and its
+    dashboard on a free port (unless not ``dashboard``)."""
     n_workers, memory_limit = local_sizes(settings)
     malloc = {f"distributed.nanny.pre-spawn-environ.{k}": v for k, v in worker_malloc(memory_limit).items()}
     with dask.config.set(scheduler_config(settings) | worker_memory_config(settings.worker_memory) | malloc):
         # the nannies keep this configuration for the workers they start, restarts included
         return LocalCluster(n_workers=n_workers, threads_per_worker=settings.threads_per_worker,
-                            memory_limit=memory_limit, processes=True, dashboard_address=":0", host="127.0.0.1",
+                            memory_limit=memory_limit, processes=True, host="127.0.0.1",
+                            dashboard_address=":0" if dashboard else None,
                             preload=list(WORKER_MODULES))  # imported as each worker starts, in parallel
 
 

@@ -60,9 +60,10 @@ def _chunk_digests(block: np.ndarray, region: tuple[slice, ...], chunks: tuple[i
 
 
 def stream_region(source: str, image: ImageRecord, store: str, region: tuple[slice, ...],
-                  plans: list[LevelPlan]) -> tuple[Stored, list[tuple]]:
+                  plans: list[LevelPlan], digests: bool = True) -> tuple[Stored, list[tuple]]:
     """Read ``region`` of the source once and write it, and each streamed level below it, proven; return what
-    was stored and the digests of the level-0 chunks (their start and the sha256 of their pixels)."""
+    was stored and the digests of the level-0 chunks (their start and the sha256 of their pixels; none unless
+    ``digests``)."""
     shown_as = image.source_path if image.series == 0 else f"{image.source_path} [series {image.series}]"
     try:
         block = read_region(source, image.layout, region)
@@ -73,14 +74,14 @@ def stream_region(source: str, image: ImageRecord, store: str, region: tuple[sli
     if block.shape != expected or block.dtype != np.dtype(image.dtype):
         raise InputError(shown_as, f"the reader gave {block.shape} {block.dtype} pixels for a region of "
                                    f"{expected} {image.dtype}")
-    digests = _chunk_digests(block, region, plans[0].level.chunks)
+    level0 = _chunk_digests(block, region, plans[0].level.chunks) if digests else []
     streamed = [p for p in plans if p.streamed]
     stored = Stored()
     for plan, level_region in zip(streamed, scaled(region, streamed)):
         if plan.halved:
             block = downsample(block, plan.halved, plan.level.downsampling)
         stored.add(ArrayWriter.open(f"{store}/{plan.level.path}").write(level_region, block, f"{plan.level.path}/"))
-    return stored, digests
+    return stored, level0
 
 
 def downsample_regions(store: str, above: str, plan: LevelPlan, regions: list[tuple[slice, ...]]) -> Stored:

@@ -340,7 +340,8 @@ class CompressionReport(Record):
     ratio: float
     seconds: float
     chunks_verified: int
-    level0_sha256: str  # digest over level 0's decoded chunks, in chunk order
+    level0_sha256: str | None  # digest over level 0's chunks, in chunk order (what QC re-checks; None: not taken,
+    #                              by ``zarrchive convert``, which runs no QC)
     store_sha256: str  # digest over every object of the store (path + sha256)
     selection: CodecSelection | None = None  # how the codec was chosen (None: a fixed codec)
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib
 import os
 import shutil
 import tempfile
@@ -49,6 +50,8 @@ def convert_to_ome_zarr(source: str, output: str, settings: Settings, progress: 
     with tempfile.TemporaryDirectory(prefix="zarrchive-convert-", dir=target.resolve().parent) as work, \
             contextlib.ExitStack() as stack, ThreadPoolExecutor(1) as pool:
         progress(f"reading {path.name}")
+        importlib.import_module("zarrchive.cluster")  # distributed first, so the workers start soonest
+
         starting = pool.submit(_start_cluster, stack, settings.cluster)
         import zarr  # the heavy imports, while the workers start
 
@@ -73,7 +76,8 @@ def convert_to_ome_zarr(source: str, output: str, settings: Settings, progress: 
             image = build_pyramid(image, settings.pyramid)
             progress(f"convert, pyramid, compress and verify {image.image_id}")
             report = compress_image(image, record, work, settings.compress, scheduler,
-                                    lambda done, total, step=f"write {image.image_id}": progress(step, done, total))
+                                    lambda done, total, step=f"write {image.image_id}": progress(step, done, total),
+                                    level0_digest=False)  # what QC re-checks: no QC here
             if problems := validate_image(report.store):
                 raise InputError(source, f"the output does not validate as OME-NGFF: {'; '.join(problems)}")
             if len(images) == 1:
@@ -108,6 +112,6 @@ def fingerprint(path: Path) -> tuple[int, str]:
 
 
 def _start_cluster(stack: contextlib.ExitStack, settings: ClusterSettings) -> str:
-    from zarrchive.cluster import cluster_for_run  # distributed: imported in this thread, beside the readers
+    from zarrchive.cluster import cluster_for_run
 
-    return stack.enter_context(cluster_for_run(settings))
+    return stack.enter_context(cluster_for_run(settings, dashboard=False))  # no Prefect run to link it from
