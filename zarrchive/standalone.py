@@ -21,6 +21,7 @@ import contextlib
 import hashlib
 import importlib
 import os
+import posixpath
 import shutil
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
@@ -32,6 +33,7 @@ import fsspec
 from zarrchive.config import ClusterSettings, Settings
 from zarrchive.errors import InputError
 from zarrchive.records import FileRecord
+from zarrchive.sources import ome_tiff_set
 from zarrchive.storage import is_zarr_store
 
 Progress = Callable[..., None]  # progress(message) at each step; progress(message, done, total) in bytes
@@ -63,9 +65,10 @@ def convert_to_ome_zarr(source: str, output: str, settings: Settings, progress: 
         before = fingerprint(path)
         record = FileRecord(path=path.name, source_uri=str(path.resolve()), staged_path=str(path.resolve()),
                             size=before[0], sha256=before[1], kind="image")
-        # the other files beside it: members a multi-file OME-TIFF set may name, identified the same way
-        beside = {p.name: fingerprint(p)[1] for p in path.resolve().parent.iterdir()
-                  if p.name != path.name and p.is_file()} if path.is_file() else None
+        # the other members of a multi-file OME-TIFF set it belongs to, identified the same way
+        members = [posixpath.normpath(name) for name in ome_tiff_set(str(path))] if path.is_file() else []
+        beside = {name: fingerprint(path.parent / name)[1] for name in members
+                  if name != path.name and (path.parent / name).is_file()}
         images = convert_file(record, None, work, settings.convert, beside)
         scheduler = starting.result()
         staged = Path(work) / "result.ome.zarr"
