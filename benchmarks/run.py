@@ -1,11 +1,13 @@
 """Benchmark: zarrchive's convert + pyramid + compress + verify against its peers, on the same inputs, in one run.
 
     .venv/bin/pip install -e ".[bench]"          # ngff-zarr and psutil
-    .venv/bin/python benchmarks/run.py --size 1GiB [--size 4GiB] [--inputs DIR] [--tools a,b] [--repeat N]
+    .venv/bin/python benchmarks/run.py --size 1GiB [--size 4GiB] [--inputs DIR] [--samples] [--tools a,b] [--repeat N]
                                        [--out FILE]
 
 Inputs: synthetic uint16 z-stacks of each ``--size`` (smooth background, Gaussian blobs, shot and read noise,
-written plane by plane as TIFF and cached in ``--workdir``), plus every TIFF in ``--inputs``.
+written plane by plane as TIFF and cached in ``--workdir``), plus every TIFF in ``--inputs`` and, with ``--samples``,
+the real microscopy images scikit-image ships (``samples``; without ``--size`` no synthetic input is made unless
+nothing else is given).
 Each input is read once before the tools run, so all of them read it from the page cache. Each tool runs in a
 fresh process (``run.py --tool NAME INPUT OUTPUT``); the parent measures wall time, CPU
 time of the whole process tree (Dask workers included) and its peak RSS (sampled every 0.1 s), then checks the
@@ -77,6 +79,25 @@ def synthetic(path: Path, nbytes: int, seed: int = 0) -> Path:
                       resolution=(1 / 0.2, 1 / 0.2))
     tmp.replace(path)
     return path
+
+
+def samples(folder: Path) -> list[Path]:
+    """The real microscopy images scikit-image installs with itself (no download), as TIFF z-stacks of their
+    planes: ``cell`` (a cell in saline, 8-bit grey) and ``ihc`` (an immunohistochemistry section, the three colour
+    planes of an 8-bit RGB image as three planes)."""
+    import tifffile
+    from skimage import data
+
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    for name, image in (("cell", data.cell()), ("ihc", data.immunohistochemistry())):
+        planes = image[None] if image.ndim == 2 else np.moveaxis(image, -1, 0)
+        path = folder / f"sample-{name}.tif"
+        if not path.exists():
+            tifffile.imwrite(path, np.ascontiguousarray(planes), contiguous=True, photometric="minisblack",
+                             metadata={"axes": "ZYX"})
+        out.append(path)
+    return out
 
 
 def warm(path: Path) -> None:
@@ -189,6 +210,7 @@ TOOLS: dict[str, Callable[[str, str], None]] = {
     "ceiling": tool_ceiling,
 }
 ZARRCHIVE = ("zarrchive-compat", "zarrchive-max")
+SPEED_INPUT = 10**9  # the speed and memory targets hold for inputs of at least 1 GB
 
 
 # ---------------------------------------------------------------- measuring
@@ -364,7 +386,10 @@ def targets(rows: list[dict[str, Any]]) -> list[str]:
             continue
         peers = {t: r for t, r in ok.items() if t not in ZARRCHIVE and t != "ceiling"}
         verdict = lambda good: "PASS" if good else "FAIL"  # noqa: E731
-        if peers:
+        timed = ours["input_bytes"] >= SPEED_INPUT
+        if not timed:
+            lines.append(f"{name}: speed targets apply to inputs of at least 1 GB (start-up would dominate)")
+        if peers and timed:
             fastest = max(peers.values(), key=lambda r: r["mb_s"])
             lines.append(f"{name}: compat vs fastest peer ({fastest['tool']}): {ours['mb_s'] / fastest['mb_s']:.2f}x "
                          f"-> {verdict(ours['mb_s'] > fastest['mb_s'])} (target: faster)")
@@ -374,7 +399,7 @@ def targets(rows: list[dict[str, Any]]) -> list[str]:
                 lines.append(f"{name}: compat vs fastest anti-aliased peer ({best['tool']}): "
                              f"{ours['mb_s'] / best['mb_s']:.2f}x -> {verdict(ours['mb_s'] >= 3 * best['mb_s'])} "
                              "(target: >= 3x)")
-        if "ceiling" in ok:
+        if "ceiling" in ok and timed:
             share = ours["mb_s"] / ok["ceiling"]["mb_s"]
             lines.append(f"{name}: compat vs bare-copy ceiling: {share:.0%} -> {verdict(share >= 0.6)} (target: >= 60%)")
         if "zarrchive-max" in ok and ok["zarrchive-max"].get("codec_sizes"):
@@ -393,7 +418,7 @@ def targets(rows: list[dict[str, Any]]) -> list[str]:
                     lines.append(f"{name}: {tool} bytes / ome-zarr-py default bytes: {rel:.3f} -> "
                                  f"{verdict(rel <= bar)} (target: <= {bar})")
     rss = sorted((r["input_bytes"], r["peak_rss_mib"]) for r in rows
-                 if r["tool"] == "zarrchive-compat" and "error" not in r)
+                 if r["tool"] == "zarrchive-compat" and "error" not in r and r["input_bytes"] >= SPEED_INPUT)
     if len(rss) > 1:
         growth = rss[-1][1] / rss[0][1]
         lines.append(f"zarrchive-compat peak RSS {rss[0][1]:.0f} -> {rss[-1][1]:.0f} MiB as the input grows "
@@ -407,6 +432,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tool", nargs=3, metavar=("NAME", "INPUT", "OUTPUT"), help=argparse.SUPPRESS)
     parser.add_argument("--size", action="append", help="synthetic input size, e.g. 1GiB (repeatable)")
     parser.add_argument("--inputs", help="a folder of real TIFF/OME-TIFF files to include")
+    parser.add_argument("--samples", action="store_true",
+                        help="include the real microscopy images scikit-image ships (small: for sizes, not speed)")
     parser.add_argument("--tools", default=",".join(TOOLS), help="comma-separated (default: all)")
     parser.add_argument("--repeat", type=int, default=1, help="runs per tool and input; the median (by wall time) "
                                                                 "is reported, every wall time is kept in the JSON")
@@ -420,7 +447,10 @@ def main(argv: list[str] | None = None) -> int:
 
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
-    inputs = [synthetic(work / f"synthetic-{s}.tif", parse_size(s)) for s in (args.size or ["1GiB"])]
+    sizes = args.size or ([] if args.inputs or args.samples else ["1GiB"])
+    inputs = [synthetic(work / f"synthetic-{s}.tif", parse_size(s)) for s in sizes]
+    if args.samples:
+        inputs += samples(work / "samples")
     if args.inputs:
         inputs += sorted(p for p in Path(args.inputs).iterdir() if p.suffix.lower() in (".tif", ".tiff"))
     rows = []

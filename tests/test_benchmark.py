@@ -23,6 +23,50 @@ def test_benchmark_runs_and_writes_its_result(tmp_path):
     assert ours["level0_exact"] and ours["valid"] is True and ours["anti_aliased"]
     assert ours["ratio"] > 1 and ours["files"] > 0 and ours["peak_rss_mib"] > 0 and ours["cpu_s"] > 0
     assert rows["ceiling"]["level0_exact"] and len(rows["ceiling"]["walls_s"]) == 2  # --repeat: every run kept
-    assert any("bare-copy ceiling" in line for line in result["targets"])
+    assert any("speed targets apply to inputs of at least 1 GB" in line for line in result["targets"])
     assert result["versions"]["zarr"].startswith("3.") and result["machine"]["cpus"] >= 1
     assert "zarrchive-compat" in done.stdout and "MB/s" in done.stdout
+
+
+def _bench():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_run", SCRIPT)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    return bench
+
+
+def test_speed_targets_are_judged_on_inputs_of_a_gigabyte_or_more():
+    bench = _bench()
+
+    def row(tool, size, mb_s, rss=900.0, anti_aliased=False):
+        return {"input": f"in-{size}", "input_bytes": size, "tool": tool, "mb_s": mb_s, "peak_rss_mib": rss,
+                "anti_aliased": anti_aliased, "out_bytes": 1}
+
+    big, small = 2 * 10**9, 10**6
+    rows = [row("zarrchive-compat", big, 200.0), row("bioio-ome-zarr", big, 150.0),
+            row("ome-zarr-py-matched", big, 100.0, anti_aliased=True), row("ceiling", big, 400.0),
+            row("zarrchive-compat", 2 * big, 210.0, rss=950.0),
+            row("zarrchive-compat", small, 1.0, rss=300.0), row("ceiling", small, 5.0)]
+    lines = bench.targets(rows)
+    assert f"in-{big}: compat vs fastest peer (bioio-ome-zarr): 1.33x -> PASS (target: faster)" in lines
+    assert any(line.startswith(f"in-{big}: compat vs fastest anti-aliased peer") and "2.00x -> FAIL" in line
+               for line in lines)
+    assert f"in-{big}: compat vs bare-copy ceiling: 50% -> FAIL (target: >= 60%)" in lines
+    assert f"in-{small}: speed targets apply to inputs of at least 1 GB (start-up would dominate)" in lines
+    assert not any(line.startswith(f"in-{small}: compat vs") for line in lines)
+    assert any("peak RSS 900 -> 950 MiB" in line and "PASS" in line for line in lines)  # the small input left out
+
+
+def test_the_real_samples_are_z_stacks_of_their_planes(tmp_path):
+    import numpy as np
+    import tifffile
+    from skimage import data
+
+    cell, ihc = _bench().samples(tmp_path)
+    with tifffile.TiffFile(cell) as tif:
+        assert len(tif.pages) == 1 and np.array_equal(tif.pages[0].asarray(), data.cell())
+    with tifffile.TiffFile(ihc) as tif:  # the RGB image's colour planes, one page each
+        assert len(tif.pages) == 3
+        assert np.array_equal(tif.pages[2].asarray(), data.immunohistochemistry()[..., 2])
