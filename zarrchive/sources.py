@@ -195,6 +195,8 @@ def _tiff_raw(path: str, series: int, _version: tuple[int, int]) -> tuple[int, t
         offset = series_.dataoffset
         if offset is None or series_.dtype is None:
             return None
+        if any(page is None or page.parent is not tif for page in series_.pages):
+            return None  # pages in other files (a multi-file OME-TIFF set): their offsets are in those files
         return offset, tuple(series_.shape), np.dtype(series_.dtype).newbyteorder(tif.byteorder)
 
 
