@@ -66,3 +66,10 @@ def test_a_truncated_file_is_named(tmp_path):
     with pytest.raises(OSError, match="cut.tif ends at byte"):
         read_contiguous(str(path), *raw, (slice(0, 4), slice(0, 64), slice(0, 64)))
     np.testing.assert_array_equal(read_contiguous(str(path), *raw, (1, slice(0, 64), slice(0, 64))), 1)
+
+
+def test_a_multi_file_set_is_left_to_the_zarr_view(tmp_path):
+    from builders import ome_tiff_file_set, random_image
+
+    first, _second = ome_tiff_file_set(tmp_path / "set", random_image((4, 16, 16)), ["a.ome.tif", "b.ome.tif"])
+    assert _tiff_raw(str(first), 0, _version(str(first))) is None  # its pages' offsets are in two files

@@ -195,9 +195,10 @@ def _tiff_raw(path: str, series: int, _version: tuple[int, int]) -> tuple[int, t
         offset = series_.dataoffset
         if offset is None or series_.dtype is None:
             return None
-        if any(page is None or page.parent is not tif for page in series_.pages):
-            return None  # pages in other files (a multi-file OME-TIFF set): their offsets are in those files
-        return offset, tuple(series_.shape), np.dtype(series_.dtype).newbyteorder(tif.byteorder)
+        found = offset, tuple(series_.shape), np.dtype(series_.dtype).newbyteorder(tif.byteorder)
+    if ome_tiff_set(path):
+        return None  # a multi-file OME-TIFF set: some pages, and their offsets, are in the other files
+    return found
 
 
 def read_contiguous(path: str, offset: int, shape: tuple[int, ...], dtype: np.dtype,
