@@ -77,15 +77,19 @@ def tiff_axes(path: str, img: Any) -> str | None:
 def ome_tiff_set(path: str) -> list[str]:
     """The files of the multi-file OME-TIFF set ``path`` belongs to (names relative to its folder, in the order
     of their planes); [] for a file that holds its own planes, or is no OME-TIFF."""
-    from xml.etree import ElementTree
-
     import tifffile
 
     try:
         with tifffile.TiffFile(path) as tif:
-            xml = tif.ome_metadata
+            return _set_members(path, tif.ome_metadata)
     except Exception:  # not a TIFF at all
         return []
+
+
+def _set_members(path: str, xml: str | None) -> list[str]:
+    """``ome_tiff_set`` from the file's OME-XML (None: no OME-TIFF)."""
+    from xml.etree import ElementTree
+
     if not xml:
         return []
     names: list[str] = []
@@ -195,10 +199,9 @@ def _tiff_raw(path: str, series: int, _version: tuple[int, int]) -> tuple[int, t
         offset = series_.dataoffset
         if offset is None or series_.dtype is None:
             return None
-        found = offset, tuple(series_.shape), np.dtype(series_.dtype).newbyteorder(tif.byteorder)
-    if ome_tiff_set(path):
-        return None  # a multi-file OME-TIFF set: some pages, and their offsets, are in the other files
-    return found
+        if _set_members(path, tif.ome_metadata):
+            return None  # a multi-file OME-TIFF set: some pages, and their offsets, are in the other files
+        return offset, tuple(series_.shape), np.dtype(series_.dtype).newbyteorder(tif.byteorder)
 
 
 def read_contiguous(path: str, offset: int, shape: tuple[int, ...], dtype: np.dtype,

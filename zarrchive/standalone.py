@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import importlib
 import os
 import posixpath
 import shutil
@@ -30,7 +29,7 @@ from typing import Callable
 
 import fsspec
 
-from zarrchive.config import ClusterSettings, Settings
+from zarrchive.config import Settings
 from zarrchive.errors import InputError
 from zarrchive.records import FileRecord
 from zarrchive.sources import ome_tiff_set
@@ -52,9 +51,10 @@ def convert_to_ome_zarr(source: str, output: str, settings: Settings, progress: 
     with tempfile.TemporaryDirectory(prefix="zarrchive-convert-", dir=target.resolve().parent) as work, \
             contextlib.ExitStack() as stack, ThreadPoolExecutor(1) as pool:
         progress(f"reading {path.name}")
-        importlib.import_module("zarrchive.cluster")  # distributed first, so the workers start soonest
+        from zarrchive.cluster import cluster_for_run  # distributed first, so the workers start soonest
 
-        starting = pool.submit(_start_cluster, stack, settings.cluster)
+        # no dashboard: there is no Prefect run to link it from
+        starting = pool.submit(stack.enter_context, cluster_for_run(settings.cluster, dashboard=False))
         import zarr  # the heavy imports, while the workers start
 
         from zarrchive.ngff import ZARR_FORMAT, validate_image
@@ -113,8 +113,3 @@ def fingerprint(path: Path) -> tuple[int, str]:
     text = "\n".join([str(path)] + [f"{rel}\0{st.st_size}\0{st.st_mtime_ns}" for rel, st in stats])
     return sum(st.st_size for _rel, st in stats), hashlib.sha256(text.encode()).hexdigest()
 
-
-def _start_cluster(stack: contextlib.ExitStack, settings: ClusterSettings) -> str:
-    from zarrchive.cluster import cluster_for_run
-
-    return stack.enter_context(cluster_for_run(settings, dashboard=False))  # no Prefect run to link it from
