@@ -18,21 +18,31 @@ from zarrchive.config import FetchSettings
 from zarrchive.errors import ChecksumMismatch, InputError, TransientError, ZarrchiveError, is_transient
 from zarrchive.lineage import Traced, traced
 from zarrchive.records import Failure, FetchResult, FileEntry, FileRecord, Submission
-from zarrchive.storage import copy_hashing, copy_store_hashing, is_zarr_store, join, resolve
+from zarrchive.landingzone import SubmissionFiles
+from zarrchive.storage import copy_stream_hashing, join, resolve, tree_digest
 
 
-def fetch_file(submission: Submission, entry: FileEntry, staging: str, settings: FetchSettings) -> FileRecord:
-    """Copy one submitted file into ``<staging>/originals/``; verify its declared sha256."""
-    src_fs, src_root = resolve(submission.source)
+def fetch_file(submission: Submission, entry: FileEntry, staging: str, settings: FetchSettings,
+               files: SubmissionFiles | None = None) -> FileRecord:
+    """Copy one submitted file (or Zarr store) into ``<staging>/originals/``; verify its declared sha256.
+
+    Nothing reached through a link, nor a device, pipe or socket, is read (``UnsafeEntry``, naming it)."""
+    files = files or SubmissionFiles(submission.source)
     dst_fs, dst_root = resolve(staging)
-    src = join(src_root, entry.path)
     dst = join(dst_root, "originals", entry.path)
     delays = list(settings.retry_delay_seconds) or [0.0]
-    store = is_zarr_store(src_fs, src)  # a Zarr store: every object copied and hashed; its sha256 is the tree digest
     for attempt in range(settings.retries + 1):
         try:
-            copy = copy_store_hashing if store else copy_hashing
-            size, sha256 = copy(src_fs, src, dst_fs, dst, settings.block_size)
+            kind = files.kind(entry.path)
+            if kind == "folder":
+                raise InputError(entry.path, "a folder that is not a Zarr store: list the files in it instead")
+            if kind == "store":  # every object copied and hashed; its sha256 is the tree digest
+                copied = [(rel, _copy(files, f"{entry.path}/{rel}", dst_fs, join(dst, rel), settings.block_size))
+                          for rel in files.store_objects(entry.path)]
+                size, sha256 = sum(n for _rel, (n, _sha) in copied), tree_digest(
+                    (rel, sha) for rel, (_n, sha) in copied)
+            else:
+                size, sha256 = _copy(files, entry.path, dst_fs, dst, settings.block_size)
             break
         except FileNotFoundError:
             raise InputError(entry.path, "listed in submission.yaml but not found") from None
@@ -43,18 +53,30 @@ def fetch_file(submission: Submission, entry: FileEntry, staging: str, settings:
                 raise
             time.sleep(delays[min(attempt, len(delays) - 1)])
     if entry.sha256 and entry.sha256 != sha256:
-        dst_fs.rm(dst, recursive=store)
+        dst_fs.rm(dst, recursive=kind == "store")
         raise ChecksumMismatch(entry.path, f"sha256 is {sha256}, submission.yaml says {entry.sha256}")
-    return FileRecord(path=entry.path, source_uri=src_fs.unstrip_protocol(src), staged_path=dst, size=size,
-                      sha256=sha256, kind=entry.kind)
+    return FileRecord(path=entry.path, source_uri=files.fs.unstrip_protocol(join(files.root, entry.path)),
+                      staged_path=dst, size=size, sha256=sha256, kind=entry.kind)
+
+
+def _copy(files: SubmissionFiles, rel: str, dst_fs, dst: str, block: int) -> tuple[int, str]:
+    """Copy one regular file of the submission, hashing it; a file written to while it was copied is a
+    ``TransientError`` (retried: the next attempt copies what is there then)."""
+    with files.open(rel) as fin:
+        before = files.stamp(rel, fin)
+        copied = copy_stream_hashing(fin, dst_fs, dst, block)
+        if files.stamp(rel, fin) != before:
+            raise TransientError(f"{rel}: changed while it was being copied")
+    return copied
 
 
 def fetch_files(submission: Submission, staging: str, settings: FetchSettings) -> FetchResult:
     """Stage every file of the submission; a file that fails is reported and the others go on."""
     records, failures = [], []
+    files = SubmissionFiles(submission.source)
     for entry in submission.doc.files:
         try:
-            records.append(fetch_file(submission, entry, staging, settings))
+            records.append(fetch_file(submission, entry, staging, settings, files))
         except ZarrchiveError as exc:
             failures.append(Failure(stage="fetch", source_path=entry.path, error=str(exc)))
         except OSError as exc:  # unreadable, a folder, no permission: this file fails, the others go on

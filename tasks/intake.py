@@ -17,15 +17,21 @@ import yaml
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from zarrchive.config import ArchiveSettings, SubmissionSettings
+from zarrchive import yamldoc
+from zarrchive.config import ArchiveSettings, SubmissionLimits, SubmissionSettings
 from zarrchive.errors import SubmissionError
+from zarrchive.landingzone import Entry, SubmissionFiles, UnsafeEntry, fold
 from zarrchive.lineage import Traced, traced
 from zarrchive.records import Finding, Submission, SubmissionDoc, default_label_name, parse_relative_path
 from zarrchive.runtime import retry_transient
-from zarrchive.storage import dumps, is_zarr_store, join, read_json, resolve, to_url, write_bytes_atomic
-from zarrchive.submission_checks import check_submission
+from zarrchive.storage import dumps, join, read_json, resolve, to_url, write_bytes_atomic
+from zarrchive.submission_checks import strings_in, check_submission, label
 
 SUBMISSION_FILE = "submission.yaml"
+
+
+MARKERS = {SUBMISSION_FILE, "READY"}  # what a submission folder holds besides the files it lists
+UNLISTED_SHOWN = 20  # unlisted entries named one by one; the rest are counted
 
 
 def check_folder(
@@ -35,31 +41,117 @@ def check_folder(
 
     Returns the document (None when it cannot be built), the sha256 of
     ``submission.yaml`` as submitted (None when missing) and the findings.
-    Reads nothing but ``submission.yaml`` and the folder listing.
+    Reads nothing but ``submission.yaml`` and the folder listing; never
+    follows a link (``landingzone``).
     """
-    fs, root = resolve(source)
+    files = SubmissionFiles(source)
+    limits = settings.limits
 
-    def refuse(message: str) -> tuple[None, None, list[Finding]]:
-        return None, None, [Finding(severity="error", check="schema", field=SUBMISSION_FILE, message=message)]
+    def refuse(message: str, sha256: str | None = None) -> tuple[None, str | None, list[Finding]]:
+        return None, sha256, [Finding(severity="error", check="schema", field=SUBMISSION_FILE, message=message)]
 
     try:
-        raw = fs.cat_file(join(root, SUBMISSION_FILE))
+        raw = files.read(SUBMISSION_FILE, limits.document_bytes)
     except FileNotFoundError:
         return refuse(f"missing (run 'zarrchive submission new {source}' to start one)")
+    except UnsafeEntry as exc:
+        return refuse(exc.reason)
+    except OSError as exc:
+        return refuse(f"cannot be read: {exc.strerror or exc}")
+    if len(raw) > limits.document_bytes:
+        return refuse(f"larger than {limits.document_bytes:,} bytes (submission.limits.document_bytes): a "
+                      "submission.yaml describes the files, it does not hold data")
+    sha256 = hashlib.sha256(raw).hexdigest()
     try:
-        data = yaml.safe_load(raw)
-    except yaml.YAMLError as exc:
-        return refuse(f"not valid YAML: {exc}")
+        data = yamldoc.load(raw)
+    except yamldoc.YAMLRefused as exc:
+        return refuse(str(exc), sha256)
+    if bounds := _bounds_findings(data, limits):
+        return None, sha256, bounds
     doc, findings = check_submission(data, settings)
-    for i, path in _listed_paths(data):
-        where = join(root, path)
-        if fs.isfile(where) or is_zarr_store(fs, where):
-            continue
-        message = ("a folder: only a Zarr store (zarr.json, .zgroup or .zarray at its root) is listed as a folder; "
-                   "list the files in it instead" if fs.isdir(where) else "listed but not found in the submission")
-        findings.append(Finding(severity="error", check="file_present", field=f"files[{i}] ({path})", file=path,
+    findings += _file_findings(files, _listed_paths(data))
+    return doc, sha256, findings
+
+
+def _bounds_findings(data: Any, limits: SubmissionLimits) -> list[Finding]:
+    """Values longer than ``limits.string_chars`` and more files than ``limits.files``, each named."""
+    findings = []
+    for loc, text in strings_in(data):
+        if len(text) > limits.string_chars:
+            findings.append(Finding(severity="error", check="schema", field=label(loc, data),
+                                    message=f"{len(text):,} characters long, more than submission.limits."
+                                            f"string_chars ({limits.string_chars:,})"))
+    files = data.get("files") if isinstance(data, dict) else None
+    if isinstance(files, list) and len(files) > limits.files:
+        findings.append(Finding(severity="error", check="schema", field="files",
+                                message=f"lists {len(files):,} files, more than submission.limits.files "
+                                        f"({limits.files:,}): split the submission or ask the archive to raise it"))
+    return findings
+
+
+def _file_findings(files: SubmissionFiles, listed: list[tuple[int, str]]) -> list[Finding]:
+    """Each listed path is a regular file or a Zarr store of the submission (no link, device, pipe or socket, at
+    it or inside it), no two collide where case or Unicode normalisation is ignored; unlisted entries are named."""
+    findings: list[Finding] = []
+    on_disk: list[Entry] | None = None
+
+    def error(i: int, path: str, check: str, message: str) -> None:
+        findings.append(Finding(severity="error", check=check, field=f"files[{i}] ({path})", file=path,
                                 message=message))
-    return doc, hashlib.sha256(raw).hexdigest(), findings
+
+    def disk() -> list[Entry]:
+        nonlocal on_disk
+        if on_disk is None:
+            try:
+                on_disk = list(files.walk())
+            except (OSError, UnsafeEntry):
+                on_disk = []
+        return on_disk
+
+    folded: dict[str, str] = {}
+    for i, path in listed:
+        if (other := folded.setdefault(fold(path), path)) != path:
+            error(i, path, "file_present", f"differs from {other} only in letter case or Unicode normalisation: "
+                                           "the two would collide on many stores; rename one")
+        try:
+            kind = files.kind(path)
+            if kind == "store":
+                files.store_objects(path)
+        except FileNotFoundError:
+            near = [e.path for e in disk() if fold(e.path) == fold(path) and e.path != path]
+            hint = (f" (the folder has {near[0]!r}, which differs only in letter case or Unicode normalisation: "
+                    "list it exactly as it is named)") if near else ""
+            error(i, path, "file_present", f"listed but not found in the submission{hint}")
+            continue
+        except UnsafeEntry as exc:
+            where = f"{exc.file}: " if exc.file != path else ""
+            error(i, path, "file_type", where + exc.reason)
+            continue
+        except OSError as exc:
+            error(i, path, "file_present", f"cannot be read: {exc.strerror or exc}")
+            continue
+        if kind == "folder":
+            error(i, path, "file_present", "a folder: only a Zarr store (zarr.json, .zgroup or .zarray at its root) "
+                                           "is listed as a folder; list the files in it instead")
+    findings += _unlisted_findings(disk(), {path for _i, path in listed})
+    return findings
+
+
+def _unlisted_findings(entries: list[Entry], listed: set[str]) -> list[Finding]:
+    """A warning for what the folder holds but does not list (it is not archived), named up to a point."""
+    stores = tuple(f"{p}/" for p in listed)
+    unlisted = [e for e in entries if e.kind != "folder" and e.path not in listed and e.path not in MARKERS
+                and not e.path.startswith(stores) and not any(part.startswith(".") for part in e.path.split("/"))]
+    out = []
+    for e in unlisted[:UNLISTED_SHOWN]:
+        why = f" ({e.problem})" if e.problem else ""
+        shown = e.path.encode("utf-8", "backslashreplace").decode()
+        out.append(Finding(severity="warning", check="unlisted", file=shown,
+                           message=f"in the folder but not listed in submission.yaml: it will not be archived{why}"))
+    if len(unlisted) > UNLISTED_SHOWN:
+        out.append(Finding(severity="warning", check="unlisted",
+                           message=f"{len(unlisted) - UNLISTED_SHOWN} more unlisted entries are not archived"))
+    return out
 
 
 def read_submission(source: str, settings: SubmissionSettings) -> tuple[SubmissionDoc, str, list[Finding]]:
@@ -142,12 +234,18 @@ def intake_submission(source: str, archive: str, settings: ArchiveSettings,
 
 
 def template_for(folder: str) -> str:
-    """A ``submission.yaml`` template listing the files found in ``folder``, for a depositor to complete."""
-    fs, root = resolve(folder)
-    is_store = functools.cache(lambda prefix: is_zarr_store(fs, join(root, prefix)))
-    entries = {_entry_of(p[len(root) + 1:], is_store) for p in fs.find(root)}
+    """A ``submission.yaml`` template listing the files found in ``folder``, for a depositor to complete.
+
+    Links, devices, pipes and names that are not UTF-8 are left out and named in the header: they cannot be
+    submitted."""
+    files_of = SubmissionFiles(folder)
+    walked = list(files_of.walk())
+    is_store = functools.cache(lambda prefix: files_of.kind(prefix) == "store")
+    refused = [e for e in walked if e.kind is None or not _utf8(e.path)]
+    usable = {e.path for e in walked if e.kind == "file" and _utf8(e.path)}
+    entries = {_entry_of(p, is_store) for p in usable}
     paths = sorted(rel for rel in entries
-                   if rel != SUBMISSION_FILE and not any(part.startswith(".") for part in rel.split("/")))
+                   if rel not in MARKERS and not any(part.startswith(".") for part in rel.split("/")))
     files = [template_entry(p, paths) for p in paths]
     body = {
         "title": "TODO: a title of 10 to 300 characters",
@@ -167,7 +265,18 @@ def template_for(folder: str) -> str:
         "#   image file it annotates with label_of; label_name (optional, default: the file name) names it among\n"
         "#   that image's labels. Files under a labels/ or masks/ folder are proposed as labels: check label_of.\n"
     )
+    for entry in refused:
+        why = entry.problem or "its name is not valid UTF-8: rename it"
+        header += f"# left out: {entry.path.encode('utf-8', 'backslashreplace').decode()!r}: {why}\n"
     return header + yaml.safe_dump(body, sort_keys=False, allow_unicode=True)
+
+
+def _utf8(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:  # a name os.listdir decoded with surrogate escapes
+        return False
+    return not any(ord(c) < 32 or ord(c) == 127 for c in name)
 
 
 def _entry_of(rel: str, is_store: Callable[[str], bool]) -> str:

@@ -146,6 +146,8 @@ def parse_relative_path(path: str) -> str:
     """Normalise a submitted path; refuse one that is absolute or escapes the folder."""
     if "\\" in path:
         raise ValueError(f"path {path!r} must use '/' separators")
+    if any(ord(c) < 32 or ord(c) == 127 for c in path):
+        raise ValueError(f"path {path!r} holds a control character: rename the file")
     if path.startswith("/") or re.match(r"^[A-Za-z][A-Za-z0-9+.-]*:", path):
         raise ValueError(f"path {path!r} must be relative to the submission folder")
     parts = [p for p in path.split("/") if p not in ("", ".")]

@@ -80,9 +80,15 @@ def copy_hashing(
     block: int = BLOCK,
 ) -> tuple[int, str]:
     """Stream ``src`` to ``dst`` hashing on the way; ``dst`` appears only when complete."""
+    with src_fs.open(src, "rb") as fin:
+        return copy_stream_hashing(fin, dst_fs, dst, block)
+
+
+def copy_stream_hashing(fin: Any, dst_fs: fsspec.AbstractFileSystem, dst: str, block: int = BLOCK) -> tuple[int, str]:
+    """Stream the open file ``fin`` to ``dst`` hashing on the way; ``dst`` appears only when complete."""
     digest = hashlib.sha256()
     size = 0
-    with src_fs.open(src, "rb") as fin, open_for_commit(dst_fs, dst) as fout:
+    with open_for_commit(dst_fs, dst) as fout:
         while chunk := fin.read(block):
             digest.update(chunk)
             fout.write(chunk)
@@ -102,18 +108,6 @@ def store_objects(fs: fsspec.AbstractFileSystem, root: str) -> list[str]:
     """Relative paths of every object under ``root`` (a folder or prefix), sorted."""
     base = root.rstrip("/")
     return sorted(p[len(base) + 1:] for p in fs.find(base))
-
-
-def copy_store_hashing(src_fs: fsspec.AbstractFileSystem, src: str, dst_fs: fsspec.AbstractFileSystem, dst: str,
-                       block: int = BLOCK) -> tuple[int, str]:
-    """Copy every object of the store ``src`` to ``dst``, each streamed and hashed (``copy_hashing``); return the
-    total size and the tree digest of the objects."""
-    entries, total = [], 0
-    for rel in store_objects(src_fs, src):
-        size, sha256 = copy_hashing(src_fs, join(src, rel), dst_fs, join(dst, rel), block)
-        entries.append((rel, sha256))
-        total += size
-    return total, tree_digest(entries)
 
 
 def store_tree_digest(fs: fsspec.AbstractFileSystem, root: str) -> tuple[int, str]:

@@ -151,15 +151,15 @@ def check_email(value: str) -> str | None:
     return None
 
 
-def _strings(value: Any, loc: tuple[Any, ...] = ()):
+def strings_in(value: Any, loc: tuple[Any, ...] = ()):
     if isinstance(value, str):
         yield loc, value
     elif isinstance(value, dict):
         for key, item in value.items():
-            yield from _strings(item, (*loc, key))
+            yield from strings_in(item, (*loc, key))
     elif isinstance(value, list):
         for i, item in enumerate(value):
-            yield from _strings(item, (*loc, i))
+            yield from strings_in(item, (*loc, i))
 
 
 def _normal(path: Any) -> str | None:
@@ -223,7 +223,7 @@ def _field_findings(data: dict[str, Any], settings: SubmissionSettings, today: d
         findings.append(Finding(severity=severity, check=check, field=label(loc, data), file=_file_of(loc, data),
                                 message=message))
 
-    for loc, text in _strings(data):
+    for loc, text in strings_in(data):
         if "TODO" in text:
             add("placeholder", loc, "still holds the template's TODO: complete it")
 
