@@ -9,9 +9,8 @@ from __future__ import annotations
 import datetime as dt
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from zarrchive.errors import ConfigError
@@ -20,16 +19,32 @@ from zarrchive.errors import ConfigError
 class Section(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
+    # options that bound or pace the work but never change its result: left out of identities and fingerprints
+    operational: ClassVar[frozenset[str]] = frozenset()
+
+    def identity(self) -> dict[str, Any]:
+        """The section as the identity of what it produces (its operational options left out)."""
+        return self.model_dump(mode="json", exclude=set(self.operational))
+
 
 class ArchiveSettings(Section):
     accession_prefix: str = Field(pattern=r"^[A-Z][A-Z0-9-]{0,15}$")
     accession_digits: int = Field(ge=1, le=12)
 
 
+class SubmissionLimits(Section):
+    """Bounds on what a depositor's ``submission.yaml`` may hold (checked before and while it is parsed)."""
+
+    document_bytes: int = Field(default=4 << 20, ge=1024)  # size of submission.yaml
+    string_chars: int = Field(default=65536, ge=300)  # any one value (a description, a path…)
+    files: int = Field(default=200_000, ge=1)  # entries under files
+
+
 class SubmissionSettings(Section):
     licenses: list[str] = Field(min_length=1)
     earliest_release_date: dt.date
     max_embargo_years: int = Field(ge=0, le=50)
+    limits: SubmissionLimits = SubmissionLimits()
 
 
 class StagingSettings(Section):
@@ -44,10 +59,35 @@ class FetchSettings(Section):
     retry_delay_seconds: list[float]
 
 
+def _byte_count(value: int | str) -> int:
+    from dask.utils import parse_bytes
+
+    return parse_bytes(value) if isinstance(value, str) else value
+
+
+ByteCount = Annotated[int | str, AfterValidator(_byte_count)]
+
+
+class ImageBudget(Section):
+    """What one image may declare, checked from its file's header before any pixel is read."""
+
+    max_bytes: ByteCount = 4 << 40  # uncompressed bytes of one image (one series)
+    max_plane_pixels: int = Field(default=1 << 36, ge=1)  # y × x of one plane (a TIFF page: all of it)
+    max_planes: int = Field(default=10_000_000, ge=1)  # t × c × z planes of one image
+    max_series: int = Field(default=10_000, ge=1)  # series (scenes) of one file
+    max_ifds: int = Field(default=10_000_000, ge=1)  # pages (IFDs) of one TIFF file
+    max_expansion: float = Field(default=10_000, gt=1)  # declared bytes / file bytes ...
+    expansion_floor: ByteCount = 1 << 30  # ... checked for images declaring more than this
+
+
 class ConvertSettings(Section):
     chunk_xy: Annotated[int, Field(ge=16, multiple_of=2)] | Literal["auto"]
     chunk_z: int = Field(ge=1)
     chunk_bytes: int = Field(default=1 << 20, ge=1 << 12)  # chunk_xy "auto": a chunk of at most this many bytes
+    limits: ImageBudget = ImageBudget()
+    timeout_seconds: float = Field(default=900, gt=0)  # reading one file's headers and metadata
+
+    operational: ClassVar[frozenset[str]] = frozenset({"limits", "timeout_seconds"})
 
 
 class PyramidSettings(Section):
@@ -78,6 +118,9 @@ class CompressSettings(Section):
     shard_xy: int = Field(default=2048, ge=0)
     shard_z: int = Field(default=8, ge=1)
     ngff: Literal["0.5", "0.4"] = "0.5"
+    timeout_seconds: float = Field(default=86400, gt=0)  # the whole pass over one image
+
+    operational: ClassVar[frozenset[str]] = frozenset({"timeout_seconds"})
 
     @model_validator(mode="after")
     def _profile_is_usable(self) -> "CompressSettings":
@@ -228,9 +271,11 @@ def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
+    from zarrchive import yamldoc
+
     try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError) as exc:
+        data = yamldoc.load(path.read_bytes()) or {}
+    except (OSError, yamldoc.YAMLRefused) as exc:
         raise ConfigError(str(path), [str(exc)]) from exc
     if not isinstance(data, dict):
         raise ConfigError(str(path), ["the top level must be a mapping"])
