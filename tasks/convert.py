@@ -30,14 +30,16 @@ import tifffile
 from bioio import BioImage
 
 from zarrchive import __version__
-from zarrchive.config import ConvertSettings
+from zarrchive import budget
+from zarrchive.budget import OverBudget
+from zarrchive.config import ConvertSettings, ImageBudget
 from zarrchive.errors import InputError, UnsupportedFormat, ZarrchiveError
 from zarrchive.identity import convert_key
 from zarrchive.lineage import Traced, stage_task, traced
 from zarrchive.ngff import image_attributes
 from zarrchive.records import MICROMETERS, Axis, FileEntry, FileRecord, ImageRecord, Level, PixelSize
 from zarrchive.software import pixel_versions
-from zarrchive.sources import layout_of, lazy_pixels, ome_tiff_set
+from zarrchive.sources import layout_of, lazy_pixels, ome_tiff_set, zarr_level0
 from zarrchive.storage import is_zarr_store, sha256_stream, write_bytes_atomic
 
 LOCAL = fsspec.filesystem("file")
@@ -299,7 +301,7 @@ def slug(path: str) -> str:
 def conversion_id(source_sha256: str, series: int, settings: ConvertSettings, entry: FileEntry | None) -> str:
     """Deterministic identity of one conversion: input bytes, series, settings, metadata given, software."""
     payload = {
-        "source": source_sha256, "series": series, "settings": settings.model_dump(mode="json"),
+        "source": source_sha256, "series": series, "settings": settings.identity(),
         "entry": entry.model_dump(mode="json") if entry else None, "software": pixel_versions(),
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:20]
@@ -355,6 +357,7 @@ def convert_file(
     otherwise (the set is one image, not one per file); ``companions`` (the sha256 of the other staged files of
     its folder, ``companions_of``) make the members part of the conversion's identity."""
     reader = choose_reader(file.staged_path, file.path)
+    check_declared(file.staged_path, reader.__module__.split(".")[0], file.path, settings.limits)
     source_digest, source_set = file.sha256, ()
     if reader.__module__.startswith("bioio_ome_tiff") and (members := ome_tiff_set(file.staged_path)):
         source_digest, source_set = _set_digest(file, members, companions)
@@ -363,19 +366,27 @@ def convert_file(
     try:
         img = BioImage(file.staged_path, reader=reader)
         scenes = list(img.scenes)
+    except MemoryError:
+        raise OverBudget(file.path, f"{reader.__module__} ran out of memory reading its headers: it declares more "
+                                    "than this machine can describe") from None
     except Exception as exc:
         raise InputError(file.path, f"cannot be read by {reader.__module__}: {exc}") from exc
+    budget.check_series_count(file.path, len(scenes), settings.limits)
     base_id = slug(file.path)
     images = []
     for index, scene in enumerate(scenes):
         shown_as = file.path if len(scenes) == 1 else f"{file.path} [series {index}]"
         try:
             img.set_scene(index)
+            budget.check_shape(shown_as, img.shape, np.dtype(img.dtype).itemsize, settings.limits, file.size)
             image = _convert_series(img, reader, index, scene, len(scenes), file, entry, work, settings, base_id,
                                     source_digest)
             images.append(image.model_copy(update={"source_set": source_set}) if source_set else image)
         except (ZarrchiveError, ConnectionError, TimeoutError):
             raise
+        except MemoryError:
+            raise OverBudget(shown_as, "ran out of memory describing it: it declares more than this machine can "
+                                       "describe") from None
         except Exception as exc:
             if type(exc).__module__.startswith("distributed"):  # the cluster failed, not the file
                 raise
@@ -439,6 +450,27 @@ def _convert_series(img, reader, index, scene, n_scenes, file, entry, work, sett
                       scale=tuple(scale), translation=tuple(0.0 for _ in scale)),),
         notes=tuple(notes), lossy_source=lossy_compression(file.staged_path, index, reader_name),
     )
+
+
+def check_declared(path: str, reader: str, shown_as: str, limits: ImageBudget) -> None:
+    """The sizes a file declares, checked against the image budget from its headers alone, before a reader builds
+    anything from them (``budget``)."""
+    if reader in ("bioio_ome_tiff", "bioio_tifffile"):
+        try:
+            budget.check_tiff(path, shown_as, limits)
+        except (InputError, MemoryError):
+            raise
+        except Exception as exc:
+            raise InputError(shown_as, f"damaged TIFF: {type(exc).__name__}: {exc}") from exc
+    elif reader == "bioio_ome_zarr" and (level0 := zarr_level0(path, 0)):
+        for name in ("zarr.json", ".zarray"):
+            document = os.path.join(path, level0[0], name)
+            if os.path.isfile(document):
+                with open(document, "rb") as fh:
+                    meta = json.load(fh)
+                size = sum(os.path.getsize(os.path.join(base, f)) for base, _d, files in os.walk(path) for f in files)
+                budget.check_zarr_level(meta, shown_as, limits, size)
+                break
 
 
 def as_label(image: ImageRecord, entry: FileEntry | None, n_series: int) -> ImageRecord:
@@ -549,3 +581,53 @@ def convert(
     companions: dict[str, str] | None = None,
 ) -> Traced[list[ImageRecord]]:
     return traced("convert", convert_file, file, entry, work, settings, companions)
+
+
+def probe_file(path: str, rel: str, entry: FileEntry, settings: ConvertSettings) -> str | None:
+    """Why the ingest would fail to convert the local file ``path`` (submitted as ``rel``), or None: empty, not an
+    image, a format no installed reader has, over the image budget, unreadable headers, or pixels the file
+    declares but does not hold (truncated). Reads headers and the last plane's first tile, nothing more;
+    ``zarrchive validate`` runs it on every listed image and label."""
+    import tempfile
+
+    if os.path.isfile(path) and os.path.getsize(path) == 0:
+        return "empty (0 bytes): not an image"
+    record = FileRecord(path=rel, source_uri=path, staged_path=path, size=os.path.getsize(path) if os.path.isfile(
+        path) else 0, sha256="0" * 64, kind=entry.kind if entry.kind != "attachment" else "image")
+    try:
+        with tempfile.TemporaryDirectory(prefix="zarrchive-probe-") as work:
+            images = convert_file(record, entry, work, settings)
+            for image in images:
+                _probe_pixels(path, image)
+    except InputError as exc:
+        return exc.reason
+    except Exception as exc:  # what convert would report as the file's failure
+        return f"cannot be read: {type(exc).__name__}: {exc}"
+    return None
+
+
+def _probe_pixels(path: str, image: ImageRecord) -> None:
+    """The pixels the image declares are in the file: every TIFF page's strips or tiles lie inside it; for other
+    formats, the first tile of the last plane can be read."""
+    from zarrchive.sources import read_region
+
+    shown_as = image.source_path if image.series == 0 else f"{image.source_path} [series {image.series}]"
+    if image.reader in ("bioio_ome_tiff", "bioio_tifffile") and not image.source_set:
+        size = os.path.getsize(path)
+        with tifffile.TiffFile(path) as tif:
+            for page in tif.series[image.series].pages:
+                if page is None:
+                    continue
+                ends = [o + n for o, n in zip(page.dataoffsets, page.databytecounts) if n]
+                if ends and max(ends) > size:
+                    raise InputError(shown_as, f"truncated: its pixels end at byte {max(ends):,}, the file at "
+                                               f"{size:,}")
+        return
+    level = image.levels[0]
+    region = tuple(slice(n - 1, n) if a.name in "tcz" else slice(0, min(c, n))
+                   for a, n, c in zip(image.axes, level.shape, level.chunks))
+    try:
+        read_region(path, image.layout, region)
+    except Exception as exc:
+        raise InputError(shown_as, f"its last plane cannot be read (truncated or damaged): "
+                                   f"{type(exc).__name__}: {exc}") from exc

@@ -204,3 +204,31 @@ def lif_file(path: Path, data: np.ndarray, voxel_um: tuple[float, float, float],
     path.write_bytes(struct.pack("<IIBI", 0x70, 2 * len(xml) + 5, 0x2A, len(xml)) + xml.encode("utf-16-le")
                      + block("MemBlock_0", b"") + block("MemBlock_1", pixels))
     return path
+
+
+def declaring_tiff(path: Path, width: int, length: int, depth: int = 1) -> Path:
+    """A few hundred bytes of tiled TIFF whose tags declare ``depth`` × ``length`` × ``width`` uint16 pixels (a
+    decompression bomb: tifffile would stream every declared tile)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tifffile.imwrite(path, np.zeros((4, 256, 256), "uint16"), tile=(4, 256, 256), volumetric=True,
+                     photometric="minisblack", compression="zlib")
+    with tifffile.TiffFile(path, mode="r+b") as tif:
+        tags = tif.pages.first.tags
+        tags["ImageWidth"].overwrite(width)
+        tags["ImageLength"].overwrite(length)
+        tags["ImageDepth"].overwrite(depth)
+    return path
+
+
+def ome_tiff_declaring(path: Path, size_z: int = 1, images: int = 1) -> Path:
+    """A 16×16 OME-TIFF whose OME-XML declares ``size_z`` planes in each of ``images`` images."""
+    import re
+
+    ome_tiff(path, np.zeros((1, 1, 16, 16), "uint16"), "CZYX")
+    with tifffile.TiffFile(path, mode="r+b") as tif:
+        xml = tif.pages.first.description
+        xml = re.sub(r'SizeZ="1"', f'SizeZ="{size_z}"', xml)
+        image = re.search(r"<Image .*?</Image>", xml, re.S).group(0)
+        xml = xml.replace(image, "".join(image.replace('ID="Image:0"', f'ID="Image:{i}"') for i in range(images)))
+        tif.pages.first.tags["ImageDescription"].overwrite(xml)
+    return path

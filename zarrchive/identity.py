@@ -24,6 +24,8 @@ from zarrchive.staging import generation
 def digest(*parts: Any) -> str:
     """A short, stable hash of JSON-able parts (pydantic models by their JSON form)."""
     def plain(value: Any) -> Any:
+        if hasattr(value, "identity"):  # a configuration section: what changes results, not its bounds
+            return value.identity()
         return value.model_dump(mode="json") if isinstance(value, BaseModel) else value
 
     text = json.dumps([plain(p) for p in parts], sort_keys=True, default=str)
