@@ -20,9 +20,9 @@ from typing import Any
 
 import fsspec
 from prefect import task
-from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
+from zarrchive import fixity, lease
 from zarrchive.config import Settings
 from zarrchive.errors import TransientError
 from zarrchive.landing import render_landing_page
@@ -39,7 +39,7 @@ from zarrchive.runtime import retry_transient
 from zarrchive.software import pixel_versions
 from zarrchive.storage import (
     copy_hashing, dumps, join, read_json, resolve, sha256_stream, to_url, tree_digest, walk_files,
-    write_bytes_atomic,
+    write_bytes_atomic, write_bytes_exclusive,
 )
 
 VERSION_RE = re.compile(r"^v(\d+)$")
@@ -66,7 +66,7 @@ def version_fingerprint(submission: Submission, files: list[FileRecord], setting
     payload = {
         "doc": submission.doc.model_dump(mode="json"),
         "files": sorted((f.path, f.sha256) for f in files),
-        "settings": {k: getattr(settings, k).model_dump(mode="json")
+        "settings": {k: getattr(settings, k).identity()
                      for k in ("convert", "pyramid", "compress", "qc", "publish")},
         "software": pixel_versions(),
     }
@@ -79,6 +79,30 @@ def find_unchanged(archive: str, accession: str, fingerprint: str) -> dict[str, 
     if versions and versions[-1].get("fingerprint") == fingerprint:
         return versions[-1]
     return None
+
+
+def check_unchanged(submission: Submission, archive: str, fingerprint: str,
+                    settings: PublishSettings | None = None) -> Publication | None:
+    """What a rerun of an unchanged submission reports: ``unchanged`` when its latest version was made from exactly
+    this input and one listing of it matches its manifest, ``damaged`` (naming the objects) when it does not; None
+    when the input changed (a new version is due). Reads only the archive's listing and manifests."""
+    manifest = find_unchanged(archive, submission.accession, fingerprint)
+    if manifest is None:
+        return None
+    fs, root = resolve(archive)
+    vdir = join(root, submission.accession, f"v{manifest['version']}")
+    if problems := fixity.quick_problems(fs, vdir, manifest):
+        return damaged_publication(submission, archive, manifest, [p.line() for p in problems], settings)
+    return unchanged_publication(submission, archive, manifest, settings=settings)
+
+
+def version_url(archive: str, accession: str, number: int, settings: PublishSettings | None) -> tuple[str, str]:
+    """A version's location in the archive, and the address of its landing page (under ``public_base_url`` when
+    set)."""
+    fs, root = resolve(archive)
+    location = to_url(fs, join(root, accession, f"v{number}"))
+    base = settings.public_base_url if settings else None
+    return location, f"{base.rstrip('/')}/{accession}/v{number}/index.html" if base else f"{location}/index.html"
 
 
 # ---------------------------------------------------------------- deciding what to publish
@@ -152,7 +176,7 @@ def not_published(submission: Submission, archive: str, outcomes: list[ImageOutc
                   status: str = "blocked") -> Publication:
     fs, root = resolve(archive)
     return Publication(accession=submission.accession, status=status, archive=to_url(fs, root), images=outcomes,
-                       reasons=reasons)
+                       reasons=reasons, submission=submission.source, created_archive=submission.created_archive)
 
 
 # ---------------------------------------------------------------- writing a version
@@ -176,23 +200,87 @@ def publish_version(
     outcomes: list[ImageOutcome],
     qc_report: QCReport,
     lineage: list[LineageRecord],
+    settings: PublishSettings | None = None,
 ) -> Publication:
-    """Upload, verify and commit a new version; return what was published."""
+    """Upload, verify and commit a new version under the accession's publishing lease; return what was published.
+
+    Of two runs publishing one accession, one holds the lease and the other waits for it
+    (``publish.lease_wait_seconds``), then finds the version it would publish already there (``unchanged``), or
+    gives up (``busy``). A committed version is never removed or rewritten: its manifest is created exclusively,
+    and only a version folder without one (an interrupted attempt) is cleared, under the lease."""
+    settings = settings or PublishSettings(on_image_error="block_submission")
+    try:
+        held = lease.acquire(archive, submission.accession, settings.lease_seconds, settings.lease_wait_seconds)
+    except lease.LeaseBusy as exc:
+        return not_published(submission, archive, outcomes, [str(exc)], status="busy")
+    try:
+        versions = published_versions(archive, submission.accession)
+        if versions and versions[-1].get("fingerprint") == fingerprint:
+            return unchanged_publication(submission, archive, versions[-1], outcomes, settings)
+        previous = versions[-1]["version"] if versions else None
+        return _write_version(submission, archive, (previous or 0) + 1, previous, fingerprint, files, reports,
+                              outcomes, qc_report, lineage, held, settings)
+    finally:
+        held.release()
+
+
+def _write_version(submission: Submission, archive: str, number: int, previous: int | None, fingerprint: str,
+                   files: list[FileRecord], reports: list[CompressionReport], outcomes: list[ImageOutcome],
+                   qc_report: QCReport, lineage: list[LineageRecord], held: lease.Lease,
+                   settings: PublishSettings) -> Publication:
+    """Write version ``number`` (the lease held), verify every object as stored, then commit its manifest."""
     fs, root = resolve(archive)
     acc = join(root, submission.accession)
-    versions = published_versions(archive, submission.accession)
-    if versions and versions[-1].get("fingerprint") == fingerprint:
-        return unchanged_publication(submission, archive, versions[-1], outcomes)
-    number = (versions[-1]["version"] if versions else 0) + 1
     vdir = join(acc, f"v{number}")
-    if fs.exists(vdir):  # an earlier attempt crashed before its manifest: it was never published
-        fs.rm(vdir, recursive=True)
-
-    entries: list[ManifestEntry] = []
-    published_paths: dict[str, str] = {}
+    _clear_interrupted(fs, vdir)
     publishable = {o.image_id: o for o in outcomes if o.status == "published"}
     reports = [r for r in reports if r.image_id in publishable]
+    entries, published_paths, labels_groups = _upload_images(fs, vdir, reports, publishable, held)
+    uploaded, originals = _upload_originals(fs, vdir, files, held)
+    entries += uploaded
+    published_paths.update(originals)
+    entries += _upload_pages(fs, vdir, submission, number, previous, outcomes, qc_report, reports, files, lineage)
+    relative = [ManifestEntry(path=e.path[len(vdir) + 1:], size=e.size, sha256=e.sha256) for e in entries]
+    crate = build_crate(submission, number, lineage, relative, published_paths, previous_version=previous,
+                        publish_results=("qc/report.json", "qc/index.html", "index.html", *labels_groups))
+    entries.append(_put_bytes(fs, join(vdir, "ro-crate-metadata.json"), dumps(crate)))
+    _verify_stored(fs, entries)
+    images = [o.model_copy(update={"path": store_path(o)}) if o.status == "published" else o for o in outcomes]
+    manifest = {
+        "accession": submission.accession, "version": number, "previous_version": previous,
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(), "fingerprint": fingerprint,
+        "title": submission.doc.title, "release_date": submission.doc.release_date.isoformat(),
+        "embargoed": submission.embargoed, "submission": submission.source,
+        "images": [o.model_dump() for o in images],
+        "files": [ManifestEntry(path=e.path[len(vdir) + 1:], size=e.size, sha256=e.sha256).model_dump()
+                  for e in sorted(entries, key=lambda e: e.path)],
+    }
+    held.check()
+    write_bytes_exclusive(fs, join(vdir, "manifest.json"), dumps(manifest))  # the commit point, never overwritten
+    _put_bytes(fs, join(acc, "versions.json"), dumps(version_index(archive, submission.accession)))
+    location, url = version_url(archive, submission.accession, number, settings)
+    return Publication(accession=submission.accession, status="published", version=number, archive=to_url(fs, root),
+                       submission=submission.source, version_uri=location, url=url, fingerprint=fingerprint,
+                       images=images, created_archive=submission.created_archive)
+
+
+def _clear_interrupted(fs: fsspec.AbstractFileSystem, vdir: str) -> None:
+    """Remove what an interrupted attempt left of a version that was never committed (no manifest)."""
+    if fs.exists(join(vdir, "manifest.json")):
+        raise lease.LeaseLost(f"{vdir} was committed by another run while this one held the lease")
+    if fs.exists(vdir):
+        fs.rm(vdir, recursive=True)
+
+
+def _upload_images(fs: fsspec.AbstractFileSystem, vdir: str, reports: list[CompressionReport],
+                   publishable: dict[str, ImageOutcome], held: lease.Lease
+                   ) -> tuple[list[ManifestEntry], dict[str, str], list[str]]:
+    """Every publishable image store (checked against the tree digest compress verified), and the labels group
+    of each image that has labels."""
+    entries: list[ManifestEntry] = []
+    published_paths: dict[str, str] = {}
     for report in reports:
+        held.check()
         rel_store = store_path(publishable[report.image_id])
         published_paths[report.store] = rel_store + "/"
         uploaded = [(rel, _upload(fs, os.path.join(report.store, rel), join(vdir, rel_store, rel)))
@@ -207,7 +295,16 @@ def publish_version(
         for name, document in labels_group_documents(image.labels, ngff).items():
             labels_groups.append(f"images/{image.image_id}.ome.zarr/labels/{name}")
             entries.append(_put_bytes(fs, join(vdir, labels_groups[-1]), dumps(document)))
+    return entries, published_paths, labels_groups
+
+
+def _upload_originals(fs: fsspec.AbstractFileSystem, vdir: str, files: list[FileRecord],
+                      held: lease.Lease) -> tuple[list[ManifestEntry], dict[str, str]]:
+    """Every submitted file as staged (a Zarr store object by object), checked against the sha256 fetch took."""
+    entries: list[ManifestEntry] = []
+    published_paths: dict[str, str] = {}
     for file in files:
+        held.check()
         rel = f"originals/{file.path}"
         if os.path.isdir(file.staged_path):  # a Zarr store submitted as one entry: each object, checked as a tree
             uploaded = [(obj, _upload(fs, os.path.join(file.staged_path, obj), join(vdir, rel, obj)))
@@ -222,55 +319,72 @@ def publish_version(
             entries.append(entry)
         if digest != file.sha256:
             raise TransientError(f"{file.path}: staged copy changed since fetch (sha256 {digest})")
+    return entries, published_paths
+
+
+def _upload_pages(fs: fsspec.AbstractFileSystem, vdir: str, submission: Submission, number: int,
+                  previous: int | None, outcomes: list[ImageOutcome], qc_report: QCReport,
+                  reports: list[CompressionReport], files: list[FileRecord],
+                  lineage: list[LineageRecord]) -> list[ManifestEntry]:
+    """The QC document and page, and the landing page."""
     qc_doc = {"suite": qc_report.suite, "modality": qc_report.modality, "images": qc_report.rows,
               "channels": qc_report.channels, "findings": [f.model_dump() for f in qc_report.findings],
               "errors": len(qc_report.errors), "warnings": len(qc_report.warnings)}
-    entries.append(_put_bytes(fs, join(vdir, "qc/report.json"), dumps(qc_doc)))
     page = render_html(qc_report, f"{submission.accession} v{number}: {submission.doc.title}")
-    entries.append(_put_bytes(fs, join(vdir, "qc/index.html"), page.encode()))
-    previous = versions[-1]["version"] if versions else None
     landing = render_landing_page(submission, number, outcomes, qc_report, reports, files, lineage, previous)
-    entries.append(_put_bytes(fs, join(vdir, "index.html"), landing.encode()))
-    relative = [ManifestEntry(path=e.path[len(vdir) + 1:], size=e.size, sha256=e.sha256) for e in entries]
-    crate = build_crate(submission, number, lineage, relative, published_paths, previous_version=previous,
-                        publish_results=("qc/report.json", "qc/index.html", "index.html", *labels_groups))
-    entries.append(_put_bytes(fs, join(vdir, "ro-crate-metadata.json"), dumps(crate)))
-    relative = [ManifestEntry(path=e.path[len(vdir) + 1:], size=e.size, sha256=e.sha256) for e in entries]
+    return [_put_bytes(fs, join(vdir, "qc/report.json"), dumps(qc_doc)),
+            _put_bytes(fs, join(vdir, "qc/index.html"), page.encode()),
+            _put_bytes(fs, join(vdir, "index.html"), landing.encode())]
 
-    for entry in entries:  # re-verify every object as stored
+
+def _verify_stored(fs: fsspec.AbstractFileSystem, entries: list[ManifestEntry]) -> None:
+    """Every object re-read as stored and compared with what was uploaded."""
+    for entry in entries:
         size, sha256 = sha256_stream(fs, entry.path)
         if (size, sha256) != (entry.size, entry.sha256):
             raise TransientError(f"{to_url(fs, entry.path)}: stored object does not match what was uploaded")
 
-    created = dt.datetime.now(dt.timezone.utc).isoformat()
-    images = [o.model_copy(update={"path": store_path(o)}) if o.status == "published" else o for o in outcomes]
-    manifest = {
-        "accession": submission.accession, "version": number, "previous_version": previous, "created": created,
-        "fingerprint": fingerprint,
-        "title": submission.doc.title, "release_date": submission.doc.release_date.isoformat(),
-        "embargoed": submission.embargoed, "submission": submission.source,
-        "images": [o.model_dump() for o in images],
-        "files": [e.model_dump() for e in sorted(relative, key=lambda e: e.path)],
-    }
-    _put_bytes(fs, join(vdir, "manifest.json"), dumps(manifest))  # the commit point
-    index = [{"version": m["version"], "created": m["created"], "fingerprint": m["fingerprint"],
-              "files": len(m["files"]), "bytes": sum(f["size"] for f in m["files"])}
-             for m in published_versions(archive, submission.accession)]
-    _put_bytes(fs, join(acc, "versions.json"), dumps(index))
-    return Publication(accession=submission.accession, status="published", version=number, archive=to_url(fs, root),
-                       version_uri=to_url(fs, vdir), fingerprint=fingerprint, images=images)
+
+def version_index(archive: str, accession: str) -> list[dict[str, Any]]:
+    """``versions.json``: every committed version, oldest first, rebuilt from the manifests."""
+    return [{"version": m["version"], "created": m["created"], "fingerprint": m["fingerprint"],
+             "files": len(m["files"]), "bytes": sum(f["size"] for f in m["files"])}
+            for m in published_versions(archive, accession)]
 
 
 def unchanged_publication(submission: Submission, archive: str, manifest: dict[str, Any],
-                          outcomes: list[ImageOutcome] = ()) -> Publication:
+                          outcomes: list[ImageOutcome] = (), settings: PublishSettings | None = None) -> Publication:
     fs, root = resolve(archive)
     images = [ImageOutcome.model_validate({**img, "status": "unchanged"}) for img in manifest.get("images", [])]
+    location, url = version_url(archive, submission.accession, manifest["version"], settings)
     return Publication(
         accession=submission.accession, status="unchanged", version=manifest["version"], archive=to_url(fs, root),
-        version_uri=to_url(fs, join(root, submission.accession, f"v{manifest['version']}")),
-        fingerprint=manifest["fingerprint"], images=images or list(outcomes),
+        submission=submission.source, version_uri=location, url=url, fingerprint=manifest["fingerprint"],
+        images=images or list(outcomes),
         reasons=[f"the submission is unchanged since version {manifest['version']}; nothing new was published"],
     )
+
+
+def damaged_publication(submission: Submission, archive: str, manifest: dict[str, Any], problems: list[str],
+                        settings: PublishSettings | None = None) -> Publication:
+    """A rerun found the version it would be damaged: reported, never repaired silently."""
+    fs, root = resolve(archive)
+    location, url = version_url(archive, submission.accession, manifest["version"], settings)
+    return Publication(
+        accession=submission.accession, status="damaged", version=manifest["version"], archive=to_url(fs, root),
+        submission=submission.source, version_uri=location, url=url, fingerprint=manifest["fingerprint"],
+        reasons=[f"v{manifest['version']} no longer matches its manifest: {p}" for p in problems]
+        + [f"run 'zarrchive verify {submission.accession}/v{manifest['version']} --archive {to_url(fs, root)}' for "
+           "a full check; the version is not repaired automatically"],
+    )
+
+
+@task(name="check_unchanged", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[1, 5],
+      retry_condition_fn=retry_transient)
+def unchanged(submission: Submission, archive: str, fingerprint: str,
+              settings: PublishSettings) -> Traced[Publication | None]:
+    """Whether the latest version already holds this submission (and is whole)."""
+    return traced("check_unchanged", check_unchanged, submission, archive, fingerprint, settings)
 
 
 @task(name="publish", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 10],
@@ -278,14 +392,7 @@ def unchanged_publication(submission: Submission, archive: str, manifest: dict[s
 def publish(
     submission: Submission, archive: str, fingerprint: str, files: list[FileRecord],
     reports: list[CompressionReport], outcomes: list[ImageOutcome], qc_report: QCReport,
-    lineage: list[LineageRecord],
+    lineage: list[LineageRecord], settings: PublishSettings | None = None,
 ) -> Traced[Publication]:
-    result = traced("publish", publish_version, submission, archive, fingerprint, files, reports, outcomes,
-                    qc_report, lineage)
-    pub = result.output
-    create_markdown_artifact(
-        f"# {pub.accession} v{pub.version}: {pub.status}\n\n[{pub.version_uri}]({pub.version_uri})\n\n"
-        + "\n".join(f"- `{o.image_id}` ({o.source_path}): {o.status}, QC {o.qc}" for o in pub.images),
-        key="publication", description="What was published",
-    )
-    return result
+    return traced("publish", publish_version, submission, archive, fingerprint, files, reports, outcomes,
+                  qc_report, lineage, settings)
