@@ -1,7 +1,9 @@
 """Collecting the results of tasks fanned out per file or per image.
 
-A failed future becomes a ``Failure`` naming the file and the reason; the
-others go on. Lineage of every success is appended to the run's record.
+A failed future becomes a ``Failure`` naming the file and the reason (in the
+words of the submission: paths of the ingest machine's staging and work areas
+are replaced by what they stand for); the others go on. The lineage of every
+success is returned with the outputs.
 """
 
 from __future__ import annotations
@@ -13,21 +15,31 @@ from prefect.futures import PrefectFuture
 from zarrchive.records import Failure, LineageRecord
 
 
-def gather(
-    stage: str, submitted: list[tuple[PrefectFuture, dict[str, Any]]], lineage: list[LineageRecord]
-) -> tuple[list[Any], list[Failure]]:
-    """Wait for every future; return the outputs of those that succeeded and a Failure for each other one.
+def redact(message: str, staging: str | None = None, work: str | None = None) -> str:
+    """``message`` without the ingest machine's paths: a staged original is named by its submitted path, other
+    staging and work-area paths by what they are."""
+    if staging:
+        message = message.replace(f"{staging.rstrip('/')}/originals/", "").replace(staging.rstrip("/"), "<staging>")
+    if work:
+        message = message.replace(work.rstrip("/"), "<work area>")
+    return message
+
+
+def gather(stage: str, submitted: list[tuple[PrefectFuture, dict[str, Any]]], staging: str | None = None,
+           work: str | None = None) -> tuple[list[Any], list[Failure], list[LineageRecord]]:
+    """Wait for every future; the outputs of those that succeeded, a Failure for each other one, and the lineage
+    of the successes.
 
     Each future comes with what identifies its work (``source_path``, and
     ``image_id``/``series`` for per-image stages) for the failure record.
     """
-    outputs, failures = [], []
+    outputs, failures, lineage = [], [], []
     for future, who in submitted:
         try:
             traced = future.result()
         except Exception as exc:  # a failed image is reported; the others go on
-            failures.append(Failure(stage=stage, error=f"{type(exc).__name__}: {exc}", **who))
+            failures.append(Failure(stage=stage, error=redact(f"{type(exc).__name__}: {exc}", staging, work), **who))
             continue
         lineage.append(traced.lineage)
         outputs.append(traced.output)
-    return outputs, failures
+    return outputs, failures, lineage

@@ -1,107 +1,194 @@
 """``ingest_submission``: one submission from the landing zone to a published, verified archive version.
 
 Reads as the stages in order: intake, fetch, convert, pyramid, compress, qc,
-publish. Per-file and per-image stages fan out; a failure is recorded and
-the other images go on; the publish policy decides what a failure blocks.
-Label images go through the same stages; their pyramid follows the image they
-annotate, and publish nests them under it.
+(a curator's approval, when asked for) and publish. Per-file and per-image
+stages fan out; a failure is recorded and the other images go on; the publish
+policy decides what a failure blocks. Label images go through the same stages;
+their pyramid follows the image they annotate, and publish nests them under it.
+
+Every outcome ends the run in a state that says what happened (``outcome``)
+and leaves a ``<accession>-publication`` artifact listing each image's fate.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+import os
+from typing import Any, Literal
 
-from prefect import flow
-from pydantic import BaseModel, Field
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact
+from prefect.runtime import flow_run
+from prefect.states import Completed, Failed, State
 
+from zarrchive import outcome
 from zarrchive.cluster import cluster_for_run, link_dashboard
 from zarrchive.config import load_settings
-from zarrchive.flows.fanout import gather
-from zarrchive.records import LineageRecord, Publication
-from zarrchive.staging import staging_area, work_area
+from zarrchive.errors import ArchiveNotFound, SubmissionError
+from zarrchive.flows.approval import ask_curator
+from zarrchive.flows.fanout import gather, redact
+from zarrchive.records import Publication
+from zarrchive.staging import clean_stale, staging_area, work_area
 from zarrchive.tasks.compress import compress
 from zarrchive.tasks.convert import companions_of, convert
 from zarrchive.tasks.fetch import fetch
 from zarrchive.tasks.intake import intake
 from zarrchive.tasks.publish import (
-    blocking_reasons, find_unchanged, image_outcomes, not_published, publish, unchanged_publication,
-    version_fingerprint,
+    blocking_reasons, image_outcomes, not_published, publish, unchanged, version_fingerprint,
 )
 from zarrchive.tasks.pyramid import labels_with_images, pyramid
 from zarrchive.tasks.qc import qc
 
-
-class IngestRequest(BaseModel):
-    """What archive staff fill in to ingest one submission."""
-
-    submission: str = Field(description="Submission folder or fsspec URL (it holds submission.yaml)")
-    archive: str = Field(description="Archive root: a folder or fsspec URL such as s3://bucket/archive")
-    config: str | None = Field(default=None, description="YAML file merged over configs/default.yaml")
-    codec_profile: Literal["compat", "max", "fixed"] | None = Field(
-        default=None, description="compat: codecs every Zarr v3 reader has; max: also JPEG-XL, JPEG-LS, HTJ2K, "
-                                  "pcodec (smallest; reading needs imagecodecs); empty: the config's profile")
+Profile = Literal["from configuration", "compat", "max", "fixed"]
 
 
-@flow(name="ingest_submission", flow_run_name="ingest {request.submission}", validate_parameters=True)
-def ingest_submission(request: IngestRequest) -> Publication:
-    settings = load_settings(request.config, {"compress": {"profile": request.codec_profile}}
-                             if request.codec_profile else None)
-    lineage: list[LineageRecord] = []
+def run_name() -> str:
+    """``ingest <submission folder name>``, readable in the run list."""
+    return f"ingest {os.path.basename(str(flow_run.parameters.get('submission', '?')).rstrip('/'))}"
 
-    submitted = intake(request.submission, request.archive, settings.archive, settings.submission)
-    lineage.append(submitted.lineage)
-    submission = submitted.output
 
-    with staging_area(settings.staging, submission.accession) as staging:
-        fetched = fetch(submission, staging, settings.fetch)
+@flow(name="ingest_submission", flow_run_name=run_name, validate_parameters=True)
+def ingest_submission(
+    submission: str,
+    archive: str,
+    config: str = "",
+    codec_profile: Profile = "from configuration",
+    create_archive: bool = False,
+    approval: bool = False,
+    overrides: dict[str, Any] | None = None,
+) -> Publication:
+    """Ingest one submission: verified, compressed, multiscale OME-Zarr, checked and published with its lineage.
+
+    Args:
+        submission: The submission folder or fsspec URL (it holds submission.yaml and the files it lists).
+        archive: The archive root, a folder or fsspec URL such as s3://bucket/archive.
+        config: A YAML file merged over configs/default.yaml (empty: the defaults).
+        codec_profile: compat: codecs every Zarr v3 reader has; max: also JPEG-XL, JPEG-LS, HTJ2K, pcodec
+            (smallest; reading needs imagecodecs); fixed: the configuration's codec.
+        create_archive: Start a new archive when the archive root holds none (off: such a run is refused, so a
+            mistyped root never starts a second archive).
+        approval: Pause before publishing until a curator approves or rejects the version (with a reason).
+        overrides: Configuration sections merged over the configuration (a consortium deployment sets them).
+    """
+    log = get_run_logger()
+    settings = load_settings(config or None, _overrides(overrides, codec_profile))
+    if removed := clean_stale(settings.staging):
+        log.info("removed what %d killed run(s) left: %s", len(removed), ", ".join(removed))
+    try:
+        submitted = intake(submission, archive, settings.archive, settings.submission, create_archive)
+    except (SubmissionError, ArchiveNotFound) as exc:
+        return report(Publication(accession=None, status="refused", archive=archive, submission=submission,
+                                  reasons=exc.problems))
+    record = submitted.output
+    lineage = [submitted.lineage]
+    log.info("%s: %s (%d file(s)) is %s", record.accession, record.doc.title, len(record.doc.files),
+             "new in a new archive" if record.created_archive else "accepted")
+
+    with staging_area(settings.staging, record.accession) as staging:
+        fetched = fetch(record, staging, settings.fetch)
         lineage.append(fetched.lineage)
-        files, failures = fetched.output.files, list(fetched.output.failures)
+        files = fetched.output.files
+        failures = [f.model_copy(update={"error": redact(f.error, staging)}) for f in fetched.output.failures]
+        fingerprint = version_fingerprint(record, files, settings)
+        if not failures:
+            latest = unchanged(record, archive, fingerprint, settings.publish)
+            if latest.output is not None:
+                return report(latest.output)
 
-        fingerprint = version_fingerprint(submission, files, settings)
-        if not failures and (latest := find_unchanged(request.archive, submission.accession, fingerprint)):
-            return unchanged_publication(submission, request.archive, latest)
-
-        entries = {entry.path: entry for entry in submission.doc.files}
+        entries = {entry.path: entry for entry in record.doc.files}
         staged = {f.path: f for f in files}
         work = work_area(settings.staging)
         with cluster_for_run(settings.cluster) as scheduler:
             link_dashboard(scheduler)
-            converted, failed = gather("convert", [
-                (convert.submit(f, entries[f.path], work, settings.convert, companions_of(f, files)),
-                 {"source_path": f.path})
+            converted, failed, traced = gather("convert", [
+                (convert.with_options(timeout_seconds=settings.convert.timeout_seconds).submit(
+                    f, entries[f.path], work, settings.convert, companions_of(f, files)), {"source_path": f.path})
                 for f in files if f.kind in ("image", "label")
-            ], lineage)
+            ], staging, work)
             converted = [image for batch in converted for image in batch]
-            failures += failed
+            failures, lineage = failures + failed, lineage + traced
 
-            images, failed = gather("pyramid", [
+            images, failed, traced = gather("pyramid", [
                 (pyramid.submit(image, settings.pyramid), _who(image)) for image in converted if image.kind == "image"
-            ], lineage)
-            failures += failed
-            labels, failed = gather("pyramid", [  # a label follows the levels of the image it annotates
+            ], staging, work)
+            failures, lineage = failures + failed, lineage + traced
+            labels, failed, traced = gather("pyramid", [  # a label follows the levels of the image it annotates
                 (pyramid.submit(label, settings.pyramid, image), _who(label))
                 for label, image in labels_with_images(converted, images)
-            ], lineage)
-            images, failures = images + labels, failures + failed
+            ], staging, work)
+            images, failures, lineage = images + labels, failures + failed, lineage + traced
 
-            reports, failed = gather("compress", [
+            reports, failed, traced = gather("compress", [
                 (compress.submit(image, staged[image.source_path], work, settings.compress, scheduler), _who(image))
                 for image in images
-            ], lineage)
-            failures += failed
+            ], staging, work)
+            failures, lineage = failures + failed, lineage + traced
 
-            checked = qc(submission, images, reports, settings.qc, scheduler) if reports else None
-            if checked:
-                lineage.append(checked.lineage)
+            checked = qc(record, images, reports, settings.qc, scheduler, failures) if reports else None
+            lineage += [checked.lineage] if checked else []
             qc_report = checked.output if checked else None
 
         outcomes = image_outcomes(images, failures, qc_report, settings.publish)
         if reasons := blocking_reasons(outcomes, qc_report):
-            return not_published(submission, request.archive, outcomes, reasons)
-        published = publish(submission, request.archive, fingerprint, files, reports, outcomes, qc_report, lineage)
-        return published.output
+            return report(not_published(record, archive, outcomes, reasons))
+        if approval:
+            decision = ask_curator(record, outcomes, qc_report, settings.publish.approval_timeout_seconds)
+            lineage.append(decision.lineage)
+            if not decision.output.approved:
+                return report(not_published(record, archive, outcomes, [decision.output.describe()],
+                                            status="rejected"))
+        published = publish(record, archive, fingerprint, files, reports, outcomes, qc_report, lineage,
+                            settings.publish)
+        return report(published.output)
+
+
+def _overrides(overrides: dict[str, Any] | None, codec_profile: str) -> dict[str, Any] | None:
+    """The run's configuration overrides: the deployment's, and the codec profile chosen in the form."""
+    merged = dict(overrides or {})
+    if codec_profile != "from configuration":
+        merged["compress"] = {**merged.get("compress", {}), "profile": codec_profile}
+    return merged or None
 
 
 def _who(image) -> dict:
     return {"source_path": image.source_path, "image_id": image.image_id, "series": image.series,
             "label_of": image.label_of}
+
+
+def report(pub: Publication) -> State:
+    """End the run with what happened: the publication artifact, the outcome's tags, a log line and a state that
+    is Completed only when a complete version was published or nothing needed publishing."""
+    log = get_run_logger()
+    create_markdown_artifact(outcome.report(pub), key=outcome.artifact_key(pub),
+                             description=f"What became of {pub.accession or pub.submission}")
+    _tag_run(outcome.tags(pub))
+    text = outcome.message(pub)
+    (log.info if outcome.succeeded(pub) else log.warning)(text)
+    if outcome.succeeded(pub):
+        return Completed(message=text, data=pub)
+    return Failed(message=text, data=pub)
+
+
+def _tag_run(tags: list[str]) -> None:
+    """Add ``tags`` to this flow run (so staff can filter the run list on the outcome and the accession)."""
+    from prefect.client.orchestration import get_client
+
+    run_id = flow_run.id
+    if not run_id:
+        return
+    with get_client(sync_client=True) as client:
+        current = client.read_flow_run(run_id)
+        client.update_flow_run(run_id, tags=sorted(set(current.tags) | set(tags)))
+
+
+def ingest(submission: str, archive: str, config: str | None = None, codec_profile: str | None = None,
+           create_archive: bool = True, approval: bool = False,
+           overrides: dict[str, Any] | None = None) -> Publication:
+    """Run ``ingest_submission`` and return its ``Publication`` whatever the outcome (the Python API, and the
+    command line's). Creates the archive on first use unless told otherwise."""
+    state = ingest_submission(submission=submission, archive=archive, config=config or "",
+                              codec_profile=codec_profile or "from configuration", create_archive=create_archive,
+                              approval=approval, overrides=overrides, return_state=True)
+    result = state.result(raise_on_failure=False)
+    if isinstance(result, BaseException):
+        raise result
+    return result

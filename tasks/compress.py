@@ -44,6 +44,7 @@ from zarrchive.ngff import ZARR_FORMAT, group_attributes
 from zarrchive.passes import LevelPlan, downsample_regions, select_codec, stream_region
 from zarrchive.records import CodecChoice, CodecSelection, CompressionReport, FileRecord, ImageRecord
 from zarrchive.shards import Stored
+from zarrchive.staging import partial_name
 from zarrchive.storage import remove_unfinished_writes, sha256_stream, tree_digest, walk_files
 from zarrchive.tasks.pyramid import factors
 
@@ -162,8 +163,10 @@ def compress_image(image: ImageRecord, source: FileRecord, work: str, settings: 
         raise InputError(source.path, "the staged file is not the one the image was converted from "
                                       f"(sha256 {source.sha256[:12]}…, expected {image.source_sha256[:12]}…)")
     started = time.perf_counter()
-    final = f"{work.rstrip('/')}/compress/{compressed_name(image, settings)}.ome.zarr"
-    store = f"{final}.partial-{uuid.uuid4().hex[:8]}"
+    # each attempt writes its own store (runs compressing the same image at once never touch each other's), under
+    # a temporary name holding this process's id (``staging.clean_stale`` removes those of killed processes)
+    final = f"{work.rstrip('/')}/compress/{compressed_name(image, settings)}-{uuid.uuid4().hex[:8]}.ome.zarr"
+    store = partial_name(final)
     axes = [a.name for a in image.axes]
     plans = plan_writes(image, settings)
     stored, level0 = Stored(), []
@@ -197,8 +200,6 @@ def compress_image(image: ImageRecord, source: FileRecord, work: str, settings: 
         windows = list(image.channel_windows) if image.channel_windows else display_windows(store, image)
         root.update_attributes(group_attributes(image, windows, settings.ngff))
         _keep_ome_xml(store, image, settings.ngff)
-        if os.path.exists(final):
-            shutil.rmtree(final)
         os.replace(store, final)
     except Exception as exc:
         shutil.rmtree(store, ignore_errors=True)

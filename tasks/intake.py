@@ -19,12 +19,12 @@ from prefect.cache_policies import NO_CACHE
 
 from zarrchive import yamldoc
 from zarrchive.config import ArchiveSettings, SubmissionLimits, SubmissionSettings
-from zarrchive.errors import SubmissionError
+from zarrchive.errors import ArchiveNotFound, SubmissionError
 from zarrchive.landingzone import Entry, SubmissionFiles, UnsafeEntry, fold
 from zarrchive.lineage import Traced, traced
 from zarrchive.records import Finding, Submission, SubmissionDoc, default_label_name, parse_relative_path
 from zarrchive.runtime import retry_transient
-from zarrchive.storage import dumps, join, read_json, resolve, to_url, write_bytes_atomic
+from zarrchive.storage import dumps, join, read_json, resolve, to_url, write_bytes_atomic, write_bytes_exclusive
 from zarrchive.submission_checks import strings_in, check_submission, label
 
 SUBMISSION_FILE = "submission.yaml"
@@ -224,13 +224,41 @@ def _names(fs: fsspec.AbstractFileSystem, root: str) -> list[str]:
         return []
 
 
+ARCHIVE_MARKER = "zarrchive-archive.json"
+
+
+def open_archive(archive: str, create: bool) -> bool:
+    """Make sure ``archive`` is a zarrchive archive; return whether this call created it.
+
+    An archive is marked by ``zarrchive-archive.json`` at its root (an archive made before the mark, with its
+    ``_registry``, is marked on first use). A location without one is refused unless ``create``: a typing error in
+    the archive root must not silently start a new archive."""
+    fs, root = resolve(archive)
+    marker = join(root, ARCHIVE_MARKER)
+    if fs.exists(marker):
+        return False
+    legacy = "_registry" in _names(fs, root)
+    if not (create or legacy):
+        raise ArchiveNotFound(archive, [f"{to_url(fs, root)} holds no zarrchive archive ({ARCHIVE_MARKER} is missing): "
+                                        "check the location, or ask for a new archive to be created there "
+                                        "(create_archive)"])
+    try:
+        write_bytes_exclusive(fs, marker, dumps({"format_version": 1, "software": "zarrchive",
+                                                 "created": dt.datetime.now(dt.timezone.utc).isoformat()}))
+    except FileExistsError:  # another run marked it first
+        return False
+    return not legacy
+
+
 def intake_submission(source: str, archive: str, settings: ArchiveSettings,
-                      checks: SubmissionSettings) -> Submission:
-    """Validate the submission at ``source`` and give it its accession in ``archive``."""
+                      checks: SubmissionSettings, create_archive: bool = False) -> Submission:
+    """Validate the submission at ``source`` and give it its accession in ``archive`` (refused when ``archive`` is
+    not an archive, unless ``create_archive``)."""
     doc, doc_sha256, warnings = read_submission(source, checks)
+    created = open_archive(archive, create_archive)
     accession = allocate_accession(source, archive, settings)
     return Submission(source=submission_key(source), doc=doc, doc_sha256=doc_sha256, accession=accession,
-                      findings=warnings)
+                      findings=warnings, created_archive=created)
 
 
 def template_for(folder: str) -> str:
@@ -291,13 +319,21 @@ def _entry_of(rel: str, is_store: Callable[[str], bool]) -> str:
 LABEL_FOLDERS = {"labels", "label", "masks", "mask", "segmentations", "segmentation"}
 
 
+IMAGE_SUFFIXES = (".tif", ".tiff", ".btf", ".tf8", ".png", ".jpg", ".jpeg", ".czi", ".nd2", ".lif", ".zarr", ".ims",
+                  ".mrc", ".mrcs", ".map", ".vsi", ".svs", ".ndpi", ".scn", ".bif")
+
+
 def template_entry(path: str, paths: list[str]) -> dict[str, Any]:
-    """The template's entry for ``path``: a label when it lies in a folder named like labels or masks, with a
-    guess of the image it annotates (the other file whose name its own name starts with), else an image."""
+    """The template's entry for ``path``: an attachment unless its name ends like an image file's; a label when it
+    lies in a folder named like labels or masks, with a guess of the image it annotates (the other file whose name
+    its own name starts with); else an image."""
+    if not path.lower().endswith(IMAGE_SUFFIXES):
+        return {"path": path, "kind": "attachment"}
     if not any(part.lower() in LABEL_FOLDERS for part in path.split("/")[:-1]):
         return {"path": path}
     stem = default_label_name(path)
-    images = [p for p in paths if not any(part.lower() in LABEL_FOLDERS for part in p.split("/")[:-1])]
+    images = [p for p in paths if p.lower().endswith(IMAGE_SUFFIXES)
+              and not any(part.lower() in LABEL_FOLDERS for part in p.split("/")[:-1])]
     guesses = sorted((p for p in images if stem.startswith(default_label_name(p))),
                      key=lambda p: -len(default_label_name(p)))
     return {"path": path, "kind": "label",
@@ -306,5 +342,6 @@ def template_entry(path: str, paths: list[str]) -> dict[str, Any]:
 
 @task(name="intake", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[1, 5],
       retry_condition_fn=retry_transient)
-def intake(source: str, archive: str, settings: ArchiveSettings, checks: SubmissionSettings) -> Traced[Submission]:
-    return traced("intake", intake_submission, source, archive, settings, checks)
+def intake(source: str, archive: str, settings: ArchiveSettings, checks: SubmissionSettings,
+           create_archive: bool = False) -> Traced[Submission]:
+    return traced("intake", intake_submission, source, archive, settings, checks, create_archive)

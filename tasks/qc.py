@@ -27,7 +27,6 @@ import html
 import json
 import os
 import re
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -37,11 +36,13 @@ from prefect.cache_policies import NO_CACHE
 
 from zarrchive.blocks import chunk_slices
 from zarrchive.cluster import client_for
-from zarrchive.config import QCSettings, config_dir
+from zarrchive.config import QCSettings, config_dir, suite_path
 from zarrchive.lineage import Traced, traced
 from zarrchive.ngff import validate_image, validate_label
 from zarrchive.passes import chunk_stats
-from zarrchive.records import MICROMETERS, CompressionReport, Finding, ImageRecord, QCReport, Submission
+from zarrchive.records import (
+    MICROMETERS, CompressionReport, Failure, Finding, ImageRecord, QCReport, Submission,
+)
 from zarrchive.tasks.compress import BATCH
 
 
@@ -49,14 +50,9 @@ from zarrchive.tasks.compress import BATCH
 # ---------------------------------------------------------------- the suite
 
 
-def _resolve(path: str) -> Path:
-    p = Path(path)
-    return p if p.is_absolute() else config_dir() / p
-
-
 def load_suite(settings: QCSettings, imaging_method: Any = None) -> tuple[dict[str, Any], str | None]:
     """The suite with the modality's adjustments and the configured re-grading applied, and the modality."""
-    suite = json.loads(_resolve(settings.suite).read_text())
+    suite = json.loads(suite_path(settings.suite).read_text())
     modality = choose_modality(settings, imaging_method)
     adjust = {}
     if modality:
@@ -253,13 +249,17 @@ def lossy_source_findings(images: list[ImageRecord], reports: list[CompressionRe
 # ---------------------------------------------------------------- reports people read
 
 
-def markdown_summary(report: QCReport) -> str:
+def markdown_summary(report: QCReport, failures: list[Failure] = ()) -> str:
+    """The QC summary: images checked, the images that never reached QC (they failed before it), every finding."""
+    failed = [f for f in failures if f.stage != "qc"]
     lines = [f"# QC — suite `{report.suite}`" + (f", modality `{report.modality}`" if report.modality else ""), "",
-             f"{len(report.rows)} image(s): {len(report.errors)} error(s), {len(report.warnings)} warning(s).", "",
+             f"{len(report.rows)} image(s) checked: {len(report.errors)} error(s), {len(report.warnings)} warning(s)"
+             + (f"; {len(failed)} image(s) or file(s) failed before QC and were not checked." if failed else "."), "",
              "| severity | where | check | message |", "|---|---|---|---|"]
     lines += [f"| {f.severity} | {f.image_id or f.file or f.field or '-'} | {f.check} | {f.message} |"
               for f in report.findings]
-    if not report.findings:
+    lines += [f"| failed | {f.image_id or f.source_path} | {f.stage} | {f.error} |" for f in failed]
+    if not report.findings and not failed:
         lines.append("| - | - | - | all checks passed |")
     return "\n".join(lines)
 
@@ -306,10 +306,13 @@ def _fmt(value: Any) -> str:
 
 @task(name="qc", cache_policy=NO_CACHE)
 def qc(submission: Submission, images: list[ImageRecord], reports: list[CompressionReport], settings: QCSettings,
-       scheduler: str) -> Traced[QCReport]:
+       scheduler: str, failures: list[Failure] = ()) -> Traced[QCReport]:
     result = traced("qc", check_metadata, submission, images, reports, settings, scheduler)
-    create_markdown_artifact(markdown_summary(result.output), key="qc-summary", description="QC summary")
+    key = submission.accession.lower()
+    create_markdown_artifact(markdown_summary(result.output, failures), key=f"{key}-qc-summary",
+                             description=f"QC summary of {submission.accession}")
     create_table_artifact([f.model_dump() for f in result.output.findings] or [{"message": "no findings"}],
-                          key="qc-findings", description="QC findings")
-    create_table_artifact(result.output.rows, key="qc-images", description="QC facts per image")
+                          key=f"{key}-qc-findings", description=f"QC findings of {submission.accession}")
+    create_table_artifact(result.output.rows, key=f"{key}-qc-images", description=f"QC facts per image of "
+                                                                                  f"{submission.accession}")
     return result

@@ -73,14 +73,14 @@ def demo(tmp_path_factory, scheduler, prefect_server):
     import hashlib
 
     from zarrchive.demo import make_sample_submission
-    from zarrchive.flows.ingest import IngestRequest, ingest_submission
+    from zarrchive.flows.ingest import ingest
 
     root = tmp_path_factory.mktemp("demo")
     cfg = root / "config.yaml"
     cfg.write_text(yaml.safe_dump({"cluster": {"address": scheduler}, "staging": {"work": WORK}}))
     sub = make_sample_submission(root / "submission")
     before = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in sub.rglob("*") if p.is_file()}
-    pub = ingest_submission(IngestRequest(submission=str(sub), archive=str(root / "archive"), config=str(cfg)))
+    pub = ingest(submission=str(sub), archive=str(root / "archive"), config=str(cfg))
     return pub, sub, root / "archive", str(cfg), before
 
 

@@ -81,6 +81,7 @@ def test_submission_new_lists_the_files_and_completes_into_a_valid_submission(tm
     assert main(["submission", "new", str(folder)]) == 0
     doc = yaml.safe_load((folder / "submission.yaml").read_text())
     assert [f["path"] for f in doc["files"]] == ["images/a.ome.tif", "readme.txt"]
+    assert doc["files"][1]["kind"] == "attachment"  # not named like an image file
     assert main(["submission", "new", str(folder)]) == 2  # never overwrites silently
     assert main(["validate", str(folder)]) == 1  # the TODOs are still there
     assert "still holds the template's TODO" in capsys.readouterr().out

@@ -11,13 +11,13 @@ import pytest
 import tifffile
 
 from builders import ome_tiff, plain_tiff, random_image, submission
-from zarrchive.flows.ingest import IngestRequest, ingest_submission
+from zarrchive.flows import ingest as ingest_flow
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
 
 def ingest(sub: Path, archive: Path, config: str):
-    return ingest_submission(IngestRequest(submission=str(sub), archive=str(archive), config=config))
+    return ingest_flow.ingest(submission=str(sub), archive=str(archive), config=config)
 
 
 def sha256(path: Path) -> str:
@@ -106,9 +106,10 @@ def test_qc_report_and_prefect_run_show_every_stage(demo):
 
     full, artifact_keys = asyncio.run(stages())
     names = {name.split(":")[0].rsplit("-", 1)[0] for name in full}
-    assert names == {"intake", "fetch", "convert", "pyramid", "compress", "qc", "publish"}
+    assert names == {"intake", "fetch", "check_unchanged", "convert", "pyramid", "compress", "qc", "publish"}
     assert {"convert: images/hela_nuclei.ome.tif", "compress: images_legacy_overview"} <= set(full)
-    assert {"qc-summary", "qc-findings", "qc-images", "publication"} <= artifact_keys
+    assert {"za000001-qc-summary", "za000001-qc-findings", "za000001-qc-images",
+            "za000001-publication"} <= artifact_keys
 
 
 def test_rerunning_an_unchanged_submission_publishes_nothing_new(demo):

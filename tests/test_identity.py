@@ -11,7 +11,7 @@ import pytest
 
 from builders import ome_tiff, random_image, submission
 from zarrchive.cli import main
-from zarrchive.flows.ingest import IngestRequest, ingest_submission
+from zarrchive.flows.ingest import ingest_submission
 from zarrchive.provenance import lineage_of
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
@@ -22,7 +22,7 @@ def run(sub: Path, archive: Path, config: str):
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter
 
-    state = ingest_submission(IngestRequest(submission=str(sub), archive=str(archive), config=config),
+    state = ingest_submission(submission=str(sub), archive=str(archive), config=config, create_archive=True,
                               return_state=True)
     publication = state.result()
 

@@ -270,7 +270,7 @@ def test_accession_format_follows_settings(tmp_path):
 def test_intake_submission_returns_a_submission_with_its_accession(tmp_path):
     folder = submission_folder(tmp_path, "sub")
     archive = tmp_path / "archive"
-    sub = intake_submission(str(folder), str(archive), SETTINGS, CHECKS)
+    sub = intake_submission(str(folder), str(archive), SETTINGS, CHECKS, create_archive=True)
     assert isinstance(sub, Submission)
     assert re.fullmatch(r"ZA\d{6}", sub.accession)
     assert sub.source == str(folder)
@@ -287,15 +287,15 @@ def test_refused_submission_gets_no_accession(tmp_path):
     write_doc(folder, doc)
     archive = tmp_path / "archive"
     with pytest.raises(SubmissionError):
-        intake_submission(str(folder), str(archive), SETTINGS, CHECKS)
+        intake_submission(str(folder), str(archive), SETTINGS, CHECKS, create_archive=True)
     assert not archive.exists() or not any(archive.iterdir())
 
 
 def test_accession_is_stable_on_rerun(tmp_path, monkeypatch):
     folder = submission_folder(tmp_path, "sub")
     archive = str(tmp_path / "archive")
-    first = intake_submission(str(folder), archive, SETTINGS, CHECKS).accession
-    second = intake_submission(str(folder), archive, SETTINGS, CHECKS).accession
+    first = intake_submission(str(folder), archive, SETTINGS, CHECKS, create_archive=True).accession
+    second = intake_submission(str(folder), archive, SETTINGS, CHECKS, create_archive=True).accession
     # the same folder spelled differently (trailing slash, relative path) is the same submission
     third = allocate_accession(str(folder) + "/", archive, SETTINGS)
     monkeypatch.chdir(tmp_path)
@@ -307,7 +307,8 @@ def test_accession_is_stable_on_rerun(tmp_path, monkeypatch):
 
 def test_different_folders_get_different_increasing_accessions(tmp_path):
     archive = str(tmp_path / "archive")
-    got = [intake_submission(str(submission_folder(tmp_path, f"sub{i}")), archive, SETTINGS, CHECKS).accession
+    got = [intake_submission(str(submission_folder(tmp_path, f"sub{i}")), archive, SETTINGS, CHECKS,
+                             create_archive=True).accession
            for i in range(3)]
     assert got == ["ZA000001", "ZA000002", "ZA000003"]
     # and each remains its own on rerun

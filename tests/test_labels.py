@@ -281,7 +281,7 @@ def halved_axes(group: zarr.Group, k: int) -> tuple[int, ...]:
 def labelled(tmp_path_factory, scheduler, prefect_server):
     """A submission of one image with two labels (a uint16 label and a bool mask), ingested once."""
     from conftest import WORK
-    from zarrchive.flows.ingest import IngestRequest, ingest_submission
+    from zarrchive.flows.ingest import ingest
 
     root = tmp_path_factory.mktemp("labels")
     sub = root / "sub"
@@ -298,7 +298,7 @@ def labelled(tmp_path_factory, scheduler, prefect_server):
     config = root / "config.yaml"
     config.write_text(yaml.safe_dump({"cluster": {"address": scheduler}, "staging": {"work": WORK},
                                       "convert": {"chunk_xy": 16}, "compress": {"shard_xy": 32}}))
-    pub = ingest_submission(IngestRequest(submission=str(sub), archive=str(root / "archive"), config=str(config)))
+    pub = ingest(submission=str(sub), archive=str(root / "archive"), config=str(config))
     return pub, {"nuclei": nuclei, "cell01_mask": mask.astype(np.uint8)}, str(config)
 
 
@@ -401,7 +401,7 @@ def test_show_lists_the_labels_under_their_image(labelled, capsys):
 
 def test_a_label_of_the_wrong_shape_fails_and_the_policy_decides_for_the_image(tmp_path, config_file,
                                                                                 prefect_server):
-    from zarrchive.flows.ingest import IngestRequest, ingest_submission
+    from zarrchive.flows import ingest as ingest_flow
 
     sub = tmp_path / "sub"
     ome_tiff(sub / "images/cell01.ome.tif", random_image((1, 30, 28)), "CYX", {"x": 0.2, "y": 0.2})
@@ -410,8 +410,8 @@ def test_a_label_of_the_wrong_shape_fails_and_the_policy_decides_for_the_image(t
                      {"path": "labels/cell01_nuclei.tif", "kind": "label", "label_of": "images/cell01.ome.tif"}])
 
     def ingest(**sections):
-        return ingest_submission(IngestRequest(submission=str(sub), archive=str(tmp_path / "archive"),
-                                               config=config_file(convert={"chunk_xy": 16}, **sections)))
+        return ingest_flow.ingest(submission=str(sub), archive=str(tmp_path / "archive"),
+                                  config=config_file(convert={"chunk_xy": 16}, **sections))
 
     blocked = ingest()  # block_submission (the default): the failed label blocks the version
     assert blocked.status == "blocked"
@@ -449,7 +449,7 @@ def test_with_ngff_0_4_the_labels_are_zarr_v2_and_ome_zarr_readers_find_them(tmp
     from ome_zarr_models.v04 import Image
     from ome_zarr_models.v04.labels import Labels
 
-    from zarrchive.flows.ingest import IngestRequest, ingest_submission
+    from zarrchive.flows.ingest import ingest
 
     sub = tmp_path / "sub"
     ome_tiff(sub / "images/cell01.ome.tif", random_image((1, 40, 36)), "CYX", {"x": 0.2, "y": 0.2})
@@ -458,8 +458,8 @@ def test_with_ngff_0_4_the_labels_are_zarr_v2_and_ome_zarr_readers_find_them(tmp
     submission(sub, [{"path": "images/cell01.ome.tif"},
                      {"path": "labels/cell01_nuclei.tif", "kind": "label", "label_of": "images/cell01.ome.tif",
                       "label_name": "nuclei"}])
-    pub = ingest_submission(IngestRequest(submission=str(sub), archive=str(tmp_path / "archive"), config=config_file(
-        convert={"chunk_xy": 16}, compress={"ngff": "0.4"})))
+    pub = ingest(submission=str(sub), archive=str(tmp_path / "archive"), config=config_file(
+        convert={"chunk_xy": 16}, compress={"ngff": "0.4"}))
     assert pub.status == "published", pub.reasons
     store = Path(pub.version_uri) / "images/images_cell01.ome.zarr"
     assert json.loads((store / "labels/.zattrs").read_text()) == {"labels": ["nuclei"]}

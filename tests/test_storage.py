@@ -57,7 +57,7 @@ def test_ingest_from_s3_landing_zone_into_s3_archive(s3_endpoint, tmp_path, conf
     import fsspec
 
     from builders import ome_tiff, random_image, submission
-    from zarrchive.flows.ingest import IngestRequest, ingest_submission
+    from zarrchive.flows.ingest import ingest
 
     local = submission(tmp_path / "sub", [{"path": "img/a.ome.tif"}, {"path": "notes.txt", "kind": "attachment"}])
     ome_tiff(local / "img" / "a.ome.tif", random_image((1, 1, 40, 30)), "CZYX", {"x": 0.3, "y": 0.3})
@@ -66,8 +66,8 @@ def test_ingest_from_s3_landing_zone_into_s3_archive(s3_endpoint, tmp_path, conf
     fs = fsspec.filesystem("s3")
     fs.put(str(local) + "/", f"{bucket}/landing/sub/", recursive=True)
 
-    pub = ingest_submission(IngestRequest(submission=f"s3://{bucket}/landing/sub",
-                                          archive=f"s3://{bucket}/archive", config=config_file()))
+    pub = ingest(submission=f"s3://{bucket}/landing/sub",
+                                          archive=f"s3://{bucket}/archive", config=config_file())
     assert pub.status == "published" and pub.version_uri == f"s3://{bucket}/archive/ZA000001/v1"
     vdir = f"{bucket}/archive/ZA000001/v1"
     manifest = json.loads(fs.cat_file(f"{vdir}/manifest.json"))
@@ -77,6 +77,6 @@ def test_ingest_from_s3_landing_zone_into_s3_archive(s3_endpoint, tmp_path, conf
     for rel, entry in listed.items():
         assert hashlib.sha256(fs.cat_file(f"{vdir}/{rel}")).hexdigest() == entry["sha256"]
     assert fs.cat_file(f"{vdir}/originals/img/a.ome.tif") == (local / "img" / "a.ome.tif").read_bytes()
-    again = ingest_submission(IngestRequest(submission=f"s3://{bucket}/landing/sub",
-                                            archive=f"s3://{bucket}/archive", config=config_file()))
+    again = ingest(submission=f"s3://{bucket}/landing/sub",
+                                            archive=f"s3://{bucket}/archive", config=config_file())
     assert again.status == "unchanged" and again.version == 1

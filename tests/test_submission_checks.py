@@ -7,6 +7,8 @@ import datetime as dt
 from pathlib import Path
 
 import pytest
+import numpy as np
+import tifffile
 import yaml
 
 from builders import AUTHOR
@@ -79,7 +81,7 @@ CORPUS = [
 def write(folder: Path, doc: dict) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     for name in ("a.tif", "b.tif"):
-        (folder / name).write_bytes(b"II*\x00")
+        tifffile.imwrite(folder / name, np.arange(16, dtype="uint8").reshape(4, 4))
     (folder / "submission.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
     return folder
 
@@ -137,16 +139,15 @@ def test_release_date_limits_follow_the_configuration(tmp_path):
 
 
 def test_a_refused_submission_moves_no_data(tmp_path, config_file, prefect_server):
-    from zarrchive.errors import SubmissionError
-    from zarrchive.flows.ingest import IngestRequest, ingest_submission
+    from zarrchive.flows.ingest import ingest
 
     sub = write(tmp_path / "sub", with_change("authors.0.orcid", "0000-0002-1825-0098"))
     staging = tmp_path / "staging"
     config = config_file(staging={"root": str(staging), "keep": True})
-    with pytest.raises(SubmissionError) as err:
-        ingest_submission(IngestRequest(submission=str(sub), archive=str(tmp_path / "archive"), config=config))
-    assert err.value.problems == ["authors[0].orcid: 0000-0002-1825-0098 has a wrong check digit (expected 7): "
-                                  "probably a typing error"]
+    pub = ingest(submission=str(sub), archive=str(tmp_path / "archive"), config=config)
+    assert pub.status == "refused" and pub.accession is None
+    assert pub.reasons == ["authors[0].orcid: 0000-0002-1825-0098 has a wrong check digit (expected 7): "
+                           "probably a typing error"]
     assert not staging.exists() or not any(staging.iterdir())  # nothing was fetched
     assert not (tmp_path / "archive").exists()  # no accession was allocated
 

@@ -16,7 +16,8 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from zarrchive.errors import ConfigError, SubmissionError, ZarrchiveError
+from zarrchive.errors import ConfigError, ZarrchiveError
+from zarrchive.session import Interrupted, prefect_api, stop_on_signals
 from zarrchive.records import Publication
 
 EXIT_OK, EXIT_NOT_PUBLISHED, EXIT_USAGE = 0, 1, 2
@@ -65,6 +66,19 @@ def _parser() -> argparse.ArgumentParser:
     lineage.add_argument("--image", help="one image id")
     lineage.add_argument("--json", action="store_true")
 
+    verify = sub.add_parser("verify", help="re-hash published objects against their manifests (fixity)")
+    verify.add_argument("target", nargs="?", help="ACCESSION or ACCESSION/vN (default with --all: every accession)")
+    verify.add_argument("--archive", required=True)
+    verify.add_argument("--all", action="store_true", help="every accession of the archive")
+    verify.add_argument("--sample", type=float, default=1.0,
+                        help="hash this fraction of the objects, a share that rotates from audit to audit so that "
+                             "1/FRACTION audits cover everything (every object is still listed and sized)")
+    verify.add_argument("--json", action="store_true")
+
+    clean = sub.add_parser("clean", help="remove what killed runs left (staging folders, unfinished stores)")
+    clean.add_argument("--config", help="YAML merged over configs/default.yaml (staging.root, staging.work)")
+    clean.add_argument("--json", action="store_true")
+
     submission = sub.add_parser("submission", help="help depositors prepare a submission")
     sub_cmds = submission.add_subparsers(dest="action", required=True)
     new = sub_cmds.add_parser("new", help="write a submission.yaml template listing the files in DIR")
@@ -74,78 +88,145 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; its exit code. With ``--json``, every outcome prints one JSON object, errors included."""
     args = _parser().parse_args(argv)
     # Dask's per-connection INFO lines drown the run's own log; worker processes inherit this too.
     os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
-    # An archive runs offline: the ephemeral Prefect server must not try to phone home.
+    # An archive runs offline: the Prefect server must not try to phone home.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     logging.getLogger("distributed").setLevel(logging.WARNING)
+    as_json = bool(getattr(args, "json", False))
     try:
-        if args.command == "ingest":
-            return _ingest(args.submission, args.archive, args.config, args.json, args.codec_profile)
-        if args.command == "demo":
-            from zarrchive.demo import make_sample_submission
-
-            folder = make_sample_submission(Path(args.archive).resolve().parent / "submission")
-            if not args.json:
-                print(f"Sample submission: {folder}")
-            return _ingest(str(folder), args.archive, args.config, args.json)
-        if args.command == "convert":
-            return _convert(args.input, args.output, args.config, args.overwrite, args.codec_profile)
-        if args.command == "validate":
-            return _validate(args.submission, args.config, args.json)
-        if args.command == "show":
-            return _show(args.accession, args.archive, args.json)
-        if args.command == "lineage":
-            return _lineage(args.accession, args.archive, args.version, args.image, args.json)
-        if args.command == "submission":
-            return _submission_new(args.dir, args.force)
+        with stop_on_signals():
+            return _dispatch(args)
     except ConfigError as exc:
-        print(f"zarrchive: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return _error(exc, as_json, EXIT_USAGE, "invalid configuration")
+    except Interrupted as exc:
+        global _interrupted
+        _interrupted = exc.signum
+        return _error(exc, as_json, 128 + exc.signum, "stopped")
+    except Exception as exc:  # every other failure: reported, in JSON when asked, never a bare traceback
+        return _error(exc, as_json, EXIT_NOT_PUBLISHED, "error")
+
+
+_interrupted: int | None = None
+
+
+def run() -> None:
+    """The ``zarrchive`` command: ``main``, then exit at once after a stop signal (threads still busy with work
+    that no longer matters are not waited for)."""
+    code = main()
+    if _interrupted is not None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
+def _error(exc: BaseException, as_json: bool, code: int, status: str) -> int:
+    text = str(exc) if isinstance(exc, (ZarrchiveError, Interrupted)) else f"{type(exc).__name__}: {exc}"
+    if as_json:
+        print(json.dumps({"status": status, "error": text}))
+    else:
+        print(f"zarrchive: {text}", file=sys.stderr)
+    return code
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "ingest":
+        return _ingest(args.submission, args.archive, args.config, args.json, args.codec_profile)
+    if args.command == "demo":
+        from zarrchive.demo import make_sample_submission
+
+        folder = make_sample_submission(Path(args.archive).resolve().parent / "submission")
+        if not args.json:
+            print(f"Sample submission: {folder}")
+        return _ingest(str(folder), args.archive, args.config, args.json)
+    if args.command == "convert":
+        return _convert(args.input, args.output, args.config, args.overwrite, args.codec_profile)
+    if args.command == "validate":
+        return _validate(args.submission, args.config, args.json)
+    if args.command == "show":
+        return _show(args.accession, args.archive, args.json)
+    if args.command == "lineage":
+        return _lineage(args.accession, args.archive, args.version, args.image, args.json)
+    if args.command == "submission":
+        return _submission_new(args.dir, args.force)
+    if args.command == "verify":
+        return _verify(args.target, args.archive, args.all, args.sample, args.json)
+    if args.command == "clean":
+        return _clean(args.config, args.json)
     return EXIT_USAGE
+
+
+def _verify(target: str | None, archive: str, every: bool, sample: float, as_json: bool) -> int:
+    from zarrchive import fixity
+
+    if not target and not every:
+        raise ConfigError("verify", ["name an ACCESSION (or ACCESSION/vN), or give --all"])
+    if not 0 < sample <= 1:
+        raise ConfigError("verify", [f"--sample {sample}: a fraction above 0 and at most 1"])
+    result = fixity.audit(archive, None if every else target, sample)
+    if not result.versions:
+        raise ZarrchiveError(f"no published version of {target or 'any accession'} in {archive}")
+    log = fixity.record_audit(archive, result)
+    if as_json:
+        print(json.dumps({**result.as_dict(), "audit_log": log}))
+    else:
+        share = f"{result.hashed} of them hashed (round {result.round} of {result.buckets})" if result.buckets > 1 \
+            else "every one hashed"
+        print(f"{len(result.versions)} version(s), {result.objects} objects listed, {share}: "
+              + ("no problem found" if result.ok else f"{len(result.problems)} problem(s)"))
+        for p in result.problems:
+            print(f"  {p['version']}/{p['path']}: {p['detail']}")
+        print(f"audit recorded at {log}")
+    return EXIT_OK if result.ok else EXIT_NOT_PUBLISHED
+
+
+def _clean(config: str | None, as_json: bool) -> int:
+    from zarrchive.config import load_settings
+    from zarrchive.staging import clean_stale
+
+    removed = clean_stale(load_settings(config).staging)
+    if as_json:
+        print(json.dumps({"status": "ok", "removed": removed}))
+    else:
+        print(f"removed {len(removed)} item(s) left by killed runs" + "".join(f"\n  {p}" for p in removed))
+    return EXIT_OK
 
 
 def _ingest(submission: str, archive: str, config: str | None, as_json: bool, profile: str | None = None) -> int:
     from zarrchive.config import load_settings
 
     load_settings(config, _profile(profile))  # configuration errors are usage errors: report them before a run
-    from zarrchive.flows.ingest import IngestRequest, ingest_submission
+    from zarrchive.flows.ingest import ingest
 
-    try:
-        publication = ingest_submission(IngestRequest(submission=submission, archive=archive, config=config,
-                                                      codec_profile=profile))
-    except SubmissionError as exc:
-        return _refused(submission, archive, exc.problems, as_json)
-    except ConfigError:
-        raise
-    except ZarrchiveError as exc:
-        return _refused(submission, archive, [str(exc)], as_json)
+    with prefect_api():
+        publication = ingest(submission, archive, config, profile, create_archive=True)
     _report(publication, as_json)
-    return EXIT_OK if publication.status in ("published", "unchanged") else EXIT_NOT_PUBLISHED
-
-
-def _refused(submission: str, archive: str, problems: list[str], as_json: bool) -> int:
-    if as_json:
-        print(json.dumps({"status": "refused", "submission": submission, "archive": archive, "reasons": problems}))
-    else:
-        print(f"Submission {submission} refused; nothing was published:", file=sys.stderr)
-        for line in problems:
-            print(f"  {line}", file=sys.stderr)
-    return EXIT_NOT_PUBLISHED
+    return EXIT_OK if publication.ok else EXIT_NOT_PUBLISHED
 
 
 def _report(pub: Publication, as_json: bool) -> None:
+    from zarrchive import outcome
+
     if as_json:
         print(pub.model_dump_json())
         return
+    if pub.created_archive:
+        print(f"Created a new archive at {pub.archive}")
     headline = {
         "published": f"Published {pub.accession} v{pub.version}: {pub.version_uri}",
+        "partial": f"Published {pub.accession} v{pub.version} without some images: {pub.version_uri}",
         "unchanged": f"Unchanged: {pub.accession} v{pub.version} already holds this submission: {pub.version_uri}",
-        "blocked": f"Nothing published for {pub.accession}: blocked",
-        "failed": f"Nothing published for {pub.accession}: failed",
-    }[pub.status]
-    print(headline)
+        "refused": f"Submission {pub.submission} refused; nothing was published:",
+        "not-published": f"Nothing published for {pub.accession}: {pub.status}",
+        "busy": f"Nothing published for {pub.accession}: another run is publishing it; retry later",
+        "damaged": f"Nothing published for {pub.accession}: its latest version v{pub.version} is damaged",
+        "rejected": f"Nothing published for {pub.accession}: not approved",
+    }[outcome.kind(pub)]
+    stream = sys.stderr if pub.status == "refused" else sys.stdout
+    print(headline, file=stream)
     for o in pub.images:
         where = f" -> {o.path}" if o.path else ""
         what = f"label {o.label_name or o.image_id} of {o.label_of}, " if o.label_of else ""
@@ -153,7 +234,7 @@ def _report(pub: Publication, as_json: bool) -> None:
         print(f"  {o.image_id} ({o.source_path}): {what}{o.status}, QC {o.qc}{labels}{where}"
               + (f"\n    {o.error}" if o.error else ""))
     for reason in pub.reasons:
-        print(f"  reason: {reason}")
+        print(f"  {reason}" if pub.status == "refused" else f"  reason: {reason}", file=stream)
 
 
 def _profile(profile: str | None) -> dict | None:
@@ -193,7 +274,8 @@ def _validate(submission: str, config: str | None, as_json: bool) -> int:
     from zarrchive.tasks.intake import check_folder
 
     settings = load_settings(config)
-    _doc, _sha, findings = check_folder(submission, settings.submission)
+    doc, _sha, findings = check_folder(submission, settings.submission)
+    findings += _probe_images(submission, doc, findings, settings)
     errors = [f for f in findings if f.severity == "error"]
     if as_json:
         print(json.dumps({"submission": submission, "valid": not errors,
@@ -204,6 +286,30 @@ def _validate(submission: str, config: str | None, as_json: bool) -> int:
         print(f"{submission}: {len(errors)} error(s), {len(findings) - len(errors)} warning(s)"
               + ("" if errors else " — ready to submit"))
     return EXIT_NOT_PUBLISHED if errors else EXIT_OK
+
+
+def _probe_images(submission: str, doc, findings: list, settings) -> list:
+    """Each listed image or label of a local submission opened as far as the ingest's convert would, so what it
+    would fail on (empty, not an image, unsupported, over budget, truncated) is named before submitting."""
+    from fsspec.implementations.local import LocalFileSystem
+
+    from zarrchive.records import Finding
+    from zarrchive.storage import resolve
+
+    fs, root = resolve(submission)
+    if doc is None or not isinstance(fs, LocalFileSystem):
+        return []
+    from zarrchive.tasks.convert import probe_file
+
+    bad = {f.file for f in findings if f.severity == "error" and f.file}
+    out = []
+    for i, entry in enumerate(doc.files):
+        if entry.kind == "attachment" or entry.path in bad:
+            continue
+        if problem := probe_file(os.path.join(root, entry.path), entry.path, entry, settings.convert):
+            out.append(Finding(severity="error", check="image_readable", field=f"files[{i}] ({entry.path})",
+                               file=entry.path, message=problem))
+    return out
 
 
 def _show(accession: str, archive: str, as_json: bool) -> int:
@@ -294,4 +400,4 @@ def _submission_new(folder: str, force: bool) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

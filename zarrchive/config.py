@@ -240,9 +240,44 @@ class QCSettings(Section):
 
 class PublishSettings(Section):
     on_image_error: Literal["block_submission", "skip_image"]
+    lease_seconds: float = Field(default=600, ge=5)  # the publishing lease of an accession: renewed while it works
+    lease_wait_seconds: float = Field(default=300, ge=0)  # how long a run waits for another to finish publishing
+    public_base_url: str | None = Field(default=None, pattern=r"^https?://")  # where the archive root is served
+    approval_timeout_seconds: float = Field(default=7 * 86400, gt=0)  # a curator's decision, when asked for
+
+    operational: ClassVar[frozenset[str]] = frozenset({"lease_seconds", "lease_wait_seconds", "public_base_url",
+                                                        "approval_timeout_seconds"})
+
+
+class CredentialRef(Section):
+    """Where the credentials of one storage location come from: a Prefect Secret block or environment variables,
+    by name, never the secrets themselves (they are read when a run starts, on the machine that runs it)."""
+
+    prefix: str = Field(pattern=r"^[a-z][a-z0-9+.-]*://")  # the locations they serve, e.g. s3://bucket/ or s3://
+    secret_block: str | None = Field(default=None, pattern=r"^[a-z0-9-]+$")  # a Secret block: JSON {key, secret[,
+    #                                                                          token]}
+    env: dict[Literal["key", "secret", "token"], str] | None = None  # fsspec option -> environment variable name
+    options: dict[str, str | int | float | bool] = {}  # options that are not secret: endpoint_url, region_name…
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "CredentialRef":
+        if self.secret_block and self.env:
+            raise ValueError("give either secret_block or env, not both")
+        for name in ("key", "secret", "token", "password"):
+            if name in self.options:
+                raise ValueError(f"options.{name} would put a secret in the configuration: reference it through "
+                                 "secret_block or env instead")
+        return self
+
+
+class StorageSettings(Section):
+    credentials: list[CredentialRef] = []
+
+    operational: ClassVar[frozenset[str]] = frozenset({"credentials"})
 
 
 class Settings(Section):
+    storage: StorageSettings = StorageSettings()
     archive: ArchiveSettings
     submission: SubmissionSettings
     staging: StagingSettings
@@ -292,9 +327,54 @@ def load_settings(path: str | Path | None = None, overrides: dict[str, Any] | No
     if overrides:
         data = _merge(data, overrides)
     try:
-        return Settings.model_validate(data)
+        settings = Settings.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(source, format_validation_error(exc)) from exc
+    if problems := reference_problems(settings):
+        raise ConfigError(source, problems)
+    return settings
+
+
+FINDING_CHECKS = ("metadata_conflict", "lossy_source")  # checks QC adds beside the suite's expectations
+
+
+def suite_path(suite: str) -> Path:
+    """A QC suite file: an absolute path, or one relative to ``configs/``."""
+    p = Path(suite)
+    return p if p.is_absolute() else config_dir() / p
+
+
+def suite_checks(suite: str) -> set[str]:
+    """The check names of a Great Expectations suite file (``meta.check`` of its expectations)."""
+    import json
+
+    document = json.loads(suite_path(suite).read_text())
+    return {e["meta"]["check"] for table in ("images", "channels") for e in document.get(table, [])}
+
+
+def modalities() -> list[str]:
+    return sorted(p.stem for p in (config_dir() / "qc" / "modalities").glob("*.json"))
+
+
+def reference_problems(settings: Settings) -> list[str]:
+    """Values that must name something that exists: the QC suite, the checks ``qc.severity`` re-grades, the
+    modality (a typing error there would otherwise be published as a parameter and silently do nothing)."""
+    import difflib
+
+    problems = []
+    try:
+        checks = suite_checks(settings.qc.suite) | set(FINDING_CHECKS)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return [f"qc.suite: {settings.qc.suite} cannot be read as a QC suite ({type(exc).__name__}: {exc})"]
+    for name in settings.qc.severity:
+        if name not in checks:
+            near = difflib.get_close_matches(name, sorted(checks), n=1)
+            problems.append(f"qc.severity.{name}: no such check" + (f" (did you mean '{near[0]}'?)" if near else "")
+                            + f"; checks: {', '.join(sorted(checks))}")
+    known = ["auto", "none", *modalities()]
+    if settings.qc.modality not in known:
+        problems.append(f"qc.modality: {settings.qc.modality!r} is not a modality; choose one of {', '.join(known)}")
+    return problems
 
 
 def format_validation_error(exc: ValidationError) -> list[str]:

@@ -49,6 +49,12 @@ class SubmissionError(ProblemsError):
     header = "refused submission"
 
 
+class ArchiveNotFound(ProblemsError):
+    """The archive location holds no archive, and the run did not ask to create one."""
+
+    header = "no archive at"
+
+
 class ChecksumMismatch(InputError):
     """A file's bytes do not match the checksum given for it."""
 

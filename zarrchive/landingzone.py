@@ -68,8 +68,9 @@ def _what(mode: int) -> str | None:
 class SubmissionFiles:
     """Read-only access to the entries of the submission at ``source`` (a folder or fsspec URL)."""
 
-    def __init__(self, source: str):
+    def __init__(self, source: str, follow_root: bool = False):
         self.source = source
+        self.follow_root = follow_root  # the folder itself may be a link (a landing zone staff configured)
         self.fs, self.root = resolve(source)
         self.local = isinstance(self.fs, LocalFileSystem)
         self._names: Counter[tuple[int, int]] | None = None
@@ -144,10 +145,11 @@ class SubmissionFiles:
 
     # ------------------------------------------------------------ the whole tree
 
-    def walk(self, top: str = "") -> Iterator[Entry]:
-        """Every entry at and below ``top`` (files, folders and what is refused), never through a link."""
+    def walk(self, top: str = "", max_depth: int | None = None) -> Iterator[Entry]:
+        """Every entry at and below ``top`` (files, folders and what is refused), never through a link; at most
+        ``max_depth`` folders below it when given."""
         if not self.local:
-            yield from self._remote_walk(top)
+            yield from self._remote_walk(top, max_depth)
             return
         if top:
             fd, name = self._parent(top)
@@ -165,9 +167,9 @@ class SubmissionFiles:
                 os.close(fd)
         else:
             folder = self._open_root()
-        yield from self._walk_fd(folder, top)
+        yield from self._walk_fd(folder, top, max_depth)
 
-    def _walk_fd(self, folder: int, prefix: str) -> Iterator[Entry]:
+    def _walk_fd(self, folder: int, prefix: str, depth: int | None = None) -> Iterator[Entry]:
         try:
             with os.scandir(folder) as entries:
                 listing = sorted((e.name, e.stat(follow_symlinks=False)) for e in entries)
@@ -177,12 +179,14 @@ class SubmissionFiles:
                     yield Entry(rel, None, problem)
                 elif stat.S_ISDIR(st.st_mode):
                     yield Entry(rel, "folder")
+                    if depth is not None and depth <= 0:
+                        continue
                     try:
                         inner = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=folder)
                     except OSError as exc:  # swapped for a link since it was listed, or unreadable
                         yield Entry(rel, None, f"cannot be read: {exc.strerror}")
                         continue
-                    yield from self._walk_fd(inner, rel)
+                    yield from self._walk_fd(inner, rel, None if depth is None else depth - 1)
                 else:
                     problem = self._link_problem(st)
                     yield Entry(rel, None if problem else "file", problem)
@@ -192,6 +196,8 @@ class SubmissionFiles:
     # ------------------------------------------------------------ local helpers
 
     def _open_root(self) -> int:
+        if self.follow_root:
+            return os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
         st = os.lstat(self.root)
         if stat.S_ISLNK(st.st_mode):
             raise UnsafeEntry(self.source, f"the submission folder is a symbolic link (to {os.path.realpath(self.root)}): "
@@ -282,10 +288,11 @@ class SubmissionFiles:
             return "file"
         return "store" if any(self.fs.isfile(join(path, m)) for m in ZARR_MARKERS) else "folder"
 
-    def _remote_walk(self, top: str) -> Iterator[Entry]:
+    def _remote_walk(self, top: str, max_depth: int | None = None) -> Iterator[Entry]:
         base = join(self.root, top) if top else self.root
         try:
-            found = self.fs.find(base, detail=True, withdirs=True)
+            found = self.fs.find(base, detail=True, withdirs=True,
+                                 maxdepth=None if max_depth is None else max_depth + 1)
         except FileNotFoundError:
             return
         for path, info in sorted(found.items()):
@@ -307,3 +314,54 @@ def _remote_problem(info: dict) -> str | None:
 def fold(path: str) -> str:
     """A path as a case-insensitive, normalising store would see it: two paths that fold alike collide there."""
     return unicodedata.normalize("NFC", path).casefold()
+
+
+# ---------------------------------------------------------------- a landing zone of many submissions
+
+READY = "READY"
+
+
+def ready_submissions(landing_zone: str, depth: int = 3) -> list[Entry]:
+    """The submission folders of a landing zone marked ready (a ``READY`` file beside their ``submission.yaml``),
+    at most ``depth`` folders deep, as entries relative to it (sorted); a ``READY`` marker reached only through a
+    link, or a submission folder that is a link, is listed with its problem."""
+    zone = SubmissionFiles(landing_zone, follow_root=True)
+    found = []
+    for entry in zone.walk(max_depth=depth):
+        parts = entry.path.split("/")
+        if len(parts) > depth + 1:
+            continue
+        if parts[-1] == READY:
+            folder = "/".join(parts[:-1])
+            if not folder:
+                continue  # the landing zone itself is not a submission
+            found.append(Entry(folder, "folder" if entry.kind == "file" else None, entry.problem))
+        elif entry.kind is None and entry.problem and "symbolic link" in entry.problem and len(parts) <= depth:
+            found.append(Entry(entry.path, None, entry.problem))
+    return sorted(found, key=lambda e: e.path)
+
+
+def content_key(source: str) -> str:
+    """What a submission folder holds, in one digest: its ``submission.yaml`` bytes and every entry's path, size and
+    modification time (or its store's version tag), so that an unchanged submission is recognised without reading
+    its files."""
+    import hashlib
+
+    files = SubmissionFiles(source)
+    digest = hashlib.sha256()
+    for entry in files.walk():
+        if entry.kind != "file":
+            digest.update(f"{entry.path}\0{entry.kind}\0{entry.problem}\n".encode("utf-8", "backslashreplace"))
+            continue
+        if files.local:
+            fd, name = files._parent(entry.path)
+            try:
+                st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+            finally:
+                os.close(fd)
+            stamp = f"{st.st_size}\0{st.st_mtime_ns}"
+        else:
+            info = files.fs.info(join(files.root, entry.path))
+            stamp = "\0".join(str(info.get(k)) for k in ("size", "ETag", "etag", "mtime", "LastModified"))
+        digest.update(f"{entry.path}\0{stamp}\n".encode("utf-8", "backslashreplace"))
+    return digest.hexdigest()

@@ -174,6 +174,7 @@ class Submission(Record):
     doc_sha256: str  # of submission.yaml as submitted
     accession: str
     findings: list[Finding] = []  # warnings from the submission checks (errors refuse the submission)
+    created_archive: bool = False  # intake started a new archive for it
 
     @property
     def embargoed(self) -> bool:
@@ -395,17 +396,59 @@ class ImageOutcome(Record):
     labels: list[str] = []  # an image: the names of its labels published with it
 
 
-class Publication(Record):
-    """The result of one ingestion: what was (or was not) published, and why."""
+PublicationStatus = Literal["published", "unchanged", "blocked", "failed", "refused", "busy", "damaged", "rejected"]
 
-    accession: str
-    status: Literal["published", "unchanged", "blocked", "failed"]
+
+class Publication(Record):
+    """The result of one ingestion: what was (or was not) published, and why.
+
+    ``published`` and ``unchanged`` are successes; ``refused`` (the submission or archive was refused before any
+    data moved), ``blocked`` and ``failed`` (images failed or QC errors under the publish policy), ``busy``
+    (another run is publishing the accession), ``damaged`` (the version it would be is damaged) and ``rejected``
+    (a curator did not approve it) published nothing. A ``published`` version with images that were not published
+    (``skip_image``) is partial (``partial``).
+    """
+
+    accession: str | None
+    status: PublicationStatus
     version: int | None = None
     archive: str
+    submission: str | None = None
     version_uri: str | None = None
+    url: str | None = None  # the landing page: under publish.public_base_url when set, else the version's location
     fingerprint: str | None = None
     images: list[ImageOutcome] = []
     reasons: list[str] = []
+    created_archive: bool = False  # this run started a new archive at ``archive``
+
+    @property
+    def partial(self) -> bool:
+        """A version was published without some of the submission's images."""
+        return self.status == "published" and any(o.status not in ("published", "unchanged") for o in self.images)
+
+    @property
+    def ok(self) -> bool:
+        return self.status in ("published", "unchanged")
+
+
+class Decision(Record):
+    """A curator's decision on a version before it is published (recorded in its lineage)."""
+
+    approved: bool
+    curator: str | None = None
+    reason: str = ""
+    decided: dt.datetime
+    timed_out: bool = False
+
+    def describe(self) -> str:
+        if self.timed_out:
+            return f"no curator decided within the approval time ({self.reason}): not approved"
+        verdict = "approved" if self.approved else "rejected"
+        return f"{verdict} by {self.curator}" + (f": {self.reason}" if self.reason else "")
+
+    def facts(self) -> dict[str, Any]:
+        return {"decision": "approved" if self.approved else "rejected", "curator": self.curator,
+                "reason": self.reason, "decided": self.decided.isoformat(), "timed_out": self.timed_out}
 
 
 class ManifestEntry(Record):

@@ -20,9 +20,23 @@ from fsspec.implementations.local import LocalFileSystem
 BLOCK = 8 * 1024 * 1024
 
 
+# fsspec options (credentials among them) by location prefix, set when a run starts (``use_options``)
+_OPTIONS: dict[str, dict[str, Any]] = {}
+
+
+def use_options(prefix: str, options: dict[str, Any]) -> None:
+    """Open every location under ``prefix`` with these fsspec options (the longest matching prefix wins)."""
+    _OPTIONS[prefix] = dict(options)
+
+
+def options_for(url: str) -> dict[str, Any]:
+    matches = [p for p in _OPTIONS if url.startswith(p)]
+    return dict(_OPTIONS[max(matches, key=len)]) if matches else {}
+
+
 def resolve(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
     """The filesystem and path for ``url``; local paths become absolute."""
-    fs, path = fsspec.core.url_to_fs(url)
+    fs, path = fsspec.core.url_to_fs(url, **options_for(url))
     if isinstance(fs, LocalFileSystem):
         path = os.path.abspath(path)
     return fs, path.rstrip("/") or "/"
@@ -124,6 +138,27 @@ def write_bytes_atomic(fs: fsspec.AbstractFileSystem, path: str, data: bytes) ->
     """Write ``data`` to ``path`` so that it appears whole or not at all; return its sha256."""
     with open_for_commit(fs, path) as fh:
         fh.write(data)
+    return hashlib.sha256(data).hexdigest()
+
+
+def write_bytes_exclusive(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> str:
+    """Write ``data`` to ``path`` whole, only if nothing is there yet (``FileExistsError`` otherwise): a local
+    temporary file hard-linked into place, ``If-None-Match: *`` on an object store. Return its sha256."""
+    parent = path.rsplit("/", 1)[0]
+    if parent:
+        fs.makedirs(parent, exist_ok=True)
+    if isinstance(fs, LocalFileSystem):
+        tmp = f"{path}.part-{uuid.uuid4().hex[:8]}"
+        try:
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+            os.link(tmp, path)  # atomic, and fails when the name exists
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    else:
+        with fs.open(path, "xb") as fh:
+            fh.write(data)
     return hashlib.sha256(data).hexdigest()
 
 
