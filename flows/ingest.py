@@ -20,7 +20,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 from prefect.states import Completed, Failed, State
 
-from zarrchive import outcome
+from zarrchive import credentials, outcome
 from zarrchive.cluster import cluster_for_run, link_dashboard
 from zarrchive.config import load_settings
 from zarrchive.errors import ArchiveNotFound, SubmissionError
@@ -71,6 +71,7 @@ def ingest_submission(
     """
     log = get_run_logger()
     settings = load_settings(config or None, _overrides(overrides, codec_profile))
+    credentials.apply(settings.storage)
     if removed := clean_stale(settings.staging):
         log.info("removed what %d killed run(s) left: %s", len(removed), ", ".join(removed))
     try:

@@ -75,6 +75,19 @@ def _parser() -> argparse.ArgumentParser:
                              "1/FRACTION audits cover everything (every object is still listed and sized)")
     verify.add_argument("--json", action="store_true")
 
+    deploy = sub.add_parser("deploy", help="register a consortium's deployments with the Prefect server")
+    deploy_cmds = deploy.add_subparsers(dest="action", required=True)
+    register = deploy_cmds.add_parser("register", help="validate a consortium file, then create or update its "
+                                                      "deployments (ingest, nightly import, fixity audit)")
+    register.add_argument("file", help="the consortium's YAML file (see configs/consortia/example.yaml)")
+    register.add_argument("--json", action="store_true")
+    listing = deploy_cmds.add_parser("list", help="each consortium's deployments, schedules and next runs")
+    listing.add_argument("name", nargs="?", help="one consortium")
+    listing.add_argument("--json", action="store_true")
+    removing = deploy_cmds.add_parser("remove", help="delete a consortium's deployments")
+    removing.add_argument("name")
+    removing.add_argument("--json", action="store_true")
+
     clean = sub.add_parser("clean", help="remove what killed runs left (staging folders, unfinished stores)")
     clean.add_argument("--config", help="YAML merged over configs/default.yaml (staging.root, staging.work)")
     clean.add_argument("--json", action="store_true")
@@ -156,7 +169,49 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _verify(args.target, args.archive, args.all, args.sample, args.json)
     if args.command == "clean":
         return _clean(args.config, args.json)
+    if args.command == "deploy":
+        return _deploy(args)
     return EXIT_USAGE
+
+
+def _deploy(args: argparse.Namespace) -> int:
+    """``deploy register|list|remove``: against the Prefect server of ``PREFECT_API_URL``."""
+    from zarrchive import consortium, deploy
+
+    from prefect.settings import PREFECT_API_URL
+
+    if not PREFECT_API_URL.value():
+        raise ConfigError("deploy", ["PREFECT_API_URL is not set: point it at the Prefect server to register with "
+                                     "(e.g. http://127.0.0.1:4200/api)"])
+    if args.action == "register":
+        group = consortium.read(args.file)
+        done = deploy.register(group)
+        if args.json:
+            print(json.dumps({"status": "registered", "consortium": group.name,
+                              "deployments": [vars(d) | {"full_name": d.full_name} for d in done]}))
+        else:
+            print(f"Registered consortium {group.name}:")
+            for d in done:
+                print(f"  {d.full_name}" + (f"  schedule {d.schedule} ({group.timezone})" if d.schedule else ""))
+        return EXIT_OK
+    if args.action == "list":
+        found = deploy.listed(args.name)
+        if args.json:
+            print(json.dumps({name: [vars(d) | {"full_name": d.full_name} for d in ds] for name, ds in found.items()}))
+        else:
+            for name, ds in found.items():
+                print(name)
+                for d in ds:
+                    print(f"  {d.full_name:<40} {d.schedule or 'no schedule':<28} next: {d.next_run or '-'}")
+            if not found:
+                print("no consortium is registered")
+        return EXIT_OK
+    removed = deploy.remove(args.name)
+    if args.json:
+        print(json.dumps({"status": "removed", "consortium": args.name, "deployments": removed}))
+    else:
+        print(f"Removed {len(removed)} deployment(s) of {args.name}" + "".join(f"\n  {d}" for d in removed))
+    return EXIT_OK if removed else EXIT_NOT_PUBLISHED
 
 
 def _verify(target: str | None, archive: str, every: bool, sample: float, as_json: bool) -> int:

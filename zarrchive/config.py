@@ -329,8 +329,13 @@ def load_settings(path: str | Path | None = None, overrides: dict[str, Any] | No
     try:
         settings = Settings.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(source, format_validation_error(exc)) from exc
-    if problems := reference_problems(settings):
+        problems = format_validation_error(exc)
+        try:  # the names the qc section refers to are checked too, so every problem is told at once
+            problems += reference_problems(QCSettings.model_validate(data.get("qc")))
+        except ValidationError:
+            pass
+        raise ConfigError(source, problems) from exc
+    if problems := reference_problems(settings.qc):
         raise ConfigError(source, problems)
     return settings
 
@@ -356,24 +361,24 @@ def modalities() -> list[str]:
     return sorted(p.stem for p in (config_dir() / "qc" / "modalities").glob("*.json"))
 
 
-def reference_problems(settings: Settings) -> list[str]:
+def reference_problems(qc: QCSettings) -> list[str]:
     """Values that must name something that exists: the QC suite, the checks ``qc.severity`` re-grades, the
     modality (a typing error there would otherwise be published as a parameter and silently do nothing)."""
     import difflib
 
     problems = []
     try:
-        checks = suite_checks(settings.qc.suite) | set(FINDING_CHECKS)
+        checks = suite_checks(qc.suite) | set(FINDING_CHECKS)
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        return [f"qc.suite: {settings.qc.suite} cannot be read as a QC suite ({type(exc).__name__}: {exc})"]
-    for name in settings.qc.severity:
+        return [f"qc.suite: {qc.suite} cannot be read as a QC suite ({type(exc).__name__}: {exc})"]
+    for name in qc.severity:
         if name not in checks:
             near = difflib.get_close_matches(name, sorted(checks), n=1)
             problems.append(f"qc.severity.{name}: no such check" + (f" (did you mean '{near[0]}'?)" if near else "")
                             + f"; checks: {', '.join(sorted(checks))}")
     known = ["auto", "none", *modalities()]
-    if settings.qc.modality not in known:
-        problems.append(f"qc.modality: {settings.qc.modality!r} is not a modality; choose one of {', '.join(known)}")
+    if qc.modality not in known:
+        problems.append(f"qc.modality: {qc.modality!r} is not a modality; choose one of {', '.join(known)}")
     return problems
 
 
