@@ -19,6 +19,7 @@ from prefect.states import Completed, Failed, State
 
 from zarrchive import credentials, fixity
 from zarrchive.config import load_settings
+from zarrchive.errors import FailedOutcome
 
 
 @task(name="audit", cache_policy=NO_CACHE)
@@ -58,7 +59,7 @@ def fixity_audit(archive: str, sample: float = 1.0, accession: str = "", config:
         message = (f"{len(problems)} object(s) are not what their manifests say: "
                    + "; ".join(f"{p['version']}/{p['path']}: {p['detail']}" for p in problems[:10]))
         log.error(message)
-        return Failed(message=message, data=result)
+        return Failed(message=message, data=FailedOutcome(message, result))
     message = f"{result['objects']} objects of {len(result['versions'])} version(s) match their manifests"
     log.info(message)
     return Completed(message=message, data=result)

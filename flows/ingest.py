@@ -23,7 +23,7 @@ from prefect.states import Completed, Failed, State
 from zarrchive import credentials, outcome
 from zarrchive.cluster import cluster_for_run, link_dashboard
 from zarrchive.config import load_settings
-from zarrchive.errors import ArchiveNotFound, SubmissionError
+from zarrchive.errors import ArchiveNotFound, FailedOutcome, SubmissionError
 from zarrchive.flows.approval import ask_curator
 from zarrchive.flows.fanout import gather, redact
 from zarrchive.records import Publication
@@ -101,8 +101,8 @@ def ingest_submission(
         with cluster_for_run(settings.cluster) as scheduler:
             link_dashboard(scheduler)
             converted, failed, traced = gather("convert", [
-                (convert.with_options(timeout_seconds=settings.convert.timeout_seconds).submit(
-                    f, entries[f.path], work, settings.convert, companions_of(f, files)), {"source_path": f.path})
+                (convert.submit(f, entries[f.path], work, settings.convert, companions_of(f, files)),
+                 {"source_path": f.path})
                 for f in files if f.kind in ("image", "label")
             ], staging, work)
             converted = [image for batch in converted for image in batch]
@@ -166,7 +166,7 @@ def report(pub: Publication) -> State:
     (log.info if outcome.succeeded(pub) else log.warning)(text)
     if outcome.succeeded(pub):
         return Completed(message=text, data=pub)
-    return Failed(message=text, data=pub)
+    return Failed(message=text, data=FailedOutcome(text, pub))
 
 
 def _tag_run(tags: list[str]) -> None:
@@ -190,6 +190,8 @@ def ingest(submission: str, archive: str, config: str | None = None, codec_profi
                               codec_profile=codec_profile or "from configuration", create_archive=create_archive,
                               approval=approval, overrides=overrides, return_state=True)
     result = state.result(raise_on_failure=False)
+    if isinstance(result, FailedOutcome):
+        return result.data
     if isinstance(result, BaseException):
         raise result
     return result

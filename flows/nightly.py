@@ -39,6 +39,7 @@ from prefect.states import Completed, Failed, State
 from zarrchive import credentials, outcome
 from zarrchive.cluster import cluster_for_run, link_dashboard
 from zarrchive.config import load_settings
+from zarrchive.errors import FailedOutcome
 from zarrchive.flows.ingest import Profile, ingest_submission
 from zarrchive.landingzone import content_key, ready_submissions
 from zarrchive.records import Publication
@@ -103,6 +104,7 @@ def ingest_one(submission: str, archive: str, config: str, codec_profile: str, c
             submission=submission, archive=archive, config=config, codec_profile=codec_profile,
             create_archive=create_archive, approval=approval, overrides=overrides, return_state=True)
         pub = state.result(raise_on_failure=False)
+        pub = pub.data if isinstance(pub, FailedOutcome) else pub
     except Exception as exc:  # the subflow crashed: reported like any failure
         pub = exc
     seconds = round(time.monotonic() - started, 1)
@@ -180,7 +182,7 @@ def nightly_import(
         message += "; not published: " + "; ".join(f"{r['submission']} ({r['outcome']}: {r['reason']})"
                                                    for r in failed[:10])
         log.warning(message)
-        return Failed(message=message, data=results)
+        return Failed(message=message, data=FailedOutcome(message, results))
     log.info(message)
     return Completed(message=message, data=results)
 

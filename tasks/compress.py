@@ -33,11 +33,12 @@ import zarr
 from distributed import as_completed
 from zarr.codecs import BloscCodec, ZstdCodec
 
+from zarrchive import faults, runlog
 from zarrchive.blocks import chunk_slices
 from zarrchive.cluster import client_for
 from zarrchive.codecs import array_codec_kwargs, choice_of, make_codec, sample_regions
 from zarrchive.config import CompressSettings
-from zarrchive.errors import InputError, VerificationError, ZarrchiveError
+from zarrchive.errors import InputError, StageTimeout, VerificationError, ZarrchiveError
 from zarrchive.identity import compress_key, compressed_name
 from zarrchive.lineage import Traced, stage_task, traced
 from zarrchive.ngff import ZARR_FORMAT, group_attributes
@@ -115,11 +116,21 @@ def stream_regions(image: ImageRecord, plans: list[LevelPlan], budget: int = REG
     return chunk_slices(level0.shape, tuple(unit))
 
 
-def gather_all(client: Any, futures: list[Any]) -> list[Any]:
+def gather_all(client: Any, futures: list[Any], deadline: float | None = None, shown_as: str = "") -> list[Any]:
     """The results of ``futures`` once every one has finished: a failure is raised only when no task is still
-    writing into the store (which is then removed)."""
-    for _done in as_completed(futures, loop=client.loop):  # the client's loop: there is no default client
-        pass
+    writing into the store (which is then removed). Past ``deadline`` (``time.monotonic()``) the tasks are
+    cancelled, those running are let finish, and ``StageTimeout`` names the image."""
+    left = None if deadline is None else max(0.0, deadline - time.monotonic())
+    try:
+        for _done in as_completed(futures, loop=client.loop, timeout=left):  # the client's loop: no default client
+            pass
+    except TimeoutError:
+        client.cancel(futures)
+        for _done in as_completed([f for f in futures if f.status == "pending"], loop=client.loop, timeout=120,
+                                  raise_errors=False):
+            pass  # a task already running still writes its shards: let it end before the store is removed
+        raise StageTimeout(shown_as, "the compress pass took longer than compress.timeout_seconds; the image "
+                                     "failed and nothing of it was kept (raise the limit if it is that large)")
     return client.gather(futures)
 
 
@@ -162,7 +173,9 @@ def compress_image(image: ImageRecord, source: FileRecord, work: str, settings: 
     if source.sha256 != image.source_sha256:
         raise InputError(source.path, "the staged file is not the one the image was converted from "
                                       f"(sha256 {source.sha256[:12]}…, expected {image.source_sha256[:12]}…)")
+    faults.point("compress.start")
     started = time.perf_counter()
+    deadline = time.monotonic() + settings.timeout_seconds
     # each attempt writes its own store (runs compressing the same image at once never touch each other's), under
     # a temporary name holding this process's id (``staging.clean_stale`` removes those of killed processes)
     final = f"{work.rstrip('/')}/compress/{compressed_name(image, settings)}-{uuid.uuid4().hex[:8]}.ome.zarr"
@@ -182,8 +195,8 @@ def compress_image(image: ImageRecord, source: FileRecord, work: str, settings: 
                                  [store] * len(regions), regions, [plans] * len(regions),
                                  [level0_digest] * len(regions), pure=False)
             if progress is not None:
-                _report_progress(client, futures, regions, np.dtype(image.dtype).itemsize, progress)
-            for region_stored, digests in gather_all(client, futures):
+                _report_progress(client, futures, regions, np.dtype(image.dtype).itemsize, progress, deadline)
+            for region_stored, digests in gather_all(client, futures, deadline, image.source_path):
                 stored.add(region_stored)
                 level0 += digests
             for above, plan in zip(plans, plans[1:]):
@@ -194,7 +207,7 @@ def compress_image(image: ImageRecord, source: FileRecord, work: str, settings: 
                 batches = [shards[i:i + per_task] for i in range(0, len(shards), per_task)]
                 futures = client.map(downsample_regions, [store] * len(batches), [above.level.path] * len(batches),
                                      [plan] * len(batches), batches, pure=False)
-                for batch_stored in gather_all(client, futures):
+                for batch_stored in gather_all(client, futures, deadline, image.source_path):
                     stored.add(batch_stored)
         remove_unfinished_writes(store)  # left by a worker killed mid-write (its task was redone)
         windows = list(image.channel_windows) if image.channel_windows else display_windows(store, image)
@@ -224,14 +237,18 @@ def compress_image(image: ImageRecord, source: FileRecord, work: str, settings: 
 
 
 def _report_progress(client: Any, futures: list[Any], regions: list[tuple[slice, ...]], itemsize: int,
-                     progress: Callable[[int, int], None]) -> None:
+                     progress: Callable[[int, int], None], deadline: float | None = None) -> None:
     """Call ``progress(done, total)`` in bytes of level 0 as the streaming tasks finish (failed ones too)."""
     sizes = {f.key: int(np.prod([r.stop - r.start for r in region])) * itemsize for f, region in zip(futures, regions)}
     total, done = sum(sizes.values()), 0
     progress(0, total)
-    for future in as_completed(futures, loop=client.loop):
-        done += sizes[future.key]
-        progress(done, total)
+    left = None if deadline is None else max(0.0, deadline - time.monotonic())
+    try:
+        for future in as_completed(futures, loop=client.loop, timeout=left):
+            done += sizes[future.key]
+            progress(done, total)
+    except TimeoutError:
+        return  # gather_all reports it
 
 
 def _codec_for(image: ImageRecord, source: FileRecord, settings: CompressSettings,
@@ -280,4 +297,16 @@ def _keep_ome_xml(store: str, image: ImageRecord, ngff: str) -> None:
             cache_key_fn=compress_key, persist_result=True)
 def compress(image: ImageRecord, source: FileRecord, work: str, settings: CompressSettings,
              scheduler: str) -> Traced[CompressionReport]:
-    return traced("compress", compress_image, image, source, work, settings, scheduler, image_id=image.image_id)
+    log = runlog.logger()
+    level0 = int(np.prod(image.shape)) * np.dtype(image.dtype).itemsize
+    log.info("compress %s: %s %s (%s), %d level(s)", image.image_id, " × ".join(
+        f"{a.name}={n}" for a, n in zip(image.axes, image.shape)), image.dtype, runlog.size(level0), len(image.levels))
+    result = traced("compress", compress_image, image, source, work, settings, scheduler,
+                    runlog.progress_reporter(f"compress {image.image_id}", log), image_id=image.image_id)
+    report = result.output
+    log.info("compress %s: %s stored as %s (ratio %.2f, %s), %d chunks decoded back and compared, %.1f s",
+             image.image_id, runlog.size(report.bytes_in), runlog.size(report.bytes_out), report.ratio,
+             " ".join([report.codec.name, *(f"{k}={v}" for k, v in sorted(report.codec.configuration.items())
+                                           if k in ("cname", "clevel", "shuffle", "level"))]),
+             report.chunks_verified, report.seconds)
+    return result

@@ -14,13 +14,16 @@ writing every level of the pyramid from it.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 import json
+import logging
 import math
 import os
 import posixpath
 import re
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,10 +33,10 @@ import tifffile
 from bioio import BioImage
 
 from zarrchive import __version__
-from zarrchive import budget
+from zarrchive import budget, faults, runlog
 from zarrchive.budget import OverBudget
 from zarrchive.config import ConvertSettings, ImageBudget
-from zarrchive.errors import InputError, UnsupportedFormat, ZarrchiveError
+from zarrchive.errors import InputError, StageTimeout, UnsupportedFormat, ZarrchiveError
 from zarrchive.identity import convert_key
 from zarrchive.lineage import Traced, stage_task, traced
 from zarrchive.ngff import image_attributes
@@ -103,6 +106,8 @@ def choose_reader(path: str, shown_as: str) -> type:
         return bioio_ome_zarr.Reader
     with open(path, "rb") as fh:
         head = fh.read(16)
+    if not head:
+        raise InputError(shown_as, "empty (0 bytes): not an image")
     if head[:4] in TIFF_MAGIC:
         try:
             with tifffile.TiffFile(path) as tif:
@@ -356,6 +361,7 @@ def convert_file(
     A file of a multi-file OME-TIFF set gives the set's images when it holds the set's first planes, and no image
     otherwise (the set is one image, not one per file); ``companions`` (the sha256 of the other staged files of
     its folder, ``companions_of``) make the members part of the conversion's identity."""
+    faults.point("convert.start")
     reader = choose_reader(file.staged_path, file.path)
     check_declared(file.staged_path, reader.__module__.split(".")[0], file.path, settings.limits)
     source_digest, source_set = file.sha256, ()
@@ -379,6 +385,9 @@ def convert_file(
         try:
             img.set_scene(index)
             budget.check_shape(shown_as, img.shape, np.dtype(img.dtype).itemsize, settings.limits, file.size)
+            if reader.__module__.startswith(("bioio_ome_tiff", "bioio_tifffile")):
+                with tiff_must_be_whole(shown_as):
+                    check_complete(file.staged_path, index, shown_as, bool(source_set))
             image = _convert_series(img, reader, index, scene, len(scenes), file, entry, work, settings, base_id,
                                     source_digest)
             images.append(image.model_copy(update={"source_set": source_set}) if source_set else image)
@@ -452,12 +461,62 @@ def _convert_series(img, reader, index, scene, n_scenes, file, entry, work, sett
     )
 
 
+def check_complete(path: str, series: int, shown_as: str, own_set: bool) -> None:
+    """Every plane a TIFF series declares is in the file, and every strip or tile of it lies inside the file
+    (tifffile would read the planes of missing pages, or past the end, as zeros). ``own_set``: a multi-file
+    OME-TIFF set, whose other members hold pages of their own (checked when those files are read)."""
+    size = os.path.getsize(path)
+    with tifffile.TiffFile(path) as tif:
+        pages = tif.series[series].pages
+        missing = sum(page is None for page in pages)
+        if missing and not own_set:
+            raise InputError(shown_as, f"incomplete: it declares {len(pages)} planes but holds {len(pages) - missing}"
+                                       " (a truncated file, or part of a multi-file set not submitted)")
+        for page in pages:
+            if page is None or getattr(page, "parent", tif) is not tif:
+                continue
+            ends = [o + n for o, n in zip(page.dataoffsets, page.databytecounts) if n]
+            if ends and max(ends) > size:
+                raise InputError(shown_as, f"truncated: its pixels end at byte {max(ends):,}, the file at {size:,}")
+
+
+class _TiffComplaints(logging.Handler):
+    """Collects what tifffile logs as an error while it parses a file: a tag or page pointing past the end, a
+    looping or broken IFD chain. tifffile goes on reading what it can (a truncated OME-TIFF loses its OME-XML
+    and reads as a smaller plain TIFF), so zarrchive treats any such complaint as a damaged file."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.messages: list[str] = []
+        self.thread = threading.get_ident()  # conversions run side by side in threads: only this one's parse
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.thread == self.thread:
+            self.messages.append(record.getMessage())
+
+
+@contextlib.contextmanager
+def tiff_must_be_whole(shown_as: str):
+    """Refuse, naming the file, a TIFF whose structure tifffile complained about while the block parsed it."""
+    complaints = _TiffComplaints()
+    log = logging.getLogger("tifffile")
+    log.addHandler(complaints)
+    try:
+        yield
+    finally:
+        log.removeHandler(complaints)
+    if complaints.messages:
+        detail = re.sub(r"<tifffile\.\w+ [^>]*> ?", "", complaints.messages[0])
+        raise InputError(shown_as, f"damaged TIFF (truncated, or its structure is broken): {detail}")
+
+
 def check_declared(path: str, reader: str, shown_as: str, limits: ImageBudget) -> None:
     """The sizes a file declares, checked against the image budget from its headers alone, before a reader builds
-    anything from them (``budget``)."""
+    anything from them (``budget``); a TIFF's structure must be whole (``tiff_must_be_whole``)."""
     if reader in ("bioio_ome_tiff", "bioio_tifffile"):
         try:
-            budget.check_tiff(path, shown_as, limits)
+            with tiff_must_be_whole(shown_as):
+                budget.check_tiff(path, shown_as, limits)
         except (InputError, MemoryError):
             raise
         except Exception as exc:
@@ -580,7 +639,24 @@ def convert(
     file: FileRecord, entry: FileEntry | None, work: str, settings: ConvertSettings,
     companions: dict[str, str] | None = None,
 ) -> Traced[list[ImageRecord]]:
-    return traced("convert", convert_file, file, entry, work, settings, companions)
+    from prefect.utilities.timeout import timeout
+
+    try:
+        with timeout(settings.timeout_seconds):
+            result = traced("convert", convert_file, file, entry, work, settings, companions)
+    except TimeoutError:
+        raise StageTimeout(file.path, f"reading its headers took longer than convert.timeout_seconds "
+                                      f"({settings.timeout_seconds:.0f} s): refused") from None
+    log = runlog.logger()
+    if not result.output:
+        log.info("convert %s: its planes belong to the image of another file of its set", file.path)
+    for image in result.output:
+        calibration = ", ".join(f"{a.name} {s:g} {a.unit}" for a, s in zip(image.axes, image.levels[0].scale)
+                                if a.unit) or "no physical size"
+        log.info("convert %s: %s, %s %s, %s (%s), channels %s", file.path, image.image_id, " × ".join(
+            f"{a.name}={n}" for a, n in zip(image.axes, image.shape)), image.dtype, calibration, image.reader,
+            ", ".join(image.channel_names))
+    return result
 
 
 def probe_file(path: str, rel: str, entry: FileEntry, settings: ConvertSettings) -> str | None:
@@ -612,17 +688,8 @@ def _probe_pixels(path: str, image: ImageRecord) -> None:
     from zarrchive.sources import read_region
 
     shown_as = image.source_path if image.series == 0 else f"{image.source_path} [series {image.series}]"
-    if image.reader in ("bioio_ome_tiff", "bioio_tifffile") and not image.source_set:
-        size = os.path.getsize(path)
-        with tifffile.TiffFile(path) as tif:
-            for page in tif.series[image.series].pages:
-                if page is None:
-                    continue
-                ends = [o + n for o, n in zip(page.dataoffsets, page.databytecounts) if n]
-                if ends and max(ends) > size:
-                    raise InputError(shown_as, f"truncated: its pixels end at byte {max(ends):,}, the file at "
-                                               f"{size:,}")
-        return
+    if image.reader in ("bioio_ome_tiff", "bioio_tifffile"):
+        return  # convert checked that every page of the series is there and inside the file
     level = image.levels[0]
     region = tuple(slice(n - 1, n) if a.name in "tcz" else slice(0, min(c, n))
                    for a, n, c in zip(image.axes, level.shape, level.chunks))

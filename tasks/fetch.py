@@ -14,6 +14,7 @@ import time
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from zarrchive import faults
 from zarrchive.config import FetchSettings
 from zarrchive.errors import ChecksumMismatch, InputError, TransientError, ZarrchiveError, is_transient
 from zarrchive.lineage import Traced, traced
@@ -63,6 +64,7 @@ def _copy(files: SubmissionFiles, rel: str, dst_fs, dst: str, block: int) -> tup
     """Copy one regular file of the submission, hashing it; a file written to while it was copied is a
     ``TransientError`` (retried: the next attempt copies what is there then)."""
     with files.open(rel) as fin:
+        faults.point("fetch.copy")
         before = files.stamp(rel, fin)
         copied = copy_stream_hashing(fin, dst_fs, dst, block)
         if files.stamp(rel, fin) != before:
@@ -87,4 +89,11 @@ def fetch_files(submission: Submission, staging: str, settings: FetchSettings) -
 
 @task(name="fetch", cache_policy=NO_CACHE)
 def fetch(submission: Submission, staging: str, settings: FetchSettings) -> Traced[FetchResult]:
-    return traced("fetch", fetch_files, submission, staging, settings)
+    from zarrchive import runlog
+
+    result = traced("fetch", fetch_files, submission, staging, settings)
+    staged = result.output
+    runlog.logger().info("fetched %d file(s), %s, each hashed (sha256) as it was copied%s", len(staged.files),
+                         runlog.size(sum(f.size for f in staged.files)),
+                         "".join(f"; {f.source_path} failed: {f.error}" for f in staged.failures))
+    return result

@@ -22,7 +22,7 @@ import fsspec
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from zarrchive import fixity, lease
+from zarrchive import faults, fixity, lease
 from zarrchive.config import Settings
 from zarrchive.errors import TransientError
 from zarrchive.landing import render_landing_page
@@ -218,10 +218,24 @@ def publish_version(
         if versions and versions[-1].get("fingerprint") == fingerprint:
             return unchanged_publication(submission, archive, versions[-1], outcomes, settings)
         previous = versions[-1]["version"] if versions else None
-        return _write_version(submission, archive, (previous or 0) + 1, previous, fingerprint, files, reports,
-                              outcomes, qc_report, lineage, held, settings)
+        try:
+            return _write_version(submission, archive, (previous or 0) + 1, previous, fingerprint, files, reports,
+                                  outcomes, qc_report, lineage, held, settings)
+        except Exception:
+            _clear_interrupted_quietly(archive, submission.accession, (previous or 0) + 1)
+            raise
     finally:
         held.release()
+
+
+def _clear_interrupted_quietly(archive: str, accession: str, number: int) -> None:
+    """After a failed attempt (the lease still held), remove what it uploaded of its uncommitted version; what
+    cannot be removed now (the store is down) is removed by the next attempt."""
+    try:
+        fs, root = resolve(archive)
+        _clear_interrupted(fs, join(root, accession, f"v{number}"))
+    except Exception:
+        pass
 
 
 def _write_version(submission: Submission, archive: str, number: int, previous: int | None, fingerprint: str,
@@ -232,11 +246,14 @@ def _write_version(submission: Submission, archive: str, number: int, previous: 
     fs, root = resolve(archive)
     acc = join(root, submission.accession)
     vdir = join(acc, f"v{number}")
+    faults.point("publish.start")
     _clear_interrupted(fs, vdir)
     publishable = {o.image_id: o for o in outcomes if o.status == "published"}
     reports = [r for r in reports if r.image_id in publishable]
     entries, published_paths, labels_groups = _upload_images(fs, vdir, reports, publishable, held)
+    faults.point("publish.images")
     uploaded, originals = _upload_originals(fs, vdir, files, held)
+    faults.point("publish.originals")
     entries += uploaded
     published_paths.update(originals)
     entries += _upload_pages(fs, vdir, submission, number, previous, outcomes, qc_report, reports, files, lineage)
@@ -256,7 +273,9 @@ def _write_version(submission: Submission, archive: str, number: int, previous: 
                   for e in sorted(entries, key=lambda e: e.path)],
     }
     held.check()
+    faults.point("publish.commit")
     write_bytes_exclusive(fs, join(vdir, "manifest.json"), dumps(manifest))  # the commit point, never overwritten
+    faults.point("publish.committed")
     _put_bytes(fs, join(acc, "versions.json"), dumps(version_index(archive, submission.accession)))
     location, url = version_url(archive, submission.accession, number, settings)
     return Publication(accession=submission.accession, status="published", version=number, archive=to_url(fs, root),

@@ -25,6 +25,7 @@ import copy
 import hashlib
 import html
 import json
+import logging
 import os
 import re
 from typing import Any
@@ -34,6 +35,7 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
+from zarrchive import faults
 from zarrchive.blocks import chunk_slices
 from zarrchive.cluster import client_for
 from zarrchive.config import QCSettings, config_dir, suite_path
@@ -170,6 +172,7 @@ def run_suite(table: str, rows: list[dict[str, Any]], expectations: list[dict[st
     if not rows or not expectations:
         return []
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    logging.getLogger("great_expectations").setLevel(logging.WARNING)  # its temporary-folder notes are not ours
     import great_expectations as gx
     import pandas as pd
     from great_expectations.expectations.expectation_configuration import ExpectationConfiguration
@@ -207,6 +210,7 @@ def run_suite(table: str, rows: list[dict[str, Any]], expectations: list[dict[st
 def check_metadata(submission: Submission, images: list[ImageRecord], reports: list[CompressionReport],
                    settings: QCSettings, scheduler: str) -> QCReport:
     """QC of every image that reached this stage, plus the submission's warnings and conversion notes."""
+    faults.point("qc.start")
     suite, modality = load_suite(settings, submission.doc.imaging_method)
     by_id = {r.image_id: r for r in reports}
     images = [image for image in images if image.image_id in by_id]  # only what compress produced is checked
@@ -308,6 +312,11 @@ def _fmt(value: Any) -> str:
 def qc(submission: Submission, images: list[ImageRecord], reports: list[CompressionReport], settings: QCSettings,
        scheduler: str, failures: list[Failure] = ()) -> Traced[QCReport]:
     result = traced("qc", check_metadata, submission, images, reports, settings, scheduler)
+    from zarrchive import runlog
+
+    runlog.logger().info("qc: %d image(s) checked: %d error(s), %d warning(s)%s", len(result.output.rows),
+                         len(result.output.errors), len(result.output.warnings),
+                         "".join(f"; {f.image_id or f.file or f.field}: {f.message}" for f in result.output.errors))
     key = submission.accession.lower()
     create_markdown_artifact(markdown_summary(result.output, failures), key=f"{key}-qc-summary",
                              description=f"QC summary of {submission.accession}")

@@ -24,6 +24,7 @@ def test_ingest_json_prints_one_object_and_exits_0(tmp_path, config_file, prefec
     out = json.loads(capsys.readouterr().out)
     assert code == 0
     assert out["status"] == "published" and out["accession"] == "ZA000001" and out["version"] == 1
+    assert out["created_archive"] is True and (tmp_path / "archive" / "zarrchive-archive.json").exists()
     assert out["images"][0]["path"] == "images/a.ome.zarr" and out["images"][0]["status"] == "published"
 
     assert main(["show", "ZA000001", "--archive", str(tmp_path / "archive")]) == 0

@@ -15,6 +15,8 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -72,7 +74,7 @@ def run(service: Service, full_name: str, timeout: float = 300, **parameters):
     from prefect.deployments import run_deployment
 
     with service.client_settings():
-        started = run_deployment(full_name, parameters=parameters, timeout=0)
+        started = run_deployment(full_name, parameters=parameters, timeout=0, _sync=True)
     return wait_for_run(service, started.id, timeout)
 
 
@@ -86,6 +88,17 @@ def artifact(service: Service, key: str) -> str:
                                       sort=ArtifactSort.CREATED_DESC, limit=1)
     assert found, f"no artifact {key}"
     return found[0].data if isinstance(found[0].data, str) else json.dumps(found[0].data)
+
+
+def artifact_id(service: Service, key: str):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.sorting import ArtifactSort
+
+    with service.client_settings(), get_client(sync_client=True) as client:
+        [found] = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])),
+                                        sort=ArtifactSort.CREATED_DESC, limit=1)
+    return found.id
 
 
 def good_submission(folder: Path, seed: int = 0) -> Path:
@@ -358,3 +371,116 @@ def test_a_worker_reads_s3_credentials_from_referenced_variables_and_secret_bloc
         deployment = client.read_deployment_by_name("ingest_submission/s3")
     stored = json.dumps(deployment.model_dump(mode="json"))
     assert "testing" not in stored.replace(f"{landing_bucket}", "").replace(f"{archive_bucket}", "")
+
+
+def test_the_staff_deployment_registers_from_any_folder_with_the_readme_command_and_runs(service, tmp_path,
+                                                                                        scheduler):
+    """deployments/prefect.yaml, registered as its header says, from a folder that is not the checkout."""
+    root = Path(__file__).resolve().parent.parent
+    service.cli("prefect", "work-pool", "create", "zarrchive", "--type", "process", "--overwrite", check=True)
+    done = subprocess.run([str(Path(sys.executable).parent / "prefect"), "--no-prompt", "deploy", "--prefect-file",
+                           str(root / "deployments" / "prefect.yaml"), "--all", "--pool", POOL],
+                          cwd=tmp_path, env=service.env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({"cluster": {"address": scheduler}, "staging": {"work": WORK}}))
+    sub = good_submission(tmp_path / "staff-sub")
+    result = run(service, "ingest_submission/ingest", submission=str(sub), archive=str(tmp_path / "archive"),
+                 config=str(config), codec_profile="max", create_archive=True)
+    assert result.state.is_completed(), result.state
+    manifest = json.loads(next((tmp_path / "archive").rglob("manifest.json")).read_text())
+    assert manifest["images"][0]["status"] == "published"
+
+
+# ---------------------------------------------------------------- what staff see in the UI (headless Chromium)
+
+CHROMIUM_ARGS = ["--no-sandbox", "--headless=new", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def chromium() -> str:
+    """Debian's Chromium: installed with apt-get when missing and the tests run as root (as .ci/run does)."""
+    import shutil
+
+    found = shutil.which("chromium")
+    if found is None and os.geteuid() == 0 and shutil.which("apt-get"):
+        subprocess.run(["apt-get", "install", "-y", "-qq", "chromium"], check=False, capture_output=True,
+                       env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"}, timeout=900)
+        found = shutil.which("chromium")
+    assert found, "the UI tests need Debian's chromium: apt-get install -y chromium"
+    return found
+
+
+@pytest.fixture()
+def browser(tmp_path):
+    """Debian's Chromium, headless, with a fresh profile, driven by Playwright (which downloads no browser)."""
+    from playwright.sync_api import sync_playwright
+
+    executable = chromium()
+
+    with sync_playwright() as p:
+        context = p.chromium.launch_persistent_context(str(tmp_path / "chromium-profile"),
+                                                       executable_path=executable, args=CHROMIUM_ARGS,
+                                                       viewport={"width": 1400, "height": 1000})
+        yield context
+        context.close()
+
+
+def shot(page, name: str) -> None:
+    page.screenshot(path=str(SESSION_DIR / f"ui-{name}.png"), full_page=True)
+
+
+def test_the_ui_shows_the_consortium_its_form_a_failed_run_and_the_publication(service, tmp_path, scheduler,
+                                                                               browser):
+    service.cli("zarrchive", "deploy", "register", str(consortium_file(tmp_path, scheduler, name="visible")),
+                check=True)
+    sub = good_submission(tmp_path / "landing" / "visible-broken")
+    (sub / "empty.tif").write_bytes(b"")
+    submission(sub, [{"path": "a.ome.tif"}, {"path": "empty.tif"}])
+    failed = run(service, "ingest_submission/visible", submission=str(sub), create_archive=True)
+    assert failed.state.is_failed()
+    page = browser.new_page()
+
+    page.goto(f"{service.ui}/deployments", wait_until="networkidle")
+    page.get_by_placeholder("Search deployments").fill("visible")  # other tests' consortia are listed too
+    page.get_by_text("visible", exact=True).nth(2).wait_for(timeout=30000)
+    page.wait_for_timeout(1000)
+    shot(page, "deployments")
+    assert page.get_by_text("visible", exact=True).count() == 3  # its ingest, nightly import and fixity audit
+    listed = page.inner_text("body")
+    assert all(flow in listed for flow in ("ingest_submission", "nightly_import", "fixity_audit"))
+    assert "At 02:00 AM every day" in listed  # the nightly import's schedule
+
+    page.goto(f"{service.ui}/deployments/deployment/{deployment_id(service, 'ingest_submission/visible')}/run",
+              wait_until="networkidle")
+    page.get_by_text("codec_profile", exact=False).first.wait_for(timeout=30000)
+    shot(page, "run-form")
+    body = page.inner_text("body")
+    for field in ("submission", "archive", "config", "codec_profile", "create_archive", "approval"):
+        assert field in body, field
+    choice = page.locator("button.p-select-button__control", has_text="from configuration")
+    choice.focus()
+    page.keyboard.press("ArrowDown")  # opens the list of the profile's choices: a choice, not free text
+    options = page.locator(".p-select-option")
+    options.first.wait_for(timeout=10000)
+    assert [o.strip() for o in options.all_inner_texts()] == ["from configuration", "compat", "max", "fixed"]
+    shot(page, "run-form-codec-profile")
+    options.filter(has_text="max").click()
+    page.locator("button.p-select-button__control .p-select-button__value", has_text="max").first.wait_for(
+        timeout=10000)  # chosen
+
+    page.goto(f"{service.ui}/runs/flow-run/{failed.id}", wait_until="networkidle")
+    page.get_by_text("ingest visible-broken").first.wait_for(timeout=30000)
+    badge = page.locator(".state-badge").first
+    badge.wait_for(timeout=30000)
+    shot(page, "failed-run")
+    assert badge.inner_text().strip() == "Failed"
+    colour = badge.evaluate("e => getComputedStyle(e).backgroundColor")
+    red, green, _blue = (int(v) for v in colour[colour.index("(") + 1:].rstrip(")").split(",")[:3])
+    assert red > green, f"the failed run's badge is not red: {colour}"
+
+    page.goto(f"{service.ui}/artifacts/artifact/{artifact_id(service, 'za000001-publication')}",
+              wait_until="networkidle")
+    page.get_by_text("empty.tif").first.wait_for(timeout=30000)
+    shot(page, "publication-artifact")
+    assert "Not published" in page.inner_text("body")

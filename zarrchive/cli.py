@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from zarrchive.errors import ConfigError, ZarrchiveError
+from zarrchive.errors import ConfigError, NotFound, ZarrchiveError
 from zarrchive.session import Interrupted, prefect_api, stop_on_signals
 from zarrchive.records import Publication
 
@@ -109,8 +109,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     logging.getLogger("distributed").setLevel(logging.WARNING)
     as_json = bool(getattr(args, "json", False))
+
+    def stopped(signum: int) -> None:  # the run did not unwind in time: the process ends now, still reporting
+        _error(Interrupted(signum), as_json, 128 + signum, "stopped")
+
     try:
-        with stop_on_signals():
+        with stop_on_signals(stopped):
             return _dispatch(args)
     except ConfigError as exc:
         return _error(exc, as_json, EXIT_USAGE, "invalid configuration")
@@ -373,8 +377,7 @@ def _show(accession: str, archive: str, as_json: bool) -> int:
 
     versions = published_versions(archive, accession)
     if not versions:
-        print(f"zarrchive: no published version of {accession} in {archive}", file=sys.stderr)
-        return EXIT_NOT_PUBLISHED
+        raise NotFound(f"no published version of {accession} in {archive}")
     if as_json:
         print(json.dumps(versions, default=str))
         return EXIT_OK
@@ -411,11 +414,7 @@ def _show_image(img: dict, files: list[dict], label: str) -> None:
 def _lineage(accession: str, archive: str, version: int | None, image: str | None, as_json: bool) -> int:
     from zarrchive.provenance import lineage_of
 
-    try:
-        info = lineage_of(archive, accession, version, image)
-    except LookupError as exc:
-        print(f"zarrchive: {exc}", file=sys.stderr)
-        return EXIT_NOT_PUBLISHED
+    info = lineage_of(archive, accession, version, image)  # NotFound: reported by main
     if as_json:
         print(json.dumps(info, default=str))
         return EXIT_OK

@@ -6,6 +6,9 @@ retries retry. ``InputError`` names the file (or field) and the reason.
 
 from __future__ import annotations
 
+import errno
+import sys
+
 
 class ZarrchiveError(Exception):
     """Root of every error zarrchive raises on purpose."""
@@ -55,6 +58,10 @@ class ArchiveNotFound(ProblemsError):
     header = "no archive at"
 
 
+class NotFound(ZarrchiveError, LookupError):
+    """What was asked for is not in the archive (an accession, a version, an image)."""
+
+
 class ChecksumMismatch(InputError):
     """A file's bytes do not match the checksum given for it."""
 
@@ -63,8 +70,25 @@ class UnsupportedFormat(InputError):
     """No installed reader can open the file."""
 
 
+class StageTimeout(InputError):
+    """A stage took longer on one file or image than its configured time (``<stage>.timeout_seconds``): that image
+    fails, the others go on. Never retried."""
+
+
 class VerificationError(ZarrchiveError):
     """Written data does not decode to the source data (losslessness violated)."""
+
+
+class FailedOutcome(ZarrchiveError):
+    """A run that ended Failed with a report: its state's message, and what it found (``data``: an ingest's
+    ``Publication``, a night's summary rows, an audit's problems) for the callers of the flow."""
+
+    def __init__(self, message: str, data: object):
+        self.data = data
+        super().__init__(message)
+
+    def __reduce__(self):
+        return type(self), (str(self), self.data)
 
 
 class ClusterError(ZarrchiveError):
@@ -79,6 +103,22 @@ def is_transient(exc: BaseException) -> bool:
     """Whether ``exc`` is worth a retry: our TransientError or an OS-level I/O fault."""
     if isinstance(exc, TransientError):
         return True
+    if isinstance(exc, ZarrchiveError) or _prefect_timeout(exc):
+        return False  # our own errors are what they say; a stage that ran out of time would only do so again
     if isinstance(exc, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)):
         return False
+    if isinstance(exc, OSError) and exc.errno in PERMANENT_ERRNOS:
+        return False  # a full disk or a read-only store does not heal in seconds: reported at once
     return isinstance(exc, (ConnectionError, TimeoutError)) or type(exc) is OSError
+
+
+PERMANENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG, errno.EACCES, errno.EPERM}
+
+
+def _prefect_timeout(exc: BaseException) -> bool:
+    """Whether ``exc`` is Prefect's task or flow timeout (a TimeoutError, but not a transient one). Prefect is not
+    imported for it: where it is not loaded, no such exception exists."""
+    exceptions = sys.modules.get("prefect.exceptions")
+    timeouts = tuple(getattr(exceptions, name) for name in ("TaskRunTimeoutError", "FlowRunTimeoutError")
+                     if exceptions is not None and hasattr(exceptions, name))
+    return bool(timeouts) and isinstance(exc, timeouts)

@@ -200,8 +200,8 @@ class SubmissionFiles:
             return os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
         st = os.lstat(self.root)
         if stat.S_ISLNK(st.st_mode):
-            raise UnsafeEntry(self.source, f"the submission folder is a symbolic link (to {os.path.realpath(self.root)}): "
-                                           "give the folder itself")
+            raise UnsafeEntry(self.source, "the submission folder is a symbolic link (to "
+                                           f"{os.path.realpath(self.root)}): give the folder itself")
         return os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
 
     def _parent(self, rel: str) -> tuple[int, str]:

@@ -57,7 +57,8 @@ def message(pub: Publication) -> str:
         "damaged": f"Not published: {where} is damaged; nothing was published and nothing was repaired",
         "rejected": f"Not published: {pub.accession} was not approved",
     }[what]
-    details = _not_published(pub) + [r for r in pub.reasons if what not in ("published", "unchanged")]
+    details = _not_published(pub) if what == "partial" else pub.reasons if what not in ("published", "unchanged") \
+        else []
     if details:
         shown = details[:MAX_LISTED]
         more = f"; and {len(details) - MAX_LISTED} more (see the publication artifact)" if len(details) > MAX_LISTED \
@@ -74,7 +75,7 @@ def artifact_key(pub: Publication, what: str = "publication") -> str:
     """A key per accession (``za000001-publication``), so each accession's latest report has its own entry; a
     submission refused before it got an accession is keyed by its folder's name."""
     name = pub.accession or f"submission-{(pub.submission or 'unknown').rstrip('/').rsplit('/', 1)[-1]}"
-    return re.sub(r"[^a-z0-9-]+", "-", f"{name}-{what}".lower()).strip("-")
+    return re.sub(r"-{2,}", "-", re.sub(r"[^a-z0-9-]+", "-", f"{name}-{what}".lower())).strip("-")
 
 
 def report(pub: Publication) -> str:

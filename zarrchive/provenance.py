@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from zarrchive.errors import NotFound
 from zarrchive.storage import join, read_json, resolve, tree_digest
 from zarrchive.tasks.publish import published_versions
 
@@ -58,10 +59,10 @@ def lineage_of(archive: str, accession: str, version: int | None = None, image: 
     """The provenance of a published version (or one image of it), read from the archive."""
     manifests = published_versions(archive, accession)
     if not manifests:
-        raise LookupError(f"no published version of {accession} in {archive}")
+        raise NotFound(f"no published version of {accession} in {archive}")
     manifest = manifests[-1] if version is None else next((m for m in manifests if m["version"] == version), None)
     if manifest is None:
-        raise LookupError(f"{accession} has no version {version} (published: {[m['version'] for m in manifests]})")
+        raise NotFound(f"{accession} has no version {version} (published: {[m['version'] for m in manifests]})")
     fs, root = resolve(archive)
     crate = read_json(fs, join(root, accession, f"v{manifest['version']}", "ro-crate-metadata.json"))
     nodes = {n["@id"]: n for n in crate["@graph"]}
@@ -92,7 +93,7 @@ def lineage_of(archive: str, accession: str, version: int | None = None, image: 
                         "parameters": a.get("zarrchive:parameters", {})} for a in actions],
         })
     if image and not images:
-        raise LookupError(f"{accession} v{manifest['version']} has no published image {image}")
+        raise NotFound(f"{accession} v{manifest['version']} has no published image {image}")
     previous = manifest.get("previous_version")
     before = next((m for m in manifests if m["version"] == previous), None)
     return {

@@ -25,10 +25,10 @@ import sys
 import tempfile
 import threading
 import time
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 STARTUP_SECONDS = float(os.environ.get("ZARRCHIVE_API_STARTUP_SECONDS", "180"))
-STOP_GRACE_SECONDS = 20.0  # after a stop signal, the most the run's cleanup may take before the process exits
+STOP_GRACE_SECONDS = 8.0  # after a stop signal, the most the run's cleanup may take before the process exits
 PR_SET_PDEATHSIG = 1
 
 
@@ -81,7 +81,10 @@ def prefect_api(timeout: float = STARTUP_SECONDS) -> Iterator[str]:
     try:
         _wait_healthy(url, server, log, timeout)
         with temporary_settings({PREFECT_API_URL: url}):
-            yield url
+            try:
+                yield url
+            finally:
+                _send_logs()
     finally:
         server.terminate()
         try:
@@ -90,6 +93,16 @@ def prefect_api(timeout: float = STARTUP_SECONDS) -> Iterator[str]:
             server.kill()
             server.wait()
         log.close()
+
+
+def _send_logs() -> None:
+    """Send the run's log lines still queued for the API before its server stops (at most a few seconds)."""
+    try:
+        from prefect.logging.handlers import APILogWorker
+
+        APILogWorker.drain_all(timeout=5)
+    except Exception:  # the lines stay in the terminal's output either way
+        pass
 
 
 def _wait_healthy(url: str, server: subprocess.Popen, log: Any, timeout: float) -> None:
@@ -108,15 +121,22 @@ def _wait_healthy(url: str, server: subprocess.Popen, log: Any, timeout: float) 
             time.sleep(0.2)
     log.seek(0)
     tail = log.read()[-2000:].decode(errors="replace")
-    state = f"exited with code {server.returncode}" if server.poll() is not None else f"did not answer in {timeout:.0f} s"
+    state = (f"exited with code {server.returncode}" if server.poll() is not None
+             else f"did not answer in {timeout:.0f} s")
     raise RuntimeError(f"the local Prefect API server {state} (set PREFECT_API_URL to use a running server, or "
                        f"ZARRCHIVE_API_STARTUP_SECONDS to wait longer): {tail}")
 
 
 @contextlib.contextmanager
-def stop_on_signals() -> Iterator[None]:
-    """Turn SIGTERM and SIGINT into ``Interrupted`` in the main thread for the duration of the block; a second
-    signal, or cleanup taking longer than ``STOP_GRACE_SECONDS``, ends the process at once."""
+def stop_on_signals(on_stuck: Callable[[int], None] = lambda _signum: None) -> Iterator[None]:
+    """Turn SIGTERM and SIGINT into a prompt stop for the duration of the block.
+
+    The signal interrupts the main thread (Prefect's own handler during a flow run, ``Interrupted`` outside
+    one), so the run unwinds: its staging folder is removed, the cluster it started is closed. A watchdog
+    thread hears every signal too (through the interpreter's wakeup file descriptor, whoever handles it);
+    when the run is not over ``STOP_GRACE_SECONDS`` later (a worker thread still busy with work that no longer
+    matters keeps the interpreter waiting), it removes the run's staging folders, calls ``on_stuck`` and ends
+    the process. A second signal ends it at once."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -124,16 +144,52 @@ def stop_on_signals() -> Iterator[None]:
 
     def handler(signum: int, _frame: Any) -> None:
         if stopping:
-            os._exit(128 + signum)
+            _stop_now(signum, on_stuck)
         stopping.append(signum)
-        timer = threading.Timer(STOP_GRACE_SECONDS, os._exit, args=(128 + signum,))
-        timer.daemon = True
-        timer.start()
         raise Interrupted(signum)
 
+    read_end, write_end = os.pipe()
+    os.set_blocking(write_end, False)
+    previous_fd = signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
+    threading.Thread(target=_watch, args=(read_end, on_stuck), daemon=True, name="zarrchive-stop").start()
     previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         yield
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
+        signal.set_wakeup_fd(previous_fd)
+        os.close(write_end)
+
+
+def _watch(read_end: int, on_stuck: Callable[[int], None]) -> None:
+    heard: list[int] = []
+    while True:
+        try:
+            data = os.read(read_end, 16)
+        except OSError:
+            return
+        if not data:  # the run is over: the block closed the pipe
+            os.close(read_end)
+            return
+        for signum in data:
+            if signum in (signal.SIGTERM, signal.SIGINT):
+                if heard:
+                    _stop_now(signum, on_stuck)
+                heard.append(signum)
+                timer = threading.Timer(STOP_GRACE_SECONDS, _stop_now, args=(signum, on_stuck))
+                timer.daemon = True
+                timer.start()
+
+
+def _stop_now(signum: int, on_stuck: Callable[[int], None]) -> None:
+    """End the process now: the run's staging folders removed, ``on_stuck`` told, the exit code 128 + signal."""
+    from zarrchive.staging import remove_active
+
+    try:
+        remove_active()
+        on_stuck(signum)
+        sys.stdout.flush()
+        sys.stderr.flush()
+    finally:
+        os._exit(128 + signum)

@@ -40,11 +40,24 @@ def staging_area(settings: StagingSettings, label: str) -> Iterator[str]:
     root.mkdir(parents=True, exist_ok=True)
     path = tempfile.mkdtemp(prefix=f"zarrchive-{label}-", dir=root)
     (Path(path) / RUN_RECORD).write_text(json.dumps({"owner": this_process(), "host": socket.gethostname()}))
+    if not settings.keep:
+        _ACTIVE.add(path)
     try:
         yield path
     finally:
+        _ACTIVE.discard(path)
         if not settings.keep:
             shutil.rmtree(path, ignore_errors=True)
+
+
+_ACTIVE: set[str] = set()  # the staging folders of runs of this process in progress
+
+
+def remove_active() -> None:
+    """Remove the staging folders of this process's runs in progress (a process stopping at once)."""
+    for path in list(_ACTIVE):
+        shutil.rmtree(path, ignore_errors=True)
+        _ACTIVE.discard(path)
 
 
 def partial_name(final: str) -> str:
