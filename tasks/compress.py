@@ -291,6 +291,9 @@ def _keep_ome_xml(store: str, image: ImageRecord, ngff: str) -> None:
     group = zarr.open_group(f"{store}/OME", mode="w", zarr_format=ZARR_FORMAT[ngff])
     group.update_attributes({"ome": {"version": ngff}} if ngff == "0.5" else {})
     shutil.copyfile(image.metadata_xml, f"{store}/OME/METADATA.ome.xml")
+    for name, kept in image.documents:  # other original metadata (an MRC header, Imaris' DataSetInfo)
+        os.makedirs(os.path.dirname(f"{store}/{name}"), exist_ok=True)
+        shutil.copyfile(kept, f"{store}/{name}")
 
 
 @stage_task(name="compress", task_run_name="compress: {image.image_id}", tags=["pixels"],

@@ -25,7 +25,7 @@ import posixpath
 import re
 import threading
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import fsspec
 import numpy as np
@@ -40,28 +40,18 @@ from zarrchive.errors import InputError, StageTimeout, UnsupportedFormat, Zarrch
 from zarrchive.identity import convert_key
 from zarrchive.lineage import Traced, stage_task, traced
 from zarrchive.ngff import image_attributes
-from zarrchive.records import MICROMETERS, Axis, FileEntry, FileRecord, ImageRecord, Level, PixelSize
+from zarrchive.records import (
+    MICROMETERS, Axis, FileEntry, FileRecord, ImageRecord, Level, PixelSize, SourceLayout,
+)
 from zarrchive.software import pixel_versions
-from zarrchive.sources import layout_of, lazy_pixels, ome_tiff_set, zarr_level0
+from zarrchive.sources import layout_of, lazy_pixels, ome_tiff_set, own_images, zarr_level0
+from zarrchive.units import OME_LENGTH, length_unit
+from zarrchive.units import time_unit as normal_time_unit
 from zarrchive.storage import is_zarr_store, sha256_stream, write_bytes_atomic
 
 LOCAL = fsspec.filesystem("file")
 
 TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
-
-# OME / ImageJ unit spellings -> OME-NGFF unit names, and their size in micrometers.
-LENGTH_UNITS = {
-    **{name: name for name in ("micrometer", "nanometer", "millimeter", "centimeter", "meter", "angstrom",
-                               "picometer")},  # OME-NGFF's own names
-    "µm": "micrometer", "um": "micrometer", "micron": "micrometer", "microns": "micrometer", "micrometer": "micrometer",
-    "\\u00B5m": "micrometer", "nm": "nanometer", "nanometer": "nanometer", "mm": "millimeter", "millimeter": "millimeter",
-    "cm": "centimeter", "centimeter": "centimeter", "m": "meter", "meter": "meter", "Å": "angstrom", "angstrom": "angstrom",
-    "pm": "picometer", "picometer": "picometer",
-}
-TIME_UNITS = {"second": "second", "millisecond": "millisecond", "minute": "minute", "hour": "hour",
-              "s": "second", "ms": "millisecond", "µs": "microsecond", "us": "microsecond", "min": "minute",
-              "h": "hour", "ns": "nanosecond"}
-
 
 @dataclass(frozen=True)
 class SourceMetadata:
@@ -92,6 +82,34 @@ VENDOR_FORMATS = (
 PNG_MAGIC, JPEG_MAGIC = b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff"
 
 
+def _native_format(path: str) -> Any:
+    """The zarrchive format (``zarrchive.formats``) of a file, from its first bytes and name; None for the formats
+    bioio reads."""
+    from zarrchive import formats
+
+    with open(path, "rb") as fh:
+        head = fh.read(1024)
+    return formats.match(path, head) if head else None
+
+
+VSI_PLUGIN = ("bioio_vsi", "bioio-vsi", "vsi", "bioio-vsi: BSD-3-Clause, pure Python (JPEG 2000 tiles need "
+              "imagecodecs)")
+
+
+def _vsi_reader(shown_as: str) -> type:
+    """An Olympus/Evident cellSens VSI file is a TIFF holding only an overview: the image lies in the companion
+    ``_<name>_/stack*/frame_t*.ets`` files. It is read with the bioio-vsi plugin, which reads those (and refuses
+    what it cannot read, naming it), or refused: never archived as its overview."""
+    module, package, extra, licence = VSI_PLUGIN
+    try:
+        return importlib.import_module(module).Reader
+    except ImportError:
+        raise UnsupportedFormat(shown_as, "Olympus/Evident cellSens VSI: the .vsi file holds only an overview, the "
+                                          "image lies in its companion .ets files, which this installation cannot "
+                                          f"read: it needs the reader plugin {package} (pip install "
+                                          f"'zarrchive[{extra}]'; {licence})") from None
+
+
 def choose_reader(path: str, shown_as: str) -> type:
     """The bioio reader for a file, chosen from its content (magic bytes, OME-XML, a Zarr store's metadata), not
     its name."""
@@ -108,6 +126,8 @@ def choose_reader(path: str, shown_as: str) -> type:
         head = fh.read(16)
     if not head:
         raise InputError(shown_as, "empty (0 bytes): not an image")
+    if head[:4] in TIFF_MAGIC and shown_as.lower().endswith(".vsi"):
+        return _vsi_reader(shown_as)
     if head[:4] in TIFF_MAGIC:
         try:
             with tifffile.TiffFile(path) as tif:
@@ -140,14 +160,12 @@ def choose_reader(path: str, shown_as: str) -> type:
 # ---------------------------------------------------------------- metadata
 
 
-def _ome_metadata(img: BioImage, scene: int) -> SourceMetadata:
-    pixels = img.ome_metadata.images[scene].pixels
+def _ome_metadata(ome: Any, scene: int) -> SourceMetadata:
+    """What an OME-XML document (an ``ome_types`` model) says about its image ``scene``."""
+    pixels = ome.images[scene].pixels
 
     def unit_of(value: Any) -> str | None:
-        if value is None:
-            return None
-        text = getattr(value, "value", str(value))
-        return LENGTH_UNITS.get(text, None)
+        return length_unit(value)
 
     sizes = {"z": pixels.physical_size_z, "y": pixels.physical_size_y, "x": pixels.physical_size_x}
     units = {ax: unit_of(getattr(pixels, f"physical_size_{ax}_unit")) for ax in "zyx" if sizes[ax] is not None}
@@ -162,7 +180,7 @@ def _ome_metadata(img: BioImage, scene: int) -> SourceMetadata:
     time_unit = getattr(pixels.time_increment_unit, "value", None) if pixels.time_increment else None
     return SourceMetadata(
         pixel_size=sizes, unit=unit if any(sizes.values()) else None,
-        time_increment=pixels.time_increment, time_unit=TIME_UNITS.get(time_unit or "", time_unit),
+        time_increment=pixels.time_increment, time_unit=normal_time_unit(time_unit),
         channel_names=names if names and all(names) else None,
         channel_colours=colours if any(c != "FFFFFF" for c in colours) else None,  # white is OME's default
     )
@@ -180,7 +198,7 @@ def _ome_zarr_metadata(path: str, scene: int) -> SourceMetadata:
         for t in transforms:
             if t.get("type") == "scale":
                 scale = [a * b for a, b in zip(scale, t["scale"])]
-    units = {a["name"].lower(): LENGTH_UNITS.get(a.get("unit") or "") for a in multiscale["axes"]}
+    units = {a["name"].lower(): length_unit(a.get("unit")) for a in multiscale["axes"]}
     unit = units.get("x") or units.get("y") or units.get("z")
     sizes: dict[str, float | None] = {}
     for ax in "zyx":
@@ -195,7 +213,7 @@ def _ome_zarr_metadata(path: str, scene: int) -> SourceMetadata:
     return SourceMetadata(
         pixel_size=sizes, unit=unit if any(v is not None for v in sizes.values()) else None,
         time_increment=scale[axes.index("t")] if time and time.get("unit") else None,
-        time_unit=TIME_UNITS.get(time.get("unit") or "", time.get("unit")) if time else None,
+        time_unit=normal_time_unit(time.get("unit")) if time else None,
         channel_names=names if names and all(names) else None,
         channel_colours=colours if colours and all(re.fullmatch(r"[0-9A-F]{6}", c) for c in colours) else None,
         channel_windows=_windows(channels),
@@ -238,16 +256,17 @@ def _tiff_metadata(path: str, series: int) -> SourceMetadata:
             num, den = tag.value
             return den / num if num else None
 
-        if ij.get("unit") in LENGTH_UNITS and xres is not None:
-            unit = LENGTH_UNITS[ij["unit"]]
+        if length_unit(ij.get("unit")) and xres is not None:
+            unit = length_unit(ij["unit"])
             sizes["x"], sizes["y"] = size(xres), size(yres)
             sizes["z"] = float(ij["spacing"]) if ij.get("spacing") else None
         elif res_unit is not None and int(res_unit.value) == 3 and xres is not None:  # centimetre
             unit = "micrometer"
             sizes["x"], sizes["y"] = (s * 1e4 if s else None for s in (size(xres), size(yres)))
         finterval = ij.get("finterval")
+        tunit = normal_time_unit(ij.get("tunit")) or "second"  # ImageJ's frame interval is in seconds unless told
     return SourceMetadata(pixel_size=sizes, unit=unit, time_increment=float(finterval) if finterval else None,
-                          time_unit="second" if finterval else None, channel_names=None)
+                          time_unit=tunit if finterval else None, channel_names=None)
 
 
 def merge_metadata(
@@ -334,21 +353,26 @@ def companions_of(file: FileRecord, files: list[FileRecord]) -> dict[str, str]:
     return {f.path: f.sha256 for f in files if f.path != file.path and posixpath.dirname(f.path) == folder}
 
 
-def _set_digest(file: FileRecord, members: list[str], companions: dict[str, str] | None) -> tuple[str, tuple]:
-    """The identity of a multi-file set (the sha256 of every member's sha256) and its members' submitted paths;
-    raises ``InputError`` naming the file when a member is missing."""
+def _set_members(file: FileRecord, members: list[str], companions: dict[str, str] | None
+                 ) -> tuple[tuple[str, ...], list[str]]:
+    """The submitted paths of a multi-file set's members (in the order of their planes) and those missing from the
+    submission."""
     folder = posixpath.dirname(file.path)
     paths = tuple(posixpath.normpath(posixpath.join(folder, name)) for name in members)
     here = os.path.dirname(file.staged_path)
     missing = [p for p, name in zip(paths, members) if p != file.path and (
         not os.path.isfile(os.path.join(here, name)) or (companions is not None and p not in companions))]
-    if missing:
-        raise InputError(file.path, f"a multi-file OME-TIFF set of {len(paths)} files whose member(s) "
-                                    f"{', '.join(missing)} are not in the submission: list every file of the set")
+    return paths, missing
+
+
+def _set_digest(file: FileRecord, members: list[str], paths: tuple[str, ...],
+                companions: dict[str, str] | None) -> str:
+    """The identity of a complete multi-file set: the sha256 of every member's sha256."""
+    here = os.path.dirname(file.staged_path)
     digests = [file.sha256 if p == file.path else
                companions[p] if companions is not None else sha256_stream(LOCAL, os.path.join(here, name))[1]
                for p, name in zip(paths, members)]
-    return hashlib.sha256(" ".join(digests).encode()).hexdigest(), paths
+    return hashlib.sha256(" ".join(digests).encode()).hexdigest()
 
 
 def convert_file(
@@ -360,18 +384,36 @@ def convert_file(
 
     A file of a multi-file OME-TIFF set gives the set's images when it holds the set's first planes, and no image
     otherwise (the set is one image, not one per file); ``companions`` (the sha256 of the other staged files of
-    its folder, ``companions_of``) make the members part of the conversion's identity."""
+    its folder, ``companions_of``) make the members part of the conversion's identity. A file whose OME-XML
+    describes a larger acquisition whose other files are not in the submission (screening software writes one
+    file per field, each naming the whole plate) gives the images whose planes it holds itself, with a note
+    naming the missing files; an image with planes in a missing file is an error naming them."""
     faults.point("convert.start")
+    if not os.path.isdir(file.staged_path) and (native := _native_format(file.staged_path)):
+        return _convert_native(native, file, entry, work, settings)
     reader = choose_reader(file.staged_path, file.path)
     check_declared(file.staged_path, reader.__module__.split(".")[0], file.path, settings.limits)
-    source_digest, source_set = file.sha256, ()
+    source_digest, source_set, own, missing = file.sha256, (), None, []
     if reader.__module__.startswith("bioio_ome_tiff") and (members := ome_tiff_set(file.staged_path)):
-        source_digest, source_set = _set_digest(file, members, companions)
-        if source_set[0] != file.path:
-            return []  # its planes belong to the image of the set's first file
+        paths, missing = _set_members(file, members, companions)
+        if not missing:
+            source_digest, source_set = _set_digest(file, members, paths, companions), paths
+            if source_set[0] != file.path:
+                return []  # its planes belong to the image of the set's first file
+        elif not (own := own_images(file.staged_path)):
+            raise InputError(file.path, f"a multi-file OME-TIFF set of {len(paths)} files whose member(s) "
+                                        f"{_listing(missing)} are not in the submission, and none of its images "
+                                        "lies in this file alone: list every file of the set")
+    ome = None
     try:
         img = BioImage(file.staged_path, reader=reader)
         scenes = list(img.scenes)
+        if own is not None:  # bioio-ome-tiff reads no scene past the ones this file holds: tifffile does, by series
+            ome = img.ome_metadata
+            import bioio_tifffile
+
+            reader = bioio_tifffile.Reader
+            img = BioImage(file.staged_path, reader=reader)
     except MemoryError:
         raise OverBudget(file.path, f"{reader.__module__} ran out of memory reading its headers: it declares more "
                                     "than this machine can describe") from None
@@ -380,16 +422,22 @@ def convert_file(
     budget.check_series_count(file.path, len(scenes), settings.limits)
     base_id = slug(file.path)
     images = []
-    for index, scene in enumerate(scenes):
+    chosen = own if own is not None else range(len(scenes))  # tifffile lists only the series this file holds
+    for tiff_index, index in enumerate(chosen):
+        scene = scenes[index]
         shown_as = file.path if len(scenes) == 1 else f"{file.path} [series {index}]"
         try:
-            img.set_scene(index)
+            img.set_scene(index if ome is None else tiff_index)
             budget.check_shape(shown_as, img.shape, np.dtype(img.dtype).itemsize, settings.limits, file.size)
             if reader.__module__.startswith(("bioio_ome_tiff", "bioio_tifffile")):
-                with tiff_must_be_whole(shown_as):
-                    check_complete(file.staged_path, index, shown_as, bool(source_set))
+                with tiff_must_be_whole(shown_as, allowed=missing):
+                    check_complete(file.staged_path, tiff_index, shown_as, bool(source_set))
             image = _convert_series(img, reader, index, scene, len(scenes), file, entry, work, settings, base_id,
-                                    source_digest)
+                                    source_digest, tiff_index, ome)
+            if missing:
+                image = image.model_copy(update={"notes": image.notes + (
+                    f"{file.path}: its OME-XML describes a larger acquisition whose file(s) {_listing(missing)} are "
+                    f"not in the submission; the {len(chosen)} image(s) whose planes this file holds were archived",)})
             images.append(image.model_copy(update={"source_set": source_set}) if source_set else image)
         except (ZarrchiveError, ConnectionError, TimeoutError):
             raise
@@ -405,12 +453,20 @@ def convert_file(
     return images
 
 
-def _convert_series(img, reader, index, scene, n_scenes, file, entry, work, settings, base_id, source_digest):
+def _listing(paths: list[str], shown: int = 5) -> str:
+    return ", ".join(paths[:shown]) + (f" and {len(paths) - shown} more" if len(paths) > shown else "")
+
+
+def _convert_series(img, reader, index, scene, n_scenes, file, entry, work, settings, base_id, source_digest,
+                    tiff_index=None, ome=None):
+    """One series a bioio reader opened (the current scene of ``img``) as an image of the archive."""
     shown_as = file.path if n_scenes == 1 else f"{file.path} [series {index}]"
     data, sample_names = lazy_pixels(img, shown_as)
     reader_name = reader.__module__.split(".")[0]
-    if reader_name == "bioio_ome_tiff":
-        source = _ome_metadata(img, index)
+    if ome is not None:  # an OME-TIFF holding some of its images, read by tifffile, described by its OME-XML
+        source = _ome_metadata(ome, index)
+    elif reader_name == "bioio_ome_tiff":
+        source = _ome_metadata(img.ome_metadata, index)
     elif reader_name == "bioio_ome_zarr":
         source = _ome_zarr_metadata(file.staged_path, index)
     else:
@@ -418,9 +474,32 @@ def _convert_series(img, reader, index, scene, n_scenes, file, entry, work, sett
     if sample_names:  # colour samples: red, green, blue (and alpha)
         source = SourceMetadata(source.pixel_size, source.unit, source.time_increment, source.time_unit, sample_names,
                                 ["FF0000", "00FF00", "0000FF", "FFFFFF"][: len(sample_names)])
-    t, c, z, _y, _x = data.shape
-    sizes, unit, names, names_given, notes = merge_metadata(source, entry, c, shown_as)
+    tiff_series = index if tiff_index is None else tiff_index
 
+    def layout(axis_names: tuple[str, ...]) -> SourceLayout:
+        return layout_of(file.staged_path, img, reader_name, index, axis_names, bool(sample_names), tiff_series)
+
+    def xml(shape, axis_names, names, sizes, unit) -> bytes:
+        return ome_xml(file.staged_path, "bioio_ome_tiff" if ome is not None else reader_name, str(scene), shape,
+                       axis_names, data.dtype, names, sizes, unit, source)
+
+    return _image_record(file, entry, work, settings, index, str(scene), n_scenes, base_id, source_digest,
+                         tuple(int(n) for n in data.shape), str(np.dtype(data.dtype)), source, reader_name, layout,
+                         xml, lossy_compression(file.staged_path, tiff_series, reader_name))
+
+
+def _image_record(file: FileRecord, entry: FileEntry | None, work: str, settings: ConvertSettings, index: int,
+                  series_name: str, n_scenes: int, base_id: str, source_digest: str, tczyx: tuple[int, ...],
+                  dtype: str, source: SourceMetadata, reader_name: str,
+                  make_layout: Callable[[tuple[str, ...]], SourceLayout],
+                  make_xml: Callable[..., bytes], lossy: str | None,
+                  documents: dict[str, bytes] | None = None, notes: tuple[str, ...] = ()) -> ImageRecord:
+    """The image record of one series of shape ``tczyx``: its metadata merged with the submission's, its axes in
+    OME-NGFF order (singleton t and z dropped), level 0, and its OME-XML (and other original metadata
+    ``documents``) kept in the work area under its conversion id."""
+    shown_as = file.path if n_scenes == 1 else f"{file.path} [series {index}]"
+    t, c, z, _y, _x = tczyx
+    sizes, unit, names, names_given, merge_notes = merge_metadata(source, entry, c, shown_as)
     keep = [t > 1, True, z > 1, True, True]
     axis_names = tuple(a for a, k in zip("tczyx", keep) if k)
     axes, scale = [], []
@@ -437,28 +516,58 @@ def _convert_series(img, reader, index, scene, n_scenes, file, entry, work, sett
             scale.append(float(value) if value is not None else 1.0)
 
     cid = conversion_id(source_digest, index, settings, entry)
-    image_id = base_id if n_scenes == 1 else f"{base_id}_s{index}"
-    shape = tuple(int(n) for n, k in zip(data.shape, keep) if k)
-    layout = layout_of(file.staged_path, img, reader_name, index, axis_names, bool(sample_names))
-    xml = ome_xml(file.staged_path, img, reader_name, str(scene), shape, axis_names, data.dtype, names, sizes, unit,
-                  source)
+    shape = tuple(n for n, k in zip(tczyx, keep) if k)
+    xml = make_xml(shape, axis_names, names, sizes, unit)
     xml_path = f"{work.rstrip('/')}/convert/{cid}.ome.xml"
     os.makedirs(os.path.dirname(xml_path), exist_ok=True)
     write_bytes_atomic(LOCAL, xml_path, xml)
+    kept = []
+    for name, content in sorted((documents or {}).items()):
+        kept_path = f"{work.rstrip('/')}/convert/{cid}.{name.replace('/', '.')}"
+        write_bytes_atomic(LOCAL, kept_path, content)
+        kept.append((name, kept_path))
     return ImageRecord(
-        image_id=image_id, conversion_id=cid, source_path=file.path, source_sha256=file.sha256, series=index,
-        series_name=str(scene), reader=reader_name, layout=layout, metadata_xml=xml_path,
-        metadata_sha256=hashlib.sha256(xml).hexdigest(), axes=tuple(axes),
-        dtype=str(np.dtype(data.dtype)), channel_names=tuple(names), channel_names_given=names_given,
+        image_id=base_id if n_scenes == 1 else f"{base_id}_s{index}", conversion_id=cid, source_path=file.path,
+        source_sha256=file.sha256, series=index, series_name=series_name, reader=reader_name,
+        layout=make_layout(axis_names), metadata_xml=xml_path, metadata_sha256=hashlib.sha256(xml).hexdigest(),
+        documents=tuple(kept), axes=tuple(axes), dtype=dtype, channel_names=tuple(names),
+        channel_names_given=names_given,
         channel_colours=tuple(source.channel_colours) if source.channel_colours and len(source.channel_colours) == c
         else None,
         channel_windows=tuple(source.channel_windows) if source.channel_windows and len(source.channel_windows) == c
         else None,
         calibrated=any(v is not None for v in sizes.values()),
-        levels=(Level(path="0", shape=shape, chunks=chunk_shape(list(axis_names), shape, str(data.dtype), settings),
+        levels=(Level(path="0", shape=shape, chunks=chunk_shape(list(axis_names), shape, dtype, settings),
                       scale=tuple(scale), translation=tuple(0.0 for _ in scale)),),
-        notes=tuple(notes), lossy_source=lossy_compression(file.staged_path, index, reader_name),
+        notes=tuple(merge_notes) + tuple(notes), lossy_source=lossy,
     )
+
+
+def _convert_native(fmt: Any, file: FileRecord, entry: FileEntry | None, work: str,
+                    settings: ConvertSettings) -> list[ImageRecord]:
+    """Every series of a file in one of zarrchive's own formats (``zarrchive.formats``), from its headers."""
+    described = fmt.describe(file.staged_path, file.path)
+    budget.check_series_count(file.path, len(described), settings.limits)
+    images = []
+    for index, series in enumerate(described):
+        shown_as = file.path if len(described) == 1 else f"{file.path} [series {index}]"
+        budget.check_shape(shown_as, series.shape, np.dtype(series.dtype).itemsize, settings.limits, file.size)
+        dims = dict(zip(series.axes, series.shape))
+        source = SourceMetadata(pixel_size=series.pixel_size, unit=series.unit, time_increment=series.time_increment,
+                                time_unit=series.time_unit, channel_names=series.channel_names,
+                                channel_colours=series.channel_colours)
+
+        def layout(axis_names: tuple[str, ...], index: int = index, stored: str = series.axes) -> SourceLayout:
+            return SourceLayout(reader=fmt.name, series=index, axes=axis_names, stored_axes=stored)
+
+        def xml(shape, axis_names, names, sizes, unit, name: str = series.name, dtype: str = series.dtype) -> bytes:
+            return ome_xml(file.staged_path, fmt.name, name, shape, axis_names, dtype, names, sizes, unit, source)
+
+        image = _image_record(file, entry, work, settings, index, series.name, len(described), slug(file.path),
+                              file.sha256, tuple(dims.get(a, 1) for a in "tczyx"), series.dtype, source, fmt.name,
+                              layout, xml, None, series.documents, series.notes)
+        images.append(image)
+    return [as_label(image, entry, len(images)) for image in images] if file.kind == "label" else images
 
 
 def check_complete(path: str, series: int, shown_as: str, own_set: bool) -> None:
@@ -496,8 +605,9 @@ class _TiffComplaints(logging.Handler):
 
 
 @contextlib.contextmanager
-def tiff_must_be_whole(shown_as: str):
-    """Refuse, naming the file, a TIFF whose structure tifffile complained about while the block parsed it."""
+def tiff_must_be_whole(shown_as: str, allowed: list[str] = ()):
+    """Refuse, naming the file, a TIFF whose structure tifffile complained about while the block parsed it
+    (complaints about the ``allowed`` companion files, known to be missing, aside)."""
     complaints = _TiffComplaints()
     log = logging.getLogger("tifffile")
     log.addHandler(complaints)
@@ -505,8 +615,11 @@ def tiff_must_be_whole(shown_as: str):
         yield
     finally:
         log.removeHandler(complaints)
-    if complaints.messages:
-        detail = re.sub(r"<tifffile\.\w+ [^>]*> ?", "", complaints.messages[0])
+    names = [posixpath.basename(p) for p in allowed]
+    messages = [m for m in complaints.messages if not (names and ("failed to read" in m)
+                                                           and (any(n in m for n in names) or "files" in m))]
+    if messages:
+        detail = re.sub(r"<tifffile\.\w+ [^>]*> ?", "", messages[0])
         raise InputError(shown_as, f"damaged TIFF (truncated, or its structure is broken): {detail}")
 
 
@@ -579,11 +692,23 @@ def lossy_compression(path: str, series: int, reader: str) -> str | None:
     if reader not in ("bioio_ome_tiff", "bioio_tifffile"):
         return None
     with tifffile.TiffFile(path) as tif:
-        name = tif.series[series].keyframe.compression.name
+        name = tiff_compression(tif.series[series].keyframe)
     return name if name in LOSSY_TIFF else None
 
 
-def ome_xml(path: str, img: BioImage, reader: str, name: str, shape: tuple[int, ...], axes: tuple[str, ...],
+def tiff_compression(page: Any) -> str:
+    """The name of a TIFF page's compression; the Compression tag is optional (absent: 1, none), and tifffile
+    then gives a plain number rather than its enumeration."""
+    value = page.compression
+    if isinstance(value, tifffile.COMPRESSION):
+        return value.name
+    try:
+        return tifffile.COMPRESSION(int(value)).name
+    except ValueError:
+        return f"compression {int(value)}"
+
+
+def ome_xml(path: str, reader: str, name: str, shape: tuple[int, ...], axes: tuple[str, ...],
             dtype: Any, channels: list[str], sizes: dict[str, float | None], unit: str | None,
             source: SourceMetadata) -> bytes:
     """The OME-XML kept beside the image: an OME file's own document, whole (every series, every annotation);
@@ -598,19 +723,18 @@ def ome_xml(path: str, img: BioImage, reader: str, name: str, shape: tuple[int, 
     from ome_types import model
 
     dims = dict(zip(axes, shape))
-    ome_type = {"bool": "bit", "float32": "float", "float64": "double"}.get(str(np.dtype(dtype)), str(np.dtype(dtype)))
+    ome_type = {"bool": "bit", "float16": "float", "float32": "float", "float64": "double"}.get(
+        str(np.dtype(dtype)), str(np.dtype(dtype)))
     pixels: dict[str, Any] = {
         "id": "Pixels:0", "dimension_order": "XYZCT", "type": ome_type, "metadata_only": True,
         "size_x": dims["x"], "size_y": dims["y"], "size_z": dims.get("z", 1), "size_c": dims["c"],
         "size_t": dims.get("t", 1),
         "channels": [model.Channel(id=f"Channel:0:{i}", name=n, samples_per_pixel=1) for i, n in enumerate(channels)],
     }
-    ome_units = {"micrometer": "µm", "nanometer": "nm", "millimeter": "mm", "centimeter": "cm", "meter": "m",
-                 "angstrom": "Å", "picometer": "pm"}
     for ax in "xyz":
-        if sizes.get(ax) is not None and unit in ome_units:
+        if sizes.get(ax) is not None and unit in OME_LENGTH:
             pixels[f"physical_size_{ax}"] = sizes[ax]
-            pixels[f"physical_size_{ax}_unit"] = ome_units[unit]
+            pixels[f"physical_size_{ax}_unit"] = OME_LENGTH[unit]
     if source.time_increment:
         pixels["time_increment"] = source.time_increment
     annotations = []

@@ -232,3 +232,160 @@ def ome_tiff_declaring(path: Path, size_z: int = 1, images: int = 1) -> Path:
         xml = xml.replace(image, "".join(image.replace('ID="Image:0"', f'ID="Image:{i}"') for i in range(images)))
         tif.pages.first.tags["ImageDescription"].overwrite(xml)
     return path
+
+
+OPTIONAL_TIFF_TAGS = {259: "Compression", 262: "PhotometricInterpretation", 277: "SamplesPerPixel",
+                      278: "RowsPerStrip", 282: "XResolution", 283: "YResolution", 284: "PlanarConfiguration",
+                      296: "ResolutionUnit", 339: "SampleFormat"}
+
+
+def bare_tiff(path: Path, data: np.ndarray, omit: set[int] = frozenset(), resolution: float | None = 2.0) -> Path:
+    """A baseline little-endian TIFF written by hand, one uncompressed strip per page (the first axis of a 3D
+    ``data``), with any of ``OPTIONAL_TIFF_TAGS`` left out, as some acquisition software writes them."""
+    import struct
+
+    pages = data if data.ndim == 3 else data[np.newaxis]
+    dtype = np.dtype(data.dtype).newbyteorder("<")
+    fmt = {"u": 1, "i": 2, "f": 3}[dtype.kind]
+    length, width = pages.shape[1:]
+    out = bytearray(b"II*\x00" + struct.pack("<I", 0))
+    offsets = []
+    for plane in pages:
+        offsets.append(len(out))
+        out += np.ascontiguousarray(plane, dtype=dtype).tobytes()
+        if len(out) % 2:
+            out += b"\0"
+    first_ifd = len(out)
+    struct.pack_into("<I", out, 4, first_ifd)
+    for n, offset in enumerate(offsets):
+        rational = len(out)
+        out += struct.pack("<II", int(resolution * 1000) if resolution else 1, 1000)
+        tags = {256: (4, width), 257: (4, length), 258: (3, dtype.itemsize * 8), 259: (3, 1), 262: (3, 1),
+                273: (4, offset), 277: (3, 1), 278: (4, length), 279: (4, plane_bytes := width * length *
+                                                                       dtype.itemsize),
+                282: (5, rational), 283: (5, rational), 284: (3, 1), 296: (3, 3), 339: (3, fmt)}
+        del plane_bytes
+        entries = sorted((tag, kind, value) for tag, (kind, value) in tags.items() if tag not in omit)
+        ifd = len(out)
+        if n == 0:
+            struct.pack_into("<I", out, 4, ifd)
+        else:
+            struct.pack_into("<I", out, previous_next, ifd)
+        out += struct.pack("<H", len(entries))
+        for tag, kind, value in entries:
+            packed = struct.pack("<HI", value, 0)[:4] if kind == 3 else struct.pack("<I", value)
+            out += struct.pack("<HHI", tag, kind, 1) + packed
+        previous_next = len(out)
+        out += struct.pack("<I", 0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(bytes(out))
+    return path
+
+
+def screening_files(folder: Path, fields: list[np.ndarray], names: list[str], sizes: dict[str, float] | None = None
+                    ) -> list[Path]:
+    """What screening software writes: one OME-TIFF per field (Y, X or Z, Y, X), each file's OME-XML describing
+    the whole acquisition — one Image per field, each Image's TiffData pointing at its own file by UUID and name."""
+    import uuid
+
+    ids = [f"urn:uuid:{uuid.uuid4()}" for _ in names]
+    size_attrs = "".join(f' PhysicalSize{a.upper()}="{v}"' for a, v in (sizes or {}).items())
+    images = ""
+    for i, (data, name, file_id) in enumerate(zip(fields, names, ids)):
+        z = data.shape[0] if data.ndim == 3 else 1
+        images += (f'<Image ID="Image:{i}" Name="field {i}"><Pixels ID="Pixels:{i}" DimensionOrder="XYZCT" '
+                   f'Type="{data.dtype}" SizeX="{data.shape[-1]}" SizeY="{data.shape[-2]}" SizeZ="{z}" SizeC="1" '
+                   f'SizeT="1"{size_attrs}><Channel ID="Channel:{i}:0" SamplesPerPixel="1" Name="DAPI"/>'
+                   f'<TiffData IFD="0" PlaneCount="{z}"><UUID FileName="{name}">{file_id}</UUID></TiffData>'
+                   "</Pixels></Image>")
+    paths = []
+    for data, name, file_id in zip(fields, names, ids):
+        xml = ('<?xml version="1.0" encoding="UTF-8"?>'
+               f'<OME xmlns="http://www.openmicroscopy.org/Schemas/OME/2016-06" UUID="{file_id}">{images}</OME>')
+        folder.mkdir(parents=True, exist_ok=True)
+        tifffile.imwrite(folder / name, data, description=xml, metadata=None, photometric="minisblack")
+        paths.append(folder / name)
+    return paths
+
+
+def mrc_file(path: Path, data: np.ndarray, voxel_angstrom: tuple[float, float, float] = (1.06, 1.06, 2.0),
+             stack: bool = False, fei_frames: int = 0, imod_unsigned: bool = False) -> Path:
+    """An MRC file written with mrcfile: a 2D image, a stack of images (``stack``), a volume or a stack of volumes;
+    optionally with an FEI1 extended header of ``fei_frames`` records (as EPU writes) or as IMOD's unsigned bytes
+    (mode 0 with its stamp)."""
+    import mrcfile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with mrcfile.new(str(path), overwrite=True) as mrc:
+        stored = data.view(np.int8) if imod_unsigned else data
+        mrc.set_data(stored)
+        if stack:
+            mrc.set_image_stack()
+        mrc.voxel_size = voxel_angstrom
+        if imod_unsigned:  # IMOD's stamp and flags: header bytes 152-159, inside extra2
+            extra = bytearray(mrc.header.extra2.tobytes())
+            extra[40:48] = np.array([1146047817, 0], dtype="<i4").tobytes()
+            mrc.header.extra2 = np.frombuffer(bytes(extra), dtype="V84")[0] if mrc.header.extra2.dtype.kind == "V" \
+                else bytes(extra)
+        if fei_frames:
+            from mrcfile.dtypes import get_ext_header_dtype
+
+            ext = np.zeros(fei_frames, dtype=get_ext_header_dtype(b"FEI1"))
+            ext["Metadata size"] = ext.dtype.itemsize
+            ext["Metadata version"] = 0
+            ext["HT"] = 300000.0
+            ext["Dose"] = np.arange(fei_frames, dtype=float) + 1.5
+            mrc.set_extended_header(ext)
+            mrc.header.exttyp = b"FEI1"
+    return path
+
+
+def imaris_file(path: Path, data: np.ndarray, voxel: tuple[float, float, float] = (0.5, 0.2, 0.2),
+                names: tuple[str, ...] = ("DAPI", "GFP"), colours: tuple[str, ...] = ("0 0 1", "0 1 0"),
+                seconds: float = 2.0, chunk: tuple[int, int, int] = (8, 32, 64)) -> Path:
+    """An Imaris 5.5 file (HDF5) of ``data`` (T, C, Z, Y, X), written with h5py following the Imaris file format:
+    level 0 padded to whole chunks (the padding filled with junk, as real files may hold), a smaller level 1,
+    ``DataSetInfo`` with the sizes, extents in micrometres, channel names and colours, and time stamps."""
+    import datetime as dt
+
+    import h5py
+
+    def attr(text: object) -> np.ndarray:
+        return np.array([c.encode() for c in str(text)], dtype="S1")
+
+    t, c, z, y, x = data.shape
+    padded = tuple(-(-n // k) * k for n, k in zip((z, y, x), chunk))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with h5py.File(path, "w") as f:
+        f.attrs["ImarisDataSet"] = attr("ImarisDataSet")
+        f.attrs["ImarisVersion"] = attr("5.5.0")
+        f.attrs["DataSetDirectoryName"] = attr("DataSet")
+        f.attrs["DataSetInfoDirectoryName"] = attr("DataSetInfo")
+        f.attrs["NumberOfDataSets"] = np.array([1], dtype="uint32")
+        for level, factor in ((0, 1), (1, 2)):
+            for ti in range(t):
+                for ci in range(c):
+                    plane = data[ti, ci, ::factor, ::factor, ::factor] if level else data[ti, ci]
+                    shape = padded if level == 0 else plane.shape
+                    block = np.full(shape, 7, dtype=data.dtype)  # junk in the padding
+                    block[:plane.shape[0], :plane.shape[1], :plane.shape[2]] = plane
+                    group = f.create_group(f"DataSet/ResolutionLevel {level}/TimePoint {ti}/Channel {ci}")
+                    group.create_dataset("Data", data=block, chunks=chunk if level == 0 else None)
+                    group.attrs["ImageSizeX"] = attr(plane.shape[2])
+        info = f.create_group("DataSetInfo")
+        image = info.create_group("Image")
+        for key, value in {"X": x, "Y": y, "Z": z, "Unit": "um", "Name": "embryo",
+                           "ExtMin0": 0, "ExtMin1": 0, "ExtMin2": 0, "ExtMax0": x * voxel[2],
+                           "ExtMax1": y * voxel[1], "ExtMax2": z * voxel[0]}.items():
+            image.attrs[key] = attr(value)
+        for ci in range(c):
+            channel = info.create_group(f"Channel {ci}")
+            channel.attrs["Name"] = attr(names[ci])
+            channel.attrs["Color"] = attr(colours[ci])
+        times = info.create_group("TimeInfo")
+        times.attrs["FileTimePoints"] = attr(t)
+        start = dt.datetime(2024, 5, 1, 10, 0, 0)
+        for ti in range(t):
+            stamp = (start + dt.timedelta(seconds=seconds * ti)).strftime("%Y-%m-%d %H:%M:%S.000")
+            times.attrs[f"TimePoint{ti + 1}"] = attr(stamp)
+    return path

@@ -144,7 +144,11 @@ def test_sigterm_stops_a_run_within_seconds_and_leaves_nothing_behind(run_case, 
     assert below, "the run started no API server or cluster"
     started = time.monotonic()
     run.send_signal(signal.SIGTERM)
-    out, _err = run.communicate(timeout=60)
+    try:
+        out, _err = run.communicate(timeout=60)
+    finally:
+        if run.poll() is None:  # never leave a stalled run behind, even when this test fails
+            run.kill()
     stopped_in = time.monotonic() - started
     assert stopped_in < 30, f"SIGTERM took {stopped_in:.1f} s"
     assert run.returncode == 128 + signal.SIGTERM

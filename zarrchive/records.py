@@ -249,8 +249,11 @@ class SourceLayout(Record):
     axes: tuple[str, ...]  # the image's axes, e.g. ("c", "z", "y", "x")
     samples_as_channels: bool = False  # RGB(A) samples of the file are the image's channels
     tiff_axes: str | None = None  # the file's axes (bioio letters, in tifffile's order) when tifffile reads it
+    tiff_series: int | None = None  # tifffile's index of the series, when it is not ``series`` (an OME-TIFF holding
+    #                                 only some of the images its OME-XML describes)
     zarr_array: str | None = None  # an OME-Zarr input: its level-0 array (path in the store), read with zarr
     zarr_axes: str | None = None  # ... and that array's axes (NGFF names, in its order)
+    stored_axes: str | None = None  # a zarrchive format (``reader`` zarrchive_*): the series' stored axis order
     dtype: str | None = None  # the stored type when it differs from the file's (a bool mask stored as uint8 labels)
 
 
@@ -273,6 +276,8 @@ class ImageRecord(Record):
     layout: SourceLayout  # how the compress pass reads the pixels from the source file
     metadata_xml: str  # work-area path of the OME-XML kept beside the image (the file's own, or generated)
     metadata_sha256: str
+    documents: tuple[tuple[str, str], ...] = ()  # other original metadata kept beside the image: (its name in the
+    #                                             store, e.g. MRC/header.json; its work-area path)
     axes: tuple[Axis, ...]
     dtype: str
     channel_names: tuple[str, ...]  # one per channel

@@ -46,7 +46,7 @@ def lazy_pixels(img: Any, shown_as: str) -> tuple[da.Array, list[str] | None]:
     return img.get_image_dask_data("TCZYX"), None
 
 
-def tiff_axes(path: str, img: Any) -> str | None:
+def tiff_axes(path: str, img: Any, tiff_series: int | None = None) -> str | None:
     """The file's axes in tifffile's order, named as bioio names them, when tifffile can read the series
     directly: the axes longer than one agree in order, size and letter with the reader's native dims (bioio
     may add or drop singleton axes). None otherwise (the bioio reader then reads the pixels)."""
@@ -56,7 +56,7 @@ def tiff_axes(path: str, img: Any) -> str | None:
     dims = [(str(d), int(n)) for d, n in zip(native.dims, native.shape) if int(n) > 1]
     try:
         with tifffile.TiffFile(path) as tif:
-            series = tif.series[img.current_scene_index]
+            series = tif.series[img.current_scene_index if tiff_series is None else tiff_series]
             t_axes, t_shape = series.axes, tuple(series.levels[0].shape)
     except Exception:
         return None
@@ -100,6 +100,29 @@ def _set_members(path: str, xml: str | None) -> list[str]:
     return names if any(n != os.path.basename(path) for n in names) else []
 
 
+def own_images(path: str) -> list[int]:
+    """The images (their indices in the file's OME-XML) whose planes all lie in ``path`` itself: every TiffData of
+    the image names this file (by UUID FileName) or no file. A screening acquisition writes one file per field,
+    each naming the whole plate: submitted alone, such a file holds complete images of its own."""
+    import tifffile
+    from xml.etree import ElementTree
+
+    with tifffile.TiffFile(path) as tif:
+        xml = tif.pages.first.description or ""
+    if "<OME" not in xml[:4096]:
+        return []
+    name = os.path.basename(path)
+    own = []
+    images = [e for e in ElementTree.fromstring(xml) if e.tag.rsplit("}", 1)[-1] == "Image"]
+    for index, image in enumerate(images):
+        files = {uuid.get("FileName") or name for element in image.iter()
+                 if element.tag.rsplit("}", 1)[-1] == "TiffData"
+                 for uuid in ([u for u in element if u.tag.rsplit("}", 1)[-1] == "UUID"] or [element])}
+        if files <= {name}:
+            own.append(index)
+    return own
+
+
 def zarr_level0(path: str, series: int) -> tuple[str, str] | None:
     """An OME-Zarr input's level-0 array (its path in the store) and that array's axes, for zarr to read regions
     of directly; None when its axes are not NGFF's t, c, z, y, x (bioio's reader then reads the pixels)."""
@@ -116,11 +139,15 @@ def zarr_level0(path: str, series: int) -> tuple[str, str] | None:
     return array, axes
 
 
-def layout_of(path: str, img: Any, reader: str, series: int, axes: tuple[str, ...], samples: bool) -> SourceLayout:
-    """The layout of the current scene of ``img`` (read from ``path``)."""
+def layout_of(path: str, img: Any, reader: str, series: int, axes: tuple[str, ...], samples: bool,
+              tiff_series: int | None = None) -> SourceLayout:
+    """The layout of the current scene of ``img`` (read from ``path``); ``tiff_series``: tifffile's index of that
+    series when it is not the scene's (a file holding only some of the images its OME-XML describes)."""
     level0 = zarr_level0(path, series) if reader == "bioio_ome_zarr" else None
+    tiff = reader in ("bioio_ome_tiff", "bioio_tifffile")
     return SourceLayout(reader=reader, series=series, axes=axes, samples_as_channels=samples,
-                        tiff_axes=tiff_axes(path, img) if reader in ("bioio_ome_tiff", "bioio_tifffile") else None,
+                        tiff_axes=tiff_axes(path, img, tiff_series) if tiff else None,
+                        tiff_series=tiff_series if tiff_series != series else None,
                         zarr_array=level0[0] if level0 else None, zarr_axes=level0[1] if level0 else None)
 
 
@@ -129,6 +156,9 @@ def read_region(path: str, layout: SourceLayout, region: tuple[slice, ...]) -> n
     ``layout.dtype`` when the layout stores another type than the file's)."""
     if layout.tiff_axes:
         block = _read_tiff(path, layout, region)
+    elif layout.stored_axes:  # a format zarrchive reads itself (zarrchive.formats)
+        block = _in_image_axes(_native_array(path, layout.reader, layout.series, _version(path)),
+                               layout.stored_axes, layout, region)
     elif layout.zarr_array and layout.zarr_axes:
         block = _in_image_axes(_zarr_array(path, layout.zarr_array, _version(path)), layout.zarr_axes, layout,
                                region)
@@ -149,9 +179,10 @@ def _read_tiff(path: str, layout: SourceLayout, region: tuple[slice, ...]) -> np
             kept.append(name)
         else:
             index.append(0)  # a singleton axis the image drops (t or z of size 1, …)
-    raw = _tiff_raw(path, layout.series, _version(path))
+    series = layout.series if layout.tiff_series is None else layout.tiff_series
+    raw = _tiff_raw(path, series, _version(path))
     block = (read_contiguous(path, *raw, tuple(index)) if raw
-             else _tiff_array(path, layout.series, _version(path))[tuple(index)])
+             else _tiff_array(path, series, _version(path))[tuple(index)])
     for name in layout.axes:  # an axis the file does not have (one channel): a singleton
         if name not in kept:
             block = block[..., np.newaxis]
@@ -247,6 +278,13 @@ def _read_exactly(fd: int, target: memoryview, offset: int, path: str) -> None:
 
 
 @functools.lru_cache(maxsize=4)
+def _native_array(path: str, reader: str, series: int, _version: tuple[int, int]) -> Any:
+    from zarrchive import formats
+
+    return formats.by_name(reader).array(path, series)
+
+
+@functools.lru_cache(maxsize=4)
 def _zarr_array(path: str, array: str, _version: tuple[int, int]) -> Any:
     import zarr
 
@@ -269,4 +307,5 @@ def forget_open_files() -> None:
     _tiff_array.cache_clear()
     _tiff_raw.cache_clear()
     _zarr_array.cache_clear()
+    _native_array.cache_clear()
     _bioio_array.cache_clear()

@@ -1,0 +1,231 @@
+"""Real files' quirks, as a class: optional TIFF tags absent, units spelt every way, a screening file submitted
+without the rest of its plate. Each converts exactly (level 0 against the file's own reader) or is refused
+naming the file and the reason."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import tifffile
+import zarr
+
+from builders import OPTIONAL_TIFF_TAGS, bare_tiff, random_image, screening_files, staged
+from zarrchive.errors import InputError
+from zarrchive.tasks.compress import compress_image
+from zarrchive.tasks.convert import convert_file
+from zarrchive.tasks.pyramid import build_pyramid
+
+
+def convert_and_read(path, settings, tmp_path, rel=None, companions=None):
+    """Every image of ``path`` converted and compressed; (image record, level 0 as stored, store path) each."""
+    record = staged(path, rel)
+    out = []
+    for image in convert_file(record, None, str(tmp_path / "work"), settings.convert, companions):
+        image = build_pyramid(image, settings.pyramid)
+        report = compress_image(image, record, str(tmp_path / "work"), settings.compress, settings.cluster.address)
+        out.append((image, zarr.open_array(f"{report.store}/0", mode="r")[...], report.store))
+    return out
+
+
+CASES = {f"without {name}": {tag} for tag, name in OPTIONAL_TIFF_TAGS.items()}
+CASES["without any optional tag"] = set(OPTIONAL_TIFF_TAGS)
+
+
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("dtype", ["uint8", "uint16", "int16", "float32"])
+def test_a_tiff_without_optional_tags_converts_exactly(tmp_path, settings, case, dtype):
+    data = random_image((3, 40, 36), dtype)
+    path = bare_tiff(tmp_path / "bare.tif", data, CASES[case])
+    [(image, level0, _store)] = convert_and_read(path, settings, tmp_path)
+    with tifffile.TiffFile(path) as tif:  # the file's own reader
+        expected = tif.asarray().reshape(data.shape)
+    # without SampleFormat the bits are unsigned integers (its default) for every reader: for the archive too
+    np.testing.assert_array_equal(level0.reshape(expected.shape), expected)
+    assert image.lossy_source is None
+
+
+def test_units_spelt_any_way_are_written_as_ome_ngff_names(tmp_path, settings):
+    store = tmp_path / "in.ome.zarr"
+    group = zarr.open_group(str(store), mode="w", zarr_format=3)
+    group.create_array("0", shape=(3, 16, 16), chunks=(1, 16, 16), dtype="uint16")[...] = random_image((3, 16, 16))
+    group.attrs["ome"] = {"version": "0.5", "multiscales": [{
+        "axes": [{"name": "t", "type": "time", "unit": "seconds"}, {"name": "y", "type": "space", "unit": "micron"},
+                 {"name": "x", "type": "space", "unit": "µm"}],
+        "datasets": [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [2.5, 0.5, 0.5]}]}]}]}
+    [(image, _level0, out)] = convert_and_read(store, settings, tmp_path)
+    axes = {a.name: a.unit for a in image.axes}
+    assert axes == {"t": "second", "c": None, "y": "micrometer", "x": "micrometer"}
+    written = json.loads((tmp_path / "work" / "compress" / out.rsplit("/", 1)[-1] / "zarr.json").read_text())
+    units = {a["name"]: a.get("unit") for a in written["attributes"]["ome"]["multiscales"][0]["axes"]}
+    assert units["t"] == "second" and units["x"] == "micrometer"
+
+
+def test_imagej_units_and_frame_interval_units_are_normalised(tmp_path, settings):
+    data = random_image((4, 2, 24, 24), "uint16")  # T C Y X
+    path = tmp_path / "hyper.tif"
+    tifffile.imwrite(path, data, imagej=True, resolution=(2.0, 2.0),
+                     metadata={"axes": "TCYX", "unit": "micron", "finterval": 1.5, "tunit": "min"})
+    [(image, level0, _)] = convert_and_read(path, settings, tmp_path)
+    axes = {a.name: a.unit for a in image.axes}
+    assert axes["t"] == "minute" and axes["x"] == "micrometer" and image.levels[0].scale[0] == 1.5
+    np.testing.assert_array_equal(level0, data)
+
+
+def test_a_screening_field_submitted_alone_converts_its_own_image_and_names_the_missing_files(tmp_path, settings):
+    fields = [random_image((2, 24, 20), seed=i) for i in range(4)]
+    names = [f"A1_f{i}.ome.tif" for i in range(4)]
+    paths = screening_files(tmp_path / "plate", fields, names, {"x": 0.65, "y": 0.65})
+    for p in paths[:2] + paths[3:]:
+        p.unlink()  # only field 2 was submitted
+    [(image, level0, _)] = convert_and_read(paths[2], settings, tmp_path, rel="plate/A1_f2.ome.tif")
+    np.testing.assert_array_equal(level0.reshape(fields[2].shape), fields[2])
+    assert image.series == 2 and image.layout.tiff_series == 0 and image.series_name
+    assert image.levels[0].scale[-1] == pytest.approx(0.65)
+    [note] = image.notes
+    assert "plate/A1_f0.ome.tif" in note and "plate/A1_f3.ome.tif" in note and "not in the submission" in note
+
+
+def test_a_set_image_with_planes_in_a_missing_file_is_still_an_error(tmp_path, settings):
+    from builders import ome_tiff_file_set
+
+    paths = ome_tiff_file_set(tmp_path / "set", random_image((4, 16, 16)), ["s_0.ome.tif", "s_1.ome.tif"])
+    paths[1].unlink()
+    with pytest.raises(InputError, match=r"set/s_0.ome.tif: .*member\(s\) set/s_1.ome.tif are not in the "
+                                         r"submission, and none of its images lies in this file alone"):
+        convert_file(staged(paths[0], "set/s_0.ome.tif"), None, str(tmp_path / "work"), settings.convert)
+
+
+# ---------------------------------------------------------------- MRC (electron microscopy)
+
+MRC_KINDS = {  # shape, stack?, the axes the archive gives the image
+    "a micrograph": ((48, 40), False, ("c", "y", "x")),
+    "a movie (image stack)": ((5, 48, 40), True, ("t", "c", "y", "x")),
+    "a tomogram (volume)": ((6, 48, 40), False, ("c", "z", "y", "x")),
+}
+
+
+@pytest.mark.parametrize("kind", MRC_KINDS)
+@pytest.mark.parametrize("dtype", ["int8", "int16", "uint16", "float32", "float16"])
+def test_mrc_files_convert_exactly_with_their_voxel_size_in_angstrom(tmp_path, settings, kind, dtype):
+    import mrcfile
+
+    from builders import mrc_file
+
+    shape, stack, axes = MRC_KINDS[kind]
+    path = mrc_file(tmp_path / "emd.mrc", random_image(shape, dtype), (1.06, 1.06, 2.5), stack=stack)
+    [(image, level0, store)] = convert_and_read(path, settings, tmp_path)
+    with mrcfile.open(path, permissive=True) as mrc:  # the format's own reader
+        expected = np.asarray(mrc.data)
+    assert tuple(a.name for a in image.axes) == axes and image.reader == "zarrchive_mrc"
+    np.testing.assert_array_equal(level0.reshape(expected.shape), expected)
+    units = {a.name: a.unit for a in image.axes}
+    assert units["x"] == "angstrom" and image.levels[0].scale[-1] == pytest.approx(1.06)
+    if "z" in units:
+        assert image.levels[0].scale[axes.index("z")] == pytest.approx(2.5)
+    header = json.loads(open(f"{store}/OME/mrc-header.json").read())
+    assert header["fields"]["nx"] == 40
+
+
+def test_imod_unsigned_bytes_and_an_epu_extended_header(tmp_path, settings):
+    from builders import mrc_file
+
+    data = random_image((3, 32, 32), "uint8")
+    path = mrc_file(tmp_path / "movie.mrcs", data, stack=True, fei_frames=3, imod_unsigned=True)
+    [(image, level0, store)] = convert_and_read(path, settings, tmp_path)
+    assert image.dtype == "uint8"
+    np.testing.assert_array_equal(level0.reshape(data.shape), data)
+    header = json.loads(open(f"{store}/OME/mrc-header.json").read())
+    assert header["extended_header_type"] == "FEI1" and [r["Dose"] for r in header["extended_header"]] == [
+        1.5, 2.5, 3.5]
+
+
+def test_a_damaged_or_complex_mrc_is_refused_naming_the_file(tmp_path, settings):
+    from builders import mrc_file
+    from zarrchive.errors import UnsupportedFormat
+
+    path = mrc_file(tmp_path / "cut.mrc", random_image((4, 32, 32), "float32"))
+    path.write_bytes(path.read_bytes()[:-100])
+    with pytest.raises(InputError, match=r"cut.mrc: truncated"):
+        convert_file(staged(path), None, str(tmp_path / "work"), settings.convert)
+    complex_map = tmp_path / "fft.mrc"
+    import mrcfile
+
+    with mrcfile.new(str(complex_map)) as mrc:
+        mrc.set_data(np.zeros((8, 8), dtype=np.complex64))
+    with pytest.raises(UnsupportedFormat, match=r"fft.mrc: an MRC map of complex numbers"):
+        convert_file(staged(complex_map), None, str(tmp_path / "work"), settings.convert)
+
+
+def test_electron_microscopy_gets_the_electron_modality_from_its_method(tmp_path):
+    from zarrchive.config import load_settings
+    from zarrchive.records import ImagingMethod
+    from zarrchive.tasks.qc import choose_modality
+
+    qc = load_settings().qc
+    for name in ("cryo-electron microscopy", "cryo-electron tomography", "transmission electron microscopy"):
+        assert choose_modality(qc, ImagingMethod(name=name)) == "electron", name
+
+
+# ---------------------------------------------------------------- Imaris
+
+
+def test_an_imaris_file_converts_level_0_cropped_with_its_channels_voxel_size_and_time_step(tmp_path, settings):
+    from builders import imaris_file
+
+    data = random_image((2, 2, 5, 30, 40), "uint16")
+    path = imaris_file(tmp_path / "embryo.ims", data, voxel=(0.5, 0.2, 0.2), seconds=2.0)
+    [(image, level0, store)] = convert_and_read(path, settings, tmp_path)
+    np.testing.assert_array_equal(level0, data)  # the padding Imaris adds to whole chunks is not part of it
+    assert tuple(a.name for a in image.axes) == ("t", "c", "z", "y", "x") and image.reader == "zarrchive_imaris"
+    assert image.channel_names == ("DAPI", "GFP") and image.channel_colours == ("0000FF", "00FF00")
+    assert image.levels[0].scale == pytest.approx((2.0, 1.0, 0.5, 0.2, 0.2))
+    assert {a.name: a.unit for a in image.axes}["t"] == "second"
+    info = json.loads(open(f"{store}/OME/imaris-DataSetInfo.json").read())
+    assert info["Image"]["Name"] == "embryo"
+
+
+def test_a_damaged_imaris_file_is_refused_naming_the_file(tmp_path, settings):
+    import h5py
+
+    from builders import imaris_file
+
+    path = imaris_file(tmp_path / "bad.ims", random_image((1, 1, 4, 20, 20), "uint8"))
+    with h5py.File(path, "a") as f:
+        f["DataSetInfo/Image"].attrs["X"] = np.array([b"9", b"9", b"9"], dtype="S1")  # larger than its data
+    with pytest.raises(InputError, match=r"bad.ims: damaged Imaris file"):
+        convert_file(staged(path), None, str(tmp_path / "work"), settings.convert)
+
+
+# ---------------------------------------------------------------- containers that hide the image elsewhere
+
+
+def test_a_vsi_file_is_never_archived_as_its_overview(tmp_path, settings):
+    """A cellSens .vsi is a TIFF holding an RGB overview; the image is in companion .ets files. Without them, or
+    without the plugin that reads them, it is refused, named; it never becomes its overview."""
+    path = tmp_path / "slide.vsi"
+    tifffile.imwrite(path, random_image((64, 80, 3), "uint8"), photometric="rgb")  # what the .vsi itself holds
+    with pytest.raises(InputError) as refused:
+        convert_file(staged(path), None, str(tmp_path / "work"), settings.convert)
+    assert str(refused.value).startswith("slide.vsi: ")
+
+
+def test_a_vsi_file_without_its_plugin_names_the_plugin(tmp_path, settings, monkeypatch):
+    import importlib
+
+    from zarrchive.errors import UnsupportedFormat
+
+    real = importlib.import_module
+
+    def without_vsi(name, *args, **kwargs):
+        if name == "bioio_vsi":
+            raise ImportError("No module named 'bioio_vsi'")
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(importlib, "import_module", without_vsi)
+    path = tmp_path / "slide.vsi"
+    tifffile.imwrite(path, random_image((64, 80, 3), "uint8"), photometric="rgb")
+    with pytest.raises(UnsupportedFormat, match=r"slide.vsi: Olympus/Evident cellSens VSI: the .vsi file holds only "
+                                                r"an overview.*bioio-vsi \(pip install 'zarrchive\[vsi\]'"):
+        convert_file(staged(path), None, str(tmp_path / "work"), settings.convert)
