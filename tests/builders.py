@@ -255,27 +255,20 @@ def bare_tiff(path: Path, data: np.ndarray, omit: set[int] = frozenset(), resolu
         out += np.ascontiguousarray(plane, dtype=dtype).tobytes()
         if len(out) % 2:
             out += b"\0"
-    first_ifd = len(out)
-    struct.pack_into("<I", out, 4, first_ifd)
-    for n, offset in enumerate(offsets):
+    next_ifd_at = 4  # where the offset of the next IFD is written: the header's, then each IFD's last word
+    for offset in offsets:
         rational = len(out)
         out += struct.pack("<II", int(resolution * 1000) if resolution else 1, 1000)
         tags = {256: (4, width), 257: (4, length), 258: (3, dtype.itemsize * 8), 259: (3, 1), 262: (3, 1),
-                273: (4, offset), 277: (3, 1), 278: (4, length), 279: (4, plane_bytes := width * length *
-                                                                       dtype.itemsize),
+                273: (4, offset), 277: (3, 1), 278: (4, length), 279: (4, width * length * dtype.itemsize),
                 282: (5, rational), 283: (5, rational), 284: (3, 1), 296: (3, 3), 339: (3, fmt)}
-        del plane_bytes
         entries = sorted((tag, kind, value) for tag, (kind, value) in tags.items() if tag not in omit)
-        ifd = len(out)
-        if n == 0:
-            struct.pack_into("<I", out, 4, ifd)
-        else:
-            struct.pack_into("<I", out, previous_next, ifd)
+        struct.pack_into("<I", out, next_ifd_at, len(out))
         out += struct.pack("<H", len(entries))
         for tag, kind, value in entries:
             packed = struct.pack("<HI", value, 0)[:4] if kind == 3 else struct.pack("<I", value)
             out += struct.pack("<HHI", tag, kind, 1) + packed
-        previous_next = len(out)
+        next_ifd_at = len(out)
         out += struct.pack("<I", 0)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(bytes(out))
