@@ -28,6 +28,7 @@ from zarrchive.flows.approval import ask_curator
 from zarrchive.flows.fanout import gather, redact
 from zarrchive.records import Publication
 from zarrchive.staging import clean_stale, staging_area, work_area
+from zarrchive.versions import private_location
 from zarrchive.tasks.compress import compress
 from zarrchive.tasks.convert import companions_of, convert
 from zarrchive.tasks.fetch import fetch
@@ -90,8 +91,9 @@ def ingest_submission(
         files = fetched.output.files
         failures = [f.model_copy(update={"error": redact(f.error, staging)}) for f in fetched.output.failures]
         fingerprint = version_fingerprint(record, files, settings)
+        private = private_location(archive, settings.archive.private)
         if not failures:
-            latest = unchanged(record, archive, fingerprint, settings.publish)
+            latest = unchanged(record, archive, fingerprint, settings.publish, private)
             if latest.output is not None:
                 return report(latest.output)
 
@@ -138,7 +140,7 @@ def ingest_submission(
                 return report(not_published(record, archive, outcomes, [decision.output.describe()],
                                             status="rejected"))
         published = publish(record, archive, fingerprint, files, reports, outcomes, qc_report, lineage,
-                            settings.publish)
+                            settings.publish, private)
         return report(published.output)
 
 

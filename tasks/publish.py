@@ -15,7 +15,6 @@ import datetime as dt
 import hashlib
 import json
 import os
-import re
 from typing import Any
 
 import fsspec
@@ -23,6 +22,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from zarrchive import faults, fixity, lease
+from zarrchive.changes import record_change
 from zarrchive.config import Settings
 from zarrchive.errors import TransientError
 from zarrchive.landing import render_landing_page
@@ -37,28 +37,15 @@ from zarrchive.tasks.convert import slug
 from zarrchive.tasks.qc import render_html
 from zarrchive.runtime import retry_transient
 from zarrchive.software import pixel_versions
+from zarrchive.versions import MANIFEST_FORMAT, VERSIONS, published_versions, version_index
 from zarrchive.storage import (
-    copy_hashing, dumps, join, read_json, resolve, sha256_stream, to_url, tree_digest, walk_files,
+    copy_hashing, dumps, join, resolve, sha256_stream, to_url, tree_digest, walk_files,
     write_bytes_atomic, write_bytes_exclusive,
 )
 
-VERSION_RE = re.compile(r"^v(\d+)$")
 
 
 # ---------------------------------------------------------------- reading what is published
-
-
-def published_versions(archive: str, accession: str) -> list[dict[str, Any]]:
-    """The manifests of every committed version of ``accession``, oldest first."""
-    fs, root = resolve(archive)
-    acc = join(root, accession)
-    if not fs.isdir(acc):
-        return []
-    found = []
-    for name in (p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(acc, detail=False)):
-        if VERSION_RE.match(name) and fs.isfile(join(acc, name, "manifest.json")):
-            found.append(read_json(fs, join(acc, name, "manifest.json")))
-    return sorted(found, key=lambda m: m["version"])
 
 
 def version_fingerprint(submission: Submission, files: list[FileRecord], settings: Settings) -> str:
@@ -73,35 +60,39 @@ def version_fingerprint(submission: Submission, files: list[FileRecord], setting
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
-def find_unchanged(archive: str, accession: str, fingerprint: str) -> dict[str, Any] | None:
-    """The manifest of the latest version when it was made from exactly this input; else None."""
-    versions = published_versions(archive, accession)
-    if versions and versions[-1].get("fingerprint") == fingerprint:
-        return versions[-1]
+def find_unchanged(archive: str, accession: str, fingerprint: str,
+                   private: str | None = None) -> dict[str, Any] | None:
+    """The manifest of the latest version (public, or embargoed at ``private``) when it was made from exactly this
+    input; else None."""
+    found = published_versions(archive, accession, private)
+    if found and found[-1].get("fingerprint") == fingerprint:
+        return found[-1]
     return None
 
 
 def check_unchanged(submission: Submission, archive: str, fingerprint: str,
-                    settings: PublishSettings | None = None) -> Publication | None:
+                    settings: PublishSettings | None = None, private: str | None = None) -> Publication | None:
     """What a rerun of an unchanged submission reports: ``unchanged`` when its latest version was made from exactly
     this input and one listing of it matches its manifest, ``damaged`` (naming the objects) when it does not; None
     when the input changed (a new version is due). Reads only the archive's listing and manifests."""
-    manifest = find_unchanged(archive, submission.accession, fingerprint)
+    manifest = find_unchanged(archive, submission.accession, fingerprint, private)
     if manifest is None:
         return None
-    fs, root = resolve(archive)
+    location = private if manifest.get("embargoed") else archive
+    fs, root = resolve(location)
     vdir = join(root, submission.accession, f"v{manifest['version']}")
     if problems := fixity.quick_problems(fs, vdir, manifest):
-        return damaged_publication(submission, archive, manifest, [p.line() for p in problems], settings)
-    return unchanged_publication(submission, archive, manifest, settings=settings)
+        return damaged_publication(submission, location, manifest, [p.line() for p in problems], settings)
+    return unchanged_publication(submission, location, manifest, settings=settings)
 
 
-def version_url(archive: str, accession: str, number: int, settings: PublishSettings | None) -> tuple[str, str]:
+def version_url(archive: str, accession: str, number: int, settings: PublishSettings | None,
+                embargoed: bool = False) -> tuple[str, str]:
     """A version's location in the archive, and the address of its landing page (under ``public_base_url`` when
-    set)."""
+    set and the version is public; an embargoed version has no public address yet)."""
     fs, root = resolve(archive)
     location = to_url(fs, join(root, accession, f"v{number}"))
-    base = settings.public_base_url if settings else None
+    base = settings.public_base_url if settings and not embargoed else None
     return location, f"{base.rstrip('/')}/{accession}/v{number}/index.html" if base else f"{location}/index.html"
 
 
@@ -201,28 +192,39 @@ def publish_version(
     qc_report: QCReport,
     lineage: list[LineageRecord],
     settings: PublishSettings | None = None,
+    private: str | None = None,
 ) -> Publication:
     """Upload, verify and commit a new version under the accession's publishing lease; return what was published.
+
+    A version whose release date is still to come is written to the ``private`` location and appears nowhere
+    public until it is released (``tasks.release``); without a private location it is not published.
 
     Of two runs publishing one accession, one holds the lease and the other waits for it
     (``publish.lease_wait_seconds``), then finds the version it would publish already there (``unchanged``), or
     gives up (``busy``). A committed version is never removed or rewritten: its manifest is created exclusively,
     and only a version folder without one (an interrupted attempt) is cleared, under the lease."""
     settings = settings or PublishSettings(on_image_error="block_submission")
+    if submission.embargoed and not private:
+        return not_published(submission, archive, outcomes, [
+            f"released on {submission.doc.release_date}: an embargoed version needs a private location that is not "
+            "served publicly (archive.private), and this object-store archive names none"], status="blocked")
+    target = private if submission.embargoed else archive
     try:
         held = lease.acquire(archive, submission.accession, settings.lease_seconds, settings.lease_wait_seconds)
     except lease.LeaseBusy as exc:
         return not_published(submission, archive, outcomes, [str(exc)], status="busy")
     try:
-        versions = published_versions(archive, submission.accession)
-        if versions and versions[-1].get("fingerprint") == fingerprint:
-            return unchanged_publication(submission, archive, versions[-1], outcomes, settings)
-        previous = versions[-1]["version"] if versions else None
+        found = published_versions(archive, submission.accession, private)
+        if found and found[-1].get("fingerprint") == fingerprint:
+            latest = found[-1]
+            return unchanged_publication(submission, private if latest.get("embargoed") else archive, latest,
+                                         outcomes, settings)
+        previous = found[-1]["version"] if found else None
         try:
-            return _write_version(submission, archive, (previous or 0) + 1, previous, fingerprint, files, reports,
+            return _write_version(submission, target, (previous or 0) + 1, previous, fingerprint, files, reports,
                                   outcomes, qc_report, lineage, held, settings)
         except Exception:
-            _clear_interrupted_quietly(archive, submission.accession, (previous or 0) + 1)
+            _clear_interrupted_quietly(target, submission.accession, (previous or 0) + 1)
             raise
     finally:
         held.release()
@@ -259,11 +261,13 @@ def _write_version(submission: Submission, archive: str, number: int, previous: 
     entries += _upload_pages(fs, vdir, submission, number, previous, outcomes, qc_report, reports, files, lineage)
     relative = [ManifestEntry(path=e.path[len(vdir) + 1:], size=e.size, sha256=e.sha256) for e in entries]
     crate = build_crate(submission, number, lineage, relative, published_paths, previous_version=previous,
-                        publish_results=("qc/report.json", "qc/index.html", "index.html", *labels_groups))
+                        publish_results=("qc/report.json", "qc/index.html", "index.html", *labels_groups),
+                        date_published=max(submission.doc.release_date, dt.date.today()))
     entries.append(_put_bytes(fs, join(vdir, "ro-crate-metadata.json"), dumps(crate)))
     _verify_stored(fs, entries)
     images = [o.model_copy(update={"path": store_path(o)}) if o.status == "published" else o for o in outcomes]
     manifest = {
+        "format_version": MANIFEST_FORMAT,
         "accession": submission.accession, "version": number, "previous_version": previous,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(), "fingerprint": fingerprint,
         "title": submission.doc.title, "release_date": submission.doc.release_date.isoformat(),
@@ -276,11 +280,14 @@ def _write_version(submission: Submission, archive: str, number: int, previous: 
     faults.point("publish.commit")
     write_bytes_exclusive(fs, join(vdir, "manifest.json"), dumps(manifest))  # the commit point, never overwritten
     faults.point("publish.committed")
-    _put_bytes(fs, join(acc, "versions.json"), dumps(version_index(archive, submission.accession)))
-    location, url = version_url(archive, submission.accession, number, settings)
+    _put_bytes(fs, join(acc, VERSIONS), dumps(version_index(archive, submission.accession)))
+    location, url = version_url(archive, submission.accession, number, settings, submission.embargoed)
+    if not submission.embargoed:  # an embargoed version enters the feed when it is released
+        record_change(archive, "published", submission.accession, number, fs, join(vdir, "manifest.json"), url)
     return Publication(accession=submission.accession, status="published", version=number, archive=to_url(fs, root),
                        submission=submission.source, version_uri=location, url=url, fingerprint=fingerprint,
-                       images=images, created_archive=submission.created_archive)
+                       images=images, created_archive=submission.created_archive,
+                       embargoed_until=submission.doc.release_date if submission.embargoed else None)
 
 
 def _clear_interrupted(fs: fsspec.AbstractFileSystem, vdir: str) -> None:
@@ -364,18 +371,12 @@ def _verify_stored(fs: fsspec.AbstractFileSystem, entries: list[ManifestEntry]) 
             raise TransientError(f"{to_url(fs, entry.path)}: stored object does not match what was uploaded")
 
 
-def version_index(archive: str, accession: str) -> list[dict[str, Any]]:
-    """``versions.json``: every committed version, oldest first, rebuilt from the manifests."""
-    return [{"version": m["version"], "created": m["created"], "fingerprint": m["fingerprint"],
-             "files": len(m["files"]), "bytes": sum(f["size"] for f in m["files"])}
-            for m in published_versions(archive, accession)]
-
-
 def unchanged_publication(submission: Submission, archive: str, manifest: dict[str, Any],
                           outcomes: list[ImageOutcome] = (), settings: PublishSettings | None = None) -> Publication:
     fs, root = resolve(archive)
     images = [ImageOutcome.model_validate({**img, "status": "unchanged"}) for img in manifest.get("images", [])]
-    location, url = version_url(archive, submission.accession, manifest["version"], settings)
+    location, url = version_url(archive, submission.accession, manifest["version"], settings,
+                                bool(manifest.get("embargoed")))
     return Publication(
         accession=submission.accession, status="unchanged", version=manifest["version"], archive=to_url(fs, root),
         submission=submission.source, version_uri=location, url=url, fingerprint=manifest["fingerprint"],
@@ -400,10 +401,10 @@ def damaged_publication(submission: Submission, archive: str, manifest: dict[str
 
 @task(name="check_unchanged", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[1, 5],
       retry_condition_fn=retry_transient)
-def unchanged(submission: Submission, archive: str, fingerprint: str,
-              settings: PublishSettings) -> Traced[Publication | None]:
+def unchanged(submission: Submission, archive: str, fingerprint: str, settings: PublishSettings,
+              private: str | None = None) -> Traced[Publication | None]:
     """Whether the latest version already holds this submission (and is whole)."""
-    return traced("check_unchanged", check_unchanged, submission, archive, fingerprint, settings)
+    return traced("check_unchanged", check_unchanged, submission, archive, fingerprint, settings, private)
 
 
 @task(name="publish", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 10],
@@ -411,7 +412,7 @@ def unchanged(submission: Submission, archive: str, fingerprint: str,
 def publish(
     submission: Submission, archive: str, fingerprint: str, files: list[FileRecord],
     reports: list[CompressionReport], outcomes: list[ImageOutcome], qc_report: QCReport,
-    lineage: list[LineageRecord], settings: PublishSettings | None = None,
+    lineage: list[LineageRecord], settings: PublishSettings | None = None, private: str | None = None,
 ) -> Traced[Publication]:
     return traced("publish", publish_version, submission, archive, fingerprint, files, reports, outcomes,
-                  qc_report, lineage, settings)
+                  qc_report, lineage, settings, private)

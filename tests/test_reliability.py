@@ -685,6 +685,9 @@ CASES = [
                                                                              "object"),
     ("A rerun of an unchanged submission whose version lost or truncated objects", "reported damaged, naming them, "
      "not unchanged", "test_reliability::test_a_rerun_reports_a_damaged_version_instead_of_unchanged"),
+    ("An embargoed version before its date; its private copy damaged when it is due", "nowhere public (objects, "
+     "page, versions.json, changes feed); a damaged copy is not released and is kept",
+     "test_embargo::test_a_damaged_private_copy_is_not_released_and_is_kept"),
     ("A configuration naming a check, modality, suite or codec that does not exist", "a configuration error "
      "(exit 2) with a suggestion", "test_reliability::test_configuration_values_are_checked_against_what_exists"),
     ("A reader looping for ever on one file; a compress pass longer than its time", "that image fails alone, "

@@ -113,7 +113,8 @@ def test_a_consortium_registers_from_its_yaml_idempotently_and_is_listed(service
     path = consortium_file(tmp_path, scheduler)
     first = service.cli("zarrchive", "deploy", "register", str(path), "--json", check=True)
     names = {d["full_name"]: d for d in json.loads(first.stdout)["deployments"]}
-    assert set(names) == {"ingest_submission/acme", "nightly_import/acme", "fixity_audit/acme"}
+    assert set(names) == {"ingest_submission/acme", "nightly_import/acme", "fixity_audit/acme",
+                          "release_embargoed/acme"}
     again = json.loads(service.cli("zarrchive", "deploy", "register", str(path), "--json", check=True).stdout)
     assert {d["full_name"]: d["id"] for d in again["deployments"]} == {k: v["id"] for k, v in names.items()}
 
@@ -134,7 +135,7 @@ def test_a_consortium_registers_from_its_yaml_idempotently_and_is_listed(service
     assert {"zarrchive", "consortium:acme"} <= set(ingest.tags) and not ingest.job_variables
 
     removed = json.loads(service.cli("zarrchive", "deploy", "remove", "acme", "--json", check=True).stdout)
-    assert len(removed["deployments"]) == 3
+    assert len(removed["deployments"]) == 4
     assert json.loads(service.cli("zarrchive", "deploy", "list", "acme", "--json", check=True).stdout) == {}
 
 
@@ -443,12 +444,13 @@ def test_the_ui_shows_the_consortium_its_form_a_failed_run_and_the_publication(s
 
     page.goto(f"{service.ui}/deployments", wait_until="networkidle")
     page.get_by_placeholder("Search deployments").fill("visible")  # other tests' consortia are listed too
-    page.get_by_text("visible", exact=True).nth(2).wait_for(timeout=30000)
+    page.get_by_text("visible", exact=True).nth(3).wait_for(timeout=30000)
     page.wait_for_timeout(1000)
     shot(page, "deployments")
-    assert page.get_by_text("visible", exact=True).count() == 3  # its ingest, nightly import and fixity audit
+    assert page.get_by_text("visible", exact=True).count() == 4  # ingest, nightly import, fixity, embargo release
     listed = page.inner_text("body")
-    assert all(flow in listed for flow in ("ingest_submission", "nightly_import", "fixity_audit"))
+    assert all(flow in listed for flow in ("ingest_submission", "nightly_import", "fixity_audit",
+                                           "release_embargoed"))
     assert "At 02:00 AM every day" in listed  # the nightly import's schedule
 
     page.goto(f"{service.ui}/deployments/deployment/{deployment_id(service, 'ingest_submission/visible')}/run",

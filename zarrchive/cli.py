@@ -88,6 +88,29 @@ def _parser() -> argparse.ArgumentParser:
     removing.add_argument("name")
     removing.add_argument("--json", action="store_true")
 
+    rel = sub.add_parser("release", help="release embargoed versions of an accession now (a curator's request)")
+    rel.add_argument("accession")
+    rel.add_argument("--archive", required=True)
+    rel.add_argument("--config", help="YAML merged over configs/default.yaml (archive.private)")
+    rel.add_argument("--version", type=int, help="one version (default: every embargoed one)")
+    rel.add_argument("--curator", required=True, help="who asks for it (recorded in the version's lineage)")
+    rel.add_argument("--reason", required=True, help="why (recorded)")
+    rel.add_argument("--json", action="store_true")
+
+    emb = sub.add_parser("embargo", help="change the release date of an accession's embargoed versions")
+    emb.add_argument("accession")
+    emb.add_argument("--archive", required=True)
+    emb.add_argument("--config", help="YAML merged over configs/default.yaml (archive.private)")
+    emb.add_argument("--until", required=True, help="the new release date, YYYY-MM-DD")
+    emb.add_argument("--curator", required=True)
+    emb.add_argument("--reason", required=True)
+    emb.add_argument("--json", action="store_true")
+
+    feed = sub.add_parser("changes", help="what became public in the archive (the changes feed)")
+    feed.add_argument("--archive", required=True)
+    feed.add_argument("--since", help="an ISO time: only later events")
+    feed.add_argument("--json", action="store_true", help="one JSON object (the events)")
+
     clean = sub.add_parser("clean", help="remove what killed runs left (staging folders, unfinished stores)")
     clean.add_argument("--config", help="YAML merged over configs/default.yaml (staging.root, staging.work)")
     clean.add_argument("--json", action="store_true")
@@ -175,7 +198,89 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _clean(args.config, args.json)
     if args.command == "deploy":
         return _deploy(args)
+    if args.command == "release":
+        return _release(args)
+    if args.command == "embargo":
+        return _embargo(args)
+    if args.command == "changes":
+        return _changes(args.archive, args.since, args.json)
     return EXIT_USAGE
+
+
+def _private(archive: str, config: str | None) -> str:
+    from zarrchive import credentials
+    from zarrchive.config import load_settings
+    from zarrchive.versions import require_private
+
+    settings = load_settings(config)
+    credentials.apply(settings.storage)
+    return require_private(archive, settings.archive.private)
+
+
+def _release(args: argparse.Namespace) -> int:
+    """An early release on request: every embargoed version of the accession (or one), recorded with who and why."""
+    import datetime as dt
+
+    from zarrchive.tasks.release import Release, release_version
+    from zarrchive.versions import manifests, set_embargo
+
+    private = _private(args.archive, args.config)
+    found = [m["version"] for m in manifests(private, args.accession)
+             if args.version is None or m["version"] == args.version]
+    if not found:
+        raise NotFound(f"{args.accession} has no embargoed version" + (f" {args.version}" if args.version else ""))
+    set_embargo(private, args.accession, dt.date.today(), args.curator, args.reason, "released early on request")
+    why = Release(by=args.curator, reason=args.reason)
+    released = [release_version(args.archive, private, args.accession, number, why) for number in found]
+    if args.json:
+        print(json.dumps({"status": "released", "accession": args.accession,
+                          "versions": [m["version"] for m in released]}))
+    else:
+        print(f"Released {args.accession} " + ", ".join(f"v{m['version']}" for m in released)
+              + f" early, as {args.curator} asked: {args.reason}")
+    return EXIT_OK
+
+
+def _embargo(args: argparse.Namespace) -> int:
+    import datetime as dt
+
+    from zarrchive.versions import manifests, set_embargo
+
+    private = _private(args.archive, args.config)
+    if not manifests(private, args.accession):
+        raise NotFound(f"{args.accession} has no embargoed version in {private}")
+    try:
+        until = dt.date.fromisoformat(args.until)
+    except ValueError:
+        raise ConfigError("--until", [f"{args.until!r} is not a date written YYYY-MM-DD"]) from None
+    action = "extended" if until > dt.date.today() else "brought forward"
+    record = set_embargo(private, args.accession, until, args.curator, args.reason, action)
+    if args.json:
+        print(json.dumps({"status": "ok", "accession": args.accession, "release_date": until.isoformat(),
+                          "history": record.history}))
+    else:
+        print(f"{args.accession}: embargoed versions are released on {until} ({action} by {args.curator})")
+    return EXIT_OK
+
+
+def _changes(archive: str, since: str | None, as_json: bool) -> int:
+    import datetime as dt
+
+    from zarrchive.changes import changes
+
+    try:
+        after = dt.datetime.fromisoformat(since) if since else None
+    except ValueError:
+        raise ConfigError("--since", [f"{since!r} is not an ISO time (2026-11-25T10:00:00+00:00)"]) from None
+    if after is not None and after.tzinfo is None:
+        after = after.replace(tzinfo=dt.timezone.utc)
+    events = changes(archive, after)
+    if as_json:
+        print(json.dumps(events))
+    else:
+        for e in events:
+            print(f"{e['time']}  {e['event']:<9} {e['accession']} v{e['version']}  {e['url']}")
+    return EXIT_OK
 
 
 def _deploy(args: argparse.Namespace) -> int:
@@ -373,9 +478,11 @@ def _probe_images(submission: str, doc, findings: list, settings) -> list:
 
 def _show(accession: str, archive: str, as_json: bool) -> int:
     from zarrchive.landing import human_size
-    from zarrchive.tasks.publish import published_versions
+    from zarrchive.versions import published_versions
 
-    versions = published_versions(archive, accession)
+    from zarrchive.versions import private_location
+
+    versions = published_versions(archive, accession, private_location(archive, None))
     if not versions:
         raise NotFound(f"no published version of {accession} in {archive}")
     if as_json:
@@ -386,7 +493,8 @@ def _show(accession: str, archive: str, as_json: bool) -> int:
     print(f"  release date {latest['release_date']}" + (" (embargoed)" if latest.get("embargoed") else ""))
     for m in versions:
         size = sum(f["size"] for f in m["files"])
-        print(f"  v{m['version']}  {m['created']}  {len(m['files'])} objects, {human_size(size)}")
+        embargo = f"  embargoed until {m['release_date']} (private)" if m.get("embargoed") else ""
+        print(f"  v{m['version']}  {m['created']}  {len(m['files'])} objects, {human_size(size)}{embargo}")
         images = {img["image_id"] for img in m["images"] if not img.get("label_of")}
         for img in m["images"]:
             if img.get("label_of") in images:  # shown under its image

@@ -30,6 +30,8 @@ class Section(BaseModel):
 class ArchiveSettings(Section):
     accession_prefix: str = Field(pattern=r"^[A-Z][A-Z0-9-]{0,15}$")
     accession_digits: int = Field(ge=1, le=12)
+    private: str | None = None  # where embargoed versions are kept (not served publicly); None: beside a folder
+    #                             archive (<root>-private); an object-store archive must name one
 
 
 class SubmissionLimits(Section):

@@ -32,8 +32,9 @@ class Schedules(BaseModel):
 
     nightly_import: str | None = "0 2 * * *"
     fixity_audit: str | None = "0 4 * * 0"
+    release_embargoed: str | None = "0 1 * * *"
 
-    @field_validator("nightly_import", "fixity_audit")
+    @field_validator("nightly_import", "fixity_audit", "release_embargoed")
     @classmethod
     def _cron(cls, value: str | None) -> str | None:
         if value is None:

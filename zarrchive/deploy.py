@@ -23,7 +23,7 @@ from zoneinfo import ZoneInfo
 from zarrchive.consortium import Consortium
 from zarrchive.errors import ConfigError
 
-FLOWS = ("ingest_submission", "nightly_import", "fixity_audit")
+FLOWS = ("ingest_submission", "nightly_import", "fixity_audit", "release_embargoed")
 
 
 @dataclass(frozen=True)
@@ -43,8 +43,10 @@ def _flows() -> dict[str, Any]:
     from zarrchive.flows.fixity import fixity_audit
     from zarrchive.flows.ingest import ingest_submission
     from zarrchive.flows.nightly import nightly_import
+    from zarrchive.flows.release import release_embargoed
 
-    return {"ingest_submission": ingest_submission, "nightly_import": nightly_import, "fixity_audit": fixity_audit}
+    return {"ingest_submission": ingest_submission, "nightly_import": nightly_import, "fixity_audit": fixity_audit,
+            "release_embargoed": release_embargoed}
 
 
 def server_problems(consortium: Consortium) -> list[str]:
@@ -86,6 +88,8 @@ def deployments_of(consortium: Consortium) -> list[tuple[str, Any, str | None]]:
                            "Ingest every submission of the landing zone marked READY and not yet ingested"),
         "fixity_audit": ({**common, "sample": consortium.fixity_sample}, consortium.schedules.fixity_audit,
                          "Re-hash published objects against their manifests; report, never repair"),
+        "release_embargoed": (common, consortium.schedules.release_embargoed,
+                              "Release every embargoed version whose release date has come, verified"),
     }
     out = []
     for flow_name, (parameters, cron, description) in spec.items():

@@ -84,8 +84,8 @@ def render_landing_page(submission: Submission, version: int, outcomes: list[Ima
     authors = ", ".join(
         (f"<a href='https://orcid.org/{e(a.orcid)}'>{e(a.name)}</a>" if a.orcid else e(a.name))
         + (f" ({e(a.affiliation)})" if a.affiliation else "") for a in doc.authors)
-    meta = [("Accession", f"{submission.accession} v{version}"), ("Release date", doc.release_date.isoformat()
-             + (" (embargoed until then)" if submission.embargoed else "")), ("Licence", doc.license)]
+    meta = [("Accession", f"{submission.accession} v{version}"), ("Release date", doc.release_date.isoformat()),
+            ("Licence", doc.license)]  # (an embargoed version's page is public only once it is released)
     if doc.organism:
         meta.append(("Organism", doc.organism.scientific_name
                      + (f" (NCBI:txid{doc.organism.ncbi_taxon})" if doc.organism.ncbi_taxon else "")))

@@ -142,6 +142,7 @@ def build_crate(
     published_paths: dict[str, str],
     previous_version: int | None = None,
     publish_results: tuple[str, ...] = (),
+    date_published: dt.date | None = None,
 ) -> dict[str, Any]:
     """The ``ro-crate-metadata.json`` document of one published version.
 
@@ -263,7 +264,7 @@ def build_crate(
         "identifier": f"{submission.accession}/v{version}",
         "license": {"@id": f"https://spdx.org/licenses/{doc.license}"},
         "publisher": {"@id": "#zarrchive"},
-        "datePublished": dt.date.today().isoformat(),
+        "datePublished": (date_published or dt.date.today()).isoformat(),  # an embargoed version: its release
         "author": [{"@id": _author_id(a.orcid, a.name)} for a in doc.authors],
         "hasPart": parts,
         "mentions": actions,

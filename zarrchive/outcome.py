@@ -47,8 +47,11 @@ def message(pub: Publication) -> str:
     """The state message: what happened, to which accession, and each image or reason that explains it."""
     where = f"{pub.accession} v{pub.version}" if pub.version else (pub.accession or pub.submission or "")
     what = kind(pub)
+    published = (f"Published {where} under embargo until {pub.embargoed_until} (kept in the private location "
+                 f"{pub.version_uri}, released on that date)" if pub.embargoed_until else f"Published {where} at "
+                 f"{link(pub)}")
     text = {
-        "published": f"Published {where} at {link(pub)}",
+        "published": published,
         "partial": f"Partially published {where} at {link(pub)}: {len(_not_published(pub))} image(s) not published",
         "unchanged": f"Unchanged: {where} already holds this submission ({link(pub)})",
         "refused": f"Refused {pub.submission}: nothing was published",

@@ -10,7 +10,7 @@ from typing import Any
 
 from zarrchive.errors import NotFound
 from zarrchive.storage import join, read_json, resolve, tree_digest
-from zarrchive.tasks.publish import published_versions
+from zarrchive.versions import published_versions
 
 
 def _store_digests(manifest: dict[str, Any]) -> dict[str, str]:

@@ -425,6 +425,7 @@ class Publication(Record):
     images: list[ImageOutcome] = []
     reasons: list[str] = []
     created_archive: bool = False  # this run started a new archive at ``archive``
+    embargoed_until: dt.date | None = None  # published to the private location, released on this date
 
     @property
     def partial(self) -> bool:

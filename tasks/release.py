@@ -1,0 +1,149 @@
+"""Release: make an embargoed version public on its release date (or earlier, when a curator asks).
+
+Under the accession's publishing lease, every object of the private version is copied to the same path in
+the public location and its sha256 compared with the manifest before anything else happens; the RO-Crate
+is rewritten with the release (``datePublished`` is the day of release, and a ``release`` action says when,
+by whom and why, when a curator asked); the public manifest is committed last (exclusively, as at publish);
+``versions.json`` lists the version; only then is the private copy removed. A mismatch stops the release
+with nothing public and the private copy kept. Releases are appended to the archive's changes feed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import Any
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from zarrchive import faults, lease
+from zarrchive.errors import VerificationError
+from zarrchive.runtime import retry_transient
+from zarrchive.storage import BLOCK, dumps, join, read_json, resolve, to_url, write_bytes_atomic, write_bytes_exclusive
+from zarrchive.versions import (
+    MANIFEST, MANIFEST_FORMAT, VERSIONS, accessions, effective_release_date, embargo, manifests, version_index,
+)
+
+CRATE = "ro-crate-metadata.json"
+
+
+@dataclass(frozen=True)
+class Release:
+    """Why a version is released now: its date has come, or a curator asked (``by``, ``reason``)."""
+
+    by: str | None = None
+    reason: str = ""
+
+    @property
+    def early(self) -> bool:
+        return self.by is not None
+
+
+def due(archive: str, private: str, today: dt.date | None = None) -> list[tuple[str, int, dt.date]]:
+    """The embargoed versions whose release date has come: (accession, version, release date) each."""
+    today = today or dt.date.today()
+    found = []
+    for accession in accessions(private):
+        record = embargo(private, accession)
+        for manifest in manifests(private, accession):
+            date = effective_release_date(manifest, record)
+            if date <= today:
+                found.append((accession, manifest["version"], date))
+    return found
+
+
+def release_version(archive: str, private: str, accession: str, version: int, why: Release = Release(),
+                    today: dt.date | None = None, lease_seconds: float = 600) -> dict[str, Any]:
+    """Move one embargoed version to the public location, object by object, verified; return its public manifest."""
+    today = today or dt.date.today()
+    held = lease.acquire(archive, accession, lease_seconds, wait_seconds=60)
+    try:
+        return _release(archive, private, accession, version, why, today, held)
+    finally:
+        held.release()
+
+
+def _release(archive: str, private: str, accession: str, version: int, why: Release, today: dt.date,
+             held: lease.Lease) -> dict[str, Any]:
+    src_fs, src_root = resolve(private)
+    dst_fs, dst_root = resolve(archive)
+    src = join(src_root, accession, f"v{version}")
+    dst = join(dst_root, accession, f"v{version}")
+    manifest = read_json(src_fs, join(src, MANIFEST))
+    if dst_fs.exists(join(dst, MANIFEST)):
+        raise VerificationError(f"{accession} v{version} is public already: the private copy was kept for a check")
+    if dst_fs.exists(dst):
+        dst_fs.rm(dst, recursive=True)  # an interrupted release: never committed
+    entries = []
+    try:
+        for entry in manifest["files"]:
+            held.check()
+            if entry["path"] == CRATE:
+                continue
+            _copy_verified(src_fs, join(src, entry["path"]), dst_fs, join(dst, entry["path"]), entry)
+            entries.append(entry)
+        faults.point("release.copied")
+        crate = _released_crate(read_json(src_fs, join(src, CRATE)), accession, version, why, today)
+        data = dumps(crate)
+        sha = write_bytes_atomic(dst_fs, join(dst, CRATE), data)
+        entries.append({"path": CRATE, "size": len(data), "sha256": sha})
+        public = {**manifest, "format_version": MANIFEST_FORMAT, "embargoed": False,
+                  "files": sorted(entries, key=lambda e: e["path"]),
+                  "released": {"date": today.isoformat(), "early": why.early, "by": why.by, "reason": why.reason,
+                               "embargoed_until": manifest["release_date"]}}
+        held.check()
+        write_bytes_exclusive(dst_fs, join(dst, MANIFEST), dumps(public))  # the commit point of the public copy
+    except BaseException:
+        if not dst_fs.exists(join(dst, MANIFEST)):
+            dst_fs.rm(dst, recursive=True)
+        raise
+    write_bytes_atomic(dst_fs, join(dst_root, accession, VERSIONS), dumps(version_index(archive, accession)))
+    src_fs.rm(src, recursive=True)  # only now: the public copy is whole and verified
+    write_bytes_atomic(src_fs, join(src_root, accession, VERSIONS), dumps(version_index(private, accession)))
+    from zarrchive.changes import record_change
+
+    record_change(archive, "released", accession, version, dst_fs, join(dst, MANIFEST), to_url(dst_fs, dst))
+    return public
+
+
+def _copy_verified(src_fs: Any, src: str, dst_fs: Any, dst: str, entry: dict[str, Any]) -> None:
+    """Copy one object, hashing it; refuse it (nothing written) when it is not what the manifest says."""
+    import hashlib
+
+    from zarrchive.storage import open_for_commit
+
+    digest, size = hashlib.sha256(), 0
+    with src_fs.open(src, "rb") as fin, open_for_commit(dst_fs, dst) as fout:
+        while block := fin.read(BLOCK):
+            digest.update(block)
+            size += len(block)
+            fout.write(block)
+        if (size, digest.hexdigest()) != (entry["size"], entry["sha256"]):
+            raise VerificationError(f"{entry['path']}: the private copy is not what its manifest says (sha256 "
+                                    f"{digest.hexdigest()}, {size} bytes): not released; run zarrchive verify")
+
+
+def _released_crate(crate: dict[str, Any], accession: str, version: int, why: Release,
+                    today: dt.date) -> dict[str, Any]:
+    graph = [dict(node) for node in crate["@graph"]]
+    root = next(n for n in graph if n.get("@id") == "./")
+    root["datePublished"] = today.isoformat()
+    action = {"@id": "#action/release", "@type": "UpdateAction", "name": "release",
+              "description": (f"released early on request: {why.reason}" if why.early else
+                              "released on its release date"),
+              "object": {"@id": "./"}, "endTime": dt.datetime.now(dt.timezone.utc).isoformat(),
+              "actionStatus": {"@id": "http://schema.org/CompletedActionStatus"}, "zarrchive:stage": "release"}
+    if why.early:
+        action["agent"] = {"@id": f"#curator/{why.by}"}
+        graph.append({"@id": f"#curator/{why.by}", "@type": "Person", "name": why.by})
+    graph.append(action)
+    root.setdefault("mentions", []).append({"@id": "#action/release"})
+    return {**crate, "@graph": graph}
+
+
+@task(name="release", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[5, 30],
+      retry_condition_fn=retry_transient, task_run_name="release: {accession} v{version}")
+def release(archive: str, private: str, accession: str, version: int, lease_seconds: float = 600) -> dict[str, Any]:
+    return release_version(archive, private, accession, version, lease_seconds=lease_seconds)
+

@@ -1,0 +1,155 @@
+"""Embargo kept: a version released in the future is nowhere public until its date, then released verified.
+
+On a folder archive (its private location beside it) and on S3 (a private bucket), listing every object of
+the public location before the release, and auditing it after.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+
+import pytest
+
+from builders import ome_tiff, random_image, submission
+from zarrchive import fixity
+from zarrchive.cli import main
+from zarrchive.flows.ingest import ingest
+from zarrchive.storage import resolve
+from zarrchive.tasks.release import due, release_version
+from zarrchive.versions import manifests
+
+LATER = dt.date.today() + dt.timedelta(days=400)
+
+pytestmark = pytest.mark.usefixtures("prefect_server")
+
+
+def embargoed_submission(folder: Path, release: dt.date = LATER) -> Path:
+    sub = submission(folder, [{"path": "a.ome.tif"}, {"path": "notes.txt", "kind": "attachment"}],
+                     release_date=release.isoformat())
+    ome_tiff(sub / "a.ome.tif", random_image((1, 2, 40, 40)), "CZYX", {"x": 0.5, "y": 0.5})
+    (sub / "notes.txt").write_text("to be published with the paper\n")
+    return sub
+
+
+def listing(location: str) -> list[str]:
+    fs, root = resolve(location)
+    fs.invalidate_cache()
+    return sorted(p[len(root) + 1:] for p in fs.find(root)) if fs.exists(root) else []
+
+
+@pytest.fixture(params=["folder", "s3"])
+def locations(request, tmp_path, config_file):
+    """(public archive, private location, config file) on a folder or on S3 (a bucket each)."""
+    if request.param == "folder":
+        archive = str(tmp_path / "archive")
+        return archive, f"{archive}-private", config_file()
+    new_bucket = request.getfixturevalue("s3_endpoint")
+    archive, private = f"s3://{new_bucket()}/archive", f"s3://{new_bucket()}/embargoed"
+    return archive, private, config_file(archive={"accession_prefix": "ZA", "accession_digits": 6,
+                                                  "private": private})
+
+
+def test_an_embargoed_version_is_nowhere_public_until_it_is_released_verified(tmp_path, locations):
+    archive, private, config = locations
+    pub = ingest(str(embargoed_submission(tmp_path / "sub")), archive, config)
+    assert pub.status == "published" and pub.embargoed_until == LATER
+    assert pub.version_uri.startswith(private.rstrip("/")) and pub.url.startswith(private.rstrip("/"))
+    public = listing(archive)
+    assert not [p for p in public if p.startswith("ZA000001/v1") or p.endswith(("versions.json", "changes.jsonl"))
+                or "_changes" in p], public
+    [manifest] = manifests(private, "ZA000001")
+    assert manifest["embargoed"] is True and manifest["release_date"] == LATER.isoformat()
+    fs, root = resolve(private)
+    crate = json.loads(fs.cat(f"{root}/ZA000001/v1/ro-crate-metadata.json"))
+    assert next(n for n in crate["@graph"] if n["@id"] == "./")["datePublished"] == LATER.isoformat()
+
+    assert due(archive, private, LATER - dt.timedelta(days=1)) == []
+    assert due(archive, private, LATER) == [("ZA000001", 1, LATER)]
+    released = release_version(archive, private, "ZA000001", 1, today=LATER)
+    assert released["embargoed"] is False and released["released"]["date"] == LATER.isoformat()
+    assert fixity.audit(archive, "ZA000001").ok  # every object public, each what the manifest says
+    assert not [p for p in listing(private) if "/v1/" in p]  # the private copy is gone
+    afs, aroot = resolve(archive)
+    index = json.loads(afs.cat(f"{aroot}/ZA000001/versions.json"))
+    assert [v["version"] for v in index] == [1]
+    crate = json.loads(afs.cat(f"{aroot}/ZA000001/v1/ro-crate-metadata.json"))
+    assert next(n for n in crate["@graph"] if n["@id"] == "./")["datePublished"] == LATER.isoformat()
+    assert any(n.get("zarrchive:stage") == "release" for n in crate["@graph"])
+    [event] = [json.loads(line) for line in afs.cat(f"{aroot}/changes.jsonl").decode().splitlines()]
+    manifest_sha = __import__("hashlib").sha256(afs.cat(f"{aroot}/ZA000001/v1/manifest.json")).hexdigest()
+    assert event["event"] == "released" and event["manifest_sha256"] == manifest_sha
+
+
+def test_a_damaged_private_copy_is_not_released_and_is_kept(tmp_path, config_file):
+    archive = str(tmp_path / "archive")
+    pub = ingest(str(embargoed_submission(tmp_path / "sub")), archive, config_file())
+    original = Path(pub.version_uri) / "originals" / "notes.txt"
+    original.write_bytes(b"X" + original.read_bytes()[1:])
+    from zarrchive.errors import VerificationError
+
+    with pytest.raises(VerificationError, match="notes.txt: the private copy is not what its manifest says"):
+        release_version(archive, f"{archive}-private", "ZA000001", 1, today=LATER)
+    assert not (Path(archive) / "ZA000001" / "v1").exists() and Path(pub.version_uri, "manifest.json").exists()
+
+
+def test_a_curator_releases_early_or_extends_the_embargo_and_both_are_recorded(tmp_path, config_file, capsys):
+    archive = str(tmp_path / "archive")
+    ingest(str(embargoed_submission(tmp_path / "a")), archive, config_file())
+    ingest(str(embargoed_submission(tmp_path / "b")), archive, config_file())
+    later = LATER + dt.timedelta(days=90)
+    assert main(["embargo", "ZA000002", "--archive", archive, "--until", later.isoformat(), "--curator", "Grace",
+                 "--reason", "the paper is delayed", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["history"][0]["action"] == "extended"
+    assert due(archive, f"{archive}-private", LATER) == [("ZA000001", 1, LATER)]  # ZA000002's date no longer counts
+    assert due(archive, f"{archive}-private", later) == [("ZA000001", 1, LATER), ("ZA000002", 1, later)]
+
+    assert main(["release", "ZA000001", "--archive", archive, "--curator", "Ada", "--reason", "the paper is out",
+                 "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"status": "released", "accession": "ZA000001", "versions": [1]}
+    crate = json.loads((Path(archive) / "ZA000001" / "v1" / "ro-crate-metadata.json").read_text())
+    action = next(n for n in crate["@graph"] if n.get("zarrchive:stage") == "release")
+    assert action["agent"] == {"@id": "#curator/Ada"} and "the paper is out" in action["description"]
+    assert next(n for n in crate["@graph"] if n["@id"] == "./")["datePublished"] == dt.date.today().isoformat()
+    assert main(["changes", "--archive", archive, "--json"]) == 0
+    assert [(e["event"], e["accession"]) for e in json.loads(capsys.readouterr().out)] == [("released", "ZA000001")]
+
+
+def test_the_release_flow_releases_what_is_due(tmp_path, config_file):
+    from zarrchive.flows.release import release_embargoed
+
+    archive = str(tmp_path / "archive")
+    ingest(str(embargoed_submission(tmp_path / "sub")), archive, config_file())
+    assert main(["embargo", "ZA000001", "--archive", archive, "--until", dt.date.today().isoformat(),
+                 "--curator", "Ada", "--reason", "published today"]) == 0
+    state = release_embargoed(archive=archive, return_state=True)
+    assert state.is_completed() and state.message == "1 version(s) released"
+    assert (Path(archive) / "ZA000001" / "v1" / "manifest.json").exists()
+    assert release_embargoed(archive=archive, return_state=True).message == "no embargoed version is due"
+
+
+def test_an_unchanged_embargoed_submission_is_unchanged_and_an_object_store_without_a_private_place_refuses_it(
+        tmp_path, config_file, s3_endpoint):
+    sub = embargoed_submission(tmp_path / "sub")
+    archive = str(tmp_path / "archive")
+    assert ingest(str(sub), archive, config_file()).status == "published"
+    again = ingest(str(sub), archive, config_file())
+    assert again.status == "unchanged" and again.version == 1
+    bucket = s3_endpoint()
+    refused = ingest(str(sub), f"s3://{bucket}/archive", config_file())
+    assert refused.status == "blocked" and "archive.private" in refused.reasons[0]
+    assert not [p for p in listing(f"s3://{bucket}/archive") if "/v1/" in p]
+
+
+def test_a_public_version_enters_the_changes_feed_at_once(tmp_path, config_file, capsys):
+    sub = embargoed_submission(tmp_path / "sub", release=dt.date(2026, 1, 1))
+    archive = str(tmp_path / "archive")
+    pub = ingest(str(sub), archive, config_file())
+    assert pub.embargoed_until is None
+    before = dt.datetime.now(dt.timezone.utc)
+    assert main(["changes", "--archive", archive, "--json"]) == 0
+    [event] = json.loads(capsys.readouterr().out)
+    assert event["event"] == "published" and event["url"].endswith("ZA000001/v1/index.html")
+    assert main(["changes", "--archive", archive, "--since", before.isoformat(), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == []

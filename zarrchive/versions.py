@@ -1,0 +1,135 @@
+"""The archive's versions: where they are, which are public, and the records that say so.
+
+An archive has a public location (its root: what visitors read) and a private one for embargoed versions
+(``archive.private``; for a folder archive by default the folder beside it, ``<root>-private``; an object
+store archive must name one). A version whose release date is still to come is written to the private
+location, in the same layout (``<accession>/v<N>/…``), and is released to the public one on its date
+(``release``). Version numbers count both: an accession's versions are numbered once, wherever they are.
+
+Every reader of published versions goes through here (publish, the command line, provenance, fixity,
+release), so the layout and the public/private split live in one place.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from fsspec.implementations.local import LocalFileSystem
+
+from zarrchive.errors import ConfigError
+from zarrchive.storage import join, read_json, resolve
+
+VERSION_RE = re.compile(r"^v(\d+)$")
+MANIFEST = "manifest.json"
+VERSIONS = "versions.json"
+EMBARGO = "embargo.json"
+MANIFEST_FORMAT = 2  # 1: before format_version was written; 2: with embargo and release fields
+
+
+def version_dir(root: str, accession: str, number: int) -> str:
+    return join(root, accession, f"v{number}")
+
+
+def private_location(archive: str, configured: str | None) -> str | None:
+    """Where embargoed versions of ``archive`` are kept: the configured location, or beside a folder archive
+    (``<root>-private``); None for an object-store archive without one (embargoed versions are then refused)."""
+    if configured:
+        return configured
+    fs, root = resolve(archive)
+    return f"{root.rstrip('/')}-private" if isinstance(fs, LocalFileSystem) else None
+
+
+def require_private(archive: str, configured: str | None) -> str:
+    location = private_location(archive, configured)
+    if location is None:
+        raise ConfigError("archive.private", [f"{archive} is an object store: an embargoed version needs a private "
+                                              "location of its own (archive.private: another bucket or prefix that "
+                                              "is not served publicly)"])
+    return location
+
+
+def manifests(location: str | None, accession: str) -> list[dict[str, Any]]:
+    """The manifests of every committed version of ``accession`` at ``location``, oldest first."""
+    if not location:
+        return []
+    fs, root = resolve(location)
+    acc = join(root, accession)
+    fs.invalidate_cache(acc)
+    try:
+        names = [p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(acc, detail=False)]
+    except FileNotFoundError:
+        return []
+    found = []
+    for name in names:
+        if VERSION_RE.match(name) and fs.isfile(join(acc, name, MANIFEST)):
+            found.append(read_json(fs, join(acc, name, MANIFEST)))
+    return sorted(found, key=lambda m: m["version"])
+
+
+def published_versions(archive: str, accession: str, private: str | None = None) -> list[dict[str, Any]]:
+    """Every committed version of ``accession``, public ones and (with ``private``) embargoed ones, oldest first;
+    an embargoed one has ``"embargoed": true``."""
+    found = manifests(archive, accession) + manifests(private, accession)
+    return sorted(found, key=lambda m: m["version"])
+
+
+def version_index(location: str, accession: str) -> list[dict[str, Any]]:
+    """``versions.json`` of one location: its committed versions, oldest first, rebuilt from their manifests."""
+    return [{"version": m["version"], "created": m["created"], "fingerprint": m["fingerprint"],
+             "release_date": m.get("release_date"), "files": len(m["files"]),
+             "bytes": sum(f["size"] for f in m["files"])}
+            for m in manifests(location, accession)]
+
+
+def accessions(location: str) -> list[str]:
+    """The accessions with a folder at ``location``."""
+    fs, root = resolve(location)
+    try:
+        names = [p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(root, detail=False)]
+    except FileNotFoundError:
+        return []
+    return sorted(n for n in names if not n.startswith(("_", ".")) and fs.isdir(join(root, n)))
+
+
+# ---------------------------------------------------------------- embargo records
+
+
+@dataclass(frozen=True)
+class Embargo:
+    """The embargo of one accession's private versions: the date they are released, and who changed it."""
+
+    release_date: dt.date | None  # an extension or an early release; None: each version's own date
+    history: list[dict[str, Any]]
+
+
+def embargo(private: str, accession: str) -> Embargo:
+    fs, root = resolve(private)
+    try:
+        record = read_json(fs, join(root, accession, EMBARGO))
+    except FileNotFoundError:
+        return Embargo(None, [])
+    date = record.get("release_date")
+    return Embargo(dt.date.fromisoformat(date) if date else None, record.get("history", []))
+
+
+def set_embargo(private: str, accession: str, release_date: dt.date, by: str, reason: str, action: str) -> Embargo:
+    """Record a new release date for the accession's private versions (an extension, or an earlier date on
+    request), with who asked and why; the history is kept."""
+    from zarrchive.storage import dumps, write_bytes_atomic
+
+    current = embargo(private, accession)
+    entry = {"action": action, "release_date": release_date.isoformat(), "by": by, "reason": reason,
+             "at": dt.datetime.now(dt.timezone.utc).isoformat()}
+    fs, root = resolve(private)
+    history = current.history + [entry]
+    write_bytes_atomic(fs, join(root, accession, EMBARGO), dumps({"format_version": 1,
+                                                                  "release_date": release_date.isoformat(),
+                                                                  "history": history}))
+    return Embargo(release_date, history)
+
+
+def effective_release_date(manifest: dict[str, Any], record: Embargo) -> dt.date:
+    return record.release_date or dt.date.fromisoformat(manifest["release_date"])
