@@ -66,8 +66,7 @@ def test_ingest_from_s3_landing_zone_into_s3_archive(s3_endpoint, tmp_path, conf
     fs = fsspec.filesystem("s3")
     fs.put(str(local) + "/", f"{bucket}/landing/sub/", recursive=True)
 
-    pub = ingest(submission=f"s3://{bucket}/landing/sub",
-                                          archive=f"s3://{bucket}/archive", config=config_file())
+    pub = ingest(submission=f"s3://{bucket}/landing/sub", archive=f"s3://{bucket}/archive", config=config_file())
     assert pub.status == "published" and pub.version_uri == f"s3://{bucket}/archive/ZA000001/v1"
     vdir = f"{bucket}/archive/ZA000001/v1"
     manifest = json.loads(fs.cat_file(f"{vdir}/manifest.json"))
@@ -77,6 +76,14 @@ def test_ingest_from_s3_landing_zone_into_s3_archive(s3_endpoint, tmp_path, conf
     for rel, entry in listed.items():
         assert hashlib.sha256(fs.cat_file(f"{vdir}/{rel}")).hexdigest() == entry["sha256"]
     assert fs.cat_file(f"{vdir}/originals/img/a.ome.tif") == (local / "img" / "a.ome.tif").read_bytes()
-    again = ingest(submission=f"s3://{bucket}/landing/sub",
-                                            archive=f"s3://{bucket}/archive", config=config_file())
+    again = ingest(submission=f"s3://{bucket}/landing/sub", archive=f"s3://{bucket}/archive", config=config_file())
     assert again.status == "unchanged" and again.version == 1
+    fs.invalidate_cache()  # a listing holds no Content-Type: ask for each object itself
+    types = {rel: fs.info(f"{vdir}/{rel}").get("ContentType") for rel in (
+        "index.html", "qc/index.html", "manifest.json", "ro-crate-metadata.json", "qc/report.json",
+        "images/img_a.ome.zarr/OME/METADATA.ome.xml", "originals/notes.txt")}
+    assert types == {"index.html": "text/html; charset=utf-8", "qc/index.html": "text/html; charset=utf-8",
+                     "manifest.json": "application/json", "ro-crate-metadata.json": "application/json",
+                     "qc/report.json": "application/json", "originals/notes.txt": "text/plain; charset=utf-8",
+                     "images/img_a.ome.zarr/OME/METADATA.ome.xml": "application/xml"}  # served, not downloaded
+    assert fs.info(f"{bucket}/archive/changes.jsonl").get("ContentType") == "application/x-ndjson"

@@ -62,6 +62,26 @@ def sha256_stream(fs: fsspec.AbstractFileSystem, path: str, block: int = BLOCK) 
     return size, digest.hexdigest()
 
 
+CONTENT_TYPES = {".html": "text/html; charset=utf-8", ".json": "application/json", ".jsonl": "application/x-ndjson",
+                 ".png": "image/png", ".xml": "application/xml", ".txt": "text/plain; charset=utf-8",
+                 ".css": "text/css", ".js": "text/javascript", ".yaml": "application/yaml", ".tif": "image/tiff",
+                 ".tiff": "image/tiff", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".svg": "image/svg+xml"}
+
+
+def upload_options(fs: fsspec.AbstractFileSystem, path: str) -> dict[str, str]:
+    """What an object store needs to serve ``path`` as what it is: its Content-Type (on S3; a browser then shows
+    a landing page instead of downloading it). A Zarr chunk or an unknown kind stays binary."""
+    protocols = fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,)
+    if not {"s3", "s3a"} & set(protocols):
+        return {}
+    name = path.rsplit("/", 1)[-1].lower()
+    suffix = "." + name.rsplit(".", 1)[-1] if "." in name else ""
+    if name.endswith(".ome.xml"):
+        suffix = ".xml"
+    kind = CONTENT_TYPES.get(suffix)
+    return {"ContentType": kind} if kind else {}
+
+
 @contextlib.contextmanager
 def open_for_commit(fs: fsspec.AbstractFileSystem, path: str) -> Iterator[Any]:
     """A writable file that appears at ``path`` only once closed without error.
@@ -73,7 +93,7 @@ def open_for_commit(fs: fsspec.AbstractFileSystem, path: str) -> Iterator[Any]:
     if parent:
         fs.makedirs(parent, exist_ok=True)
     if not isinstance(fs, LocalFileSystem):
-        with fs.open(path, "wb") as fh:
+        with fs.open(path, "wb", **upload_options(fs, path)) as fh:
             yield fh
         return
     tmp = f"{path}.part-{uuid.uuid4().hex[:8]}"
@@ -157,7 +177,7 @@ def write_bytes_exclusive(fs: fsspec.AbstractFileSystem, path: str, data: bytes)
             if os.path.exists(tmp):
                 os.unlink(tmp)
     else:
-        with fs.open(path, "xb") as fh:
+        with fs.open(path, "xb", **upload_options(fs, path)) as fh:
             fh.write(data)
     return hashlib.sha256(data).hexdigest()
 
