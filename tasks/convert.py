@@ -41,7 +41,7 @@ from zarrchive.identity import convert_key
 from zarrchive.lineage import Traced, stage_task, traced
 from zarrchive.ngff import image_attributes
 from zarrchive.records import (
-    MICROMETERS, Axis, FileEntry, FileRecord, ImageRecord, Level, PixelSize, SourceLayout,
+    MICROMETERS, Axis, FileEntry, FileRecord, ImageRecord, Level, PixelSize, SourceLayout, series_label,
 )
 from zarrchive.software import pixel_versions
 from zarrchive.sources import layout_of, lazy_pixels, ome_tiff_set, own_images, zarr_level0
@@ -425,7 +425,7 @@ def convert_file(
     chosen = own if own is not None else range(len(scenes))  # tifffile lists only the series this file holds
     for tiff_index, index in enumerate(chosen):
         scene = scenes[index]
-        shown_as = file.path if len(scenes) == 1 else f"{file.path} [series {index}]"
+        shown_as = series_label(file.path, index, len(scenes))
         try:
             img.set_scene(index if ome is None else tiff_index)
             budget.check_shape(shown_as, img.shape, np.dtype(img.dtype).itemsize, settings.limits, file.size)
@@ -460,7 +460,7 @@ def _listing(paths: list[str], shown: int = 5) -> str:
 def _convert_series(img, reader, index, scene, n_scenes, file, entry, work, settings, base_id, source_digest,
                     tiff_index=None, ome=None):
     """One series a bioio reader opened (the current scene of ``img``) as an image of the archive."""
-    shown_as = file.path if n_scenes == 1 else f"{file.path} [series {index}]"
+    shown_as = series_label(file.path, index, n_scenes)
     data, sample_names = lazy_pixels(img, shown_as)
     reader_name = reader.__module__.split(".")[0]
     if ome is not None:  # an OME-TIFF holding some of its images, read by tifffile, described by its OME-XML
@@ -497,7 +497,7 @@ def _image_record(file: FileRecord, entry: FileEntry | None, work: str, settings
     """The image record of one series of shape ``tczyx``: its metadata merged with the submission's, its axes in
     OME-NGFF order (singleton t and z dropped), level 0, and its OME-XML (and other original metadata
     ``documents``) kept in the work area under its conversion id."""
-    shown_as = file.path if n_scenes == 1 else f"{file.path} [series {index}]"
+    shown_as = series_label(file.path, index, n_scenes)
     t, c, z, _y, _x = tczyx
     sizes, unit, names, names_given, merge_notes = merge_metadata(source, entry, c, shown_as)
     keep = [t > 1, True, z > 1, True, True]
@@ -528,7 +528,7 @@ def _image_record(file: FileRecord, entry: FileEntry | None, work: str, settings
         kept.append((name, kept_path))
     return ImageRecord(
         image_id=base_id if n_scenes == 1 else f"{base_id}_s{index}", conversion_id=cid, source_path=file.path,
-        source_sha256=file.sha256, series=index, series_name=series_name, reader=reader_name,
+        source_sha256=file.sha256, series=index, series_name=series_name, series_count=n_scenes, reader=reader_name,
         layout=make_layout(axis_names), metadata_xml=xml_path, metadata_sha256=hashlib.sha256(xml).hexdigest(),
         documents=tuple(kept), axes=tuple(axes), dtype=dtype, channel_names=tuple(names),
         channel_names_given=names_given,
@@ -550,7 +550,7 @@ def _convert_native(fmt: Any, file: FileRecord, entry: FileEntry | None, work: s
     budget.check_series_count(file.path, len(described), settings.limits)
     images = []
     for index, series in enumerate(described):
-        shown_as = file.path if len(described) == 1 else f"{file.path} [series {index}]"
+        shown_as = series_label(file.path, index, len(described))
         budget.check_shape(shown_as, series.shape, np.dtype(series.dtype).itemsize, settings.limits, file.size)
         dims = dict(zip(series.axes, series.shape))
         source = SourceMetadata(pixel_size=series.pixel_size, unit=series.unit, time_increment=series.time_increment,
@@ -652,7 +652,7 @@ def as_label(image: ImageRecord, entry: FileEntry | None, n_series: int) -> Imag
     A bool mask is stored as uint8 (0 and 1): OME-NGFF labels are integers.
     Raises ``InputError`` naming the file when it is not a label image.
     """
-    shown_as = image.source_path if n_series == 1 else f"{image.source_path} [series {image.series}]"
+    shown_as = image.shown_as
     if entry is None or entry.label_of is None:
         raise InputError(shown_as, "a label file names the image it annotates (label_of)")
     axes = [a.name for a in image.axes]
@@ -811,7 +811,7 @@ def _probe_pixels(path: str, image: ImageRecord) -> None:
     formats, the first tile of the last plane can be read."""
     from zarrchive.sources import read_region
 
-    shown_as = image.source_path if image.series == 0 else f"{image.source_path} [series {image.series}]"
+    shown_as = image.shown_as
     if image.reader in ("bioio_ome_tiff", "bioio_tifffile"):
         return  # convert checked that every page of the series is there and inside the file
     level = image.levels[0]

@@ -94,7 +94,7 @@ def follow_image(label: ImageRecord, image: ImageRecord | None) -> ImageRecord:
     Its axes (and units) are the image's too. Raises ``InputError`` naming the label's file when the image is
     missing (it failed) or the label's shape is not the image's level-0 shape without channels.
     """
-    shown_as = label.source_path if label.series == 0 else f"{label.source_path} [series {label.series}]"
+    shown_as = label.shown_as
     if image is None:
         raise InputError(shown_as, f"the image it annotates ({label.label_of}) was not converted (see that image's "
                                    "failure); the label is not published on its own")

@@ -116,6 +116,28 @@ def test_multi_series_file_gives_one_image_per_series(tmp_path, settings, schedu
     assert [i.image_id for i in images] == ["two_s0", "two_s1"]
     np.testing.assert_array_equal(level0(images[0], path)[0], a)
     np.testing.assert_array_equal(level0(images[1], path)[0], b)
+    assert [i.shown_as for i in images] == ["two.ome.tif [series 0]", "two.ome.tif [series 1]"]
+
+
+def test_every_stage_names_series_0_of_a_multi_series_file_as_convert_does(tmp_path, settings):
+    import tifffile
+
+    from zarrchive.errors import InputError
+    from zarrchive.passes import select_codec
+
+    path = tmp_path / "two.ome.tif"
+    with tifffile.TiffWriter(path, ome=True) as tif:
+        tif.write(random_image((30, 40), "uint16", 1), metadata={"axes": "YX"})
+        tif.write(random_image((20, 25), "uint16", 2), metadata={"axes": "YX"})
+    first = convert_file(staged(path, "two.ome.tif"), None, str(tmp_path / "s"), settings.convert)[0]
+    one = path.with_name("one.ome.tif")
+    tifffile.imwrite(one, random_image((30, 40), "uint16", 1), ome=True)
+    [alone] = convert_file(staged(one, "one.ome.tif"), None, str(tmp_path / "s"), settings.convert)
+    for image, source, name in ((first, path, "two.ome.tif [series 0]"), (alone, one, "one.ome.tif")):
+        source.write_bytes(source.read_bytes()[:64])  # the file lost its pixels after convert described it
+        with pytest.raises(InputError) as caught:
+            select_codec(str(source), image, [(slice(0, 1), slice(0, 30), slice(0, 40))], [], 1.0)
+        assert str(caught.value).startswith(f"{name}: pixels cannot be read")
 
 
 def test_reader_is_chosen_from_content_not_name(tmp_path):

@@ -64,7 +64,7 @@ def stream_region(source: str, image: ImageRecord, store: str, region: tuple[sli
     """Read ``region`` of the source once and write it, and each streamed level below it, proven; return what
     was stored and the digests of the level-0 chunks (their start and the sha256 of their pixels; none unless
     ``digests``)."""
-    shown_as = image.source_path if image.series == 0 else f"{image.source_path} [series {image.series}]"
+    shown_as = image.shown_as
     try:
         block = read_region(source, image.layout, region)
     except Exception as exc:
@@ -101,7 +101,7 @@ def downsample_regions(store: str, above: str, plan: LevelPlan, regions: list[tu
 def select_codec(source: str, image: ImageRecord, regions: list[tuple[slice, ...]], candidates: list[CodecSpec],
                  min_encode_mbps: float, size_tolerance: float = 0.0) -> CodecSelection:
     """On a worker: read the sample chunks from the source and choose among the candidates."""
-    shown_as = image.source_path if image.series == 0 else f"{image.source_path} [series {image.series}]"
+    shown_as = image.shown_as
     try:
         samples = [read_region(source, image.layout, region) for region in regions]
     except Exception as exc:

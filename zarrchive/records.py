@@ -257,6 +257,11 @@ class SourceLayout(Record):
     dtype: str | None = None  # the stored type when it differs from the file's (a bool mask stored as uint8 labels)
 
 
+def series_label(path: str, series: int, series_count: int) -> str:
+    """A series of a file as messages name it: the file alone when it holds one series."""
+    return path if series_count == 1 else f"{path} [series {series}]"
+
+
 class ImageRecord(Record):
     """One image (one series of one file): its metadata and level 0 after convert, all levels after pyramid.
 
@@ -272,6 +277,7 @@ class ImageRecord(Record):
     source_sha256: str
     series: int
     series_name: str
+    series_count: int = Field(default=1, ge=1)  # how many series its file holds
     reader: str
     layout: SourceLayout  # how the compress pass reads the pixels from the source file
     metadata_xml: str  # work-area path of the OME-XML kept beside the image (the file's own, or generated)
@@ -296,6 +302,12 @@ class ImageRecord(Record):
     @property
     def shape(self) -> tuple[int, ...]:
         return self.levels[0].shape
+
+    @property
+    def shown_as(self) -> str:
+        """How messages name it: its file, and its series when the file holds several (one rule for every
+        stage)."""
+        return series_label(self.source_path, self.series, self.series_count)
 
     @property
     def downsampling(self) -> Literal["mean", "mode"]:
@@ -399,6 +411,8 @@ class ImageOutcome(Record):
     label_of: str | None = None  # a label: the id of the image it annotates
     label_name: str | None = None  # a label: its name under that image's labels/
     labels: list[str] = []  # an image: the names of its labels published with it
+    codec: str | None = None  # a published image: the codec its chunks are stored with
+    bytes: int | None = Field(default=None, ge=0)  # a published image: the bytes its store occupies
 
 
 PublicationStatus = Literal["published", "unchanged", "blocked", "failed", "refused", "busy", "damaged", "rejected"]
