@@ -29,6 +29,7 @@ from zarrchive.flows.fanout import gather, redact
 from zarrchive.records import Publication
 from zarrchive.staging import clean_stale, staging_area, work_area
 from zarrchive.versions import private_location
+from zarrchive.tasks.catalog import index_public
 from zarrchive.tasks.compress import compress
 from zarrchive.tasks.convert import companions_of, convert
 from zarrchive.tasks.fetch import fetch
@@ -141,6 +142,8 @@ def ingest_submission(
                                             status="rejected"))
         published = publish(record, archive, fingerprint, files, reports, outcomes, qc_report, lineage,
                             settings.publish, private)
+        if published.output.status == "published" and not published.output.embargoed_until:
+            index_public(archive, record.accession, settings.catalog)
         return report(published.output)
 
 

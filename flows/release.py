@@ -17,6 +17,7 @@ from prefect.states import Completed, Failed, State
 from zarrchive import credentials
 from zarrchive.config import load_settings
 from zarrchive.errors import FailedOutcome
+from zarrchive.tasks.catalog import index_public
 from zarrchive.tasks.release import due, release
 from zarrchive.versions import private_location
 
@@ -54,6 +55,8 @@ def release_embargoed(archive: str, config: str = "", overrides: dict[str, Any] 
             rows.append({"accession": accession, "version": version, "release_date": date, "outcome": "failed",
                          "reason": f"{type(exc).__name__}: {exc}"})
             failed.append(f"{accession} v{version}: {exc}")
+    for accession in sorted({r["accession"] for r in rows if r["outcome"] == "released"}):
+        index_public(archive, accession, settings.catalog)
     create_table_artifact(rows or [{"outcome": "nothing due"}], key="release-summary",
                           description="Embargoed versions released")
     if failed:

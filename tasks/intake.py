@@ -7,6 +7,7 @@ the field or file. The accession is stable for the same submission location.
 from __future__ import annotations
 
 import datetime as dt
+import uuid
 import functools
 import hashlib
 import re
@@ -25,6 +26,7 @@ from zarrchive.lineage import Traced, traced
 from zarrchive.records import Finding, Submission, SubmissionDoc, default_label_name, parse_relative_path
 from zarrchive.runtime import retry_transient
 from zarrchive.storage import dumps, join, read_json, resolve, to_url, write_bytes_atomic, write_bytes_exclusive
+from zarrchive.versions import ARCHIVE_MARKER
 from zarrchive.submission_checks import strings_in, check_submission, label
 
 SUBMISSION_FILE = "submission.yaml"
@@ -224,7 +226,6 @@ def _names(fs: fsspec.AbstractFileSystem, root: str) -> list[str]:
         return []
 
 
-ARCHIVE_MARKER = "zarrchive-archive.json"
 
 
 def open_archive(archive: str, create: bool) -> bool:
@@ -243,7 +244,7 @@ def open_archive(archive: str, create: bool) -> bool:
                                         "check the location, or ask for a new archive to be created there "
                                         "(create_archive)"])
     try:
-        write_bytes_exclusive(fs, marker, dumps({"format_version": 1, "software": "zarrchive",
+        write_bytes_exclusive(fs, marker, dumps({"format_version": 1, "software": "zarrchive", "id": str(uuid.uuid4()),
                                                  "created": dt.datetime.now(dt.timezone.utc).isoformat()}))
     except FileExistsError:  # another run marked it first
         return False

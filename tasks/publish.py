@@ -21,7 +21,7 @@ import fsspec
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from zarrchive import faults, fixity, lease
+from zarrchive import faults, fixity, lease, runlog
 from zarrchive.changes import record_change
 from zarrchive.config import Settings
 from zarrchive.errors import TransientError
@@ -38,6 +38,7 @@ from zarrchive.tasks.qc import render_html
 from zarrchive.runtime import retry_transient
 from zarrchive.software import pixel_versions
 from zarrchive.versions import MANIFEST_FORMAT, VERSIONS, published_versions, version_index
+from zarrchive.thumbnails import thumbnail_png
 from zarrchive.storage import (
     copy_hashing, dumps, join, resolve, sha256_stream, to_url, tree_digest, walk_files,
     write_bytes_atomic, write_bytes_exclusive,
@@ -258,20 +259,26 @@ def _write_version(submission: Submission, archive: str, number: int, previous: 
     faults.point("publish.originals")
     entries += uploaded
     published_paths.update(originals)
-    entries += _upload_pages(fs, vdir, submission, number, previous, outcomes, qc_report, reports, files, lineage)
+    entries += _upload_pages(fs, vdir, submission, number, previous, outcomes, qc_report, reports, files, lineage,
+                             settings)
     relative = [ManifestEntry(path=e.path[len(vdir) + 1:], size=e.size, sha256=e.sha256) for e in entries]
     crate = build_crate(submission, number, lineage, relative, published_paths, previous_version=previous,
-                        publish_results=("qc/report.json", "qc/index.html", "index.html", *labels_groups),
+                        publish_results=("qc/report.json", "qc/index.html", "index.html", *labels_groups,
+                                         *(e.path for e in relative if e.path.startswith("thumbnails/"))),
                         date_published=max(submission.doc.release_date, dt.date.today()))
     entries.append(_put_bytes(fs, join(vdir, "ro-crate-metadata.json"), dumps(crate)))
     _verify_stored(fs, entries)
-    images = [o.model_copy(update={"path": store_path(o)}) if o.status == "published" else o for o in outcomes]
+    stored = {r.image_id: r for r in reports}
+    images = [o.model_copy(update={"path": store_path(o), "codec": stored[o.image_id].codec.name,
+                                   "bytes": stored[o.image_id].bytes_out})
+              if o.status == "published" and o.image_id in stored else
+              o.model_copy(update={"path": store_path(o)}) if o.status == "published" else o for o in outcomes]
     manifest = {
         "format_version": MANIFEST_FORMAT,
         "accession": submission.accession, "version": number, "previous_version": previous,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(), "fingerprint": fingerprint,
         "title": submission.doc.title, "release_date": submission.doc.release_date.isoformat(),
-        "embargoed": submission.embargoed, "submission": submission.source,
+        "embargoed": submission.embargoed, "submission": submission.source, "study": study_record(submission),
         "images": [o.model_dump() for o in images],
         "files": [ManifestEntry(path=e.path[len(vdir) + 1:], size=e.size, sha256=e.sha256).model_dump()
                   for e in sorted(entries, key=lambda e: e.path)],
@@ -288,6 +295,18 @@ def _write_version(submission: Submission, archive: str, number: int, previous: 
                        submission=submission.source, version_uri=location, url=url, fingerprint=fingerprint,
                        images=images, created_archive=submission.created_archive,
                        embargoed_until=submission.doc.release_date if submission.embargoed else None)
+
+
+def study_record(submission: Submission) -> dict[str, Any]:
+    """What a manifest says about the study, for the archive's index and catalog: the submission's metadata
+    without the authors' e-mail addresses."""
+    doc = submission.doc
+    return {"title": doc.title, "description": doc.description, "license": doc.license,
+            "release_date": doc.release_date.isoformat(),
+            "authors": [a.model_dump(exclude={"email"}) for a in doc.authors],
+            "organism": doc.organism.model_dump() if doc.organism else None,
+            "imaging_method": doc.imaging_method.model_dump() if doc.imaging_method else None,
+            "doi": doc.publication.doi if doc.publication else None}
 
 
 def _clear_interrupted(fs: fsspec.AbstractFileSystem, vdir: str) -> None:
@@ -351,16 +370,31 @@ def _upload_originals(fs: fsspec.AbstractFileSystem, vdir: str, files: list[File
 def _upload_pages(fs: fsspec.AbstractFileSystem, vdir: str, submission: Submission, number: int,
                   previous: int | None, outcomes: list[ImageOutcome], qc_report: QCReport,
                   reports: list[CompressionReport], files: list[FileRecord],
-                  lineage: list[LineageRecord]) -> list[ManifestEntry]:
-    """The QC document and page, and the landing page."""
+                  lineage: list[LineageRecord], settings: PublishSettings | None = None) -> list[ManifestEntry]:
+    """The QC document and page, a thumbnail of each published image, and the landing page (its links under
+    the version's public address when the archive has one and the version is not embargoed)."""
     qc_doc = {"suite": qc_report.suite, "modality": qc_report.modality, "images": qc_report.rows,
               "channels": qc_report.channels, "findings": [f.model_dump() for f in qc_report.findings],
               "errors": len(qc_report.errors), "warnings": len(qc_report.warnings)}
     page = render_html(qc_report, f"{submission.accession} v{number}: {submission.doc.title}")
-    landing = render_landing_page(submission, number, outcomes, qc_report, reports, files, lineage, previous)
-    return [_put_bytes(fs, join(vdir, "qc/report.json"), dumps(qc_doc)),
-            _put_bytes(fs, join(vdir, "qc/index.html"), page.encode()),
-            _put_bytes(fs, join(vdir, "index.html"), landing.encode())]
+    entries = [_put_bytes(fs, join(vdir, "qc/report.json"), dumps(qc_doc)),
+               _put_bytes(fs, join(vdir, "qc/index.html"), page.encode())]
+    shown = {o.image_id for o in outcomes if o.status == "published" and not o.label_of}
+    thumbnails = set()
+    for report in (r for r in reports if r.image_id in shown):
+        try:
+            png = thumbnail_png(report.store)
+        except Exception as exc:  # a picture is a courtesy: the image is published without one
+            runlog.logger().warning("%s: no thumbnail (%s)", report.image_id, exc)
+            continue
+        entries.append(_put_bytes(fs, join(vdir, f"thumbnails/{report.image_id}.png"), png))
+        thumbnails.add(report.image_id)
+    base = settings.public_base_url if settings and not submission.embargoed else None
+    public_url = f"{base.rstrip('/')}/{submission.accession}/v{number}/" if base else None
+    landing = render_landing_page(submission, number, outcomes, qc_report, reports, files, lineage, previous,
+                                  public_url=public_url, viewer=settings.viewer_url if settings else None,
+                                  thumbnails=thumbnails)
+    return entries + [_put_bytes(fs, join(vdir, "index.html"), landing.encode())]
 
 
 def _verify_stored(fs: fsspec.AbstractFileSystem, entries: list[ManifestEntry]) -> None:

@@ -283,6 +283,7 @@ def render_html(report: QCReport, title: str) -> str:
                      "saturated_fraction", "levels", "ngff_valid", "compression_ratio", "level0_checksum_matched"]
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>QC — {html.escape(title)}</title>
+<link rel="icon" href="data:,">
 <style>body{{font-family:system-ui,sans-serif;margin:2rem;max-width:80rem}}table{{border-collapse:collapse;margin:1rem 0}}
 td,th{{border:1px solid #ccc;padding:.25rem .5rem;text-align:left;font-size:.9rem}}th{{background:#f4f4f4}}
 .error{{color:#a00}}.warning{{color:#a60}}</style></head><body>

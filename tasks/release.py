@@ -22,7 +22,7 @@ from zarrchive.errors import VerificationError
 from zarrchive.runtime import retry_transient
 from zarrchive.storage import BLOCK, dumps, join, read_json, resolve, to_url, write_bytes_atomic, write_bytes_exclusive
 from zarrchive.versions import (
-    MANIFEST, MANIFEST_FORMAT, VERSIONS, accessions, effective_release_date, embargo, manifests, version_index,
+    MANIFEST, VERSIONS, accessions, effective_release_date, embargo, manifests, version_index,
 )
 
 CRATE = "ro-crate-metadata.json"
@@ -88,7 +88,7 @@ def _release(archive: str, private: str, accession: str, version: int, why: Rele
         data = dumps(crate)
         sha = write_bytes_atomic(dst_fs, join(dst, CRATE), data)
         entries.append({"path": CRATE, "size": len(data), "sha256": sha})
-        public = {**manifest, "format_version": MANIFEST_FORMAT, "embargoed": False,
+        public = {**manifest, "format_version": max(manifest.get("format_version", 1), 2), "embargoed": False,
                   "files": sorted(entries, key=lambda e: e["path"]),
                   "released": {"date": today.isoformat(), "early": why.early, "by": why.by, "reason": why.reason,
                                "embargoed_until": manifest["release_date"]}}

@@ -17,6 +17,7 @@ from zarrchive.config import Settings, load_settings
 SESSION_DIR = Path(tempfile.mkdtemp(prefix="zarrchive-tests-"))
 os.environ["PREFECT_LOCAL_STORAGE_PATH"] = str(SESSION_DIR / "prefect-results")
 os.environ["XDG_CACHE_HOME"] = str(SESSION_DIR / "cache")  # the default work area of runs without a config
+os.environ["XDG_DATA_HOME"] = str(SESSION_DIR / "data")  # the default catalogs of object-store archives
 WORK = str(SESSION_DIR / "work")  # the conversion work area of every flow run in this session
 
 
@@ -119,3 +120,35 @@ def s3_endpoint():
     else:
         fsspec.config.conf["s3"] = saved
     server.stop()
+
+
+@pytest.fixture()
+def browser(tmp_path):
+    """Debian's Chromium, headless, with a fresh profile, driven by Playwright (which downloads no browser)."""
+    from playwright.sync_api import sync_playwright
+
+    from browser import CHROMIUM_ARGS, chromium
+
+    executable = chromium()
+
+    with sync_playwright() as p:
+        context = p.chromium.launch_persistent_context(str(tmp_path / "chromium-profile"),
+                                                       executable_path=executable, args=CHROMIUM_ARGS,
+                                                       viewport={"width": 1400, "height": 1000})
+        yield context
+        context.close()
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A real PostgreSQL server (Debian's package) on loopback for the session; yields its SQLAlchemy URL."""
+    import shutil
+
+    from postgres import Postgres
+
+    folder = Path(tempfile.mkdtemp(prefix="zarrchive-pg-"))  # outside pytest's root-only folders
+    os.chmod(folder, 0o755)
+    server = Postgres(folder / "cluster")
+    yield server.url
+    server.stop()
+    shutil.rmtree(folder, ignore_errors=True)

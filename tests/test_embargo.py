@@ -105,9 +105,15 @@ def test_a_curator_releases_early_or_extends_the_embargo_and_both_are_recorded(t
     assert due(archive, f"{archive}-private", LATER) == [("ZA000001", 1, LATER)]  # ZA000002's date no longer counts
     assert due(archive, f"{archive}-private", later) == [("ZA000001", 1, LATER), ("ZA000002", 1, later)]
 
+    assert main(["search", "--archive", archive, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["studies"] == []  # nothing public yet
     assert main(["release", "ZA000001", "--archive", archive, "--curator", "Ada", "--reason", "the paper is out",
                  "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == {"status": "released", "accession": "ZA000001", "versions": [1]}
+    assert main(["search", "--archive", archive, "--json"]) == 0  # the catalog and front page follow the release
+    assert [s["accession"] for s in json.loads(capsys.readouterr().out)["studies"]] == ["ZA000001"]
+    front = (Path(archive) / "index.html").read_text()
+    assert "ZA000001/v1/index.html" in front and "ZA000002" not in front
     crate = json.loads((Path(archive) / "ZA000001" / "v1" / "ro-crate-metadata.json").read_text())
     action = next(n for n in crate["@graph"] if n.get("zarrchive:stage") == "release")
     assert action["agent"] == {"@id": "#curator/Ada"} and "the paper is out" in action["description"]
@@ -123,9 +129,15 @@ def test_the_release_flow_releases_what_is_due(tmp_path, config_file):
     ingest(str(embargoed_submission(tmp_path / "sub")), archive, config_file())
     assert main(["embargo", "ZA000001", "--archive", archive, "--until", dt.date.today().isoformat(),
                  "--curator", "Ada", "--reason", "published today"]) == 0
+    from zarrchive.catalog import Catalog
+
+    with Catalog(archive) as catalog:
+        assert catalog.search() == []
     state = release_embargoed(archive=archive, return_state=True)
     assert state.is_completed() and state.message == "1 version(s) released"
     assert (Path(archive) / "ZA000001" / "v1" / "manifest.json").exists()
+    with Catalog(archive) as catalog:
+        assert [s["accession"] for s in catalog.search()] == ["ZA000001"]
     assert release_embargoed(archive=archive, return_state=True).message == "no embargoed version is due"
 
 

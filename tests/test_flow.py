@@ -85,6 +85,31 @@ def test_published_images_validate_with_ome_zarr_models_and_ome_zarr_py(demo):
         assert nodes and len(nodes[0].data) == len(model.attributes.ome.multiscales[0].datasets)
 
 
+def test_the_landing_page_shows_a_thumbnail_of_each_image_and_links_that_resolve(demo):
+    import re
+
+    import imagecodecs
+
+    vdir = Path(demo[0].version_uri)
+    page = (vdir / "index.html").read_text()
+    for image_id in ("images_hela_nuclei", "images_legacy_overview"):
+        picture = imagecodecs.png_decode((vdir / "thumbnails" / f"{image_id}.png").read_bytes())
+        assert picture.ndim == 3 and picture.shape[2] == 3 and picture.dtype == np.uint8
+        assert max(picture.shape[:2]) <= 256 and picture.std() > 0  # a picture, not a blank
+        assert f"src='thumbnails/{image_id}.png'" in page
+    nuclei = imagecodecs.png_decode((vdir / "thumbnails" / "images_hela_nuclei.png").read_bytes())
+    assert not (np.array_equal(nuclei[..., 0], nuclei[..., 1]) and np.array_equal(nuclei[..., 1], nuclei[..., 2]))
+    legacy = imagecodecs.png_decode((vdir / "thumbnails" / "images_legacy_overview.png").read_bytes())
+    assert np.array_equal(legacy[..., 0], legacy[..., 1])  # one channel: grey
+    links = re.findall(r"(?:href|src)='([^'#:]+)'", page)  # every relative link of the page
+    assert "images/images_hela_nuclei.ome.zarr/zarr.json" in links
+    for link in links:
+        assert (vdir / link).is_file() or (vdir / link / "index.html").is_file() or link.startswith("../"), link
+    assert "How to open an image" in page and "BioImage(&quot;images/images_hela_nuclei.ome.zarr&quot;)" in page
+    manifest = {f["path"] for f in json.loads((vdir / "manifest.json").read_text())["files"]}
+    assert {"thumbnails/images_hela_nuclei.png", "thumbnails/images_legacy_overview.png"} <= manifest
+
+
 def test_qc_report_and_prefect_run_show_every_stage(demo):
     import asyncio
 
@@ -106,7 +131,7 @@ def test_qc_report_and_prefect_run_show_every_stage(demo):
 
     full, artifact_keys = asyncio.run(stages())
     names = {name.split(":")[0].rsplit("-", 1)[0] for name in full}
-    assert names == {"intake", "fetch", "check_unchanged", "convert", "pyramid", "compress", "qc", "publish"}
+    assert names == {"intake", "fetch", "check_unchanged", "convert", "pyramid", "compress", "qc", "publish", "catalog"}
     assert {"convert: images/hela_nuclei.ome.tif", "compress: images_legacy_overview"} <= set(full)
     assert {"za000001-qc-summary", "za000001-qc-findings", "za000001-qc-images",
             "za000001-publication"} <= artifact_keys

@@ -384,7 +384,7 @@ def test_manifest_crate_qc_and_landing_page_cover_the_labels(labelled):
     assert rows["labels_cell01_nuclei"]["level0_checksum_matched"] and qc["errors"] == 0
     assert {c["image_id"] for c in qc["channels"]} == {"images_cell01"}  # label values are not intensities
     landing = (vdir / "index.html").read_text()
-    assert "labels: " in landing and f"href='{store}labels/nuclei/'" in landing
+    assert "labels: " in landing and f"href='{store}labels/nuclei/zarr.json'" in landing
 
 
 def test_show_lists_the_labels_under_their_image(labelled, capsys):

@@ -449,3 +449,28 @@ def test_an_image_that_failed_a_later_stage_is_reported_once_as_failed():
     outcomes = image_outcomes(IMAGES, [compress_failed], qc_report(), SKIP)
     assert sorted((o.image_id, o.status) for o in outcomes) == [("a", "published"), ("b", "failed")]
     assert by_id(outcomes)["b"].error == "compress: worker died"
+
+
+def test_with_a_public_address_the_landing_page_links_there_and_offers_the_viewer(tmp_path):
+    inp = Inputs(tmp_path)
+    settings = PublishSettings(on_image_error="block_submission", public_base_url="https://archive.example.org/za/",
+                               viewer_url="https://viewer.example.org/?source={url}")
+    pub = inp.publish(settings=settings)
+    assert pub.url == f"https://archive.example.org/za/{ACCESSION}/v1/index.html"
+    page = (inp.acc() / "v1" / "index.html").read_text()
+    store = f"https://archive.example.org/za/{ACCESSION}/v1/images/cells.ome.zarr"
+    assert f'BioImage(&quot;{store}&quot;)' in page and f"napari --plugin napari-ome-zarr {store}" in page
+    assert f"href='https://viewer.example.org/?source={store}'" in page
+
+
+def test_an_embargoed_version_and_an_archive_without_address_link_relatively(tmp_path):
+    inp = Inputs(tmp_path)
+    page = (inp.acc() / f"v{inp.publish().version}" / "index.html").read_text()
+    assert "BioImage(&quot;images/cells.ome.zarr&quot;)" in page and "viewer" not in page
+    assert "https://" not in page.split("<h2>Files as submitted")[0].split("<h2>Images")[1]
+
+
+def test_a_viewer_template_must_name_the_url_and_be_a_web_address():
+    for bad in ("https://viewer.example.org/", "javascript:alert({url})", "file:///x?{url}"):
+        with pytest.raises(ValueError):
+            PublishSettings(on_image_error="block_submission", viewer_url=bad)

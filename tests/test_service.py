@@ -395,38 +395,6 @@ def test_the_staff_deployment_registers_from_any_folder_with_the_readme_command_
 
 # ---------------------------------------------------------------- what staff see in the UI (headless Chromium)
 
-CHROMIUM_ARGS = ["--no-sandbox", "--headless=new", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-
-
-def chromium() -> str:
-    """Debian's Chromium: installed with apt-get when missing and the tests run as root (as .ci/run does)."""
-    import shutil
-
-    found = shutil.which("chromium")
-    if found is None and os.geteuid() == 0 and shutil.which("apt-get"):
-        subprocess.run(["apt-get", "install", "-y", "-qq", "chromium"], check=False, capture_output=True,
-                       env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"}, timeout=900)
-        found = shutil.which("chromium")
-    assert found, "the UI tests need Debian's chromium: apt-get install -y chromium"
-    return found
-
-
-@pytest.fixture()
-def browser(tmp_path):
-    """Debian's Chromium, headless, with a fresh profile, driven by Playwright (which downloads no browser)."""
-    from playwright.sync_api import sync_playwright
-
-    executable = chromium()
-
-    with sync_playwright() as p:
-        context = p.chromium.launch_persistent_context(str(tmp_path / "chromium-profile"),
-                                                       executable_path=executable, args=CHROMIUM_ARGS,
-                                                       viewport={"width": 1400, "height": 1000})
-        yield context
-        context.close()
-
-
 def shot(page, name: str) -> None:
     page.screenshot(path=str(SESSION_DIR / f"ui-{name}.png"), full_page=True)
 

@@ -111,6 +111,24 @@ def _parser() -> argparse.ArgumentParser:
     feed.add_argument("--since", help="an ISO time: only later events")
     feed.add_argument("--json", action="store_true", help="one JSON object (the events)")
 
+    find = sub.add_parser("search", help="find public studies in the archive's catalog")
+    find.add_argument("text", nargs="?", default="", help="words that must all appear (title, authors, channels…)")
+    find.add_argument("--archive", required=True)
+    find.add_argument("--config", help="YAML merged over configs/default.yaml (catalog.url)")
+    find.add_argument("--organism", help="a part of the organism's name, or its NCBI taxon id")
+    find.add_argument("--method", help="a part of the imaging method's name, or its FBbi id")
+    find.add_argument("--license", help="an SPDX licence id, e.g. CC-BY-4.0")
+    find.add_argument("--json", action="store_true")
+
+    cat = sub.add_parser("catalog", help="the catalog of public studies (search, the archive's front page)")
+    cat_cmds = cat.add_subparsers(dest="action", required=True)
+    for name, text in (("rebuild", "make the catalog and the front page again from the archive's versions"),
+                       ("check", "compare the catalog with the archive's versions (changes nothing)")):
+        one = cat_cmds.add_parser(name, help=text)
+        one.add_argument("--archive", required=True)
+        one.add_argument("--config", help="YAML merged over configs/default.yaml (catalog.url)")
+        one.add_argument("--json", action="store_true")
+
     clean = sub.add_parser("clean", help="remove what killed runs left (staging folders, unfinished stores)")
     clean.add_argument("--config", help="YAML merged over configs/default.yaml (staging.root, staging.work)")
     clean.add_argument("--json", action="store_true")
@@ -204,23 +222,84 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _embargo(args)
     if args.command == "changes":
         return _changes(args.archive, args.since, args.json)
+    if args.command == "search":
+        return _search(args)
+    if args.command == "catalog":
+        return _catalog(args)
     return EXIT_USAGE
 
 
-def _private(archive: str, config: str | None) -> str:
+def _settings(config: str | None):
     from zarrchive import credentials
     from zarrchive.config import load_settings
-    from zarrchive.versions import require_private
 
     settings = load_settings(config)
     credentials.apply(settings.storage)
-    return require_private(archive, settings.archive.private)
+    return settings
+
+
+def _private(archive: str, config: str | None) -> str:
+    from zarrchive.versions import require_private
+
+    return require_private(archive, _settings(config).archive.private)
+
+
+def _search(args: argparse.Namespace) -> int:
+    from zarrchive.catalog import Catalog, rows_of
+    from zarrchive.landing import human_size
+
+    settings = _settings(args.config)
+    with Catalog(args.archive, settings.catalog.url, settings.catalog.password_env) as catalog:
+        found = catalog.search(args.text, args.organism, args.method, args.license)
+    base = settings.publish.public_base_url or args.archive
+    for row in found:
+        row["url"] = f"{base.rstrip('/')}/{row['url']}"
+        row["thumbnail"] = f"{base.rstrip('/')}/{row['thumbnail']}" if row["thumbnail"] else None
+    if args.json:
+        print(json.dumps({"status": "ok", "studies": list(rows_of(found))}))
+    elif not found:
+        print("No public study matches.")
+    else:
+        for row in found:
+            print(f"{row['accession']} v{row['latest_version']}  {row['release_date']}  {row['title']}\n"
+                  f"    {row['authors']}; {row['organism'] or 'organism not given'}; "
+                  f"{row['imaging_method'] or 'method not given'}; {row['images']} image(s), "
+                  f"{human_size(row['bytes'])}\n    {row['url']}")
+    return EXIT_OK
+
+
+def _catalog(args: argparse.Namespace) -> int:
+    from zarrchive.archive_pages import write_index
+    from zarrchive.catalog import Catalog
+
+    settings = _settings(args.config)
+    with Catalog(args.archive, settings.catalog.url, settings.catalog.password_env) as catalog:
+        if args.action == "rebuild":
+            studies = catalog.rebuild()
+            write_index(args.archive, catalog)
+            result = {"status": "ok", "studies": studies, "catalog": catalog.url}
+            text = f"Catalog of {catalog.archive} rebuilt: {studies} public stud(ies); front page written"
+        else:
+            with Catalog(args.archive, "sqlite://") as fresh:
+                fresh.rebuild()
+                live, truth = catalog.dump(), fresh.dump()
+            differences = {table: {"missing": len(set(truth[table]) - set(live[table])),
+                                   "extra": len(set(live[table]) - set(truth[table]))}
+                           for table in truth if truth[table] != live[table]}
+            result = {"status": "ok" if not differences else "stale", "differences": differences}
+            text = ("The catalog matches the archive" if not differences else
+                    "The catalog differs from the archive (rows missing/extra): " + "; ".join(
+                        f"{t} {d['missing']}/{d['extra']}" for t, d in differences.items())
+                    + f"; run 'zarrchive catalog rebuild --archive {args.archive}'")
+    print(json.dumps(result) if args.json else text)
+    return EXIT_OK if result["status"] == "ok" else EXIT_NOT_PUBLISHED
 
 
 def _release(args: argparse.Namespace) -> int:
     """An early release on request: every embargoed version of the accession (or one), recorded with who and why."""
     import datetime as dt
 
+    from zarrchive.archive_pages import refresh
     from zarrchive.tasks.release import Release, release_version
     from zarrchive.versions import manifests, set_embargo
 
@@ -232,6 +311,8 @@ def _release(args: argparse.Namespace) -> int:
     set_embargo(private, args.accession, dt.date.today(), args.curator, args.reason, "released early on request")
     why = Release(by=args.curator, reason=args.reason)
     released = [release_version(args.archive, private, args.accession, number, why) for number in found]
+    for problem in refresh(args.archive, args.accession, _settings(args.config).catalog):
+        print(f"zarrchive: {problem}", file=sys.stderr)
     if args.json:
         print(json.dumps({"status": "released", "accession": args.accession,
                           "versions": [m["version"] for m in released]}))

@@ -246,9 +246,11 @@ class PublishSettings(Section):
     lease_wait_seconds: float = Field(default=300, ge=0)  # how long a run waits for another to finish publishing
     public_base_url: str | None = Field(default=None, pattern=r"^https?://")  # where the archive root is served
     approval_timeout_seconds: float = Field(default=7 * 86400, gt=0)  # a curator's decision, when asked for
+    viewer_url: str | None = Field(default=None, pattern=r"^https?://[^ ]*\{url\}")  # a web viewer, {url} the image's
+    #                                                    public address (with public_base_url), e.g. vizarr's
 
     operational: ClassVar[frozenset[str]] = frozenset({"lease_seconds", "lease_wait_seconds", "public_base_url",
-                                                        "approval_timeout_seconds"})
+                                                        "approval_timeout_seconds", "viewer_url"})
 
 
 class CredentialRef(Section):
@@ -278,8 +280,18 @@ class StorageSettings(Section):
     operational: ClassVar[frozenset[str]] = frozenset({"credentials"})
 
 
+class CatalogSettings(Section):
+    """The catalog database of the archive's public studies (``zarrchive.catalog``)."""
+
+    url: str | None = Field(default=None, pattern=r"^(sqlite|postgresql)(\+\w+)?://")  # none: SQLite, default place
+    password_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")  # PostgreSQL's password
+
+    operational: ClassVar[frozenset[str]] = frozenset({"url", "password_env"})
+
+
 class Settings(Section):
     storage: StorageSettings = StorageSettings()
+    catalog: CatalogSettings = CatalogSettings()
     archive: ArchiveSettings
     submission: SubmissionSettings
     staging: StagingSettings

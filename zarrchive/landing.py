@@ -39,21 +39,56 @@ def human_size(n: float) -> str:
     return f"{n} B"
 
 
-def label_links(outcome: ImageOutcome) -> str:
+def label_links(outcome: ImageOutcome, ngff: str = NGFF_VERSION) -> str:
     """The labels published with an image, linked, for its row of the images table."""
     e = html.escape
-    links = [f"<a href='images/{e(outcome.image_id)}.ome.zarr/labels/{e(n)}/'>{e(n)}</a>" for n in outcome.labels]
+    links = [f"<a href='{e(store_link(f'images/{outcome.image_id}.ome.zarr/labels/{n}', ngff))}'>{e(n)}</a>"
+             for n in outcome.labels]
     return f"<br><small>labels: {', '.join(links)}</small>" if links else ""
+
+
+def store_link(path: str, ngff: str) -> str:
+    """A link to a published Zarr store that resolves on a folder and on an object store alike: its metadata
+    document (``zarr.json``, or ``.zattrs`` for NGFF 0.4)."""
+    return f"{path}/{'zarr.json' if ngff == '0.5' else '.zattrs'}"
+
+
+def how_to_open(url: str, imagecodecs: bool) -> str:
+    """Snippets a visitor pastes: bioio, ome-zarr-py, napari, zarr-python, for the image at ``url``."""
+    extra = " imagecodecs zarrchive" if imagecodecs else ""
+    return (f"# pip install bioio bioio-ome-zarr{extra}\nfrom bioio import BioImage\nimage = BioImage(\"{url}\")\n"
+            f"print(image.dims, image.physical_pixel_sizes)\n\n"
+            f"# pip install ome-zarr{extra}\nfrom ome_zarr.io import parse_url\nfrom ome_zarr.reader import Reader\n"
+            f"levels = next(iter(Reader(parse_url(\"{url}\"))())).data\n\n"
+            f"# napari (pip install napari napari-ome-zarr)\nnapari --plugin napari-ome-zarr {url}\n\n"
+            f"# pip install zarr{extra}\nimport zarr\nlevel0 = zarr.open_group(\"{url}\", mode=\"r\")[\"0\"]")
+
+
+def _opening(first: tuple[str, bool] | None, public: bool) -> str:
+    """The section that shows how to open an image, with the first image as the example."""
+    if first is None:
+        return ""
+    where = ("" if public else " (the address of this page with <code>index.html</code> replaced by the image's "
+             "path, or the path of your copy)")
+    return (f"<h2>How to open an image</h2><p>Each image is an OME-Zarr store{where}; for the first one:</p>"
+            f"<pre><code>{html.escape(how_to_open(*first))}</code></pre>")
 
 
 def render_landing_page(submission: Submission, version: int, outcomes: list[ImageOutcome], qc_report: QCReport,
                         reports: list[CompressionReport], files: list[FileRecord], lineage: list[LineageRecord],
-                        previous_version: int | None) -> str:
+                        previous_version: int | None, public_url: str | None = None,
+                        viewer: str | None = None, thumbnails: set[str] = frozenset()) -> str:
+    """The landing page; ``public_url`` is the version's public address (links and snippets are relative
+    without it), ``viewer`` a viewer's URL template with ``{url}`` (e.g. vizarr's), used with a public
+    address."""
     doc = submission.doc
     e = html.escape
     facts = {row["image_id"]: row for row in qc_report.rows}
     sizes = {r.image_id: r for r in reports}
+    ngff = {r.image_id: store_ngff_version(r.store) for r in reports}
+    base = public_url.rstrip("/") + "/" if public_url else ""
     image_rows = []
+    first: tuple[str, bool] | None = None  # the store and codec need of the first image, for the snippets
     for o in outcomes:
         if o.status != "published" or o.label_of:  # a label is shown with its image
             continue
@@ -61,8 +96,15 @@ def render_landing_page(submission: Submission, version: int, outcomes: list[Ima
         report = sizes.get(o.image_id)
         pixel = " × ".join(f"{row[k]:.4g}" for k in ("pixel_size_z", "pixel_size_y", "pixel_size_x")
                            if row.get(k) is not None)
+        store = f"images/{o.image_id}.ome.zarr"
+        view = f"<br><a href='{e(viewer.format(url=base + store))}'>view</a>" if viewer and base else ""
+        picture = (f"<img src='thumbnails/{e(o.image_id)}.png' alt='{e(o.image_id)}' width='128'>"
+                   if o.image_id in thumbnails else "")
+        first = first or (base + store, bool(report and needs_imagecodecs(report)))
         image_rows.append(
-            f"<tr><td><a href='images/{e(o.image_id)}.ome.zarr/'>{e(o.image_id)}</a>{label_links(o)}</td>"
+            f"<tr><td>{picture}</td>"
+            f"<td><a href='{e(store_link(store, ngff.get(o.image_id, NGFF_VERSION)))}'>{e(o.image_id)}</a>"
+            f"{label_links(o, ngff.get(o.image_id, NGFF_VERSION))}{view}</td>"
             f"<td>{e(o.source_path)}</td>"
             f"<td>{e(str(row.get('axes', '')))} {e(str(row.get('shape', '')))}</td><td>{e(str(row.get('dtype', '')))}</td>"
             f"<td>{e(pixel)} {e(str(row.get('unit') or ''))}</td><td>{e(str(row.get('channel_names', '')))}</td>"
@@ -100,6 +142,7 @@ def render_landing_page(submission: Submission, version: int, outcomes: list[Ima
                 if previous_version else "")
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{e(submission.accession)} v{version}: {e(doc.title)}</title>
+<link rel="icon" href="data:,">
 <style>body{{font-family:system-ui,sans-serif;margin:2rem;max-width:80rem}}table{{border-collapse:collapse;margin:1rem 0}}
 td,th{{border:1px solid #ccc;padding:.25rem .5rem;text-align:left;font-size:.9rem}}th{{background:#f4f4f4}}</style></head><body>
 <h1>{e(doc.title)}</h1>
@@ -111,9 +154,11 @@ td,th{{border:1px solid #ccc;padding:.25rem .5rem;text-align:left;font-size:.9re
 <p>OME-Zarr ({e(formats)}), readable with napari, bioio, ome-zarr-py, zarr-python, tensorstore and
 neuroglancer/vizarr. Quality control: <a href="qc/index.html">report</a> ({len(qc_report.errors)} error(s),
 {len(qc_report.warnings)} warning(s)).</p>
-<table><thead><tr><th>image</th><th>source</th><th>axes, shape</th><th>type</th><th>pixel size (z × y × x)</th>
-<th>channels</th><th>QC</th><th>stored</th><th>codec</th></tr></thead><tbody>{''.join(image_rows)}</tbody></table>
+<table><thead><tr><th></th><th>image</th><th>source</th><th>axes, shape</th><th>type</th>
+<th>pixel size (z × y × x)</th><th>channels</th><th>QC</th><th>stored</th><th>codec</th></tr></thead>
+<tbody>{''.join(image_rows)}</tbody></table>
 {codec_note}
+{_opening(first, bool(base))}
 <h2>Files as submitted</h2>
 <table><thead><tr><th>path</th><th>kind</th><th>size</th><th>sha256</th></tr></thead><tbody>{file_rows}</tbody></table>
 <h2>Provenance</h2>

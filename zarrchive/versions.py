@@ -26,7 +26,9 @@ VERSION_RE = re.compile(r"^v(\d+)$")
 MANIFEST = "manifest.json"
 VERSIONS = "versions.json"
 EMBARGO = "embargo.json"
-MANIFEST_FORMAT = 2  # 1: before format_version was written; 2: with embargo and release fields
+ARCHIVE_MARKER = "zarrchive-archive.json"  # at the root: marks the location as an archive, with its id
+MANIFEST_FORMAT = 3  # 1: before format_version was written; 2: with embargo and release fields; 3: the study's
+#                      metadata (study) and each image's codec and stored bytes
 
 
 def version_dir(root: str, accession: str, number: int) -> str:

@@ -1,0 +1,68 @@
+"""A picture of each published image for its landing page: a PNG made from a low level of its pyramid.
+
+The level is the largest whose planes fit ``SIZE`` pixels on their longer side (else the smallest one, read
+with a stride that makes it fit), the plane the first time point and the middle of z. Each of the first three channels is shown in its
+colour through its display window (the ``omero`` window the image carries: the input's, or the 0.1–99.9
+percentiles compress measured), the channels added; a single channel is grey. Reads a few kilobytes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import imagecodecs
+import numpy as np
+import zarr
+
+SIZE = 256
+COLOURS = ("FFFFFF", "00FF00", "FF00FF")  # when the image names none: grey, then green and magenta
+
+
+def thumbnail_png(store: str, size: int = SIZE) -> bytes:
+    """The PNG thumbnail of the OME-Zarr image at ``store`` (a local folder)."""
+    group = zarr.open_group(store, mode="r")
+    attrs = dict(group.attrs)
+    ome = attrs.get("ome", attrs)
+    multiscale = ome["multiscales"][0]
+    axes = [a["name"] for a in multiscale["axes"]]
+    level = _level(group, multiscale, axes, size)
+    step = -(-max(level.shape[axes.index("y")], level.shape[axes.index("x")]) // size)  # the rest by striding
+    index = tuple(0 if name == "t" else level.shape[i] // 2 if name == "z" else slice(None, None, step)
+                  if name in ("y", "x") else slice(None) for i, name in enumerate(axes))
+    plane = np.asarray(level[index])
+    kept = [name for name in axes if name not in ("t", "z")]
+    planes = np.moveaxis(plane, kept.index("c"), 0) if "c" in kept else plane[np.newaxis]
+    channels = (ome.get("omero") or {}).get("channels") or []
+    rgb = np.zeros(planes.shape[1:] + (3,), dtype=np.float64)
+    for c, data in enumerate(planes[:3]):
+        info = channels[c] if c < len(channels) else {}
+        start, end = _window(info, data)
+        scaled = np.clip((data.astype(np.float64) - start) / max(end - start, 1e-12), 0, 1)
+        scaled[~np.isfinite(scaled)] = 0
+        colour = info.get("color") if len(planes) > 1 else "FFFFFF"
+        colour = colour if isinstance(colour, str) and len(colour) == 6 else COLOURS[c]
+        rgb += scaled[..., np.newaxis] * (np.array([int(colour[i:i + 2], 16) for i in (0, 2, 4)]) / 255.0)
+    return _png((np.clip(rgb, 0, 1) * 255).round().astype(np.uint8))
+
+
+def _level(group: Any, multiscale: dict[str, Any], axes: list[str], size: int) -> Any:
+    y, x = axes.index("y"), axes.index("x")
+    arrays = [group[d["path"]] for d in multiscale["datasets"]]
+    fitting = [a for a in arrays if max(a.shape[y], a.shape[x]) <= size]
+    return fitting[0] if fitting else arrays[-1]
+
+
+def _window(info: dict[str, Any], data: np.ndarray) -> tuple[float, float]:
+    window = info.get("window") or {}
+    try:
+        return float(window["start"]), float(window["end"])
+    except (KeyError, TypeError, ValueError):
+        values = data[np.isfinite(data)] if np.issubdtype(data.dtype, np.floating) else data
+        if values.size == 0:
+            return 0.0, 1.0
+        low, high = np.percentile(values, [0.1, 99.9])
+        return float(low), float(high if high > low else low + 1)
+
+
+def _png(rgb: np.ndarray) -> bytes:
+    return bytes(imagecodecs.png_encode(np.ascontiguousarray(rgb)))
