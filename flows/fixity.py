@@ -28,7 +28,8 @@ def audit_task(archive: str, target: str | None, sample: float) -> dict[str, Any
     return {**result.as_dict(), "audit_log": fixity.record_audit(archive, result)}
 
 
-@flow(name="fixity_audit", flow_run_name="fixity audit", validate_parameters=True)
+@flow(name="fixity_audit", flow_run_name="fixity audit", validate_parameters=True,
+      persist_result=True)
 def fixity_audit(archive: str, sample: float = 1.0, accession: str = "", config: str = "",
                  overrides: dict[str, Any] | None = None) -> State:
     """Check that every published object is still what its manifest says; report, never repair.

@@ -48,7 +48,10 @@ def run_name() -> str:
     return f"ingest {os.path.basename(str(flow_run.parameters.get('submission', '?')).rstrip('/'))}"
 
 
-@flow(name="ingest_submission", flow_run_name=run_name, validate_parameters=True)
+# The run's result (its Publication) is persisted, so a state read back from the API still has it: under load a
+# final state's request can time out and be retried, and the server then answers with its own copy of the state.
+@flow(name="ingest_submission", flow_run_name=run_name, validate_parameters=True,
+      persist_result=True)
 def ingest_submission(
     submission: str,
     archive: str,

@@ -129,7 +129,8 @@ def _version_bytes(pub: Publication) -> int:
         return 0
 
 
-@flow(name="nightly_import", flow_run_name="nightly import {landing_zone}", validate_parameters=True)
+@flow(name="nightly_import", flow_run_name="nightly import {landing_zone}", validate_parameters=True,
+      persist_result=True)
 def nightly_import(
     landing_zone: str,
     archive: str,

@@ -27,7 +27,8 @@ def find_due(archive: str, private: str) -> list[tuple[str, int, str]]:
     return [(accession, version, date.isoformat()) for accession, version, date in due(archive, private)]
 
 
-@flow(name="release_embargoed", flow_run_name="release embargoed versions", validate_parameters=True)
+@flow(name="release_embargoed", flow_run_name="release embargoed versions", validate_parameters=True,
+      persist_result=True)
 def release_embargoed(archive: str, config: str = "", overrides: dict[str, Any] | None = None) -> State:
     """Release every embargoed version whose release date has come, verified object by object.
 

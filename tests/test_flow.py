@@ -144,6 +144,19 @@ def test_rerunning_an_unchanged_submission_publishes_nothing_new(demo):
     assert sorted(p.name for p in (archive / "ZA000001").glob("v[0-9]*")) == ["v1"]
 
 
+def test_a_runs_publication_is_read_back_from_the_api_too(demo):
+    """The final state read from the API (as a retried request or another process gets it) still gives the run's
+    Publication: flow results are persisted, not only held in the process that ran the flow."""
+    from prefect.client.orchestration import get_client
+
+    _pub, sub, archive, cfg, _ = demo
+    state = ingest_flow.ingest_submission(submission=str(sub), archive=str(archive), config=cfg, return_state=True)
+    with get_client(sync_client=True) as client:
+        stored = client.read_flow_run(state.state_details.flow_run_id).state
+    again = stored.result()
+    assert again.status == "unchanged" and again.accession == "ZA000001" and again.version == 1
+
+
 def test_a_changed_file_publishes_version_2(demo, tmp_path):
     import shutil
 
