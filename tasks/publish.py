@@ -2,8 +2,10 @@
 
 Layout of a version: ``images/<image-id>.ome.zarr`` (its label images nested
 under ``labels/<name>/``, listed by ``labels/zarr.json``), ``originals/<submitted path>``,
-``qc/report.json``, ``ro-crate-metadata.json`` and ``manifest.json``. Every
-object is re-read after upload and its sha256 compared. ``manifest.json`` is
+``qc/report.json``, ``ro-crate-metadata.json`` and ``manifest.json``. An image or
+original that did not change since the latest public version is not stored again:
+the manifest lists it at that version's path (``../v1/images/<id>.ome.zarr/…``;
+``zarrchive.sharing``). Every object uploaded is re-read and its sha256 compared. ``manifest.json`` is
 written last: it is the commit point, so a version folder without one was never
 published (a crashed attempt) and is replaced by the next attempt.
 ``versions.json`` is an index rebuilt from the manifests.
@@ -21,7 +23,7 @@ import fsspec
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from zarrchive import faults, fixity, lease, runlog
+from zarrchive import faults, fixity, lease, runlog, sharing
 from zarrchive.changes import record_change
 from zarrchive.config import Settings
 from zarrchive.errors import TransientError
@@ -144,12 +146,14 @@ def _with_label_names(outcomes: list[ImageOutcome]) -> list[ImageOutcome]:
             else o for o in outcomes]
 
 
-def store_path(outcome: ImageOutcome) -> str:
-    """Where an image's store is published in the version: ``images/<id>.ome.zarr``, a label's under its image's
-    ``labels/<name>``."""
+def store_path(outcome: ImageOutcome, stores: dict[str, str] | None = None) -> str:
+    """Where an image's store is, relative to the version: ``images/<id>.ome.zarr`` (or the earlier version's
+    store it shares, from ``stores``), a label's under its image's ``labels/<name>``."""
+    stores = stores or {}
     if outcome.label_of:
-        return f"images/{outcome.label_of}.ome.zarr/labels/{outcome.label_name}"
-    return f"images/{outcome.image_id}.ome.zarr"
+        image = stores.get(outcome.label_of, f"images/{outcome.label_of}.ome.zarr")
+        return f"{image}/labels/{outcome.label_name}"
+    return stores.get(outcome.image_id, f"images/{outcome.image_id}.ome.zarr")
 
 
 def blocking_reasons(outcomes: list[ImageOutcome], qc_report: QCReport | None) -> list[str]:
@@ -221,9 +225,11 @@ def publish_version(
             return unchanged_publication(submission, private if latest.get("embargoed") else archive, latest,
                                          outcomes, settings)
         previous = found[-1]["version"] if found else None
+        public = [m for m in found if not m.get("embargoed")]
+        share_from = public[-1] if public and not submission.embargoed else None
         try:
             return _write_version(submission, target, (previous or 0) + 1, previous, fingerprint, files, reports,
-                                  outcomes, qc_report, lineage, held, settings)
+                                  outcomes, qc_report, lineage, held, settings, share_from)
         except Exception:
             _clear_interrupted_quietly(target, submission.accession, (previous or 0) + 1)
             raise
@@ -244,8 +250,9 @@ def _clear_interrupted_quietly(archive: str, accession: str, number: int) -> Non
 def _write_version(submission: Submission, archive: str, number: int, previous: int | None, fingerprint: str,
                    files: list[FileRecord], reports: list[CompressionReport], outcomes: list[ImageOutcome],
                    qc_report: QCReport, lineage: list[LineageRecord], held: lease.Lease,
-                   settings: PublishSettings) -> Publication:
-    """Write version ``number`` (the lease held), verify every object as stored, then commit its manifest."""
+                   settings: PublishSettings, share_from: dict[str, Any] | None = None) -> Publication:
+    """Write version ``number`` (the lease held), sharing what did not change since the version ``share_from``
+    (a manifest of the same location), verify every object it stored, then commit its manifest."""
     fs, root = resolve(archive)
     acc = join(root, submission.accession)
     vdir = join(acc, f"v{number}")
@@ -253,26 +260,33 @@ def _write_version(submission: Submission, archive: str, number: int, previous: 
     _clear_interrupted(fs, vdir)
     publishable = {o.image_id: o for o in outcomes if o.status == "published"}
     reports = [r for r in reports if r.image_id in publishable]
-    entries, published_paths, labels_groups = _upload_images(fs, vdir, reports, publishable, held)
+    share = sharing.shareable(fs, acc, share_from)
+    entries, shared, published_paths, labels_groups, stores = _upload_images(fs, vdir, reports, publishable, held,
+                                                                            share)
     faults.point("publish.images")
-    uploaded, originals = _upload_originals(fs, vdir, files, held)
+    uploaded, kept, originals, original_paths = _upload_originals(fs, vdir, files, held, share)
     faults.point("publish.originals")
     entries += uploaded
+    shared += kept
     published_paths.update(originals)
-    entries += _upload_pages(fs, vdir, submission, number, previous, outcomes, qc_report, reports, files, lineage,
-                             settings)
-    relative = [ManifestEntry(path=e.path[len(vdir) + 1:], size=e.size, sha256=e.sha256) for e in entries]
+    pages, kept = _upload_pages(fs, vdir, submission, number, previous, outcomes, qc_report, reports, files,
+                                lineage, settings, stores, original_paths, share)
+    entries += pages
+    shared += kept
+    relative = [ManifestEntry(path=e.path[len(vdir) + 1:], size=e.size, sha256=e.sha256) for e in entries] + shared
     crate = build_crate(submission, number, lineage, relative, published_paths, previous_version=previous,
                         publish_results=("qc/report.json", "qc/index.html", "index.html", *labels_groups,
                                          *(e.path for e in relative if e.path.startswith("thumbnails/"))),
                         date_published=max(submission.doc.release_date, dt.date.today()))
     entries.append(_put_bytes(fs, join(vdir, "ro-crate-metadata.json"), dumps(crate)))
-    _verify_stored(fs, entries)
+    relative.append(entries[-1].model_copy(update={"path": "ro-crate-metadata.json"}))
+    _verify_stored(fs, entries)  # (what it shares was found whole by one listing of the earlier version)
     stored = {r.image_id: r for r in reports}
-    images = [o.model_copy(update={"path": store_path(o), "codec": stored[o.image_id].codec.name,
+    images = [o.model_copy(update={"path": store_path(o, stores), "codec": stored[o.image_id].codec.name,
                                    "bytes": stored[o.image_id].bytes_out})
               if o.status == "published" and o.image_id in stored else
-              o.model_copy(update={"path": store_path(o)}) if o.status == "published" else o for o in outcomes]
+              o.model_copy(update={"path": store_path(o, stores)}) if o.status == "published" else o
+              for o in outcomes]
     manifest = {
         "format_version": MANIFEST_FORMAT,
         "accession": submission.accession, "version": number, "previous_version": previous,
@@ -280,8 +294,7 @@ def _write_version(submission: Submission, archive: str, number: int, previous: 
         "title": submission.doc.title, "release_date": submission.doc.release_date.isoformat(),
         "embargoed": submission.embargoed, "submission": submission.source, "study": study_record(submission),
         "images": [o.model_dump() for o in images],
-        "files": [ManifestEntry(path=e.path[len(vdir) + 1:], size=e.size, sha256=e.sha256).model_dump()
-                  for e in sorted(entries, key=lambda e: e.path)],
+        "files": [e.model_dump() for e in sorted(relative, key=lambda e: e.path)],
     }
     held.check()
     faults.point("publish.commit")
@@ -318,39 +331,71 @@ def _clear_interrupted(fs: fsspec.AbstractFileSystem, vdir: str) -> None:
 
 
 def _upload_images(fs: fsspec.AbstractFileSystem, vdir: str, reports: list[CompressionReport],
-                   publishable: dict[str, ImageOutcome], held: lease.Lease
-                   ) -> tuple[list[ManifestEntry], dict[str, str], list[str]]:
-    """Every publishable image store (checked against the tree digest compress verified), and the labels group
-    of each image that has labels."""
+                   publishable: dict[str, ImageOutcome], held: lease.Lease, share: sharing.Shared
+                   ) -> tuple[list[ManifestEntry], list[ManifestEntry], dict[str, str], list[str], dict[str, str]]:
+    """Every publishable image with its labels and labels group, stored (each store checked against the tree
+    digest compress verified) or, when exactly that tree is in the earlier version, shared with it. Returns
+    the entries stored, the entries shared, the staged store -> published path of each store, the labels
+    groups' documents, and the path of each image's store."""
     entries: list[ManifestEntry] = []
+    shared: list[ManifestEntry] = []
     published_paths: dict[str, str] = {}
-    for report in reports:
+    labels_groups: list[str] = []
+    stores: dict[str, str] = {}
+    staged = {r.image_id: r for r in reports}
+    for image in (o for o in publishable.values() if not o.label_of and o.image_id in staged):
         held.check()
-        rel_store = store_path(publishable[report.image_id])
-        published_paths[report.store] = rel_store + "/"
-        uploaded = [(rel, _upload(fs, os.path.join(report.store, rel), join(vdir, rel_store, rel)))
-                    for rel in walk_files(report.store)]
-        if tree_digest((rel, e.sha256) for rel, e in uploaded) != report.store_sha256:
-            raise TransientError(f"{report.image_id}: the staged store changed since it was compressed and verified")
-        entries.extend(e for _, e in uploaded)
-    labels_groups = []
-    staged = {r.image_id: r.store for r in reports}
-    for image in (o for o in publishable.values() if o.labels):  # each image's labels group lists its labels
-        ngff = store_ngff_version(staged[image.image_id])  # the labels group is in the image's Zarr format
-        for name, document in labels_group_documents(image.labels, ngff).items():
-            labels_groups.append(f"images/{image.image_id}.ome.zarr/labels/{name}")
-            entries.append(_put_bytes(fs, join(vdir, labels_groups[-1]), dumps(document)))
-    return entries, published_paths, labels_groups
+        report = staged[image.image_id]
+        labels = [o for o in publishable.values() if o.label_of == image.image_id and o.image_id in staged]
+        ngff = store_ngff_version(report.store)  # the labels group is in the image's Zarr format
+        documents = labels_group_documents(image.labels, ngff) if image.labels else {}
+        key = sharing.staged_key(report.store_sha256, {o.label_name: staged[o.image_id].store_sha256
+                                                       for o in labels}, documents)
+        earlier = share.store(image.image_id, key)
+        if earlier:
+            path, objects = earlier
+            shared += [ManifestEntry.model_validate(o) for o in objects]
+        else:
+            path = f"images/{image.image_id}.ome.zarr"
+            entries += _upload_store(fs, report, join(vdir, path))
+            for label in labels:
+                entries += _upload_store(fs, staged[label.image_id], join(vdir, path, "labels", label.label_name))
+            entries += [_put_bytes(fs, join(vdir, path, "labels", name), dumps(document))
+                        for name, document in documents.items()]
+        stores[image.image_id] = path
+        published_paths[report.store] = path + "/"
+        published_paths.update({staged[o.image_id].store: f"{path}/labels/{o.label_name}/" for o in labels})
+        labels_groups += [f"{path}/labels/{name}" for name in documents]
+    return entries, shared, published_paths, labels_groups, stores
 
 
-def _upload_originals(fs: fsspec.AbstractFileSystem, vdir: str, files: list[FileRecord],
-                      held: lease.Lease) -> tuple[list[ManifestEntry], dict[str, str]]:
-    """Every submitted file as staged (a Zarr store object by object), checked against the sha256 fetch took."""
+def _upload_store(fs: fsspec.AbstractFileSystem, report: CompressionReport, dst: str) -> list[ManifestEntry]:
+    """One staged store, object by object, checked against the tree digest compress verified."""
+    uploaded = [(rel, _upload(fs, os.path.join(report.store, rel), join(dst, rel))) for rel in walk_files(report.store)]
+    if tree_digest((rel, e.sha256) for rel, e in uploaded) != report.store_sha256:
+        raise TransientError(f"{report.image_id}: the staged store changed since it was compressed and verified")
+    return [e for _, e in uploaded]
+
+
+def _upload_originals(fs: fsspec.AbstractFileSystem, vdir: str, files: list[FileRecord], held: lease.Lease,
+                      share: sharing.Shared
+                      ) -> tuple[list[ManifestEntry], list[ManifestEntry], dict[str, str], dict[str, str]]:
+    """Every submitted file as staged (a Zarr store object by object), checked against the sha256 fetch took, or
+    shared with the earlier version that has it with that sha256. Returns the entries stored, the entries shared,
+    the staged path -> published path of each, and the published path of each submitted path."""
     entries: list[ManifestEntry] = []
+    shared: list[ManifestEntry] = []
     published_paths: dict[str, str] = {}
+    paths: dict[str, str] = {}
     for file in files:
         held.check()
         rel = f"originals/{file.path}"
+        if earlier := share.original(file.path, file.sha256):
+            paths[file.path], objects = earlier
+            shared += [ManifestEntry.model_validate(o) for o in objects]
+            published_paths[file.staged_path] = paths[file.path] + ("/" if os.path.isdir(file.staged_path) else "")
+            continue
+        paths[file.path] = rel
         if os.path.isdir(file.staged_path):  # a Zarr store submitted as one entry: each object, checked as a tree
             uploaded = [(obj, _upload(fs, os.path.join(file.staged_path, obj), join(vdir, rel, obj)))
                         for obj in walk_files(file.staged_path)]
@@ -364,13 +409,15 @@ def _upload_originals(fs: fsspec.AbstractFileSystem, vdir: str, files: list[File
             entries.append(entry)
         if digest != file.sha256:
             raise TransientError(f"{file.path}: staged copy changed since fetch (sha256 {digest})")
-    return entries, published_paths
+    return entries, shared, published_paths, paths
 
 
 def _upload_pages(fs: fsspec.AbstractFileSystem, vdir: str, submission: Submission, number: int,
                   previous: int | None, outcomes: list[ImageOutcome], qc_report: QCReport,
                   reports: list[CompressionReport], files: list[FileRecord],
-                  lineage: list[LineageRecord], settings: PublishSettings | None = None) -> list[ManifestEntry]:
+                  lineage: list[LineageRecord], settings: PublishSettings | None = None,
+                  stores: dict[str, str] | None = None, originals: dict[str, str] | None = None,
+                  share: sharing.Shared = sharing.Shared()) -> tuple[list[ManifestEntry], list[ManifestEntry]]:
     """The QC document and page, a thumbnail of each published image, and the landing page (its links under
     the version's public address when the archive has one and the version is not embargoed)."""
     qc_doc = {"suite": qc_report.suite, "modality": qc_report.modality, "images": qc_report.rows,
@@ -380,21 +427,26 @@ def _upload_pages(fs: fsspec.AbstractFileSystem, vdir: str, submission: Submissi
     entries = [_put_bytes(fs, join(vdir, "qc/report.json"), dumps(qc_doc)),
                _put_bytes(fs, join(vdir, "qc/index.html"), page.encode())]
     shown = {o.image_id for o in outcomes if o.status == "published" and not o.label_of}
-    thumbnails = set()
+    thumbnails: dict[str, str] = {}
+    shared = []
     for report in (r for r in reports if r.image_id in shown):
+        if (stores or {}).get(report.image_id, "").startswith("../") and report.image_id in share.thumbnails:
+            shared.append(ManifestEntry.model_validate(share.thumbnails[report.image_id]))  # its image's is shared
+            thumbnails[report.image_id] = shared[-1].path
+            continue
         try:
             png = thumbnail_png(report.store)
         except Exception as exc:  # a picture is a courtesy: the image is published without one
             runlog.logger().warning("%s: no thumbnail (%s)", report.image_id, exc)
             continue
         entries.append(_put_bytes(fs, join(vdir, f"thumbnails/{report.image_id}.png"), png))
-        thumbnails.add(report.image_id)
+        thumbnails[report.image_id] = f"thumbnails/{report.image_id}.png"
     base = settings.public_base_url if settings and not submission.embargoed else None
     public_url = f"{base.rstrip('/')}/{submission.accession}/v{number}/" if base else None
     landing = render_landing_page(submission, number, outcomes, qc_report, reports, files, lineage, previous,
                                   public_url=public_url, viewer=settings.viewer_url if settings else None,
-                                  thumbnails=thumbnails)
-    return entries + [_put_bytes(fs, join(vdir, "index.html"), landing.encode())]
+                                  thumbnails=thumbnails, stores=stores, originals=originals)
+    return entries + [_put_bytes(fs, join(vdir, "index.html"), landing.encode())], shared
 
 
 def _verify_stored(fs: fsspec.AbstractFileSystem, entries: list[ManifestEntry]) -> None:

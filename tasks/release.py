@@ -5,7 +5,8 @@ the public location and its sha256 compared with the manifest before anything el
 is rewritten with the release (``datePublished`` is the day of release, and a ``release`` action says when,
 by whom and why, when a curator asked); the public manifest is committed last (exclusively, as at publish);
 ``versions.json`` lists the version; only then is the private copy removed. A mismatch stops the release
-with nothing public and the private copy kept. Releases are appended to the archive's changes feed.
+with nothing public and the private copy kept. Releases are appended to the archive's changes feed. An embargoed
+version is stored whole (it shares nothing: ``zarrchive.sharing``) and released whole.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from zarrchive.errors import VerificationError
 from zarrchive.runtime import retry_transient
 from zarrchive.storage import BLOCK, dumps, join, read_json, resolve, to_url, write_bytes_atomic, write_bytes_exclusive
 from zarrchive.versions import (
-    MANIFEST, VERSIONS, accessions, effective_release_date, embargo, manifests, version_index,
+    MANIFEST, VERSIONS, accessions, effective_release_date, embargo, is_shared, manifests, version_index,
 )
 
 CRATE = "ro-crate-metadata.json"
@@ -71,6 +72,9 @@ def _release(archive: str, private: str, accession: str, version: int, why: Rele
     src = join(src_root, accession, f"v{version}")
     dst = join(dst_root, accession, f"v{version}")
     manifest = read_json(src_fs, join(src, MANIFEST))
+    if any(is_shared(entry["path"]) for entry in manifest["files"]):  # (publish never writes one: see sharing)
+        raise VerificationError(f"{accession} v{version}: an embargoed version lists objects of another version; "
+                                "it is not released")
     if dst_fs.exists(join(dst, MANIFEST)):
         raise VerificationError(f"{accession} v{version} is public already: the private copy was kept for a check")
     if dst_fs.exists(dst):

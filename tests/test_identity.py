@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from builders import ome_tiff, random_image, submission
+from builders import crate_problems, ome_tiff, random_image, submission
 from zarrchive.cli import main
 from zarrchive.flows.ingest import ingest_submission
 from zarrchive.provenance import lineage_of
@@ -171,3 +171,143 @@ def test_cache_keys_change_with_inputs_settings_and_pixel_software(monkeypatch, 
     monkeypatch.undo()
     monkeypatch.setattr(identity, "pixel_versions", lambda: {**pixel_versions(), "zarr": "99.0"})
     assert identity.convert_key(None, params) != key
+
+
+# ---------------------------------------------------------------- versions share what did not change
+
+
+def folder_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+def relative_links(page: Path) -> list[str]:
+    import re
+
+    links = re.findall(r"(?:href|src)='([^']+)'", page.read_text()) + re.findall(r'(?:href|src)="([^"]+)"',
+                                                                                page.read_text())
+    return [link for link in links if "://" not in link and not link.startswith(("data:", "#", "mailto:"))]
+
+
+@pytest.fixture()
+def study(tmp_path):
+    """Two noisy images (stored about as large as they are) and a label of the first: about 10 MB published."""
+    from test_labels import blobs
+
+    sub = tmp_path / "study"
+    ome_tiff(sub / "a.ome.tif", random_image((1, 16, 256, 256), seed=5), "CZYX", {"x": 0.2, "y": 0.2, "z": 1.0})
+    ome_tiff(sub / "b.ome.tif", random_image((1, 16, 256, 256), seed=6), "CZYX", {"x": 0.2, "y": 0.2, "z": 1.0})
+    ome_tiff(sub / "a_nuclei.tif", blobs((16, 256, 256)), "ZYX")
+    files = [{"path": "a.ome.tif"}, {"path": "b.ome.tif"},
+             {"path": "a_nuclei.tif", "kind": "label", "label_of": "a.ome.tif", "label_name": "nuclei"}]
+    return sub, files
+
+
+def test_a_metadata_only_version_stores_under_one_percent_of_the_study_and_opens_at_its_paths(study, tmp_path,
+                                                                                             config_file):
+    import numpy as np
+    import zarr
+
+    sub, files = study
+    archive, config = tmp_path / "archive", config_file()
+    submission(sub, files, title="Nuclei of HeLa cells, first title")
+    first, _ = run(sub, archive, config)
+    submission(sub, files, title="Nuclei of HeLa cells, corrected title")
+    second, _ = run(sub, archive, config)
+    assert (first.version, second.status, second.version) == (1, "published", 2)
+
+    v1, v2 = archive / "ZA000001" / "v1", archive / "ZA000001" / "v2"
+    added = folder_bytes(v2)
+    assert added < 0.01 * folder_bytes(v1), (added, folder_bytes(v1))
+    index = {v["version"]: v for v in json.loads((archive / "ZA000001" / "versions.json").read_text())}
+    assert index[2]["stored_bytes"] == added - (v2 / "manifest.json").stat().st_size
+    assert abs(index[2]["bytes"] - index[1]["bytes"]) < 0.01 * index[1]["bytes"]  # each lists the whole study
+
+    manifest = json.loads((v2 / "manifest.json").read_text())
+    assert manifest["format_version"] == 4
+    paths = {i["image_id"]: i["path"] for i in manifest["images"]}
+    assert paths == {"a": "../v1/images/a.ome.zarr", "b": "../v1/images/b.ome.zarr",
+                     "a_nuclei": "../v1/images/a.ome.zarr/labels/nuclei"}
+    shared = [e["path"] for e in manifest["files"] if e["path"].startswith("../")]
+    assert {p.split("/")[2] for p in shared} == {"images", "originals", "thumbnails"}
+    assert {"../v1/originals/a.ome.tif", "../v1/originals/b.ome.tif", "../v1/originals/a_nuclei.tif",
+            "../v1/thumbnails/a.png", "../v1/thumbnails/b.png"} <= set(shared)
+    for image in ("a", "b"):  # each opens with zarr at the path the manifest gives, identical to v1's
+        level0 = zarr.open_group(str(v2 / paths[image]), mode="r")["0"][...]
+        assert np.array_equal(level0, zarr.open_group(str(v1 / f"images/{image}.ome.zarr"), mode="r")["0"][...])
+    assert zarr.open_group(str(v2 / paths["a_nuclei"]), mode="r")["0"].shape[-2:] == (256, 256)
+
+    for link in relative_links(v2 / "index.html"):  # the landing page's links reach what v2 shares
+        assert (v2 / link.split("?")[0]).exists(), link
+    assert any(link.startswith("../v1/images/a.ome.zarr/") for link in relative_links(v2 / "index.html"))
+    assert main(["verify", "ZA000001/v2", "--archive", str(archive)]) == 0
+    assert main(["catalog", "check", "--archive", str(archive)]) == 0
+    (tmp_path / "crate").mkdir()
+    assert crate_problems(v2, tmp_path / "crate") == []
+    info = lineage_of(str(archive), "ZA000001")
+    assert info["changes"]["images_unchanged"] == ["a", "b"] and info["changes"]["images_changed"] == []
+    assert info["changes"]["originals_unchanged"] == ["a.ome.tif", "a_nuclei.tif", "b.ome.tif"]
+    a = next(i for i in info["images"] if i["image_id"] == "a")
+    assert a["path"] == "../v1/images/a.ome.zarr/" and a["sources"][0]["uri"].endswith("study/a.ome.tif")
+    assert a["original"]["path"] == "../v1/originals/a.ome.tif" and a["original"]["sha256"]
+
+
+def test_a_version_does_not_share_a_damaged_store_and_verify_names_it(study, tmp_path, config_file, capsys):
+    sub, files = study
+    archive, config = tmp_path / "archive", config_file()
+    for number, title in enumerate(("First title of the study", "Second title of the study"), 1):
+        submission(sub, files, title=title)
+        pub, _ = run(sub, archive, config)
+        assert pub.version == number
+    chunk = max((archive / "ZA000001/v1/images/b.ome.zarr/0").rglob("*"), key=lambda p: p.stat().st_size)
+    chunk.write_bytes(chunk.read_bytes()[:-10])  # bit rot in an object v2 shares
+
+    assert main(["verify", "ZA000001/v2", "--archive", str(archive), "--json"]) != 0
+    assert "../v1/images/b.ome.zarr/0/" in capsys.readouterr().out
+    submission(sub, files, title="Third title of the study")
+    third, _ = run(sub, archive, config)
+    assert third.status == "published" and third.version == 3
+    paths = {i["image_id"]: i["path"] for i in json.loads((archive / "ZA000001/v3/manifest.json").read_text())["images"]}
+    assert paths["a"] == "../v1/images/a.ome.zarr" and paths["b"] == "images/b.ome.zarr"  # stored again, whole
+    assert main(["verify", "ZA000001/v3", "--archive", str(archive)]) == 0
+
+
+def test_a_changed_image_is_stored_and_the_others_shared(study, tmp_path, config_file):
+    sub, files = study
+    archive, config = tmp_path / "archive", config_file()
+    submission(sub, files)
+    run(sub, archive, config)
+    ome_tiff(sub / "b.ome.tif", random_image((1, 16, 256, 256), seed=7), "CZYX", {"x": 0.2, "y": 0.2, "z": 1.0})
+    second, _ = run(sub, archive, config)
+    manifest = json.loads((Path(second.version_uri) / "manifest.json").read_text())
+    paths = {i["image_id"]: i["path"] for i in manifest["images"]}
+    assert paths["a"] == "../v1/images/a.ome.zarr" and paths["b"] == "images/b.ome.zarr"
+    originals = {e["path"] for e in manifest["files"] if "originals/" in e["path"]}
+    assert originals == {"../v1/originals/a.ome.tif", "../v1/originals/a_nuclei.tif", "originals/b.ome.tif"}
+    assert main(["verify", "ZA000001/v2", "--archive", str(archive)]) == 0
+
+
+def test_versions_share_on_s3_and_each_opens_and_verifies(s3_endpoint, two_images, tmp_path, config_file):
+    import fsspec
+    import numpy as np
+    import zarr
+
+    bucket = s3_endpoint()
+    archive, config = f"s3://{bucket}/archive", config_file()
+    run(two_images, archive, config)
+    submission(two_images, [{"path": "a.ome.tif"}, {"path": "b.ome.tif"}], title="A corrected title of the study")
+    second, _ = run(two_images, archive, config)
+    assert second.status == "published" and second.version == 2
+    fs = fsspec.filesystem("s3")
+    fs.invalidate_cache()
+    v2 = sorted(p.split("/ZA000001/v2/")[1] for p in fs.find(f"{bucket}/archive/ZA000001/v2"))
+    assert not any(p.startswith(("images/", "originals/", "thumbnails/")) for p in v2), v2
+    manifest = json.loads(fs.cat(f"{bucket}/archive/ZA000001/v2/manifest.json"))
+    path = {i["image_id"]: i["path"] for i in manifest["images"]}["a"]
+    assert path == "../v1/images/a.ome.zarr"
+    store = zarr.storage.FsspecStore.from_url(f"{archive}/ZA000001/v1/images/a.ome.zarr", read_only=True,
+                                              storage_options=fsspec.config.conf["s3"])
+    level0 = zarr.open_group(store, mode="r")["0"][...]
+    assert np.array_equal(level0.reshape(40, 50), random_image((1, 1, 40, 50), seed=1).reshape(40, 50))
+    assert main(["verify", "ZA000001/v2", "--archive", archive]) == 0
+    fs.rm(f"{bucket}/archive/ZA000001/v1/originals/b.ome.tif")  # an object v2 shares goes missing
+    assert main(["verify", "ZA000001/v2", "--archive", archive]) != 0

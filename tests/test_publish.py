@@ -278,9 +278,12 @@ def test_crashed_version_is_ignored_and_replaced(tmp_path):
 
     assert pub.version == 2 and pub.status == "published"
     assert not (crashed / "leftover-from-crash.bin").exists()
-    assert (crashed / "originals" / "images" / "cells.tif").read_bytes() == Path(inp.files[0].staged_path).read_bytes()
+    assert not (crashed / "originals").exists()  # the half-written copy is gone; the unchanged original is v1's
     manifest = json.loads((crashed / "manifest.json").read_text())
-    assert sorted(f["path"] for f in manifest["files"]) == [f for f in listing(crashed) if f != "manifest.json"]
+    assert "../v1/originals/images/cells.tif" in {f["path"] for f in manifest["files"]}
+    assert (crashed / "../v1/originals/images/cells.tif").read_bytes() == Path(inp.files[0].staged_path).read_bytes()
+    assert sorted(f["path"] for f in manifest["files"] if not f["path"].startswith("../")) == [
+        f for f in listing(crashed) if f != "manifest.json"]
     for entry in manifest["files"]:
         assert entry["sha256"] == sha((crashed / entry["path"]).read_bytes())
     assert [v["version"] for v in json.loads((inp.acc() / "versions.json").read_text())] == [1, 2]

@@ -1,7 +1,7 @@
 """Fixity: is a published version still exactly what its manifest says?
 
-``quick_problems`` lists the version once (one listing, no object read) and
-compares it with the manifest: a missing object, one of another size, or one
+``quick_problems`` lists the version once (one listing, no object read; and
+each earlier version it shares objects with) and compares it with the manifest: a missing object, one of another size, or one
 the manifest does not list. A rerun does this before it calls a version
 unchanged. ``hash_problems`` reads the objects back and compares their sha256
 too: a single flipped byte is found. Problems are reported, never repaired.
@@ -16,6 +16,7 @@ from typing import Any, Iterable
 import fsspec
 
 from zarrchive.storage import BLOCK, join
+from zarrchive.versions import SHARED, is_shared, object_path
 
 MANIFEST = "manifest.json"
 
@@ -48,8 +49,13 @@ def listing(fs: fsspec.AbstractFileSystem, vdir: str) -> dict[str, int]:
 
 
 def quick_problems(fs: fsspec.AbstractFileSystem, vdir: str, manifest: dict[str, Any]) -> list[Problem]:
-    """What one listing shows: objects missing, of another size, or not listed (``manifest.json`` aside)."""
+    """What one listing shows: objects missing, of another size, or not listed (``manifest.json`` aside). The
+    objects a version shares with an earlier one are found in that version's listing (``versions.object_path``);
+    an object there that this manifest does not list belongs to the earlier version, not to this one."""
     stored = listing(fs, vdir)
+    for number in sorted({int(m.group(1)) for e in manifest["files"] if (m := SHARED.match(e["path"]))}):
+        earlier = listing(fs, object_path(vdir, f"../v{number}/x").rsplit("/", 1)[0])
+        stored.update({f"../v{number}/{path}": size for path, size in earlier.items()})
     problems = []
     for entry in manifest["files"]:
         size = stored.get(entry["path"])
@@ -59,7 +65,8 @@ def quick_problems(fs: fsspec.AbstractFileSystem, vdir: str, manifest: dict[str,
             problems.append(Problem(entry["path"], "size", f"{size} bytes, the manifest says {entry['size']} "
                                                           "(truncated or replaced)"))
     listed = {e["path"] for e in manifest["files"]} | {MANIFEST}
-    problems += [Problem(path, "unexpected", "not listed in the manifest") for path in sorted(set(stored) - listed)]
+    problems += [Problem(path, "unexpected", "not listed in the manifest")
+                 for path in sorted(set(stored) - listed) if not is_shared(path)]
     return problems
 
 
@@ -67,7 +74,7 @@ def hash_problems(fs: fsspec.AbstractFileSystem, vdir: str, entries: Iterable[di
     """Each of ``entries`` (manifest entries) read back whole: its size and sha256 compared with the manifest."""
     problems = []
     for entry in entries:
-        path = join(vdir, entry["path"])
+        path = object_path(vdir, entry["path"])
         digest, size = hashlib.sha256(), 0
         try:
             with fs.open(path, "rb") as fh:

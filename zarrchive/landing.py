@@ -39,11 +39,12 @@ def human_size(n: float) -> str:
     return f"{n} B"
 
 
-def label_links(outcome: ImageOutcome, ngff: str = NGFF_VERSION) -> str:
-    """The labels published with an image, linked, for its row of the images table."""
+def label_links(outcome: ImageOutcome, ngff: str = NGFF_VERSION, store: str | None = None) -> str:
+    """The labels published with an image (whose store is at ``store``), linked, for its row of the images
+    table."""
     e = html.escape
-    links = [f"<a href='{e(store_link(f'images/{outcome.image_id}.ome.zarr/labels/{n}', ngff))}'>{e(n)}</a>"
-             for n in outcome.labels]
+    store = store or f"images/{outcome.image_id}.ome.zarr"
+    links = [f"<a href='{e(store_link(f'{store}/labels/{n}', ngff))}'>{e(n)}</a>" for n in outcome.labels]
     return f"<br><small>labels: {', '.join(links)}</small>" if links else ""
 
 
@@ -77,10 +78,15 @@ def _opening(first: tuple[str, bool] | None, public: bool) -> str:
 def render_landing_page(submission: Submission, version: int, outcomes: list[ImageOutcome], qc_report: QCReport,
                         reports: list[CompressionReport], files: list[FileRecord], lineage: list[LineageRecord],
                         previous_version: int | None, public_url: str | None = None,
-                        viewer: str | None = None, thumbnails: set[str] = frozenset()) -> str:
+                        viewer: str | None = None, thumbnails: dict[str, str] | None = None,
+                        stores: dict[str, str] | None = None, originals: dict[str, str] | None = None) -> str:
     """The landing page; ``public_url`` is the version's public address (links and snippets are relative
     without it), ``viewer`` a viewer's URL template with ``{url}`` (e.g. vizarr's), used with a public
-    address."""
+    address. ``thumbnails`` gives the path of each image's picture (none without). ``stores`` (image id) and
+    ``originals`` (submitted path) give the paths of what the version shares
+    with an earlier one (``../v1/…``); the others are in the version's own folder."""
+    from urllib.parse import urljoin
+
     doc = submission.doc
     e = html.escape
     facts = {row["image_id"]: row for row in qc_report.rows}
@@ -96,15 +102,16 @@ def render_landing_page(submission: Submission, version: int, outcomes: list[Ima
         report = sizes.get(o.image_id)
         pixel = " × ".join(f"{row[k]:.4g}" for k in ("pixel_size_z", "pixel_size_y", "pixel_size_x")
                            if row.get(k) is not None)
-        store = f"images/{o.image_id}.ome.zarr"
-        view = f"<br><a href='{e(viewer.format(url=base + store))}'>view</a>" if viewer and base else ""
-        picture = (f"<img src='thumbnails/{e(o.image_id)}.png' alt='{e(o.image_id)}' width='128'>"
-                   if o.image_id in thumbnails else "")
-        first = first or (base + store, bool(report and needs_imagecodecs(report)))
+        store = (stores or {}).get(o.image_id, f"images/{o.image_id}.ome.zarr")
+        address = urljoin(base, store) if base else store
+        view = f"<br><a href='{e(viewer.format(url=address))}'>view</a>" if viewer and base else ""
+        picture = (f"<img src='{e(thumbnails[o.image_id])}' alt='{e(o.image_id)}' width='128'>"
+                   if thumbnails and o.image_id in thumbnails else "")
+        first = first or (address, bool(report and needs_imagecodecs(report)))
         image_rows.append(
             f"<tr><td>{picture}</td>"
             f"<td><a href='{e(store_link(store, ngff.get(o.image_id, NGFF_VERSION)))}'>{e(o.image_id)}</a>"
-            f"{label_links(o, ngff.get(o.image_id, NGFF_VERSION))}{view}</td>"
+            f"{label_links(o, ngff.get(o.image_id, NGFF_VERSION), store)}{view}</td>"
             f"<td>{e(o.source_path)}</td>"
             f"<td>{e(str(row.get('axes', '')))} {e(str(row.get('shape', '')))}</td><td>{e(str(row.get('dtype', '')))}</td>"
             f"<td>{e(pixel)} {e(str(row.get('unit') or ''))}</td><td>{e(str(row.get('channel_names', '')))}</td>"
@@ -118,7 +125,8 @@ def render_landing_page(submission: Submission, version: int, outcomes: list[Ima
                   if any(needs_imagecodecs(r) for r in reports) else "")
     formats = "; ".join(f"OME-NGFF {v}, Zarr v{ZARR_FORMAT[v]}"
                         for v in sorted({store_ngff_version(r.store) for r in reports}) or [NGFF_VERSION])
-    file_rows = "".join(f"<tr><td><a href='originals/{e(f.path)}'>{e(f.path)}</a></td><td>{e(f.kind)}</td>"
+    file_rows = "".join(f"<tr><td><a href='{e((originals or {}).get(f.path, f'originals/{f.path}'))}'>{e(f.path)}</a>"
+                        f"</td><td>{e(f.kind)}</td>"
                         f"<td>{human_size(f.size)}</td><td><code>{f.sha256}</code></td></tr>" for f in files)
     runs = sorted({r.flow_run_id for r in lineage if r.flow_run_id})
     started = min((r.started for r in lineage), default=dt.datetime.now(dt.timezone.utc))

@@ -18,6 +18,7 @@ from zarrchive import __version__
 from zarrchive.records import Entity, LineageRecord, ManifestEntry, Submission
 from zarrchive.software import versions
 from zarrchive.storage import tree_digest
+from zarrchive.versions import logical_path
 
 T = TypeVar("T")
 
@@ -162,7 +163,8 @@ def build_crate(
     """
     doc = submission.doc
     graph: list[dict[str, Any]] = []
-    originals = {e.sha256: e.path for e in manifest if e.path.startswith("originals/") and not _store_of(e.path)}
+    originals = {e.sha256: e.path for e in manifest
+                 if logical_path(e.path).startswith("originals/") and not _store_of(e.path)}
 
     def ref(entity: Entity) -> dict[str, str]:
         if entity.uri in published_paths:
@@ -182,7 +184,7 @@ def build_crate(
             entities[entry.path] = {"@id": entry.path, "@type": "File", "contentSize": entry.size,
                                     "sha256": entry.sha256}
     for store, objects in sorted(stores.items()):
-        if store.startswith("originals/"):  # a staged store is matched to the published one by its tree digest
+        if logical_path(store).startswith("originals/"):  # a staged store is matched to the published one by its tree digest
             originals[tree_digest((o.path[len(store):], o.sha256) for o in objects)] = store
         entities[store] = {
             "@id": store, "@type": "Dataset", "name": store.rstrip("/").rsplit("/", 1)[-1],
@@ -244,7 +246,7 @@ def build_crate(
         flow_runs = sorted({r.flow_run_id for r in lineage if r.flow_run_id})
         now = dt.datetime.now(dt.timezone.utc).isoformat()
         published = [{"@id": k} for k in entities
-                     if k.startswith(("images/", "originals/")) and k not in publish_results]
+                     if logical_path(k).startswith(("images/", "originals/")) and k not in publish_results]
         graph.append({
             "@id": "#action/publish", "@type": "CreateAction", "name": "publish",
             "instrument": {"@id": "#workflow/ingest_submission"}, "object": published,
@@ -307,7 +309,14 @@ def _ngff_of(objects: list[ManifestEntry], store: str) -> str:
 
 def _store_of(path: str) -> str | None:
     """The Zarr store an object of the version belongs to: ``images/<id>.ome.zarr/``, or a label's
-    ``images/<id>.ome.zarr/labels/<name>/``; None for a file of its own (the ``labels`` group's ``zarr.json``)."""
+    ``images/<id>.ome.zarr/labels/<name>/``; None for a file of its own (the ``labels`` group's ``zarr.json``).
+    An object shared with an earlier version belongs to that version's store (``../v1/images/<id>.ome.zarr/``)."""
+    inner = logical_path(path)
+    store = _logical_store_of(inner)
+    return path[:len(path) - len(inner)] + store if store else None
+
+
+def _logical_store_of(path: str) -> str | None:
     parts = path.split("/")
     if parts[0] == "originals":  # a Zarr store submitted as one entry (an OME-Zarr input)
         inside = next((i for i, part in enumerate(parts[:-1]) if part.endswith(".zarr")), None)

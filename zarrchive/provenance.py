@@ -10,14 +10,15 @@ from typing import Any
 
 from zarrchive.errors import NotFound
 from zarrchive.storage import join, read_json, resolve, tree_digest
-from zarrchive.versions import published_versions
+from zarrchive.versions import logical_path, published_versions
 
 
 def _store_digests(manifest: dict[str, Any]) -> dict[str, str]:
     stores: dict[str, list[tuple[str, str]]] = {}
     for entry in manifest["files"]:
-        if entry["path"].startswith("images/") and ".ome.zarr/" in entry["path"]:
-            store, _, rel = entry["path"].partition(".ome.zarr/")
+        path = logical_path(entry["path"])  # (wherever it is stored: shared with an earlier version or not)
+        if path.startswith("images/") and ".ome.zarr/" in path:
+            store, _, rel = path.partition(".ome.zarr/")
             stores.setdefault(store.removeprefix("images/"), []).append((rel, entry["sha256"]))
     return {image: tree_digest(objects) for image, objects in stores.items()}
 
@@ -26,8 +27,9 @@ def changes(old: dict[str, Any], new: dict[str, Any]) -> dict[str, list[str]]:
     """Images and originals added, removed, changed or unchanged between two manifests."""
     out: dict[str, list[str]] = {}
     for kind, pick in (("images", _store_digests),
-                       ("originals", lambda m: {e["path"].removeprefix("originals/"): e["sha256"]
-                                                for e in m["files"] if e["path"].startswith("originals/")})):
+                       ("originals", lambda m: {logical_path(e["path"]).removeprefix("originals/"): e["sha256"]
+                                                for e in m["files"]
+                                                if logical_path(e["path"]).startswith("originals/")})):
         before, after = pick(old), pick(new)
         out[f"{kind}_added"] = sorted(set(after) - set(before))
         out[f"{kind}_removed"] = sorted(set(before) - set(after))
@@ -79,7 +81,9 @@ def lineage_of(archive: str, accession: str, version: int | None = None, image: 
             continue
         store = f"{outcome['path']}/"
         actions, roots = _walk(nodes, made_by, store, set())
-        original = f"originals/{outcome['source_path']}"
+        original = next((e["path"] for e in manifest["files"]
+                         if logical_path(e["path"]) == f"originals/{outcome['source_path']}"),
+                        f"originals/{outcome['source_path']}")
         original_sha = nodes.get(original, {}).get("sha256")
         sources = [{"uri": r, "sha256": nodes[r]["sha256"]} for r in roots
                    if nodes.get(r, {}).get("zarrchive:role") == "source" and nodes[r].get("sha256") == original_sha]

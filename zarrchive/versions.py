@@ -27,8 +27,42 @@ MANIFEST = "manifest.json"
 VERSIONS = "versions.json"
 EMBARGO = "embargo.json"
 ARCHIVE_MARKER = "zarrchive-archive.json"  # at the root: marks the location as an archive, with its id
-MANIFEST_FORMAT = 3  # 1: before format_version was written; 2: with embargo and release fields; 3: the study's
-#                      metadata (study) and each image's codec and stored bytes
+MANIFEST_FORMAT = 4  # 1: before format_version was written; 2: with embargo and release fields; 3: the study's
+#                      metadata (study) and each image's codec and stored bytes; 4: objects shared with an earlier
+#                      version (paths ``../v<K>/…``)
+SHARED = re.compile(r"^\.\./v(\d+)/(.+)$")
+
+
+# ---------------------------------------------------------------- paths inside a version
+#
+# A manifest lists each object of its version by its path relative to the version folder. An object a version
+# shares with an earlier version of the same accession (an image store or original that did not change) is not
+# stored again: its path is the earlier version's, ``../v<K>/images/<id>.ome.zarr/zarr.json``, which is also
+# the relative link a landing page uses, so every version opens at stable paths with any Zarr reader and is
+# verified against its own manifest.
+
+
+def shared_path(path: str, version: int) -> str:
+    """``path`` (relative to version ``version``) as a later version of the accession refers to it."""
+    return path if SHARED.match(path) else f"../v{version}/{path}"
+
+
+def is_shared(path: str) -> bool:
+    return SHARED.match(path) is not None
+
+
+def logical_path(path: str) -> str:
+    """What an object is within its version, wherever it is stored: ``../v1/originals/a.tif`` -> ``originals/a.tif``."""
+    found = SHARED.match(path)
+    return found.group(2) if found else path
+
+
+def object_path(vdir: str, path: str) -> str:
+    """Where an object a manifest lists (``path``, relative to the version folder ``vdir``) is stored."""
+    found = SHARED.match(path)
+    if not found:
+        return join(vdir, path)
+    return join(vdir.rstrip("/").rsplit("/", 1)[0], f"v{found.group(1)}", found.group(2))
 
 
 def version_dir(root: str, accession: str, number: int) -> str:
@@ -82,7 +116,8 @@ def version_index(location: str, accession: str) -> list[dict[str, Any]]:
     """``versions.json`` of one location: its committed versions, oldest first, rebuilt from their manifests."""
     return [{"version": m["version"], "created": m["created"], "fingerprint": m["fingerprint"],
              "release_date": m.get("release_date"), "files": len(m["files"]),
-             "bytes": sum(f["size"] for f in m["files"])}
+             "bytes": sum(f["size"] for f in m["files"]),
+             "stored_bytes": sum(f["size"] for f in m["files"] if not is_shared(f["path"]))}
             for m in manifests(location, accession)]
 
 

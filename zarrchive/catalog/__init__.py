@@ -19,6 +19,7 @@ import datetime as dt
 import fcntl
 import hashlib
 import os
+import posixpath
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -28,7 +29,7 @@ from fsspec.implementations.local import LocalFileSystem
 from zarrchive.catalog import schema
 from zarrchive.errors import ConfigError
 from zarrchive.storage import join, read_json, resolve, to_url
-from zarrchive.versions import ARCHIVE_MARKER, MANIFEST, accessions, manifests
+from zarrchive.versions import ARCHIVE_MARKER, MANIFEST, accessions, logical_path, manifests
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -231,7 +232,7 @@ def accession_rows(archive: str, accession: str) -> dict[str, list[dict[str, Any
         rows["images"] += _image_rows(fs, vdir, manifest)
         rows["files"] += [{"accession": accession, "version": manifest["version"], "path": f["path"],
                            "size": f["size"], "sha256": f["sha256"]}
-                          for f in manifest["files"] if f["path"].startswith("originals/")]
+                          for f in manifest["files"] if logical_path(f["path"]).startswith("originals/")]
     if found:
         rows["studies"].append(_study_row(found[-1], len(found), rows["images"]))
     return rows
@@ -301,8 +302,8 @@ def _study_row(latest: dict[str, Any], count: int, images: list[dict[str, Any]])
             "license": study.get("license"), "doi": study.get("doi"),
             "release_date": _date(study.get("release_date") or latest.get("release_date")),
             "images": len(shown), "bytes": sum(f["size"] for f in latest["files"]),
-            "thumbnail": f"{version}/thumbnails/{first}.png"
-            if first and any(f["path"] == f"thumbnails/{first}.png" for f in latest["files"]) else None,
+            "thumbnail": next((posixpath.normpath(f"{version}/{f['path']}") for f in latest["files"]
+                               if first and logical_path(f["path"]) == f"thumbnails/{first}.png"), None),
             "url": f"{version}/index.html"}
 
 

@@ -1,0 +1,129 @@
+"""What a new version shares with the public version before it: image stores and originals that did not change.
+
+A new version of an accession stores only what changed. An image whose published tree would be exactly the
+one the latest version lists (the image store's tree digest, each of its labels' and its labels group's) and
+an original with the same path and sha256 are not uploaded again: the new manifest lists the earlier objects
+by their paths from the new version (``../v1/images/a.ome.zarr/zarr.json``, see ``versions.object_path``). A
+shared image's thumbnail is shared too. A metadata-only version therefore adds its pages, QC document, RO-Crate
+and manifest, nothing more.
+
+Sharing is decided here from manifests and one listing of the earlier version, never by reading its objects:
+an object that is missing or has another size there is not shared (the new version stores its own copy), and
+a flipped bit is what the fixity audit finds, for every version that lists the object. An embargoed version
+shares nothing (it is stored whole in the private location until it is released).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import fsspec
+
+from zarrchive import fixity
+from zarrchive.storage import dumps, join, tree_digest
+from zarrchive.versions import logical_path, shared_path
+
+StoreKey = tuple[str, tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]]
+
+
+def store_key(objects: list[tuple[str, str]]) -> StoreKey:
+    """The identity of a published image tree from its objects (path inside the store, sha256): the image's own
+    tree digest, each label's (by name), and the labels group's documents."""
+    image: list[tuple[str, str]] = []
+    labels: dict[str, list[tuple[str, str]]] = {}
+    groups: list[tuple[str, str]] = []
+    for rel, sha in objects:
+        parts = rel.split("/")
+        if parts[0] == "labels" and len(parts) > 2:
+            labels.setdefault(parts[1], []).append(("/".join(parts[2:]), sha))
+        elif parts[0] == "labels":
+            groups.append((rel, sha))
+        else:
+            image.append((rel, sha))
+    return (tree_digest(image), tuple(sorted((name, tree_digest(o)) for name, o in labels.items())),
+            tuple(sorted(groups)))
+
+
+def staged_key(store_sha256: str, labels: dict[str, str], group_documents: dict[str, Any]) -> StoreKey:
+    """The same identity for an image about to be published: its staged store's tree digest (as compress
+    verified it), its labels' (by name) and the labels group documents it would get."""
+    groups = tuple(sorted((f"labels/{name}", hashlib.sha256(dumps(doc)).hexdigest())
+                          for name, doc in group_documents.items()))
+    return store_sha256, tuple(sorted(labels.items())), groups
+
+
+@dataclass(frozen=True)
+class Shared:
+    """What one earlier version offers: its image trees by image id, its originals by submitted path; every path
+    as the new version refers to it."""
+
+    version: int | None = None
+    stores: dict[str, tuple[str, StoreKey, list[dict[str, Any]]]] = field(default_factory=dict)
+    originals: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    thumbnails: dict[str, dict[str, Any]] = field(default_factory=dict)  # by image id: its picture's entry
+
+    def store(self, image_id: str, key: StoreKey) -> tuple[str, list[dict[str, Any]]] | None:
+        """The earlier tree of ``image_id`` (its path and entries) when it is exactly ``key``."""
+        found = self.stores.get(image_id)
+        return (found[0], found[2]) if found and found[1] == key else None
+
+    def original(self, path: str, sha256: str) -> tuple[str, list[dict[str, Any]]] | None:
+        """The earlier copy of the submitted ``path`` (a file, or a Zarr store's objects) when its sha256 (a
+        store's tree digest) is ``sha256``: its path and entries."""
+        entries = self.originals.get(path)
+        if not entries:
+            return None
+        where = entries[0]["path"][:entries[0]["path"].index("originals/")] + f"originals/{path}"
+        if len(entries) == 1 and entries[0]["path"] == where:
+            return (where, entries) if entries[0]["sha256"] == sha256 else None
+        digest = tree_digest((e["path"][len(where) + 1:], e["sha256"]) for e in entries)
+        return (where, entries) if digest == sha256 else None
+
+
+def shareable(fs: fsspec.AbstractFileSystem, acc_dir: str, manifest: dict[str, Any] | None) -> Shared:
+    """What the version ``manifest`` describes (under ``acc_dir``) can share with the next one: everything it
+    lists that one listing finds whole (present, of its size)."""
+    if not manifest:
+        return Shared()
+    number = manifest["version"]
+    damaged = {p.path for p in fixity.quick_problems(fs, join(acc_dir, f"v{number}"), manifest)}
+    entries = [{**e, "path": shared_path(e["path"], number)} for e in manifest["files"]
+               if e["path"] not in damaged]
+    broken = {shared_path(p, number) for p in damaged}
+    stores = {}
+    for image in manifest.get("images", []):
+        if image.get("status") != "published" or image.get("label_of") or not image.get("path"):
+            continue
+        prefix = shared_path(image["path"], number) + "/"
+        if any(p.startswith(prefix) for p in broken):
+            continue
+        objects = [e for e in entries if e["path"].startswith(prefix)]
+        if objects:
+            key = store_key([(e["path"][len(prefix):], e["sha256"]) for e in objects])
+            stores[image["image_id"]] = (prefix.rstrip("/"), key, objects)
+    originals: dict[str, list[dict[str, Any]]] = {}
+    submitted = {f"originals/{path}" for path in _submitted_paths(manifest)}
+    for entry in entries:
+        logical = logical_path(entry["path"])
+        owner = next((s for s in submitted if logical == s or logical.startswith(s + "/")), None)
+        if owner:
+            originals.setdefault(owner.removeprefix("originals/"), []).append(entry)
+    thumbnails = {logical_path(e["path"])[len("thumbnails/"):-len(".png")]: e for e in entries
+                  if logical_path(e["path"]).startswith("thumbnails/") and e["path"].endswith(".png")}
+    return Shared(number, stores, originals, thumbnails)  # (a damaged original is left out: its digest differs)
+
+
+def _submitted_paths(manifest: dict[str, Any]) -> set[str]:
+    """The submitted paths of a version's originals: each file, and each Zarr store submitted as one entry (an
+    ``.zarr`` folder), from the manifest's listing."""
+    found = set()
+    for entry in manifest["files"]:
+        logical = logical_path(entry["path"])
+        if not logical.startswith("originals/"):
+            continue
+        parts = logical.removeprefix("originals/").split("/")
+        inside = next((i for i, part in enumerate(parts[:-1]) if part.endswith(".zarr")), None)
+        found.add("/".join(parts[:inside + 1]) if inside is not None else "/".join(parts))
+    return found
