@@ -25,6 +25,7 @@ from prefect.cache_policies import NO_CACHE
 
 from zarrchive import faults, fixity, lease, runlog, sharing
 from zarrchive.changes import record_change
+from zarrchive.documents import Manifest, QCDocument
 from zarrchive.config import Settings
 from zarrchive.errors import TransientError
 from zarrchive.landing import render_landing_page
@@ -298,9 +299,10 @@ def _write_version(submission: Submission, archive: str, number: int, previous: 
     }
     held.check()
     faults.point("publish.commit")
-    write_bytes_exclusive(fs, join(vdir, "manifest.json"), dumps(manifest))  # the commit point, never overwritten
+    data = Manifest.model_validate(manifest).to_bytes()
+    write_bytes_exclusive(fs, join(vdir, "manifest.json"), data)  # the commit point, never overwritten
     faults.point("publish.committed")
-    _put_bytes(fs, join(acc, VERSIONS), dumps(version_index(archive, submission.accession)))
+    _put_bytes(fs, join(acc, VERSIONS), version_index(archive, submission.accession).to_bytes())
     location, url = version_url(archive, submission.accession, number, settings, submission.embargoed)
     if not submission.embargoed:  # an embargoed version enters the feed when it is released
         record_change(archive, "published", submission.accession, number, fs, join(vdir, "manifest.json"), url)
@@ -420,11 +422,12 @@ def _upload_pages(fs: fsspec.AbstractFileSystem, vdir: str, submission: Submissi
                   share: sharing.Shared = sharing.Shared()) -> tuple[list[ManifestEntry], list[ManifestEntry]]:
     """The QC document and page, a thumbnail of each published image, and the landing page (its links under
     the version's public address when the archive has one and the version is not embargoed)."""
-    qc_doc = {"suite": qc_report.suite, "modality": qc_report.modality, "images": qc_report.rows,
-              "channels": qc_report.channels, "findings": [f.model_dump() for f in qc_report.findings],
-              "errors": len(qc_report.errors), "warnings": len(qc_report.warnings)}
+    qc_doc = QCDocument(format_version=QCDocument.FORMAT, suite=qc_report.suite, modality=qc_report.modality,
+                        images=qc_report.rows, channels=qc_report.channels,
+                        findings=[f.model_dump(mode="json") for f in qc_report.findings],
+                        errors=len(qc_report.errors), warnings=len(qc_report.warnings))
     page = render_html(qc_report, f"{submission.accession} v{number}: {submission.doc.title}")
-    entries = [_put_bytes(fs, join(vdir, "qc/report.json"), dumps(qc_doc)),
+    entries = [_put_bytes(fs, join(vdir, "qc/report.json"), qc_doc.to_bytes()),
                _put_bytes(fs, join(vdir, "qc/index.html"), page.encode())]
     shown = {o.image_id for o in outcomes if o.status == "published" and not o.label_of}
     thumbnails: dict[str, str] = {}

@@ -23,8 +23,10 @@ from zarrchive.errors import VerificationError
 from zarrchive.runtime import retry_transient
 from zarrchive.storage import BLOCK, dumps, join, read_json, resolve, to_url, write_bytes_atomic, write_bytes_exclusive
 from zarrchive.versions import (
-    MANIFEST, VERSIONS, accessions, effective_release_date, embargo, is_shared, manifests, version_index,
+    MANIFEST, VERSIONS, accessions, effective_release_date, embargo, is_shared, manifests, read_manifest,
+    version_index,
 )
+from zarrchive.documents import Manifest
 
 CRATE = "ro-crate-metadata.json"
 
@@ -71,7 +73,7 @@ def _release(archive: str, private: str, accession: str, version: int, why: Rele
     dst_fs, dst_root = resolve(archive)
     src = join(src_root, accession, f"v{version}")
     dst = join(dst_root, accession, f"v{version}")
-    manifest = read_json(src_fs, join(src, MANIFEST))
+    manifest = read_manifest(src_fs, join(src, MANIFEST))
     if any(is_shared(entry["path"]) for entry in manifest["files"]):  # (publish never writes one: see sharing)
         raise VerificationError(f"{accession} v{version}: an embargoed version lists objects of another version; "
                                 "it is not released")
@@ -97,14 +99,14 @@ def _release(archive: str, private: str, accession: str, version: int, why: Rele
                   "released": {"date": today.isoformat(), "early": why.early, "by": why.by, "reason": why.reason,
                                "embargoed_until": manifest["release_date"]}}
         held.check()
-        write_bytes_exclusive(dst_fs, join(dst, MANIFEST), dumps(public))  # the commit point of the public copy
+        write_bytes_exclusive(dst_fs, join(dst, MANIFEST), Manifest.model_validate(public).to_bytes())  # commit
     except BaseException:
         if not dst_fs.exists(join(dst, MANIFEST)):
             dst_fs.rm(dst, recursive=True)
         raise
-    write_bytes_atomic(dst_fs, join(dst_root, accession, VERSIONS), dumps(version_index(archive, accession)))
+    write_bytes_atomic(dst_fs, join(dst_root, accession, VERSIONS), version_index(archive, accession).to_bytes())
     src_fs.rm(src, recursive=True)  # only now: the public copy is whole and verified
-    write_bytes_atomic(src_fs, join(src_root, accession, VERSIONS), dumps(version_index(private, accession)))
+    write_bytes_atomic(src_fs, join(src_root, accession, VERSIONS), version_index(private, accession).to_bytes())
     from zarrchive.changes import record_change
 
     record_change(archive, "released", accession, version, dst_fs, join(dst, MANIFEST), to_url(dst_fs, dst))

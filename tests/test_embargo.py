@@ -72,7 +72,7 @@ def test_an_embargoed_version_is_nowhere_public_until_it_is_released_verified(tm
     assert fixity.audit(archive, "ZA000001").ok  # every object public, each what the manifest says
     assert not [p for p in listing(private) if "/v1/" in p]  # the private copy is gone
     afs, aroot = resolve(archive)
-    index = json.loads(afs.cat(f"{aroot}/ZA000001/versions.json"))
+    index = json.loads(afs.cat(f"{aroot}/ZA000001/versions.json"))["versions"]
     assert [v["version"] for v in index] == [1]
     crate = json.loads(afs.cat(f"{aroot}/ZA000001/v1/ro-crate-metadata.json"))
     assert next(n for n in crate["@graph"] if n["@id"] == "./")["datePublished"] == LATER.isoformat()

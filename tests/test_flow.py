@@ -49,7 +49,7 @@ def test_manifest_lists_every_object_with_its_checksum(demo):
     for rel, entry in listed.items():
         assert entry["size"] == (vdir / rel).stat().st_size and entry["sha256"] == sha256(vdir / rel)
     assert {"qc/report.json", "qc/index.html", "ro-crate-metadata.json"} <= on_disk
-    assert json.loads((vdir.parent / "versions.json").read_text())[0]["version"] == 1
+    assert json.loads((vdir.parent / "versions.json").read_text())["versions"][0]["version"] == 1
 
 
 def test_published_images_open_in_bioio_with_source_metadata_and_exact_pixels(demo):

@@ -218,7 +218,7 @@ def test_a_metadata_only_version_stores_under_one_percent_of_the_study_and_opens
     v1, v2 = archive / "ZA000001" / "v1", archive / "ZA000001" / "v2"
     added = folder_bytes(v2)
     assert added < 0.01 * folder_bytes(v1), (added, folder_bytes(v1))
-    index = {v["version"]: v for v in json.loads((archive / "ZA000001" / "versions.json").read_text())}
+    index = {v["version"]: v for v in json.loads((archive / "ZA000001" / "versions.json").read_text())["versions"]}
     assert index[2]["stored_bytes"] == added - (v2 / "manifest.json").stat().st_size
     assert abs(index[2]["bytes"] - index[1]["bytes"]) < 0.01 * index[1]["bytes"]  # each lists the whole study
 

@@ -214,7 +214,9 @@ def test_versions_json_lists_the_versions(tmp_path):
     inp = Inputs(tmp_path)
     inp.publish("a" * 64)
     inp.publish("b" * 64)
-    index = json.loads((inp.acc() / "versions.json").read_text())
+    document = json.loads((inp.acc() / "versions.json").read_text())
+    assert (document["format_version"], document["accession"]) == (2, ACCESSION)
+    index = document["versions"]
     assert [(v["version"], v["fingerprint"]) for v in index] == [(1, "a" * 64), (2, "b" * 64)]
     for v in index:
         manifest = json.loads((inp.acc() / f"v{v['version']}" / "manifest.json").read_text())
@@ -286,7 +288,7 @@ def test_crashed_version_is_ignored_and_replaced(tmp_path):
         f for f in listing(crashed) if f != "manifest.json"]
     for entry in manifest["files"]:
         assert entry["sha256"] == sha((crashed / entry["path"]).read_bytes())
-    assert [v["version"] for v in json.loads((inp.acc() / "versions.json").read_text())] == [1, 2]
+    assert [v["version"] for v in json.loads((inp.acc() / "versions.json").read_text())["versions"]] == [1, 2]
 
 
 def test_crashed_first_version_is_replaced(tmp_path):

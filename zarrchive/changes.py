@@ -16,6 +16,7 @@ import json
 import uuid
 from typing import Any
 
+from zarrchive.documents import ChangeEvent
 from zarrchive.storage import join, resolve, write_bytes_atomic, write_bytes_exclusive
 
 CHANGES = "_changes"
@@ -28,8 +29,8 @@ def record_change(archive: str, event: str, accession: str, version: int, fs: An
     with fs.open(manifest_path, "rb") as fh:
         manifest_sha = hashlib.sha256(fh.read()).hexdigest()
     now = dt.datetime.now(dt.timezone.utc)
-    change = {"format_version": 1, "time": now.isoformat(), "event": event, "accession": accession,
-              "version": version, "manifest_sha256": manifest_sha, "url": url}
+    change = ChangeEvent(format_version=ChangeEvent.FORMAT, time=now.isoformat(), event=event, accession=accession,
+                         version=version, manifest_sha256=manifest_sha, url=url).as_dict()
     afs, root = resolve(archive)
     name = f"{now.strftime('%Y%m%dT%H%M%S.%fZ')}-{accession}-v{version}-{event}-{uuid.uuid4().hex[:8]}.json"
     write_bytes_exclusive(afs, join(root, CHANGES, name), json.dumps(change, sort_keys=True).encode())
@@ -47,8 +48,7 @@ def changes(archive: str, since: dt.datetime | None = None) -> list[dict[str, An
         return []
     events = []
     for name in names:
-        with fs.open(join(root, CHANGES, name), "rb") as fh:
-            event = json.load(fh)
+        event = ChangeEvent.read(fs, join(root, CHANGES, name)).as_dict()
         if since is None or dt.datetime.fromisoformat(event["time"]) > since:
             events.append(event)
     return sorted(events, key=lambda e: e["time"])

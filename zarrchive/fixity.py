@@ -16,7 +16,7 @@ from typing import Any, Iterable
 import fsspec
 
 from zarrchive.storage import BLOCK, join
-from zarrchive.versions import SHARED, is_shared, object_path
+from zarrchive.versions import SHARED, is_shared, object_path, read_manifest
 
 MANIFEST = "manifest.json"
 
@@ -185,7 +185,6 @@ def audit(archive: str, target: str | None = None, sample: float = 1.0, round_: 
     """Audit the committed versions of ``target`` (see ``versions_of``): every object listed and compared with its
     manifest, and ``sample`` of them (a rotating share; all when 1) read back and hashed."""
     import datetime as dt
-    import json
 
     from zarrchive.storage import resolve, to_url
 
@@ -198,8 +197,7 @@ def audit(archive: str, target: str | None = None, sample: float = 1.0, round_: 
     for accession, number in versions:
         vdir = join(root, accession, f"v{number}")
         try:
-            with fs.open(join(vdir, MANIFEST), "rb") as fh:
-                manifest = json.load(fh)
+            manifest = read_manifest(fs, join(vdir, MANIFEST))
         except FileNotFoundError:
             problems.append({"version": f"{accession}/v{number}", "path": MANIFEST, "kind": "missing",
                              "detail": "missing: the version has no manifest"})

@@ -15,12 +15,15 @@ from __future__ import annotations
 import datetime as dt
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fsspec.implementations.local import LocalFileSystem
 
 from zarrchive.errors import ConfigError
 from zarrchive.storage import join, read_json, resolve
+
+if TYPE_CHECKING:
+    from zarrchive.documents import VersionIndex
 
 VERSION_RE = re.compile(r"^v(\d+)$")
 MANIFEST = "manifest.json"
@@ -101,8 +104,15 @@ def manifests(location: str | None, accession: str) -> list[dict[str, Any]]:
     found = []
     for name in names:
         if VERSION_RE.match(name) and fs.isfile(join(acc, name, MANIFEST)):
-            found.append(read_json(fs, join(acc, name, MANIFEST)))
+            found.append(read_manifest(fs, join(acc, name, MANIFEST)))
     return sorted(found, key=lambda m: m["version"])
+
+
+def read_manifest(fs: Any, path: str) -> dict[str, Any]:
+    """A committed manifest, validated (``documents.Manifest``; a newer format than this code is refused)."""
+    from zarrchive.documents import Manifest
+
+    return Manifest.read(fs, path).as_dict()
 
 
 def published_versions(archive: str, accession: str, private: str | None = None) -> list[dict[str, Any]]:
@@ -112,13 +122,16 @@ def published_versions(archive: str, accession: str, private: str | None = None)
     return sorted(found, key=lambda m: m["version"])
 
 
-def version_index(location: str, accession: str) -> list[dict[str, Any]]:
+def version_index(location: str, accession: str) -> "VersionIndex":
     """``versions.json`` of one location: its committed versions, oldest first, rebuilt from their manifests."""
-    return [{"version": m["version"], "created": m["created"], "fingerprint": m["fingerprint"],
-             "release_date": m.get("release_date"), "files": len(m["files"]),
-             "bytes": sum(f["size"] for f in m["files"]),
-             "stored_bytes": sum(f["size"] for f in m["files"] if not is_shared(f["path"]))}
-            for m in manifests(location, accession)]
+    from zarrchive.documents import VersionIndex
+
+    return VersionIndex(format_version=VersionIndex.FORMAT, accession=accession, versions=[
+        {"version": m["version"], "created": m["created"], "fingerprint": m["fingerprint"],
+         "release_date": m.get("release_date"), "files": len(m["files"]),
+         "bytes": sum(f["size"] for f in m["files"]),
+         "stored_bytes": sum(f["size"] for f in m["files"] if not is_shared(f["path"]))}
+        for m in manifests(location, accession)])
 
 
 def accessions(location: str) -> list[str]:

@@ -28,6 +28,7 @@ from fsspec.implementations.local import LocalFileSystem
 
 from zarrchive.catalog import schema
 from zarrchive.errors import ConfigError
+from zarrchive.documents import QCDocument
 from zarrchive.storage import join, read_json, resolve, to_url
 from zarrchive.versions import ARCHIVE_MARKER, MANIFEST, accessions, logical_path, manifests
 
@@ -251,7 +252,7 @@ def _version_row(fs: Any, vdir: str, manifest: dict[str, Any]) -> dict[str, Any]
 
 def _image_rows(fs: Any, vdir: str, manifest: dict[str, Any]) -> list[dict[str, Any]]:
     try:
-        qc = {row["image_id"]: row for row in read_json(fs, join(vdir, "qc", "report.json")).get("images", [])}
+        qc = {row["image_id"]: row for row in QCDocument.read(fs, join(vdir, "qc", "report.json")).images}
     except FileNotFoundError:
         qc = {}
     sizes = _store_sizes(manifest)
