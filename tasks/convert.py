@@ -240,8 +240,53 @@ def _bioio_metadata(img: BioImage) -> SourceMetadata:
                           time_increment=None, time_unit=None, channel_names=names if named else None)
 
 
+# The images a slide scanner stores beside the slide in a whole-slide file, by tifffile's series name: what each
+# is, for its conversion note. Each is archived as an image of its own, named by its role, never as the slide.
+ASSOCIATED = {
+    "thumbnail": "a downsampled copy of the slide that the scanner made",
+    "label": "a photograph of the slide's paper label, which may show a patient's name, a barcode or other "
+             "personal data: check it before the study is released",
+    "macro": "a low-magnification photograph of the whole slide, which may show its paper label (a patient's "
+             "name, a barcode): check it before the study is released",
+    "overview": "a low-magnification photograph of the whole slide, which may show its paper label: check it "
+                "before the study is released",
+    "map": "the scanner's map of the scanned area",
+}
+WHOLE_SLIDE = ("svs", "ndpi", "scn", "bif", "philips")
+
+
+def slide_roles(path: str) -> list[str | None] | None:
+    """For a whole-slide TIFF (Aperio SVS, Hamamatsu NDPI, Leica SCN, Ventana BIF, Philips), what each tifffile
+    series is: ``""`` for the slide itself (its full-resolution pyramid), ``label``, ``macro``, ``thumbnail``…
+    for the scanner's associated images, None for a series of no known role. None for any other file, or when
+    the file does not hold exactly one slide (its series then keep their numbers)."""
+    try:
+        with tifffile.TiffFile(path) as tif:
+            if not any(getattr(tif, f"is_{kind}", False) for kind in WHOLE_SLIDE):
+                return None
+            roles: list[str | None] = []
+            for series in tif.series:
+                name = (series.name or "").strip().lower()
+                roles.append(name if name in ASSOCIATED else
+                             "" if name == "baseline" or series.is_pyramidal else None)
+    except (OSError, ValueError, tifffile.TiffFileError):
+        return None
+    return roles if roles.count("") == 1 and len(set(r for r in roles if r)) == sum(1 for r in roles if r) else None
+
+
+def _svs_microns_per_pixel(tif: tifffile.TiffFile, series: int) -> float | None:
+    """An Aperio slide's pixel size (``MPP`` in the baseline's description), for the slide only: the scanner's
+    thumbnail repeats the slide's value though its pixels are larger."""
+    if not tif.is_svs or (tif.series[series].name or "") != "Baseline":
+        return None
+    found = re.search(r"\|\s*MPP\s*=\s*([0-9.]+(?:[eE][-+]?[0-9]+)?)", tif.pages.first.description or "")
+    mpp = float(found.group(1)) if found else None
+    return mpp if mpp and math.isfinite(mpp) and 0 < mpp < 1e3 else None
+
+
 def _tiff_metadata(path: str, series: int) -> SourceMetadata:
-    """Calibration of a plain TIFF from ImageJ metadata or the resolution tags (centimetre only)."""
+    """Calibration of a plain TIFF from ImageJ metadata or the resolution tags (centimetre only), and of an
+    Aperio slide from its description."""
     sizes: dict[str, float | None] = {"z": None, "y": None, "x": None}
     unit = None
     with tifffile.TiffFile(path) as tif:
@@ -263,6 +308,9 @@ def _tiff_metadata(path: str, series: int) -> SourceMetadata:
         elif res_unit is not None and int(res_unit.value) == 3 and xres is not None:  # centimetre
             unit = "micrometer"
             sizes["x"], sizes["y"] = (s * 1e4 if s else None for s in (size(xres), size(yres)))
+        elif mpp := _svs_microns_per_pixel(tif, series):
+            unit = "micrometer"
+            sizes["x"] = sizes["y"] = mpp
         finterval = ij.get("finterval")
         tunit = normal_time_unit(ij.get("tunit")) or "second"  # ImageJ's frame interval is in seconds unless told
     return SourceMetadata(pixel_size=sizes, unit=unit, time_increment=float(finterval) if finterval else None,
@@ -483,9 +531,13 @@ def _convert_series(img, reader, index, scene, n_scenes, file, entry, work, sett
         return ome_xml(file.staged_path, "bioio_ome_tiff" if ome is not None else reader_name, str(scene), shape,
                        axis_names, data.dtype, names, sizes, unit, source)
 
+    roles = slide_roles(file.staged_path) if reader_name == "bioio_tifffile" else None
+    role = roles[tiff_series] if roles and tiff_series < len(roles) else None
+    notes = (f"{shown_as}: {ASSOCIATED[role]}; archived as {base_id}_{role} beside the slide ({base_id})",) \
+        if role else ()
     return _image_record(file, entry, work, settings, index, str(scene), n_scenes, base_id, source_digest,
                          tuple(int(n) for n in data.shape), str(np.dtype(data.dtype)), source, reader_name, layout,
-                         xml, lossy_compression(file.staged_path, tiff_series, reader_name))
+                         xml, lossy_compression(file.staged_path, tiff_series, reader_name), notes=notes, role=role)
 
 
 def _image_record(file: FileRecord, entry: FileEntry | None, work: str, settings: ConvertSettings, index: int,
@@ -493,10 +545,12 @@ def _image_record(file: FileRecord, entry: FileEntry | None, work: str, settings
                   dtype: str, source: SourceMetadata, reader_name: str,
                   make_layout: Callable[[tuple[str, ...]], SourceLayout],
                   make_xml: Callable[..., bytes], lossy: str | None,
-                  documents: dict[str, bytes] | None = None, notes: tuple[str, ...] = ()) -> ImageRecord:
+                  documents: dict[str, bytes] | None = None, notes: tuple[str, ...] = (),
+                  role: str | None = None) -> ImageRecord:
     """The image record of one series of shape ``tczyx``: its metadata merged with the submission's, its axes in
     OME-NGFF order (singleton t and z dropped), level 0, and its OME-XML (and other original metadata
-    ``documents``) kept in the work area under its conversion id."""
+    ``documents``) kept in the work area under its conversion id. A whole-slide file's series are named by
+    their ``role`` (the slide: the file's id; ``<id>_label``, ``<id>_macro``…), other files' by number."""
     shown_as = series_label(file.path, index, n_scenes)
     t, c, z, _y, _x = tczyx
     sizes, unit, names, names_given, merge_notes = merge_metadata(source, entry, c, shown_as)
@@ -527,7 +581,8 @@ def _image_record(file: FileRecord, entry: FileEntry | None, work: str, settings
         write_bytes_atomic(LOCAL, kept_path, content)
         kept.append((name, kept_path))
     return ImageRecord(
-        image_id=base_id if n_scenes == 1 else f"{base_id}_s{index}", conversion_id=cid, source_path=file.path,
+        image_id=(base_id if n_scenes == 1 or role == "" else f"{base_id}_{role}" if role else f"{base_id}_s{index}"),
+        conversion_id=cid, source_path=file.path,
         source_sha256=file.sha256, series=index, series_name=series_name, series_count=n_scenes, reader=reader_name,
         layout=make_layout(axis_names), metadata_xml=xml_path, metadata_sha256=hashlib.sha256(xml).hexdigest(),
         documents=tuple(kept), axes=tuple(axes), dtype=dtype, channel_names=tuple(names),

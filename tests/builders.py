@@ -382,3 +382,28 @@ def imaris_file(path: Path, data: np.ndarray, voxel: tuple[float, float, float] 
             stamp = (start + dt.timedelta(seconds=seconds * ti)).strftime("%Y-%m-%d %H:%M:%S.000")
             times.attrs[f"TimePoint{ti + 1}"] = attr(stamp)
     return path
+
+
+def svs_file(path: Path, slide: np.ndarray, mpp: float | None = 0.499,
+             associated: tuple[str, ...] = ("label", "macro")) -> Path:
+    """An Aperio SVS as a scanner writes it: the slide (tiled RGB, its description with AppMag and MPP), the
+    scanner's thumbnail (stripped), a reduced level of the slide, then the label (NewSubfileType 1) and the macro
+    photograph (NewSubfileType 9)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    h, w = slide.shape[:2]
+    header = f"Aperio Image Library v12.0.5 \r\n{w}x{h} [0,0 {w}x{h}] (256x256) RAW/RGB"
+    desc = header + "|AppMag = 20" + (f"|MPP = {mpp}" if mpp is not None else "") + "|Date = 11/25/26"
+    plain = {"photometric": "rgb", "metadata": None}
+    with tifffile.TiffWriter(path) as tw:
+        tw.write(slide, tile=(256, 256), description=desc, **plain)
+        tw.write(np.ascontiguousarray(slide[::4, ::4]), description=f"{header} -> {w // 4}x{h // 4}" + (
+            f"|MPP = {mpp}" if mpp is not None else ""), **plain)
+        tw.write(np.ascontiguousarray(slide[::2, ::2]), tile=(256, 256), description=f"{header} -> {w // 2}x{h // 2}",
+                 **plain)
+        if "label" in associated:
+            tw.write(np.full((60, 80, 3), 230, np.uint8), subfiletype=1, description="Aperio Image Library v12.0.5"
+                     "\r\nlabel 80x60", **plain)
+        if "macro" in associated:
+            tw.write(np.full((100, 300, 3), 120, np.uint8), subfiletype=9, description="Aperio Image Library "
+                     "v12.0.5\r\nmacro 300x100", **plain)
+    return path

@@ -11,7 +11,7 @@ import pytest
 import tifffile
 import zarr
 
-from builders import OPTIONAL_TIFF_TAGS, bare_tiff, random_image, screening_files, staged
+from builders import OPTIONAL_TIFF_TAGS, bare_tiff, random_image, screening_files, staged, svs_file
 from zarrchive.errors import InputError
 from zarrchive.tasks.compress import compress_image
 from zarrchive.tasks.convert import convert_file
@@ -229,3 +229,37 @@ def test_a_vsi_file_without_its_plugin_names_the_plugin(tmp_path, settings, monk
     with pytest.raises(UnsupportedFormat, match=r"slide.vsi: Olympus/Evident cellSens VSI: the .vsi file holds only "
                                                 r"an overview.*bioio-vsi \(pip install 'zarrchive\[vsi\]'"):
         convert_file(staged(path), None, str(tmp_path / "work"), settings.convert)
+
+
+# ---------------------------------------------------------------- whole-slide files
+
+
+def test_an_aperio_slide_is_archived_calibrated_and_its_label_and_macro_beside_it_by_name(tmp_path, settings):
+    slide = random_image((512, 768, 3), "uint8")
+    path = svs_file(tmp_path / "slides" / "case7.svs", slide)
+    converted = {image.image_id: (image, level0) for image, level0, _ in
+                 convert_and_read(path, settings, tmp_path, "slides/case7.svs")}
+    assert set(converted) == {"slides_case7", "slides_case7_thumbnail", "slides_case7_label", "slides_case7_macro"}
+    image, level0 = converted["slides_case7"]
+    np.testing.assert_array_equal(np.moveaxis(level0.reshape(3, 512, 768), 0, -1), slide)  # the slide, whole
+    assert {a.name: (a.unit, s) for a, s in zip(image.axes, image.levels[0].scale)} == {
+        "c": (None, 1.0), "y": ("micrometer", 0.499), "x": ("micrometer", 0.499)}
+    thumbnail, _ = converted["slides_case7_thumbnail"]
+    assert thumbnail.shape[-2:] == (128, 192) and not thumbnail.calibrated  # (its MPP is the slide's, not its own)
+    label, level0 = converted["slides_case7_label"]
+    assert level0.reshape(3, 60, 80).max() == 230 and not label.calibrated
+    assert any("personal data" in note and "slides_case7_label" in note for note in label.notes)
+    assert any("paper label" in note for note in converted["slides_case7_macro"][0].notes)
+    assert not image.notes
+
+
+@pytest.mark.parametrize("mpp, associated", [(None, ("label", "macro")), (0.25, ()), (0.25, ("macro",))])
+def test_an_aperio_slide_without_its_pixel_size_or_associated_images_still_names_the_slide(
+        tmp_path, settings, mpp, associated):
+    path = svs_file(tmp_path / "s.svs", random_image((300, 400, 3), "uint8"), mpp, associated)
+    images = {image.image_id: image for image in convert_file(staged(path), None, str(tmp_path / "work"),
+                                                              settings.convert)}
+    assert set(images) == {"s", "s_thumbnail", *(f"s_{a}" for a in associated)}
+    assert images["s"].calibrated == (mpp is not None)
+    if mpp:
+        assert images["s"].levels[0].scale[-1] == mpp
