@@ -263,3 +263,18 @@ def test_an_aperio_slide_without_its_pixel_size_or_associated_images_still_names
     assert images["s"].calibrated == (mpp is not None)
     if mpp:
         assert images["s"].levels[0].scale[-1] == mpp
+
+
+def test_an_imagej_hyperstack_with_slice_labels_and_a_huge_info_block_converts_exactly(tmp_path, settings):
+    data = random_image((4, 2, 64, 48))  # z, c, y, x
+    info = "Camera = Orca Flash 4.0\n" + ("acquisition log line " * 5 + "\n") * 80_000  # about 8 MB
+    path = tmp_path / "stack.tif"
+    tifffile.imwrite(path, data, imagej=True, resolution=(1 / 0.2, 1 / 0.2), metadata={
+        "axes": "ZCYX", "unit": "micron", "spacing": 0.5, "Labels": [f"z{z} ch{c}" for z in range(4) for c in range(2)],
+        "Info": info})
+    [(image, level0, store)] = convert_and_read(path, settings, tmp_path)
+    assert {a.name: (a.unit, s) for a, s in zip(image.axes, image.levels[0].scale)} == {
+        "c": (None, 1.0), "z": ("micrometer", 0.5), "y": ("micrometer", 0.2), "x": ("micrometer", 0.2)}
+    with tifffile.TiffFile(path) as tif:
+        np.testing.assert_array_equal(level0, np.moveaxis(tif.asarray(), 1, 0))
+    assert len(open(image.metadata_xml).read()) < 100_000  # the Info block is not carried (the original keeps it)
