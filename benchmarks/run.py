@@ -332,7 +332,7 @@ def single_codec_sizes(src: Path, planes: int = 8) -> dict[tuple, int]:
     over the input: what the best single codec per image would store, to judge the choice made on a sample."""
     import tifffile
 
-    from zarrchive.codecs import choose_codec
+    from zarrchive.pixels.codecs import choose_codec
     from zarrchive.config import load_settings
 
     with tifffile.TiffFile(src) as tif:

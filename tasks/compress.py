@@ -34,26 +34,24 @@ from distributed import as_completed
 from zarr.codecs import BloscCodec, ZstdCodec
 
 from zarrchive import faults, runlog
-from zarrchive.blocks import chunk_slices
+from zarrchive.pixels.blocks import chunk_slices
 from zarrchive.cluster import client_for
-from zarrchive.codecs import array_codec_kwargs, choice_of, make_codec, sample_regions
+from zarrchive.pixels.codecs import array_codec_kwargs, choice_of, make_codec, sample_regions
 from zarrchive.config import CompressSettings
 from zarrchive.errors import InputError, StageTimeout, VerificationError, ZarrchiveError
 from zarrchive.identity import compress_key, compressed_name
 from zarrchive.lineage import Traced, stage_task, traced
 from zarrchive.ngff import ZARR_FORMAT, group_attributes
-from zarrchive.passes import LevelPlan, downsample_regions, select_codec, stream_region
-from zarrchive.records import CodecChoice, CodecSelection, CompressionReport, FileRecord, ImageRecord
-from zarrchive.shards import Stored
+from zarrchive.pixels.passes import BATCH, LevelPlan, downsample_regions, select_codec, stream_region
+from zarrchive.records import CodecChoice, CodecSelection, CompressionReport, FileRecord, ImageRecord, factors
+from zarrchive.pixels.shards import Stored
 from zarrchive.staging import partial_name
 from zarrchive.storage import remove_unfinished_writes, sha256_stream, tree_digest, walk_files
-from zarrchive.tasks.pyramid import factors
 
 LOCAL = fsspec.filesystem("file")
 
 REGION_BYTES = 128 << 20  # level-0 pixels per streaming task at most: a run of whole shards along x
 MEMORY_SHARE = 8  # a task holds up to ~6.5x its region (source, halved, encoded, read back, the mean's sums)
-BATCH = 32  # chunks per task for the small levels made from the level above
 
 def shard_shape(axes: list[str], shape: tuple[int, ...], chunks: tuple[int, ...],
                 settings: CompressSettings) -> tuple[int, ...] | None:

@@ -41,7 +41,7 @@ from zarrchive.identity import convert_key
 from zarrchive.lineage import Traced, stage_task, traced
 from zarrchive.ngff import image_attributes
 from zarrchive.records import (
-    MICROMETERS, Axis, FileEntry, FileRecord, ImageRecord, Level, PixelSize, SourceLayout, series_label,
+    MICROMETERS, Axis, FileEntry, FileRecord, ImageRecord, Level, PixelSize, SourceLayout, series_label, slug,
 )
 from zarrchive.software import pixel_versions
 from zarrchive.sources import layout_of, lazy_pixels, ome_tiff_set, own_images, zarr_level0
@@ -362,12 +362,6 @@ def merge_metadata(
 
 
 # ---------------------------------------------------------------- identity
-
-
-def slug(path: str) -> str:
-    """A readable, path-safe image id from a submitted path: images/cell01.ome.tif -> images_cell01."""
-    stem = re.sub(r"(\.ome)?\.[A-Za-z0-9]+$", "", path)
-    return re.sub(r"[^A-Za-z0-9_-]+", "_", stem).strip("_") or "image"
 
 
 def conversion_id(source_sha256: str, series: int, settings: ConvertSettings, entry: FileEntry | None) -> str:

@@ -28,16 +28,14 @@ from zarrchive.changes import record_change
 from zarrchive.documents import Manifest, QCDocument
 from zarrchive.config import Settings
 from zarrchive.errors import TransientError
-from zarrchive.landing import render_landing_page
+from zarrchive.landing import render_landing_page, render_qc_page
 from zarrchive.lineage import Traced, build_crate, traced
 from zarrchive.ngff import labels_group_documents, store_ngff_version
 from zarrchive.config import PublishSettings
 from zarrchive.records import (
     CompressionReport, Failure, FileRecord, ImageOutcome, ImageRecord, LineageRecord, ManifestEntry, Publication,
-    QCReport, Submission,
+    QCReport, Submission, slug,
 )
-from zarrchive.tasks.convert import slug
-from zarrchive.tasks.qc import render_html
 from zarrchive.runtime import retry_transient
 from zarrchive.software import pixel_versions
 from zarrchive.versions import MANIFEST_FORMAT, VERSIONS, published_versions, version_index
@@ -426,7 +424,7 @@ def _upload_pages(fs: fsspec.AbstractFileSystem, vdir: str, submission: Submissi
                         images=qc_report.rows, channels=qc_report.channels,
                         findings=[f.model_dump(mode="json") for f in qc_report.findings],
                         errors=len(qc_report.errors), warnings=len(qc_report.warnings))
-    page = render_html(qc_report, f"{submission.accession} v{number}: {submission.doc.title}")
+    page = render_qc_page(qc_report, f"{submission.accession} v{number}: {submission.doc.title}")
     entries = [_put_bytes(fs, join(vdir, "qc/report.json"), qc_doc.to_bytes()),
                _put_bytes(fs, join(vdir, "qc/index.html"), page.encode())]
     shown = {o.image_id for o in outcomes if o.status == "published" and not o.label_of}

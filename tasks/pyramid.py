@@ -32,11 +32,6 @@ from zarrchive.lineage import Traced, stage_task, traced
 from zarrchive.records import ImageRecord, Level
 
 
-def factors(above: Level, level: Level) -> tuple[int, ...]:
-    """The downsampling factor (1 or 2) of ``level`` along each axis, relative to the level above."""
-    return tuple(int(round(b / a)) for a, b in zip(above.scale, level.scale))
-
-
 def halve_z(level: Level, axes: list[str], calibrated_z: bool) -> bool:
     """Whether the next level halves z too: only a calibrated z whose spacing is no coarser than x's."""
     if "z" not in axes or not calibrated_z:

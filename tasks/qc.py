@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import html
 import json
 import logging
 import os
@@ -36,16 +35,15 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from zarrchive import faults
-from zarrchive.blocks import chunk_slices
+from zarrchive.pixels.blocks import chunk_slices
 from zarrchive.cluster import client_for
 from zarrchive.config import QCSettings, config_dir, suite_path
 from zarrchive.lineage import Traced, traced
 from zarrchive.ngff import validate_image, validate_label
-from zarrchive.passes import chunk_stats
+from zarrchive.pixels.passes import BATCH, chunk_stats
 from zarrchive.records import (
     MICROMETERS, CompressionReport, Failure, Finding, ImageRecord, QCReport, Submission,
 )
-from zarrchive.tasks.compress import BATCH
 
 
 
@@ -266,47 +264,6 @@ def markdown_summary(report: QCReport, failures: list[Failure] = ()) -> str:
     if not report.findings and not failed:
         lines.append("| - | - | - | all checks passed |")
     return "\n".join(lines)
-
-
-def render_html(report: QCReport, title: str) -> str:
-    """A self-contained HTML page of the QC results: summary, findings, image and channel facts."""
-    def table(rows: list[dict[str, Any]], columns: list[str]) -> str:
-        head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
-        body = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(r.get(c)))}</td>" for c in columns) + "</tr>"
-                       for r in rows)
-        return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-    findings = [f.model_dump() for f in report.findings]
-    verdict = "errors: not publishable" if report.errors else "passed" + (" with warnings" if report.warnings else "")
-    image_columns = ["image_id", "kind", "label_of", "source_path", "source_format", "dtype", "axes", "shape",
-                     "pixel_size_x", "pixel_size_y", "pixel_size_z", "unit", "time_step", "channel_names", "min", "max",
-                     "saturated_fraction", "levels", "ngff_valid", "compression_ratio", "level0_checksum_matched"]
-    return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>QC — {html.escape(title)}</title>
-<link rel="icon" href="data:,">
-<style>body{{font-family:system-ui,sans-serif;margin:2rem;max-width:80rem}}table{{border-collapse:collapse;margin:1rem 0}}
-td,th{{border:1px solid #ccc;padding:.25rem .5rem;text-align:left;font-size:.9rem}}th{{background:#f4f4f4}}
-.error{{color:#a00}}.warning{{color:#a60}}</style></head><body>
-<h1>Quality control — {html.escape(title)}</h1>
-<p>Suite <code>{html.escape(report.suite)}</code>{f", modality <code>{html.escape(report.modality)}</code>" if report.modality else ""}:
-<strong class="{'error' if report.errors else 'warning' if report.warnings else ''}">{verdict}</strong>
-— {len(report.rows)} image(s), {len(report.errors)} error(s), {len(report.warnings)} warning(s).</p>
-<h2>Findings</h2>
-{table(findings, ["severity", "check", "image_id", "file", "field", "message"]) if findings else "<p>All checks passed.</p>"}
-<h2>Images</h2>
-{table(report.rows, image_columns)}
-<h2>Channels</h2>
-{table(report.channels, ["image_id", "channel", "name", "min", "max", "mean", "saturated_fraction", "zero_fraction"])}
-</body></html>
-"""
-
-
-def _fmt(value: Any) -> str:
-    if value is None:
-        return "—"
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
 
 
 @task(name="qc", cache_policy=NO_CACHE)

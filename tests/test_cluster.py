@@ -42,7 +42,7 @@ def test_an_existing_scheduler_is_used_and_left_running(scheduler):
     with client_for(scheduler) as client:
         assert client.compute(da.arange(10, chunks=5).sum()).result() == 45
         imported = client.run(lambda: sorted(m for m in __import__("sys").modules if m.startswith("zarrchive.")))
-        assert all("zarrchive.passes" in mods for mods in imported.values()) and len(imported) == 2
+        assert all("zarrchive.pixels.passes" in mods for mods in imported.values()) and len(imported) == 2
 
 
 # --- LocalCluster sized to the machine, memory limits and thresholds -----------------------------------------
@@ -210,7 +210,7 @@ def test_an_ingest_run_shows_its_dask_dashboard_as_an_artifact(demo, scheduler):
 
 # Where the victim dies: inside the shard writer's atomic write of a shard, after its bytes are in the temporary
 # file and before the rename; the task's earlier writes are in place, the rest of the image is not.
-DYING_WRITE = "zarrchive.shards._write_atomically"
+DYING_WRITE = "zarrchive.pixels.shards._write_atomically"
 
 
 class DieInFirstWrite(WorkerPlugin):
@@ -319,9 +319,9 @@ def compress_while_a_worker_dies(tmp_path: Path, allowed_failures: int):
 
 def test_work_lost_with_a_killed_worker_is_redone_and_the_image_is_bit_exact(tmp_path):
     from zarrchive.ngff import validate_image
-    from zarrchive.blocks import chunk_slices, downsample_mean
+    from zarrchive.pixels.blocks import chunk_slices, downsample_mean
 
-    from zarrchive.tasks.pyramid import factors
+    from zarrchive.records import factors
 
     image, data, report, work, undisturbed = compress_while_a_worker_dies(tmp_path, allowed_failures=3)
     assert not isinstance(report, Exception), report

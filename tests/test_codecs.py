@@ -13,7 +13,7 @@ from hypothesis import given, settings as hsettings, strategies as st
 from hypothesis.extra.numpy import arrays
 
 from builders import archive_images, ome_tiff
-from zarrchive.codecs import (
+from zarrchive.pixels.codecs import (
     IMAGE_CODECS, OBJECTIVE, WITH_IMAGECODECS, array_codec_kwargs, choose_codec, make_codec, sample_regions,
 )
 from zarrchive.config import CodecSpec, load_settings

@@ -14,12 +14,12 @@ import zarr
 from hypothesis import given, settings as hsettings, strategies as st
 
 from builders import archive_images, ome_tiff, plain_tiff, random_image, staged
-from zarrchive.blocks import chunk_slices, downsample_mean
+from zarrchive.pixels.blocks import chunk_slices, downsample_mean
 from zarrchive.config import CompressSettings
 from zarrchive.errors import InputError, VerificationError
-from zarrchive.passes import scaled
+from zarrchive.pixels.passes import scaled
 from zarrchive.records import Axis, ImageRecord, Level, SourceLayout
-from zarrchive.shards import ArrayWriter
+from zarrchive.pixels.shards import ArrayWriter
 from zarrchive.tasks.compress import compress_image, plan_writes, shard_shape, store_digest, stream_regions
 from zarrchive.tasks.convert import convert_file
 from zarrchive.tasks.pyramid import build_pyramid, plan_levels

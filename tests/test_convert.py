@@ -13,7 +13,8 @@ from builders import ome_tiff, plain_tiff, random_image
 from zarrchive.errors import InputError, UnsupportedFormat
 from zarrchive.records import FileEntry, FileRecord, PixelSize
 from zarrchive.sources import read_region
-from zarrchive.tasks.convert import choose_reader, convert_file, slug
+from zarrchive.records import slug
+from zarrchive.tasks.convert import choose_reader, convert_file
 
 
 def staged(path: Path, rel: str) -> FileRecord:
@@ -123,7 +124,7 @@ def test_every_stage_names_series_0_of_a_multi_series_file_as_convert_does(tmp_p
     import tifffile
 
     from zarrchive.errors import InputError
-    from zarrchive.passes import select_codec
+    from zarrchive.pixels.passes import select_codec
 
     path = tmp_path / "two.ome.tif"
     with tifffile.TiffWriter(path, ome=True) as tif:

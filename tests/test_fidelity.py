@@ -20,9 +20,9 @@ import tifffile
 import zarr
 
 from builders import archive_images, ome_tiff, ome_zarr_input, plain_tiff, random_image
-from zarrchive.blocks import bits, downsample_mean
+from zarrchive.pixels.blocks import bits, downsample_mean
 from zarrchive.ngff import validate_image
-from zarrchive.tasks.pyramid import factors
+from zarrchive.records import factors
 
 SMALL = {"chunk_xy": 16}  # small chunks: several levels from small images
 

@@ -17,7 +17,7 @@ from hypothesis import given, settings as hsettings, strategies as st
 from hypothesis.extra.numpy import arrays
 
 from builders import AUTHOR, crate_problems, ome_tiff, plain_tiff, random_image, staged, submission
-from zarrchive.blocks import downsample, downsample_mean, downsample_mode
+from zarrchive.pixels.blocks import downsample, downsample_mean, downsample_mode
 from zarrchive.config import PublishSettings, load_settings
 from zarrchive.errors import InputError
 from zarrchive.records import Failure, FileEntry, QCReport

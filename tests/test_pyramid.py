@@ -10,7 +10,7 @@ from hypothesis import given, settings as hsettings, strategies as st
 from hypothesis.extra.numpy import arrays
 
 from builders import ome_tiff, random_image
-from zarrchive.blocks import downsample_mean
+from zarrchive.pixels.blocks import downsample_mean
 from zarrchive.records import FileRecord, Level
 from zarrchive.tasks.convert import convert_file
 from zarrchive.tasks.pyramid import build_pyramid, plan_levels

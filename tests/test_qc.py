@@ -16,7 +16,8 @@ from zarrchive.records import FileEntry, FileRecord, Finding, ImagingMethod, Pix
 from zarrchive.tasks.compress import compress_image
 from zarrchive.tasks.convert import convert_file
 from zarrchive.tasks.pyramid import build_pyramid
-from zarrchive.tasks.qc import check_metadata, choose_modality, load_suite, render_html
+from zarrchive.landing import render_qc_page
+from zarrchive.tasks.qc import check_metadata, choose_modality, load_suite
 
 LIGHT = ImagingMethod(name="confocal microscopy", fbbi_id="FBbi:00000251")
 
@@ -158,7 +159,7 @@ def test_conflicts_and_submission_warnings_join_the_findings(tmp_path, settings,
     qc = run([pair], settings, scheduler, submission=make_submission(findings=[warning]))
     assert [(f.severity, f.check) for f in qc.findings] == [("warning", "recommended"), ("warning", "metadata_conflict")]
     assert "pixel_size.x" in qc.findings[1].message and qc.findings[1].file == "k.ome.tif"
-    page = render_html(qc, "ZA000001 v1")
+    page = render_qc_page(qc, "ZA000001 v1")
     assert "metadata_conflict" in page and "<table>" in page and "passed with warnings" in page
 
 

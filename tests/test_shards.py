@@ -13,10 +13,10 @@ from hypothesis import given, settings as hsettings, strategies as st
 from hypothesis.extra.numpy import arrays
 from zarr.codecs import BloscCodec, ZstdCodec
 
-from zarrchive.blocks import chunk_slices
-from zarrchive.codecs import JpegLSCodec
+from zarrchive.pixels.blocks import chunk_slices
+from zarrchive.pixels.codecs import JpegLSCodec
 from zarrchive.errors import VerificationError
-from zarrchive.shards import ArrayWriter
+from zarrchive.pixels.shards import ArrayWriter
 
 LAYOUTS = {
     "v3 sharded blosc": dict(zarr_format=3, sharded=True, compressors=BloscCodec(cname="zstd", clevel=3,
@@ -91,7 +91,7 @@ def test_an_image_codec_writes_through_the_same_path(tmp_path):
 def test_a_stored_object_that_differs_from_the_one_written_fails(tmp_path, monkeypatch):
     data = np.arange(256, dtype=np.uint16).reshape(16, 16)
     create(tmp_path / "a", data.shape, (4, 4), (16, 16), data.dtype, "v3 sharded blosc")
-    import zarrchive.shards as shards
+    import zarrchive.pixels.shards as shards
 
     def damaged(target, pieces):  # the disk keeps other bytes than those handed to it
         stored = bytearray(b"".join(pieces))

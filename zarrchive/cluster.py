@@ -190,8 +190,8 @@ def link_dashboard(address: str) -> ClusterView:
 # Imported on every worker before it runs stage work: a worker that unpickles a zarr array in its
 # communication thread while a task thread is still importing zarr hits a circular-import error
 # (seen on fresh workers), and the nanny restarts it.
-WORKER_MODULES = ("zarr", "zarr.core.array", "zarr.api.asynchronous", "numcodecs", "tifffile", "zarrchive.codecs",
-                  "zarrchive.passes")  # light: no Prefect, no bioio (read_region imports a bioio reader if it needs one)
+WORKER_MODULES = ("zarr", "zarr.core.array", "zarr.api.asynchronous", "numcodecs", "tifffile",
+                  "zarrchive.pixels")  # light: no Prefect, no bioio (tests/test_architecture.py)
 
 
 def import_worker_modules() -> list[str]:

@@ -21,10 +21,10 @@ ZARR_FORMAT = {"0.5": 3, "0.4": 2}  # the Zarr format each OME-NGFF version is s
 COLOURS = ("FFFFFF",) + ("0000FF", "00FF00", "FF0000", "FF00FF", "00FFFF", "FFFF00")
 DOWNSAMPLING = {
     "mean": ("2x2 block mean (y, x; z too once z is no coarser than x); edge blocks average the pixels they hold",
-             "zarrchive.blocks.downsample_mean"),
+             "zarrchive.pixels.blocks.downsample_mean"),
     "mode": ("2x2 block mode (y, x; z too where the image's levels halve z): the most frequent label value of the "
              "block, a tie going to the smallest value; edge blocks take the mode of the pixels they hold",
-             "zarrchive.blocks.downsample_mode"),
+             "zarrchive.pixels.blocks.downsample_mode"),
 }
 # Label value 0 is the background: transparent; viewers choose the colours of the other values.
 LABEL_COLOURS = ({"label-value": 0, "rgba": [0, 0, 0, 0]},)

@@ -160,10 +160,20 @@ LABEL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")  # a folder na
 RESERVED_LABEL_NAMES = {"zarr.json"}  # the labels group's own metadata
 
 
+def _stem(path: str) -> str:
+    """A submitted path without its file extension (``.ome.tif`` counts as one)."""
+    return re.sub(r"(\.ome)?\.[A-Za-z0-9]+$", "", path)
+
+
+def slug(path: str) -> str:
+    """A readable, path-safe image id from a submitted path: images/cell01.ome.tif -> images_cell01."""
+    return re.sub(r"[^A-Za-z0-9_-]+", "_", _stem(path)).strip("_") or "image"
+
+
 def default_label_name(path: str) -> str:
-    """The name a label gets from its file: labels/cell01_nuclei.tif -> cell01_nuclei (path-safe)."""
-    stem = re.sub(r"(\.ome)?\.[A-Za-z0-9]+$", "", path.rsplit("/", 1)[-1])
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", stem).strip("._-")[:128] or "label"
+    """The name a label gets from its file: labels/cell01_nuclei.tif -> cell01_nuclei (path-safe; by the same
+    rule as ``slug``, from the file name alone, dots kept)."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", _stem(path.rsplit("/", 1)[-1])).strip("._-")[:128] or "label"
 
 
 class Submission(Record):
@@ -239,6 +249,11 @@ class Level(Record):
     scale: tuple[float, ...]
     translation: tuple[float, ...]
     downsampling: Literal["mean", "mode"] = "mean"  # how it is made from the level above (pyramid.downsample)
+
+
+def factors(above: Level, level: Level) -> tuple[int, ...]:
+    """The downsampling factor (1 or 2) of ``level`` along each axis, relative to the level above."""
+    return tuple(int(round(b / a)) for a, b in zip(above.scale, level.scale))
 
 
 class SourceLayout(Record):

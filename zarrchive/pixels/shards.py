@@ -28,7 +28,7 @@ from typing import Any, Callable
 import numpy as np
 import zarr
 
-from zarrchive.blocks import bits
+from zarrchive.pixels.blocks import bits
 from zarrchive.errors import VerificationError
 
 ABSENT = 2**64 - 1  # offset and length of a chunk a shard does not hold

@@ -17,14 +17,15 @@ from typing import Any
 import numpy as np
 import zarr
 
-from zarrchive.blocks import chunk_slices, downsample
-from zarrchive.codecs import choose_codec
+from zarrchive.pixels.blocks import chunk_slices, downsample
+from zarrchive.pixels.codecs import choose_codec
 from zarrchive.config import CodecSpec
 from zarrchive.errors import InputError
 from zarrchive.records import CodecSelection, ImageRecord, Level
-from zarrchive.shards import ArrayWriter, Stored
+from zarrchive.pixels.shards import ArrayWriter, Stored
 from zarrchive.sources import read_region
 
+BATCH = 32  # chunks per Dask task for the small levels made from the level above, and for QC's reads
 ZARR_CONFIG = {"codec_pipeline.batch_size": 64}  # zarr reads a shard's chunks together, not one by one
 
 

@@ -28,7 +28,7 @@ from zarr.abc.codec import ArrayBytesCodec
 from zarr.codecs import BloscCodec, ZstdCodec
 from zarr.core.common import parse_named_configuration
 
-from zarrchive.blocks import bits
+from zarrchive.pixels.blocks import bits
 from zarrchive.config import CodecSpec
 from zarrchive.records import CodecChoice, CodecSelection, CodecTrial
 
@@ -221,7 +221,7 @@ def _round_trip(codec: Any, samples: list[np.ndarray], repeats: int = 3) -> tupl
     writer uses; the best of ``repeats`` runs counts (the first run also pays for warming caches up)."""
     import zarr
 
-    from zarrchive.shards import chunk_coder
+    from zarrchive.pixels.shards import chunk_coder
 
     shape = samples[0].shape
     array = zarr.create_array(store=zarr.storage.MemoryStore(), shape=shape, chunks=shape, dtype=samples[0].dtype,
