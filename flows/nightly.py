@@ -44,7 +44,7 @@ from zarrchive.flows.ingest import Profile, ingest_submission
 from zarrchive.landingzone import content_key, ready_submissions
 from zarrchive.records import Publication
 from zarrchive.storage import dumps, join, read_json, resolve, to_url, write_bytes_atomic
-from zarrchive.versions import read_manifest
+from zarrchive.versions import is_shared, read_manifest
 
 IMPORTS = "_imports"
 
@@ -125,7 +125,8 @@ def _version_bytes(pub: Publication) -> int:
         return 0
     fs, root = resolve(pub.version_uri)
     try:
-        return sum(f["size"] for f in read_manifest(fs, join(root, "manifest.json"))["files"])
+        return sum(f["size"] for f in read_manifest(fs, join(root, "manifest.json"))["files"]
+                   if not is_shared(f["path"]))  # what the version stored (not what it shares with an earlier one)
     except (FileNotFoundError, KeyError, ValueError):
         return 0
 

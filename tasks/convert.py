@@ -37,7 +37,7 @@ from zarrchive import budget, faults, runlog
 from zarrchive.budget import OverBudget
 from zarrchive.config import ConvertSettings, ImageBudget
 from zarrchive.errors import InputError, StageTimeout, UnsupportedFormat, ZarrchiveError
-from zarrchive.identity import convert_key
+from zarrchive.identity import convert_key, json_sha256
 from zarrchive.lineage import Traced, stage_task, traced
 from zarrchive.ngff import image_attributes
 from zarrchive.records import (
@@ -370,7 +370,7 @@ def conversion_id(source_sha256: str, series: int, settings: ConvertSettings, en
         "source": source_sha256, "series": series, "settings": settings.identity(),
         "entry": entry.model_dump(mode="json") if entry else None, "software": pixel_versions(),
     }
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:20]
+    return json_sha256(payload)[:20]
 
 
 # ---------------------------------------------------------------- conversion

@@ -14,8 +14,6 @@ published (a crashed attempt) and is replaced by the next attempt.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
-import json
 import os
 from typing import Any
 
@@ -28,6 +26,7 @@ from zarrchive.changes import record_change
 from zarrchive.documents import Manifest, QCDocument
 from zarrchive.config import Settings
 from zarrchive.errors import TransientError
+from zarrchive.identity import json_sha256
 from zarrchive.landing import render_landing_page, render_qc_page
 from zarrchive.lineage import Traced, build_crate, traced
 from zarrchive.ngff import labels_group_documents, store_ngff_version
@@ -38,7 +37,7 @@ from zarrchive.records import (
 )
 from zarrchive.runtime import retry_transient
 from zarrchive.software import pixel_versions
-from zarrchive.versions import MANIFEST_FORMAT, VERSIONS, published_versions, version_index
+from zarrchive.versions import MANIFEST_FORMAT, VERSIONS, is_shared, published_versions, version_index
 from zarrchive.thumbnails import thumbnail_png
 from zarrchive.storage import (
     copy_hashing, dumps, join, resolve, sha256_stream, to_url, tree_digest, walk_files,
@@ -59,7 +58,7 @@ def version_fingerprint(submission: Submission, files: list[FileRecord], setting
                      for k in ("convert", "pyramid", "compress", "qc", "publish")},
         "software": pixel_versions(),
     }
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+    return json_sha256(payload)
 
 
 def find_unchanged(archive: str, accession: str, fingerprint: str,
@@ -274,7 +273,8 @@ def _write_version(submission: Submission, archive: str, number: int, previous: 
     shared += kept
     relative = [ManifestEntry(path=e.path[len(vdir) + 1:], size=e.size, sha256=e.sha256) for e in entries] + shared
     crate = build_crate(submission, number, lineage, relative, published_paths, previous_version=previous,
-                        publish_results=("qc/report.json", "qc/index.html", "index.html", *labels_groups,
+                        publish_results=("qc/report.json", "qc/index.html", "index.html",
+                                         *(g for g in labels_groups if not is_shared(g)),
                                          *(e.path for e in relative if e.path.startswith("thumbnails/"))),
                         date_published=max(submission.doc.release_date, dt.date.today()))
     entries.append(_put_bytes(fs, join(vdir, "ro-crate-metadata.json"), dumps(crate)))

@@ -203,7 +203,7 @@ def study(tmp_path):
 
 
 def test_a_metadata_only_version_stores_under_one_percent_of_the_study_and_opens_at_its_paths(study, tmp_path,
-                                                                                             config_file):
+                                                                                             config_file, capsys):
     import numpy as np
     import zarr
 
@@ -239,6 +239,9 @@ def test_a_metadata_only_version_stores_under_one_percent_of_the_study_and_opens
     for link in relative_links(v2 / "index.html"):  # the landing page's links reach what v2 shares
         assert (v2 / link.split("?")[0]).exists(), link
     assert any(link.startswith("../v1/images/a.ome.zarr/") for link in relative_links(v2 / "index.html"))
+    assert "replaced by <code>v1/images/a.ome.zarr</code>" in (v2 / "index.html").read_text()  # (no '..' on S3)
+    assert main(["show", "ZA000001", "--archive", str(archive)]) == 0
+    assert "stored by it, the rest shared" in capsys.readouterr().out
     assert main(["verify", "ZA000001/v2", "--archive", str(archive)]) == 0
     assert main(["catalog", "check", "--archive", str(archive)]) == 0
     (tmp_path / "crate").mkdir()
@@ -311,3 +314,19 @@ def test_versions_share_on_s3_and_each_opens_and_verifies(s3_endpoint, two_image
     assert main(["verify", "ZA000001/v2", "--archive", archive]) == 0
     fs.rm(f"{bucket}/archive/ZA000001/v1/originals/b.ome.tif")  # an object v2 shares goes missing
     assert main(["verify", "ZA000001/v2", "--archive", archive]) != 0
+
+
+def test_an_object_slipped_into_a_shared_store_is_found_and_the_store_not_shared_again(study, tmp_path, config_file,
+                                                                                     capsys):
+    sub, files = study
+    archive, config = tmp_path / "archive", config_file()
+    for number, title in enumerate(("First title of the study", "Second title of the study"), 1):
+        submission(sub, files, title=title)
+        assert run(sub, archive, config)[0].version == number
+    (archive / "ZA000001/v1/images/a.ome.zarr/0/c/9").write_bytes(b"a chunk zarr would read through v2 too")
+    assert main(["verify", "ZA000001/v2", "--archive", str(archive), "--json"]) != 0
+    assert "../v1/images/a.ome.zarr/0/c/9" in capsys.readouterr().out
+    submission(sub, files, title="Third title of the study")
+    third, _ = run(sub, archive, config)
+    paths = {i["image_id"]: i["path"] for i in json.loads((archive / "ZA000001/v3/manifest.json").read_text())["images"]}
+    assert third.version == 3 and paths["a"] == "images/a.ome.zarr" and paths["b"] == "../v1/images/b.ome.zarr"

@@ -559,7 +559,7 @@ def _probe_images(submission: str, doc, findings: list, settings) -> list:
 
 def _show(accession: str, archive: str, as_json: bool) -> int:
     from zarrchive.landing import human_size
-    from zarrchive.versions import published_versions
+    from zarrchive.versions import is_shared, published_versions
 
     from zarrchive.versions import private_location
 
@@ -574,8 +574,10 @@ def _show(accession: str, archive: str, as_json: bool) -> int:
     print(f"  release date {latest['release_date']}" + (" (embargoed)" if latest.get("embargoed") else ""))
     for m in versions:
         size = sum(f["size"] for f in m["files"])
+        stored = sum(f["size"] for f in m["files"] if not is_shared(f["path"]))
+        shared = f" ({human_size(stored)} stored by it, the rest shared)" if stored < size else ""
         embargo = f"  embargoed until {m['release_date']} (private)" if m.get("embargoed") else ""
-        print(f"  v{m['version']}  {m['created']}  {len(m['files'])} objects, {human_size(size)}{embargo}")
+        print(f"  v{m['version']}  {m['created']}  {len(m['files'])} objects, {human_size(size)}{shared}{embargo}")
         images = {img["image_id"] for img in m["images"] if not img.get("label_of")}
         for img in m["images"]:
             if img.get("label_of") in images:  # shown under its image

@@ -65,8 +65,11 @@ def quick_problems(fs: fsspec.AbstractFileSystem, vdir: str, manifest: dict[str,
             problems.append(Problem(entry["path"], "size", f"{size} bytes, the manifest says {entry['size']} "
                                                           "(truncated or replaced)"))
     listed = {e["path"] for e in manifest["files"]} | {MANIFEST}
-    problems += [Problem(path, "unexpected", "not listed in the manifest")
-                 for path in sorted(set(stored) - listed) if not is_shared(path)]
+    # an object the version shares is in an earlier version's folder, beside that version's own; inside a Zarr
+    # store the version shares, though, every object is read through this version too, and must be listed
+    stores = {p[:p.index(".zarr/") + len(".zarr/")] for p in listed if is_shared(p) and ".zarr/" in p}
+    problems += [Problem(path, "unexpected", "not listed in the manifest") for path in sorted(set(stored) - listed)
+                 if not is_shared(path) or any(path.startswith(store) for store in stores)]
     return problems
 
 

@@ -21,6 +21,12 @@ from zarrchive.software import pixel_versions
 from zarrchive.staging import generation
 
 
+def json_sha256(value: Any) -> str:
+    """The sha256 of a JSON-able value in canonical form (sorted keys): the one rule every identity of zarrchive
+    is made by (cache keys, conversion ids, version fingerprints)."""
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
+
+
 def digest(*parts: Any) -> str:
     """A short, stable hash of JSON-able parts (pydantic models by their JSON form)."""
     def plain(value: Any) -> Any:
@@ -28,8 +34,7 @@ def digest(*parts: Any) -> str:
             return value.identity()
         return value.model_dump(mode="json") if isinstance(value, BaseModel) else value
 
-    text = json.dumps([plain(p) for p in parts], sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:24]
+    return json_sha256([plain(p) for p in parts])[:24]
 
 
 @functools.cache

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import html
+import posixpath
 from typing import Any
 
 from zarrchive.ngff import NGFF_VERSION, ZARR_FORMAT, store_ngff_version
@@ -65,12 +66,16 @@ def how_to_open(url: str, imagecodecs: bool) -> str:
             f"# pip install zarr{extra}\nimport zarr\nlevel0 = zarr.open_group(\"{url}\", mode=\"r\")[\"0\"]")
 
 
-def _opening(first: tuple[str, bool] | None, public: bool) -> str:
+def _opening(first: tuple[str, bool] | None, public: bool, version: int) -> str:
     """The section that shows how to open an image, with the first image as the example."""
     if first is None:
         return ""
     where = ("" if public else " (the address of this page with <code>index.html</code> replaced by the image's "
              "path, or the path of your copy)")
+    if not public and first[0].startswith("../"):  # shared with an earlier version: an object store has no '..'
+        shared = posixpath.normpath(f"v{version}/{first[0]}")
+        where = (f" (the address of this page with <code>v{version}/index.html</code> replaced by "
+                 f"<code>{html.escape(shared)}</code> for the first one, or the path of your copy)")
     return (f"<h2>How to open an image</h2><p>Each image is an OME-Zarr store{where}; for the first one:</p>"
             f"<pre><code>{html.escape(how_to_open(*first))}</code></pre>")
 
@@ -166,7 +171,7 @@ neuroglancer/vizarr. Quality control: <a href="qc/index.html">report</a> ({len(q
 <th>pixel size (z × y × x)</th><th>channels</th><th>QC</th><th>stored</th><th>codec</th></tr></thead>
 <tbody>{''.join(image_rows)}</tbody></table>
 {codec_note}
-{_opening(first, bool(base))}
+{_opening(first, bool(base), version)}
 <h2>Files as submitted</h2>
 <table><thead><tr><th>path</th><th>kind</th><th>size</th><th>sha256</th></tr></thead><tbody>{file_rows}</tbody></table>
 <h2>Provenance</h2>
