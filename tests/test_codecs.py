@@ -14,7 +14,7 @@ from hypothesis.extra.numpy import arrays
 
 from builders import archive_images, ome_tiff
 from zarrchive.pixels.codecs import (
-    IMAGE_CODECS, OBJECTIVE, WITH_IMAGECODECS, array_codec_kwargs, choose_codec, make_codec, sample_regions,
+    IMAGE_CODECS, OBJECTIVE, WITH_IMAGECODECS, WITH_PCODEC, array_codec_kwargs, choose_codec, make_codec, sample_regions,
 )
 from zarrchive.config import CodecSpec, load_settings
 from zarrchive.errors import ConfigError
@@ -29,7 +29,7 @@ def microscopy(shape, dtype="uint16", seed=0):
     return np.clip(stack, 0, np.iinfo(dtype).max).astype(dtype)
 
 
-@pytest.mark.parametrize("name", sorted(IMAGE_CODECS))
+@pytest.mark.parametrize("name", sorted(n for n in IMAGE_CODECS if n != "pcodec"))  # pcodec: numcodecs' (below)
 def test_each_image_codec_round_trips_in_sharded_arrays_and_plain_zarr_reads_it(tmp_path, name):
     cls = IMAGE_CODECS[name]
     for dtype in cls.dtypes:
@@ -107,7 +107,54 @@ def test_samples_are_whole_chunks_spread_over_the_image():
     assert sample_regions((10, 10), (32, 32), 8) == [(slice(0, 10), slice(0, 10))]
 
 
-def test_max_profile_picks_an_image_codec_and_stores_less_than_compat(tmp_path, settings, scheduler):
+# A Python where zarrchive is not installed: importing it fails and its zarr.codecs entry points are not there.
+WITHOUT_ZARRCHIVE = """
+import importlib.abc, importlib.metadata as metadata, sys
+
+class NotInstalled(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "zarrchive" or name.startswith("zarrchive."):
+            raise ModuleNotFoundError(f"No module named {name!r}")
+
+sys.meta_path.insert(0, NotInstalled())
+found = metadata.entry_points
+
+def entry_points(**select):
+    every = found()  # (Python 3.11: a dict of groups; later: one list)
+    flat = [e for group in every.values() for e in group] if hasattr(every, "values") else list(every)
+    kept = metadata.EntryPoints(e for e in flat if not e.value.startswith("zarrchive"))
+    return kept.select(**select) if select else kept
+
+metadata.entry_points = entry_points
+import zarr
+a = zarr.open_array(sys.argv[1], mode="r")
+print(int(a[...].astype("int64").sum()), a.metadata.codecs[0].codecs[0].to_dict()["name"])
+"""
+
+
+@pytest.mark.parametrize("dtype", ["uint16", "int16", "uint32", "float32"])
+def test_a_pcodec_store_opens_in_zarr_python_without_zarrchive(tmp_path, dtype):
+    data = (microscopy((2, 64, 48)).astype(np.int64) - (100 if dtype == "int16" else 0)).astype(dtype)
+    path = tmp_path / dtype
+    array = zarr.create_array(str(path), shape=data.shape, chunks=(1, 32, 16), shards=(2, 64, 48), dtype=dtype,
+                              zarr_format=3, **array_codec_kwargs(make_codec(CodecSpec(codec="pcodec", level=8))))
+    array[...] = data
+    out = subprocess.run([sys.executable, "-c", WITHOUT_ZARRCHIVE, str(path)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == [str(int(data.astype(np.int64).sum())), "numcodecs.pcodec"]
+
+
+def test_a_store_of_imagecodecs_jpegls_does_not_open_without_zarrchive(tmp_path):
+    """The check above can fail: a codec only zarrchive registers is not found without it."""
+    data = microscopy((2, 64, 48))
+    path = tmp_path / "jpegls"
+    zarr.create_array(str(path), shape=data.shape, chunks=(1, 32, 16), dtype="uint16", zarr_format=3,
+                      **array_codec_kwargs(make_codec(CodecSpec(codec="jpegls"))))[...] = data
+    out = subprocess.run([sys.executable, "-c", WITHOUT_ZARRCHIVE, str(path)], capture_output=True, text=True)
+    assert out.returncode != 0 and "imagecodecs_jpegls" in out.stderr
+
+
+def test_max_profile_picks_pcodec_and_stores_less_than_compat(tmp_path, settings, scheduler):
     data = microscopy((2, 200, 260))
     path = ome_tiff(tmp_path / "m.ome.tif", data, "ZYX", {"x": 0.2, "y": 0.2, "z": 1.0})
     [(_, compat)] = archive_images(path, tmp_path / "c", settings, scheduler, convert={"chunk_xy": 64},
@@ -115,7 +162,7 @@ def test_max_profile_picks_an_image_codec_and_stores_less_than_compat(tmp_path, 
     [(image, best)] = archive_images(path, tmp_path / "m", settings, scheduler, convert={"chunk_xy": 64},
                                      compress={"profile": "max", "min_encode_mbps": 0})
     assert best.selection.candidates[best.selection.chosen].codec == best.codec
-    assert best.codec.name.startswith("imagecodecs_") and best.codec.readable_by == WITH_IMAGECODECS
+    assert best.codec.name == "numcodecs.pcodec" and best.codec.readable_by == WITH_PCODEC
     assert compat.codec.readable_by == "any Zarr v3 reader"
     assert best.bytes_out < 0.9 * compat.bytes_out
     np.testing.assert_array_equal(zarr.open_array(f"{best.store}/0", mode="r")[...], data[None])
@@ -124,7 +171,9 @@ def test_max_profile_picks_an_image_codec_and_stores_less_than_compat(tmp_path, 
 
 def test_profiles_are_configuration_with_clear_errors():
     assert [c.codec for c in load_settings().compress.candidates()][:1] == ["blosc"]
-    assert "jpegxl" in [c.codec for c in load_settings(overrides={"compress": {"profile": "max"}}).compress.candidates()]
+    default = {profile: {c.codec for c in load_settings(overrides={"compress": {"profile": profile}}).compress.candidates()}
+               for profile in ("compat", "max")}
+    assert default == {"compat": {"blosc", "zstd"}, "max": {"blosc", "zstd", "pcodec"}}  # readable without zarrchive
     with pytest.raises(ConfigError, match="OME-NGFF 0.4 .* blosc or zstd"):
         load_settings(overrides={"compress": {"profile": "max", "ngff": "0.4"}})
     with pytest.raises(ConfigError, match="compress.profiles.max.0.codec"):

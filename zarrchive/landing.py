@@ -31,6 +31,13 @@ def needs_imagecodecs(report: Any) -> bool:
     return report.codec.name.startswith("imagecodecs_")
 
 
+def extra_install(report: Any) -> str:
+    """What a reader installs beside zarr to decode an image's codec (nothing for blosc and zstd)."""
+    if needs_imagecodecs(report):
+        return " imagecodecs zarrchive"
+    return " 'numcodecs[pcodec]'" if report.codec.name == "numcodecs.pcodec" else ""
+
+
 def human_size(n: float) -> str:
     """A byte count for people, in decimal units: 18.6 MB."""
     for unit in ("B", "KB", "MB", "GB", "TB"):
@@ -55,18 +62,18 @@ def store_link(path: str, ngff: str) -> str:
     return f"{path}/{'zarr.json' if ngff == '0.5' else '.zattrs'}"
 
 
-def how_to_open(url: str, imagecodecs: bool) -> str:
-    """Snippets a visitor pastes: bioio, ome-zarr-py, napari, zarr-python, for the image at ``url``."""
-    extra = " imagecodecs zarrchive" if imagecodecs else ""
+def how_to_open(url: str, extra: str = "") -> str:
+    """Snippets a visitor pastes: bioio, ome-zarr-py, napari, zarr-python, for the image at ``url`` (``extra``:
+    what its codec needs installed beside them)."""
     return (f"# pip install bioio bioio-ome-zarr{extra}\nfrom bioio import BioImage\nimage = BioImage(\"{url}\")\n"
             f"print(image.dims, image.physical_pixel_sizes)\n\n"
             f"# pip install ome-zarr{extra}\nfrom ome_zarr.io import parse_url\nfrom ome_zarr.reader import Reader\n"
             f"levels = next(iter(Reader(parse_url(\"{url}\"))())).data\n\n"
-            f"# napari (pip install napari napari-ome-zarr)\nnapari --plugin napari-ome-zarr {url}\n\n"
+            f"# napari (pip install napari napari-ome-zarr{extra})\nnapari --plugin napari-ome-zarr {url}\n\n"
             f"# pip install zarr{extra}\nimport zarr\nlevel0 = zarr.open_group(\"{url}\", mode=\"r\")[\"0\"]")
 
 
-def _opening(first: tuple[str, bool] | None, public: bool, version: int) -> str:
+def _opening(first: tuple[str, str] | None, public: bool, version: int) -> str:
     """The section that shows how to open an image, with the first image as the example."""
     if first is None:
         return ""
@@ -99,7 +106,7 @@ def render_landing_page(submission: Submission, version: int, outcomes: list[Ima
     ngff = {r.image_id: store_ngff_version(r.store) for r in reports}
     base = public_url.rstrip("/") + "/" if public_url else ""
     image_rows = []
-    first: tuple[str, bool] | None = None  # the store and codec need of the first image, for the snippets
+    first: tuple[str, str] | None = None  # the store and what its codec needs installed of the first image, for the snippets
     for o in outcomes:
         if o.status != "published" or o.label_of:  # a label is shown with its image
             continue
@@ -112,7 +119,7 @@ def render_landing_page(submission: Submission, version: int, outcomes: list[Ima
         view = f"<br><a href='{e(viewer.format(url=address))}'>view</a>" if viewer and base else ""
         picture = (f"<img src='{e(thumbnails[o.image_id])}' alt='{e(o.image_id)}' width='128'>"
                    if thumbnails and o.image_id in thumbnails else "")
-        first = first or (address, bool(report and needs_imagecodecs(report)))
+        first = first or (address, extra_install(report) if report else "")
         image_rows.append(
             f"<tr><td>{picture}</td>"
             f"<td><a href='{e(store_link(store, ngff.get(o.image_id, NGFF_VERSION)))}'>{e(o.image_id)}</a>"
@@ -122,12 +129,16 @@ def render_landing_page(submission: Submission, version: int, outcomes: list[Ima
             f"<td>{e(pixel)} {e(str(row.get('unit') or ''))}</td><td>{e(str(row.get('channel_names', '')))}</td>"
             f"<td>{e(o.qc)}</td><td>{human_size(report.bytes_out) if report else ''}"
             f"{f' ({report.ratio:.2f}×)' if report else ''}</td>"
-            f"<td>{e(report.codec.name) if report else ''}{'*' if report and needs_imagecodecs(report) else ''}"
+            f"<td>{e(report.codec.name) if report else ''}{'*' if report and extra_install(report) else ''}"
             f"</td></tr>")
-    codec_note = ("<p>* stored with a lossless image codec of imagecodecs (the <code>max</code> profile): "
-                  "reading it needs zarr-python with <code>imagecodecs</code> and <code>zarrchive</code> "
-                  "installed (<code>pip install zarrchive</code>), which registers the codec with zarr.</p>"
-                  if any(needs_imagecodecs(r) for r in reports) else "")
+    codec_note = "".join(note for kind, note in (
+        ("numcodecs.pcodec", "<p>* stored with pcodec (the <code>max</code> profile) through numcodecs: zarr-python "
+                             "reads it with <code>pip install zarr 'numcodecs[pcodec]'</code>; it is not in the "
+                             "Zarr v3 specification, so other Zarr implementations may not.</p>"),
+        ("imagecodecs", "<p>* stored with a lossless image codec of imagecodecs: reading it needs zarr-python with "
+                        "<code>imagecodecs</code> and <code>zarrchive</code> installed (<code>pip install "
+                        "zarrchive</code>), which registers the codec with zarr.</p>"))
+        if any(r.codec.name.startswith(kind) for r in reports))
     formats = "; ".join(f"OME-NGFF {v}, Zarr v{ZARR_FORMAT[v]}"
                         for v in sorted({store_ngff_version(r.store) for r in reports}) or [NGFF_VERSION])
     file_rows = "".join(f"<tr><td><a href='{e((originals or {}).get(f.path, f'originals/{f.path}'))}'>{e(f.path)}</a>"

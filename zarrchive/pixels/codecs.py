@@ -34,6 +34,8 @@ from zarrchive.records import CodecChoice, CodecSelection, CodecTrial
 
 ANY_READER = "any Zarr v3 reader"
 WITH_IMAGECODECS = "zarr-python with imagecodecs and zarrchive installed (pip install zarrchive)"
+WITH_PCODEC = "zarr-python with numcodecs' pcodec (pip install zarr 'numcodecs[pcodec]')"
+PCODEC_DTYPES = ("uint16", "uint32", "uint64", "int16", "int32", "int64", "float16", "float32", "float64")
 OBJECTIVE = ("the smallest stored size over the sampled chunks among candidates that encode at least "
              "min_encode_mbps MB/s on one thread, sizes within size_tolerance of the smallest counting as equal "
              "(then the fastest of them); if none is that fast, the fastest")
@@ -189,13 +191,21 @@ def make_codec(spec: CodecSpec) -> Any:
         return BloscCodec(cname=spec.cname, clevel=spec.clevel, shuffle=spec.shuffle)
     if spec.codec == "zstd":
         return ZstdCodec(level=spec.clevel)
+    if spec.codec == "pcodec":  # numcodecs' (zarr.codecs.numcodecs.PCodec): read by zarr-python without zarrchive
+        import warnings
+
+        from zarr.codecs.numcodecs import PCodec
+
+        with warnings.catch_warnings():  # "not in the Zarr v3 specification": known, and said on the landing page
+            warnings.simplefilter("ignore")
+            return PCodec(level=8 if spec.level is None else spec.level)
     return IMAGE_CODECS[spec.codec](level=spec.level)
 
 
 def array_codec_kwargs(codec: Any) -> dict[str, Any]:
     """``create_array`` arguments placing a codec: image codecs serialize (array -> bytes); blosc and zstd
     compress the ``bytes`` serializer's output."""
-    if isinstance(codec, ImageCodec):
+    if isinstance(codec, ArrayBytesCodec):
         return {"serializer": codec, "compressors": None}
     return {"compressors": [codec]}
 
@@ -203,11 +213,14 @@ def array_codec_kwargs(codec: Any) -> dict[str, Any]:
 def choice_of(codec: Any) -> CodecChoice:
     config = codec.to_dict()
     return CodecChoice(name=config["name"], configuration=config.get("configuration", {}),
-                       readable_by=WITH_IMAGECODECS if isinstance(codec, ImageCodec) else ANY_READER)
+                       readable_by=WITH_IMAGECODECS if isinstance(codec, ImageCodec) else
+                       WITH_PCODEC if config["name"] == "numcodecs.pcodec" else ANY_READER)
 
 
 def supports(spec: CodecSpec, dtype: np.dtype) -> str | None:
     """Why the candidate cannot encode ``dtype`` losslessly (None when it can)."""
+    if spec.codec == "pcodec":
+        return None if str(np.dtype(dtype)) in PCODEC_DTYPES else f"pcodec does not encode {np.dtype(dtype)}"
     cls = IMAGE_CODECS.get(spec.codec)
     if cls is not None and str(np.dtype(dtype)) not in cls.dtypes:
         return f"{cls.codec_name} does not encode {np.dtype(dtype)}"

@@ -190,7 +190,7 @@ def _v3_coder(meta: Any, chunks: tuple[int, ...]) -> tuple[Callable, Callable]:
     from zarr.core.array_spec import ArrayConfig, ArraySpec
     from zarr.core.buffer import default_buffer_prototype
 
-    codecs = list(meta.codecs[0].codecs) if _is_sharded(meta) else list(meta.codecs)
+    codecs = [_one_at_a_time(c) for c in (meta.codecs[0].codecs if _is_sharded(meta) else meta.codecs)]
     to_bytes, *byte_codecs = codecs
     if not hasattr(to_bytes, "_encode_sync") or any(not hasattr(c, "_encode_sync") for c in byte_codecs):
         raise ValueError(f"codecs {codecs} cannot be run one chunk at a time")
@@ -211,6 +211,29 @@ def _v3_coder(meta: Any, chunks: tuple[int, ...]) -> tuple[Callable, Callable]:
         return to_bytes._decode_sync(buffer, spec).as_numpy_array()
 
     return encode, decode
+
+
+class _NumcodecsSerializer:
+    """A numcodecs serializer of zarr (``zarr.codecs.numcodecs.PCodec``: array -> bytes), run on this thread one
+    chunk at a time as zarr's own codecs are (zarr runs it only through its asynchronous pipeline)."""
+
+    def __init__(self, codec: Any):
+        self.codec = codec
+
+    def _encode_sync(self, chunk: Any, spec: Any) -> Any:
+        return spec.prototype.buffer.from_bytes(self.codec._codec.encode(chunk.as_ndarray_like()))
+
+    def _decode_sync(self, data: Any, spec: Any) -> Any:
+        decoded = self.codec._codec.decode(data.to_bytes())
+        return spec.prototype.nd_buffer.from_ndarray_like(np.asarray(decoded).reshape(spec.shape))
+
+
+def _one_at_a_time(codec: Any) -> Any:
+    from zarr.abc.codec import ArrayBytesCodec
+
+    if not hasattr(codec, "_encode_sync") and isinstance(codec, ArrayBytesCodec) and hasattr(codec, "_codec"):
+        return _NumcodecsSerializer(codec)
+    return codec
 
 
 def _v2_coder(meta: Any, chunks: tuple[int, ...], dtype: np.dtype) -> tuple[Callable, Callable]:
