@@ -253,6 +253,20 @@ def test_a_metadata_only_version_stores_under_one_percent_of_the_study_and_opens
     assert a["path"] == "../v1/images/a.ome.zarr/" and a["sources"][0]["uri"].endswith("study/a.ome.tif")
     assert a["original"]["path"] == "../v1/originals/a.ome.tif" and a["original"]["sha256"]
 
+    from zarrchive.fixity import audit
+
+    listed = {n: json.loads((archive / f"ZA000001/v{n}/manifest.json").read_text())["files"] for n in (1, 2)}
+    result = audit(str(archive))  # each object read once, though two versions list most of them
+    assert result.ok and result.objects == len(listed[1]) + len(listed[2])
+    assert result.hashed == len(listed[1]) + sum(not e["path"].startswith("../") for e in listed[2])
+    original = v1 / "originals/b.ome.tif"
+    data = bytearray(original.read_bytes())
+    data[len(data) // 2] ^= 1
+    original.write_bytes(bytes(data))  # one flipped bit in an original both versions list
+    found = {(p["version"], p["path"], p["kind"]) for p in audit(str(archive)).problems}
+    assert found == {("ZA000001/v1", "originals/b.ome.tif", "sha256"),
+                     ("ZA000001/v2", "../v1/originals/b.ome.tif", "sha256")}
+
 
 def test_a_version_does_not_share_a_damaged_store_and_verify_names_it(study, tmp_path, config_file, capsys):
     sub, files = study

@@ -10,7 +10,8 @@ too: a single flipped byte is found. Problems are reported, never repaired.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+import posixpath
+from dataclasses import dataclass, replace
 from typing import Any, Iterable
 
 import fsspec
@@ -112,7 +113,7 @@ class Audit:
     archive: str
     versions: list[str]  # <accession>/v<N>
     objects: int  # objects listed and compared with their manifests
-    hashed: int  # objects read back and hashed
+    hashed: int  # objects read back and hashed (an object shared by several versions once)
     hashed_bytes: int
     sample: float
     round: int  # which share of the objects was hashed (with sample < 1: round % buckets)
@@ -197,6 +198,7 @@ def audit(archive: str, target: str | None = None, sample: float = 1.0, round_: 
     round_ = previous_rounds(fs, root, buckets) if round_ is None else round_
     versions = versions_of(fs, root, target)
     problems, objects, hashed, hashed_bytes = [], 0, 0, 0
+    verdicts: dict[str, Problem | None] = {}  # each object read once per audit, whichever versions list it
     for accession, number in versions:
         vdir = join(root, accession, f"v{number}")
         try:
@@ -206,13 +208,21 @@ def audit(archive: str, target: str | None = None, sample: float = 1.0, round_: 
                              "detail": "missing: the version has no manifest"})
             continue
         entries = manifest["files"]
-        chosen = [e for e in entries if in_round(f"{accession}/v{number}/{e['path']}", round_, buckets)]
+
+        def stored_as(entry: dict[str, Any]) -> str:  # (an object shared by versions is one object)
+            return posixpath.normpath(f"{accession}/v{number}/{entry['path']}")
+
+        chosen = [e for e in entries if in_round(stored_as(e), round_, buckets)]
         found = quick_problems(fs, vdir, manifest)
         skip = {p.path for p in found}
-        found += hash_problems(fs, vdir, [e for e in chosen if e["path"] not in skip])
+        fresh = [e for e in chosen if e["path"] not in skip and stored_as(e) not in verdicts]
+        by_path = {p.path: p for p in hash_problems(fs, vdir, fresh)}
+        verdicts.update({stored_as(e): by_path.get(e["path"]) for e in fresh})
+        found += [replace(verdicts[stored_as(e)], path=e["path"]) for e in chosen
+                  if e["path"] not in skip and verdicts[stored_as(e)] is not None]
         objects += len(entries)
-        hashed += len(chosen)
-        hashed_bytes += sum(e["size"] for e in chosen)
+        hashed += len(fresh)
+        hashed_bytes += sum(e["size"] for e in fresh)
         problems += [{"version": f"{accession}/v{number}", **p.as_dict()} for p in found]
     return Audit(started=started, ended=dt.datetime.now(dt.timezone.utc).isoformat(), archive=to_url(fs, root),
                  versions=[f"{a}/v{n}" for a, n in versions], objects=objects, hashed=hashed,
