@@ -22,8 +22,9 @@ from zarrchive.records import Publication
 
 EXIT_OK, EXIT_NOT_PUBLISHED, EXIT_USAGE = 0, 1, 2
 PROFILES = ("compat", "max", "fixed")
-PROFILE_HELP = ("codecs to choose from per image: compat (every Zarr v3 reader), max (also JPEG-XL, JPEG-LS, "
-                "HTJ2K, pcodec: smallest; reading needs imagecodecs), fixed (compress.codec); default: the config's")
+PROFILE_HELP = ("codecs to choose from per image: compat (every Zarr v3 reader), max (also pcodec: smaller on "
+                "16-bit and float images; zarr-python reads it with numcodecs[pcodec]), fixed (compress.codec); "
+                "default: the config's")
 
 
 def _parser() -> argparse.ArgumentParser:
