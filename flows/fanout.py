@@ -43,3 +43,21 @@ def gather(stage: str, submitted: list[tuple[PrefectFuture, dict[str, Any]]], st
         lineage.append(traced.lineage)
         outputs.append(traced.output)
     return outputs, failures, lineage
+
+
+def distinct_ids(images: list[Any]) -> tuple[list[Any], list[Failure]]:
+    """Images with one id each: when two files' images get the same id (``a.tif`` and ``a.png``; a slide's
+    ``case1_label`` and a file ``case1_label.jpg``), the first file's keeps it and the other is refused, naming
+    both, so that neither replaces the other silently."""
+    first: dict[str, Any] = {}
+    kept, refused = [], []
+    for image in sorted(images, key=lambda i: (i.source_path, i.series)):
+        other = first.setdefault(image.image_id, image)
+        if other is image:
+            kept.append(image)
+            continue
+        refused.append(Failure(stage="convert", source_path=image.source_path, image_id=image.shown_as,
+                               series=image.series,
+                               error=f"its image would be named {image.image_id}, as the image of {other.source_path} "
+                                     "is: rename one of the two files"))
+    return kept, refused

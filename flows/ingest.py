@@ -25,7 +25,7 @@ from zarrchive.cluster import cluster_for_run, link_dashboard
 from zarrchive.config import load_settings
 from zarrchive.errors import ArchiveNotFound, FailedOutcome, SubmissionError
 from zarrchive.flows.approval import ask_curator
-from zarrchive.flows.fanout import gather, redact
+from zarrchive.flows.fanout import distinct_ids, gather, redact
 from zarrchive.records import Publication
 from zarrchive.staging import clean_stale, staging_area, work_area
 from zarrchive.versions import private_location
@@ -111,8 +111,8 @@ def ingest_submission(
                  {"source_path": f.path})
                 for f in files if f.kind in ("image", "label")
             ], staging, work)
-            converted = [image for batch in converted for image in batch]
-            failures, lineage = failures + failed, lineage + traced
+            converted, clashes = distinct_ids([image for batch in converted for image in batch])
+            failures, lineage = failures + failed + clashes, lineage + traced
 
             images, failed, traced = gather("pyramid", [
                 (pyramid.submit(image, settings.pyramid), _who(image)) for image in converted if image.kind == "image"

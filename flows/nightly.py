@@ -39,6 +39,7 @@ from prefect.states import Completed, Failed, State
 from zarrchive import credentials, outcome
 from zarrchive.cluster import cluster_for_run, link_dashboard
 from zarrchive.config import load_settings
+from zarrchive.documents import DocumentError
 from zarrchive.errors import FailedOutcome
 from zarrchive.flows.ingest import Profile, ingest_submission
 from zarrchive.landingzone import content_key, ready_submissions
@@ -127,7 +128,7 @@ def _version_bytes(pub: Publication) -> int:
     try:
         return sum(f["size"] for f in read_manifest(fs, join(root, "manifest.json"))["files"]
                    if not is_shared(f["path"]))  # what the version stored (not what it shares with an earlier one)
-    except (FileNotFoundError, KeyError, ValueError):
+    except (FileNotFoundError, KeyError, ValueError, DocumentError):
         return 0
 
 

@@ -36,7 +36,7 @@ from zarr.codecs import BloscCodec, ZstdCodec
 from zarrchive import faults, runlog
 from zarrchive.pixels.blocks import chunk_slices
 from zarrchive.cluster import client_for
-from zarrchive.pixels.codecs import array_codec_kwargs, choice_of, make_codec, sample_regions
+from zarrchive.pixels.codecs import array_codec_kwargs, choice_of, make_codec, sample_regions, supports
 from zarrchive.config import CompressSettings
 from zarrchive.errors import InputError, StageTimeout, VerificationError, ZarrchiveError
 from zarrchive.identity import compress_key, compressed_name
@@ -254,6 +254,8 @@ def _codec_for(image: ImageRecord, source: FileRecord, settings: CompressSetting
     """The image's codec: the fixed one, or the profile's candidate chosen on a sample of its chunks."""
     candidates = settings.candidates()
     if len(candidates) == 1:
+        if why := supports(candidates[0], np.dtype(image.dtype)):
+            raise InputError(image.shown_as, f"the codec profile's one candidate cannot store it losslessly: {why}")
         return make_codec(candidates[0]), None
     level0 = image.levels[0]
     regions = sample_regions(level0.shape, level0.chunks, settings.sample_chunks)

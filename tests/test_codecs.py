@@ -178,3 +178,13 @@ def test_profiles_are_configuration_with_clear_errors():
         load_settings(overrides={"compress": {"profile": "max", "ngff": "0.4"}})
     with pytest.raises(ConfigError, match="compress.profiles.max.0.codec"):
         load_settings(overrides={"compress": {"profiles": {"max": [{"codec": "webp"}]}}})
+
+
+def test_a_single_candidate_that_cannot_keep_the_image_is_refused_naming_it(tmp_path, settings, scheduler):
+    from zarrchive.errors import InputError
+
+    path = ome_tiff(tmp_path / "byte.ome.tif", microscopy((1, 64, 48)).astype("uint8"), "ZYX", {"x": 0.2, "y": 0.2})
+    with pytest.raises(InputError, match=r"byte.ome.tif: the codec profile's one candidate cannot store it "
+                                         r"losslessly: pcodec does not encode uint8"):
+        archive_images(path, tmp_path / "w", settings, scheduler,
+                       compress={"profile": "max", "profiles": {"max": [CodecSpec(codec="pcodec", level=8)]}})

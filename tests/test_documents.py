@@ -108,3 +108,22 @@ def test_documents_of_earlier_formats_are_still_read(published):
     qc = json.loads((vdir / "qc/report.json").read_text())
     qc.pop("format_version")
     assert QCDocument.parse(qc, "qc/report.json").format_version == 1
+
+
+def test_readers_of_the_feed_and_the_audit_go_on_past_what_they_cannot_read(published):
+    from zarrchive.fixity import audit
+
+    inp, vdir = published
+    (Path(inp.archive) / "_changes" / "20991231T000000.000000Z-ZA-v9-published-0000.json.part-1a2b3c4d").write_text("{")
+    assert len(changes(inp.archive)) == 1  # another writer's unfinished object is not an event
+    newer(vdir / "manifest.json")
+    result = audit(inp.archive)  # one version it cannot read is reported; it does not stop the audit
+    assert [(p["path"], p["kind"]) for p in result.problems] == [("manifest.json", "unreadable")]
+    assert "format 99" in result.problems[0]["detail"]
+
+
+@pytest.mark.parametrize("text, words", [("[{]", "not JSON"), ('[{"version": 0}]', "versions.0.version"),
+                                         ('{"format_version": 3, "accession": "ZA", "versions": []}', "format 3")])
+def test_a_damaged_versions_index_is_refused_with_the_reason(text, words):
+    with pytest.raises(DocumentError, match=words):
+        VersionIndex.parse(text, "archive/ZA000001/versions.json")

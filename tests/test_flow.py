@@ -272,3 +272,24 @@ def test_a_multi_file_ome_tiff_set_is_published_as_one_image(tmp_path, config_fi
     vdir = Path(pub.version_uri)
     np.testing.assert_array_equal(zarr.open_array(str(vdir / outcome.path / "0"), mode="r")[0], data)
     assert {p.name for p in (vdir / "originals" / "timelapse").iterdir()} == {"p_0.ome.tif", "p_1.ome.tif"}
+
+
+def test_two_files_whose_images_would_share_an_id_are_both_reported_and_neither_replaces_the_other():
+    from types import SimpleNamespace
+
+    from zarrchive.config import PublishSettings
+    from zarrchive.flows.fanout import distinct_ids
+    from zarrchive.tasks.publish import image_outcomes
+
+    def image(path, image_id, series=0):
+        return SimpleNamespace(source_path=path, image_id=image_id, series=series, shown_as=path, label_of=None,
+                               label_name=None)
+
+    slide, label, photo = image("case1.svs", "case1"), image("case1.svs", "case1_label", 2), image("case1_label.png",
+                                                                                                 "case1_label")
+    kept, refused = distinct_ids([photo, label, slide])
+    assert kept == [slide, label] and len(refused) == 1  # the first file's, in path order, keeps the id
+    assert refused[0].source_path == "case1_label.png" and "as the image of case1.svs is" in refused[0].error
+    outcomes = image_outcomes(kept, refused, None, PublishSettings(on_image_error="skip_image"))
+    assert sorted((o.image_id, o.status) for o in outcomes) == [
+        ("case1", "published"), ("case1_label", "published"), ("case1_label.png", "failed")]

@@ -47,7 +47,7 @@ def changes(archive: str, since: dt.datetime | None = None) -> list[dict[str, An
     except FileNotFoundError:
         return []
     events = []
-    for name in names:
+    for name in (n for n in names if n.endswith(".json")):  # (not another writer's unfinished .part- object)
         event = ChangeEvent.read(fs, join(root, CHANGES, name)).as_dict()
         if since is None or dt.datetime.fromisoformat(event["time"]) > since:
             events.append(event)

@@ -166,10 +166,19 @@ class VersionIndex(Document):
 
     @classmethod
     def parse(cls, data: bytes | str | dict[str, Any] | list[Any], where: str) -> "VersionIndex":
-        doc = json.loads(data) if isinstance(data, (bytes, str)) else data
-        if isinstance(doc, list):  # format 1
-            return cls(format_version=1, accession=where.rstrip("/").rsplit("/", 2)[-2], versions=doc)
-        return super().parse(doc, where)
+        try:
+            doc = json.loads(data) if isinstance(data, (bytes, str)) else data
+        except ValueError as exc:
+            raise DocumentError(where, f"not a {cls.NAME}: not JSON ({exc})") from None
+        if not isinstance(doc, list):
+            return super().parse(doc, where)
+        parts = where.rstrip("/").split("/")  # format 1: a bare list, in <accession>/versions.json
+        try:
+            return cls(format_version=1, accession=parts[-2] if len(parts) > 1 else "", versions=doc)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            field = ".".join(str(p) for p in first["loc"])
+            raise DocumentError(where, f"not a valid {cls.NAME} of format 1: {field}: {first['msg']}") from None
 
 
 # ---------------------------------------------------------------- qc/report.json

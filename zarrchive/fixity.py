@@ -16,6 +16,7 @@ from typing import Any, Iterable
 
 import fsspec
 
+from zarrchive.documents import DocumentError
 from zarrchive.storage import BLOCK, join
 from zarrchive.versions import SHARED, is_shared, object_path, read_manifest
 
@@ -206,6 +207,10 @@ def audit(archive: str, target: str | None = None, sample: float = 1.0, round_: 
         except FileNotFoundError:
             problems.append({"version": f"{accession}/v{number}", "path": MANIFEST, "kind": "missing",
                              "detail": "missing: the version has no manifest"})
+            continue
+        except DocumentError as exc:  # of a newer format, or damaged: this version cannot be checked, the rest can
+            problems.append({"version": f"{accession}/v{number}", "path": MANIFEST, "kind": "unreadable",
+                             "detail": exc.reason})
             continue
         entries = manifest["files"]
 

@@ -7,7 +7,7 @@ from importlib import metadata
 
 PIXEL_SOFTWARE = (
     "zarrchive", "bioio", "bioio-base", "bioio-ome-tiff", "bioio-tifffile", "tifffile",
-    "zarr", "numcodecs", "imagecodecs", "numpy", "dask", "distributed",
+    "zarr", "numcodecs", "pcodec", "imagecodecs", "numpy", "dask", "distributed",
 )
 OTHER_SOFTWARE = ("prefect", "great-expectations", "ome-zarr-models", "fsspec", "s3fs", "pydantic")
 
