@@ -70,3 +70,13 @@ def test_the_real_samples_are_z_stacks_of_their_planes(tmp_path):
     with tifffile.TiffFile(ihc) as tif:  # the RGB image's colour planes, one page each
         assert len(tif.pages) == 3
         assert np.array_equal(tif.pages[2].asarray(), data.immunohistochemistry()[..., 2])
+
+
+def test_the_many_images_benchmark_runs_and_writes_its_result(tmp_path):
+    out = tmp_path / "many.json"
+    done = subprocess.run([sys.executable, str(SCRIPT.parent / "many.py"), "--images", "1,3", "--out", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert set(result["sizes"]) == {"1", "3"} and all(s["ingest_s"] > s["bare_s"] > 0 for s in result["sizes"].values())
+    assert result["fixed_s"] > 0 and "one more image" in done.stdout and "target: <= 10x" in done.stdout

@@ -1,0 +1,203 @@
+"""Benchmark: submissions of many small images, and scale-out on a cluster started as a facility runs one.
+
+    .venv/bin/python benchmarks/many.py [--images 20,120] [--workers 1,2] [--repeat 1] [--out FILE]
+
+Images: 256x256 uint16 tiles cut from the real microscopy images scikit-image ships (``cell``, ``ihc``; no
+download), each tile a different crop, written as OME-TIFF. For each submission size the same run measures:
+
+- a bare loop: read each file with tifffile and write it as its own Zarr v3 array (zstd), one process;
+- ``zarrchive ingest`` from the command line, a fresh process (its own temporary Prefect API and Dask
+  cluster): the whole run, from which the cost of one more image (the slope between the two sizes) and the
+  fixed cost of a run (the intercept) follow.
+
+With ``--workers``, the largest submission is ingested again against a Dask scheduler and workers started as
+separate processes (``dask scheduler``, ``dask worker --nworkers K --nthreads 1``; ``cluster.address``), once
+per K, and the throughputs are compared. It prints the figures and the issue's targets, and writes JSON
+(default ``benchmarks/results/many-<time>.json``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+BIN = Path(sys.executable).parent
+
+
+def tiles(count: int) -> list[np.ndarray]:
+    """``count`` different 256x256 uint16 crops of scikit-image's real samples (8-bit scaled to 16-bit, with the
+    shot noise a 16-bit camera adds)."""
+    from skimage import data
+
+    sources = [data.cell().astype(np.float64), data.immunohistochemistry().mean(axis=-1)]
+    rng = np.random.default_rng(0)
+    out = []
+    for i in range(count):
+        image = sources[i % len(sources)]
+        y = rng.integers(0, image.shape[0] - 256)
+        x = rng.integers(0, image.shape[1] - 256)
+        crop = image[y:y + 256, x:x + 256] * 64 + 100
+        out.append(np.clip(rng.poisson(crop), 0, 65535).astype(np.uint16))
+    return out
+
+
+def submission(folder: Path, count: int) -> Path:
+    import tifffile
+    import yaml
+
+    folder.mkdir(parents=True, exist_ok=True)
+    files = []
+    for i, tile in enumerate(tiles(count)):
+        name = f"field_{i:05d}.ome.tif"
+        tifffile.imwrite(folder / name, tile[None], ome=True, metadata={"axes": "CYX"},
+                         resolution=(1 / 0.325, 1 / 0.325))
+        files.append({"path": name})
+    (folder / "submission.yaml").write_text(yaml.safe_dump({
+        "title": f"Benchmark submission of {count} fields", "description": "benchmarks/many.py",
+        "license": "CC0-1.0", "release_date": "2026-01-01",
+        "authors": [{"name": "Benchmark Author", "email": "bench@example.org"}], "files": files,
+        "imaging_method": {"name": "fluorescence microscopy"}}, sort_keys=False))
+    return folder
+
+
+def bare_loop(folder: Path, out: Path) -> float:
+    """Seconds to read each image with tifffile and write it as its own Zarr array (zstd)."""
+    import tifffile
+    import zarr
+    from zarr.codecs import ZstdCodec
+
+    paths = sorted(folder.glob("*.ome.tif"))
+    started = time.perf_counter()
+    for path in paths:
+        data = tifffile.imread(path)
+        zarr.create_array(str(out / path.name.replace(".ome.tif", ".zarr")), shape=data.shape, dtype=data.dtype,
+                          chunks=data.shape, compressors=[ZstdCodec(level=3)], zarr_format=3)[...] = data
+    return time.perf_counter() - started
+
+
+def ingest(folder: Path, archive: Path, config: Path) -> tuple[float, dict]:
+    started = time.perf_counter()
+    run = subprocess.run([str(BIN / "zarrchive"), "ingest", str(folder), "--archive", str(archive), "--config",
+                          str(config), "--json"], capture_output=True, text=True)
+    seconds = time.perf_counter() - started
+    try:
+        result = json.loads(run.stdout.strip().splitlines()[-1])
+    except (IndexError, ValueError):
+        raise SystemExit(f"zarrchive ingest failed ({run.returncode}):\n{run.stderr[-3000:]}")
+    if result.get("status") != "published":
+        raise SystemExit(f"zarrchive ingest did not publish: {result.get('status')} {result.get('reasons')}")
+    return seconds, result
+
+
+def config(path: Path, work: Path, address: str | None = None) -> Path:
+    import yaml
+
+    cluster = {"address": address} if address else {}
+    path.write_text(yaml.safe_dump({"staging": {"work": str(work)}, "cluster": cluster,
+                                    "publish": {"on_image_error": "skip_image"}}))
+    return path
+
+
+class Cluster:
+    """A Dask scheduler and ``workers`` worker processes (one thread each), started as separate processes."""
+
+    def __init__(self, folder: Path, workers: int):
+        folder.mkdir(parents=True, exist_ok=True)
+        self.file = folder / "scheduler.json"
+        self.procs = [subprocess.Popen([str(BIN / "dask"), "scheduler", "--host", "127.0.0.1", "--port", "0",
+                                        "--no-dashboard", "--scheduler-file", str(self.file)],
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+        deadline = time.monotonic() + 60
+        while not self.file.exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        self.address = json.loads(self.file.read_text())["address"]
+        self.procs.append(subprocess.Popen([str(BIN / "dask"), "worker", "--scheduler-file", str(self.file),
+                                            "--nworkers", str(workers), "--nthreads", "1", "--no-dashboard",
+                                            "--memory-limit", "4GiB"],
+                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        from distributed import Client
+
+        with Client(self.address, timeout=60) as client:
+            client.wait_for_workers(workers, timeout=120)
+
+    def close(self) -> None:
+        for proc in reversed(self.procs):
+            proc.terminate()
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--images", default="20,120", help="submission sizes, comma-separated (two or more)")
+    parser.add_argument("--workers", default="", help="worker processes of a separate cluster, e.g. 1,2")
+    parser.add_argument("--repeat", type=int, default=1, help="runs of each measurement; the median counts")
+    parser.add_argument("--out", help="JSON result (default: benchmarks/results/many-<time>.json)")
+    args = parser.parse_args(argv)
+    sizes = sorted(int(n) for n in args.images.split(","))
+    workers = [int(n) for n in args.workers.split(",") if n]
+    root = Path(tempfile.mkdtemp(prefix="zarrchive-many-"))
+    result: dict = {"date": dt.datetime.now(dt.timezone.utc).isoformat(), "machine": {
+        "cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+        "sizes": {}, "scale_out": {}}
+    try:
+        for n in sizes:
+            folder = submission(root / f"sub-{n}", n)
+            bare = sorted(bare_loop(folder, root / f"bare-{n}-{r}") for r in range(args.repeat))[args.repeat // 2]
+            runs = []
+            for r in range(args.repeat):
+                seconds, _ = ingest(folder, root / f"archive-{n}-{r}", config(root / f"c-{n}-{r}.yaml",
+                                                                              root / f"work-{n}-{r}"))
+                runs.append(seconds)
+            result["sizes"][n] = {"bare_s": bare, "ingest_s": sorted(runs)[args.repeat // 2], "runs": runs}
+            print(f"{n:>6} images: bare loop {bare:7.2f} s ({1000 * bare / n:6.1f} ms each); zarrchive ingest "
+                  f"{result['sizes'][n]['ingest_s']:7.1f} s", flush=True)
+        small, large = sizes[0], sizes[-1]
+        slope = (result["sizes"][large]["ingest_s"] - result["sizes"][small]["ingest_s"]) / (large - small)
+        fixed = result["sizes"][small]["ingest_s"] - slope * small
+        bare_each = result["sizes"][large]["bare_s"] / large
+        result.update(per_image_s=slope, fixed_s=fixed, bare_per_image_s=bare_each, ratio=slope / bare_each)
+        print(f"one more image: {1000 * slope:.0f} ms, the bare loop {1000 * bare_each:.1f} ms: "
+              f"{slope / bare_each:.1f}x -> {'PASS' if slope / bare_each <= 10 else 'FAIL'} (target: <= 10x)")
+        print(f"fixed cost of a run (temporary Prefect API, Dask cluster, intake, QC, publish): {fixed:.1f} s")
+        for k in workers:
+            cluster = Cluster(root / f"cluster-{k}", k)
+            try:
+                folder = root / f"sub-{large}"
+                seconds, _ = ingest(folder, root / f"archive-k{k}", config(root / f"ck{k}.yaml", root / f"wk{k}",
+                                                                           cluster.address))
+            finally:
+                cluster.close()
+            result["scale_out"][k] = {"ingest_s": seconds, "images_per_s": large / seconds}
+            print(f"{k} worker process(es): {large} images in {seconds:.1f} s ({large / seconds:.2f} images/s)")
+        if len(workers) >= 2:
+            gain = result["scale_out"][workers[-1]]["images_per_s"] / result["scale_out"][workers[0]]["images_per_s"]
+            result["scale_out_gain"] = gain
+            print(f"throughput {workers[-1]} vs {workers[0]} worker process(es): {gain:.2f}x -> "
+                  f"{'PASS' if gain >= 1.8 else 'FAIL'} (target: >= 1.8x)")
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    out = Path(args.out) if args.out else HERE / "results" / f"many-{dt.datetime.now():%Y%m%d-%H%M%S}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2, default=str))
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
