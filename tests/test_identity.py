@@ -344,3 +344,40 @@ def test_an_object_slipped_into_a_shared_store_is_found_and_the_store_not_shared
     third, _ = run(sub, archive, config)
     paths = {i["image_id"]: i["path"] for i in json.loads((archive / "ZA000001/v3/manifest.json").read_text())["images"]}
     assert third.version == 3 and paths["a"] == "images/a.ome.zarr" and paths["b"] == "../v1/images/b.ome.zarr"
+
+
+def test_what_a_version_offers_to_share_is_found_in_one_pass_for_files_and_submitted_stores(tmp_path):
+    import hashlib
+
+    import fsspec
+
+    from zarrchive.sharing import shareable, staged_key, store_key
+    from zarrchive.storage import tree_digest
+
+    acc = tmp_path / "ZA000001"
+    objects = {"originals/a.tif": b"tiff bytes", "originals/in.ome.zarr/zarr.json": b"{}",
+               "originals/in.ome.zarr/0/c/0": b"chunk", "images/a.ome.zarr/zarr.json": b"{ }",
+               "images/a.ome.zarr/0/c/0": b"pixels", "images/a.ome.zarr/labels/zarr.json": b"{labels}",
+               "images/a.ome.zarr/labels/n/zarr.json": b"{n}", "thumbnails/a.png": b"png"}
+    files = []
+    for path, data in objects.items():
+        (acc / "v1" / path).parent.mkdir(parents=True, exist_ok=True)
+        (acc / "v1" / path).write_bytes(data)
+        files.append({"path": path, "size": len(data), "sha256": hashlib.sha256(data).hexdigest()})
+    sha = {f["path"]: f["sha256"] for f in files}
+    manifest = {"version": 1, "files": files, "images": [
+        {"image_id": "a", "status": "published", "path": "images/a.ome.zarr"},
+        {"image_id": "n", "status": "published", "path": "images/a.ome.zarr/labels/n", "label_of": "a"}]}
+    offered = shareable(fsspec.filesystem("file"), str(acc), manifest)
+    assert offered.original("a.tif", sha["originals/a.tif"])[0] == "../v1/originals/a.tif"
+    store = tree_digest([("zarr.json", sha["originals/in.ome.zarr/zarr.json"]),
+                         ("0/c/0", sha["originals/in.ome.zarr/0/c/0"])])
+    where, entries = offered.original("in.ome.zarr", store)
+    assert where == "../v1/originals/in.ome.zarr" and len(entries) == 2
+    assert offered.original("in.ome.zarr", "0" * 64) is None and offered.original("b.tif", "0" * 64) is None
+    key = store_key([("zarr.json", sha["images/a.ome.zarr/zarr.json"]), ("0/c/0", sha["images/a.ome.zarr/0/c/0"]),
+                     ("labels/zarr.json", sha["images/a.ome.zarr/labels/zarr.json"]),
+                     ("labels/n/zarr.json", sha["images/a.ome.zarr/labels/n/zarr.json"])])
+    path, shared = offered.store("a", key)
+    assert path == "../v1/images/a.ome.zarr" and len(shared) == 4 and "a" in offered.thumbnails
+    assert offered.store("a", staged_key("f" * 64, {}, {})) is None  # another tree is not shared

@@ -92,38 +92,38 @@ def shareable(fs: fsspec.AbstractFileSystem, acc_dir: str, manifest: dict[str, A
     entries = [{**e, "path": shared_path(e["path"], number)} for e in manifest["files"]
                if e["path"] not in damaged]
     broken = {shared_path(p, number) for p in damaged}
+    by_store: dict[str, list[dict[str, Any]]] = {}  # (one pass over the entries: a study may list millions)
+    originals: dict[str, list[dict[str, Any]]] = {}
+    for entry in entries:
+        logical = logical_path(entry["path"])
+        if logical.startswith("images/") and ".ome.zarr/" in entry["path"]:
+            by_store.setdefault(_image_store(entry["path"]), []).append(entry)
+        elif logical.startswith("originals/"):
+            originals.setdefault(_submitted(logical), []).append(entry)
+    damaged_stores = {_image_store(p) for p in broken if ".ome.zarr/" in p}
     stores = {}
     for image in manifest.get("images", []):
         if image.get("status") != "published" or image.get("label_of") or not image.get("path"):
             continue
-        prefix = shared_path(image["path"], number) + "/"
-        if any(p.startswith(prefix) for p in broken):
+        store = shared_path(image["path"], number)
+        if store in damaged_stores or not by_store.get(store):
             continue
-        objects = [e for e in entries if e["path"].startswith(prefix)]
-        if objects:
-            key = store_key([(e["path"][len(prefix):], e["sha256"]) for e in objects])
-            stores[image["image_id"]] = (prefix.rstrip("/"), key, objects)
-    originals: dict[str, list[dict[str, Any]]] = {}
-    submitted = {f"originals/{path}" for path in _submitted_paths(manifest)}
-    for entry in entries:
-        logical = logical_path(entry["path"])
-        owner = next((s for s in submitted if logical == s or logical.startswith(s + "/")), None)
-        if owner:
-            originals.setdefault(owner.removeprefix("originals/"), []).append(entry)
+        objects = by_store[store]
+        key = store_key([(e["path"][len(store) + 1:], e["sha256"]) for e in objects])
+        stores[image["image_id"]] = (store, key, objects)
     thumbnails = {logical_path(e["path"])[len("thumbnails/"):-len(".png")]: e for e in entries
                   if logical_path(e["path"]).startswith("thumbnails/") and e["path"].endswith(".png")}
     return Shared(number, stores, originals, thumbnails)  # (a damaged original is left out: its digest differs)
 
 
-def _submitted_paths(manifest: dict[str, Any]) -> set[str]:
-    """The submitted paths of a version's originals: each file, and each Zarr store submitted as one entry (an
-    ``.zarr`` folder), from the manifest's listing."""
-    found = set()
-    for entry in manifest["files"]:
-        logical = logical_path(entry["path"])
-        if not logical.startswith("originals/"):
-            continue
-        parts = logical.removeprefix("originals/").split("/")
-        inside = next((i for i, part in enumerate(parts[:-1]) if part.endswith(".zarr")), None)
-        found.add("/".join(parts[:inside + 1]) if inside is not None else "/".join(parts))
-    return found
+def _image_store(path: str) -> str:
+    """The image store an object of a version belongs to (its labels included): ``…/images/<id>.ome.zarr``."""
+    return path[:path.index(".ome.zarr/") + len(".ome.zarr")]
+
+
+def _submitted(logical: str) -> str:
+    """The submitted path an original object belongs to: the file itself, or the Zarr store (an ``.zarr``
+    folder submitted as one entry) it is part of."""
+    parts = logical.removeprefix("originals/").split("/")
+    inside = next((i for i, part in enumerate(parts[:-1]) if part.endswith(".zarr")), None)
+    return "/".join(parts[:inside + 1]) if inside is not None else "/".join(parts)
