@@ -3,6 +3,7 @@
     .venv/bin/pip install -e ".[bench]"          # ngff-zarr and psutil
     .venv/bin/python benchmarks/run.py --size 1GiB [--size 4GiB] [--inputs DIR] [--samples] [--tools a,b] [--repeat N]
                                        [--out FILE]
+    .venv/bin/python benchmarks/run.py --brute-force [--inputs DIR] [--chunks N] [--quick]   # benchmarks/codec_search.py
 
 Inputs: synthetic uint16 z-stacks of each ``--size`` (smooth background, Gaussian blobs, shot and read noise,
 written plane by plane as TIFF and cached in ``--workdir``), plus every TIFF in ``--inputs`` and, with ``--samples``,
@@ -428,6 +429,12 @@ def targets(rows: list[dict[str, Any]]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if "--brute-force" in argv:  # the codec brute-force mode (benchmarks/codec_search.py), with its own options
+        sys.path.insert(0, str(HERE))
+        from codec_search import main as brute_force
+
+        return brute_force([a for a in argv if a != "--brute-force"])
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tool", nargs=3, metavar=("NAME", "INPUT", "OUTPUT"), help=argparse.SUPPRESS)
     parser.add_argument("--size", action="append", help="synthetic input size, e.g. 1GiB (repeatable)")

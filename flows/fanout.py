@@ -49,15 +49,22 @@ def distinct_ids(images: list[Any]) -> tuple[list[Any], list[Failure]]:
     """Images with one id each: when two files' images get the same id (``a.tif`` and ``a.png``; a slide's
     ``case1_label`` and a file ``case1_label.jpg``), the first file's keeps it and the other is refused, naming
     both, so that neither replaces the other silently."""
-    first: dict[str, Any] = {}
+    first: dict[Any, Any] = {}
     kept, refused = [], []
     for image in sorted(images, key=lambda i: (i.source_path, i.series)):
         other = first.setdefault(image.image_id, image)
+        well = getattr(image, "well", None)
+        if other is image and well:  # two fields of one plate at one place: the same rule
+            key = ("field", well.plate, well.path)  # (one place, whatever the acquisition)
+            other = first.setdefault(key, image)
+            if other is not image:
+                del first[image.image_id]
         if other is image:
             kept.append(image)
             continue
+        error = (f"its image would be field {well.path} of plate {well.plate}, as the image of {other.shown_as} is"
+                 if other.image_id != image.image_id else
+                 f"its image would be named {image.image_id}, as the image of {other.source_path} is")
         refused.append(Failure(stage="convert", source_path=image.source_path, image_id=image.shown_as,
-                               series=image.series,
-                               error=f"its image would be named {image.image_id}, as the image of {other.source_path} "
-                                     "is: rename one of the two files"))
+                               series=image.series, error=f"{error}: rename one of the two files"))
     return kept, refused

@@ -40,8 +40,10 @@ from zarrchive.errors import InputError, StageTimeout, UnsupportedFormat, Zarrch
 from zarrchive.identity import convert_key, json_sha256
 from zarrchive.lineage import Traced, stage_task, traced
 from zarrchive.ngff import image_attributes
+from zarrchive.plates import ome_plate_positions
 from zarrchive.records import (
-    MICROMETERS, Axis, FileEntry, FileRecord, ImageRecord, Level, PixelSize, SourceLayout, series_label, slug,
+    MICROMETERS, Axis, FileEntry, FileRecord, ImageRecord, Level, PixelSize, SourceLayout, WellPosition, series_label,
+    slug,
 )
 from zarrchive.software import pixel_versions
 from zarrchive.sources import layout_of, lazy_pixels, ome_tiff_set, own_images, zarr_level0
@@ -418,6 +420,42 @@ def _set_digest(file: FileRecord, members: list[str], paths: tuple[str, ...],
 
 
 def convert_file(
+    file: FileRecord, entry: FileEntry | None, work: str, settings: ConvertSettings,
+    companions: dict[str, str] | None = None,
+) -> list[ImageRecord]:
+    """Every image of a staged file (``describe_file``); a plate's field is one image, placed at its well."""
+    images = describe_file(file, entry, work, settings, companions)
+    if not images or file.kind != "image":
+        return images
+    declared = entry.well if entry else None
+    if declared and len(images) == 1:
+        return [images[0].model_copy(update={"well": declared})]
+    positions = _ome_plate(file) if images[0].reader in ("bioio_ome_tiff", "bioio_tifffile") else {}
+    if declared and not (images[0].source_set and positions):
+        raise InputError(file.path, f"is field {declared.field} of well {declared.row}{declared.column} of plate "
+                                    f"{declared.plate}, and a field is one image, but it "
+                                    + (f"gives the {len(images)} images of the OME-TIFF set of "
+                                       f"{_listing(list(images[0].source_set))} (their OME-XML names no plate): "
+                                       "submit the set without a plate, or files that hold their own images"
+                                       if images[0].source_set else
+                                       f"holds {len(images)} series: list each field as a file of its own"))
+    return [i.model_copy(update={"well": positions[i.series]}) if i.series in positions else i for i in images]
+
+
+def _ome_plate(file: FileRecord) -> dict[int, WellPosition]:
+    """The well of each image of an OME-TIFF whose OME-XML describes a screening plate (by image index); {} when
+    it describes none, or a layout that cannot be read (the images are then archived as images of their own)."""
+    try:
+        with tifffile.TiffFile(file.staged_path) as tif:
+            xml = tif.ome_metadata
+        return ome_plate_positions(xml, posixpath.dirname(file.path)) if xml and "<Plate" in xml else {}
+    except Exception as exc:
+        runlog.logger().warning("%s: its OME-XML's plate layout cannot be read (%s): its images are archived "
+                                "outside a plate", file.path, exc)
+        return {}
+
+
+def describe_file(
     file: FileRecord, entry: FileEntry | None, work: str, settings: ConvertSettings,
     companions: dict[str, str] | None = None,
 ) -> list[ImageRecord]:

@@ -24,6 +24,7 @@ from zarrchive.errors import ArchiveNotFound, SubmissionError
 from zarrchive.landingzone import Entry, SubmissionFiles, UnsafeEntry, fold
 from zarrchive.lineage import Traced, traced
 from zarrchive.records import Finding, Submission, SubmissionDoc, default_label_name, parse_relative_path
+from zarrchive.plates import detect as detect_plates
 from zarrchive.runtime import retry_transient
 from zarrchive.storage import dumps, join, read_json, resolve, to_url, write_bytes_atomic, write_bytes_exclusive
 from zarrchive.versions import ARCHIVE_MARKER
@@ -286,6 +287,9 @@ def template_for(folder: str) -> str:
         "imaging_method": {"name": "TODO", "fbbi_id": None},
         "files": files,
     }
+    images = [e["path"] for e in files if e.get("kind", "image") == "image"]
+    if plates := [p for p in detect_plates(images) if not _ome_xml_places(files_of, p["pattern"], images)]:
+        body["plates"] = plates
     header = (
         "# zarrchive submission, format version 1. Complete the TODO fields; remove optional ones you do not need.\n"
         "# files: kind is image (default), label or attachment; sha256 is optional but recommended;\n"
@@ -293,11 +297,30 @@ def template_for(folder: str) -> str:
         "#   A label (kind: label; integer label values, one channel, the image's shape without channels) names the\n"
         "#   image file it annotates with label_of; label_name (optional, default: the file name) names it among\n"
         "#   that image's labels. Files under a labels/ or masks/ folder are proposed as labels: check label_of.\n"
+        "# plates (optional): a high-content screening plate, published as one OME-NGFF plate: its name and the\n"
+        "#   pattern its image files are named by ({row} a letter or a number from 1, {column}, {field} and\n"
+        "#   {acquisition} numbers, * any characters but /), e.g. plate1/{row}{column}_f{field}.tif; one file per\n"
+        "#   field. A folder named the way screening software names fields is proposed as a plate: check it.\n"
     )
     for entry in refused:
         why = entry.problem or "its name is not valid UTF-8: rename it"
         header += f"# left out: {entry.path.encode('utf-8', 'backslashreplace').decode()!r}: {why}\n"
     return header + yaml.safe_dump(body, sort_keys=False, allow_unicode=True)
+
+
+def _ome_xml_places(files_of: SubmissionFiles, pattern: str, images: list[str]) -> bool:
+    """Whether the first file ``pattern`` names is an OME-TIFF whose OME-XML places its images on a plate (they
+    need no declaration: the ingest reads the plate from there)."""
+    from zarrchive.plates import compile_pattern
+
+    first = next((p for p in images if compile_pattern(pattern).fullmatch(p)), None)
+    if not first or not first.lower().endswith((".ome.tif", ".ome.tiff")):
+        return False
+    try:
+        head = files_of.read(first, 1 << 20)
+    except Exception:
+        return False
+    return b"<Plate" in head and b"<WellSample" in head
 
 
 def _utf8(name: str) -> bool:

@@ -30,6 +30,7 @@ from zarrchive.identity import json_sha256
 from zarrchive.landing import render_landing_page, render_qc_page
 from zarrchive.lineage import Traced, build_crate, traced
 from zarrchive.ngff import labels_group_documents, store_ngff_version
+from zarrchive.plates import plate_documents, plate_store, renumber_fields
 from zarrchive.config import PublishSettings
 from zarrchive.records import (
     CompressionReport, Failure, FileRecord, ImageOutcome, ImageRecord, LineageRecord, ManifestEntry, Publication,
@@ -112,7 +113,7 @@ def image_outcomes(images: list[ImageRecord], failures: list[Failure], qc_report
         outcomes.append(ImageOutcome(image_id=image.image_id, source_path=image.source_path, series=image.series,
                                      status="blocked" if errors else "published", qc=qc,
                                      error="; ".join(f"qc: {m}" for m in errors) or None,
-                                     label_of=image.label_of, label_name=image.label_name))
+                                     label_of=image.label_of, label_name=image.label_name, well=image.well))
     outcomes = _labels_follow_their_images(outcomes)
     if settings.on_image_error == "block_submission" and any(o.status != "published" for o in outcomes):
         outcomes = [o.model_copy(update={"status": "blocked"}) if o.status == "published" else o for o in outcomes]
@@ -145,12 +146,15 @@ def _with_label_names(outcomes: list[ImageOutcome]) -> list[ImageOutcome]:
 
 
 def store_path(outcome: ImageOutcome, stores: dict[str, str] | None = None) -> str:
-    """Where an image's store is, relative to the version: ``images/<id>.ome.zarr`` (or the earlier version's
-    store it shares, from ``stores``), a label's under its image's ``labels/<name>``."""
+    """Where an image's store is, relative to the version: ``images/<id>.ome.zarr`` (a plate's field:
+    ``plates/<plate>.ome.zarr/<row>/<column>/<field>``; or the earlier version's store it shares, from
+    ``stores``), a label's under its image's ``labels/<name>``."""
     stores = stores or {}
     if outcome.label_of:
         image = stores.get(outcome.label_of, f"images/{outcome.label_of}.ome.zarr")
         return f"{image}/labels/{outcome.label_name}"
+    if outcome.well and outcome.image_id not in stores:
+        return f"{plate_store(outcome.well.plate)}/{outcome.well.path}"
     return stores.get(outcome.image_id, f"images/{outcome.image_id}.ome.zarr")
 
 
@@ -256,10 +260,11 @@ def _write_version(submission: Submission, archive: str, number: int, previous: 
     vdir = join(acc, f"v{number}")
     faults.point("publish.start")
     _clear_interrupted(fs, vdir)
+    outcomes = renumber_fields(outcomes)
     publishable = {o.image_id: o for o in outcomes if o.status == "published"}
     reports = [r for r in reports if r.image_id in publishable]
     share = sharing.shareable(fs, acc, share_from)
-    entries, shared, published_paths, labels_groups, stores = _upload_images(fs, vdir, reports, publishable, held,
+    entries, shared, published_paths, documents, stores = _upload_images(fs, vdir, reports, publishable, held,
                                                                             share)
     faults.point("publish.images")
     uploaded, kept, originals, original_paths = _upload_originals(fs, vdir, files, held, share)
@@ -274,7 +279,7 @@ def _write_version(submission: Submission, archive: str, number: int, previous: 
     relative = [ManifestEntry(path=e.path[len(vdir) + 1:], size=e.size, sha256=e.sha256) for e in entries] + shared
     crate = build_crate(submission, number, lineage, relative, published_paths, previous_version=previous,
                         publish_results=("qc/report.json", "qc/index.html", "index.html",
-                                         *(g for g in labels_groups if not is_shared(g)),
+                                         *(g for g in documents if not is_shared(g)),
                                          *(e.path for e in relative if e.path.startswith("thumbnails/"))),
                         date_published=max(submission.doc.release_date, dt.date.today()))
     entries.append(_put_bytes(fs, join(vdir, "ro-crate-metadata.json"), dumps(crate)))
@@ -334,39 +339,81 @@ def _upload_images(fs: fsspec.AbstractFileSystem, vdir: str, reports: list[Compr
                    publishable: dict[str, ImageOutcome], held: lease.Lease, share: sharing.Shared
                    ) -> tuple[list[ManifestEntry], list[ManifestEntry], dict[str, str], list[str], dict[str, str]]:
     """Every publishable image with its labels and labels group, stored (each store checked against the tree
-    digest compress verified) or, when exactly that tree is in the earlier version, shared with it. Returns
-    the entries stored, the entries shared, the staged store -> published path of each store, the labels
-    groups' documents, and the path of each image's store."""
+    digest compress verified) or, when exactly that tree is in the earlier version, shared with it; the fields
+    of a plate in the plate's store, with the plate's and its wells' metadata (a plate is shared as a whole).
+    Returns the entries stored, the entries shared, the staged store -> published path of each store, the
+    labels groups' and plates' metadata objects, and the path of each image's store."""
     entries: list[ManifestEntry] = []
     shared: list[ManifestEntry] = []
     published_paths: dict[str, str] = {}
-    labels_groups: list[str] = []
+    documents: list[str] = []
     stores: dict[str, str] = {}
     staged = {r.image_id: r for r in reports}
-    for image in (o for o in publishable.values() if not o.label_of and o.image_id in staged):
+    images = [o for o in publishable.values() if not o.label_of and o.image_id in staged]
+    trees = {o.image_id: _ImageTree(o, staged, publishable) for o in images}
+    for image in (o for o in images if not o.well):
         held.check()
-        report = staged[image.image_id]
-        labels = [o for o in publishable.values() if o.label_of == image.image_id and o.image_id in staged]
-        ngff = store_ngff_version(report.store)  # the labels group is in the image's Zarr format
-        documents = labels_group_documents(image.labels, ngff) if image.labels else {}
-        key = sharing.staged_key(report.store_sha256, {o.label_name: staged[o.image_id].store_sha256
-                                                       for o in labels}, documents)
-        earlier = share.store(image.image_id, key)
-        if earlier:
+        tree = trees[image.image_id]
+        if earlier := share.store(image.image_id, tree.key):
             path, objects = earlier
             shared += [ManifestEntry.model_validate(o) for o in objects]
         else:
             path = f"images/{image.image_id}.ome.zarr"
-            entries += _upload_store(fs, report, join(vdir, path))
-            for label in labels:
-                entries += _upload_store(fs, staged[label.image_id], join(vdir, path, "labels", label.label_name))
-            entries += [_put_bytes(fs, join(vdir, path, "labels", name), dumps(document))
-                        for name, document in documents.items()]
+            entries += tree.upload(fs, join(vdir, path))
         stores[image.image_id] = path
-        published_paths[report.store] = path + "/"
-        published_paths.update({staged[o.image_id].store: f"{path}/labels/{o.label_name}/" for o in labels})
-        labels_groups += [f"{path}/labels/{name}" for name in documents]
-    return entries, shared, published_paths, labels_groups, stores
+        published_paths.update(tree.published_paths(path))
+        documents += tree.documents_at(path)
+    plates: dict[str, list[ImageOutcome]] = {}
+    for image in (o for o in images if o.well):
+        plates.setdefault(image.well.plate, []).append(image)
+    for name, fields in sorted(plates.items()):
+        held.check()
+        group_documents = plate_documents(name, [o.well for o in fields], store_ngff_version(
+            staged[fields[0].image_id].store))
+        key = sharing.plate_key({o.well.path: trees[o.image_id].key for o in fields}, group_documents)
+        if earlier := share.plate(name, key):
+            path, objects = earlier
+            shared += [ManifestEntry.model_validate(o) for o in objects]
+        else:
+            path = plate_store(name)
+            for field in fields:
+                entries += trees[field.image_id].upload(fs, join(vdir, path, field.well.path))
+            entries += [_put_bytes(fs, join(vdir, path, rel), dumps(document))
+                        for rel, document in group_documents.items()]
+        documents += [f"{path}/{rel}" for rel in group_documents]
+        for field in fields:
+            stores[field.image_id] = f"{path}/{field.well.path}"
+            published_paths.update(trees[field.image_id].published_paths(stores[field.image_id]))
+            documents += trees[field.image_id].documents_at(stores[field.image_id])
+    return entries, shared, published_paths, documents, stores
+
+
+class _ImageTree:
+    """One image's published tree: its staged store, its labels' and its labels group's documents."""
+
+    def __init__(self, image: ImageOutcome, staged: dict[str, CompressionReport],
+                 publishable: dict[str, ImageOutcome]) -> None:
+        self.report = staged[image.image_id]
+        self.labels = [(o.label_name, staged[o.image_id]) for o in publishable.values()
+                       if o.label_of == image.image_id and o.image_id in staged]
+        ngff = store_ngff_version(self.report.store)  # the labels group is in the image's Zarr format
+        self.documents = labels_group_documents(image.labels, ngff) if image.labels else {}
+        self.key = sharing.staged_key(self.report.store_sha256, {name: r.store_sha256 for name, r in self.labels},
+                                      self.documents)
+
+    def upload(self, fs: fsspec.AbstractFileSystem, dst: str) -> list[ManifestEntry]:
+        entries = _upload_store(fs, self.report, dst)
+        for name, report in self.labels:
+            entries += _upload_store(fs, report, join(dst, "labels", name))
+        return entries + [_put_bytes(fs, join(dst, "labels", name), dumps(document))
+                          for name, document in self.documents.items()]
+
+    def published_paths(self, path: str) -> dict[str, str]:
+        """Each staged store of the tree -> its published path, when the tree is published at ``path``."""
+        return {self.report.store: path + "/", **{r.store: f"{path}/labels/{name}/" for name, r in self.labels}}
+
+    def documents_at(self, path: str) -> list[str]:
+        return [f"{path}/labels/{name}" for name in self.documents]
 
 
 def _upload_store(fs: fsspec.AbstractFileSystem, report: CompressionReport, dst: str) -> list[ManifestEntry]:

@@ -275,10 +275,12 @@ def bare_tiff(path: Path, data: np.ndarray, omit: set[int] = frozenset(), resolu
     return path
 
 
-def screening_files(folder: Path, fields: list[np.ndarray], names: list[str], sizes: dict[str, float] | None = None
-                    ) -> list[Path]:
+def screening_files(folder: Path, fields: list[np.ndarray], names: list[str], sizes: dict[str, float] | None = None,
+                    wells: list[tuple[int, int, int]] | None = None, plate: str = "Screen 1") -> list[Path]:
     """What screening software writes: one OME-TIFF per field (Y, X or Z, Y, X), each file's OME-XML describing
-    the whole acquisition — one Image per field, each Image's TiffData pointing at its own file by UUID and name."""
+    the whole acquisition — one Image per field, each Image's TiffData pointing at its own file by UUID and name;
+    with ``wells`` (row, column counted from 0, field index, one per field) also the plate: Plate / Well /
+    WellSample with an ImageRef to each Image."""
     import uuid
 
     ids = [f"urn:uuid:{uuid.uuid4()}" for _ in names]
@@ -291,10 +293,23 @@ def screening_files(folder: Path, fields: list[np.ndarray], names: list[str], si
                    f'SizeT="1"{size_attrs}><Channel ID="Channel:{i}:0" SamplesPerPixel="1" Name="DAPI"/>'
                    f'<TiffData IFD="0" PlaneCount="{z}"><UUID FileName="{name}">{file_id}</UUID></TiffData>'
                    "</Pixels></Image>")
+    layout = ""
+    if wells:
+        by_well: dict[tuple[int, int], list[tuple[int, int]]] = {}
+        for i, (row, column, field) in enumerate(wells):
+            by_well.setdefault((row, column), []).append((field, i))
+        layout = f'<Plate ID="Plate:0" Name="{plate}" RowNamingConvention="letter" ColumnNamingConvention="number">'
+        for w, ((row, column), samples) in enumerate(sorted(by_well.items())):
+            layout += f'<Well ID="Well:{w}" Row="{row}" Column="{column}">'
+            layout += "".join(f'<WellSample ID="WellSample:{w}:{field}" Index="{field}"><ImageRef ID="Image:{i}"/>'
+                              "</WellSample>" for field, i in samples)
+            layout += "</Well>"
+        layout += "</Plate>"
     paths = []
     for data, name, file_id in zip(fields, names, ids):
         xml = ('<?xml version="1.0" encoding="UTF-8"?>'
-               f'<OME xmlns="http://www.openmicroscopy.org/Schemas/OME/2016-06" UUID="{file_id}">{images}</OME>')
+               f'<OME xmlns="http://www.openmicroscopy.org/Schemas/OME/2016-06" UUID="{file_id}">{layout}{images}'
+               '</OME>')
         folder.mkdir(parents=True, exist_ok=True)
         tifffile.imwrite(folder / name, data, description=xml, metadata=None, photometric="minisblack")
         paths.append(folder / name)

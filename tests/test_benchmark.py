@@ -80,3 +80,19 @@ def test_the_many_images_benchmark_runs_and_writes_its_result(tmp_path):
     result = json.loads(out.read_text())
     assert set(result["sizes"]) == {"1", "3"} and all(s["ingest_s"] > s["bare_s"] > 0 for s in result["sizes"].values())
     assert result["fixed_s"] > 0 and "one more image" in done.stdout and "target: <= 10x" in done.stdout
+
+
+def test_the_codec_brute_force_mode_prints_a_table_per_image_and_judges_the_profiles(tmp_path):
+    out = tmp_path / "codecs.json"
+    done = subprocess.run([sys.executable, str(SCRIPT), "--brute-force", "--quick", "--chunks", "2", "--only", "8-bit",
+                           "--workdir", str(tmp_path / "work"), "--out", str(out)],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert [r["image"] for r in result["results"]] == ["cell (8-bit)", "ihc (8-bit RGB)"]
+    for image in result["results"]:
+        sizes = [row["bytes"] for row in image["rows"]]
+        assert sizes == sorted(sizes) and len(sizes) > 20  # every candidate measured, smallest first
+        assert {"compat", "max"} == set(image["chosen"]) and all(
+            c in {row["codec"] for row in image["rows"]} for c in image["chosen"].values())
+    assert done.stdout.count("(target: <= 1.03)") == 2 and "ome-zarr-py default" in done.stdout

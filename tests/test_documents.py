@@ -53,7 +53,7 @@ def test_a_manifest_of_a_newer_format_is_refused_by_every_reader_naming_it(publi
     inp, vdir = published
     newer(vdir / "manifest.json")
     with pytest.raises(DocumentError, match=r"manifest\.json: manifest of format 99; this zarrchive reads formats "
-                                            r"1 to 4: read it with a newer zarrchive"):
+                                            r"1 to 5: read it with a newer zarrchive"):
         published_versions(inp.archive, ACCESSION)
     for command in (["show", ACCESSION], ["verify", f"{ACCESSION}/v1"], ["lineage", ACCESSION],
                     ["catalog", "rebuild"]):

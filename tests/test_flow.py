@@ -283,7 +283,7 @@ def test_two_files_whose_images_would_share_an_id_are_both_reported_and_neither_
 
     def image(path, image_id, series=0):
         return SimpleNamespace(source_path=path, image_id=image_id, series=series, shown_as=path, label_of=None,
-                               label_name=None)
+                               label_name=None, well=None)
 
     slide, label, photo = image("case1.svs", "case1"), image("case1.svs", "case1_label", 2), image("case1_label.png",
                                                                                                  "case1_label")

@@ -223,7 +223,7 @@ def test_a_metadata_only_version_stores_under_one_percent_of_the_study_and_opens
     assert abs(index[2]["bytes"] - index[1]["bytes"]) < 0.01 * index[1]["bytes"]  # each lists the whole study
 
     manifest = json.loads((v2 / "manifest.json").read_text())
-    assert manifest["format_version"] == 4
+    assert manifest["format_version"] == 5
     paths = {i["image_id"]: i["path"] for i in manifest["images"]}
     assert paths == {"a": "../v1/images/a.ome.zarr", "b": "../v1/images/b.ome.zarr",
                      "a_nuclei": "../v1/images/a.ome.zarr/labels/nuclei"}

@@ -115,10 +115,11 @@ class Manifest(Document):
     """``<accession>/v<N>/manifest.json``: what a version is made of, written last (its commit point).
 
     Formats: 1, before ``format_version`` was written; 2, ``embargoed``, ``released``; 3, ``study`` and each
-    image's ``codec`` and ``bytes``; 4, objects shared with an earlier version (paths ``../v<K>/…``)."""
+    image's ``codec`` and ``bytes``; 4, objects shared with an earlier version (paths ``../v<K>/…``); 5, plates
+    (objects under ``plates/``, each field image's ``well``)."""
 
     NAME: ClassVar[str] = "manifest"
-    FORMAT: ClassVar[int] = 4
+    FORMAT: ClassVar[int] = 5
 
     accession: str
     version: int = Field(ge=1)

@@ -56,6 +56,42 @@ def label_links(outcome: ImageOutcome, ngff: str = NGFF_VERSION, store: str | No
     return f"<br><small>labels: {', '.join(links)}</small>" if links else ""
 
 
+def _place(outcome: ImageOutcome) -> str:
+    w = outcome.well
+    return (f"<br><small>plate {html.escape(w.plate)}, well {html.escape(w.row + w.column)}, field {w.field}</small>"
+            if w else "")
+
+
+def plates_section(outcomes: list[ImageOutcome], stores: dict[str, str], ngff: dict[str, str]) -> str:
+    """Each plate the version publishes: a link to it (an OME-NGFF plate, as plate viewers open it) and its
+    wells as a grid, each well linked to its first field."""
+    e = html.escape
+    plates: dict[str, list[tuple[ImageOutcome, str]]] = {}
+    for o in outcomes:
+        if o.well and o.status == "published" and not o.label_of and o.image_id in stores:
+            plates.setdefault(o.well.plate, []).append((o, stores[o.image_id]))
+    parts = []
+    for name, fields in sorted(plates.items()):
+        first_store = fields[0][1]
+        plate = first_store[:-len(fields[0][0].well.path) - 1]
+        version = ngff.get(fields[0][0].image_id, NGFF_VERSION)
+        rows = sorted({o.well.row for o, _ in fields}, key=lambda r: (len(r), r))
+        columns = sorted({o.well.column for o, _ in fields}, key=lambda c: (len(c), c))
+        cells = {}
+        for o, store in sorted(fields, key=lambda f: f[0].well.field):
+            cells.setdefault((o.well.row, o.well.column), []).append(store)
+        grid = "".join(
+            f"<tr><th>{e(r)}</th>" + "".join(
+                f"<td><a href='{e(store_link(cells[(r, c)][0], version))}'>{len(cells[(r, c)])}</a></td>"
+                if (r, c) in cells else "<td></td>" for c in columns) + "</tr>" for r in rows)
+        parts.append(f"<h3>Plate <a href='{e(store_link(plate, version))}'>{e(name)}</a></h3>"
+                     f"<p>{len(cells)} well(s), {len(fields)} field(s): an OME-NGFF plate (napari with "
+                     f"napari-ome-zarr, ome-zarr-py, vizarr open it whole). Each well shows its number of fields, "
+                     f"linked to the first.</p><table><thead><tr><th></th>"
+                     + "".join(f"<th>{e(c)}</th>" for c in columns) + f"</tr></thead><tbody>{grid}</tbody></table>")
+    return ("<h2>Plates</h2>" + "".join(parts)) if parts else ""
+
+
 def store_link(path: str, ngff: str) -> str:
     """A link to a published Zarr store that resolves on a folder and on an object store alike: its metadata
     document (``zarr.json``, or ``.zattrs`` for NGFF 0.4)."""
@@ -124,7 +160,7 @@ def render_landing_page(submission: Submission, version: int, outcomes: list[Ima
             f"<tr><td>{picture}</td>"
             f"<td><a href='{e(store_link(store, ngff.get(o.image_id, NGFF_VERSION)))}'>{e(o.image_id)}</a>"
             f"{label_links(o, ngff.get(o.image_id, NGFF_VERSION), store)}{view}</td>"
-            f"<td>{e(o.source_path)}</td>"
+            f"<td>{e(o.source_path)}{_place(o)}</td>"
             f"<td>{e(str(row.get('axes', '')))} {e(str(row.get('shape', '')))}</td><td>{e(str(row.get('dtype', '')))}</td>"
             f"<td>{e(pixel)} {e(str(row.get('unit') or ''))}</td><td>{e(str(row.get('channel_names', '')))}</td>"
             f"<td>{e(o.qc)}</td><td>{human_size(report.bytes_out) if report else ''}"
@@ -182,6 +218,7 @@ neuroglancer/vizarr. Quality control: <a href="qc/index.html">report</a> ({len(q
 <th>pixel size (z × y × x)</th><th>channels</th><th>QC</th><th>stored</th><th>codec</th></tr></thead>
 <tbody>{''.join(image_rows)}</tbody></table>
 {codec_note}
+{plates_section(outcomes, stores or {}, ngff)}
 {_opening(first, bool(base), version)}
 <h2>Files as submitted</h2>
 <table><thead><tr><th>path</th><th>kind</th><th>size</th><th>sha256</th></tr></thead><tbody>{file_rows}</tbody></table>

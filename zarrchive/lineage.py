@@ -195,9 +195,9 @@ def build_crate(
             "zarrchive:treeDigest": tree_digest((o.path[len(store):], o.sha256) for o in objects),
         }
     for key in sorted(entities):  # label stores and labels groups are parts of their image's store
-        image, _, rest = key.partition(".ome.zarr/labels/")
-        if rest and f"{image}.ome.zarr/" in entities:
-            entities[f"{image}.ome.zarr/"].setdefault("hasPart", []).append({"@id": key})
+        image, _, rest = key.rpartition("/labels/")
+        if image and rest and f"{image}/" in entities:
+            entities[f"{image}/"].setdefault("hasPart", []).append({"@id": key})
     parts = [{"@id": key} for key in entities]
 
     software_ids = []
@@ -246,7 +246,7 @@ def build_crate(
         flow_runs = sorted({r.flow_run_id for r in lineage if r.flow_run_id})
         now = dt.datetime.now(dt.timezone.utc).isoformat()
         published = [{"@id": k} for k in entities
-                     if logical_path(k).startswith(("images/", "originals/")) and k not in publish_results]
+                     if logical_path(k).startswith(("images/", "plates/", "originals/")) and k not in publish_results]
         graph.append({
             "@id": "#action/publish", "@type": "CreateAction", "name": "publish",
             "instrument": {"@id": "#workflow/ingest_submission"}, "object": published,
@@ -308,8 +308,9 @@ def _ngff_of(objects: list[ManifestEntry], store: str) -> str:
 
 
 def _store_of(path: str) -> str | None:
-    """The Zarr store an object of the version belongs to: ``images/<id>.ome.zarr/``, or a label's
-    ``images/<id>.ome.zarr/labels/<name>/``; None for a file of its own (the ``labels`` group's ``zarr.json``).
+    """The Zarr store an object of the version belongs to: ``images/<id>.ome.zarr/`` (a plate's field:
+    ``plates/<name>.ome.zarr/<row>/<column>/<field>/``), or a label's ``…/labels/<name>/``; None for a file of its
+    own (the ``labels`` group's ``zarr.json``, a plate's, a row's or a well's metadata).
     An object shared with an earlier version belongs to that version's store (``../v1/images/<id>.ome.zarr/``)."""
     inner = logical_path(path)
     store = _logical_store_of(inner)
@@ -321,11 +322,18 @@ def _logical_store_of(path: str) -> str | None:
     if parts[0] == "originals":  # a Zarr store submitted as one entry (an OME-Zarr input)
         inside = next((i for i, part in enumerate(parts[:-1]) if part.endswith(".zarr")), None)
         return "/".join(parts[:inside + 1]) + "/" if inside is not None else None
-    if parts[0] != "images" or len(parts) < 3:
+    if parts[0] == "plates":  # a plate's field: plates/<name>.ome.zarr/<row>/<column>/<field>/, its labels nested
+        if len(parts) < 6:
+            return None  # the plate's, a row's and a well's metadata
+        field = "/".join(parts[:5])
+        rest = parts[5:]
+    elif parts[0] == "images" and len(parts) >= 3:
+        field, rest = "/".join(parts[:2]), parts[2:]
+    else:
         return None
-    if parts[2] == "labels":
-        return f"images/{parts[1]}/labels/{parts[3]}/" if len(parts) > 4 else None
-    return f"images/{parts[1]}/"
+    if rest[0] == "labels":
+        return f"{field}/labels/{rest[1]}/" if len(rest) > 2 else None
+    return f"{field}/"
 
 
 def _author_id(orcid: str | None, name: str) -> str:

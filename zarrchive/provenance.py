@@ -14,12 +14,20 @@ from zarrchive.versions import logical_path, published_versions
 
 
 def _store_digests(manifest: dict[str, Any]) -> dict[str, str]:
+    """Each published image's tree digest (its labels included) by image id; an image store the manifest's
+    images do not name, by its name."""
+    names = {logical_path(i["path"]): i["image_id"] for i in manifest.get("images", [])
+             if i.get("path") and not i.get("label_of")}
     stores: dict[str, list[tuple[str, str]]] = {}
     for entry in manifest["files"]:
         path = logical_path(entry["path"])  # (wherever it is stored: shared with an earlier version or not)
         if path.startswith("images/") and ".ome.zarr/" in path:
             store, _, rel = path.partition(".ome.zarr/")
-            stores.setdefault(store.removeprefix("images/"), []).append((rel, entry["sha256"]))
+            stores.setdefault(names.get(f"{store}.ome.zarr", store.removeprefix("images/")), []).append(
+                (rel, entry["sha256"]))
+        elif path.startswith("plates/") and len(parts := path.split("/")) > 5:  # a plate's field
+            field = "/".join(parts[:5])
+            stores.setdefault(names.get(field, field), []).append(("/".join(parts[5:]), entry["sha256"]))
     return {image: tree_digest(objects) for image, objects in stores.items()}
 
 

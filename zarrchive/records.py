@@ -12,7 +12,7 @@ import datetime as dt
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class Record(BaseModel):
@@ -96,6 +96,66 @@ class PixelSize(Record):
     unit: SpaceUnit = "micrometer"
 
 
+def row_name(value: str) -> str:
+    """A plate row as plates label it: a letter (``b`` -> ``B``), or a number counted from 1 (``02`` -> ``B``)."""
+    if not value.isdigit():
+        return value.upper()
+    number = int(value)
+    if number < 1:
+        raise ValueError(f"row {value!r}: rows are counted from 1")
+    name = ""
+    while number:
+        number, rest = divmod(number - 1, 26)
+        name = chr(ord("A") + rest) + name
+    return name
+
+
+PLATE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")  # a folder name on every store
+WELL_NAME_RE = re.compile(r"^[A-Za-z0-9]{1,8}$")  # OME-NGFF: row and column names are alphanumeric
+
+
+class WellPosition(Record):
+    """Where an image lies in a high-content screening plate: plate, well (row and column names as the plate
+    labels them, e.g. ``B`` and ``3``), and the field's index in its well (in the order the fields are
+    numbered); ``acquisition`` when the plate was imaged more than once."""
+
+    plate: str = Field(pattern=PLATE_NAME_RE.pattern)
+    row: str = Field(pattern=WELL_NAME_RE.pattern)
+    column: str = Field(pattern=WELL_NAME_RE.pattern)
+    field: int = Field(default=0, ge=0)
+    acquisition: int | None = Field(default=None, ge=0)
+
+    @field_validator("row", mode="before")
+    @classmethod
+    def _row_letters(cls, row: Any) -> Any:
+        return row_name(str(row)) if isinstance(row, (str, int)) and str(row).isalnum() else row
+
+    @field_validator("column", mode="before")
+    @classmethod
+    def _column_number(cls, column: Any) -> Any:
+        return str(int(column)) if isinstance(column, int) or (isinstance(column, str) and column.isdigit()) \
+            else column
+
+    @property
+    def well(self) -> str:
+        """The well's path in the plate: ``B/3``."""
+        return f"{self.row}/{self.column}"
+
+    @property
+    def path(self) -> str:
+        """The field's path in the plate: ``B/3/0``."""
+        return f"{self.row}/{self.column}/{self.field}"
+
+
+class PlateDeclaration(Record):
+    """A plate a submission declares: its name, and the pattern its image files are named by, e.g.
+    ``plate1/{row}{column}_f{field}.tif`` (``zarrchive.plates``)."""
+
+    name: str = Field(pattern=PLATE_NAME_RE.pattern)
+    pattern: str | None = Field(default=None, min_length=1)  # None: its files give their wells themselves
+    description: str | None = None
+
+
 class FileEntry(Record):
     """One file listed in ``submission.yaml``."""
 
@@ -106,6 +166,7 @@ class FileEntry(Record):
     channel_names: list[str] | None = None
     label_of: str | None = None  # a label: the listed image file it annotates (checks: zarrchive.submission_checks)
     label_name: str | None = None  # a label: its name under the image's labels/ (default: from the file name)
+    well: WellPosition | None = None  # a field of a plate: given, or found by a plate's pattern (SubmissionDoc)
 
     @field_validator("path", "label_of")
     @classmethod
@@ -130,6 +191,7 @@ class SubmissionDoc(Record):
     imaging_method: ImagingMethod | None = None
     publication: PublicationRef | None = None
     files: list[FileEntry] = Field(min_length=1)
+    plates: list[PlateDeclaration] = []  # high-content screening plates, each image file a field of a well
 
     @field_validator("files")
     @classmethod
@@ -140,6 +202,16 @@ class SubmissionDoc(Record):
                 raise ValueError(f"{entry.path} is listed twice")
             seen.add(entry.path)
         return files
+
+    @model_validator(mode="after")
+    def _place_fields(self) -> "SubmissionDoc":
+        """Each file a plate's pattern names gets its well position (``zarrchive.plates``)."""
+        from zarrchive.plates import place_fields
+
+        placed = place_fields(self.plates, self.files)  # ValueError naming the plate and the files
+        if placed != self.files:
+            object.__setattr__(self, "files", placed)
+        return self
 
 
 def parse_relative_path(path: str) -> str:
@@ -313,6 +385,7 @@ class ImageRecord(Record):
     kind: Literal["image", "label"] = "image"
     label_of: str | None = None  # a label: the id of the image it annotates
     label_name: str | None = None  # a label: its name under that image's labels/
+    well: WellPosition | None = None  # a field of a plate: published under the plate's store at its well
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -428,6 +501,7 @@ class ImageOutcome(Record):
     labels: list[str] = []  # an image: the names of its labels published with it
     codec: str | None = None  # a published image: the codec its chunks are stored with
     bytes: int | None = Field(default=None, ge=0)  # a published image: the bytes its store occupies
+    well: WellPosition | None = None  # a field of a plate
 
 
 PublicationStatus = Literal["published", "unchanged", "blocked", "failed", "refused", "busy", "damaged", "rejected"]

@@ -54,6 +54,31 @@ def staged_key(store_sha256: str, labels: dict[str, str], group_documents: dict[
     return store_sha256, tuple(sorted(labels.items())), groups
 
 
+PlateKey = tuple[tuple[tuple[str, StoreKey], ...], tuple[tuple[str, str], ...]]
+
+
+def plate_key(fields: dict[str, StoreKey], documents: dict[str, Any]) -> PlateKey:
+    """The identity of a plate's tree: each field's (by its path in the plate) and its groups' documents (by
+    path, as the documents about to be written or their sha256 as published)."""
+    docs = tuple(sorted((rel, doc if isinstance(doc, str) else hashlib.sha256(dumps(doc)).hexdigest())
+                        for rel, doc in documents.items()))
+    return tuple(sorted(fields.items())), docs
+
+
+def published_plate_key(objects: list[tuple[str, str]], fields: list[str]) -> PlateKey:
+    """``plate_key`` of a published plate from its objects (path inside the plate's store, sha256) and the
+    paths of its fields."""
+    inside: dict[str, list[tuple[str, str]]] = {f: [] for f in fields}
+    documents: dict[str, str] = {}
+    for rel, sha in objects:
+        field = "/".join(rel.split("/")[:3])
+        if field in inside and rel != field:
+            inside[field].append((rel[len(field) + 1:], sha))
+        else:
+            documents[rel] = sha
+    return plate_key({f: store_key(o) for f, o in inside.items()}, documents)
+
+
 @dataclass(frozen=True)
 class Shared:
     """What one earlier version offers: its image trees by image id, its originals by submitted path; every path
@@ -63,6 +88,12 @@ class Shared:
     stores: dict[str, tuple[str, StoreKey, list[dict[str, Any]]]] = field(default_factory=dict)
     originals: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     thumbnails: dict[str, dict[str, Any]] = field(default_factory=dict)  # by image id: its picture's entry
+    plates: dict[str, tuple[str, PlateKey, list[dict[str, Any]]]] = field(default_factory=dict)  # by name
+
+    def plate(self, name: str, key: PlateKey) -> tuple[str, list[dict[str, Any]]] | None:
+        """The earlier tree of the plate ``name`` (its path and entries) when it is exactly ``key``."""
+        found = self.plates.get(name)
+        return (found[0], found[2]) if found and found[1] == key else None
 
     def store(self, image_id: str, key: StoreKey) -> tuple[str, list[dict[str, Any]]] | None:
         """The earlier tree of ``image_id`` (its path and entries) when it is exactly ``key``."""
@@ -96,14 +127,18 @@ def shareable(fs: fsspec.AbstractFileSystem, acc_dir: str, manifest: dict[str, A
     originals: dict[str, list[dict[str, Any]]] = {}
     for entry in entries:
         logical = logical_path(entry["path"])
-        if logical.startswith("images/") and ".ome.zarr/" in entry["path"]:
+        if logical.startswith(("images/", "plates/")) and ".ome.zarr/" in entry["path"]:
             by_store.setdefault(_image_store(entry["path"]), []).append(entry)
         elif logical.startswith("originals/"):
             originals.setdefault(_submitted(logical), []).append(entry)
     damaged_stores = {_image_store(p) for p in broken if ".ome.zarr/" in p}
     stores = {}
+    fields: dict[str, list[str]] = {}  # plate name -> its fields' paths
     for image in manifest.get("images", []):
         if image.get("status") != "published" or image.get("label_of") or not image.get("path"):
+            continue
+        if image.get("well"):
+            fields.setdefault(image["well"]["plate"], []).append(image["path"])
             continue
         store = shared_path(image["path"], number)
         if store in damaged_stores or not by_store.get(store):
@@ -111,13 +146,23 @@ def shareable(fs: fsspec.AbstractFileSystem, acc_dir: str, manifest: dict[str, A
         objects = by_store[store]
         key = store_key([(e["path"][len(store) + 1:], e["sha256"]) for e in objects])
         stores[image["image_id"]] = (store, key, objects)
+    plates = {}
+    for name, paths in fields.items():
+        store = _image_store(shared_path(paths[0], number) + "/")
+        if store in damaged_stores or not by_store.get(store):
+            continue
+        objects = by_store[store]
+        inside = [shared_path(p, number)[len(store) + 1:] for p in paths]
+        key = published_plate_key([(e["path"][len(store) + 1:], e["sha256"]) for e in objects], inside)
+        plates[name] = (store, key, objects)
     thumbnails = {logical_path(e["path"])[len("thumbnails/"):-len(".png")]: e for e in entries
                   if logical_path(e["path"]).startswith("thumbnails/") and e["path"].endswith(".png")}
-    return Shared(number, stores, originals, thumbnails)  # (a damaged original is left out: its digest differs)
+    return Shared(number, stores, originals, thumbnails, plates)  # (a damaged original is left out: its digest differs)
 
 
 def _image_store(path: str) -> str:
-    """The image store an object of a version belongs to (its labels included): ``…/images/<id>.ome.zarr``."""
+    """The image store an object of a version belongs to (its labels included): ``…/images/<id>.ome.zarr``, or
+    the plate's store, ``…/plates/<name>.ome.zarr``."""
     return path[:path.index(".ome.zarr/") + len(".ome.zarr")]
 
 

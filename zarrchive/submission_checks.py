@@ -17,7 +17,7 @@ from pydantic import BaseModel, ValidationError
 from zarrchive.config import SubmissionSettings
 from zarrchive.records import (
     LABEL_NAME_RE, RESERVED_LABEL_NAMES, Author, FileEntry, Finding, ImagingMethod, Organism, PixelSize,
-    PublicationRef, SubmissionDoc, default_label_name, parse_relative_path,
+    PlateDeclaration, PublicationRef, SubmissionDoc, WellPosition, default_label_name, parse_relative_path,
 )
 
 EMAIL_RE = re.compile(r"^[A-Za-z0-9._%+'-]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}$")
@@ -33,6 +33,7 @@ SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 MODEL_AT: dict[tuple[str, ...], type[BaseModel]] = {
     (): SubmissionDoc, ("authors",): Author, ("files",): FileEntry, ("files", "pixel_size"): PixelSize,
     ("organism",): Organism, ("imaging_method",): ImagingMethod, ("publication",): PublicationRef,
+    ("plates",): PlateDeclaration, ("files", "well"): WellPosition,
 }
 FRIENDLY = {
     ("organism", "ncbi_taxon"): "must be the numeric NCBI taxonomy id, e.g. 9606 for Homo sapiens",
@@ -93,8 +94,10 @@ def _schema_finding(err: dict[str, Any], data: dict[str, Any]) -> Finding:
         message = FRIENDLY[names]
     else:
         message = err["msg"].removeprefix("Value error, ")
-    return Finding(severity="error", check="schema", field=label(loc, data), file=_file_of(loc, data),
-                   message=message)
+    field = label(loc, data)
+    if not loc and (plates := re.match(r"^(plates(?: \([^)]*\))?): (.*)$", message, re.DOTALL)):
+        field, message = plates.groups()  # the plates' check of the whole document: name the plate
+    return Finding(severity="error", check="schema", field=field, file=_file_of(loc, data), message=message)
 
 
 def _did_you_mean(key: str, model: type[BaseModel] | None) -> str:

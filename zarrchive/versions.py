@@ -30,9 +30,9 @@ MANIFEST = "manifest.json"
 VERSIONS = "versions.json"
 EMBARGO = "embargo.json"
 ARCHIVE_MARKER = "zarrchive-archive.json"  # at the root: marks the location as an archive, with its id
-MANIFEST_FORMAT = 4  # 1: before format_version was written; 2: with embargo and release fields; 3: the study's
+MANIFEST_FORMAT = 5  # 1: before format_version was written; 2: with embargo and release fields; 3: the study's
 #                      metadata (study) and each image's codec and stored bytes; 4: objects shared with an earlier
-#                      version (paths ``../v<K>/…``)
+#                      version (paths ``../v<K>/…``); 5: plates (``plates/…`` paths, each field's ``well``)
 SHARED = re.compile(r"^\.\./v(\d+)/(.+)$")
 
 
