@@ -8,10 +8,13 @@ success is returned with the outputs.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 from prefect.futures import PrefectFuture
 
+from zarrchive.batch import ItemFailed, plan
+from zarrchive.batch import name as batch_name
+from zarrchive.config import BatchSettings
 from zarrchive.records import Failure, LineageRecord
 
 
@@ -25,24 +28,46 @@ def redact(message: str, staging: str | None = None, work: str | None = None) ->
     return message
 
 
-def gather(stage: str, submitted: list[tuple[PrefectFuture, dict[str, Any]]], staging: str | None = None,
-           work: str | None = None) -> tuple[list[Any], list[Failure], list[LineageRecord]]:
+def gather(stage: str, submitted: list[tuple[PrefectFuture, dict[str, Any] | list[dict[str, Any]]]],
+           staging: str | None = None, work: str | None = None
+           ) -> tuple[list[Any], list[Failure], list[LineageRecord]]:
     """Wait for every future; the outputs of those that succeeded, a Failure for each other one, and the lineage
     of the successes.
 
     Each future comes with what identifies its work (``source_path``, and
-    ``image_id``/``series`` for per-image stages) for the failure record.
+    ``image_id``/``series`` for per-image stages) for the failure record; a batch's future
+    (``zarrchive.batch``) with a list of them, one per item, in the order of its results.
     """
     outputs, failures, lineage = [], [], []
     for future, who in submitted:
+        items = who if isinstance(who, list) else [who]
         try:
-            traced = future.result()
-        except Exception as exc:  # a failed image is reported; the others go on
-            failures.append(Failure(stage=stage, error=redact(f"{type(exc).__name__}: {exc}", staging, work), **who))
-            continue
-        lineage.append(traced.lineage)
-        outputs.append(traced.output)
+            results = future.result() if isinstance(who, list) else [future.result()]
+        except Exception as exc:  # a failed image (or a whole batch) is reported; the others go on
+            results = [ItemFailed(error=f"{type(exc).__name__}: {exc}")] * len(items)
+        for one, traced in zip(items, results):
+            if isinstance(traced, ItemFailed):
+                failures.append(Failure(stage=stage, error=redact(traced.error, staging, work), **one))
+                continue
+            lineage.append(traced.lineage)
+            outputs.append(traced.output)
     return outputs, failures, lineage
+
+
+def fan_out(items: list[Any], size_of: Callable[[Any], int], settings: BatchSettings,
+            one: Callable[[Any], PrefectFuture], many: Callable[[list[Any], str], PrefectFuture],
+            who: Callable[[Any], dict[str, Any]], noun: str, shown: Callable[[Any], str]
+            ) -> list[tuple[PrefectFuture, dict[str, Any] | list[dict[str, Any]]]]:
+    """Submit a stage for ``items``: a task run of its own (``one(item)``) for each large item, and one
+    (``many(group, name)``) for each batch of small ones (``zarrchive.batch.plan``); each future with what
+    identifies its items, for ``gather``."""
+    submitted: list[tuple[PrefectFuture, dict[str, Any] | list[dict[str, Any]]]] = []
+    for group in plan(items, size_of, settings):
+        if len(group) == 1:
+            submitted.append((one(group[0]), who(group[0])))
+        else:
+            submitted.append((many(group, batch_name(noun, [shown(i) for i in group])), [who(i) for i in group]))
+    return submitted
 
 
 def distinct_ids(images: list[Any]) -> tuple[list[Any], list[Failure]]:

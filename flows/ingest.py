@@ -12,8 +12,11 @@ and leaves a ``<accession>-publication`` artifact listing each image's fate.
 
 from __future__ import annotations
 
+import math
 import os
-from typing import Any, Literal
+from typing import Any, Callable, Literal
+
+import numpy as np
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
@@ -25,19 +28,20 @@ from zarrchive.cluster import cluster_for_run, link_dashboard
 from zarrchive.config import load_settings
 from zarrchive.errors import ArchiveNotFound, FailedOutcome, SubmissionError
 from zarrchive.flows.approval import ask_curator
-from zarrchive.flows.fanout import distinct_ids, gather, redact
-from zarrchive.records import Publication
+from zarrchive.flows.fanout import distinct_ids, fan_out, gather, redact
+from zarrchive.config import Settings
+from zarrchive.records import FileEntry, FileRecord, ImageRecord, Publication
 from zarrchive.staging import clean_stale, staging_area, work_area
 from zarrchive.versions import private_location
 from zarrchive.tasks.catalog import index_public
-from zarrchive.tasks.compress import compress
-from zarrchive.tasks.convert import companions_of, convert
+from zarrchive.tasks.compress import compress, compress_batch
+from zarrchive.tasks.convert import companions, convert, convert_batch
 from zarrchive.tasks.fetch import fetch
 from zarrchive.tasks.intake import intake
 from zarrchive.tasks.publish import (
     blocking_reasons, image_outcomes, not_published, publish, unchanged, version_fingerprint,
 )
-from zarrchive.tasks.pyramid import labels_with_images, pyramid
+from zarrchive.tasks.pyramid import labels_with_images, pyramid, pyramid_batch
 from zarrchive.tasks.qc import qc
 
 Profile = Literal["from configuration", "compat", "max", "fixed"]
@@ -106,28 +110,21 @@ def ingest_submission(
         work = work_area(settings.staging)
         with cluster_for_run(settings.cluster) as scheduler:
             link_dashboard(scheduler)
-            converted, failed, traced = gather("convert", [
-                (convert.submit(f, entries[f.path], work, settings.convert, companions_of(f, files)),
-                 {"source_path": f.path})
-                for f in files if f.kind in ("image", "label")
-            ], staging, work)
+            converted, failed, traced = gather("convert", _convert(
+                [f for f in files if f.kind in ("image", "label")], entries, work, settings, companions(files)),
+                staging, work)
             converted, clashes = distinct_ids([image for batch in converted for image in batch])
             failures, lineage = failures + failed + clashes, lineage + traced
 
-            images, failed, traced = gather("pyramid", [
-                (pyramid.submit(image, settings.pyramid), _who(image)) for image in converted if image.kind == "image"
-            ], staging, work)
+            images, failed, traced = gather("pyramid", _pyramid(
+                [(image, None) for image in converted if image.kind == "image"], settings), staging, work)
             failures, lineage = failures + failed, lineage + traced
-            labels, failed, traced = gather("pyramid", [  # a label follows the levels of the image it annotates
-                (pyramid.submit(label, settings.pyramid, image), _who(label))
-                for label, image in labels_with_images(converted, images)
-            ], staging, work)
+            labels, failed, traced = gather("pyramid", _pyramid(  # a label follows the levels of its image
+                labels_with_images(converted, images), settings), staging, work)
             images, failures, lineage = images + labels, failures + failed, lineage + traced
 
-            reports, failed, traced = gather("compress", [
-                (compress.submit(image, staged[image.source_path], work, settings.compress, scheduler), _who(image))
-                for image in images
-            ], staging, work)
+            reports, failed, traced = gather("compress", _compress(images, staged, work, settings, scheduler),
+                                             staging, work)
             failures, lineage = failures + failed, lineage + traced
 
             checked = qc(record, images, reports, settings.qc, scheduler, failures) if reports else None
@@ -156,6 +153,43 @@ def _overrides(overrides: dict[str, Any] | None, codec_profile: str) -> dict[str
     if codec_profile != "from configuration":
         merged["compress"] = {**merged.get("compress", {}), "profile": codec_profile}
     return merged or None
+
+
+# Each per-file and per-image stage runs a task of its own for a large item and one for a batch of small ones
+# (zarrchive.batch): the UI shows every stage, each task run named by what it holds.
+
+
+def _convert(files: list[FileRecord], entries: dict[str, FileEntry], work: str, settings: Settings,
+             companions_of: Callable[[FileRecord], dict[str, str]]) -> list:
+    return fan_out(
+        files, lambda f: f.size, settings.batch,
+        one=lambda f: convert.submit(f, entries[f.path], work, settings.convert, companions_of(f)),
+        many=lambda group, name: convert_batch.submit([(f, entries[f.path], companions_of(f)) for f in group], work,
+                                                      settings.convert, name),
+        who=lambda f: {"source_path": f.path}, noun="files", shown=lambda f: f.path)
+
+
+def _pyramid(items: list[tuple[ImageRecord, ImageRecord | None]], settings: Settings) -> list:
+    return fan_out(
+        items, lambda item: _bytes(item[0]), settings.batch,
+        one=lambda item: pyramid.submit(item[0], settings.pyramid, item[1]),
+        many=lambda group, name: pyramid_batch.submit(group, settings.pyramid, name),
+        who=lambda item: _who(item[0]), noun="images", shown=lambda item: item[0].image_id)
+
+
+def _compress(images: list[ImageRecord], staged: dict[str, FileRecord], work: str, settings: Settings,
+              scheduler: str) -> list:
+    return fan_out(
+        images, _bytes, settings.batch,
+        one=lambda image: compress.submit(image, staged[image.source_path], work, settings.compress, scheduler),
+        many=lambda group, name: compress_batch.submit([(i, staged[i.source_path]) for i in group], work,
+                                                       settings.compress, scheduler, name),
+        who=_who, noun="images", shown=lambda image: image.image_id)
+
+
+def _bytes(image: ImageRecord) -> int:
+    """An image's level 0 in bytes."""
+    return math.prod(image.shape) * np.dtype(image.dtype).itemsize
 
 
 def _who(image) -> dict:

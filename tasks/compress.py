@@ -33,7 +33,7 @@ import zarr
 from distributed import as_completed
 from zarr.codecs import BloscCodec, ZstdCodec
 
-from zarrchive import faults, runlog
+from zarrchive import batch, faults, runlog
 from zarrchive.pixels.blocks import chunk_slices
 from zarrchive.cluster import client_for
 from zarrchive.pixels.codecs import array_codec_kwargs, choice_of, make_codec, sample_regions, supports
@@ -313,3 +313,12 @@ def compress(image: ImageRecord, source: FileRecord, work: str, settings: Compre
                                            if k in ("cname", "clevel", "shuffle", "level"))]),
              report.chunks_verified, report.seconds)
     return result
+
+
+@stage_task(name="compress", task_run_name="compress: {name}", tags=["pixels", "batch"],
+            cache_policy="none")  # (its inputs can be large; its items are small: redone on a rerun)
+def compress_batch(items: list[tuple[ImageRecord, FileRecord]], work: str, settings: CompressSettings,
+                   scheduler: str, name: str) -> list[Traced[CompressionReport] | batch.ItemFailed]:
+    """``compress`` for many small images (image, its staged source) in one task run (``zarrchive.batch``)."""
+    return batch.run("compress", items, lambda image, source: compress.__wrapped__(
+        image, source, work, settings, scheduler), lambda item: item[0].image_id)

@@ -33,7 +33,7 @@ import tifffile
 from bioio import BioImage
 
 from zarrchive import __version__
-from zarrchive import budget, faults, runlog
+from zarrchive import batch, budget, faults, runlog
 from zarrchive.budget import OverBudget
 from zarrchive.config import ConvertSettings, ImageBudget
 from zarrchive.errors import InputError, StageTimeout, UnsupportedFormat, ZarrchiveError
@@ -390,11 +390,14 @@ def chunk_shape(axes: list[str], shape: tuple[int, ...], dtype: str, settings: C
     return tuple(max(1, min(edge[a], n)) for a, n in zip(axes, shape))
 
 
-def companions_of(file: FileRecord, files: list[FileRecord]) -> dict[str, str]:
-    """The sha256 of the other staged files in ``file``'s folder: the members a multi-file OME-TIFF set may have
-    (they are part of its conversion's identity)."""
-    folder = posixpath.dirname(file.path)
-    return {f.path: f.sha256 for f in files if f.path != file.path and posixpath.dirname(f.path) == folder}
+def companions(files: list[FileRecord]) -> Callable[[FileRecord], dict[str, str]]:
+    """For each file, the sha256 of the staged files in its folder (itself included): the members a multi-file
+    OME-TIFF set may have (they are part of its conversion's identity). One mapping per folder, shared by its
+    files: a folder of 10,000 fields costs one mapping of 10,000, not 10,000 of them."""
+    folders: dict[str, dict[str, str]] = {}
+    for f in files:
+        folders.setdefault(posixpath.dirname(f.path), {})[f.path] = f.sha256
+    return lambda file: folders.get(posixpath.dirname(file.path), {})
 
 
 def _set_members(file: FileRecord, members: list[str], companions: dict[str, str] | None
@@ -464,7 +467,7 @@ def describe_file(
 
     A file of a multi-file OME-TIFF set gives the set's images when it holds the set's first planes, and no image
     otherwise (the set is one image, not one per file); ``companions`` (the sha256 of the other staged files of
-    its folder, ``companions_of``) make the members part of the conversion's identity. A file whose OME-XML
+    its folder, ``companions``) make the members part of the conversion's identity. A file whose OME-XML
     describes a larger acquisition whose other files are not in the submission (screening software writes one
     file per field, each naming the whole plate) gives the images whose planes it holds itself, with a note
     naming the missing files; an image with planes in a missing file is an error naming them."""
@@ -868,6 +871,15 @@ def convert(
             f"{a.name}={n}" for a, n in zip(image.axes, image.shape)), image.dtype, calibration, image.reader,
             ", ".join(image.channel_names))
     return result
+
+
+@stage_task(name="convert", task_run_name="convert: {name}", tags=["pixels", "batch"],
+            cache_policy="none")  # (its inputs can be large; its items are small: redone on a rerun)
+def convert_batch(items: list[tuple[FileRecord, FileEntry | None, dict[str, str]]], work: str,
+                  settings: ConvertSettings, name: str) -> list[Traced[list[ImageRecord]] | batch.ItemFailed]:
+    """``convert`` for many small files (file, entry, companions) in one task run (``zarrchive.batch``)."""
+    return batch.run("convert", items, lambda file, entry, companions: convert.__wrapped__(
+        file, entry, work, settings, companions), lambda item: item[0].path)
 
 
 def probe_file(path: str, rel: str, entry: FileEntry, settings: ConvertSettings) -> str | None:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 from zarrchive.config import PyramidSettings
 from zarrchive.errors import InputError
+from zarrchive import batch
 from zarrchive.lineage import Traced, stage_task, traced
 from zarrchive.records import ImageRecord, Level
 
@@ -126,3 +127,12 @@ def labels_with_images(converted: list[ImageRecord],
 def pyramid(image: ImageRecord, settings: PyramidSettings,
             annotated: ImageRecord | None = None) -> Traced[ImageRecord]:
     return traced("pyramid", build_pyramid, image, settings, annotated, image_id=image.image_id)
+
+
+@stage_task(name="pyramid", task_run_name="pyramid: {name}", tags=["plan", "batch"],
+            cache_policy="none")  # (its inputs can be large; its items are small: redone on a rerun)
+def pyramid_batch(items: list[tuple[ImageRecord, ImageRecord | None]], settings: PyramidSettings,
+                  name: str) -> list[Traced[ImageRecord] | batch.ItemFailed]:
+    """``pyramid`` for many images (image, the image a label annotates) in one task run (``zarrchive.batch``)."""
+    return batch.run("pyramid", items, lambda image, annotated: pyramid.__wrapped__(image, settings, annotated),
+                     lambda item: item[0].image_id)

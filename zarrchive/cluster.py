@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import shlex
+import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterator
 
@@ -60,6 +61,7 @@ def cluster_for_run(settings: ClusterSettings, dashboard: bool = True) -> Iterat
             submit_jobs(cluster, settings.slurm)
         yield cluster.scheduler_address
     finally:
+        release_clients(cluster.scheduler_address)
         cluster.close()
 
 
@@ -212,9 +214,43 @@ class ImportStageModules(WorkerPlugin):
         import_worker_modules()
 
 
+_CLIENTS: dict[str, Client] = {}  # one client per scheduler, shared by the stages and images of this process
+_CLIENTS_LOCK = threading.Lock()
+
+
+def shared_client(address: str) -> Client:
+    """This process's client of the scheduler at ``address``: made (and the stage modules' plugin registered)
+    the first time, and again when it lost its scheduler; shared by every stage and thread (a client costs a
+    connection and a round trip to make: per image of a plate, more than the image's own pixel work)."""
+    with _CLIENTS_LOCK:
+        client = _CLIENTS.get(address)
+        if client is not None and client.status == "running":
+            return client
+        if client is not None:
+            with contextlib.suppress(Exception):
+                client.close()
+        client = Client(address, set_as_default=False, timeout="30s")
+        try:
+            client.register_plugin(ImportStageModules())
+        except Exception:
+            client.close()
+            raise
+        _CLIENTS[address] = client
+        return client
+
+
+def release_clients(address: str | None = None) -> None:
+    """Close this process's client of ``address`` (every client when None): the cluster is going away."""
+    with _CLIENTS_LOCK:
+        for known in [a for a in _CLIENTS if address is None or a == address]:
+            with contextlib.suppress(Exception):
+                _CLIENTS.pop(known).close()
+
+
 @contextlib.contextmanager
 def client_for(address: str) -> Iterator[Client]:
-    """A client of the scheduler at ``address`` for the duration of one stage, its workers ready.
+    """A client of the scheduler at ``address`` for the duration of one stage, its workers ready (this process's
+    shared client: ``shared_client``).
 
     A task that was running each time one of ``allowed_failures + 1`` workers died (a crash, an out-of-memory
     kill) fails the stage with ``ClusterError``; work lost with fewer deaths is simply redone.
@@ -223,9 +259,8 @@ def client_for(address: str) -> Iterator[Client]:
     global scheduler option, which stages running at the same time in other threads would then restore out of
     order, leaving the process asking for a distributed client that no longer exists.
     """
-    client = Client(address, set_as_default=False, timeout="30s")
+    client = shared_client(address)
     try:
-        client.register_plugin(ImportStageModules())
         yield client
     except KilledWorker as exc:
         raise ClusterError(
@@ -233,5 +268,3 @@ def client_for(address: str) -> Iterator[Client]:
             f"{exc.last_worker.address} (cluster.allowed_failures: {exc.allowed_failures}). Workers killed for "
             "their memory need a larger memory limit per thread for these chunk and shard sizes"
         ) from exc
-    finally:
-        client.close()

@@ -289,8 +289,19 @@ class CatalogSettings(Section):
     operational: ClassVar[frozenset[str]] = frozenset({"url", "password_env"})
 
 
+class BatchSettings(Section):
+    """Small files and images of a stage run in batches, one task run each (``zarrchive.batch``)."""
+
+    images: int = Field(default=64, ge=1)  # at most this many items a batch
+    bytes: int = Field(default=256 << 20, ge=1)  # at most this many bytes a batch (files as staged, images' level 0)
+    small_bytes: int = Field(default=64 << 20, ge=0)  # an item above this runs alone (0: every item alone)
+
+    operational: ClassVar[frozenset[str]] = frozenset({"images", "bytes", "small_bytes"})
+
+
 class Settings(Section):
     storage: StorageSettings = StorageSettings()
+    batch: BatchSettings = BatchSettings()
     catalog: CatalogSettings = CatalogSettings()
     archive: ArchiveSettings
     submission: SubmissionSettings

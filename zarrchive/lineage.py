@@ -50,7 +50,12 @@ class StageTask:
         if self._task is None:
             from prefect import task
 
-            self._task = task(**self._options)(self._fn)
+            options = dict(self._options)
+            if options.get("cache_policy") == "none":  # (named here: Prefect's NO_CACHE needs Prefect imported)
+                from prefect.cache_policies import NO_CACHE
+
+                options["cache_policy"] = NO_CACHE
+            self._task = task(**options)(self._fn)
         return self._task
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:

@@ -1,0 +1,61 @@
+"""Small files and images run in batches (one task run for many); a large one keeps a task run of its own; an item
+that fails in a batch fails alone, named with its reason, and every item keeps its own lineage."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+from builders import ome_tiff, random_image, submission
+from zarrchive.batch import name, plan
+from zarrchive.config import BatchSettings
+from zarrchive.flows.ingest import ingest_submission
+
+
+def test_items_are_grouped_in_order_by_count_and_bytes_and_a_large_one_runs_alone():
+    settings = BatchSettings(images=3, bytes=100, small_bytes=50)
+    sizes = [10, 10, 10, 10, 60, 40, 40, 30, 1]
+    groups = plan(list(enumerate(sizes)), lambda item: item[1], settings)
+    assert [[i for i, _ in g] for g in groups] == [[0, 1, 2], [3], [4], [5, 6], [7, 8]]
+    assert plan([1, 2], lambda _: 1, BatchSettings(small_bytes=0)) == [[1], [2]]
+    assert name("images", ["a", "b", "c"]) == "3 images (a … c)" and name("images", ["a"]) == "a"
+
+
+def test_a_batch_fails_its_bad_item_alone_and_keeps_each_items_lineage(tmp_path, config_file):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter
+
+    sub = tmp_path / "sub"
+    files = []
+    for i in range(4):
+        ome_tiff(sub / f"f{i}.ome.tif", random_image((1, 1, 32, 40), seed=i), "CZYX", {"x": 0.5, "y": 0.5})
+        files.append({"path": f"f{i}.ome.tif"})
+    (sub / "broken.tif").write_bytes(b"II*\x00" + b"\x00" * 12)  # a TIFF header and nothing else
+    files.append({"path": "broken.tif"})
+    ome_tiff(sub / "big.ome.tif", random_image((1, 1, 128, 128), seed=9), "CZYX", {"x": 0.5, "y": 0.5})
+    files.append({"path": "big.ome.tif"})
+    submission(sub, files)
+    config = config_file(publish={"on_image_error": "skip_image"}, batch={"small_bytes": 20000})
+    state = ingest_submission(submission=str(sub), archive=str(tmp_path / "archive"), config=config,
+                              create_archive=True, return_state=True)
+    pub = state.result(raise_on_failure=False).data  # (partly published: the run says so, Failed)
+    outcome = {o.image_id: o for o in pub.images}
+    assert pub.status == "published" and pub.partial and {i for i, o in outcome.items() if o.status == "published"} == {
+        "f0", "f1", "f2", "f3", "big"}
+    assert outcome["broken"].status == "failed" and outcome["broken"].error.startswith("convert: ")
+
+    async def task_runs():
+        async with get_client() as client:
+            runs = await client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id={"any_": [state.state_details.flow_run_id]}))
+            return {r.name: r.state for r in runs}
+
+    runs = asyncio.run(task_runs())
+    batch = runs["convert: 5 files (f0.ome.tif … broken.tif)"]  # (files in the submission's order)
+    assert batch.name == "Completed" and batch.message == "4 of 5 done; failed: broken.tif"
+    assert "convert: big.ome.tif" in runs and "compress: big" in runs  # over small_bytes: a task run of its own
+    assert "compress: 4 images (f0 … f3)" in runs
+    crate = json.loads((tmp_path / "archive" / pub.accession / "v1" / "ro-crate-metadata.json").read_text())
+    actions = {n["@id"] for n in crate["@graph"] if n.get("@type") == "CreateAction"}
+    for image in ("f0", "f1", "f2", "f3", "big"):
+        assert any(a.endswith(f"-compress-{image}") for a in actions), image
