@@ -67,6 +67,19 @@ def test_image_codecs_are_lossless_on_any_content(name, data):
     np.testing.assert_array_equal(array[...].view(f"u{values.dtype.itemsize}"), values.view(f"u{values.dtype.itemsize}"))
 
 
+def test_the_baseline_is_eligible_however_slow_and_never_beaten_by_a_larger_candidate():
+    samples = [microscopy((1, 128, 128), seed=s)[0] for s in range(4)]
+    fast_and_large = CodecSpec(codec="blosc", cname="lz4", clevel=1, shuffle="noshuffle")
+    baseline = CodecSpec(codec="blosc", cname="zstd", clevel=5, shuffle="shuffle", baseline=True)
+    # no candidate is fast enough: the baseline still is eligible, and it is the smaller one
+    slow = choose_codec(samples, [fast_and_large, baseline], min_encode_mbps=1e9)
+    assert slow.chosen == 1 and slow.candidates[1].stored_bytes < slow.candidates[0].stored_bytes
+    # a tolerance that counts every size as equal takes the fastest, but never one larger than the baseline
+    tolerant = choose_codec(samples, [fast_and_large, baseline], min_encode_mbps=0, size_tolerance=1.0)
+    assert tolerant.chosen == 1
+    assert "baseline" not in str(load_settings().compress.identity())  # a rule of the choice, not an identity
+
+
 def test_an_image_codec_refuses_a_dtype_it_cannot_keep(tmp_path):
     with pytest.raises(ValueError, match="imagecodecs_jpegls encodes uint8, uint16, not float32"):
         zarr.create_array(str(tmp_path / "f"), shape=(4, 4), dtype="float32", zarr_format=3,

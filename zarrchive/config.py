@@ -105,6 +105,9 @@ class CodecSpec(Section):
     clevel: int = Field(default=3, ge=0, le=22)  # blosc / zstd level
     shuffle: Literal["shuffle", "bitshuffle", "noshuffle"] = "shuffle"  # blosc only
     level: int | None = Field(default=None, ge=0, le=12)  # jpegxl effort (1-9), pcodec level (0-12)
+    # the profile's baseline (ome-zarr-py's default): eligible whatever its speed, and never beaten by a larger
+    # candidate (a rule of the choice, recorded in its objective; not part of identities)
+    baseline: bool = Field(default=False, exclude=True)
 
 
 class CompressSettings(Section):

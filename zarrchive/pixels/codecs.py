@@ -37,8 +37,9 @@ WITH_IMAGECODECS = "zarr-python with imagecodecs and zarrchive installed (pip in
 WITH_PCODEC = "zarr-python with numcodecs' pcodec (pip install zarr 'numcodecs[pcodec]')"
 PCODEC_DTYPES = ("uint16", "uint32", "uint64", "int16", "int32", "int64", "float16", "float32", "float64")
 OBJECTIVE = ("the smallest stored size over the sampled chunks among candidates that encode at least "
-             "min_encode_mbps MB/s on one thread, sizes within size_tolerance of the smallest counting as equal "
-             "(then the fastest of them); if none is that fast, the fastest")
+             "min_encode_mbps MB/s on one thread and the profile's baseline whatever its speed, sizes within "
+             "size_tolerance of the smallest counting as equal (then the fastest of them, but none larger than "
+             "the baseline); if none is that fast, the fastest")
 
 
 @dataclass(frozen=True)
@@ -278,10 +279,13 @@ def choose_codec(samples: list[np.ndarray], candidates: list[CodecSpec], min_enc
     if not measured:
         raise ValueError("no codec candidate can encode this image: "
                          + "; ".join(f"{t.codec.name}: {t.skipped}" for t in trials))
-    fast = [i for i in measured if (trials[i].encode_mbps or 0) >= min_encode_mbps]
+    baseline = next((i for i in measured if candidates[i].baseline), None)
+    fast = [i for i in measured if (trials[i].encode_mbps or 0) >= min_encode_mbps or i == baseline]
     if fast:
         smallest = min(trials[i].stored_bytes or 0 for i in fast)
         small = [i for i in fast if (trials[i].stored_bytes or 0) <= smallest * (1 + size_tolerance)]
+        if baseline is not None:  # never more bytes than the baseline, whatever the tolerance
+            small = [i for i in small if (trials[i].stored_bytes or 0) <= (trials[baseline].stored_bytes or 0)]
         chosen = max(small, key=lambda i: (trials[i].encode_mbps or 0, -i))
     else:
         chosen = max(measured, key=lambda i: (trials[i].encode_mbps or 0, -i))
