@@ -45,7 +45,7 @@ def gather(stage: str, submitted: list[tuple[PrefectFuture, dict[str, Any] | lis
             results = future.result() if isinstance(who, list) else [future.result()]
         except Exception as exc:  # a failed image (or a whole batch) is reported; the others go on
             results = [ItemFailed(error=f"{type(exc).__name__}: {exc}")] * len(items)
-        for one, traced in zip(items, results):
+        for one, traced in zip(items, results, strict=True):
             if isinstance(traced, ItemFailed):
                 failures.append(Failure(stage=stage, error=redact(traced.error, staging, work), **one))
                 continue

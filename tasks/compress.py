@@ -25,6 +25,7 @@ import os
 import shutil
 import time
 import uuid
+from pathlib import Path
 from typing import Any, Callable
 
 import fsspec
@@ -46,7 +47,7 @@ from zarrchive.pixels.passes import BATCH, LevelPlan, downsample_regions, select
 from zarrchive.records import CodecChoice, CodecSelection, CompressionReport, FileRecord, ImageRecord, factors
 from zarrchive.pixels.shards import Stored
 from zarrchive.staging import partial_name
-from zarrchive.storage import remove_unfinished_writes, sha256_stream, tree_digest, walk_files
+from zarrchive.storage import remove_unfinished_writes, sha256_stream, tree_digest, walk_files, write_bytes_atomic
 
 LOCAL = fsspec.filesystem("file")
 
@@ -319,6 +320,25 @@ def compress(image: ImageRecord, source: FileRecord, work: str, settings: Compre
             cache_policy="none")  # (its inputs can be large; its items are small: redone on a rerun)
 def compress_batch(items: list[tuple[ImageRecord, FileRecord]], work: str, settings: CompressSettings,
                    scheduler: str, name: str) -> list[Traced[CompressionReport] | batch.ItemFailed]:
-    """``compress`` for many small images (image, its staged source) in one task run (``zarrchive.batch``)."""
-    return batch.run("compress", items, lambda image, source: compress.__wrapped__(
-        image, source, work, settings, scheduler), lambda item: item[0].image_id)
+    """``compress`` for many small images (image, its staged source) in one task run (``zarrchive.batch``). Each
+    image's result is kept in the work area under its ``compress_key`` (as Prefect's cache keeps a task run's):
+    a rerun reuses what is still there, so an unchanged image keeps its stored bytes — and its codec choice,
+    which depends on measured speed — and a later version shares it."""
+    def one(image: ImageRecord, source: FileRecord) -> Traced[CompressionReport]:
+        key = compress_key(None, {"image": image, "settings": settings, "work": work})
+        kept = f"{work.rstrip('/')}/compress/results/{key}.json"
+        if os.path.exists(kept):
+            try:
+                earlier = Traced[CompressionReport].model_validate_json(Path(kept).read_bytes())
+                if os.path.isdir(earlier.output.store):
+                    runlog.logger().info("compress %s: reused from an earlier run (%s)", image.image_id,
+                                         earlier.output.store)
+                    return earlier
+            except ValueError:  # damaged: made again
+                pass
+        result = compress.__wrapped__(image, source, work, settings, scheduler)
+        os.makedirs(os.path.dirname(kept), exist_ok=True)
+        write_bytes_atomic(LOCAL, kept, result.model_dump_json().encode())
+        return result
+
+    return batch.run("compress", items, one, lambda item: item[0].image_id)

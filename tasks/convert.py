@@ -467,7 +467,7 @@ def describe_file(
 
     A file of a multi-file OME-TIFF set gives the set's images when it holds the set's first planes, and no image
     otherwise (the set is one image, not one per file); ``companions`` (the sha256 of the other staged files of
-    its folder, ``companions``) make the members part of the conversion's identity. A file whose OME-XML
+    its folder, itself included: ``companions``) make the members part of the conversion's identity. A file whose OME-XML
     describes a larger acquisition whose other files are not in the submission (screening software writes one
     file per field, each naming the whole plate) gives the images whose planes it holds itself, with a note
     naming the missing files; an image with planes in a missing file is an error naming them."""

@@ -13,12 +13,19 @@ from zarrchive.flows.ingest import ingest_submission
 
 
 def test_items_are_grouped_in_order_by_count_and_bytes_and_a_large_one_runs_alone():
-    settings = BatchSettings(images=3, bytes=100, small_bytes=50)
+    settings = BatchSettings(images=3, bytes=100, small_bytes=50, parallel=1)
     sizes = [10, 10, 10, 10, 60, 40, 40, 30, 1]
     groups = plan(list(enumerate(sizes)), lambda item: item[1], settings)
     assert [[i for i, _ in g] for g in groups] == [[0, 1, 2], [3], [4], [5, 6], [7, 8]]
     assert plan([1, 2], lambda _: 1, BatchSettings(small_bytes=0)) == [[1], [2]]
     assert name("images", ["a", "b", "c"]) == "3 images (a … c)" and name("images", ["a"]) == "a"
+
+
+def test_there_are_batches_enough_to_keep_the_cluster_busy():
+    settings = BatchSettings(images=64, parallel=4)
+    assert [len(g) for g in plan(range(10), lambda _: 1, settings)] == [3, 3, 3, 1]
+    assert [len(g) for g in plan(range(1000), lambda _: 1, settings)] == [64] * 15 + [40]
+    assert [len(g) for g in plan(range(3), lambda _: 1, settings)] == [1, 1, 1]
 
 
 def test_a_batch_fails_its_bad_item_alone_and_keeps_each_items_lineage(tmp_path, config_file):
@@ -35,7 +42,7 @@ def test_a_batch_fails_its_bad_item_alone_and_keeps_each_items_lineage(tmp_path,
     ome_tiff(sub / "big.ome.tif", random_image((1, 1, 128, 128), seed=9), "CZYX", {"x": 0.5, "y": 0.5})
     files.append({"path": "big.ome.tif"})
     submission(sub, files)
-    config = config_file(publish={"on_image_error": "skip_image"}, batch={"small_bytes": 20000})
+    config = config_file(publish={"on_image_error": "skip_image"}, batch={"small_bytes": 20000, "parallel": 1})
     state = ingest_submission(submission=str(sub), archive=str(tmp_path / "archive"), config=config,
                               create_archive=True, return_state=True)
     pub = state.result(raise_on_failure=False).data  # (partly published: the run says so, Failed)
@@ -59,3 +66,31 @@ def test_a_batch_fails_its_bad_item_alone_and_keeps_each_items_lineage(tmp_path,
     actions = {n["@id"] for n in crate["@graph"] if n.get("@type") == "CreateAction"}
     for image in ("f0", "f1", "f2", "f3", "big"):
         assert any(a.endswith(f"-compress-{image}") for a in actions), image
+
+
+def test_a_batch_reuses_what_an_earlier_run_compressed_so_a_new_version_shares_the_unchanged_images(tmp_path,
+                                                                                                   config_file):
+    from zarrchive.flows.ingest import ingest
+
+    sub = tmp_path / "sub"
+    for i in range(3):
+        ome_tiff(sub / f"f{i}.ome.tif", random_image((1, 1, 32, 40), seed=i), "CZYX", {"x": 0.5, "y": 0.5})
+    submission(sub, [{"path": f"f{i}.ome.tif"} for i in range(3)])
+    config = config_file(batch={"parallel": 1})
+    first = ingest(str(sub), str(tmp_path / "archive"), config)
+    ome_tiff(sub / "f2.ome.tif", random_image((1, 1, 32, 40), seed=7), "CZYX", {"x": 0.5, "y": 0.5})
+    submission(sub, [{"path": f"f{i}.ome.tif"} for i in range(3)])
+    second = ingest(str(sub), str(tmp_path / "archive"), config)
+    assert (first.version, second.version) == (1, 2)
+    paths = {o.image_id: o.path for o in second.images}
+    assert paths == {"f0": "../v1/images/f0.ome.zarr", "f1": "../v1/images/f1.ome.zarr", "f2": "images/f2.ome.zarr"}
+
+    def compressed(version: int) -> dict[str, str]:
+        crate = json.loads((tmp_path / "archive" / first.accession / f"v{version}" / "ro-crate-metadata.json")
+                           .read_text())
+        return {n["@id"].rsplit("-", 1)[-1]: n["startTime"] for n in crate["@graph"]
+                if n.get("@type") == "CreateAction" and n.get("zarrchive:stage") == "compress"}
+
+    before, after = compressed(1), compressed(2)
+    assert after["f0"] == before["f0"] and after["f1"] == before["f1"]  # reused, with the lineage that made them
+    assert after["f2"] > before["f2"]

@@ -29,19 +29,23 @@ class ItemFailed(Record):
 
 def plan(items: Iterable[T], size_of: Callable[[T], int], settings: BatchSettings) -> list[list[T]]:
     """``items`` in groups, in their order: an item over ``small_bytes`` alone, the others together up to
-    ``images`` items and ``bytes`` bytes a group."""
+    ``images`` items and ``bytes`` bytes a group — and smaller groups when there are fewer than ``parallel``
+    groups' worth of items (the groups run at once; the items of one group one after another)."""
+    items = list(items)
+    sizes = [size_of(item) for item in items]
+    small = sum(1 for size in sizes if size <= settings.small_bytes)
+    per_group = max(1, min(settings.images, -(-small // settings.parallel)))
     groups: list[list[T]] = []
     current: list[T] = []
     held = 0
-    for item in items:
-        size = size_of(item)
+    for item, size in zip(items, sizes):
         if size > settings.small_bytes:
             if current:
                 groups.append(current)
                 current, held = [], 0
             groups.append([item])
             continue
-        if current and (len(current) >= settings.images or held + size > settings.bytes):
+        if current and (len(current) >= per_group or held + size > settings.bytes):
             groups.append(current)
             current, held = [], 0
         current.append(item)

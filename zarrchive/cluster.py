@@ -214,37 +214,51 @@ class ImportStageModules(WorkerPlugin):
         import_worker_modules()
 
 
-_CLIENTS: dict[str, Client] = {}  # one client per scheduler, shared by the stages and images of this process
-_CLIENTS_LOCK = threading.Lock()
+_CLIENTS: dict[str, tuple[Client, str | None]] = {}  # per scheduler: this process's client, and the scheduler
+#                                                     id its worker plugin was registered with
+_LOCKS: dict[str, threading.Lock] = {}
+_LOCKS_LOCK = threading.Lock()
 
 
 def shared_client(address: str) -> Client:
-    """This process's client of the scheduler at ``address``: made (and the stage modules' plugin registered)
-    the first time, and again when it lost its scheduler; shared by every stage and thread (a client costs a
-    connection and a round trip to make: per image of a plate, more than the image's own pixel work)."""
-    with _CLIENTS_LOCK:
-        client = _CLIENTS.get(address)
-        if client is not None and client.status == "running":
-            return client
-        if client is not None:
+    """This process's client of the scheduler at ``address``, shared by every stage and thread (a client costs a
+    connection and round trips to make: per image of a plate, more than the image's own pixel work). Made the
+    first time and again once closed; one that is reconnecting is left to reconnect. The stage modules' worker
+    plugin is registered again when the scheduler changed (a restarted scheduler forgets it)."""
+    with _LOCKS_LOCK:
+        lock = _LOCKS.setdefault(address, threading.Lock())
+    with lock:
+        client, registered = _CLIENTS.get(address, (None, None))
+        if client is not None and client.status not in ("running", "connecting", "newly-created"):
             with contextlib.suppress(Exception):
                 client.close()
-        client = Client(address, set_as_default=False, timeout="30s")
-        try:
-            client.register_plugin(ImportStageModules())
-        except Exception:
-            client.close()
-            raise
-        _CLIENTS[address] = client
+            client = None
+        if client is None:
+            client = Client(address, set_as_default=False, timeout="30s")
+            registered = None
+        current = getattr(client, "_scheduler_identity", {}).get("id")
+        if registered is None or current != registered:
+            try:
+                client.register_plugin(ImportStageModules())
+            except Exception:
+                client.close()
+                _CLIENTS.pop(address, None)
+                raise
+            registered = getattr(client, "_scheduler_identity", {}).get("id") or "registered"
+        _CLIENTS[address] = (client, registered)
         return client
 
 
 def release_clients(address: str | None = None) -> None:
     """Close this process's client of ``address`` (every client when None): the cluster is going away."""
-    with _CLIENTS_LOCK:
-        for known in [a for a in _CLIENTS if address is None or a == address]:
-            with contextlib.suppress(Exception):
-                _CLIENTS.pop(known).close()
+    for known in [a for a in list(_CLIENTS) if address is None or a == address]:
+        with _LOCKS_LOCK:
+            lock = _LOCKS.setdefault(known, threading.Lock())
+        with lock:
+            client, _ = _CLIENTS.pop(known, (None, None))
+            if client is not None:
+                with contextlib.suppress(Exception):
+                    client.close()
 
 
 @contextlib.contextmanager

@@ -131,6 +131,9 @@ class CompressSettings(Section):
     def _profile_is_usable(self) -> "CompressSettings":
         if self.profile != "fixed" and not self.profiles.get(self.profile):
             raise ValueError(f"profile {self.profile!r} has no candidates under compress.profiles")
+        for name, specs in self.profiles.items():
+            if sum(c.baseline for c in specs) > 1:
+                raise ValueError(f"compress.profiles.{name} marks more than one candidate as its baseline")
         if self.ngff == "0.4" and any(c.codec not in ("blosc", "zstd") for c in self.candidates()):
             raise ValueError("OME-NGFF 0.4 (Zarr v2) output takes blosc or zstd only: use profile compat or fixed")
         return self
@@ -298,8 +301,10 @@ class BatchSettings(Section):
     images: int = Field(default=64, ge=1)  # at most this many items a batch
     bytes: int = Field(default=256 << 20, ge=1)  # at most this many bytes a batch (files as staged, images' level 0)
     small_bytes: int = Field(default=64 << 20, ge=0)  # an item above this runs alone (0: every item alone)
+    parallel: int = Field(default=8, ge=1)  # at least this many batches when there are items enough (they run at
+    #                                         once: the items of one batch run one after another)
 
-    operational: ClassVar[frozenset[str]] = frozenset({"images", "bytes", "small_bytes"})
+    operational: ClassVar[frozenset[str]] = frozenset({"images", "bytes", "small_bytes", "parallel"})
 
 
 class Settings(Section):

@@ -57,7 +57,8 @@ def convert_key(_context: Any, params: dict[str, Any]) -> str:
     members = [posixpath.normpath(posixpath.join(folder, name)) for name in ome_tiff_set(file.staged_path)] \
         if os.path.isfile(file.staged_path) else []
     return "convert-" + digest(file.path, file.sha256, params["entry"], params["settings"],
-                               {m: companions.get(m) for m in members}, pixel_versions(), generation(params["work"]),
+                               {m: companions.get(m) for m in members if m != file.path}, pixel_versions(),
+                               generation(params["work"]),
                                records_schema())
 
 
