@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
-import platform
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -113,8 +111,7 @@ def measure(name: str, image: np.ndarray, n: int, quick: bool) -> dict[str, Any]
     for spec, trial in zip(specs, trials):
         if trial.skipped:
             continue
-        rows.append({"codec": key(spec), "standard": spec in standard_candidates(quick) or spec["codec"] in (
-            "blosc", "zstd"), "bytes": trial.stored_bytes, "encode_mbps": trial.encode_mbps,
+        rows.append({"codec": key(spec), "standard": spec["codec"] in ("blosc", "zstd"), "bytes": trial.stored_bytes, "encode_mbps": trial.encode_mbps,
             "decode_mbps": trial.decode_mbps})
     table = {r["codec"]: r for r in rows}
     for spec in (OME_ZARR_DEFAULT,):
@@ -187,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
     args.workdir.mkdir(parents=True, exist_ok=True)
-    from run import versions
+    from run import machine, versions, write_result
 
     results = []
     for name, image in images(args.inputs, args.workdir).items():
@@ -195,12 +192,8 @@ def main(argv: list[str] | None = None) -> int:
             continue
         results.append(measure(name, image(), args.chunks, args.quick))
         print("\n".join(report(results[-1])), flush=True)
-    out = args.out or HERE / "results" / f"codecs-{dt.datetime.now():%Y%m%dT%H%M%S}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"date": dt.datetime.now(dt.timezone.utc).isoformat(), "machine": platform.platform(),
-                               "cpus": __import__("os").cpu_count(), "versions": versions(), "quick": args.quick,
-                               "results": results}, indent=1))
-    print(f"\nwritten {out}")
+    write_result({"date": dt.datetime.now(dt.timezone.utc).isoformat(), "machine": machine(),
+                  "versions": versions(), "quick": args.quick, "results": results}, args.out, "codecs-")
     return 0
 
 

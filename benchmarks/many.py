@@ -21,8 +21,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -152,9 +150,11 @@ def main(argv: list[str] | None = None) -> int:
     sizes = sorted(int(n) for n in args.images.split(","))
     workers = [int(n) for n in args.workers.split(",") if n]
     root = Path(tempfile.mkdtemp(prefix="zarrchive-many-"))
-    result: dict = {"date": dt.datetime.now(dt.timezone.utc).isoformat(), "machine": {
-        "cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
-        "sizes": {}, "scale_out": {}}
+    sys.path.insert(0, str(HERE))
+    from run import machine, write_result
+
+    result: dict = {"date": dt.datetime.now(dt.timezone.utc).isoformat(), "machine": machine(),
+                    "sizes": {}, "scale_out": {}}
     try:
         for n in sizes:
             folder = submission(root / f"sub-{n}", n)
@@ -192,10 +192,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"{'PASS' if gain >= 1.8 else 'FAIL'} (target: >= 1.8x)")
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    out = Path(args.out) if args.out else HERE / "results" / f"many-{dt.datetime.now():%Y%m%d-%H%M%S}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2, default=str))
-    print(f"wrote {out}")
+    write_result(result, args.out, "many-")
     return 0
 
 

@@ -357,6 +357,22 @@ def versions() -> dict[str, str]:
     return out
 
 
+def machine() -> dict[str, Any]:
+    """What the figures were measured on."""
+    return {"cpus": os.cpu_count(),
+            "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+            "python": platform.python_version(), "platform": platform.platform()}
+
+
+def write_result(result: dict[str, Any], out: str | Path | None, prefix: str = "") -> Path:
+    """Write a benchmark's result as JSON to ``out`` (default ``benchmarks/results/<prefix><time>.json``)."""
+    path = Path(out) if out else HERE / "results" / f"{prefix}{dt.datetime.now():%Y%m%d-%H%M%S}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2, default=str))
+    print(f"\nwrote {path}")
+    return path
+
+
 # ---------------------------------------------------------------- report
 
 
@@ -488,14 +504,8 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(out, ignore_errors=True)
     lines = report(rows) + [""] + targets(rows)
     print("\n".join(lines))
-    result = {"when": dt.datetime.now(dt.timezone.utc).isoformat(), "machine": {
-        "cpus": os.cpu_count(), "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
-        "python": platform.python_version(), "platform": platform.platform()}, "versions": versions(),
-        "rows": rows, "targets": targets(rows)}
-    path = Path(args.out) if args.out else HERE / "results" / f"{dt.datetime.now():%Y%m%d-%H%M%S}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2, default=str))
-    print(f"\nwrote {path}")
+    write_result({"when": dt.datetime.now(dt.timezone.utc).isoformat(), "machine": machine(),
+                  "versions": versions(), "rows": rows, "targets": targets(rows)}, args.out)
     return 0
 
 

@@ -313,7 +313,8 @@ def _ome_xml_places(files_of: SubmissionFiles, pattern: str, images: list[str]) 
     need no declaration: the ingest reads the plate from there)."""
     from zarrchive.plates import compile_pattern
 
-    first = next((p for p in images if compile_pattern(pattern).fullmatch(p)), None)
+    regex = compile_pattern(pattern)
+    first = next((p for p in images if regex.fullmatch(p)), None)
     if not first or not first.lower().endswith((".ome.tif", ".ome.tiff")):
         return False
     try:
