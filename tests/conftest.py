@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -19,6 +20,13 @@ os.environ["PREFECT_LOCAL_STORAGE_PATH"] = str(SESSION_DIR / "prefect-results")
 os.environ["XDG_CACHE_HOME"] = str(SESSION_DIR / "cache")  # the default work area of runs without a config
 os.environ["XDG_DATA_HOME"] = str(SESSION_DIR / "data")  # the default catalogs of object-store archives
 WORK = str(SESSION_DIR / "work")  # the conversion work area of every flow run in this session
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Leave nothing behind: the session's folder goes (its services were stopped with their fixtures), unless
+    ZARRCHIVE_KEEP_TEST_FILES is set (to look at what a failed run wrote)."""
+    if not os.environ.get("ZARRCHIVE_KEEP_TEST_FILES"):
+        shutil.rmtree(SESSION_DIR, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
