@@ -14,7 +14,8 @@ from zarrchive.errors import InputError, UnsupportedFormat
 from zarrchive.records import FileEntry, FileRecord, PixelSize
 from zarrchive.sources import read_region
 from zarrchive.records import slug
-from zarrchive.tasks.convert import choose_reader, convert_file
+from zarrchive.formats import identify
+from zarrchive.tasks.convert import convert_file
 
 
 def staged(path: Path, rel: str) -> FileRecord:
@@ -143,16 +144,16 @@ def test_every_stage_names_series_0_of_a_multi_series_file_as_convert_does(tmp_p
 
 def test_reader_is_chosen_from_content_not_name(tmp_path):
     plain = plain_tiff(tmp_path / "looks.ome.tif", random_image((8, 8), "uint8"), ome=False)
-    assert choose_reader(str(plain), "looks.ome.tif").__module__.startswith("bioio_tifffile")
+    assert identify(str(plain), "looks.ome.tif").name == "bioio_tifffile"
     ome = ome_tiff(tmp_path / "plain_name.tif", random_image((1, 1, 8, 8)), "CZYX")
-    assert choose_reader(str(ome), "plain_name.tif").__module__.startswith("bioio_ome_tiff")
+    assert identify(str(ome), "plain_name.tif").name == "bioio_ome_tiff"
 
 
 def test_non_image_content_is_refused_naming_the_file(tmp_path):
     fake = tmp_path / "scan.tif"
     fake.write_text("this is not an image")
     with pytest.raises(UnsupportedFormat) as err:
-        choose_reader(str(fake), "images/scan.tif")
+        identify(str(fake), "images/scan.tif")
     assert err.value.file == "images/scan.tif" and "not supported" in err.value.reason
 
 
@@ -218,7 +219,7 @@ def test_jpeg_is_its_decoded_pixels_and_is_marked_lossy(tmp_path, settings, sche
 
 def test_a_png_named_tif_converts_by_its_content(tmp_path, settings):
     path = _png(tmp_path / "mislabelled.tif", random_image((20, 24), "uint8"))
-    assert choose_reader(str(path), "mislabelled.tif").__module__.startswith("bioio_imageio")
+    assert identify(str(path), "mislabelled.tif").name == "bioio_imageio"
     [image] = convert_file(staged(path, "mislabelled.tif"), None, str(tmp_path / "w"), settings.convert)
     assert image.reader == "bioio_imageio"
 
@@ -233,7 +234,7 @@ def test_a_vendor_file_without_its_plugin_names_the_plugin_to_install(tmp_path, 
     path = tmp_path / "acquisition.dat"
     path.write_bytes(head)
     with pytest.raises(UnsupportedFormat) as err:
-        choose_reader(str(path), "raw/acquisition.dat")
+        identify(str(path), "raw/acquisition.dat")
     assert err.value.file == "raw/acquisition.dat"
     assert "not supported in this installation" in err.value.reason and plugin in err.value.reason
     assert "pip install 'zarrchive[" in err.value.reason
@@ -246,7 +247,7 @@ def test_with_its_plugin_a_vendor_file_is_read_by_it_and_a_damaged_one_is_named(
     pytest.importorskip(module, reason="the vendor reader plugins (zarrchive[vendor]) are not installed")
     path = tmp_path / "acquisition.dat"  # the name says nothing: the content decides
     path.write_bytes(head)
-    assert choose_reader(str(path), "raw/acquisition.dat").__module__.startswith(module)
+    assert identify(str(path), "raw/acquisition.dat").name == module
     with pytest.raises(InputError) as err:  # a header and nothing else: the plugin cannot read it
         convert_file(staged(path, "raw/acquisition.dat"), None, str(tmp_path / "w"), settings.convert)
     assert err.value.file == "raw/acquisition.dat" and module in err.value.reason

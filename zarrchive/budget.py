@@ -14,7 +14,6 @@ declares and the limit it passes.
 from __future__ import annotations
 
 import math
-import os
 from typing import Any, Iterable
 from xml.etree import ElementTree
 
@@ -72,37 +71,34 @@ def check_series_count(shown_as: str, count: int, budget: ImageBudget) -> None:
                                    f"({budget.max_series:,})")
 
 
-def check_tiff(path: str, shown_as: str, budget: ImageBudget) -> None:
-    """A TIFF's declared sizes from its first page, its OME-XML or ImageJ description and its page count, checked
-    before tifffile builds any series from them (building them is where a huge declaration allocates)."""
-    import tifffile
-
-    file_bytes = os.path.getsize(path)
-    with tifffile.TiffFile(path) as tif:
-        pages = tif.pages
-        try:
-            pages._seek(budget.max_ifds)  # walks the IFD chain, never further than the limit
-            count = len(pages._offsets)
-        except (AttributeError, IndexError):  # a tifffile without these internals: count them all
-            count = len(pages)
-        if count > budget.max_ifds:
-            raise OverBudget(shown_as, f"has more than {budget.max_ifds:,} TIFF pages (IFDs), the limit "
-                                       "convert.limits.max_ifds")
-        first = pages.first
-        check_shape(shown_as, first.shape, first.dtype.itemsize if first.dtype is not None else 1, budget,
-                    file_bytes, plane_axes=len(first.shape), what="(one page)")
-        description = first.description or ""
-        if "<OME" in description[:4096]:
-            check_ome_xml(description, shown_as, budget, file_bytes)
-        elif tif.is_imagej and (ij := tif.imagej_metadata):
-            planes = int(ij.get("images") or 1)
-            check_shape(shown_as, (planes, *first.shape), first.dtype.itemsize if first.dtype is not None else 1,
-                        budget, file_bytes, plane_axes=len(first.shape), what="(ImageJ)")
-        elif tif.is_shaped and (shaped := tif.shaped_metadata):
-            for meta in shaped:
-                shape = meta.get("shape") or ()
-                check_shape(shown_as, shape, first.dtype.itemsize if first.dtype is not None else 1, budget,
-                            file_bytes, plane_axes=min(2, len(shape)), what="(tifffile shape)")
+def check_tiff(tif: Any, shown_as: str, budget: ImageBudget, file_bytes: int) -> None:
+    """A TIFF's declared sizes (``tif``: an open ``tifffile.TiffFile``) from its first page, its OME-XML or ImageJ
+    description and its page count, checked before tifffile builds any series from them (building them is where
+    a huge declaration allocates)."""
+    pages = tif.pages
+    try:
+        pages._seek(budget.max_ifds)  # walks the IFD chain, never further than the limit
+        count = len(pages._offsets)
+    except (AttributeError, IndexError):  # a tifffile without these internals: count them all
+        count = len(pages)
+    if count > budget.max_ifds:
+        raise OverBudget(shown_as, f"has more than {budget.max_ifds:,} TIFF pages (IFDs), the limit "
+                                   "convert.limits.max_ifds")
+    first = pages.first
+    check_shape(shown_as, first.shape, first.dtype.itemsize if first.dtype is not None else 1, budget,
+                file_bytes, plane_axes=len(first.shape), what="(one page)")
+    description = first.description or ""
+    if "<OME" in description[:4096]:
+        check_ome_xml(description, shown_as, budget, file_bytes)
+    elif tif.is_imagej and (ij := tif.imagej_metadata):
+        planes = int(ij.get("images") or 1)
+        check_shape(shown_as, (planes, *first.shape), first.dtype.itemsize if first.dtype is not None else 1,
+                    budget, file_bytes, plane_axes=len(first.shape), what="(ImageJ)")
+    elif tif.is_shaped and (shaped := tif.shaped_metadata):
+        for meta in shaped:
+            shape = meta.get("shape") or ()
+            check_shape(shown_as, shape, first.dtype.itemsize if first.dtype is not None else 1, budget,
+                        file_bytes, plane_axes=min(2, len(shape)), what="(tifffile shape)")
 
 
 def check_ome_xml(xml: str, shown_as: str, budget: ImageBudget, file_bytes: int | None) -> None:

@@ -50,7 +50,7 @@ def convert_key(_context: Any, params: dict[str, Any]) -> str:
     the sha256 of the other members (``companions``), so a changed member converts again and nothing else does."""
     import posixpath
 
-    from zarrchive.sources import ome_tiff_set
+    from zarrchive.formats.ometiff import ome_tiff_set
 
     file, companions = params["file"], params.get("companions") or {}
     folder = posixpath.dirname(file.path)

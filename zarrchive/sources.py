@@ -1,7 +1,8 @@
 """Sources: the pixels of one series of a staged file, read region by region in the image's NGFF axes.
 
-Convert describes a series (``SourceLayout``: the reader, the series, how the
-file's own axes map onto the image's t, c, z, y, x); the compress pass reads
+Convert describes a series (``SourceLayout``, given by its format in
+``zarrchive.formats``: the reader, the series, how the file's own axes map
+onto the image's t, c, z, y, x); the compress pass reads
 the regions it writes with ``read_region`` on a Dask worker, so pixels flow
 from the source file straight into the compressed store.
 
@@ -24,131 +25,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from zarrchive.errors import InputError
 from zarrchive.records import SourceLayout
 
 if TYPE_CHECKING:
     import dask.array as da
 
 NGFF_ORDER = "tczyx"
-
-
-def lazy_pixels(img: Any, shown_as: str) -> tuple[da.Array, list[str] | None]:
-    """Pixels of a BioImage's current scene as a lazy TCZYX array; RGB(A) samples become channels."""
-    import dask.array as da
-
-    dims = img.dims
-    if "S" in dims.order and dims.S > 1:
-        if dims.C > 1:
-            raise InputError(shown_as, "images with both channels and colour samples are not supported")
-        data = img.get_image_dask_data("TCZYXS")[:, 0]  # T Z Y X S
-        return da.moveaxis(data, -1, 1), ["R", "G", "B", "A"][: dims.S]
-    return img.get_image_dask_data("TCZYX"), None
-
-
-def tiff_axes(path: str, img: Any, tiff_series: int | None = None) -> str | None:
-    """The file's axes in tifffile's order, named as bioio names them, when tifffile can read the series
-    directly: the axes longer than one agree in order, size and letter with the reader's native dims (bioio
-    may add or drop singleton axes). None otherwise (the bioio reader then reads the pixels)."""
-    import tifffile
-
-    native = img.reader.xarray_dask_data
-    dims = [(str(d), int(n)) for d, n in zip(native.dims, native.shape) if int(n) > 1]
-    try:
-        with tifffile.TiffFile(path) as tif:
-            series = tif.series[img.current_scene_index if tiff_series is None else tiff_series]
-            t_axes, t_shape = series.axes, tuple(series.levels[0].shape)
-    except Exception:
-        return None
-    if len(dims) != sum(1 for n in t_shape if n > 1) or any(len(d) != 1 for d, _n in dims):
-        return None
-    named, wide = [], iter(dims)
-    for letter, size in zip(t_axes, t_shape):
-        if size == 1:
-            named.append(letter)  # a singleton: read at index 0 (or as the image's one channel)
-            continue
-        dim, n = next(wide)
-        if n != size or (letter in "TCZYXS" and letter != dim):
-            return None
-        named.append(dim)
-    return "".join(named)
-
-
-def ome_tiff_set(path: str) -> list[str]:
-    """The files of the multi-file OME-TIFF set ``path`` belongs to (names relative to its folder, in the order
-    of their planes); [] for a file that holds its own planes, or is no OME-TIFF."""
-    import tifffile
-
-    try:
-        with tifffile.TiffFile(path) as tif:
-            return _set_members(path, tif.ome_metadata)
-    except Exception:  # not a TIFF at all
-        return []
-
-
-def _set_members(path: str, xml: str | None) -> list[str]:
-    """``ome_tiff_set`` from the file's OME-XML (None: no OME-TIFF)."""
-    from xml.etree import ElementTree
-
-    if not xml:
-        return []
-    names: list[str] = []
-    for element in ElementTree.fromstring(xml).iter():
-        name = element.get("FileName") if element.tag.rsplit("}", 1)[-1] == "UUID" else None
-        if name and name not in names:
-            names.append(name)
-    return names if any(n != os.path.basename(path) for n in names) else []
-
-
-def own_images(path: str) -> list[int]:
-    """The images (their indices in the file's OME-XML) whose planes all lie in ``path`` itself: every TiffData of
-    the image names this file (by UUID FileName) or no file. A screening acquisition writes one file per field,
-    each naming the whole plate: submitted alone, such a file holds complete images of its own."""
-    import tifffile
-    from xml.etree import ElementTree
-
-    with tifffile.TiffFile(path) as tif:
-        xml = tif.pages.first.description or ""
-    if "<OME" not in xml[:4096]:
-        return []
-    name = os.path.basename(path)
-    own = []
-    images = [e for e in ElementTree.fromstring(xml) if e.tag.rsplit("}", 1)[-1] == "Image"]
-    for index, image in enumerate(images):
-        files = {uuid.get("FileName") or name for element in image.iter()
-                 if element.tag.rsplit("}", 1)[-1] == "TiffData"
-                 for uuid in ([u for u in element if u.tag.rsplit("}", 1)[-1] == "UUID"] or [element])}
-        if files <= {name}:
-            own.append(index)
-    return own
-
-
-def zarr_level0(path: str, series: int) -> tuple[str, str] | None:
-    """An OME-Zarr input's level-0 array (its path in the store) and that array's axes, for zarr to read regions
-    of directly; None when its axes are not NGFF's t, c, z, y, x (bioio's reader then reads the pixels)."""
-    from zarrchive.ngff import image_attributes
-
-    try:
-        multiscale = image_attributes(path)["multiscales"][series]
-        axes = "".join(a["name"].lower() for a in multiscale["axes"])
-        array = multiscale["datasets"][0]["path"]
-    except (KeyError, IndexError, TypeError):
-        return None
-    if len(set(axes)) != len(axes) or not set(axes) <= set(NGFF_ORDER) or not {"y", "x"} <= set(axes):
-        return None
-    return array, axes
-
-
-def layout_of(path: str, img: Any, reader: str, series: int, axes: tuple[str, ...], samples: bool,
-              tiff_series: int | None = None) -> SourceLayout:
-    """The layout of the current scene of ``img`` (read from ``path``); ``tiff_series``: tifffile's index of that
-    series when it is not the scene's (a file holding only some of the images its OME-XML describes)."""
-    level0 = zarr_level0(path, series) if reader == "bioio_ome_zarr" else None
-    tiff = reader in ("bioio_ome_tiff", "bioio_tifffile")
-    return SourceLayout(reader=reader, series=series, axes=axes, samples_as_channels=samples,
-                        tiff_axes=tiff_axes(path, img, tiff_series) if tiff else None,
-                        tiff_series=tiff_series if tiff_series != series else None,
-                        zarr_array=level0[0] if level0 else None, zarr_axes=level0[1] if level0 else None)
 
 
 def read_region(path: str, layout: SourceLayout, region: tuple[slice, ...]) -> np.ndarray:
@@ -225,12 +107,14 @@ def _tiff_raw(path: str, series: int, _version: tuple[int, int]) -> tuple[int, t
     order. None otherwise (compressed, tiled or scattered pages: the Zarr view reads those)."""
     import tifffile
 
+    from zarrchive.formats.ometiff import set_members
+
     with tifffile.TiffFile(path) as tif:
         series_ = tif.series[series]
         offset = series_.dataoffset
         if offset is None or series_.dtype is None:
             return None
-        if _set_members(path, tif.ome_metadata):
+        if set_members(path, tif.ome_metadata):
             return None  # a multi-file OME-TIFF set: some pages, and their offsets, are in the other files
         return offset, tuple(series_.shape), np.dtype(series_.dtype).newbyteorder(tif.byteorder)
 
@@ -294,6 +178,8 @@ def _zarr_array(path: str, array: str, _version: tuple[int, int]) -> Any:
 @functools.lru_cache(maxsize=4)
 def _bioio_array(path: str, layout: SourceLayout, _version: tuple[int, int]) -> da.Array:
     from bioio import BioImage
+
+    from zarrchive.formats.bioio import lazy_pixels
 
     img = BioImage(path, reader=importlib.import_module(layout.reader).Reader)
     img.set_scene(layout.series)

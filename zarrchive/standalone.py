@@ -32,7 +32,7 @@ import fsspec
 from zarrchive.config import Settings
 from zarrchive.errors import InputError
 from zarrchive.records import FileRecord
-from zarrchive.sources import ome_tiff_set
+from zarrchive.formats.ometiff import ome_tiff_set
 from zarrchive.storage import is_zarr_store
 
 Progress = Callable[..., None]  # progress(message) at each step; progress(message, done, total) in bytes

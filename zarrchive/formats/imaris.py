@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from zarrchive.errors import InputError
-from zarrchive.formats import Series
+from zarrchive.formats import NativeFormat, Series
 from zarrchive.units import length_unit
 
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
@@ -33,7 +33,7 @@ def _text(value: Any) -> str:
     return str(value)
 
 
-class ImarisFormat:
+class ImarisFormat(NativeFormat):
     name = "zarrchive_imaris"
     description = "Imaris IMS (HDF5)"
 

@@ -21,14 +21,14 @@ from typing import Any
 import numpy as np
 
 from zarrchive.errors import InputError, UnsupportedFormat
-from zarrchive.formats import Series
+from zarrchive.formats import NativeFormat, Series
 
 MAP_WORD = b"MAP "  # bytes 208-211 of an MRC2014 header
 IMOD_STAMP = 1146047817
 SUFFIXES = (".mrc", ".map", ".mrcs", ".st", ".ali", ".rec", ".mrc.gz")
 
 
-class MrcFormat:
+class MrcFormat(NativeFormat):
     name = "zarrchive_mrc"
     description = "MRC / MAP / MRCS (electron microscopy)"
 
