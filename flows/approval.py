@@ -15,10 +15,10 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.input import RunInput
 from pydantic import Field, ValidationError
-
-from zarrchive.lineage import Traced, traced
-from zarrchive.records import Decision, ImageOutcome, QCReport, Submission
 from zarrchive.tasks.qc import markdown_summary
+
+from zarrchive.archive.lineage import Traced, traced
+from zarrchive.records import Decision, ImageOutcome, QCReport, Submission
 
 
 class Approval(RunInput):

@@ -17,7 +17,8 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.states import Completed, Failed, State
 
-from zarrchive import credentials, fixity
+from zarrchive import credentials
+from zarrchive.archive import fixity
 from zarrchive.config import load_settings
 from zarrchive.errors import FailedOutcome
 

@@ -17,32 +17,35 @@ import os
 from typing import Any, Callable, Literal
 
 import numpy as np
-
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 from prefect.states import Completed, Failed, State
-
-from zarrchive import credentials, outcome
-from zarrchive.cluster import cluster_for_run, link_dashboard
-from zarrchive.config import load_settings
-from zarrchive.errors import ArchiveNotFound, FailedOutcome, SubmissionError
 from zarrchive.flows.approval import ask_curator
 from zarrchive.flows.fanout import distinct_ids, fan_out, gather, redact
-from zarrchive.config import Settings
-from zarrchive.records import FileEntry, FileRecord, ImageRecord, Publication
-from zarrchive.staging import clean_stale, staging_area, work_area
-from zarrchive.versions import private_location
 from zarrchive.tasks.catalog import index_public
 from zarrchive.tasks.compress import compress, compress_batch
 from zarrchive.tasks.convert import companions, convert, convert_batch
 from zarrchive.tasks.fetch import fetch
 from zarrchive.tasks.intake import intake
 from zarrchive.tasks.publish import (
-    blocking_reasons, image_outcomes, not_published, publish, unchanged, version_fingerprint,
+    blocking_reasons,
+    image_outcomes,
+    not_published,
+    publish,
+    unchanged,
+    version_fingerprint,
 )
 from zarrchive.tasks.pyramid import labels_with_images, pyramid, pyramid_batch
 from zarrchive.tasks.qc import qc
+
+from zarrchive import credentials, outcome
+from zarrchive.archive.staging import clean_stale, staging_area, work_area
+from zarrchive.archive.versions import private_location
+from zarrchive.cluster import cluster_for_run, link_dashboard
+from zarrchive.config import Settings, load_settings
+from zarrchive.errors import ArchiveNotFound, FailedOutcome, SubmissionError
+from zarrchive.records import FileEntry, FileRecord, ImageRecord, Publication
 
 Profile = Literal["from configuration", "compat", "max", "fixed"]
 

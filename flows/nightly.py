@@ -35,17 +35,17 @@ from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import as_completed
 from prefect.states import Completed, Failed, State
+from zarrchive.flows.ingest import Profile, ingest_submission
 
 from zarrchive import credentials, outcome
+from zarrchive.archive.documents import DocumentError
+from zarrchive.archive.storage import dumps, join, read_json, resolve, to_url, write_bytes_atomic
+from zarrchive.archive.versions import is_shared, read_manifest
 from zarrchive.cluster import cluster_for_run, link_dashboard
 from zarrchive.config import load_settings
-from zarrchive.documents import DocumentError
 from zarrchive.errors import FailedOutcome
-from zarrchive.flows.ingest import Profile, ingest_submission
 from zarrchive.landingzone import content_key, ready_submissions
 from zarrchive.records import Publication
-from zarrchive.storage import dumps, join, read_json, resolve, to_url, write_bytes_atomic
-from zarrchive.versions import is_shared, read_manifest
 
 IMPORTS = "_imports"
 

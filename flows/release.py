@@ -13,13 +13,13 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.states import Completed, Failed, State
-
-from zarrchive import credentials
-from zarrchive.config import load_settings
-from zarrchive.errors import FailedOutcome
 from zarrchive.tasks.catalog import index_public
 from zarrchive.tasks.release import due, release
-from zarrchive.versions import private_location
+
+from zarrchive import credentials
+from zarrchive.archive.versions import private_location
+from zarrchive.config import load_settings
+from zarrchive.errors import FailedOutcome
 
 
 @task(name="find_due", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[5, 30])

@@ -35,19 +35,25 @@ from distributed import as_completed
 from zarr.codecs import BloscCodec, ZstdCodec
 
 from zarrchive import batch, faults, runlog
-from zarrchive.pixels.blocks import chunk_slices
+from zarrchive.archive.identity import compress_key, compressed_name
+from zarrchive.archive.lineage import Traced, stage_task, traced
+from zarrchive.archive.staging import partial_name
+from zarrchive.archive.storage import (
+    remove_unfinished_writes,
+    sha256_stream,
+    tree_digest,
+    walk_files,
+    write_bytes_atomic,
+)
 from zarrchive.cluster import client_for
-from zarrchive.pixels.codecs import array_codec_kwargs, choice_of, make_codec, sample_regions, supports
 from zarrchive.config import CompressSettings
-from zarrchive.errors import InputError, StageTimeout, VerificationError, ZarrchiveError
-from zarrchive.identity import compress_key, compressed_name
-from zarrchive.lineage import Traced, stage_task, traced
+from zarrchive.errors import InputError, StageFailed, StageTimeout, ZarrchiveError, is_cluster_failure
 from zarrchive.ngff import ZARR_FORMAT, group_attributes
+from zarrchive.pixels.blocks import chunk_slices
+from zarrchive.pixels.codecs import array_codec_kwargs, choice_of, make_codec, sample_regions, supports
 from zarrchive.pixels.passes import BATCH, LevelPlan, downsample_regions, select_codec, stream_region
-from zarrchive.records import CodecChoice, CodecSelection, CompressionReport, FileRecord, ImageRecord, factors
 from zarrchive.pixels.shards import Stored
-from zarrchive.staging import partial_name
-from zarrchive.storage import remove_unfinished_writes, sha256_stream, tree_digest, walk_files, write_bytes_atomic
+from zarrchive.records import CodecChoice, CodecSelection, CompressionReport, FileRecord, ImageRecord, factors
 
 LOCAL = fsspec.filesystem("file")
 
@@ -82,7 +88,7 @@ def store_digest(store: str, known: dict[str, tuple[int, str]] | None = None) ->
 def plan_writes(image: ImageRecord, settings: CompressSettings) -> list[LevelPlan]:
     """The write plan of every level: level 0 in units of whole shards; each next level streamed while the
     halved unit still holds whole chunks of it, the rest made from the level above."""
-    axes = [a.name for a in image.axes]
+    axes = image.axis_names
     level0 = image.levels[0]
     sharded = settings.shard_xy > 0 and settings.ngff == "0.5"  # Zarr v2 (NGFF 0.4) has no sharding
     edge_settings = settings if sharded else settings.model_copy(update={"shard_xy": 2048})
@@ -144,7 +150,7 @@ def region_budget(client: Any) -> int:
 def display_windows(store: str, image: ImageRecord) -> list[tuple[float, float]]:
     """Per channel, the 0.1 and 99.9 percentiles of the smallest level: the display window viewers start with
     (the whole range stays available as min/max)."""
-    axes = [a.name for a in image.axes]
+    axes = image.axis_names
     level = image.levels[-1]
     # every plane of the smallest level fits a chunk; of a long z or t series, 8 evenly spaced planes will do
     sample = tuple(slice(None, None, -(-n // 8)) if name in "tz" else slice(None)
@@ -179,7 +185,7 @@ def compress_image(image: ImageRecord, source: FileRecord, work: str, settings: 
     # a temporary name holding this process's id (``staging.clean_stale`` removes those of killed processes)
     final = f"{work.rstrip('/')}/compress/{compressed_name(image, settings)}-{uuid.uuid4().hex[:8]}.ome.zarr"
     store = partial_name(final)
-    axes = [a.name for a in image.axes]
+    axes = image.axis_names
     plans = plan_writes(image, settings)
     stored, level0 = Stored(), []
     try:
@@ -215,9 +221,9 @@ def compress_image(image: ImageRecord, source: FileRecord, work: str, settings: 
         os.replace(store, final)
     except Exception as exc:
         shutil.rmtree(store, ignore_errors=True)
-        if isinstance(exc, ZarrchiveError) or type(exc).__module__.startswith("distributed"):
-            raise
-        raise VerificationError(f"{image.image_id}: the compress pass failed: {type(exc).__name__}: {exc}") from exc
+        if isinstance(exc, (ZarrchiveError, OSError, MemoryError)) or is_cluster_failure(exc):
+            raise  # what it is: the data's, a check's, the machine's or the cluster's
+        raise StageFailed(f"{image.image_id}: the compress pass failed: {type(exc).__name__}: {exc}") from exc
     bytes_in = sum(int(np.prod(p.level.shape)) * np.dtype(image.dtype).itemsize for p in plans)
     bytes_out, digest = store_digest(final, stored.objects)
     if settings.ngff == "0.5":

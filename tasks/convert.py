@@ -25,17 +25,26 @@ from typing import Any, Callable
 import fsspec
 import numpy as np
 
-from zarrchive import __version__
-from zarrchive import batch, faults, formats, runlog
+from zarrchive import __version__, batch, faults, formats, runlog
+from zarrchive.archive.identity import convert_key, json_sha256
+from zarrchive.archive.lineage import Traced, stage_task, traced
+from zarrchive.archive.storage import write_bytes_atomic
 from zarrchive.config import ConvertSettings
 from zarrchive.errors import InputError, StageTimeout
 from zarrchive.formats import SourceMetadata
 from zarrchive.formats.ometiff import listing
-from zarrchive.identity import convert_key, json_sha256
-from zarrchive.lineage import Traced, stage_task, traced
-from zarrchive.records import MICROMETERS, Axis, FileEntry, FileRecord, ImageRecord, Level, PixelSize, series_label, slug
+from zarrchive.records import (
+    MICROMETERS,
+    Axis,
+    FileEntry,
+    FileRecord,
+    ImageRecord,
+    Level,
+    PixelSize,
+    series_label,
+    slug,
+)
 from zarrchive.software import pixel_versions
-from zarrchive.storage import write_bytes_atomic
 from zarrchive.units import OME_LENGTH
 
 LOCAL = fsspec.filesystem("file")
@@ -231,7 +240,7 @@ def as_label(image: ImageRecord, entry: FileEntry | None, n_series: int) -> Imag
     shown_as = image.shown_as
     if entry is None or entry.label_of is None:
         raise InputError(shown_as, "a label file names the image it annotates (label_of)")
-    axes = [a.name for a in image.axes]
+    axes = image.axis_names
     channels = image.shape[axes.index("c")]
     if channels != 1:
         raise InputError(shown_as, f"a label image has one channel of label values; this one has {channels}")
@@ -351,7 +360,7 @@ def probe_file(path: str, rel: str, entry: FileEntry, settings: ConvertSettings)
 def _probe_pixels(path: str, image: ImageRecord) -> None:
     """The pixels the image declares are in the file: every TIFF page's strips or tiles lie inside it; for other
     formats, the first tile of the last plane can be read."""
-    from zarrchive.sources import read_region
+    from zarrchive.pixels.sources import read_region
 
     shown_as = image.shown_as
     if getattr(formats.by_name(image.reader), "checks_pages", False):

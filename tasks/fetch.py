@@ -11,16 +11,13 @@ from __future__ import annotations
 
 import time
 
-from prefect import task
-from prefect.cache_policies import NO_CACHE
-
 from zarrchive import faults
+from zarrchive.archive.lineage import Traced, stage_task, traced
+from zarrchive.archive.storage import copy_stream_hashing, join, resolve, tree_digest
 from zarrchive.config import FetchSettings
 from zarrchive.errors import ChecksumMismatch, InputError, TransientError, ZarrchiveError, is_transient
-from zarrchive.lineage import Traced, traced
-from zarrchive.records import Failure, FetchResult, FileEntry, FileRecord, Submission
 from zarrchive.landingzone import SubmissionFiles
-from zarrchive.storage import copy_stream_hashing, join, resolve, tree_digest
+from zarrchive.records import Failure, FetchResult, FileEntry, FileRecord, Submission
 
 
 def fetch_file(submission: Submission, entry: FileEntry, staging: str, settings: FetchSettings,
@@ -87,7 +84,7 @@ def fetch_files(submission: Submission, staging: str, settings: FetchSettings) -
     return FetchResult(files=records, failures=failures)
 
 
-@task(name="fetch", cache_policy=NO_CACHE)
+@stage_task(name="fetch", cache_policy="none")
 def fetch(submission: Submission, staging: str, settings: FetchSettings) -> Traced[FetchResult]:
     from zarrchive import runlog
 

@@ -7,28 +7,26 @@ the field or file. The accession is stable for the same submission location.
 from __future__ import annotations
 
 import datetime as dt
-import uuid
 import functools
 import hashlib
 import re
+import uuid
 from typing import Any, Callable
 
 import fsspec
 import yaml
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 
 from zarrchive import yamldoc
+from zarrchive.archive.lineage import Traced, stage_task, traced
+from zarrchive.archive.storage import dumps, join, read_json, resolve, to_url, write_bytes_atomic, write_bytes_exclusive
+from zarrchive.archive.versions import ARCHIVE_MARKER
 from zarrchive.config import ArchiveSettings, SubmissionLimits, SubmissionSettings
 from zarrchive.errors import ArchiveNotFound, SubmissionError
 from zarrchive.landingzone import Entry, SubmissionFiles, UnsafeEntry, fold
-from zarrchive.lineage import Traced, traced
-from zarrchive.records import Finding, Submission, SubmissionDoc, default_label_name, parse_relative_path
 from zarrchive.plates import detect as detect_plates
+from zarrchive.records import Finding, Submission, SubmissionDoc, default_label_name, parse_relative_path
 from zarrchive.runtime import retry_transient
-from zarrchive.storage import dumps, join, read_json, resolve, to_url, write_bytes_atomic, write_bytes_exclusive
-from zarrchive.versions import ARCHIVE_MARKER
-from zarrchive.submission_checks import strings_in, check_submission, label
+from zarrchive.submission_checks import check_submission, label, strings_in
 
 SUBMISSION_FILE = "submission.yaml"
 
@@ -365,8 +363,8 @@ def template_entry(path: str, paths: list[str]) -> dict[str, Any]:
             "label_of": guesses[0] if guesses else "TODO: the listed image file this label annotates"}
 
 
-@task(name="intake", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[1, 5],
-      retry_condition_fn=retry_transient)
+@stage_task(name="intake", cache_policy="none", retries=2, retry_delay_seconds=[1, 5],
+            retry_condition_fn=retry_transient)
 def intake(source: str, archive: str, settings: ArchiveSettings, checks: SubmissionSettings,
            create_archive: bool = False) -> Traced[Submission]:
     return traced("intake", intake_submission, source, archive, settings, checks, create_archive)

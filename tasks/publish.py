@@ -5,7 +5,7 @@ under ``labels/<name>/``, listed by ``labels/zarr.json``), ``originals/<submitte
 ``qc/report.json``, ``ro-crate-metadata.json`` and ``manifest.json``. An image or
 original that did not change since the latest public version is not stored again:
 the manifest lists it at that version's path (``../v1/images/<id>.ome.zarr/…``;
-``zarrchive.sharing``). Every object uploaded is re-read and its sha256 compared. ``manifest.json`` is
+``zarrchive.archive.sharing``). Every object uploaded is re-read and its sha256 compared. ``manifest.json`` is
 written last: it is the commit point, so a version folder without one was never
 published (a crashed attempt) and is replaced by the next attempt.
 ``versions.json`` is an index rebuilt from the manifests.
@@ -18,34 +18,47 @@ import os
 from typing import Any
 
 import fsspec
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 
-from zarrchive import faults, fixity, lease, runlog, sharing
-from zarrchive.changes import record_change
-from zarrchive.documents import Manifest, QCDocument
-from zarrchive.config import Settings
+from zarrchive import faults, runlog
+from zarrchive.archive import fixity, lease, sharing
+from zarrchive.archive.changes import record_change
+from zarrchive.archive.documents import Manifest, QCDocument
+from zarrchive.archive.identity import json_sha256
+from zarrchive.archive.landing import render_landing_page, render_qc_page
+from zarrchive.archive.lineage import Traced, build_crate, stage_task, traced
+from zarrchive.archive.storage import (
+    copy_hashing,
+    dumps,
+    join,
+    resolve,
+    sha256_stream,
+    to_url,
+    tree_digest,
+    walk_files,
+    write_bytes_atomic,
+    write_bytes_exclusive,
+)
+from zarrchive.archive.thumbnails import thumbnail_png
+from zarrchive.archive.versions import MANIFEST_FORMAT, VERSIONS, is_shared, published_versions, version_index
+from zarrchive.config import PublishSettings, Settings
 from zarrchive.errors import TransientError
-from zarrchive.identity import json_sha256
-from zarrchive.landing import render_landing_page, render_qc_page
-from zarrchive.lineage import Traced, build_crate, traced
 from zarrchive.ngff import labels_group_documents, store_ngff_version
 from zarrchive.plates import plate_documents, plate_store, renumber_fields
-from zarrchive.config import PublishSettings
 from zarrchive.records import (
-    CompressionReport, Failure, FileRecord, ImageOutcome, ImageRecord, LineageRecord, ManifestEntry, Publication,
-    QCReport, Submission, slug,
+    CompressionReport,
+    Failure,
+    FileRecord,
+    ImageOutcome,
+    ImageRecord,
+    LineageRecord,
+    ManifestEntry,
+    Publication,
+    QCReport,
+    Submission,
+    slug,
 )
 from zarrchive.runtime import retry_transient
 from zarrchive.software import pixel_versions
-from zarrchive.versions import MANIFEST_FORMAT, VERSIONS, is_shared, published_versions, version_index
-from zarrchive.thumbnails import thumbnail_png
-from zarrchive.storage import (
-    copy_hashing, dumps, join, resolve, sha256_stream, to_url, tree_digest, walk_files,
-    write_bytes_atomic, write_bytes_exclusive,
-)
-
-
 
 # ---------------------------------------------------------------- reading what is published
 
@@ -533,16 +546,16 @@ def damaged_publication(submission: Submission, archive: str, manifest: dict[str
     )
 
 
-@task(name="check_unchanged", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[1, 5],
-      retry_condition_fn=retry_transient)
+@stage_task(name="check_unchanged", cache_policy="none", retries=2, retry_delay_seconds=[1, 5],
+            retry_condition_fn=retry_transient)
 def unchanged(submission: Submission, archive: str, fingerprint: str, settings: PublishSettings,
               private: str | None = None) -> Traced[Publication | None]:
     """Whether the latest version already holds this submission (and is whole)."""
     return traced("check_unchanged", check_unchanged, submission, archive, fingerprint, settings, private)
 
 
-@task(name="publish", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 10],
-      retry_condition_fn=retry_transient)
+@stage_task(name="publish", cache_policy="none", retries=2, retry_delay_seconds=[2, 10],
+            retry_condition_fn=retry_transient)
 def publish(
     submission: Submission, archive: str, fingerprint: str, files: list[FileRecord],
     reports: list[CompressionReport], outcomes: list[ImageOutcome], qc_report: QCReport,

@@ -25,11 +25,10 @@ region as it is written), so the source is read once.
 
 from __future__ import annotations
 
-
+from zarrchive import batch
+from zarrchive.archive.lineage import Traced, stage_task, traced
 from zarrchive.config import PyramidSettings
 from zarrchive.errors import InputError
-from zarrchive import batch
-from zarrchive.lineage import Traced, stage_task, traced
 from zarrchive.records import ImageRecord, Level
 
 
@@ -75,7 +74,7 @@ def build_pyramid(image: ImageRecord, settings: PyramidSettings, annotated: Imag
     """
     if image.kind == "label":
         return follow_image(image, annotated)
-    axes = [a.name for a in image.axes]
+    axes = image.axis_names
     z_axis = next((a for a in image.axes if a.name == "z"), None)
     x_axis = next(a for a in image.axes if a.name == "x")
     calibrated_z = bool(z_axis and z_axis.unit and x_axis.unit)
@@ -97,11 +96,11 @@ def follow_image(label: ImageRecord, image: ImageRecord | None) -> ImageRecord:
     keep = [i for i, axis in enumerate(image.axes) if axis.name != "c"]
     axes = tuple(image.axes[i] for i in keep)
     wanted = tuple(image.shape[i] for i in keep)
-    if label.shape != wanted or [a.name for a in label.axes] != [a.name for a in axes]:
+    if label.shape != wanted or label.axis_names != [a.name for a in axes]:
         def shown(names, shape):
             return " × ".join(f"{n}={s}" for n, s in zip(names, shape))
 
-        raise InputError(shown_as, f"the label's shape ({shown([a.name for a in label.axes], label.shape)}) must "
+        raise InputError(shown_as, f"the label's shape ({shown(label.axis_names, label.shape)}) must "
                                    f"equal that of the image it annotates, {image.source_path}, without channels "
                                    f"({shown([a.name for a in axes], wanted)})")
     levels = tuple(Level(path=lvl.path, shape=tuple(lvl.shape[i] for i in keep),

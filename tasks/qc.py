@@ -30,22 +30,24 @@ import re
 from typing import Any
 
 import numpy as np
-from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
-from prefect.cache_policies import NO_CACHE
 
 from zarrchive import faults
-from zarrchive.pixels.blocks import chunk_slices
+from zarrchive.archive.lineage import Traced, stage_task, traced
 from zarrchive.cluster import client_for
 from zarrchive.config import QCSettings, config_dir, suite_path
-from zarrchive.lineage import Traced, traced
 from zarrchive.ngff import validate_image, validate_label
+from zarrchive.pixels.blocks import chunk_slices
 from zarrchive.pixels.passes import BATCH, chunk_stats
 from zarrchive.records import (
-    MICROMETERS, CompressionReport, Failure, Finding, ImageRecord, QCReport, Submission,
+    MICROMETERS,
+    CompressionReport,
+    Failure,
+    Finding,
+    ImageRecord,
+    QCReport,
+    Submission,
 )
-
-
 
 # ---------------------------------------------------------------- the suite
 
@@ -91,7 +93,7 @@ def choose_modality(settings: QCSettings, imaging_method: Any) -> str | None:
 def intensity_facts(image: ImageRecord, report: CompressionReport, scheduler: str) -> tuple[list[dict], str]:
     """Per-channel statistics of level 0 of the compressed store, and its level-0 digest (chunk order)."""
     level = image.levels[0]
-    axes = [a.name for a in image.axes]
+    axes = image.axis_names
     channel_axis = axes.index("c") if "c" in axes else None
     regions = chunk_slices(level.shape, level.chunks)
     batches = [regions[i:i + BATCH] for i in range(0, len(regions), BATCH)]
@@ -120,7 +122,7 @@ def intensity_facts(image: ImageRecord, report: CompressionReport, scheduler: st
 def image_facts(image: ImageRecord, report: CompressionReport, channels: list[dict], level0_digest: str,
                 ngff_problems: list[str]) -> dict[str, Any]:
     """The QC row of one image: what the image checks look at."""
-    axes = [a.name for a in image.axes]
+    axes = image.axis_names
     shape = dict(zip(axes, image.shape))
     scale = dict(zip(axes, image.levels[0].scale))
     units = {a.name: a.unit for a in image.axes}
@@ -266,7 +268,7 @@ def markdown_summary(report: QCReport, failures: list[Failure] = ()) -> str:
     return "\n".join(lines)
 
 
-@task(name="qc", cache_policy=NO_CACHE)
+@stage_task(name="qc", cache_policy="none")
 def qc(submission: Submission, images: list[ImageRecord], reports: list[CompressionReport], settings: QCSettings,
        scheduler: str, failures: list[Failure] = ()) -> Traced[QCReport]:
     result = traced("qc", check_metadata, submission, images, reports, settings, scheduler)

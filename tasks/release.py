@@ -6,7 +6,7 @@ is rewritten with the release (``datePublished`` is the day of release, and a ``
 by whom and why, when a curator asked); the public manifest is committed last (exclusively, as at publish);
 ``versions.json`` lists the version; only then is the private copy removed. A mismatch stops the release
 with nothing public and the private copy kept. Releases are appended to the archive's changes feed. An embargoed
-version is stored whole (it shares nothing: ``zarrchive.sharing``) and released whole.
+version is stored whole (it shares nothing: ``zarrchive.archive.sharing``) and released whole.
 """
 
 from __future__ import annotations
@@ -15,18 +15,33 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Any
 
-from prefect import task
-from prefect.cache_policies import NO_CACHE
-
-from zarrchive import faults, lease
-from zarrchive.errors import VerificationError
-from zarrchive.runtime import retry_transient
-from zarrchive.storage import BLOCK, dumps, join, read_json, resolve, to_url, write_bytes_atomic, write_bytes_exclusive
-from zarrchive.versions import (
-    MANIFEST, VERSIONS, accessions, effective_release_date, embargo, is_shared, manifests, read_manifest,
+from zarrchive import faults
+from zarrchive.archive import lease
+from zarrchive.archive.documents import Manifest
+from zarrchive.archive.lineage import stage_task
+from zarrchive.archive.storage import (
+    BLOCK,
+    dumps,
+    join,
+    read_json,
+    resolve,
+    to_url,
+    write_bytes_atomic,
+    write_bytes_exclusive,
+)
+from zarrchive.archive.versions import (
+    MANIFEST,
+    VERSIONS,
+    accessions,
+    effective_release_date,
+    embargo,
+    is_shared,
+    manifests,
+    read_manifest,
     version_index,
 )
-from zarrchive.documents import Manifest
+from zarrchive.errors import VerificationError
+from zarrchive.runtime import retry_transient
 
 CRATE = "ro-crate-metadata.json"
 
@@ -107,7 +122,7 @@ def _release(archive: str, private: str, accession: str, version: int, why: Rele
     write_bytes_atomic(dst_fs, join(dst_root, accession, VERSIONS), version_index(archive, accession).to_bytes())
     src_fs.rm(src, recursive=True)  # only now: the public copy is whole and verified
     write_bytes_atomic(src_fs, join(src_root, accession, VERSIONS), version_index(private, accession).to_bytes())
-    from zarrchive.changes import record_change
+    from zarrchive.archive.changes import record_change
 
     record_change(archive, "released", accession, version, dst_fs, join(dst, MANIFEST), to_url(dst_fs, dst))
     return public
@@ -117,7 +132,7 @@ def _copy_verified(src_fs: Any, src: str, dst_fs: Any, dst: str, entry: dict[str
     """Copy one object, hashing it; refuse it (nothing written) when it is not what the manifest says."""
     import hashlib
 
-    from zarrchive.storage import open_for_commit
+    from zarrchive.archive.storage import open_for_commit
 
     digest, size = hashlib.sha256(), 0
     with src_fs.open(src, "rb") as fin, open_for_commit(dst_fs, dst) as fout:
@@ -148,8 +163,8 @@ def _released_crate(crate: dict[str, Any], accession: str, version: int, why: Re
     return {**crate, "@graph": graph}
 
 
-@task(name="release", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[5, 30],
-      retry_condition_fn=retry_transient, task_run_name="release: {accession} v{version}")
+@stage_task(name="release", cache_policy="none", retries=2, retry_delay_seconds=[5, 30],
+            retry_condition_fn=retry_transient, task_run_name="release: {accession} v{version}")
 def release(archive: str, private: str, accession: str, version: int, lease_seconds: float = 600) -> dict[str, Any]:
     return release_version(archive, private, accession, version, lease_seconds=lease_seconds)
 

@@ -65,8 +65,8 @@ def staged(path: Path, rel: str | None = None) -> Any:
 
     import fsspec
 
+    from zarrchive.archive.storage import store_tree_digest
     from zarrchive.records import FileRecord
-    from zarrchive.storage import store_tree_digest
 
     if Path(path).is_dir():
         size, sha256 = store_tree_digest(fsspec.filesystem("file"), str(path))

@@ -305,3 +305,24 @@ def test_an_image_larger_than_the_workers_memory_streams_with_bounded_memory(tmp
     level0 = zarr.open_array(f"{report.store}/0", mode="r")
     for k in (0, planes // 2, planes - 1):
         np.testing.assert_array_equal(level0[0, k], base + np.uint16(k))
+
+
+@pytest.mark.parametrize("raised, expected", [(ValueError("a library's fault"), "StageFailed"),
+                                              (OSError(28, "No space left on device"), "OSError")])
+def test_a_compress_failure_is_told_as_what_it_is_and_leaves_nothing(source, tmp_path, settings, scheduler,
+                                                                      monkeypatch, raised, expected):
+    """Not every failure of the pass is 'losslessness violated': a full disk stays an OSError (reported at once,
+    never relabelled), a fault of a library a StageFailed naming the image; nothing half-written is kept."""
+    from zarrchive.tasks import compress
+
+    path, _data = source
+
+    def fail(store):
+        raise raised
+
+    monkeypatch.setattr(compress, "remove_unfinished_writes", fail)
+    with pytest.raises(Exception) as caught:
+        archive_images(path, tmp_path / "w", settings, scheduler, convert={"chunk_xy": 64})
+    assert type(caught.value).__name__ == expected
+    assert not isinstance(caught.value, VerificationError)
+    assert not [p for p in (tmp_path / "w" / "compress").iterdir() if p.suffix != ".json"]

@@ -8,14 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
-
 from builders import ome_tiff, plain_tiff, random_image
-from zarrchive.errors import InputError, UnsupportedFormat
-from zarrchive.records import FileEntry, FileRecord, PixelSize
-from zarrchive.sources import read_region
-from zarrchive.records import slug
-from zarrchive.formats import identify
 from zarrchive.tasks.convert import convert_file
+
+from zarrchive.errors import InputError, UnsupportedFormat
+from zarrchive.formats import identify
+from zarrchive.pixels.sources import read_region
+from zarrchive.records import FileEntry, FileRecord, PixelSize, slug
 
 
 def staged(path: Path, rel: str) -> FileRecord:
@@ -204,7 +203,6 @@ def test_png_gray_and_colour_become_exact_images(tmp_path, settings, scheduler, 
 
 def test_jpeg_is_its_decoded_pixels_and_is_marked_lossy(tmp_path, settings, scheduler):
     import imageio.v3 as iio
-
     from builders import archive_images
 
     yy, xx = np.mgrid[0:48, 0:64]
@@ -257,8 +255,9 @@ def test_with_its_plugin_a_vendor_file_is_read_by_it_and_a_damaged_one_is_named(
     ("uint8", 1, 1024, 1024), ("bool", 1, 1024, 1024), ("uint16", 1, 512, 512), ("float32", 1, 512, 512),
     ("float64", 1, 256, 256), ("uint16", 4, 256, 512)])  # deeper chunks are narrower; a 2D image has no depth
 def test_auto_chunks_follow_the_pixel_type(dtype, z, expected, plane):
-    from zarrchive.config import ConvertSettings
     from zarrchive.tasks.convert import chunk_shape
+
+    from zarrchive.config import ConvertSettings
 
     settings = ConvertSettings(chunk_xy="auto", chunk_z=z)
     assert chunk_shape(["c", "z", "y", "x"], (2, 40, 5000, 5000), dtype, settings) == (1, z, expected, expected)
@@ -336,9 +335,10 @@ def test_a_czi_file_converts_exactly_with_its_scaling_and_channel_names(tmp_path
 
 def test_the_conversion_key_follows_the_members_of_a_set_and_nothing_else(tmp_path, settings):
     from builders import ome_tiff_file_set
+
+    from zarrchive.archive.identity import convert_key
+    from zarrchive.archive.staging import work_area
     from zarrchive.config import StagingSettings
-    from zarrchive.identity import convert_key
-    from zarrchive.staging import work_area
 
     first, _second = ome_tiff_file_set(tmp_path / "set", random_image((4, 16, 16)), ["a.ome.tif", "b.ome.tif"])
     lone = ome_tiff(tmp_path / "set" / "lone.ome.tif", random_image((1, 16, 16)), "CYX")

@@ -1,4 +1,4 @@
-"""The archive's documents are typed and versioned: written and read through zarrchive.documents, a newer format
+"""The archive's documents are typed and versioned: written and read through zarrchive.archive.documents, a newer format
 refused by every reader with the document named, older formats still read."""
 
 from __future__ import annotations
@@ -8,12 +8,12 @@ from pathlib import Path
 
 import fsspec
 import pytest
-
 from test_publish import ACCESSION, Inputs
-from zarrchive.changes import changes
+
+from zarrchive.archive.changes import changes
+from zarrchive.archive.documents import ChangeEvent, DocumentError, Manifest, QCDocument, VersionIndex
+from zarrchive.archive.versions import published_versions
 from zarrchive.cli import main
-from zarrchive.documents import ChangeEvent, DocumentError, Manifest, QCDocument, VersionIndex
-from zarrchive.versions import published_versions
 
 LOCAL = fsspec.filesystem("file")
 
@@ -111,7 +111,7 @@ def test_documents_of_earlier_formats_are_still_read(published):
 
 
 def test_readers_of_the_feed_and_the_audit_go_on_past_what_they_cannot_read(published):
-    from zarrchive.fixity import audit
+    from zarrchive.archive.fixity import audit
 
     inp, vdir = published
     (Path(inp.archive) / "_changes" / "20991231T000000.000000Z-ZA-v9-published-0000.json.part-1a2b3c4d").write_text("{")

@@ -11,14 +11,14 @@ import json
 from pathlib import Path
 
 import pytest
-
 from builders import ome_tiff, random_image, submission
-from zarrchive import fixity
-from zarrchive.cli import main
 from zarrchive.flows.ingest import ingest
-from zarrchive.storage import resolve
 from zarrchive.tasks.release import due, release_version
-from zarrchive.versions import manifests
+
+from zarrchive.archive import fixity
+from zarrchive.archive.storage import resolve
+from zarrchive.archive.versions import manifests
+from zarrchive.cli import main
 
 LATER = dt.date.today() + dt.timedelta(days=400)
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import pickle
+
+import pytest
 
 from zarrchive.errors import (
     ChecksumMismatch, ConfigError, InputError, SubmissionError, TransientError, ZarrchiveError, is_transient,
@@ -23,3 +26,57 @@ def test_only_transient_errors_are_worth_a_retry():
     assert is_transient(TransientError("s3 hiccup")) and is_transient(ConnectionError()) and is_transient(OSError(5, "EIO"))
     assert not is_transient(FileNotFoundError()) and not is_transient(PermissionError())
     assert not is_transient(InputError("a", "b")) and not is_transient(ValueError())
+
+
+# ---------------------------------------------------------------- what a failure is, told by type
+
+def test_a_file_that_ends_before_its_pixels_is_bad_input_never_retried(tmp_path):
+    import numpy as np
+
+    from zarrchive.errors import InputError, Truncated, is_transient
+    from zarrchive.pixels.sources import read_contiguous
+
+    path = tmp_path / "raw.bin"
+    path.write_bytes(bytes(100))
+    with pytest.raises(Truncated) as caught:  # 10 x 20 uint8 at offset 0: 200 bytes declared, 100 held
+        read_contiguous(str(path), 0, (10, 20), np.dtype("uint8"), (slice(0, 10), slice(0, 20)))
+    assert isinstance(caught.value, InputError) and not is_transient(caught.value)
+    assert caught.value.file == str(path) and "ends at byte 100" in caught.value.reason
+
+
+def test_the_cluster_failures_are_told_by_type():
+    from distributed.client import FutureCancelledError
+    from distributed.comm.core import CommClosedError
+    from distributed.scheduler import KilledWorker
+
+    from zarrchive.errors import InputError, is_cluster_failure, is_file_fault
+
+    for exc in (KilledWorker("t", "w", 3), CommClosedError("closed"), FutureCancelledError("k", "cancelled")):
+        assert is_cluster_failure(exc) and not is_file_fault(exc), exc
+    for exc in (ValueError("x"), OSError("x"), InputError("a.tif", "b")):
+        assert not is_cluster_failure(exc)
+
+
+@pytest.mark.parametrize("exc, the_files", [
+    (ValueError("bad tile"), True), (KeyError("StripOffsets"), True), (EOFError(), True),
+    (OSError("unexpected end of data"), True),  # a reader's complaint: no errno
+    (OSError(errno.EIO, "Input/output error"), False), (OSError(errno.ENOSPC, "No space left"), False),
+    (MemoryError(), False), (ConnectionResetError(), False), (TimeoutError(), False)])
+def test_a_read_failure_is_the_files_only_when_the_machine_did_not_fail(exc, the_files):
+    from zarrchive.errors import InputError, is_file_fault
+    from zarrchive.pixels.passes import _named
+
+    assert is_file_fault(exc) is the_files
+    named = _named(exc, "images/a.tif", "pixels")
+    if the_files:
+        assert isinstance(named, InputError) and named.file == "images/a.tif"
+    else:
+        assert named is exc  # the machine's failure stays what it is (and a transient one is retried)
+
+
+def test_an_input_error_from_the_reader_is_named_by_the_image_keeping_its_kind():
+    from zarrchive.errors import Truncated
+    from zarrchive.pixels.passes import _named
+
+    named = _named(Truncated("/staging/originals/a.tif", "ends at byte 10"), "a.tif [series 1]", "pixels")
+    assert type(named) is Truncated and named.file == "a.tif [series 1]" and named.reason == "ends at byte 10"

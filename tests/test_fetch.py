@@ -11,11 +11,11 @@ from typing import Any
 import fsspec
 import pytest
 from fsspec.implementations.memory import MemoryFileSystem
+from zarrchive.tasks.fetch import fetch_file, fetch_files
 
 from zarrchive.config import FetchSettings
 from zarrchive.errors import ChecksumMismatch, InputError, TransientError
 from zarrchive.records import FileEntry, Submission, SubmissionDoc
-from zarrchive.tasks.fetch import fetch_file, fetch_files
 
 FAST = FetchSettings(block_size=7, retries=3, retry_delay_seconds=[0])  # tiny blocks: many read steps
 
@@ -135,7 +135,7 @@ def test_checksum_mismatch_raises_from_fetch_file(tmp_path):
 
 
 def test_a_zarr_store_is_staged_whole_and_checked_by_its_tree_digest(tmp_path):
-    from zarrchive.storage import tree_digest
+    from zarrchive.archive.storage import tree_digest
 
     store = {"cells.ome.zarr/zarr.json": b'{"zarr_format": 3, "node_type": "group"}',
              "cells.ome.zarr/0/zarr.json": b"{}", "cells.ome.zarr/0/c/0/0": bytes(range(200))}

@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
-
 from builders import ome_tiff, plain_tiff, random_image, submission
 from zarrchive.flows import ingest as ingest_flow
 
@@ -53,8 +52,8 @@ def test_manifest_lists_every_object_with_its_checksum(demo):
 
 
 def test_published_images_open_in_bioio_with_source_metadata_and_exact_pixels(demo):
-    from bioio import BioImage
     import bioio_ome_zarr
+    from bioio import BioImage
 
     pub, sub, _archive, _cfg, _ = demo
     vdir = Path(pub.version_uri)
@@ -216,14 +215,13 @@ def test_qc_error_blocks_publication(tmp_path, config_file):
 def test_an_ome_zarr_input_is_fetched_converted_and_published_as_one_entry(tmp_path, config_file):
     """An OME-Zarr folder listed in submission.yaml: staged whole, re-chunked and re-compressed into the archive's
     own OME-Zarr, its original objects published under originals/ and described as one Dataset in the crate."""
+    import fsspec
     import yaml
     import zarr
-
     from builders import crate_problems, ome_zarr_input
-    from zarrchive.storage import store_tree_digest
     from zarrchive.tasks.intake import template_for
 
-    import fsspec
+    from zarrchive.archive.storage import store_tree_digest
 
     sub = tmp_path / "sub"
     data = random_image((2, 3, 48, 40))
@@ -259,7 +257,6 @@ def test_an_ome_zarr_input_is_fetched_converted_and_published_as_one_entry(tmp_p
 
 def test_a_multi_file_ome_tiff_set_is_published_as_one_image(tmp_path, config_file):
     import zarr
-
     from builders import ome_tiff_file_set
 
     sub = tmp_path / "sub"
@@ -278,9 +275,10 @@ def test_a_multi_file_ome_tiff_set_is_published_as_one_image(tmp_path, config_fi
 def test_two_files_whose_images_would_share_an_id_are_both_reported_and_neither_replaces_the_other():
     from types import SimpleNamespace
 
-    from zarrchive.config import PublishSettings
     from zarrchive.flows.fanout import distinct_ids
     from zarrchive.tasks.publish import image_outcomes
+
+    from zarrchive.config import PublishSettings
 
     def image(path, image_id, series=0):
         return SimpleNamespace(source_path=path, image_id=image_id, series=series, shown_as=path, label_of=None,

@@ -278,3 +278,68 @@ def test_an_imagej_hyperstack_with_slice_labels_and_a_huge_info_block_converts_e
     with tifffile.TiffFile(path) as tif:
         np.testing.assert_array_equal(level0, np.moveaxis(tif.asarray(), 1, 0))
     assert len(open(image.metadata_xml).read()) < 100_000  # the Info block is not carried (the original keeps it)
+
+
+# ---------------------------------------------------------------- the format objects' contract
+
+
+def _samples(tmp_path):
+    """One small file of each kind a format object reads, with the reader's name it must be read by."""
+    import imageio.v3 as iio
+    import mrcfile
+
+    from builders import ome_tiff, plain_tiff
+
+    png = tmp_path / "figure.tif"  # a PNG named as a TIFF
+    iio.imwrite(png, random_image((20, 24), "uint8"), extension=".png")
+    jpeg = tmp_path / "photo.jpeg"
+    iio.imwrite(jpeg, np.full((16, 16, 3), 90, "uint8"), extension=".jpg")
+    with mrcfile.new(tmp_path / "map.mrc") as mrc:
+        mrc.set_data(random_image((3, 16, 16), "int16"))
+    return [(ome_tiff(tmp_path / "a.tif", random_image((2, 16, 16)), "CYX"), "bioio_ome_tiff"),
+            (plain_tiff(tmp_path / "b.ome.tif", random_image((16, 16), "uint8"), ome=False), "bioio_tifffile"),
+            (svs_file(tmp_path / "slide.svs", random_image((512, 512, 3), "uint8")), "bioio_tifffile"), (png, "bioio_imageio"),
+            (jpeg, "bioio_imageio"), (tmp_path / "map.mrc", "zarrchive_mrc")]
+
+
+def test_every_format_is_chosen_by_content_and_found_images_read_as_described(tmp_path, settings):
+    """The protocol every format object keeps: identify chooses it from the content (never the name), its images
+    are described from the headers (shape in t, c, z, y, x; a layout in the image's axes) and the pixels read
+    through that layout are the file's."""
+    from zarrchive import formats
+    from zarrchive.pixels.sources import read_region
+
+    for path, reader in _samples(tmp_path):
+        assert formats.identify(str(path), path.name).name == reader, path
+        assert formats.by_name(reader).name == reader
+        with formats.Opened(staged(path, path.name), settings.convert.limits) as opened:
+            found = formats.identify(str(path), path.name, opened).images(opened)
+            assert found and all(f.reader in (reader, "bioio_tifffile") and len(f.tczyx) == 5 for f in found)
+            for image in found:
+                axes = tuple(a for a, n in zip("tczyx", image.tczyx) if n > 1 or a in "cyx")
+                layout = image.layout(axes)
+                shape = tuple(n for a, n in zip("tczyx", image.tczyx) if a in axes)
+                block = read_region(str(path), layout, tuple(slice(0, n) for n in shape))
+                assert block.shape == shape and str(block.dtype) == image.dtype, (path, image.index)
+
+
+def test_a_tiff_is_opened_once_by_zarrchive_however_many_questions_convert_asks(tmp_path, settings, monkeypatch):
+    """Format, budget, completeness, metadata, layout, compression, slide roles, plate positions and the OME-XML
+    all come from one open TiffFile (the bioio reader opens its own)."""
+    import traceback
+
+    from builders import ome_tiff
+
+    opened_by = []
+    original = tifffile.TiffFile.__init__
+
+    def counting(self, *args, **kwargs):
+        caller = next(f for f in reversed(traceback.extract_stack()[:-1]) if "tifffile" not in f.filename)
+        opened_by.append(caller.filename)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(tifffile.TiffFile, "__init__", counting)
+    path = ome_tiff(tmp_path / "a.ome.tif", random_image((2, 3, 32, 32)), "CZYX", {"x": 0.5, "y": 0.5, "z": 1.0})
+    [image] = convert_file(staged(path, "a.ome.tif"), None, str(tmp_path / "w"), settings.convert)
+    ours = [f for f in opened_by if "/bioio" not in f]
+    assert len(ours) == 1 and image.calibrated, opened_by

@@ -8,11 +8,11 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from builders import crate_problems, ome_tiff, random_image, submission
-from zarrchive.cli import main
 from zarrchive.flows.ingest import ingest_submission
-from zarrchive.provenance import lineage_of
+
+from zarrchive.archive.provenance import lineage_of
+from zarrchive.cli import main
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
@@ -157,11 +157,11 @@ def test_lineage_command(demo, capsys):
 
 
 def test_cache_keys_change_with_inputs_settings_and_pixel_software(monkeypatch, tmp_path, settings):
-    from zarrchive import identity
+    from zarrchive.archive import identity
+    from zarrchive.archive.staging import work_area
     from zarrchive.config import StagingSettings
     from zarrchive.records import FileRecord
     from zarrchive.software import pixel_versions
-    from zarrchive.staging import work_area
 
     work = work_area(StagingSettings(work=str(tmp_path / "work")))
     file = FileRecord(path="a.tif", source_uri="/l/a.tif", staged_path="/s/1/a.tif", size=1, sha256="a" * 64,
@@ -258,7 +258,7 @@ def test_a_metadata_only_version_stores_under_one_percent_of_the_study_and_opens
     assert a["path"] == "../v1/images/a.ome.zarr/" and a["sources"][0]["uri"].endswith("study/a.ome.tif")
     assert a["original"]["path"] == "../v1/originals/a.ome.tif" and a["original"]["sha256"]
 
-    from zarrchive.fixity import audit
+    from zarrchive.archive.fixity import audit
 
     listed = {n: json.loads((archive / f"ZA000001/v{n}/manifest.json").read_text())["files"] for n in (1, 2)}
     result = audit(str(archive))  # each object read once, though two versions list most of them
@@ -356,8 +356,8 @@ def test_what_a_version_offers_to_share_is_found_in_one_pass_for_files_and_submi
 
     import fsspec
 
-    from zarrchive.sharing import shareable, staged_key, store_key
-    from zarrchive.storage import tree_digest
+    from zarrchive.archive.sharing import shareable, staged_key, store_key
+    from zarrchive.archive.storage import tree_digest
 
     acc = tmp_path / "ZA000001"
     objects = {"originals/a.tif": b"tiff bytes", "originals/in.ome.zarr/zarr.json": b"{}",

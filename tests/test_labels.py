@@ -13,19 +13,21 @@ import numpy as np
 import pytest
 import yaml
 import zarr
-from hypothesis import given, settings as hsettings, strategies as st
-from hypothesis.extra.numpy import arrays
-
 from builders import AUTHOR, crate_problems, ome_tiff, plain_tiff, random_image, staged, submission
-from zarrchive.pixels.blocks import downsample, downsample_mean, downsample_mode
-from zarrchive.config import PublishSettings, load_settings
-from zarrchive.errors import InputError
-from zarrchive.records import Failure, FileEntry, QCReport
-from zarrchive.submission_checks import check_submission
+from hypothesis import given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
 from zarrchive.tasks.convert import convert_file
 from zarrchive.tasks.intake import template_for
 from zarrchive.tasks.publish import image_outcomes
 from zarrchive.tasks.pyramid import build_pyramid
+
+from zarrchive.config import PublishSettings, load_settings
+from zarrchive.errors import InputError
+from zarrchive.pixels.blocks import downsample, downsample_mean, downsample_mode
+from zarrchive.records import Failure, FileEntry, QCReport
+from zarrchive.submission_checks import check_submission
 
 CHECKS = load_settings().submission
 
@@ -153,7 +155,7 @@ def test_a_bool_mask_is_stored_as_uint8_labels(tmp_path, settings):
     [label] = convert_file(record, label_entry("labels/cell01_mask.tif", "images/cell01.tif"), str(tmp_path),
                            settings.convert)
     assert label.dtype == "uint8" and label.layout.dtype == "uint8" and label.label_name == "cell01_mask"
-    from zarrchive.sources import read_region
+    from zarrchive.pixels.sources import read_region
 
     block = read_region(record.staged_path, label.layout, (slice(0, 40), slice(0, 36)))
     assert block.dtype == np.uint8 and np.array_equal(block, mask.astype(np.uint8))
@@ -353,7 +355,7 @@ def test_published_labels_validate_and_readers_find_them(labelled):
 
 
 def test_manifest_crate_qc_and_landing_page_cover_the_labels(labelled):
-    from zarrchive.storage import tree_digest
+    from zarrchive.archive.storage import tree_digest
 
     pub = labelled[0]
     vdir = Path(pub.version_uri)
@@ -431,7 +433,7 @@ def test_a_label_of_the_wrong_shape_fails_and_the_policy_decides_for_the_image(t
 
 
 def test_lineage_leads_a_label_back_to_its_file_and_the_crate_passes_the_profile(labelled, tmp_path):
-    from zarrchive.provenance import lineage_of
+    from zarrchive.archive.provenance import lineage_of
 
     pub = labelled[0]
     [info] = lineage_of(pub.archive, pub.accession, image="labels_cell01_nuclei")["images"]
@@ -448,7 +450,6 @@ def test_with_ngff_0_4_the_labels_are_zarr_v2_and_ome_zarr_readers_find_them(tmp
     from ome_zarr.reader import Label, Reader
     from ome_zarr_models.v04 import Image
     from ome_zarr_models.v04.labels import Labels
-
     from zarrchive.flows.ingest import ingest
 
     sub = tmp_path / "sub"

@@ -9,20 +9,19 @@ publishes of one submission at once ending in exactly one version, and two
 from __future__ import annotations
 
 import json
-import re
 import os
+import re
 import subprocess
 import sys
 import threading
 import time
 
 import pytest
-
-from zarrchive import lease
-from zarrchive.config import PublishSettings
-from zarrchive.storage import resolve, write_bytes_exclusive
-
 from test_publish import ACCESSION, Inputs  # noqa: F401 - the publish tests' version inputs
+
+from zarrchive.archive import lease
+from zarrchive.archive.storage import resolve, write_bytes_exclusive
+from zarrchive.config import PublishSettings
 
 
 @pytest.fixture(params=["folder", "s3"])
@@ -139,9 +138,8 @@ def test_a_committed_manifest_is_never_overwritten(tmp_path):
 
 
 def test_two_ingest_processes_of_one_submission_publish_one_version(tmp_path, config_file, prefect_server):
-    from prefect.settings import PREFECT_API_URL
-
     from builders import ome_tiff, random_image, submission
+    from prefect.settings import PREFECT_API_URL
 
     sub = submission(tmp_path / "sub", [{"path": "a.ome.tif"}])
     ome_tiff(sub / "a.ome.tif", random_image((1, 1, 40, 40)), "CZYX", {"x": 0.5, "y": 0.5})

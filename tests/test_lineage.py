@@ -6,7 +6,8 @@ import json
 from pathlib import Path
 
 from builders import crate_problems
-from zarrchive.lineage import PROCESS_RUN_CRATE
+
+from zarrchive.archive.lineage import PROCESS_RUN_CRATE
 
 
 def load_crate(vdir: Path) -> dict[str, dict]:
@@ -38,7 +39,7 @@ def test_crate_follows_the_process_run_profile(demo):
 
 
 def test_every_file_entity_carries_its_checksum_as_in_the_manifest(demo):
-    from zarrchive.storage import tree_digest
+    from zarrchive.archive.storage import tree_digest
 
     vdir = Path(demo[0].version_uri)
     nodes = load_crate(vdir)

@@ -9,14 +9,14 @@ import json
 import numpy as np
 import pytest
 import tifffile
-
 from builders import ome_tiff, random_image, screening_files, staged, submission
-from zarrchive.config import load_settings
 from zarrchive.flows.ingest import ingest
+from zarrchive.tasks.intake import template_for
+
+from zarrchive.config import load_settings
 from zarrchive.plates import compile_pattern, detect, ome_plate_positions, place_fields, plate_documents, row_name
 from zarrchive.records import FileEntry, PlateDeclaration
 from zarrchive.submission_checks import check_submission
-from zarrchive.tasks.intake import template_for
 
 PATTERN = "plate1/{row}{column}_f{field}.ome.tif"
 WELLS = [("B", 3, 1), ("B", 3, 2), ("C", 10, 1), ("C", 10, 4)]  # two wells, two fields each (numbered 1 and 2 / 1 and 4)
@@ -198,8 +198,9 @@ def test_two_folders_named_alike_are_proposed_as_two_plates():
 
 
 def test_a_screening_set_declared_by_a_pattern_takes_its_wells_from_its_ome_xml(tmp_path, settings):
-    from zarrchive.errors import InputError
     from zarrchive.tasks.convert import convert_file
+
+    from zarrchive.errors import InputError
 
     fields = [random_image((16, 16), seed=i) for i in range(2)]
     names = ["A01_s1.ome.tif", "A01_s2.ome.tif"]
@@ -251,12 +252,12 @@ def screen(tmp_path):
 
 def test_a_plate_is_published_as_one_ome_ngff_plate_that_plate_readers_open(screen, tmp_path, config_file):
     import zarr
+    from builders import crate_problems
     from ome_zarr.io import parse_url
     from ome_zarr.reader import Plate, Reader
     from ome_zarr_models.v05.hcs import HCS
 
-    from builders import crate_problems
-    from zarrchive.provenance import lineage_of
+    from zarrchive.archive.provenance import lineage_of
 
     sub, files, data = screen
     archive, config = tmp_path / "archive", config_file()
@@ -309,7 +310,7 @@ def test_a_plate_is_published_as_one_ome_ngff_plate_that_plate_readers_open(scre
     assert not (archive / pub.accession / "v2" / "plates").exists()
     again = {o.image_id: o for o in second.images}
     assert again["plate1_B03_f2"].path == "../v1/plates/plate1.ome.zarr/B/3/1"
-    from zarrchive.fixity import audit
+    from zarrchive.archive.fixity import audit
 
     checked = audit(str(archive), f"{pub.accession}/v2")
     assert checked.problems == [] and checked.hashed > 0
@@ -340,8 +341,9 @@ def test_a_screening_set_is_published_as_the_plate_its_ome_xml_describes_in_ngff
 
 
 def test_a_file_that_is_a_field_must_hold_one_image(tmp_path, settings):
-    from zarrchive.errors import InputError
     from zarrchive.tasks.convert import convert_file
+
+    from zarrchive.errors import InputError
 
     path = tmp_path / "B03.ome.tif"
     with tifffile.TiffWriter(path, ome=True) as tif:

@@ -9,15 +9,15 @@ import json
 import numpy as np
 import pytest
 import zarr
-
 from builders import ome_tiff, plain_tiff, random_image
-from zarrchive.config import QCSettings
-from zarrchive.records import FileEntry, FileRecord, Finding, ImagingMethod, PixelSize, Submission, SubmissionDoc
 from zarrchive.tasks.compress import compress_image
 from zarrchive.tasks.convert import convert_file
 from zarrchive.tasks.pyramid import build_pyramid
-from zarrchive.landing import render_qc_page
 from zarrchive.tasks.qc import check_metadata, choose_modality, load_suite
+
+from zarrchive.archive.landing import render_qc_page
+from zarrchive.config import QCSettings
+from zarrchive.records import FileEntry, FileRecord, Finding, ImagingMethod, PixelSize, Submission, SubmissionDoc
 
 LIGHT = ImagingMethod(name="confocal microscopy", fbbi_id="FBbi:00000251")
 

@@ -24,9 +24,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-from hypothesis import HealthCheck, given, seed, settings as hsettings, strategies as st
-
 from builders import ome_tiff, plain_tiff, random_image, staged, submission
+from hypothesis import HealthCheck, given, seed
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
+
 from zarrchive.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -212,7 +214,7 @@ def test_clean_removes_what_a_killed_run_left_and_nothing_of_a_running_one(run_c
 
 
 def test_json_reports_every_outcome_errors_included(tmp_path, config_file, prefect_server, capsys):
-    from zarrchive import lease
+    from zarrchive.archive import lease
 
     sub = submission(tmp_path / "sub", [{"path": "a.ome.tif"}])
     ome_tiff(sub / "a.ome.tif", random_image((1, 1, 24, 24)), "CZYX", {"x": 0.5, "y": 0.5})
@@ -382,7 +384,6 @@ def s3_through(proxy: FaultyProxy):
 def test_throttling_and_5xx_from_s3_are_retried_and_the_version_verifies(s3_endpoint, config_file,
                                                                          prefect_server, tmp_path):
     import fsspec
-
     from zarrchive.flows.ingest import ingest
 
     bucket = s3_endpoint()
@@ -406,7 +407,6 @@ def test_throttling_and_5xx_from_s3_are_retried_and_the_version_verifies(s3_endp
 def test_a_permanent_storage_error_is_reported_and_nothing_is_visible(s3_endpoint, config_file, prefect_server,
                                                                       tmp_path):
     import fsspec
-
     from zarrchive.flows.ingest import ingest
 
     bucket = s3_endpoint()
@@ -493,14 +493,14 @@ def test_verify_finds_any_single_flipped_bit(tmp_path_factory, data):
     raw = bytearray(path.read_bytes())
     raw[offset] ^= 1 << bit
     path.write_bytes(bytes(raw))
-    from zarrchive import fixity
+    from zarrchive.archive import fixity
 
     result = fixity.audit(str(vdir.parent.parent), "ZA000007/v1")
     assert [(p["path"], p["kind"]) for p in result.problems] == [(entry["path"], "sha256")]
 
 
 def test_a_rotating_sample_hashes_every_object_once_per_cycle(tmp_path):
-    from zarrchive import fixity
+    from zarrchive.archive import fixity
 
     _inp, vdir = published(tmp_path)
     archive = str(vdir.parent.parent)
@@ -587,9 +587,10 @@ def _valid_tiffs(folder: Path) -> list[Path]:
 def test_single_byte_mutations_of_valid_tiffs_fail_cleanly_or_convert(tmp_path_factory, data):
     """A damaged file is an InputError naming it (or converts): never another exception, a hang or a bare
     MemoryError. Mutations land in the header and IFDs, the OME-XML, and the pixels."""
+    from zarrchive.tasks.convert import convert_file, probe_file
+
     from zarrchive.config import load_settings
     from zarrchive.errors import InputError
-    from zarrchive.tasks.convert import convert_file, probe_file
 
     folder = tmp_path_factory.mktemp("fuzz")
     path = data.draw(st.sampled_from(_valid_tiffs(folder)))
@@ -726,10 +727,10 @@ def test_the_readme_reliability_table_is_this_list_and_every_test_it_names_exist
 
 def test_a_convert_that_outlasts_its_time_fails_alone_naming_the_file(tmp_path, prefect_server, monkeypatch):
     from prefect import flow
+    from zarrchive.tasks import convert as convert_module
 
     from zarrchive.config import load_settings
     from zarrchive.errors import StageTimeout
-    from zarrchive.tasks import convert as convert_module
 
     path = ome_tiff(tmp_path / "slow.ome.tif", random_image((1, 1, 16, 16)), "CZYX")
 
@@ -752,10 +753,11 @@ def test_a_convert_that_outlasts_its_time_fails_alone_naming_the_file(tmp_path, 
 
 
 def test_a_compress_pass_that_outlasts_its_time_fails_and_keeps_nothing(tmp_path, settings):
-    from zarrchive.errors import StageTimeout
     from zarrchive.tasks.compress import compress_image
     from zarrchive.tasks.convert import convert_file
     from zarrchive.tasks.pyramid import build_pyramid
+
+    from zarrchive.errors import StageTimeout
 
     path = ome_tiff(tmp_path / "big.ome.tif", random_image((1, 24, 512, 512)), "CZYX")
     record = staged(path)

@@ -5,9 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import tifffile
-from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 
-from zarrchive.sources import _tiff_raw, _version, forget_open_files, read_contiguous
+from zarrchive.pixels.sources import _tiff_raw, _version, forget_open_files, read_contiguous
 
 
 @st.composite

@@ -6,10 +6,10 @@ import hashlib
 import json
 
 import pytest
-
-from zarrchive.config import ArchiveSettings
-from zarrchive.storage import copy_hashing, join, read_json, resolve, sha256_stream, to_url, write_bytes_atomic
 from zarrchive.tasks.intake import allocate_accession
+
+from zarrchive.archive.storage import copy_hashing, join, read_json, resolve, sha256_stream, to_url, write_bytes_atomic
+from zarrchive.config import ArchiveSettings
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -55,7 +55,6 @@ def test_accessions_are_claimed_exclusively_and_stable(location, tmp_path):
 
 def test_ingest_from_s3_landing_zone_into_s3_archive(s3_endpoint, tmp_path, config_file, prefect_server):
     import fsspec
-
     from builders import ome_tiff, random_image, submission
     from zarrchive.flows.ingest import ingest
 

@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Sequence
 
 from zarrchive.errors import ConfigError, NotFound, ZarrchiveError
-from zarrchive.session import Interrupted, prefect_api, stop_on_signals
 from zarrchive.records import Publication
+from zarrchive.session import Interrupted, prefect_api, stop_on_signals
 
 EXIT_OK, EXIT_NOT_PUBLISHED, EXIT_USAGE = 0, 1, 2
 PROFILES = ("compat", "max", "fixed")
@@ -240,14 +240,14 @@ def _settings(config: str | None):
 
 
 def _private(archive: str, config: str | None) -> str:
-    from zarrchive.versions import require_private
+    from zarrchive.archive.versions import require_private
 
     return require_private(archive, _settings(config).archive.private)
 
 
 def _search(args: argparse.Namespace) -> int:
+    from zarrchive.archive.landing import human_size
     from zarrchive.catalog import Catalog, rows_of
-    from zarrchive.landing import human_size
 
     settings = _settings(args.config)
     with Catalog(args.archive, settings.catalog.url, settings.catalog.password_env) as catalog:
@@ -270,7 +270,7 @@ def _search(args: argparse.Namespace) -> int:
 
 
 def _catalog(args: argparse.Namespace) -> int:
-    from zarrchive.archive_pages import write_index
+    from zarrchive.archive.front import write_index
     from zarrchive.catalog import Catalog
 
     settings = _settings(args.config)
@@ -300,9 +300,9 @@ def _release(args: argparse.Namespace) -> int:
     """An early release on request: every embargoed version of the accession (or one), recorded with who and why."""
     import datetime as dt
 
-    from zarrchive.archive_pages import refresh
+    from zarrchive.archive.front import refresh
+    from zarrchive.archive.versions import manifests, set_embargo
     from zarrchive.tasks.release import Release, release_version
-    from zarrchive.versions import manifests, set_embargo
 
     private = _private(args.archive, args.config)
     found = [m["version"] for m in manifests(private, args.accession)
@@ -326,7 +326,7 @@ def _release(args: argparse.Namespace) -> int:
 def _embargo(args: argparse.Namespace) -> int:
     import datetime as dt
 
-    from zarrchive.versions import manifests, set_embargo
+    from zarrchive.archive.versions import manifests, set_embargo
 
     private = _private(args.archive, args.config)
     if not manifests(private, args.accession):
@@ -348,7 +348,7 @@ def _embargo(args: argparse.Namespace) -> int:
 def _changes(archive: str, since: str | None, as_json: bool) -> int:
     import datetime as dt
 
-    from zarrchive.changes import changes
+    from zarrchive.archive.changes import changes
 
     try:
         after = dt.datetime.fromisoformat(since) if since else None
@@ -367,9 +367,9 @@ def _changes(archive: str, since: str | None, as_json: bool) -> int:
 
 def _deploy(args: argparse.Namespace) -> int:
     """``deploy register|list|remove``: against the Prefect server of ``PREFECT_API_URL``."""
-    from zarrchive import consortium, deploy
-
     from prefect.settings import PREFECT_API_URL
+
+    from zarrchive import consortium, deploy
 
     if not PREFECT_API_URL.value():
         raise ConfigError("deploy", ["PREFECT_API_URL is not set: point it at the Prefect server to register with "
@@ -406,7 +406,7 @@ def _deploy(args: argparse.Namespace) -> int:
 
 
 def _verify(target: str | None, archive: str, every: bool, sample: float, as_json: bool) -> int:
-    from zarrchive import fixity
+    from zarrchive.archive import fixity
 
     if not target and not every:
         raise ConfigError("verify", ["name an ACCESSION (or ACCESSION/vN), or give --all"])
@@ -430,8 +430,8 @@ def _verify(target: str | None, archive: str, every: bool, sample: float, as_jso
 
 
 def _clean(config: str | None, as_json: bool) -> int:
+    from zarrchive.archive.staging import clean_stale
     from zarrchive.config import load_settings
-    from zarrchive.staging import clean_stale
 
     removed = clean_stale(load_settings(config).staging)
     if as_json:
@@ -539,8 +539,8 @@ def _probe_images(submission: str, doc, findings: list, settings) -> list:
     would fail on (empty, not an image, unsupported, over budget, truncated) is named before submitting."""
     from fsspec.implementations.local import LocalFileSystem
 
+    from zarrchive.archive.storage import resolve
     from zarrchive.records import Finding
-    from zarrchive.storage import resolve
 
     fs, root = resolve(submission)
     if doc is None or not isinstance(fs, LocalFileSystem):
@@ -559,10 +559,8 @@ def _probe_images(submission: str, doc, findings: list, settings) -> list:
 
 
 def _show(accession: str, archive: str, as_json: bool) -> int:
-    from zarrchive.landing import human_size
-    from zarrchive.versions import is_shared, published_versions
-
-    from zarrchive.versions import private_location
+    from zarrchive.archive.landing import human_size
+    from zarrchive.archive.versions import is_shared, private_location, published_versions
 
     versions = published_versions(archive, accession, private_location(archive, None))
     if not versions:
@@ -591,7 +589,7 @@ def _show(accession: str, archive: str, as_json: bool) -> int:
 
 
 def _show_image(img: dict, files: list[dict], label: str) -> None:
-    from zarrchive.landing import human_size
+    from zarrchive.archive.landing import human_size
 
     path = img.get("path")
     nested = f"{path}/labels/"
@@ -604,7 +602,7 @@ def _show_image(img: dict, files: list[dict], label: str) -> None:
 
 
 def _lineage(accession: str, archive: str, version: int | None, image: str | None, as_json: bool) -> int:
-    from zarrchive.provenance import lineage_of
+    from zarrchive.archive.provenance import lineage_of
 
     info = lineage_of(archive, accession, version, image)  # NotFound: reported by main
     if as_json:

@@ -13,9 +13,9 @@ import json
 import os
 from typing import Any
 
+from zarrchive.archive.storage import use_options
 from zarrchive.config import CredentialRef, StorageSettings
 from zarrchive.errors import ConfigError
-from zarrchive.storage import use_options
 
 
 def resolve_ref(ref: CredentialRef) -> dict[str, Any]:

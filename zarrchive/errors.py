@@ -70,6 +70,10 @@ class UnsupportedFormat(InputError):
     """No installed reader can open the file."""
 
 
+class Truncated(InputError):
+    """A file ends before the pixels it declares: bad input, never retried."""
+
+
 class StageTimeout(InputError):
     """A stage took longer on one file or image than its configured time (``<stage>.timeout_seconds``): that image
     fails, the others go on. Never retried."""
@@ -91,6 +95,11 @@ class FailedOutcome(ZarrchiveError):
         return type(self), (str(self), self.data)
 
 
+class StageFailed(ZarrchiveError):
+    """A stage failed on one image for a reason that is neither the file's nor a check's (a fault of zarrchive or
+    of a library it uses), named with the exception: that image fails, the others go on."""
+
+
 class ClusterError(ZarrchiveError):
     """The Dask cluster could not finish a stage's work: workers kept dying while running the same task."""
 
@@ -110,6 +119,27 @@ def is_transient(exc: BaseException) -> bool:
     if isinstance(exc, OSError) and exc.errno in PERMANENT_ERRNOS:
         return False  # a full disk or a read-only store does not heal in seconds: reported at once
     return isinstance(exc, (ConnectionError, TimeoutError)) or type(exc) is OSError
+
+
+def is_cluster_failure(exc: BaseException) -> bool:
+    """Whether ``exc`` is the Dask cluster's failure, not the data's: a worker that died, a connection to it that
+    closed, work cancelled or a client closed under it. Told by type; ``distributed`` is not imported for it
+    (where it is not loaded, no such exception exists)."""
+    names = (("distributed.scheduler", "KilledWorker"), ("distributed.comm.core", "CommClosedError"),
+             ("distributed.client", "FutureCancelledError"), ("distributed.client", "FuturesCancelledError"),
+             ("distributed.client", "ClosedClientError"), ("distributed.core", "AsyncTaskGroupClosedError"))
+    types = tuple(getattr(sys.modules[module], name) for module, name in names
+                  if module in sys.modules and hasattr(sys.modules[module], name))
+    return bool(types) and isinstance(exc, types)
+
+
+def is_file_fault(exc: BaseException) -> bool:
+    """Whether a failure to read a file is the file's (damaged, not what it declares): not one of the archive's own
+    errors, nor the machine's (memory, an I/O error the system numbered, a connection, a time limit) nor the
+    cluster's."""
+    if isinstance(exc, (ZarrchiveError, MemoryError, ConnectionError, TimeoutError)) or is_cluster_failure(exc):
+        return False
+    return not (isinstance(exc, OSError) and exc.errno is not None)
 
 
 PERMANENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG, errno.EACCES, errno.EPERM}

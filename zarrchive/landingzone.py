@@ -29,8 +29,8 @@ from typing import BinaryIO, Iterator, Literal
 
 from fsspec.implementations.local import LocalFileSystem
 
+from zarrchive.archive.storage import ZARR_MARKERS, join, resolve
 from zarrchive.errors import InputError
-from zarrchive.storage import ZARR_MARKERS, join, resolve
 
 Kind = Literal["file", "store", "folder"]
 

@@ -392,6 +392,11 @@ class ImageRecord(Record):
         return self.levels[0].shape
 
     @property
+    def axis_names(self) -> list[str]:
+        """Its axes' names in order, e.g. ["c", "z", "y", "x"]."""
+        return [a.name for a in self.axes]
+
+    @property
     def shown_as(self) -> str:
         """How messages name it: its file, and its series when the file holds several (one rule for every
         stage)."""

@@ -184,7 +184,7 @@ def _watch(read_end: int, on_stuck: Callable[[int], None]) -> None:
 
 def _stop_now(signum: int, on_stuck: Callable[[int], None]) -> None:
     """End the process now: the run's staging folders removed, ``on_stuck`` told, the exit code 128 + signal."""
-    from zarrchive.staging import remove_active
+    from zarrchive.archive.staging import remove_active
 
     try:
         remove_active()

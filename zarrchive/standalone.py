@@ -29,11 +29,11 @@ from typing import Callable
 
 import fsspec
 
+from zarrchive.archive.storage import is_zarr_store
 from zarrchive.config import Settings
 from zarrchive.errors import InputError
-from zarrchive.records import FileRecord
 from zarrchive.formats.ometiff import ome_tiff_set
-from zarrchive.storage import is_zarr_store
+from zarrchive.records import FileRecord
 
 Progress = Callable[..., None]  # progress(message) at each step; progress(message, done, total) in bytes
 

@@ -26,11 +26,11 @@ from typing import Any, Iterator
 import sqlalchemy as sa
 from fsspec.implementations.local import LocalFileSystem
 
+from zarrchive.archive.documents import QCDocument
+from zarrchive.archive.storage import join, read_json, resolve, to_url
+from zarrchive.archive.versions import ARCHIVE_MARKER, MANIFEST, accessions, logical_path, manifests
 from zarrchive.catalog import schema
 from zarrchive.errors import ConfigError
-from zarrchive.documents import QCDocument
-from zarrchive.storage import join, read_json, resolve, to_url
-from zarrchive.versions import ARCHIVE_MARKER, MANIFEST, accessions, logical_path, manifests
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 

@@ -6,7 +6,7 @@ its name alone. A format's ``images`` reads the headers of an ``Opened`` file an
 pixels are read, its own OME-XML or description, whether they went through a lossy compression, a slide
 image's role, a screening field's well); it reads no pixels. ``tasks/convert.py`` merges that with what the
 submission says and builds the archive's image records; the compress pass reads the pixels through the
-``SourceLayout`` a format gave (``zarrchive.sources``).
+``SourceLayout`` a format gave (``zarrchive.pixels.sources``).
 
 The kinds: ``ometiff`` (OME-TIFF, multi-file sets, screening files), ``tiff`` (TIFF, ImageJ hyperstacks,
 whole-slide files), ``omezarr`` (OME-Zarr 0.4/0.5), ``imageio`` (PNG, JPEG), ``plugins`` (ND2, CZI, LIF, VSI
@@ -114,7 +114,7 @@ def describing(shown_as: str) -> Iterator[None]:
     """Describe one image of a file: any failure that is not already the archive's own (or the cluster's, or a
     connection's) is the file's, named: ``InputError``, or ``OverBudget`` when describing it ran out of memory."""
     from zarrchive.budget import OverBudget
-    from zarrchive.errors import ZarrchiveError
+    from zarrchive.errors import ZarrchiveError, is_cluster_failure
 
     try:
         yield
@@ -124,7 +124,7 @@ def describing(shown_as: str) -> Iterator[None]:
         raise OverBudget(shown_as, "ran out of memory describing it: it declares more than this machine can "
                                    "describe") from None
     except Exception as exc:
-        if type(exc).__module__.startswith("distributed"):  # the cluster failed, not the file
+        if is_cluster_failure(exc):
             raise
         raise InputError(shown_as, f"cannot be converted: {type(exc).__name__}: {exc}") from exc
 

@@ -140,8 +140,9 @@ class ReaderFormat:
         def layout(axes: tuple[str, ...]) -> SourceLayout:
             return self.layout(opened, img, index, axes, bool(samples), position)
 
-        found = Found(reader=self.name, index=index, count=count, name=str(names[index]), tczyx=tuple(int(n) for n in data.shape), dtype=str(np.dtype(data.dtype)),
-            metadata=metadata, layout=layout, own_xml=self.own_xml(opened),
-            description=self.description_of(opened), lossy=self.lossy(opened, position), **given)
+        found = Found(reader=self.name, index=index, count=count, name=str(names[index]),
+                      tczyx=tuple(int(n) for n in data.shape), dtype=str(np.dtype(data.dtype)), metadata=metadata,
+                      layout=layout, own_xml=self.own_xml(opened), description=self.description_of(opened),
+                      lossy=self.lossy(opened, position), **given)
         extras = self.extras(opened, position, found)
         return dataclasses.replace(found, **extras) if extras else found

@@ -19,8 +19,8 @@ from xml.etree import ElementTree
 
 from zarrchive.errors import InputError
 from zarrchive.formats import Found, Opened, SourceMetadata
-from zarrchive.formats.tiff import TiffFormat
 from zarrchive.formats.tiff import FORMAT as TIFF
+from zarrchive.formats.tiff import TiffFormat
 from zarrchive.records import MICROMETERS
 from zarrchive.units import length_unit
 from zarrchive.units import time_unit as normal_time_unit
@@ -148,7 +148,7 @@ def _set_digest(opened: Opened, members: list[str], paths: tuple[str, ...]) -> s
     """The identity of a complete multi-file set: the sha256 of every member's sha256."""
     import fsspec
 
-    from zarrchive.storage import sha256_stream
+    from zarrchive.archive.storage import sha256_stream
 
     here, record, companions = os.path.dirname(opened.path), opened.record, opened.companions
     digests = [record.sha256 if p == record.path else

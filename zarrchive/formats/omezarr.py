@@ -33,7 +33,7 @@ class OmeZarrFormat(ReaderFormat):
     def check_store(self, path: str, shown_as: str) -> OmeZarrFormat:
         import fsspec
 
-        from zarrchive.storage import is_zarr_store
+        from zarrchive.archive.storage import is_zarr_store
 
         if not is_zarr_store(fsspec.filesystem("file"), path):
             raise UnsupportedFormat(shown_as, "a folder that is not a Zarr store (no zarr.json, .zgroup or .zarray)")

@@ -17,13 +17,13 @@ from typing import Any
 import numpy as np
 import zarr
 
+from zarrchive.config import CodecSpec
+from zarrchive.errors import InputError, is_file_fault
 from zarrchive.pixels.blocks import chunk_slices, downsample
 from zarrchive.pixels.codecs import choose_codec
-from zarrchive.config import CodecSpec
-from zarrchive.errors import InputError
-from zarrchive.records import CodecSelection, ImageRecord, Level
 from zarrchive.pixels.shards import ArrayWriter, Stored
-from zarrchive.sources import read_region
+from zarrchive.pixels.sources import read_region
+from zarrchive.records import CodecSelection, ImageRecord, Level
 
 BATCH = 32  # chunks per Dask task for the small levels made from the level above, and for QC's reads
 ZARR_CONFIG = {"codec_pipeline.batch_size": 64}  # zarr reads a shard's chunks together, not one by one
@@ -69,8 +69,7 @@ def stream_region(source: str, image: ImageRecord, store: str, region: tuple[sli
     try:
         block = read_region(source, image.layout, region)
     except Exception as exc:
-        raise InputError(shown_as, f"pixels {[(s.start, s.stop) for s in region]} cannot be read: "
-                                   f"{type(exc).__name__}: {exc}") from exc
+        raise _named(exc, shown_as, f"pixels {[(s.start, s.stop) for s in region]}") from exc
     expected = tuple(s.stop - s.start for s in region)
     if block.shape != expected or block.dtype != np.dtype(image.dtype):
         raise InputError(shown_as, f"the reader gave {block.shape} {block.dtype} pixels for a region of "
@@ -83,6 +82,17 @@ def stream_region(source: str, image: ImageRecord, store: str, region: tuple[sli
             block = downsample(block, plan.halved, plan.level.downsampling)
         stored.add(ArrayWriter.open(f"{store}/{plan.level.path}").write(level_region, block, f"{plan.level.path}/"))
     return stored, level0
+
+
+def _named(exc: Exception, shown_as: str, what: str) -> Exception:
+    """A failure to read a source's pixels as the image's: the file's fault (``errors.is_file_fault``) named by
+    the image, an ``InputError`` of its own kind (a truncated file) given the image's name; anything else (the
+    machine's, the cluster's) as it is."""
+    if isinstance(exc, InputError):
+        return type(exc)(shown_as, exc.reason)
+    if not is_file_fault(exc):
+        return exc
+    return InputError(shown_as, f"{what} cannot be read: {type(exc).__name__}: {exc}")
 
 
 def downsample_regions(store: str, above: str, plan: LevelPlan, regions: list[tuple[slice, ...]]) -> Stored:
@@ -106,7 +116,7 @@ def select_codec(source: str, image: ImageRecord, regions: list[tuple[slice, ...
     try:
         samples = [read_region(source, image.layout, region) for region in regions]
     except Exception as exc:
-        raise InputError(shown_as, f"pixels cannot be read: {type(exc).__name__}: {exc}") from exc
+        raise _named(exc, shown_as, "pixels") from exc
     return choose_codec(samples, candidates, min_encode_mbps, size_tolerance)
 
 

@@ -16,8 +16,8 @@ import json
 import uuid
 from typing import Any
 
-from zarrchive.documents import ChangeEvent
-from zarrchive.storage import join, resolve, write_bytes_atomic, write_bytes_exclusive
+from zarrchive.archive.documents import ChangeEvent
+from zarrchive.archive.storage import join, resolve, write_bytes_atomic, write_bytes_exclusive
 
 CHANGES = "_changes"
 FEED = "changes.jsonl"

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from zarrchive.errors import Truncated
 from zarrchive.records import SourceLayout
 
 if TYPE_CHECKING:
@@ -157,7 +158,7 @@ def _read_exactly(fd: int, target: memoryview, offset: int, path: str) -> None:
     while done < len(target):
         got = os.preadv(fd, [target[done:]], offset + done)
         if got == 0:
-            raise OSError(f"{path} ends at byte {offset + done}, before the pixels it declares end")
+            raise Truncated(path, f"ends at byte {offset + done:,}, before the pixels it declares end")
         done += got
 
 

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from zarrchive.archive.storage import join, read_json, resolve, tree_digest
+from zarrchive.archive.versions import logical_path, published_versions
 from zarrchive.errors import NotFound
-from zarrchive.storage import join, read_json, resolve, tree_digest
-from zarrchive.versions import logical_path, published_versions
 
 
 def _store_digests(manifest: dict[str, Any]) -> dict[str, str]:

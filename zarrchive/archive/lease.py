@@ -26,9 +26,9 @@ from typing import Any, Iterator
 
 import fsspec
 
+from zarrchive.archive.storage import join, resolve, write_bytes_exclusive
 from zarrchive.errors import ZarrchiveError
 from zarrchive.host import process_start
-from zarrchive.storage import join, resolve, write_bytes_exclusive
 
 LEASE_DIR = "_lease"
 

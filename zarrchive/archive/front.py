@@ -14,10 +14,10 @@ import datetime as dt
 import html
 from typing import Any
 
+from zarrchive.archive.landing import human_size
+from zarrchive.archive.storage import join, resolve, write_bytes_atomic
 from zarrchive.catalog import Catalog
 from zarrchive.config import CatalogSettings
-from zarrchive.landing import human_size
-from zarrchive.storage import join, resolve, write_bytes_atomic
 
 INDEX = "index.html"
 

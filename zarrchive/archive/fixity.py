@@ -16,9 +16,9 @@ from typing import Any, Iterable
 
 import fsspec
 
-from zarrchive.documents import DocumentError
-from zarrchive.storage import BLOCK, join
-from zarrchive.versions import SHARED, is_shared, object_path, read_manifest
+from zarrchive.archive.documents import DocumentError
+from zarrchive.archive.storage import BLOCK, join
+from zarrchive.archive.versions import SHARED, is_shared, object_path, read_manifest
 
 MANIFEST = "manifest.json"
 
@@ -191,7 +191,7 @@ def audit(archive: str, target: str | None = None, sample: float = 1.0, round_: 
     manifest, and ``sample`` of them (a rotating share; all when 1) read back and hashed."""
     import datetime as dt
 
-    from zarrchive.storage import resolve, to_url
+    from zarrchive.archive.storage import resolve, to_url
 
     fs, root = resolve(archive)
     started = dt.datetime.now(dt.timezone.utc).isoformat()
@@ -239,7 +239,7 @@ def record_audit(archive: str, result: Audit) -> str:
     import json
     import uuid
 
-    from zarrchive.storage import resolve, write_bytes_exclusive
+    from zarrchive.archive.storage import resolve, write_bytes_exclusive
 
     fs, root = resolve(archive)
     stamp = result.started.replace(":", "").replace("-", "").split(".")[0]

@@ -19,9 +19,9 @@ from typing import Any, ClassVar, Literal
 import fsspec
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from zarrchive.archive.storage import dumps
 from zarrchive.errors import ZarrchiveError
 from zarrchive.records import ImageOutcome
-from zarrchive.storage import dumps
 
 SHA256 = r"^[0-9a-f]{64}$"
 

@@ -17,8 +17,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from zarrchive.archive.staging import generation
 from zarrchive.software import pixel_versions
-from zarrchive.staging import generation
 
 
 def json_sha256(value: Any) -> str:

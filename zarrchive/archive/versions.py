@@ -19,11 +19,11 @@ from typing import TYPE_CHECKING, Any
 
 from fsspec.implementations.local import LocalFileSystem
 
+from zarrchive.archive.storage import join, read_json, resolve
 from zarrchive.errors import ConfigError
-from zarrchive.storage import join, read_json, resolve
 
 if TYPE_CHECKING:
-    from zarrchive.documents import VersionIndex
+    from zarrchive.archive.documents import VersionIndex
 
 VERSION_RE = re.compile(r"^v(\d+)$")
 MANIFEST = "manifest.json"
@@ -110,7 +110,7 @@ def manifests(location: str | None, accession: str) -> list[dict[str, Any]]:
 
 def read_manifest(fs: Any, path: str) -> dict[str, Any]:
     """A committed manifest, validated (``documents.Manifest``; a newer format than this code is refused)."""
-    from zarrchive.documents import Manifest
+    from zarrchive.archive.documents import Manifest
 
     return Manifest.read(fs, path).as_dict()
 
@@ -124,7 +124,7 @@ def published_versions(archive: str, accession: str, private: str | None = None)
 
 def version_index(location: str, accession: str) -> "VersionIndex":
     """``versions.json`` of one location: its committed versions, oldest first, rebuilt from their manifests."""
-    from zarrchive.documents import VersionIndex
+    from zarrchive.archive.documents import VersionIndex
 
     return VersionIndex(format_version=VersionIndex.FORMAT, accession=accession, versions=[
         {"version": m["version"], "created": m["created"], "fingerprint": m["fingerprint"],
@@ -168,7 +168,7 @@ def embargo(private: str, accession: str) -> Embargo:
 def set_embargo(private: str, accession: str, release_date: dt.date, by: str, reason: str, action: str) -> Embargo:
     """Record a new release date for the accession's private versions (an extension, or an earlier date on
     request), with who asked and why; the history is kept."""
-    from zarrchive.storage import dumps, write_bytes_atomic
+    from zarrchive.archive.storage import dumps, write_bytes_atomic
 
     current = embargo(private, accession)
     entry = {"action": action, "release_date": release_date.isoformat(), "by": by, "reason": reason,

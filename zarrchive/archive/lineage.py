@@ -15,10 +15,10 @@ from typing import Any, Callable, Generic, Iterable, TypeVar
 from pydantic import BaseModel, ConfigDict
 
 from zarrchive import __version__
+from zarrchive.archive.storage import tree_digest
+from zarrchive.archive.versions import logical_path
 from zarrchive.records import Entity, LineageRecord, ManifestEntry, Submission
 from zarrchive.software import versions
-from zarrchive.storage import tree_digest
-from zarrchive.versions import logical_path
 
 T = TypeVar("T")
 

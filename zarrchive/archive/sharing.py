@@ -21,9 +21,9 @@ from typing import Any
 
 import fsspec
 
-from zarrchive import fixity
-from zarrchive.storage import dumps, join, tree_digest
-from zarrchive.versions import logical_path, shared_path
+from zarrchive.archive import fixity
+from zarrchive.archive.storage import dumps, join, tree_digest
+from zarrchive.archive.versions import logical_path, shared_path
 
 StoreKey = tuple[str, tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]]
 
