@@ -187,7 +187,7 @@ def compress_image(image: ImageRecord, source: FileRecord, work: str, settings: 
     store = partial_name(final)
     axes = image.axis_names
     plans = plan_writes(image, settings)
-    stored, level0 = Stored(), []
+    stored = Stored()
     try:
         with client_for(scheduler) as client:
             codec, selection = _codec_for(image, source, settings, client)
@@ -195,25 +195,8 @@ def compress_image(image: ImageRecord, source: FileRecord, work: str, settings: 
             for plan in plans:
                 root.create_array(plan.level.path, shape=plan.level.shape, chunks=plan.level.chunks,
                                   dtype=image.dtype, fill_value=0, **array_layout(plan, codec, axes, settings.ngff))
-            regions = stream_regions(image, plans, region_budget(client))
-            futures = client.map(stream_region, [source.staged_path] * len(regions), [image] * len(regions),
-                                 [store] * len(regions), regions, [plans] * len(regions),
-                                 [level0_digest] * len(regions), pure=False)
-            if progress is not None:
-                _report_progress(client, futures, regions, np.dtype(image.dtype).itemsize, progress, deadline)
-            for region_stored, digests in gather_all(client, futures, deadline, image.source_path):
-                stored.add(region_stored)
-                level0 += digests
-            for above, plan in zip(plans, plans[1:]):
-                if plan.streamed:
-                    continue
-                shards = chunk_slices(plan.level.shape, plan.unit)
-                per_task = max(1, BATCH // int(np.prod([-(-u // c) for u, c in zip(plan.unit, plan.level.chunks)])))
-                batches = [shards[i:i + per_task] for i in range(0, len(shards), per_task)]
-                futures = client.map(downsample_regions, [store] * len(batches), [above.level.path] * len(batches),
-                                     [plan] * len(batches), batches, pure=False)
-                for batch_stored in gather_all(client, futures, deadline, image.source_path):
-                    stored.add(batch_stored)
+            level0 = _stream(client, image, source, store, plans, stored, deadline, progress, level0_digest)
+            _small_levels(client, image, store, plans, stored, deadline)
         remove_unfinished_writes(store)  # left by a worker killed mid-write (its task was redone)
         windows = list(image.channel_windows) if image.channel_windows else display_windows(store, image)
         root.update_attributes(group_attributes(image, windows, settings.ngff))
@@ -239,6 +222,38 @@ def compress_image(image: ImageRecord, source: FileRecord, work: str, settings: 
         if level0_digest else None,
         store_sha256=digest,
     )
+
+
+def _stream(client: Any, image: ImageRecord, source: FileRecord, store: str, plans: list[LevelPlan], stored: Stored,
+            deadline: float, progress: Callable[[int, int], None] | None, digests: bool) -> list[tuple]:
+    """The single streaming pass: each region of the source read once on a worker and written to level 0 and
+    every streamed level below it; the digests of level 0's chunks (none unless ``digests``)."""
+    regions = stream_regions(image, plans, region_budget(client))
+    futures = client.map(stream_region, [source.staged_path] * len(regions), [image] * len(regions),
+                         [store] * len(regions), regions, [plans] * len(regions), [digests] * len(regions),
+                         pure=False)
+    if progress is not None:
+        _report_progress(client, futures, regions, np.dtype(image.dtype).itemsize, progress, deadline)
+    level0: list[tuple] = []
+    for region_stored, region_digests in gather_all(client, futures, deadline, image.source_path):
+        stored.add(region_stored)
+        level0 += region_digests
+    return level0
+
+
+def _small_levels(client: Any, image: ImageRecord, store: str, plans: list[LevelPlan], stored: Stored,
+                  deadline: float) -> None:
+    """The levels too small to stream, each made from the one above it in the output, whole shards per task."""
+    for above, plan in zip(plans, plans[1:]):
+        if plan.streamed:
+            continue
+        shards = chunk_slices(plan.level.shape, plan.unit)
+        per_task = max(1, BATCH // int(np.prod([-(-u // c) for u, c in zip(plan.unit, plan.level.chunks)])))
+        batches = [shards[i:i + per_task] for i in range(0, len(shards), per_task)]
+        futures = client.map(downsample_regions, [store] * len(batches), [above.level.path] * len(batches),
+                             [plan] * len(batches), batches, pure=False)
+        for batch_stored in gather_all(client, futures, deadline, image.source_path):
+            stored.add(batch_stored)
 
 
 def _report_progress(client: Any, futures: list[Any], regions: list[tuple[slice, ...]], itemsize: int,

@@ -89,7 +89,7 @@ def test_an_expired_lease_is_taken_over_and_its_holder_cannot_commit(archive):
 
 def test_the_lease_of_a_killed_process_of_this_host_is_taken_over_at_once(tmp_path):
     archive = str(tmp_path / "archive")
-    code = ("import sys; from zarrchive import lease; "
+    code = ("import sys; from zarrchive.archive import lease; "
             "lease.acquire(sys.argv[1], 'ZA000001', seconds=3600); print('held', flush=True)")
     done = subprocess.run([sys.executable, "-c", code, archive], capture_output=True, text=True, timeout=60)
     assert done.stdout.strip() == "held"  # and the process has ended without releasing it

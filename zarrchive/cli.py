@@ -14,7 +14,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from zarrchive.errors import ConfigError, NotFound, ZarrchiveError
 from zarrchive.records import Publication
@@ -25,6 +25,16 @@ PROFILES = ("compat", "max", "fixed")
 PROFILE_HELP = ("codecs to choose from per image: compat (every Zarr v3 reader), max (also pcodec: smaller on "
                 "16-bit and float images; zarr-python reads it with numcodecs[pcodec]), fixed (compress.codec); "
                 "default: the config's")
+
+
+def _curator_command(sub: Any, name: str, help: str) -> argparse.ArgumentParser:
+    """A curator's command on an accession's embargoed versions: its accession, archive and configuration."""
+    command = sub.add_parser(name, help=help)
+    command.add_argument("accession")
+    command.add_argument("--archive", required=True)
+    command.add_argument("--config", help="YAML merged over configs/default.yaml (archive.private)")
+    command.add_argument("--json", action="store_true")
+    return command
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -89,23 +99,14 @@ def _parser() -> argparse.ArgumentParser:
     removing.add_argument("name")
     removing.add_argument("--json", action="store_true")
 
-    rel = sub.add_parser("release", help="release embargoed versions of an accession now (a curator's request)")
-    rel.add_argument("accession")
-    rel.add_argument("--archive", required=True)
-    rel.add_argument("--config", help="YAML merged over configs/default.yaml (archive.private)")
+    rel = _curator_command(sub, "release", "release embargoed versions of an accession now (a curator's request)")
     rel.add_argument("--version", type=int, help="one version (default: every embargoed one)")
     rel.add_argument("--curator", required=True, help="who asks for it (recorded in the version's lineage)")
     rel.add_argument("--reason", required=True, help="why (recorded)")
-    rel.add_argument("--json", action="store_true")
-
-    emb = sub.add_parser("embargo", help="change the release date of an accession's embargoed versions")
-    emb.add_argument("accession")
-    emb.add_argument("--archive", required=True)
-    emb.add_argument("--config", help="YAML merged over configs/default.yaml (archive.private)")
+    emb = _curator_command(sub, "embargo", "change the release date of an accession's embargoed versions")
     emb.add_argument("--until", required=True, help="the new release date, YYYY-MM-DD")
     emb.add_argument("--curator", required=True)
     emb.add_argument("--reason", required=True)
-    emb.add_argument("--json", action="store_true")
 
     feed = sub.add_parser("changes", help="what became public in the archive (the changes feed)")
     feed.add_argument("--archive", required=True)
@@ -246,7 +247,7 @@ def _private(archive: str, config: str | None) -> str:
 
 
 def _search(args: argparse.Namespace) -> int:
-    from zarrchive.archive.landing import human_size
+    from zarrchive.units import human_size
     from zarrchive.catalog import Catalog, rows_of
 
     settings = _settings(args.config)
@@ -559,7 +560,7 @@ def _probe_images(submission: str, doc, findings: list, settings) -> list:
 
 
 def _show(accession: str, archive: str, as_json: bool) -> int:
-    from zarrchive.archive.landing import human_size
+    from zarrchive.units import human_size
     from zarrchive.archive.versions import is_shared, private_location, published_versions
 
     versions = published_versions(archive, accession, private_location(archive, None))
@@ -589,7 +590,7 @@ def _show(accession: str, archive: str, as_json: bool) -> int:
 
 
 def _show_image(img: dict, files: list[dict], label: str) -> None:
-    from zarrchive.archive.landing import human_size
+    from zarrchive.units import human_size
 
     path = img.get("path")
     nested = f"{path}/labels/"

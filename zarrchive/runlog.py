@@ -11,6 +11,8 @@ import logging
 import time
 from typing import Callable
 
+from zarrchive.units import human_size
+
 PROGRESS_SECONDS = 30.0
 
 
@@ -22,14 +24,6 @@ def logger() -> logging.Logger | logging.LoggerAdapter:
         return get_run_logger()
     except Exception:  # no run context (a plain call): the module logger
         return logging.getLogger("zarrchive")
-
-
-def size(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if n < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n} B"
 
 
 def progress_reporter(what: str, log: logging.Logger | logging.LoggerAdapter | None = None,
@@ -49,7 +43,7 @@ def progress_reporter(what: str, log: logging.Logger | logging.LoggerAdapter | N
         last.update(at=now, tenth=tenth)
         rate = done / max(now - started, 1e-6)
         left = (total - done) / rate if rate else float("inf")
-        log.info("%s: %d%% of %s written, %s/s, about %s left", what, 100 * done // total, size(total), size(rate),
+        log.info("%s: %d%% of %s written, %s/s, about %s left", what, 100 * done // total, human_size(total), human_size(rate),
                  _duration(left))
 
     return report

@@ -25,7 +25,7 @@ import shutil
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import fsspec
 
@@ -55,45 +55,18 @@ def convert_to_ome_zarr(source: str, output: str, settings: Settings, progress: 
 
         # no dashboard: there is no Prefect run to link it from
         starting = pool.submit(stack.enter_context, cluster_for_run(settings.cluster, dashboard=False))
-        import zarr  # the heavy imports, while the workers start
+        import zarr  # noqa: F401  (the heavy imports, while the workers start)
 
-        from zarrchive.ngff import ZARR_FORMAT, validate_image
-        from zarrchive.tasks.compress import compress_image
+        import zarrchive.tasks.compress  # noqa: F401
+        import zarrchive.tasks.pyramid  # noqa: F401
         from zarrchive.tasks.convert import convert_file
-        from zarrchive.tasks.pyramid import build_pyramid
 
         before = fingerprint(path)
         record = FileRecord(path=path.name, source_uri=str(path.resolve()), staged_path=str(path.resolve()),
                             size=before[0], sha256=before[1], kind="image")
-        # the other members of a multi-file OME-TIFF set it belongs to, identified the same way
-        members = [posixpath.normpath(name) for name in ome_tiff_set(str(path))] if path.is_file() else []
-        beside = {name: fingerprint(path.parent / name)[1] for name in members
-                  if name != path.name and (path.parent / name).is_file()}
-        images = convert_file(record, None, work, settings.convert, beside)
-        scheduler = starting.result()
+        images = convert_file(record, None, work, settings.convert, _set_companions(path))
         staged = Path(work) / "result.ome.zarr"
-        if len(images) > 1:
-            staged.mkdir()
-        groups = []
-        for index, image in enumerate(images):
-            image = build_pyramid(image, settings.pyramid)
-            progress(f"convert, pyramid, compress and verify {image.image_id}")
-            report = compress_image(image, record, work, settings.compress, scheduler,
-                                    lambda done, total, step=f"write {image.image_id}": progress(step, done, total),
-                                    level0_digest=False)  # what QC re-checks: no QC here
-            if problems := validate_image(report.store):
-                raise InputError(source, f"the output does not validate as OME-NGFF: {'; '.join(problems)}")
-            if len(images) == 1:
-                shutil.move(report.store, staged)
-                groups.append(".")
-            else:
-                shutil.move(report.store, staged / str(index))
-                groups.append(str(index))
-        if len(images) > 1:
-            ngff = settings.compress.ngff
-            zarr.open_group(str(staged), mode="a", zarr_format=ZARR_FORMAT[ngff]).update_attributes(
-                {"ome": {"version": ngff, "bioformats2raw.layout": 3}} if ngff == "0.5"
-                else {"bioformats2raw.layout": 3})
+        groups = _write_images(images, record, work, settings, starting.result(), staged, progress, source)
         if fingerprint(path) != before:
             raise InputError(source, "changed while it was being converted (its size or modification time): "
                                      "nothing was written; convert it again once it is complete")
@@ -101,6 +74,45 @@ def convert_to_ome_zarr(source: str, output: str, settings: Settings, progress: 
             shutil.rmtree(target)
         os.replace(staged, target)
     progress(f"wrote {target}")
+    return groups
+
+
+def _set_companions(path: Path) -> dict[str, str]:
+    """The other members of the multi-file OME-TIFF set ``path`` belongs to, identified as convert identifies
+    them (by the sha256 of each)."""
+    members = [posixpath.normpath(name) for name in ome_tiff_set(str(path))] if path.is_file() else []
+    return {name: fingerprint(path.parent / name)[1] for name in members
+            if name != path.name and (path.parent / name).is_file()}
+
+
+def _write_images(images: list[Any], record: FileRecord, work: str, settings: Settings, scheduler: str,
+                  staged: Path, progress: Progress, source: str) -> list[str]:
+    """Pyramid, compress and validate each image into ``staged``: the image itself when the file holds one, else
+    a bioformats2raw-style collection of groups 0, 1, …; the groups written."""
+    import zarr
+
+    from zarrchive.ngff import ZARR_FORMAT, validate_image
+    from zarrchive.tasks.compress import compress_image
+    from zarrchive.tasks.pyramid import build_pyramid
+
+    if len(images) > 1:
+        staged.mkdir()
+    groups = []
+    for index, image in enumerate(images):
+        image = build_pyramid(image, settings.pyramid)
+        progress(f"convert, pyramid, compress and verify {image.image_id}")
+        report = compress_image(image, record, work, settings.compress, scheduler,
+                                lambda done, total, step=f"write {image.image_id}": progress(step, done, total),
+                                level0_digest=False)  # what QC re-checks: no QC here
+        if problems := validate_image(report.store):
+            raise InputError(source, f"the output does not validate as OME-NGFF: {'; '.join(problems)}")
+        group = "." if len(images) == 1 else str(index)
+        shutil.move(report.store, staged if group == "." else staged / group)
+        groups.append(group)
+    if len(images) > 1:
+        ngff = settings.compress.ngff
+        zarr.open_group(str(staged), mode="a", zarr_format=ZARR_FORMAT[ngff]).update_attributes(
+            {"ome": {"version": ngff, "bioformats2raw.layout": 3}} if ngff == "0.5" else {"bioformats2raw.layout": 3})
     return groups
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import difflib
 import re
-from typing import Any
+from typing import Any, Iterator
 
 from pydantic import BaseModel, ValidationError
 
@@ -220,71 +220,77 @@ def label_problems(files: Any) -> list[tuple[str, tuple[Any, ...], str]]:
 
 
 def _field_findings(data: dict[str, Any], settings: SubmissionSettings, today: dt.date) -> list[Finding]:
-    findings: list[Finding] = []
+    """What each field means, checked: every check's findings, in the order of the document."""
+    found = [*_placeholders(data), *_licence(data, settings), *_release_date(data, settings, today),
+             *_identifiers(data), *((check, loc, message, "error") for check, loc, message in
+                                    label_problems(data.get("files"))), *_recommended(data)]
+    return [Finding(severity=severity, check=check, field=label(loc, data), file=_file_of(loc, data),
+                    message=message) for check, loc, message, severity in found]
 
-    def add(check: str, loc: tuple[Any, ...], message: str, severity: str = "error") -> None:
-        findings.append(Finding(severity=severity, check=check, field=label(loc, data), file=_file_of(loc, data),
-                                message=message))
 
+Checked = Iterator[tuple[str, tuple[Any, ...], str, str]]  # (check, where, message, severity)
+
+
+def _placeholders(data: dict[str, Any]) -> Checked:
     for loc, text in strings_in(data):
         if "TODO" in text:
-            add("placeholder", loc, "still holds the template's TODO: complete it")
+            yield "placeholder", loc, "still holds the template's TODO: complete it", "error"
 
+
+def _licence(data: dict[str, Any], settings: SubmissionSettings) -> Checked:
     licence = data.get("license")
     if isinstance(licence, str) and "TODO" not in licence and licence not in settings.licenses:
         near = difflib.get_close_matches(licence.replace(" ", "-"), settings.licenses, n=1, cutoff=0.6)
         hint = f" (did you mean '{near[0]}'?)" if near else ""
-        add("license", ("license",), f"{licence!r} is not an accepted SPDX licence id{hint}; accepted: "
-                                      + ", ".join(settings.licenses))
+        yield ("license", ("license",), f"{licence!r} is not an accepted SPDX licence id{hint}; accepted: "
+               + ", ".join(settings.licenses), "error")
 
+
+def _release_date(data: dict[str, Any], settings: SubmissionSettings, today: dt.date) -> Checked:
     release = data.get("release_date")
     if isinstance(release, str):
         try:
             release = dt.date.fromisoformat(release)
         except ValueError:
-            release = None  # reported by the schema
-    if isinstance(release, dt.date):
-        if release < settings.earliest_release_date:
-            add("release_date", ("release_date",), f"{release} is before {settings.earliest_release_date}: "
-                                                   "probably a typing error")
-        latest = today.replace(year=today.year + settings.max_embargo_years)
-        if release > latest:
-            add("release_date", ("release_date",), f"{release} is more than {settings.max_embargo_years} "
-                                                   f"years ahead (latest accepted {latest})")
+            return  # reported by the schema
+    if not isinstance(release, dt.date):
+        return
+    if release < settings.earliest_release_date:
+        yield ("release_date", ("release_date",), f"{release} is before {settings.earliest_release_date}: "
+                                                  "probably a typing error", "error")
+    latest = today.replace(year=today.year + settings.max_embargo_years)
+    if release > latest:
+        yield ("release_date", ("release_date",), f"{release} is more than {settings.max_embargo_years} "
+                                                  f"years ahead (latest accepted {latest})", "error")
 
+
+def _identifiers(data: dict[str, Any]) -> Checked:
+    """E-mail addresses, ORCID iDs, the DOI, the FBbi id and given sha256 sums are what they claim to be."""
     for i, author in enumerate(data.get("authors") or []):
         if not isinstance(author, dict):
             continue
-        if isinstance(author.get("email"), str) and "TODO" not in author["email"]:
-            if problem := check_email(author["email"]):
-                add("email", ("authors", i, "email"), problem)
-        if isinstance(author.get("orcid"), str) and "TODO" not in author["orcid"]:
-            if problem := check_orcid(author["orcid"]):
-                add("orcid", ("authors", i, "orcid"), problem)
-
+        for key, check in (("email", check_email), ("orcid", check_orcid)):
+            if isinstance(author.get(key), str) and "TODO" not in author[key] and (problem := check(author[key])):
+                yield key, ("authors", i, key), problem, "error"
     publication = data.get("publication")
     if isinstance(publication, dict) and isinstance(publication.get("doi"), str):
         if problem := check_doi(publication["doi"]):
-            add("doi", ("publication", "doi"), problem)
-
+            yield "doi", ("publication", "doi"), problem, "error"
     method = data.get("imaging_method")
     if isinstance(method, dict) and isinstance(method.get("fbbi_id"), str) and not FBBI_RE.match(method["fbbi_id"]):
-        add("fbbi_id", ("imaging_method", "fbbi_id"),
-            f"{method['fbbi_id']!r} is not a Biological Imaging Methods Ontology id (FBbi: and 8 digits, "
-            "e.g. FBbi:00000251)")
-
+        yield ("fbbi_id", ("imaging_method", "fbbi_id"), f"{method['fbbi_id']!r} is not a Biological Imaging "
+               "Methods Ontology id (FBbi: and 8 digits, e.g. FBbi:00000251)", "error")
     for i, entry in enumerate(data.get("files") or []):
         if isinstance(entry, dict) and isinstance(entry.get("sha256"), str) and not SHA256_RE.match(entry["sha256"]):
-            add("sha256", ("files", i, "sha256"), "is not a sha256 (64 lower-case hexadecimal characters)")
-    for check, loc, message in label_problems(data.get("files")):
-        add(check, loc, message)
+            yield "sha256", ("files", i, "sha256"), "is not a sha256 (64 lower-case hexadecimal characters)", "error"
 
-    # recommended, not required: reported as warnings, published alongside
+
+def _recommended(data: dict[str, Any]) -> Checked:
+    """Recommended, not required: reported as warnings, published alongside."""
     for key, why in (("organism", "findable by species"), ("imaging_method", "checked against its modality")):
         if data.get(key) is None:
-            add("recommended", (key,), f"not given: give it so the study is {why}", "warning")
+            yield "recommended", (key,), f"not given: give it so the study is {why}", "warning"
     authors = [a for a in data.get("authors") or [] if isinstance(a, dict)]
     if authors and not any(a.get("orcid") for a in authors):
-        add("recommended", ("authors",), "no author has an ORCID iD: give at least one so the data is credited",
-            "warning")
-    return findings
+        yield ("recommended", ("authors",), "no author has an ORCID iD: give at least one so the data is credited",
+               "warning")

@@ -62,3 +62,12 @@ def time_unit(text: object) -> str | None:
 # OME-XML's own spellings, for the OME-XML zarrchive writes for other formats
 OME_LENGTH = {"micrometer": "µm", "nanometer": "nm", "millimeter": "mm", "centimeter": "cm", "meter": "m",
               "angstrom": "Å", "picometer": "pm"}
+
+
+def human_size(n: float) -> str:
+    """A byte count for people, in decimal units: 18.6 MB."""
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n} B"

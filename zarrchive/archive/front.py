@@ -14,7 +14,7 @@ import datetime as dt
 import html
 from typing import Any
 
-from zarrchive.archive.landing import human_size
+from zarrchive.units import human_size
 from zarrchive.archive.storage import join, resolve, write_bytes_atomic
 from zarrchive.catalog import Catalog
 from zarrchive.config import CatalogSettings

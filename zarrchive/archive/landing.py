@@ -14,6 +14,7 @@ from typing import Any
 from zarrchive.ngff import NGFF_VERSION, ZARR_FORMAT, store_ngff_version
 from zarrchive.records import CompressionReport, FileRecord, ImageOutcome, LineageRecord, QCReport, Submission
 from zarrchive.software import versions
+from zarrchive.units import human_size
 
 PROVENANCE_SOFTWARE = ("zarrchive", "bioio", "bioio-ome-tiff", "bioio-tifffile", "tifffile", "zarr", "numcodecs",
                        "dask", "distributed", "prefect", "great-expectations")
@@ -36,15 +37,6 @@ def extra_install(report: Any) -> str:
     if needs_imagecodecs(report):
         return " imagecodecs zarrchive"
     return " 'numcodecs[pcodec]'" if report.codec.name == "numcodecs.pcodec" else ""
-
-
-def human_size(n: float) -> str:
-    """A byte count for people, in decimal units: 18.6 MB."""
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if n < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n} B"
 
 
 def label_links(outcome: ImageOutcome, ngff: str = NGFF_VERSION, store: str | None = None) -> str:
@@ -133,48 +125,11 @@ def render_landing_page(submission: Submission, version: int, outcomes: list[Ima
     address. ``thumbnails`` gives the path of each image's picture (none without). ``stores`` (image id) and
     ``originals`` (submitted path) give the paths of what the version shares
     with an earlier one (``../v1/…``); the others are in the version's own folder."""
-    from urllib.parse import urljoin
-
     doc = submission.doc
     e = html.escape
-    facts = {row["image_id"]: row for row in qc_report.rows}
-    sizes = {r.image_id: r for r in reports}
     ngff = {r.image_id: store_ngff_version(r.store) for r in reports}
     base = public_url.rstrip("/") + "/" if public_url else ""
-    image_rows = []
-    first: tuple[str, str] | None = None  # the store and what its codec needs installed of the first image, for the snippets
-    for o in outcomes:
-        if o.status != "published" or o.label_of:  # a label is shown with its image
-            continue
-        row: dict[str, Any] = facts.get(o.image_id, {})
-        report = sizes.get(o.image_id)
-        pixel = " × ".join(f"{row[k]:.4g}" for k in ("pixel_size_z", "pixel_size_y", "pixel_size_x")
-                           if row.get(k) is not None)
-        store = (stores or {}).get(o.image_id, f"images/{o.image_id}.ome.zarr")
-        address = urljoin(base, store) if base else store
-        view = f"<br><a href='{e(viewer.format(url=address))}'>view</a>" if viewer and base else ""
-        picture = (f"<img src='{e(thumbnails[o.image_id])}' alt='{e(o.image_id)}' width='128'>"
-                   if thumbnails and o.image_id in thumbnails else "")
-        first = first or (address, extra_install(report) if report else "")
-        image_rows.append(
-            f"<tr><td>{picture}</td>"
-            f"<td><a href='{e(store_link(store, ngff.get(o.image_id, NGFF_VERSION)))}'>{e(o.image_id)}</a>"
-            f"{label_links(o, ngff.get(o.image_id, NGFF_VERSION), store)}{view}</td>"
-            f"<td>{e(o.source_path)}{_place(o)}</td>"
-            f"<td>{e(str(row.get('axes', '')))} {e(str(row.get('shape', '')))}</td><td>{e(str(row.get('dtype', '')))}</td>"
-            f"<td>{e(pixel)} {e(str(row.get('unit') or ''))}</td><td>{e(str(row.get('channel_names', '')))}</td>"
-            f"<td>{e(o.qc)}</td><td>{human_size(report.bytes_out) if report else ''}"
-            f"{f' ({report.ratio:.2f}×)' if report else ''}</td>"
-            f"<td>{e(report.codec.name) if report else ''}{'*' if report and extra_install(report) else ''}"
-            f"</td></tr>")
-    codec_note = "".join(note for kind, note in (
-        ("numcodecs.pcodec", "<p>* stored with pcodec (the <code>max</code> profile) through numcodecs: zarr-python "
-                             "reads it with <code>pip install zarr 'numcodecs[pcodec]'</code>; it is not in the "
-                             "Zarr v3 specification, so other Zarr implementations may not.</p>"),
-        ("imagecodecs", "<p>* stored with a lossless image codec of imagecodecs: reading it needs zarr-python with "
-                        "<code>imagecodecs</code> and <code>zarrchive</code> installed (<code>pip install "
-                        "zarrchive</code>), which registers the codec with zarr.</p>"))
-        if any(r.codec.name.startswith(kind) for r in reports))
+    image_rows, first = _image_rows(outcomes, qc_report, reports, ngff, base, viewer, thumbnails, stores or {})
     formats = "; ".join(f"OME-NGFF {v}, Zarr v{ZARR_FORMAT[v]}"
                         for v in sorted({store_ngff_version(r.store) for r in reports}) or [NGFF_VERSION])
     file_rows = "".join(f"<tr><td><a href='{e((originals or {}).get(f.path, f'originals/{f.path}'))}'>{e(f.path)}</a>"
@@ -186,18 +141,6 @@ def render_landing_page(submission: Submission, version: int, outcomes: list[Ima
     authors = ", ".join(
         (f"<a href='https://orcid.org/{e(a.orcid)}'>{e(a.name)}</a>" if a.orcid else e(a.name))
         + (f" ({e(a.affiliation)})" if a.affiliation else "") for a in doc.authors)
-    meta = [("Accession", f"{submission.accession} v{version}"), ("Release date", doc.release_date.isoformat()),
-            ("Licence", doc.license)]  # (an embargoed version's page is public only once it is released)
-    if doc.organism:
-        meta.append(("Organism", doc.organism.scientific_name
-                     + (f" (NCBI:txid{doc.organism.ncbi_taxon})" if doc.organism.ncbi_taxon else "")))
-    if doc.imaging_method:
-        meta.append(("Imaging method", doc.imaging_method.name
-                     + (f" ({doc.imaging_method.fbbi_id})" if doc.imaging_method.fbbi_id else "")))
-    meta_rows = "".join(f"<tr><th>{e(k)}</th><td>{e(v)}</td></tr>" for k, v in meta)
-    if doc.publication:
-        meta_rows += (f"<tr><th>Publication</th><td><a href='https://doi.org/{e(doc.publication.doi)}'>"
-                      f"{e(doc.publication.doi)}</a></td></tr>")
     previous = (f"<p>This version replaces <a href='../v{previous_version}/'>version {previous_version}</a>.</p>"
                 if previous_version else "")
     return f"""<!doctype html>
@@ -208,7 +151,7 @@ td,th{{border:1px solid #ccc;padding:.25rem .5rem;text-align:left;font-size:.9re
 <h1>{e(doc.title)}</h1>
 <p>{authors}</p>
 <p>{e(doc.description)}</p>
-<table>{meta_rows}</table>
+<table>{_metadata_rows(submission, version)}</table>
 <h2>Cite</h2><p>{e(citation(submission, version))}</p>
 <h2>Images</h2>
 <p>OME-Zarr ({e(formats)}), readable with napari, bioio, ome-zarr-py, zarr-python, tensorstore and
@@ -216,8 +159,8 @@ neuroglancer/vizarr. Quality control: <a href="qc/index.html">report</a> ({len(q
 {len(qc_report.warnings)} warning(s)).</p>
 <table><thead><tr><th></th><th>image</th><th>source</th><th>axes, shape</th><th>type</th>
 <th>pixel size (z × y × x)</th><th>channels</th><th>QC</th><th>stored</th><th>codec</th></tr></thead>
-<tbody>{''.join(image_rows)}</tbody></table>
-{codec_note}
+<tbody>{image_rows}</tbody></table>
+{_codec_note(reports)}
 {plates_section(outcomes, stores or {}, ngff)}
 {_opening(first, bool(base), version)}
 <h2>Files as submitted</h2>
@@ -230,6 +173,75 @@ made is recorded in <a href="ro-crate-metadata.json">ro-crate-metadata.json</a> 
 <p>Software: {e(', '.join(f'{n} {software[n]}' for n in PROVENANCE_SOFTWARE if n in software))}.</p>
 </body></html>
 """
+
+
+def _image_rows(outcomes: list[ImageOutcome], qc_report: QCReport, reports: list[CompressionReport],
+                ngff: dict[str, str], base: str, viewer: str | None, thumbnails: dict[str, str] | None,
+                stores: dict[str, str]) -> tuple[str, tuple[str, str] | None]:
+    """The image table's rows (a label is shown with its image), and the first image's address with what its
+    codec needs installed, for the snippets that open it."""
+    from urllib.parse import urljoin
+
+    e = html.escape
+    facts = {row["image_id"]: row for row in qc_report.rows}
+    sizes = {r.image_id: r for r in reports}
+    rows, first = [], None
+    for o in outcomes:
+        if o.status != "published" or o.label_of:
+            continue
+        row: dict[str, Any] = facts.get(o.image_id, {})
+        report = sizes.get(o.image_id)
+        pixel = " × ".join(f"{row[k]:.4g}" for k in ("pixel_size_z", "pixel_size_y", "pixel_size_x")
+                           if row.get(k) is not None)
+        store = stores.get(o.image_id, f"images/{o.image_id}.ome.zarr")
+        address = urljoin(base, store) if base else store
+        view = f"<br><a href='{e(viewer.format(url=address))}'>view</a>" if viewer and base else ""
+        picture = (f"<img src='{e(thumbnails[o.image_id])}' alt='{e(o.image_id)}' width='128'>"
+                   if thumbnails and o.image_id in thumbnails else "")
+        first = first or (address, extra_install(report) if report else "")
+        rows.append(
+            f"<tr><td>{picture}</td>"
+            f"<td><a href='{e(store_link(store, ngff.get(o.image_id, NGFF_VERSION)))}'>{e(o.image_id)}</a>"
+            f"{label_links(o, ngff.get(o.image_id, NGFF_VERSION), store)}{view}</td>"
+            f"<td>{e(o.source_path)}{_place(o)}</td>"
+            f"<td>{e(str(row.get('axes', '')))} {e(str(row.get('shape', '')))}</td>"
+            f"<td>{e(str(row.get('dtype', '')))}</td>"
+            f"<td>{e(pixel)} {e(str(row.get('unit') or ''))}</td><td>{e(str(row.get('channel_names', '')))}</td>"
+            f"<td>{e(o.qc)}</td><td>{human_size(report.bytes_out) if report else ''}"
+            f"{f' ({report.ratio:.2f}×)' if report else ''}</td>"
+            f"<td>{e(report.codec.name) if report else ''}{'*' if report and extra_install(report) else ''}"
+            f"</td></tr>")
+    return "".join(rows), first
+
+
+def _codec_note(reports: list[CompressionReport]) -> str:
+    """What reading the images needs beyond zarr-python, for the codecs the version used."""
+    return "".join(note for kind, note in (
+        ("numcodecs.pcodec", "<p>* stored with pcodec (the <code>max</code> profile) through numcodecs: zarr-python "
+                             "reads it with <code>pip install zarr 'numcodecs[pcodec]'</code>; it is not in the "
+                             "Zarr v3 specification, so other Zarr implementations may not.</p>"),
+        ("imagecodecs", "<p>* stored with a lossless image codec of imagecodecs: reading it needs zarr-python with "
+                        "<code>imagecodecs</code> and <code>zarrchive</code> installed (<code>pip install "
+                        "zarrchive</code>), which registers the codec with zarr.</p>"))
+        if any(r.codec.name.startswith(kind) for r in reports))
+
+
+def _metadata_rows(submission: Submission, version: int) -> str:
+    """The study's facts: accession, release date, licence, organism, imaging method, publication."""
+    doc, e = submission.doc, html.escape
+    meta = [("Accession", f"{submission.accession} v{version}"), ("Release date", doc.release_date.isoformat()),
+            ("Licence", doc.license)]  # (an embargoed version's page is public only once it is released)
+    if doc.organism:
+        meta.append(("Organism", doc.organism.scientific_name
+                     + (f" (NCBI:txid{doc.organism.ncbi_taxon})" if doc.organism.ncbi_taxon else "")))
+    if doc.imaging_method:
+        meta.append(("Imaging method", doc.imaging_method.name
+                     + (f" ({doc.imaging_method.fbbi_id})" if doc.imaging_method.fbbi_id else "")))
+    rows = "".join(f"<tr><th>{e(k)}</th><td>{e(v)}</td></tr>" for k, v in meta)
+    if doc.publication:
+        rows += (f"<tr><th>Publication</th><td><a href='https://doi.org/{e(doc.publication.doi)}'>"
+                 f"{e(doc.publication.doi)}</a></td></tr>")
+    return rows
 
 
 def render_qc_page(report: QCReport, title: str) -> str:

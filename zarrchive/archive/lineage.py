@@ -166,11 +166,39 @@ def build_crate(
     (``publish_results``); ``previous_version`` links this version to the one
     it is based on.
     """
-    doc = submission.doc
-    graph: list[dict[str, Any]] = []
     originals = {e.sha256: e.path for e in manifest
                  if logical_path(e.path).startswith("originals/") and not _store_of(e.path)}
+    entities = _data_entities(manifest, originals)
+    ref = _referrer(published_paths, originals)
+    software, software_ids = _software_nodes()
+    actions, sources = [], {}
+    for i, rec in enumerate(lineage):
+        action = _action_node(i, rec, ref)
+        actions.append(action)
+        for ent in [*rec.inputs, *rec.outputs]:
+            node_id = ref(ent)["@id"]
+            if node_id not in entities:  # a source in the landing zone or an intermediate of the work area
+                sources.setdefault(node_id, _entity_node(ent, node_id))
+    if publish_results:
+        actions.append(_publish_action(lineage, entities, publish_results))
+    # sources in the landing zone are web-based data entities of the crate; intermediates are contextual
+    parts = [{"@id": key} for key in entities] + [{"@id": key} for key, node in sources.items()
+                                                   if node["@type"] == "File"]
+    root = _root_node(submission, version, parts, [{"@id": a["@id"]} for a in actions], date_published)
+    graph = [*_contextual_nodes(submission, root, software_ids), *software, *actions]
+    if previous_version:
+        root["isBasedOn"] = {"@id": f"../v{previous_version}/"}
+        graph.append({"@id": f"../v{previous_version}/", "@type": "CreativeWork",
+                      "name": f"{submission.accession} version {previous_version}",
+                      "identifier": f"{submission.accession}/v{previous_version}"})
+    graph += [_person(a) for a in submission.doc.authors]
+    graph += [*entities.values(), *sources.values()]
+    return {"@context": "https://w3id.org/ro/crate/1.1/context", "@graph": graph}
 
+
+def _referrer(published_paths: dict[str, str], originals: dict[str, str]) -> Callable[[Entity], dict[str, str]]:
+    """How the crate refers to an entity lineage recorded: by its published path, a staged original by the
+    published original of the same sha256, a work-area object as an intermediate, anything else by its URI."""
     def ref(entity: Entity) -> dict[str, str]:
         if entity.uri in published_paths:
             return {"@id": published_paths[entity.uri]}
@@ -180,6 +208,13 @@ def build_crate(
             return {"@id": f"#intermediate/{entity.uri.rstrip('/').rsplit('/', 1)[-1]}"}
         return {"@id": entity.uri if "://" in entity.uri else f"file://{entity.uri}"}
 
+    return ref
+
+
+def _data_entities(manifest: list[ManifestEntry], originals: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """The version's data entities by path: each file with its size and sha256, each Zarr store as one Dataset
+    with its tree digest (a label store a part of its image's). A submitted store among the originals is added
+    to ``originals`` by its tree digest, so its staged copy is matched to it."""
     entities: dict[str, dict[str, Any]] = {}
     stores: dict[str, list[ManifestEntry]] = {}
     for entry in manifest:
@@ -189,80 +224,71 @@ def build_crate(
             entities[entry.path] = {"@id": entry.path, "@type": "File", "contentSize": entry.size,
                                     "sha256": entry.sha256}
     for store, objects in sorted(stores.items()):
-        if logical_path(store).startswith("originals/"):  # a staged store is matched to the published one by its tree digest
-            originals[tree_digest((o.path[len(store):], o.sha256) for o in objects)] = store
+        digest = tree_digest((o.path[len(store):], o.sha256) for o in objects)
+        if logical_path(store).startswith("originals/"):
+            originals[digest] = store
         entities[store] = {
             "@id": store, "@type": "Dataset", "name": store.rstrip("/").rsplit("/", 1)[-1],
             "encodingFormat": "application/vnd+zarr",
             "conformsTo": {"@id": f"https://ngff.openmicroscopy.org/{_ngff_of(objects, store)}/"},
-            "contentSize": sum(o.size for o in objects),
-            "zarrchive:objects": len(objects),
-            "zarrchive:treeDigest": tree_digest((o.path[len(store):], o.sha256) for o in objects),
+            "contentSize": sum(o.size for o in objects), "zarrchive:objects": len(objects),
+            "zarrchive:treeDigest": digest,
         }
     for key in sorted(entities):  # label stores and labels groups are parts of their image's store
         image, _, rest = key.rpartition("/labels/")
         if image and rest and f"{image}/" in entities:
             entities[f"{image}/"].setdefault("hasPart", []).append({"@id": key})
-    parts = [{"@id": key} for key in entities]
+    return entities
 
-    software_ids = []
-    for name, ver in sorted(versions().items()):
-        sid = f"#software/{name}"
-        software_ids.append({"@id": sid})
-        graph.append({"@id": sid, "@type": "SoftwareApplication", "name": name, "softwareVersion": ver})
 
-    actions = []
-    sources: dict[str, dict[str, Any]] = {}
-    for i, rec in enumerate(lineage):
-        aid = f"#action/{i:04d}-{rec.stage}" + (f"-{rec.image_id}" if rec.image_id else "")
-        actions.append({"@id": aid})
-        for ent in [*rec.inputs, *rec.outputs]:
-            node_id = ref(ent)["@id"]
-            if node_id not in entities:  # a source in the landing zone or an intermediate of the work area
-                sources.setdefault(node_id, _entity_node(ent, node_id))
-        action = {
-            "@id": aid,
-            "@type": "CreateAction",
-            "name": f"{rec.stage}" + (f" {rec.image_id}" if rec.image_id else ""),
-            "instrument": {"@id": "#workflow/ingest_submission"},
-            "object": [ref(e) for e in rec.inputs],
-            "result": [ref(e) for e in rec.outputs],
-            "startTime": rec.started.isoformat(),
-            "endTime": rec.ended.isoformat(),
-            "actionStatus": {"@id": "http://schema.org/CompletedActionStatus" if rec.outcome == "success"
-                             else "http://schema.org/FailedActionStatus"},
-            "zarrchive:stage": rec.stage,
-            "zarrchive:parameters": rec.parameters,
-            "zarrchive:host": rec.host,
-        }
-        if rec.flow_run_id:
-            action["zarrchive:prefectFlowRun"] = rec.flow_run_id
-        if rec.task_run_id:
-            action["zarrchive:prefectTaskRun"] = rec.task_run_id
-        if rec.run_url:
-            action["url"] = rec.run_url
-        if rec.error:
-            action["error"] = rec.error
-        if rec.facts:
-            action["zarrchive:facts"] = rec.facts
-        graph.append(action)
+def _software_nodes() -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
+    nodes = [{"@id": f"#software/{name}", "@type": "SoftwareApplication", "name": name, "softwareVersion": ver}
+             for name, ver in sorted(versions().items())]
+    return nodes, [{"@id": node["@id"]} for node in nodes]
 
-    if publish_results:
-        flow_runs = sorted({r.flow_run_id for r in lineage if r.flow_run_id})
-        now = dt.datetime.now(dt.timezone.utc).isoformat()
-        published = [{"@id": k} for k in entities
-                     if logical_path(k).startswith(("images/", "plates/", "originals/")) and k not in publish_results]
-        graph.append({
-            "@id": "#action/publish", "@type": "CreateAction", "name": "publish",
-            "instrument": {"@id": "#workflow/ingest_submission"}, "object": published,
-            "result": [{"@id": p} for p in publish_results], "startTime": now, "endTime": now,
-            "actionStatus": {"@id": "http://schema.org/CompletedActionStatus"}, "zarrchive:stage": "publish",
-            **({"zarrchive:prefectFlowRun": flow_runs[-1]} if flow_runs else {}),
-        })
-        actions.append({"@id": "#action/publish"})
 
-    # sources in the landing zone are web-based data entities of the crate; intermediates are contextual
-    parts += [{"@id": key} for key, node in sources.items() if node["@type"] == "File"]
+def _action_node(i: int, rec: LineageRecord, ref: Callable[[Entity], dict[str, str]]) -> dict[str, Any]:
+    """One stage's call as a CreateAction: what it read and made, when, where, with what parameters, and its
+    Prefect run."""
+    action = {
+        "@id": f"#action/{i:04d}-{rec.stage}" + (f"-{rec.image_id}" if rec.image_id else ""),
+        "@type": "CreateAction",
+        "name": f"{rec.stage}" + (f" {rec.image_id}" if rec.image_id else ""),
+        "instrument": {"@id": "#workflow/ingest_submission"},
+        "object": [ref(e) for e in rec.inputs],
+        "result": [ref(e) for e in rec.outputs],
+        "startTime": rec.started.isoformat(),
+        "endTime": rec.ended.isoformat(),
+        "actionStatus": {"@id": "http://schema.org/CompletedActionStatus" if rec.outcome == "success"
+                         else "http://schema.org/FailedActionStatus"},
+        "zarrchive:stage": rec.stage,
+        "zarrchive:parameters": rec.parameters,
+        "zarrchive:host": rec.host,
+    }
+    optional = {"zarrchive:prefectFlowRun": rec.flow_run_id, "zarrchive:prefectTaskRun": rec.task_run_id,
+                "url": rec.run_url, "error": rec.error, "zarrchive:facts": rec.facts}
+    return action | {key: value for key, value in optional.items() if value}
+
+
+def _publish_action(lineage: list[LineageRecord], entities: dict[str, dict[str, Any]],
+                    publish_results: tuple[str, ...]) -> dict[str, Any]:
+    """The publish action: the published images, plates and originals it read, what it wrote."""
+    flow_runs = sorted({r.flow_run_id for r in lineage if r.flow_run_id})
+    now = dt.datetime.now(dt.timezone.utc).isoformat()
+    published = [{"@id": k} for k in entities
+                 if logical_path(k).startswith(("images/", "plates/", "originals/")) and k not in publish_results]
+    return {
+        "@id": "#action/publish", "@type": "CreateAction", "name": "publish",
+        "instrument": {"@id": "#workflow/ingest_submission"}, "object": published,
+        "result": [{"@id": p} for p in publish_results], "startTime": now, "endTime": now,
+        "actionStatus": {"@id": "http://schema.org/CompletedActionStatus"}, "zarrchive:stage": "publish",
+        **({"zarrchive:prefectFlowRun": flow_runs[-1]} if flow_runs else {}),
+    }
+
+
+def _root_node(submission: Submission, version: int, parts: list[dict[str, str]], actions: list[dict[str, str]],
+               date_published: dt.date | None) -> dict[str, Any]:
+    doc = submission.doc
     root = {
         "@id": "./",
         "@type": "Dataset",
@@ -279,32 +305,33 @@ def build_crate(
     }
     if doc.publication:
         root["citation"] = {"@id": f"https://doi.org/{doc.publication.doi}"}
-    if previous_version:
-        root["isBasedOn"] = {"@id": f"../v{previous_version}/"}
-        graph.append({"@id": f"../v{previous_version}/", "@type": "CreativeWork",
-                      "name": f"{submission.accession} version {previous_version}",
-                      "identifier": f"{submission.accession}/v{previous_version}"})
-    graph[:0] = [
+    return root
+
+
+def _contextual_nodes(submission: Submission, root: dict[str, Any], software_ids: list[dict[str, str]]
+                      ) -> list[dict[str, Any]]:
+    """The crate's metadata descriptor, its root, the profile, the licence, the archive and the workflow."""
+    licence = submission.doc.license
+    return [
         {"@id": "ro-crate-metadata.json", "@type": "CreativeWork",
          "conformsTo": {"@id": RO_CRATE}, "about": {"@id": "./"}},
         root,
         {"@id": PROCESS_RUN_CRATE, "@type": "CreativeWork", "name": "Process Run Crate", "version": "0.5"},
-        {"@id": f"https://spdx.org/licenses/{doc.license}", "@type": "CreativeWork", "name": doc.license,
-         "identifier": doc.license},
+        {"@id": f"https://spdx.org/licenses/{licence}", "@type": "CreativeWork", "name": licence,
+         "identifier": licence},
         {"@id": "#zarrchive", "@type": "Organization", "name": "zarrchive bioimage archive"},
         {"@id": "#workflow/ingest_submission", "@type": "SoftwareApplication", "name": "zarrchive ingest_submission",
          "softwareVersion": __version__, "softwareRequirements": software_ids},
     ]
-    for a in doc.authors:
-        person = {"@id": _author_id(a.orcid, a.name), "@type": "Person", "name": a.name}
-        if a.email:
-            person["email"] = a.email
-        if a.affiliation:
-            person["affiliation"] = a.affiliation
-        graph.append(person)
-    graph.extend(entities.values())
-    graph.extend(sources.values())
-    return {"@context": "https://w3id.org/ro/crate/1.1/context", "@graph": graph}
+
+
+def _person(author: Any) -> dict[str, Any]:
+    person = {"@id": _author_id(author.orcid, author.name), "@type": "Person", "name": author.name}
+    if author.email:
+        person["email"] = author.email
+    if author.affiliation:
+        person["affiliation"] = author.affiliation
+    return person
 
 
 def _ngff_of(objects: list[ManifestEntry], store: str) -> str:
