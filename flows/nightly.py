@@ -40,7 +40,7 @@ from zarrchive.flows.ingest import Profile, ingest_submission
 from zarrchive import credentials, outcome
 from zarrchive.archive.documents import DocumentError
 from zarrchive.archive.storage import dumps, join, read_json, resolve, to_url, write_bytes_atomic
-from zarrchive.archive.versions import is_shared, read_manifest
+from zarrchive.archive.versions import MANIFEST, is_shared, read_manifest
 from zarrchive.cluster import cluster_for_run, link_dashboard
 from zarrchive.config import load_settings
 from zarrchive.errors import FailedOutcome
@@ -126,7 +126,7 @@ def _version_bytes(pub: Publication) -> int:
         return 0
     fs, root = resolve(pub.version_uri)
     try:
-        return sum(f["size"] for f in read_manifest(fs, join(root, "manifest.json"))["files"]
+        return sum(f["size"] for f in read_manifest(fs, join(root, MANIFEST))["files"]
                    if not is_shared(f["path"]))  # what the version stored (not what it shares with an earlier one)
     except (FileNotFoundError, KeyError, ValueError, DocumentError):
         return 0

@@ -54,6 +54,7 @@ from zarrchive.pixels.codecs import array_codec_kwargs, choice_of, make_codec, s
 from zarrchive.pixels.passes import BATCH, LevelPlan, downsample_regions, select_codec, stream_region
 from zarrchive.pixels.shards import Stored
 from zarrchive.records import CodecChoice, CodecSelection, CompressionReport, FileRecord, ImageRecord, factors
+from zarrchive.units import human_size
 
 LOCAL = fsspec.filesystem("file")
 
@@ -325,12 +326,12 @@ def compress(image: ImageRecord, source: FileRecord, work: str, settings: Compre
     log = runlog.logger()
     level0 = int(np.prod(image.shape)) * np.dtype(image.dtype).itemsize
     log.info("compress %s: %s %s (%s), %d level(s)", image.image_id, " × ".join(
-        f"{a.name}={n}" for a, n in zip(image.axes, image.shape)), image.dtype, runlog.size(level0), len(image.levels))
+        f"{a.name}={n}" for a, n in zip(image.axes, image.shape)), image.dtype, human_size(level0), len(image.levels))
     result = traced("compress", compress_image, image, source, work, settings, scheduler,
                     runlog.progress_reporter(f"compress {image.image_id}", log), image_id=image.image_id)
     report = result.output
     log.info("compress %s: %s stored as %s (ratio %.2f, %s), %d chunks decoded back and compared, %.1f s",
-             image.image_id, runlog.size(report.bytes_in), runlog.size(report.bytes_out), report.ratio,
+             image.image_id, human_size(report.bytes_in), human_size(report.bytes_out), report.ratio,
              " ".join([report.codec.name, *(f"{k}={v}" for k, v in sorted(report.codec.configuration.items())
                                            if k in ("cname", "clevel", "shuffle", "level"))]),
              report.chunks_verified, report.seconds)

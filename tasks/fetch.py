@@ -87,10 +87,11 @@ def fetch_files(submission: Submission, staging: str, settings: FetchSettings) -
 @stage_task(name="fetch", cache_policy="none")
 def fetch(submission: Submission, staging: str, settings: FetchSettings) -> Traced[FetchResult]:
     from zarrchive import runlog
+    from zarrchive.units import human_size
 
     result = traced("fetch", fetch_files, submission, staging, settings)
     staged = result.output
     runlog.logger().info("fetched %d file(s), %s, each hashed (sha256) as it was copied%s", len(staged.files),
-                         runlog.size(sum(f.size for f in staged.files)),
+                         human_size(sum(f.size for f in staged.files)),
                          "".join(f"; {f.source_path} failed: {f.error}" for f in staged.failures))
     return result

@@ -39,7 +39,10 @@ from zarrchive.archive.storage import (
     write_bytes_exclusive,
 )
 from zarrchive.archive.thumbnails import thumbnail_png
-from zarrchive.archive.versions import MANIFEST_FORMAT, VERSIONS, is_shared, published_versions, version_index
+from zarrchive.archive.versions import (
+    CRATE, LANDING, MANIFEST, MANIFEST_FORMAT, QC_PAGE, QC_REPORT, VERSIONS, image_store, is_shared, original_path,
+    published_versions, version_index,
+)
 from zarrchive.config import PublishSettings, Settings
 from zarrchive.errors import TransientError
 from zarrchive.ngff import labels_group_documents, store_ngff_version
@@ -164,11 +167,11 @@ def store_path(outcome: ImageOutcome, stores: dict[str, str] | None = None) -> s
     ``stores``), a label's under its image's ``labels/<name>``."""
     stores = stores or {}
     if outcome.label_of:
-        image = stores.get(outcome.label_of, f"images/{outcome.label_of}.ome.zarr")
+        image = stores.get(outcome.label_of, image_store(outcome.label_of))
         return f"{image}/labels/{outcome.label_name}"
     if outcome.well and outcome.image_id not in stores:
         return f"{plate_store(outcome.well.plate)}/{outcome.well.path}"
-    return stores.get(outcome.image_id, f"images/{outcome.image_id}.ome.zarr")
+    return stores.get(outcome.image_id, image_store(outcome.image_id))
 
 
 def blocking_reasons(outcomes: list[ImageOutcome], qc_report: QCReport | None) -> list[str]:
@@ -291,12 +294,12 @@ def _write_version(submission: Submission, archive: str, number: int, previous: 
     shared += kept
     relative = [ManifestEntry(path=e.path[len(vdir) + 1:], size=e.size, sha256=e.sha256) for e in entries] + shared
     crate = build_crate(submission, number, lineage, relative, published_paths, previous_version=previous,
-                        publish_results=("qc/report.json", "qc/index.html", "index.html",
+                        publish_results=(QC_REPORT, QC_PAGE, LANDING,
                                          *(g for g in documents if not is_shared(g)),
                                          *(e.path for e in relative if e.path.startswith("thumbnails/"))),
                         date_published=max(submission.doc.release_date, dt.date.today()))
-    entries.append(_put_bytes(fs, join(vdir, "ro-crate-metadata.json"), dumps(crate)))
-    relative.append(entries[-1].model_copy(update={"path": "ro-crate-metadata.json"}))
+    entries.append(_put_bytes(fs, join(vdir, CRATE), dumps(crate)))
+    relative.append(entries[-1].model_copy(update={"path": CRATE}))
     _verify_stored(fs, entries)  # (what it shares was found whole by one listing of the earlier version)
     stored = {r.image_id: r for r in reports}
     images = [o.model_copy(update={"path": store_path(o, stores), "codec": stored[o.image_id].codec.name,
@@ -316,12 +319,12 @@ def _write_version(submission: Submission, archive: str, number: int, previous: 
     held.check()
     faults.point("publish.commit")
     data = Manifest.model_validate(manifest).to_bytes()
-    write_bytes_exclusive(fs, join(vdir, "manifest.json"), data)  # the commit point, never overwritten
+    write_bytes_exclusive(fs, join(vdir, MANIFEST), data)  # the commit point, never overwritten
     faults.point("publish.committed")
     _put_bytes(fs, join(acc, VERSIONS), version_index(archive, submission.accession).to_bytes())
     location, url = version_url(archive, submission.accession, number, settings, submission.embargoed)
     if not submission.embargoed:  # an embargoed version enters the feed when it is released
-        record_change(archive, "published", submission.accession, number, fs, join(vdir, "manifest.json"), url)
+        record_change(archive, "published", submission.accession, number, fs, join(vdir, MANIFEST), url)
     return Publication(accession=submission.accession, status="published", version=number, archive=to_url(fs, root),
                        submission=submission.source, version_uri=location, url=url, fingerprint=fingerprint,
                        images=images, created_archive=submission.created_archive,
@@ -342,7 +345,7 @@ def study_record(submission: Submission) -> dict[str, Any]:
 
 def _clear_interrupted(fs: fsspec.AbstractFileSystem, vdir: str) -> None:
     """Remove what an interrupted attempt left of a version that was never committed (no manifest)."""
-    if fs.exists(join(vdir, "manifest.json")):
+    if fs.exists(join(vdir, MANIFEST)):
         raise lease.LeaseLost(f"{vdir} was committed by another run while this one held the lease")
     if fs.exists(vdir):
         fs.rm(vdir, recursive=True)
@@ -371,7 +374,7 @@ def _upload_images(fs: fsspec.AbstractFileSystem, vdir: str, reports: list[Compr
             path, objects = earlier
             shared += [ManifestEntry.model_validate(o) for o in objects]
         else:
-            path = f"images/{image.image_id}.ome.zarr"
+            path = image_store(image.image_id)
             entries += tree.upload(fs, join(vdir, path))
         stores[image.image_id] = path
         published_paths.update(tree.published_paths(path))
@@ -449,7 +452,7 @@ def _upload_originals(fs: fsspec.AbstractFileSystem, vdir: str, files: list[File
     paths: dict[str, str] = {}
     for file in files:
         held.check()
-        rel = f"originals/{file.path}"
+        rel = original_path(file.path)
         if earlier := share.original(file.path, file.sha256):
             paths[file.path], objects = earlier
             shared += [ManifestEntry.model_validate(o) for o in objects]
@@ -485,8 +488,8 @@ def _upload_pages(fs: fsspec.AbstractFileSystem, vdir: str, submission: Submissi
                         findings=[f.model_dump(mode="json") for f in qc_report.findings],
                         errors=len(qc_report.errors), warnings=len(qc_report.warnings))
     page = render_qc_page(qc_report, f"{submission.accession} v{number}: {submission.doc.title}")
-    entries = [_put_bytes(fs, join(vdir, "qc/report.json"), qc_doc.to_bytes()),
-               _put_bytes(fs, join(vdir, "qc/index.html"), page.encode())]
+    entries = [_put_bytes(fs, join(vdir, QC_REPORT), qc_doc.to_bytes()),
+               _put_bytes(fs, join(vdir, QC_PAGE), page.encode())]
     shown = {o.image_id for o in outcomes if o.status == "published" and not o.label_of}
     thumbnails: dict[str, str] = {}
     shared = []
@@ -507,7 +510,7 @@ def _upload_pages(fs: fsspec.AbstractFileSystem, vdir: str, submission: Submissi
     landing = render_landing_page(submission, number, outcomes, qc_report, reports, files, lineage, previous,
                                   public_url=public_url, viewer=settings.viewer_url if settings else None,
                                   thumbnails=thumbnails, stores=stores, originals=originals)
-    return entries + [_put_bytes(fs, join(vdir, "index.html"), landing.encode())], shared
+    return entries + [_put_bytes(fs, join(vdir, LANDING), landing.encode())], shared
 
 
 def _verify_stored(fs: fsspec.AbstractFileSystem, entries: list[ManifestEntry]) -> None:

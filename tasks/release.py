@@ -30,20 +30,12 @@ from zarrchive.archive.storage import (
     write_bytes_exclusive,
 )
 from zarrchive.archive.versions import (
-    MANIFEST,
-    VERSIONS,
-    accessions,
-    effective_release_date,
-    embargo,
-    is_shared,
-    manifests,
-    read_manifest,
+    CRATE, MANIFEST, VERSIONS, accessions, effective_release_date, embargo, is_shared, manifests, read_manifest,
     version_index,
 )
 from zarrchive.errors import VerificationError
 from zarrchive.runtime import retry_transient
 
-CRATE = "ro-crate-metadata.json"
 
 
 @dataclass(frozen=True)

@@ -18,9 +18,8 @@ import fsspec
 
 from zarrchive.archive.documents import DocumentError
 from zarrchive.archive.storage import BLOCK, join
-from zarrchive.archive.versions import SHARED, is_shared, object_path, read_manifest
+from zarrchive.archive.versions import MANIFEST, SHARED, is_shared, object_path, read_manifest
 
-MANIFEST = "manifest.json"
 
 
 @dataclass(frozen=True)

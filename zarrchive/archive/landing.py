@@ -11,6 +11,7 @@ import html
 import posixpath
 from typing import Any
 
+from zarrchive.archive.versions import image_store
 from zarrchive.ngff import NGFF_VERSION, ZARR_FORMAT, store_ngff_version
 from zarrchive.records import CompressionReport, FileRecord, ImageOutcome, LineageRecord, QCReport, Submission
 from zarrchive.software import versions
@@ -43,7 +44,7 @@ def label_links(outcome: ImageOutcome, ngff: str = NGFF_VERSION, store: str | No
     """The labels published with an image (whose store is at ``store``), linked, for its row of the images
     table."""
     e = html.escape
-    store = store or f"images/{outcome.image_id}.ome.zarr"
+    store = store or image_store(outcome.image_id)
     links = [f"<a href='{e(store_link(f'{store}/labels/{n}', ngff))}'>{e(n)}</a>" for n in outcome.labels]
     return f"<br><small>labels: {', '.join(links)}</small>" if links else ""
 
@@ -193,7 +194,7 @@ def _image_rows(outcomes: list[ImageOutcome], qc_report: QCReport, reports: list
         report = sizes.get(o.image_id)
         pixel = " × ".join(f"{row[k]:.4g}" for k in ("pixel_size_z", "pixel_size_y", "pixel_size_x")
                            if row.get(k) is not None)
-        store = stores.get(o.image_id, f"images/{o.image_id}.ome.zarr")
+        store = stores.get(o.image_id, image_store(o.image_id))
         address = urljoin(base, store) if base else store
         view = f"<br><a href='{e(viewer.format(url=address))}'>view</a>" if viewer and base else ""
         picture = (f"<img src='{e(thumbnails[o.image_id])}' alt='{e(o.image_id)}' width='128'>"

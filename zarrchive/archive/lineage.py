@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict
 
 from zarrchive import __version__
 from zarrchive.archive.storage import tree_digest
-from zarrchive.archive.versions import logical_path
+from zarrchive.archive.versions import CRATE, logical_path
 from zarrchive.records import Entity, LineageRecord, ManifestEntry, Submission
 from zarrchive.software import versions
 
@@ -313,7 +313,7 @@ def _contextual_nodes(submission: Submission, root: dict[str, Any], software_ids
     """The crate's metadata descriptor, its root, the profile, the licence, the archive and the workflow."""
     licence = submission.doc.license
     return [
-        {"@id": "ro-crate-metadata.json", "@type": "CreativeWork",
+        {"@id": CRATE, "@type": "CreativeWork",
          "conformsTo": {"@id": RO_CRATE}, "about": {"@id": "./"}},
         root,
         {"@id": PROCESS_RUN_CRATE, "@type": "CreativeWork", "name": "Process Run Crate", "version": "0.5"},

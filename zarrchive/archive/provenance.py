@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from zarrchive.archive.storage import join, read_json, resolve, tree_digest
-from zarrchive.archive.versions import logical_path, published_versions
+from zarrchive.archive.versions import CRATE, logical_path, original_path, published_versions
 from zarrchive.errors import NotFound
 
 
@@ -74,7 +74,7 @@ def lineage_of(archive: str, accession: str, version: int | None = None, image: 
     if manifest is None:
         raise NotFound(f"{accession} has no version {version} (published: {[m['version'] for m in manifests]})")
     fs, root = resolve(archive)
-    crate = read_json(fs, join(root, accession, f"v{manifest['version']}", "ro-crate-metadata.json"))
+    crate = read_json(fs, join(root, accession, f"v{manifest['version']}", CRATE))
     nodes = {n["@id"]: n for n in crate["@graph"]}
     made_by: dict[str, list[dict]] = {}
     for node in crate["@graph"]:
@@ -90,8 +90,8 @@ def lineage_of(archive: str, accession: str, version: int | None = None, image: 
         store = f"{outcome['path']}/"
         actions, roots = _walk(nodes, made_by, store, set())
         original = next((e["path"] for e in manifest["files"]
-                         if logical_path(e["path"]) == f"originals/{outcome['source_path']}"),
-                        f"originals/{outcome['source_path']}")
+                         if logical_path(e["path"]) == original_path(outcome['source_path'])),
+                        original_path(outcome['source_path']))
         original_sha = nodes.get(original, {}).get("sha256")
         sources = [{"uri": r, "sha256": nodes[r]["sha256"]} for r in roots
                    if nodes.get(r, {}).get("zarrchive:role") == "source" and nodes[r].get("sha256") == original_sha]

@@ -34,6 +34,9 @@ MANIFEST_FORMAT = 5  # 1: before format_version was written; 2: with embargo and
 #                      metadata (study) and each image's codec and stored bytes; 4: objects shared with an earlier
 #                      version (paths ``../v<K>/…``); 5: plates (``plates/…`` paths, each field's ``well``)
 SHARED = re.compile(r"^\.\./v(\d+)/(.+)$")
+CRATE = "ro-crate-metadata.json"  # a version's lineage (RO-Crate)
+LANDING = "index.html"  # a version's landing page
+QC_REPORT, QC_PAGE = "qc/report.json", "qc/index.html"
 
 
 # ---------------------------------------------------------------- paths inside a version
@@ -43,6 +46,16 @@ SHARED = re.compile(r"^\.\./v(\d+)/(.+)$")
 # stored again: its path is the earlier version's, ``../v<K>/images/<id>.ome.zarr/zarr.json``, which is also
 # the relative link a landing page uses, so every version opens at stable paths with any Zarr reader and is
 # verified against its own manifest.
+
+
+def image_store(image_id: str) -> str:
+    """Where an image's store is in its version (a plate's field is in its plate: ``plates.plate_path``)."""
+    return f"images/{image_id}.ome.zarr"
+
+
+def original_path(submitted: str) -> str:
+    """Where a submitted file (or Zarr store) is kept in its version, as it was submitted."""
+    return f"originals/{submitted}"
 
 
 def shared_path(path: str, version: int) -> str:
