@@ -92,15 +92,37 @@ def choose_modality(settings: QCSettings, imaging_method: Any) -> str | None:
 
 def intensity_facts(image: ImageRecord, report: CompressionReport, scheduler: str) -> tuple[list[dict], str]:
     """Per-channel statistics of level 0 of the compressed store, and its level-0 digest (chunk order)."""
+    return intensity_facts_of([(image, report)], scheduler)[0]
+
+
+def intensity_facts_of(pairs: list[tuple[ImageRecord, CompressionReport]], scheduler: str
+                       ) -> list[tuple[list[dict], str]]:
+    """``intensity_facts`` of many images in one round trip to the cluster: every image's chunk statistics are
+    sent at once and gathered together (a study of many small images pays one wait, not one per image)."""
+    with client_for(scheduler) as client:
+        submitted = [_submit_stats(client, image, report) for image, report in pairs]
+        gathered = client.gather([f for futures in submitted for f in futures])
+    results, start = [], 0
+    for (image, _report), futures in zip(pairs, submitted, strict=True):
+        parts = [p for batch in gathered[start:start + len(futures)] for p in batch]
+        start += len(futures)
+        results.append(_channel_facts(image, parts))
+    return results
+
+
+def _submit_stats(client: Any, image: ImageRecord, report: CompressionReport) -> list[Any]:
     level = image.levels[0]
     axes = image.axis_names
     channel_axis = axes.index("c") if "c" in axes else None
     regions = chunk_slices(level.shape, level.chunks)
     batches = [regions[i:i + BATCH] for i in range(0, len(regions), BATCH)]
-    with client_for(scheduler) as client:
-        futures = client.map(chunk_stats, [f"{report.store}/{level.path}"] * len(batches), batches,
-                             [channel_axis] * len(batches), pure=False)
-        parts = [p for batch in client.gather(futures) for p in batch]
+    return client.map(chunk_stats, [f"{report.store}/{level.path}"] * len(batches), batches,
+                      [channel_axis] * len(batches), pure=False)
+
+
+def _channel_facts(image: ImageRecord, parts: list[dict]) -> tuple[list[dict], str]:
+    """An image's per-channel statistics and level-0 digest from its chunks' statistics (in chunk order)."""
+    level = image.levels[0]
     digest = hashlib.sha256("".join(p["sha256"] for p in parts if p["sha256"]).encode()).hexdigest()
     channels = []
     for index, name in enumerate(image.channel_names):
@@ -215,9 +237,9 @@ def check_metadata(submission: Submission, images: list[ImageRecord], reports: l
     by_id = {r.image_id: r for r in reports}
     images = [image for image in images if image.image_id in by_id]  # only what compress produced is checked
     rows, channel_rows = [], []
-    for image in images:
+    facts = intensity_facts_of([(image, by_id[image.image_id]) for image in images], scheduler)
+    for image, (channels, digest) in zip(images, facts, strict=True):
         report = by_id[image.image_id]
-        channels, digest = intensity_facts(image, report, scheduler)
         validate = validate_label if image.kind == "label" else validate_image
         rows.append(image_facts(image, report, channels, digest, validate(report.store)))
         if image.kind == "image":  # a label's values are ids, not intensities
