@@ -80,3 +80,26 @@ def test_an_input_error_from_the_reader_is_named_by_the_image_keeping_its_kind()
 
     named = _named(Truncated("/staging/originals/a.tif", "ends at byte 10"), "a.tif [series 1]", "pixels")
     assert type(named) is Truncated and named.file == "a.tif [series 1]" and named.reason == "ends at byte 10"
+
+
+def test_a_source_gone_from_under_a_worker_fails_as_itself_never_its_own_cause(tmp_path, settings):
+    """A machine's failure while reading (the staged file removed: FileNotFoundError) is re-raised as it is; were it
+    made its own cause, distributed would walk the causes forever and the worker would die of it."""
+    import tifffile
+
+    from builders import random_image, staged
+    from zarrchive.pixels.passes import select_codec, stream_region
+    from zarrchive.pixels.sources import forget_open_files
+    from zarrchive.tasks.convert import convert_file
+
+    path = tmp_path / "a.tif"
+    tifffile.imwrite(path, random_image((8, 8), "uint8"), metadata=None)
+    [image] = convert_file(staged(path, "a.tif"), None, str(tmp_path / "w"), settings.convert)
+    path.unlink()
+    forget_open_files()
+    region = tuple(slice(0, n) for n in image.shape)
+    for read in (lambda: select_codec(str(path), image, [region], [], 1.0),
+                 lambda: stream_region(str(path), image, str(tmp_path / "out"), region, [])):
+        with pytest.raises(FileNotFoundError) as caught:
+            read()
+        assert caught.value.__cause__ is not caught.value

@@ -343,3 +343,56 @@ def test_a_tiff_is_opened_once_by_zarrchive_however_many_questions_convert_asks(
     [image] = convert_file(staged(path, "a.ome.tif"), None, str(tmp_path / "w"), settings.convert)
     ours = [f for f in opened_by if "/bioio" not in f]
     assert len(ours) == 1 and image.calibrated, opened_by
+
+
+def test_each_series_of_a_file_is_read_through_its_own_layout(tmp_path, settings, scheduler):
+    """The layout of every series is decided while that series is the reader's current one: a file whose series
+    differ in shape reads each one's own pixels straight from the file (not the last series', not through a
+    fallback that would read another series)."""
+    from builders import archive_images
+
+    first, second = random_image((40, 48), "uint16", 1), random_image((3, 24, 32), "uint16", 2)
+    path = tmp_path / "two.tif"
+    with tifffile.TiffWriter(path) as tw:
+        tw.write(first)
+        tw.write(second)
+    done = archive_images(path, tmp_path / "w", settings, scheduler, convert={"chunk_xy": 16})
+    assert [image.layout.tiff_axes for image, _ in done] == ["YX", "SYX"]  # both read straight by tifffile
+    for (image, report), data in zip(done, (first, second)):
+        np.testing.assert_array_equal(zarr.open_array(f"{report.store}/0", mode="r")[...].reshape(data.shape), data)
+
+
+def test_a_tiff_whose_first_page_points_past_its_end_is_refused(tmp_path, settings):
+    """What tifffile complains of while opening a file (here a tag whose value lies past the end of the file)
+    refuses it, naming it: it is never converted from what tifffile could still read."""
+    import struct
+
+    path = tmp_path / "soft.tif"
+    tifffile.imwrite(path, random_image((32, 32), "uint8"), software="x" * 40, metadata=None)
+    with tifffile.TiffFile(path) as tif:
+        entry = tif.pages[0].tags["Software"].offset
+    damaged = bytearray(path.read_bytes())
+    damaged[entry + 8:entry + 12] = struct.pack("<I", len(damaged) + 1000)
+    path.write_bytes(bytes(damaged))
+    with pytest.raises(InputError, match="damaged TIFF") as caught:
+        convert_file(staged(path, "scans/soft.tif"), None, str(tmp_path / "w"), settings.convert)
+    assert caught.value.file == "scans/soft.tif"
+
+
+def test_a_malformed_ome_xml_is_refused_naming_the_file(tmp_path, settings):
+    path = tmp_path / "bad.ome.tif"
+    xml = ("<?xml version='1.0'?><!--" + "x" * 5000 + "--><OME xmlns='http://www.openmicroscopy.org/Schemas/OME/"
+           "2016-06'><Image ID='Image:0'><Pixels broken</OME>")
+    tifffile.imwrite(path, random_image((32, 32), "uint8"), description=xml, metadata=None)
+    with pytest.raises(InputError, match="damaged OME-XML") as caught:
+        convert_file(staged(path, "bad.ome.tif"), None, str(tmp_path / "w"), settings.convert)
+    assert caught.value.file == "bad.ome.tif"
+
+
+def test_a_series_that_cannot_be_described_is_named_by_its_file(tmp_path, settings):
+    path = tmp_path / "ij.tif"  # ImageJ metadata with a negative z spacing: no valid OME-XML can be made of it
+    tifffile.imwrite(path, random_image((3, 32, 32), "uint8"), imagej=True, resolution=(10, 10),
+                     metadata={"axes": "ZYX", "spacing": -2, "unit": "um"})
+    with pytest.raises(InputError) as caught:
+        convert_file(staged(path, "sub/ij.tif"), None, str(tmp_path / "w"), settings.convert)
+    assert caught.value.file == "sub/ij.tif"

@@ -39,10 +39,14 @@ def digest(*parts: Any) -> str:
 
 @functools.cache
 def records_schema() -> str:
-    """A digest of the JSON schemas of the records that cached task results contain."""
+    """A digest of the JSON schemas of the records that cached task results contain, and of where their classes
+    live (a result is a pickle naming them: one cached before a class moved could not be read back)."""
+    from zarrchive.archive.lineage import Traced
     from zarrchive.records import CompressionReport, ImageRecord, LineageRecord
 
-    return digest(*(model.model_json_schema() for model in (ImageRecord, CompressionReport, LineageRecord)))
+    models = (ImageRecord, CompressionReport, LineageRecord)
+    return digest(*(model.model_json_schema() for model in models),
+                  [f"{cls.__module__}.{cls.__qualname__}" for cls in (*models, Traced)])
 
 
 def convert_key(_context: Any, params: dict[str, Any]) -> str:

@@ -54,13 +54,15 @@ class Found:
     """One image a format found in a file, from its headers."""
 
     reader: str  # the reader's name as layouts and QC record it, e.g. "bioio_ome_tiff", "zarrchive_mrc"
+    file: str  # the file as submitted, for messages
     index: int  # its series in the file
     count: int  # how many series the file has
     name: str
     tczyx: tuple[int, int, int, int, int]
     dtype: str
     metadata: SourceMetadata
-    layout: Callable[[tuple[str, ...]], SourceLayout]  # how to read it, given the image's axes
+    layout: Callable[[tuple[str, ...]], SourceLayout]  # how to read it, given the image's axes (decided when it
+    #                                                    was found: it reads nothing of the file)
     own_xml: bytes | None = None  # the file's own OME-XML document, kept whole; None: one is generated
     description: str | None = None  # the file's own description (kept in the generated OME-XML)
     documents: dict[str, bytes] = field(default_factory=dict)  # other original metadata kept beside the image
@@ -73,7 +75,7 @@ class Found:
 
     @property
     def shown_as(self) -> str:
-        return series_label(self.name, self.index, self.count)
+        return series_label(self.file, self.index, self.count)
 
 
 class Opened:
@@ -111,20 +113,18 @@ class Opened:
 
 @contextlib.contextmanager
 def describing(shown_as: str) -> Iterator[None]:
-    """Describe one image of a file: any failure that is not already the archive's own (or the cluster's, or a
-    connection's) is the file's, named: ``InputError``, or ``OverBudget`` when describing it ran out of memory."""
+    """Describe one image of a file: a failure that is the file's (``errors.is_file_fault``) is named as an
+    ``InputError``, or ``OverBudget`` when describing it ran out of memory; any other stays what it is."""
     from zarrchive.budget import OverBudget
-    from zarrchive.errors import ZarrchiveError, is_cluster_failure
+    from zarrchive.errors import is_file_fault
 
     try:
         yield
-    except (ZarrchiveError, ConnectionError, TimeoutError):
-        raise
     except MemoryError:
         raise OverBudget(shown_as, "ran out of memory describing it: it declares more than this machine can "
                                    "describe") from None
     except Exception as exc:
-        if is_cluster_failure(exc):
+        if not is_file_fault(exc):  # the archive's own error, or the machine's (a full work area…): as it is
             raise
         raise InputError(shown_as, f"cannot be converted: {type(exc).__name__}: {exc}") from exc
 
@@ -185,7 +185,7 @@ class NativeFormat:
                 return SourceLayout(reader=self.name, series=index, axes=axes, stored_axes=stored)
 
             found.append(Found(
-                reader=self.name, index=index, count=len(described), name=series.name,
+                reader=self.name, file=opened.shown_as, index=index, count=len(described), name=series.name,
                 tczyx=tuple(dims.get(a, 1) for a in "tczyx"), dtype=series.dtype, layout=layout,
                 metadata=SourceMetadata(series.pixel_size, series.unit, series.time_increment, series.time_unit,
                                         series.channel_names, series.channel_colours),

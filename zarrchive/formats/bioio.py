@@ -67,11 +67,11 @@ class ReaderFormat:
         return SourceMetadata(pixel_size=values, unit="micrometer" if any(values.values()) else None,
                               channel_names=names if named else None)
 
-    def layout(self, opened: Opened, img: Any, index: int, axes: tuple[str, ...], samples: bool,
-               position: int) -> SourceLayout:
-        """How the compress pass reads the scene (``index`` in the file's description, ``position`` as the reader
-        sees it)."""
-        return SourceLayout(reader=self.name, series=index, axes=axes, samples_as_channels=samples)
+    def layout(self, opened: Opened, img: Any, index: int, samples: bool, position: int) -> dict[str, Any]:
+        """How the compress pass reads the reader's current scene (``index`` in the file's description,
+        ``position`` as the reader sees it): the ``SourceLayout`` fields but its axes, decided now, while the scene
+        is the current one."""
+        return {"reader": self.name, "series": index, "samples_as_channels": samples}
 
     def own_xml(self, opened: Opened) -> bytes | None:
         return None
@@ -137,10 +137,12 @@ class ReaderFormat:
             metadata = SourceMetadata(metadata.pixel_size, metadata.unit, metadata.time_increment,
                                       metadata.time_unit, samples, SAMPLE_COLOURS[: len(samples)])
 
-        def layout(axes: tuple[str, ...]) -> SourceLayout:
-            return self.layout(opened, img, index, axes, bool(samples), position)
+        fields = self.layout(opened, img, index, bool(samples), position)
 
-        found = Found(reader=self.name, index=index, count=count, name=str(names[index]),
+        def layout(axes: tuple[str, ...]) -> SourceLayout:
+            return SourceLayout(axes=axes, **fields)
+
+        found = Found(reader=self.name, file=opened.shown_as, index=index, count=count, name=str(names[index]),
                       tczyx=tuple(int(n) for n in data.shape), dtype=str(np.dtype(data.dtype)), metadata=metadata,
                       layout=layout, own_xml=self.own_xml(opened), description=self.description_of(opened),
                       lossy=self.lossy(opened, position), **given)

@@ -11,6 +11,7 @@ on their plate (``tiff.plate_positions``).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import posixpath
@@ -35,7 +36,10 @@ class OmeTiffFormat(TiffFormat):
 
     def images(self, opened: Opened) -> list[Found]:
         self.check_declared(opened)
-        members = set_members(opened.path, opened.tiff.ome_metadata)
+        try:
+            members = set_members(opened.path, opened.tiff.ome_metadata)
+        except ElementTree.ParseError as exc:
+            raise InputError(opened.shown_as, f"damaged OME-XML: {exc}") from None
         if not members:
             return self.scenes(opened, self.reader(opened.shown_as))
         paths, missing = _member_paths(opened, members)
@@ -58,8 +62,6 @@ class OmeTiffFormat(TiffFormat):
                             missing=missing, metadata_of=lambda index: ome_metadata(ome, index))
         note = (f"{opened.shown_as}: its OME-XML describes a larger acquisition whose file(s) {listing(missing)} are "
                 f"not in the submission; the {len(own)} image(s) whose planes this file holds were archived")
-        import dataclasses
-
         return [dataclasses.replace(f, notes=f.notes + (note,)) for f in found]
 
 

@@ -19,7 +19,7 @@ from zarrchive.errors import UnsupportedFormat
 from zarrchive.formats import Opened, SourceMetadata
 from zarrchive.formats.bioio import ReaderFormat
 from zarrchive.ngff import image_attributes
-from zarrchive.records import MICROMETERS, SourceLayout
+from zarrchive.records import MICROMETERS
 from zarrchive.units import length_unit
 from zarrchive.units import time_unit as normal_time_unit
 
@@ -58,11 +58,10 @@ class OmeZarrFormat(ReaderFormat):
     def metadata(self, opened: Opened, img: Any, index: int) -> SourceMetadata:
         return ome_zarr_metadata(opened.path, index)
 
-    def layout(self, opened: Opened, img: Any, index: int, axes: tuple[str, ...], samples: bool,
-               position: int) -> SourceLayout:
+    def layout(self, opened: Opened, img: Any, index: int, samples: bool, position: int) -> dict[str, Any]:
         level0 = zarr_level0(opened.path, index)
-        return SourceLayout(reader=self.name, series=index, axes=axes, samples_as_channels=samples,
-                            zarr_array=level0[0] if level0 else None, zarr_axes=level0[1] if level0 else None)
+        return {**super().layout(opened, img, index, samples, position),
+                "zarr_array": level0[0] if level0 else None, "zarr_axes": level0[1] if level0 else None}
 
     def own_xml(self, opened: Opened) -> bytes | None:
         document = os.path.join(opened.path, "OME", "METADATA.ome.xml")  # bioformats2raw's own OME-XML

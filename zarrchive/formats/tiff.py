@@ -27,7 +27,7 @@ from zarrchive import budget, runlog
 from zarrchive.errors import InputError
 from zarrchive.formats import Found, Opened, SourceMetadata
 from zarrchive.formats.bioio import ReaderFormat
-from zarrchive.records import SourceLayout, slug
+from zarrchive.records import slug
 from zarrchive.units import length_unit
 from zarrchive.units import time_unit as normal_time_unit
 
@@ -53,10 +53,13 @@ def is_ome(path: str, shown_as: str, opened: Opened | None = None) -> bool:
     import tifffile
 
     try:
-        if opened is not None:
-            return bool(opened.tiff.is_ome)
-        with tifffile.TiffFile(path) as tif:
-            return bool(tif.is_ome)
+        with tiff_must_be_whole(shown_as):  # what tifffile complains of while opening it refuses it
+            if opened is not None:
+                return bool(opened.tiff.is_ome)
+            with tifffile.TiffFile(path) as tif:
+                return bool(tif.is_ome)
+    except InputError:
+        raise
     except Exception as exc:
         raise InputError(shown_as, f"damaged TIFF: {exc}") from exc
 
@@ -82,11 +85,9 @@ class TiffFormat(ReaderFormat):
     def metadata(self, opened: Opened, img: Any, index: int) -> SourceMetadata:
         return tiff_metadata(opened.tiff, index)
 
-    def layout(self, opened: Opened, img: Any, index: int, axes: tuple[str, ...], samples: bool,
-               position: int) -> SourceLayout:
-        return SourceLayout(reader=self.name, series=index, axes=axes, samples_as_channels=samples,
-                            tiff_axes=tiff_axes(opened, img, position),
-                            tiff_series=position if position != index else None)
+    def layout(self, opened: Opened, img: Any, index: int, samples: bool, position: int) -> dict[str, Any]:
+        return {**super().layout(opened, img, index, samples, position),
+                "tiff_axes": tiff_axes(opened, img, position), "tiff_series": position if position != index else None}
 
     def own_xml(self, opened: Opened) -> bytes | None:
         xml = opened.tiff.ome_metadata  # an OME-TIFF read by tifffile (one holding only some of its images)

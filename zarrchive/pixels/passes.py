@@ -69,7 +69,9 @@ def stream_region(source: str, image: ImageRecord, store: str, region: tuple[sli
     try:
         block = read_region(source, image.layout, region)
     except Exception as exc:
-        raise _named(exc, shown_as, f"pixels {[(s.start, s.stop) for s in region]}") from exc
+        if (named := _named(exc, shown_as, f"pixels {[(s.start, s.stop) for s in region]}")) is exc:
+            raise
+        raise named from exc
     expected = tuple(s.stop - s.start for s in region)
     if block.shape != expected or block.dtype != np.dtype(image.dtype):
         raise InputError(shown_as, f"the reader gave {block.shape} {block.dtype} pixels for a region of "
@@ -87,7 +89,8 @@ def stream_region(source: str, image: ImageRecord, store: str, region: tuple[sli
 def _named(exc: Exception, shown_as: str, what: str) -> Exception:
     """A failure to read a source's pixels as the image's: the file's fault (``errors.is_file_fault``) named by
     the image, an ``InputError`` of its own kind (a truncated file) given the image's name; anything else (the
-    machine's, the cluster's) as it is."""
+    machine's, the cluster's) as it is: the caller re-raises that one, never making it its own cause (distributed
+    walks an exception's causes and would never stop)."""
     if isinstance(exc, InputError):
         return type(exc)(shown_as, exc.reason)
     if not is_file_fault(exc):
@@ -116,7 +119,9 @@ def select_codec(source: str, image: ImageRecord, regions: list[tuple[slice, ...
     try:
         samples = [read_region(source, image.layout, region) for region in regions]
     except Exception as exc:
-        raise _named(exc, shown_as, "pixels") from exc
+        if (named := _named(exc, shown_as, "pixels")) is exc:
+            raise
+        raise named from exc
     return choose_codec(samples, candidates, min_encode_mbps, size_tolerance)
 
 
