@@ -32,7 +32,6 @@ import fsspec
 import numpy as np
 import zarr
 from distributed import as_completed
-from zarr.codecs import BloscCodec, ZstdCodec
 
 from zarrchive import batch, faults, runlog
 from zarrchive.archive.identity import compress_key, compressed_name
@@ -50,8 +49,10 @@ from zarrchive.config import CompressSettings
 from zarrchive.errors import InputError, StageFailed, StageTimeout, ZarrchiveError, is_cluster_failure
 from zarrchive.ngff import ZARR_FORMAT, group_attributes
 from zarrchive.pixels.blocks import chunk_slices
-from zarrchive.pixels.codecs import array_codec_kwargs, choice_of, make_codec, sample_regions, supports
-from zarrchive.pixels.passes import BATCH, LevelPlan, downsample_regions, select_codec, stream_region
+from zarrchive.pixels.codecs import choice_of, make_codec, sample_regions, supports, v2_codec
+from zarrchive.pixels.passes import (
+    BATCH, LevelPlan, array_layout, downsample_regions, select_codec, stream_region, whole_image,
+)
 from zarrchive.pixels.shards import Stored
 from zarrchive.records import CodecChoice, CodecSelection, CompressionReport, FileRecord, ImageRecord, factors
 from zarrchive.units import human_size
@@ -191,13 +192,24 @@ def compress_image(image: ImageRecord, source: FileRecord, work: str, settings: 
     stored = Stored()
     try:
         with client_for(scheduler) as client:
-            codec, selection = _codec_for(image, source, settings, client)
-            root = zarr.open_group(store, mode="w", zarr_format=ZARR_FORMAT[settings.ngff])
-            for plan in plans:
-                root.create_array(plan.level.path, shape=plan.level.shape, chunks=plan.level.chunks,
-                                  dtype=image.dtype, fill_value=0, **array_layout(plan, codec, axes, settings.ngff))
-            level0 = _stream(client, image, source, store, plans, stored, deadline, progress, level0_digest)
-            _small_levels(client, image, store, plans, stored, deadline)
+            if _level0_bytes(image) <= region_budget(client):  # small: one task does it all (it holds level 0)
+                total = _level0_bytes(image)
+                if progress is not None:
+                    progress(0, total)
+                codec, selection, level0 = _whole(client, image, source, store, plans, settings, stored, deadline,
+                                                  level0_digest)
+                if progress is not None:
+                    progress(total, total)
+                root = zarr.open_group(store, mode="r+")
+            else:
+                codec, selection = _codec_for(image, source, settings, client)
+                root = zarr.open_group(store, mode="w", zarr_format=ZARR_FORMAT[settings.ngff])
+                for plan in plans:
+                    root.create_array(plan.level.path, shape=plan.level.shape, chunks=plan.level.chunks,
+                                      dtype=image.dtype, fill_value=0,
+                                      **array_layout(plan, codec, axes, settings.ngff))
+                level0 = _stream(client, image, source, store, plans, stored, deadline, progress, level0_digest)
+                _small_levels(client, image, store, plans, stored, deadline)
         remove_unfinished_writes(store)  # left by a worker killed mid-write (its task was redone)
         windows = list(image.channel_windows) if image.channel_windows else display_windows(store, image)
         root.update_attributes(group_attributes(image, windows, settings.ngff))
@@ -223,6 +235,27 @@ def compress_image(image: ImageRecord, source: FileRecord, work: str, settings: 
         if level0_digest else None,
         store_sha256=digest,
     )
+
+
+def _level0_bytes(image: ImageRecord) -> int:
+    return int(np.prod(image.levels[0].shape)) * np.dtype(image.dtype).itemsize
+
+
+def _whole(client: Any, image: ImageRecord, source: FileRecord, store: str, plans: list[LevelPlan],
+           settings: CompressSettings, stored: Stored, deadline: float, digests: bool
+           ) -> tuple[Any, CodecSelection | None, list[tuple]]:
+    """An image no larger than a streaming region may be: its whole pass in one task on a worker
+    (``passes.whole_image``)."""
+    candidates = settings.candidates()
+    if len(candidates) == 1 and (why := supports(candidates[0], np.dtype(image.dtype))):
+        raise InputError(image.shown_as, f"the codec profile's one candidate cannot store it losslessly: {why}")
+    level0 = image.levels[0]
+    samples = sample_regions(level0.shape, level0.chunks, settings.sample_chunks) if len(candidates) > 1 else []
+    future = client.submit(whole_image, source.staged_path, image, store, plans, candidates, samples,
+                           settings.min_encode_mbps, settings.size_tolerance, settings.ngff, digests, pure=False)
+    [(selection, image_stored, digests_)] = gather_all(client, [future], deadline, image.source_path)
+    stored.add(image_stored)
+    return make_codec(candidates[selection.chosen if selection else 0]), selection, digests_
 
 
 def _stream(client: Any, image: ImageRecord, source: FileRecord, store: str, plans: list[LevelPlan], stored: Stored,
@@ -285,28 +318,6 @@ def _codec_for(image: ImageRecord, source: FileRecord, settings: CompressSetting
     selection = client.submit(select_codec, source.staged_path, image, regions, candidates,
                               settings.min_encode_mbps, settings.size_tolerance, pure=False).result()
     return make_codec(candidates[selection.chosen]), selection
-
-
-def array_layout(plan: LevelPlan, codec: Any, axes: list[str], ngff: str) -> dict[str, Any]:
-    """``create_array`` arguments for a level: sharded Zarr v3 with named dimensions (NGFF 0.5), or Zarr v2
-    with '/'-separated chunk keys (NGFF 0.4)."""
-    if ngff == "0.5":
-        return {"shards": plan.shards, "dimension_names": axes, **array_codec_kwargs(codec)}
-    return {"compressors": v2_codec(codec), "chunk_key_encoding": {"name": "v2", "separator": "/"}}
-
-
-def v2_codec(codec: Any) -> Any:
-    """The numcodecs compressor a Zarr v2 array stores for a core Zarr v3 codec."""
-    import numcodecs
-
-    if isinstance(codec, BloscCodec):
-        shuffle = {"noshuffle": numcodecs.Blosc.NOSHUFFLE, "shuffle": numcodecs.Blosc.SHUFFLE,
-                   "bitshuffle": numcodecs.Blosc.BITSHUFFLE}[str(getattr(codec.shuffle, "value", codec.shuffle))]
-        return numcodecs.Blosc(cname=str(getattr(codec.cname, "value", codec.cname)), clevel=codec.clevel,
-                               shuffle=shuffle)
-    if isinstance(codec, ZstdCodec):
-        return numcodecs.Zstd(level=codec.level)
-    raise ValueError(f"{type(codec).__name__} has no Zarr v2 form: OME-NGFF 0.4 output takes blosc or zstd")
 
 
 def _keep_ome_xml(store: str, image: ImageRecord, ngff: str) -> None:

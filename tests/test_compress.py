@@ -326,3 +326,27 @@ def test_a_compress_failure_is_told_as_what_it_is_and_leaves_nothing(source, tmp
     assert type(caught.value).__name__ == expected
     assert not isinstance(caught.value, VerificationError)
     assert not [p for p in (tmp_path / "w" / "compress").iterdir() if p.suffix != ".json"]
+
+
+def test_a_small_image_in_one_task_is_the_same_as_streamed_region_by_region(source, tmp_path, settings, scheduler,
+                                                                           monkeypatch):
+    """An image no larger than a streaming region may be runs its whole pass (codec trial, every level, proofs) in one task
+    (``passes.whole_image``); the same image streamed region by region writes the same pixels at every level, the
+    same level-0 digest and the same codec."""
+    from zarrchive.tasks import compress
+
+    path, data = source
+    calls = []
+    original = compress._whole
+    monkeypatch.setattr(compress, "_whole", lambda *a, **k: calls.append(1) or original(*a, **k))
+    [(image, whole)] = archive_images(path, tmp_path / "a", settings, scheduler, convert={"chunk_xy": 32})
+    assert calls == [1]
+    monkeypatch.setattr(compress, "region_budget", lambda client: 1)  # streamed: one unit a region
+    [(_image, streamed)] = archive_images(path, tmp_path / "b", settings, scheduler, convert={"chunk_xy": 32})
+    assert calls == [1] and len(compress.stream_regions(image, compress.plan_writes(image, settings.compress), 1)) > 1
+    assert whole.level0_sha256 == streamed.level0_sha256 and whole.codec == streamed.codec
+    assert whole.chunks_verified == streamed.chunks_verified
+    for level in image.levels:
+        np.testing.assert_array_equal(zarr.open_array(f"{whole.store}/{level.path}", mode="r")[...],
+                                      zarr.open_array(f"{streamed.store}/{level.path}", mode="r")[...])
+    assert_levels_are_block_means(whole, image, data)

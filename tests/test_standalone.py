@@ -72,9 +72,16 @@ def test_the_output_folder_is_created_when_missing(tmp_path, config_file):
     assert zarr.open_group(out, mode="r").attrs["ome"]["version"] == "0.5"
 
 
-def test_progress_follows_the_bytes_of_level_0_written(tmp_path):
+@pytest.mark.parametrize("streamed", [True, False])
+def test_progress_follows_the_bytes_of_level_0_written(tmp_path, monkeypatch, streamed):
+    """Streamed region by region (a large image), progress follows each region written; a small image's whole
+    pass is one task: from nothing to everything."""
     from zarrchive.config import load_settings
     from zarrchive.standalone import convert_to_ome_zarr
+    from zarrchive.tasks import compress
+
+    if streamed:
+        monkeypatch.setattr(compress, "_level0_bytes", lambda image: 1 << 62)
 
     data = random_image((6, 64, 80))
     source = ome_tiff(tmp_path / "stack.ome.tif", data, "ZYX", {"x": 0.2, "y": 0.2, "z": 1.0})
@@ -84,7 +91,7 @@ def test_progress_follows_the_bytes_of_level_0_written(tmp_path):
     convert_to_ome_zarr(str(source), str(tmp_path / "out.ome.zarr"), settings, lambda *event: events.append(event))
     counts = [e[1:] for e in events if len(e) == 3]
     assert counts[0] == (0, data.nbytes) and counts[-1] == (data.nbytes, data.nbytes)
-    assert len(counts) == 1 + 6 * 2  # a task per row of shards of each plane
+    assert len(counts) == (1 + 6 * 2 if streamed else 2)  # streamed: a task per row of shards of each plane
     assert [done for done, _ in counts] == sorted(done for done, _ in counts)
     assert events[-1] == (f"wrote {tmp_path / 'out.ome.zarr'}",)
 

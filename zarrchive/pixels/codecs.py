@@ -211,6 +211,20 @@ def array_codec_kwargs(codec: Any) -> dict[str, Any]:
     return {"compressors": [codec]}
 
 
+def v2_codec(codec: Any) -> Any:
+    """The numcodecs compressor a Zarr v2 array stores for a core Zarr v3 codec."""
+    import numcodecs
+
+    if isinstance(codec, BloscCodec):
+        shuffle = {"noshuffle": numcodecs.Blosc.NOSHUFFLE, "shuffle": numcodecs.Blosc.SHUFFLE,
+                   "bitshuffle": numcodecs.Blosc.BITSHUFFLE}[str(getattr(codec.shuffle, "value", codec.shuffle))]
+        return numcodecs.Blosc(cname=str(getattr(codec.cname, "value", codec.cname)), clevel=codec.clevel,
+                               shuffle=shuffle)
+    if isinstance(codec, ZstdCodec):
+        return numcodecs.Zstd(level=codec.level)
+    raise ValueError(f"{type(codec).__name__} has no Zarr v2 form: OME-NGFF 0.4 output takes blosc or zstd")
+
+
 def choice_of(codec: Any) -> CodecChoice:
     config = codec.to_dict()
     return CodecChoice(name=config["name"], configuration=config.get("configuration", {}),

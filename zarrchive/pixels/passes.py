@@ -3,7 +3,8 @@
 The compress stage's streaming pass (``stream_region``: read a region of the
 source once, write it and every level it makes, proven), the small levels made
 from the level above (``downsample_regions``), the codec trial on a sample of
-chunks (``select_codec``) and QC's per-chunk facts (``chunk_stats``). Workers
+chunks (``select_codec``), all of it in one task for an image that is one
+region (``whole_image``), and QC's per-chunk facts (``chunk_stats``). Workers
 import this module when they start (``cluster.WORKER_MODULES``), so a light
 import keeps the cluster's start short.
 """
@@ -20,7 +21,7 @@ import zarr
 from zarrchive.config import CodecSpec
 from zarrchive.errors import InputError, is_file_fault
 from zarrchive.pixels.blocks import chunk_slices, downsample
-from zarrchive.pixels.codecs import choose_codec
+from zarrchive.pixels.codecs import array_codec_kwargs, choose_codec, make_codec, v2_codec
 from zarrchive.pixels.shards import ArrayWriter, Stored
 from zarrchive.pixels.sources import read_region
 from zarrchive.records import CodecSelection, ImageRecord, Level
@@ -65,6 +66,11 @@ def stream_region(source: str, image: ImageRecord, store: str, region: tuple[sli
     """Read ``region`` of the source once and write it, and each streamed level below it, proven; return what
     was stored and the digests of the level-0 chunks (their start and the sha256 of their pixels; none unless
     ``digests``)."""
+    return _write_block(_read(source, image, region), image, store, region, plans, digests)
+
+
+def _read(source: str, image: ImageRecord, region: tuple[slice, ...]) -> np.ndarray:
+    """``region`` of the source, as the image's type and shape say it must be."""
     shown_as = image.shown_as
     try:
         block = read_region(source, image.layout, region)
@@ -76,6 +82,12 @@ def stream_region(source: str, image: ImageRecord, store: str, region: tuple[sli
     if block.shape != expected or block.dtype != np.dtype(image.dtype):
         raise InputError(shown_as, f"the reader gave {block.shape} {block.dtype} pixels for a region of "
                                    f"{expected} {image.dtype}")
+    return block
+
+
+def _write_block(block: np.ndarray, image: ImageRecord, store: str, region: tuple[slice, ...],
+                 plans: list[LevelPlan], digests: bool) -> tuple[Stored, list[tuple]]:
+    """Write a level-0 ``block`` at ``region`` and each streamed level it makes, proven."""
     level0 = _chunk_digests(block, region, plans[0].level.chunks) if digests else []
     streamed = [p for p in plans if p.streamed]
     stored = Stored()
@@ -96,6 +108,41 @@ def _named(exc: Exception, shown_as: str, what: str) -> Exception:
     if not is_file_fault(exc):
         return exc
     return InputError(shown_as, f"{what} cannot be read: {type(exc).__name__}: {exc}")
+
+
+def whole_image(source: str, image: ImageRecord, store: str, plans: list[LevelPlan], candidates: list[CodecSpec],
+                samples: list[tuple[slice, ...]], min_encode_mbps: float, size_tolerance: float, ngff: str,
+                digests: bool = True) -> tuple[CodecSelection | None, Stored, list[tuple]]:
+    """The whole compress pass of an image no larger than a streaming region may be, in one task: read it once, choose its
+    codec among ``candidates`` on the ``samples`` chunks of that read (as ``select_codec`` would from the file),
+    create its arrays (``ngff`` 0.5: sharded Zarr v3; 0.4: Zarr v2), write every level (the streamed ones from
+    the block, the others from the level above), each write proven. What the task returns is what the streaming
+    pass would: the choice, what was stored, the digests of level 0's chunks. A small image costs one round trip
+    to the cluster instead of a codec trial, a write and a task per small level."""
+    region = tuple(slice(0, n) for n in plans[0].level.shape)
+    block = _read(source, image, region)
+    selection = None
+    if len(candidates) > 1:
+        selection = choose_codec([np.ascontiguousarray(block[r]) for r in samples], candidates, min_encode_mbps,
+                                 size_tolerance)
+    codec = make_codec(candidates[selection.chosen if selection else 0])
+    root = zarr.open_group(store, mode="w", zarr_format=3 if ngff == "0.5" else 2)
+    for plan in plans:
+        root.create_array(plan.level.path, shape=plan.level.shape, chunks=plan.level.chunks, dtype=image.dtype,
+                          fill_value=0, **array_layout(plan, codec, image.axis_names, ngff))
+    stored, level0 = _write_block(block, image, store, region, plans, digests)
+    for above, plan in zip(plans, plans[1:]):
+        if not plan.streamed:
+            stored.add(downsample_regions(store, above.level.path, plan, chunk_slices(plan.level.shape, plan.unit)))
+    return selection, stored, level0
+
+
+def array_layout(plan: LevelPlan, codec: Any, axes: list[str], ngff: str) -> dict[str, Any]:
+    """``create_array`` arguments for a level: sharded Zarr v3 with named dimensions (NGFF 0.5), or Zarr v2
+    with '/'-separated chunk keys (NGFF 0.4)."""
+    if ngff == "0.5":
+        return {"shards": plan.shards, "dimension_names": axes, **array_codec_kwargs(codec)}
+    return {"compressors": v2_codec(codec), "chunk_key_encoding": {"name": "v2", "separator": "/"}}
 
 
 def downsample_regions(store: str, above: str, plan: LevelPlan, regions: list[tuple[slice, ...]]) -> Stored:
