@@ -82,6 +82,17 @@ def test_the_many_images_benchmark_runs_and_writes_its_result(tmp_path):
     assert result["fixed_s"] > 0 and "one more image" in done.stdout and "target: <= 10x" in done.stdout
 
 
+def test_the_small_passes_benchmark_measures_both_passes_and_both_qc_gathers(tmp_path):
+    out = tmp_path / "passes.json"
+    done = subprocess.run([sys.executable, str(SCRIPT.parent / "small_passes.py"), "--images", "2", "--repeat", "1",
+                           "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert all(len(result[k]) == 1 and result[k][0] > 0 for k in ("compress_whole_ms", "compress_streamed_ms",
+                                                                  "qc_each_ms", "qc_together_ms"))
+    assert "one task against streamed" in done.stdout
+
+
 def test_the_codec_brute_force_mode_prints_a_table_per_image_and_judges_the_profiles(tmp_path):
     out = tmp_path / "codecs.json"
     done = subprocess.run([sys.executable, str(SCRIPT), "--brute-force", "--quick", "--chunks", "2", "--only", "8-bit",
