@@ -3,8 +3,8 @@
 The compress stage's streaming pass (``stream_region``: read a region of the
 source once, write it and every level it makes, proven), the small levels made
 from the level above (``downsample_regions``), the codec trial on a sample of
-chunks (``select_codec``), all of it in one task for an image that is one
-region (``whole_image``), and QC's per-chunk facts (``chunk_stats``). Workers
+chunks (``select_codec``), all of it in one task for an image no larger than
+a streaming region (``whole_image``), and QC's per-chunk facts (``chunk_stats``). Workers
 import this module when they start (``cluster.WORKER_MODULES``), so a light
 import keeps the cluster's start short.
 """
@@ -113,12 +113,12 @@ def _named(exc: Exception, shown_as: str, what: str) -> Exception:
 def whole_image(source: str, image: ImageRecord, store: str, plans: list[LevelPlan], candidates: list[CodecSpec],
                 samples: list[tuple[slice, ...]], min_encode_mbps: float, size_tolerance: float, ngff: str,
                 digests: bool = True) -> tuple[CodecSelection | None, Stored, list[tuple]]:
-    """The whole compress pass of an image no larger than a streaming region may be, in one task: read it once, choose its
-    codec among ``candidates`` on the ``samples`` chunks of that read (as ``select_codec`` would from the file),
-    create its arrays (``ngff`` 0.5: sharded Zarr v3; 0.4: Zarr v2), write every level (the streamed ones from
-    the block, the others from the level above), each write proven. What the task returns is what the streaming
-    pass would: the choice, what was stored, the digests of level 0's chunks. A small image costs one round trip
-    to the cluster instead of a codec trial, a write and a task per small level."""
+    """The whole compress pass of an image no larger than a streaming region may be, in one task: read it once,
+    choose its codec among ``candidates`` on the ``samples`` chunks of that read (as ``select_codec`` would from
+    the file), create its arrays (``ngff`` 0.5: sharded Zarr v3; 0.4: Zarr v2), write every level (the
+    streamed ones from the block, the others from the level above), each write proven. The task returns what
+    the streaming pass would: the choice, what was stored, the digests of level 0's chunks. A small image costs
+    one round trip to the cluster instead of a codec trial, a write and a task per small level."""
     region = tuple(slice(0, n) for n in plans[0].level.shape)
     block = _read(source, image, region)
     selection = None
