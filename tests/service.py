@@ -60,9 +60,9 @@ def start_server(home: Path, log: Path) -> Service:
            "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{home}/prefect.db",
            "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "2",
            "PREFECT_SERVER_SERVICES_LATE_RUNS_ENABLED": "false", "PREFECT_WORKER_QUERY_SECONDS": "1",
-           "PREFECT_WORKER_PREFETCH_SECONDS": "5", "PREFECT_LOGGING_LEVEL": "INFO",
-           "DASK_LOGGING__DISTRIBUTED": "warning"}
+           "PREFECT_WORKER_PREFETCH_SECONDS": "5", "PREFECT_LOGGING_LEVEL": "INFO"}
     env.pop("PREFECT_PROFILES_PATH", None)
+    env.pop("DASK_LOGGING__DISTRIBUTED", None)  # runs quiet Dask themselves (cluster.log_level), as at a site
     server = subprocess.Popen([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
                               env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True)
     service = Service(url=url, ui=f"http://127.0.0.1:{port}", env=env, home=home, processes=[server])

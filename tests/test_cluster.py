@@ -36,6 +36,44 @@ def test_a_local_cluster_is_started_for_the_run_and_closed_after():
         Client(address, timeout="2s", set_as_default=False)
 
 
+RUN_WITH_A_CLUSTER = """
+import sys
+from prefect import flow
+from zarrchive.cluster import cluster_for_run
+from zarrchive.config import load_settings
+
+@flow(name="cluster-logs")
+def run(level: str) -> None:
+    settings = load_settings(None, overrides={"cluster": {"n_workers": 1, "log_level": level}})
+    with cluster_for_run(settings.cluster, dashboard=False) as address:
+        from zarrchive.cluster import client_for
+        with client_for(address) as client:
+            client.submit(sum, [1, 2]).result()
+    print("END OF RUN", level, flush=True)
+
+if __name__ == "__main__":
+    run(sys.argv[1])
+"""
+
+
+@pytest.mark.parametrize("level, quiet", [("warning", True), ("info", False)])
+def test_a_flow_run_s_log_holds_no_dask_info_lines_unless_configured(tmp_path, level, quiet):
+    """Dask's per-connection INFO lines stay out of a run's log in a flow (as a worker runs it), not only on the
+    command line; the setting turns them back on."""
+    import subprocess
+
+    script = tmp_path / "run.py"
+    script.write_text(RUN_WITH_A_CLUSTER)
+    env = {k: v for k, v in os.environ.items() if k != "DASK_LOGGING__DISTRIBUTED"}
+    env["PREFECT_LOGGING_LEVEL"] = "INFO"
+    done = subprocess.run([sys.executable, str(script), level], env=env, capture_output=True, text=True,
+                          timeout=300)
+    log = done.stdout + done.stderr
+    assert f"END OF RUN {level}" in log, log[-3000:]
+    dask_lines = [line for line in log.splitlines() if "distributed." in line and "INFO" in line]
+    assert (not dask_lines) if quiet else len(dask_lines) > 5, dask_lines[:10]
+
+
 def test_an_existing_scheduler_is_used_and_left_running(scheduler):
     with cluster_for_run(ClusterSettings(address=scheduler, threads_per_worker=1, memory_limit="auto")) as address:
         assert address == scheduler

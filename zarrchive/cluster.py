@@ -20,6 +20,8 @@ receive only the scheduler address and connect with ``client_for``.
 from __future__ import annotations
 
 import contextlib
+import logging
+import os
 import shlex
 import threading
 from dataclasses import dataclass
@@ -52,6 +54,7 @@ def worker_malloc(memory_limit: int | None) -> dict[str, int]:
 def cluster_for_run(settings: ClusterSettings, dashboard: bool = True) -> Iterator[str]:
     """Yield the scheduler address of the run's cluster (started here unless ``settings.address`` is given);
     a LocalCluster started without ``dashboard`` starts faster (no Bokeh), for callers that show no link."""
+    distributed_log_level(settings.log_level)
     if settings.kind == "address":
         yield settings.address
         return
@@ -63,6 +66,14 @@ def cluster_for_run(settings: ClusterSettings, dashboard: bool = True) -> Iterat
     finally:
         release_clients(cluster.scheduler_address)
         cluster.close()
+
+
+def distributed_log_level(level: str) -> None:
+    """Dask distributed's loggers at ``level`` in this process and in the worker processes it starts (they read
+    the environment as they import distributed): its per-connection INFO lines would otherwise drown a run's log,
+    in a flow run a worker started as much as on the command line."""
+    os.environ["DASK_LOGGING__DISTRIBUTED"] = level
+    logging.getLogger("distributed").setLevel(level.upper())
 
 
 def local_sizes(settings: ClusterSettings) -> tuple[int, int]:

@@ -226,6 +226,7 @@ class ClusterSettings(Section):
     memory_limit: Annotated[str, AfterValidator(_memory_limit)]
     worker_memory: WorkerMemory = WorkerMemory()
     allowed_failures: int = Field(default=3, ge=0)
+    log_level: Literal["debug", "info", "warning", "error"] = "warning"
     slurm: SlurmSettings | None = None
 
     @model_validator(mode="after")
