@@ -30,7 +30,7 @@ from zarrchive.archive.storage import (
     write_bytes_exclusive,
 )
 from zarrchive.archive.versions import (
-    CRATE, MANIFEST, VERSIONS, accessions, effective_release_date, embargo, is_shared, manifests, read_manifest,
+    CRATE, MANIFEST, VERSIONS, accessions, embargo, is_shared, manifests, read_manifest,
     version_index,
 )
 from zarrchive.errors import VerificationError
@@ -57,7 +57,7 @@ def due(archive: str, private: str, today: dt.date | None = None) -> list[tuple[
     for accession in accessions(private):
         record = embargo(private, accession)
         for manifest in manifests(private, accession):
-            date = effective_release_date(manifest, record)
+            date = record.release_date(manifest)
             if date <= today:
                 found.append((accession, manifest["version"], date))
     return found
@@ -97,7 +97,8 @@ def _release(archive: str, private: str, accession: str, version: int, why: Rele
             _copy_verified(src_fs, join(src, entry["path"]), dst_fs, join(dst, entry["path"]), entry)
             entries.append(entry)
         faults.point("release.copied")
-        crate = _released_crate(read_json(src_fs, join(src, CRATE)), accession, version, why, today)
+        changed = embargo(private, accession).history_of(version)
+        crate = _released_crate(read_json(src_fs, join(src, CRATE)), accession, version, why, today, changed)
         data = dumps(crate)
         sha = write_bytes_atomic(dst_fs, join(dst, CRATE), data)
         entries.append({"path": CRATE, "size": len(data), "sha256": sha})
@@ -137,11 +138,21 @@ def _copy_verified(src_fs: Any, src: str, dst_fs: Any, dst: str, entry: dict[str
                                     f"{digest.hexdigest()}, {size} bytes): not released; run zarrchive verify")
 
 
-def _released_crate(crate: dict[str, Any], accession: str, version: int, why: Release,
-                    today: dt.date) -> dict[str, Any]:
+def _released_crate(crate: dict[str, Any], accession: str, version: int, why: Release, today: dt.date,
+                    changed: list[dict[str, Any]]) -> dict[str, Any]:
+    """The version's RO-Crate as released: ``datePublished`` today, what curators changed of its embargo
+    (``changed``: extensions, earlier dates) and the release itself as actions, each curator a person."""
     graph = [dict(node) for node in crate["@graph"]]
     root = next(n for n in graph if n.get("@id") == "./")
     root["datePublished"] = today.isoformat()
+    curators = {why.by} if why.early else set()
+    for number, entry in enumerate(changed, 1):
+        graph.append({"@id": f"#action/embargo-{number}", "@type": "UpdateAction", "name": "embargo",
+                      "description": f"release date {entry['action']} to {entry['release_date']}: {entry['reason']}",
+                      "object": {"@id": "./"}, "endTime": entry["at"], "agent": {"@id": f"#curator/{entry['by']}"},
+                      "actionStatus": {"@id": "http://schema.org/CompletedActionStatus"}, "zarrchive:stage": "embargo"})
+        root.setdefault("mentions", []).append({"@id": f"#action/embargo-{number}"})
+        curators.add(entry["by"])
     action = {"@id": "#action/release", "@type": "UpdateAction", "name": "release",
               "description": (f"released early on request: {why.reason}" if why.early else
                               "released on its release date"),
@@ -149,7 +160,7 @@ def _released_crate(crate: dict[str, Any], accession: str, version: int, why: Re
               "actionStatus": {"@id": "http://schema.org/CompletedActionStatus"}, "zarrchive:stage": "release"}
     if why.early:
         action["agent"] = {"@id": f"#curator/{why.by}"}
-        graph.append({"@id": f"#curator/{why.by}", "@type": "Person", "name": why.by})
+    graph += [{"@id": f"#curator/{name}", "@type": "Person", "name": name} for name in sorted(curators)]
     graph.append(action)
     root.setdefault("mentions", []).append({"@id": "#action/release"})
     return {**crate, "@graph": graph}

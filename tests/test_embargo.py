@@ -121,6 +121,18 @@ def test_a_curator_releases_early_or_extends_the_embargo_and_both_are_recorded(t
     assert main(["changes", "--archive", archive, "--json"]) == 0
     assert [(e["event"], e["accession"]) for e in json.loads(capsys.readouterr().out)] == [("released", "ZA000001")]
 
+    # a curator's date holds for the versions it was given: a version published after an early release keeps its own
+    (tmp_path / "a" / "notes.txt").write_text("corrected after the paper\n")
+    assert ingest(str(tmp_path / "a"), archive, config_file()).version == 2
+    assert due(archive, f"{archive}-private", dt.date.today()) == []
+    assert due(archive, f"{archive}-private", LATER) == [("ZA000001", 2, LATER)]
+    # the extension is in the lineage of the version it delayed, once released
+    release_version(archive, f"{archive}-private", "ZA000002", 1, today=later)
+    crate = json.loads((Path(archive) / "ZA000002" / "v1" / "ro-crate-metadata.json").read_text())
+    change = next(n for n in crate["@graph"] if n.get("zarrchive:stage") == "embargo")
+    assert change["agent"] == {"@id": "#curator/Grace"} and "the paper is delayed" in change["description"]
+    assert {"@id": "#curator/Grace", "@type": "Person", "name": "Grace"} in crate["@graph"]
+
 
 def test_the_release_flow_releases_what_is_due(tmp_path, config_file):
     from zarrchive.flows.release import release_embargoed

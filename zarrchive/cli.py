@@ -89,7 +89,7 @@ def _parser() -> argparse.ArgumentParser:
     deploy = sub.add_parser("deploy", help="register a consortium's deployments with the Prefect server")
     deploy_cmds = deploy.add_subparsers(dest="action", required=True)
     register = deploy_cmds.add_parser("register", help="validate a consortium file, then create or update its "
-                                                      "deployments (ingest, nightly import, fixity audit)")
+                                                      "deployments (ingest, nightly import, fixity audit, embargo release)")
     register.add_argument("file", help="the consortium's YAML file (see configs/consortia/example.yaml)")
     register.add_argument("--json", action="store_true")
     listing = deploy_cmds.add_parser("list", help="each consortium's deployments, schedules and next runs")
@@ -105,8 +105,9 @@ def _parser() -> argparse.ArgumentParser:
     rel.add_argument("--reason", required=True, help="why (recorded)")
     emb = _curator_command(sub, "embargo", "change the release date of an accession's embargoed versions")
     emb.add_argument("--until", required=True, help="the new release date, YYYY-MM-DD")
-    emb.add_argument("--curator", required=True)
-    emb.add_argument("--reason", required=True)
+    emb.add_argument("--version", type=int, help="one version (default: every embargoed one)")
+    emb.add_argument("--curator", required=True, help="who asks for it (recorded in the version's lineage)")
+    emb.add_argument("--reason", required=True, help="why (recorded)")
 
     feed = sub.add_parser("changes", help="what became public in the archive (the changes feed)")
     feed.add_argument("--archive", required=True)
@@ -310,7 +311,8 @@ def _release(args: argparse.Namespace) -> int:
              if args.version is None or m["version"] == args.version]
     if not found:
         raise NotFound(f"{args.accession} has no embargoed version" + (f" {args.version}" if args.version else ""))
-    set_embargo(private, args.accession, dt.date.today(), args.curator, args.reason, "released early on request")
+    set_embargo(private, args.accession, found, dt.date.today(), args.curator, args.reason,
+                "brought forward on request")
     why = Release(by=args.curator, reason=args.reason)
     released = [release_version(args.archive, private, args.accession, number, why) for number in found]
     for problem in refresh(args.archive, args.accession, _settings(args.config).catalog):
@@ -330,19 +332,24 @@ def _embargo(args: argparse.Namespace) -> int:
     from zarrchive.archive.versions import manifests, set_embargo
 
     private = _private(args.archive, args.config)
-    if not manifests(private, args.accession):
-        raise NotFound(f"{args.accession} has no embargoed version in {private}")
+    found = [m["version"] for m in manifests(private, args.accession)
+             if args.version is None or m["version"] == args.version]
+    if not found:
+        raise NotFound(f"{args.accession} has no embargoed version"
+                       + (f" {args.version}" if args.version else "") + f" in {private}")
     try:
         until = dt.date.fromisoformat(args.until)
     except ValueError:
         raise ConfigError("--until", [f"{args.until!r} is not a date written YYYY-MM-DD"]) from None
     action = "extended" if until > dt.date.today() else "brought forward"
-    record = set_embargo(private, args.accession, until, args.curator, args.reason, action)
+    record = set_embargo(private, args.accession, found, until, args.curator, args.reason, action)
     if args.json:
-        print(json.dumps({"status": "ok", "accession": args.accession, "release_date": until.isoformat(),
+        print(json.dumps({"status": "ok", "accession": args.accession, "versions": found,
+                          "release_date": until.isoformat(),
                           "history": record.history}))
     else:
-        print(f"{args.accession}: embargoed versions are released on {until} ({action} by {args.curator})")
+        print(f"{args.accession} " + ", ".join(f"v{v}" for v in found)
+              + f": released on {until} ({action} by {args.curator})")
     return EXIT_OK
 
 

@@ -162,37 +162,57 @@ def accessions(location: str) -> list[str]:
 
 @dataclass(frozen=True)
 class Embargo:
-    """The embargo of one accession's private versions: the date they are released, and who changed it."""
+    """What curators changed of an accession's embargo: a release date per private version (an extension, or an
+    earlier date on request), and the history of who changed what, when and why. A version keeps its own date
+    unless a curator changed it: a record never reaches a version published after it."""
 
-    release_date: dt.date | None  # an extension or an early release; None: each version's own date
+    dates: dict[int, dt.date]
     history: list[dict[str, Any]]
+
+    def release_date(self, manifest: dict[str, Any]) -> dt.date:
+        """The day ``manifest``'s version is released: the date a curator set for it, else its own."""
+        return self.dates.get(manifest["version"]) or dt.date.fromisoformat(manifest["release_date"])
+
+    def history_of(self, version: int) -> list[dict[str, Any]]:
+        return [entry for entry in self.history if version in entry.get("versions", [])]
+
+
+EMBARGO_FORMAT = 2
 
 
 def embargo(private: str, accession: str) -> Embargo:
+    from zarrchive.archive.documents import DocumentError
+
     fs, root = resolve(private)
+    path = join(root, accession, EMBARGO)
     try:
-        record = read_json(fs, join(root, accession, EMBARGO))
+        record = read_json(fs, path)
     except FileNotFoundError:
-        return Embargo(None, [])
-    date = record.get("release_date")
-    return Embargo(dt.date.fromisoformat(date) if date else None, record.get("history", []))
+        return Embargo({}, [])
+    if record.get("format_version", 1) > EMBARGO_FORMAT:
+        raise DocumentError(f"{path}: embargo record format {record['format_version']} is newer than this "
+                            f"zarrchive reads ({EMBARGO_FORMAT}); upgrade zarrchive")
+    history = record.get("history", [])
+    if record.get("format_version", 1) == 1:  # one date for the accession: it held for the versions private then
+        at = history[-1]["at"] if history else ""
+        versions = [m["version"] for m in manifests(private, accession) if m["created"] <= at]
+        return Embargo({v: dt.date.fromisoformat(record["release_date"]) for v in versions}, history)
+    return Embargo({int(v): dt.date.fromisoformat(d) for v, d in record["dates"].items()}, history)
 
 
-def set_embargo(private: str, accession: str, release_date: dt.date, by: str, reason: str, action: str) -> Embargo:
-    """Record a new release date for the accession's private versions (an extension, or an earlier date on
-    request), with who asked and why; the history is kept."""
+def set_embargo(private: str, accession: str, versions: list[int], release_date: dt.date, by: str, reason: str,
+                action: str) -> Embargo:
+    """Record a new release date for ``versions`` of the accession's private versions (an extension, or an
+    earlier date on request), with who asked and why; the history is kept."""
     from zarrchive.archive.storage import dumps, write_bytes_atomic
 
     current = embargo(private, accession)
-    entry = {"action": action, "release_date": release_date.isoformat(), "by": by, "reason": reason,
-             "at": dt.datetime.now(dt.timezone.utc).isoformat()}
-    fs, root = resolve(private)
+    entry = {"action": action, "versions": sorted(versions), "release_date": release_date.isoformat(), "by": by,
+             "reason": reason, "at": dt.datetime.now(dt.timezone.utc).isoformat()}
+    dates = {**current.dates, **{v: release_date for v in versions}}
     history = current.history + [entry]
-    write_bytes_atomic(fs, join(root, accession, EMBARGO), dumps({"format_version": 1,
-                                                                  "release_date": release_date.isoformat(),
-                                                                  "history": history}))
-    return Embargo(release_date, history)
-
-
-def effective_release_date(manifest: dict[str, Any], record: Embargo) -> dt.date:
-    return record.release_date or dt.date.fromisoformat(manifest["release_date"])
+    fs, root = resolve(private)
+    write_bytes_atomic(fs, join(root, accession, EMBARGO), dumps({
+        "format_version": EMBARGO_FORMAT, "dates": {str(v): d.isoformat() for v, d in sorted(dates.items())},
+        "history": history}))
+    return Embargo(dates, history)
