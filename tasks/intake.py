@@ -6,15 +6,18 @@ the field or file. The accession is stable for the same submission location.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import functools
 import hashlib
+import os
 import re
 import uuid
 from typing import Any, Callable
 
 import fsspec
 import yaml
+from fsspec.implementations.local import LocalFileSystem
 
 from zarrchive import yamldoc
 from zarrchive.archive.lineage import Traced, stage_task, traced
@@ -190,8 +193,10 @@ def submission_key(source: str) -> str:
 def allocate_accession(source: str, archive: str, settings: ArchiveSettings) -> str:
     """The accession of the submission at ``source``: the one it already has, or the next free one.
 
-    A registry entry per submission location makes reruns stable; a new number
-    is claimed by creating ``<accession>/accession.json`` exclusively.
+    A number is claimed by creating ``<accession>/accession.json`` exclusively, then given to the submission by
+    creating its registry entry exclusively (an entry per submission location makes reruns stable). Of runs of
+    one submission racing for its first accession, one entry is created: the others read it and let their own
+    claim go, so one submission never gets two accessions.
     """
     fs, root = resolve(archive)
     key = submission_key(source)
@@ -200,22 +205,35 @@ def allocate_accession(source: str, archive: str, settings: ArchiveSettings) -> 
     if fs.exists(registry):
         return read_json(fs, registry)["accession"]
     fs.makedirs(root, exist_ok=True)
+    claim = _claim_number(fs, root, key, settings)
+    try:
+        write_bytes_exclusive(fs, registry, dumps(claim))
+    except FileExistsError:  # another run of this submission registered it first: its accession holds
+        fs.rm(join(root, claim["accession"], "accession.json"))
+        _remove_empty_folder(fs, join(root, claim["accession"]))
+        return read_json(fs, registry)["accession"]
+    return claim["accession"]
+
+
+def _claim_number(fs: fsspec.AbstractFileSystem, root: str, key: str, settings: ArchiveSettings) -> dict[str, str]:
+    """Claim the next free accession number for the submission ``key`` (an exclusive create); the claim."""
     pattern = re.compile(rf"^{re.escape(settings.accession_prefix)}(\d{{{settings.accession_digits}}})$")
     taken = [int(m.group(1)) for name in _names(fs, root) if (m := pattern.match(name))]
     number = max(taken, default=0) + 1
     while True:
         accession = f"{settings.accession_prefix}{number:0{settings.accession_digits}d}"
-        claim = {"accession": accession, "submission": key,
-                 "created": dt.datetime.now(dt.timezone.utc).isoformat()}
+        claim = {"accession": accession, "submission": key, "created": dt.datetime.now(dt.timezone.utc).isoformat()}
         try:
-            fs.makedirs(join(root, accession), exist_ok=True)
-            with fs.open(join(root, accession, "accession.json"), "xb") as fh:
-                fh.write(dumps(claim))
-            break
+            write_bytes_exclusive(fs, join(root, accession, "accession.json"), dumps(claim))
+            return claim
         except FileExistsError:
             number += 1
-    write_bytes_atomic(fs, registry, dumps(claim))
-    return accession
+
+
+def _remove_empty_folder(fs: fsspec.AbstractFileSystem, path: str) -> None:
+    if isinstance(fs, LocalFileSystem):
+        with contextlib.suppress(OSError):
+            os.rmdir(path)
 
 
 def _names(fs: fsspec.AbstractFileSystem, root: str) -> list[str]:

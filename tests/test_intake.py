@@ -408,3 +408,29 @@ def test_a_zarr_store_is_one_entry_of_the_template_and_of_a_submission(tmp_path)
     assert [f["path"] for f in files] == ["images/a.ome.zarr", "images/b.zarr", "stack/z0.tif"]
     doc = valid_doc([{"path": "images/a.ome.zarr"}, {"path": "images/b.zarr"}, {"path": "stack/z0.tif"}])
     assert [f for f in check_folder(str(write_doc(folder, doc)), CHECKS)[2] if f.severity == "error"] == []
+
+
+@pytest.mark.parametrize("where", ["folder", "s3"])
+def test_runs_of_one_submission_racing_for_its_first_accession_all_get_the_same_one(tmp_path, where, request):
+    """Four runs of one submission start at the same instant, ten times: each time they all get one accession
+    (each claims a number, one registers it, the others let theirs go), and two submissions racing get two."""
+    import threading
+
+    settings = load_settings().archive
+    for trial in range(10 if where == "folder" else 3):
+        if where == "folder":
+            archive = str(tmp_path / f"archive{trial}")
+        else:
+            archive = f"s3://{request.getfixturevalue('s3_endpoint')()}/archive"
+        start, got = threading.Barrier(6), []
+
+        def run(source: str) -> None:
+            start.wait()
+            got.append((source, allocate_accession(source, archive, settings)))
+
+        threads = [threading.Thread(target=run, args=(str(tmp_path / name),)) for name in ["a"] * 4 + ["b"] * 2]
+        [t.start() for t in threads]
+        [t.join() for t in threads]
+        given = {source: {acc for s, acc in got if s == source} for source in {s for s, _ in got}}
+        assert len(got) == 6 and all(len(accs) == 1 for accs in given.values()), (trial, got)
+        assert given[str(tmp_path / "a")] != given[str(tmp_path / "b")]

@@ -657,6 +657,9 @@ CASES = [
     ("Single-byte mutations of valid TIFFs and OME-XML (Hypothesis, seeded)", "convert, or an InputError naming "
      "the file; never a hang or a bare MemoryError", "test_reliability::test_single_byte_mutations_of_valid_tiffs_"
                                                      "fail_cleanly_or_convert"),
+    ("Runs of one submission racing for its first accession (threads, on a folder and on S3)",
+     "one accession for all of them; the others let their claim go",
+     "test_intake::test_runs_of_one_submission_racing_for_its_first_accession_all_get_the_same_one"),
     ("Two runs publishing one accession at once (threads, processes, on a folder and on S3)",
      "exactly one version; the other waits and reports unchanged, or busy", "test_lease::test_two_ingest_processes_"
                                                                             "of_one_submission_publish_one_version"),

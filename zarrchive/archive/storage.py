@@ -170,8 +170,15 @@ def write_bytes_exclusive(fs: fsspec.AbstractFileSystem, path: str, data: bytes)
     if isinstance(fs, LocalFileSystem):
         tmp = f"{path}.part-{uuid.uuid4().hex[:8]}"
         try:
-            with open(tmp, "wb") as fh:
-                fh.write(data)
+            for attempt in range(3):
+                try:
+                    with open(tmp, "wb") as fh:
+                        fh.write(data)
+                    break
+                except FileNotFoundError:  # another process removed the empty folder in between (a claim let go)
+                    if attempt == 2:
+                        raise
+                    os.makedirs(parent, exist_ok=True)
             os.link(tmp, path)  # atomic, and fails when the name exists
         finally:
             if os.path.exists(tmp):
