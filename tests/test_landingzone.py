@@ -11,6 +11,7 @@ check and the copy; links reported by a remote filesystem. Each is refused by
 
 from __future__ import annotations
 
+import hashlib
 import os
 import socket
 import stat
@@ -227,18 +228,39 @@ def test_fetch_refuses_a_folder_swapped_for_a_link_after_the_check(tmp_path, hos
 
 
 def test_a_file_written_to_while_it_is_fetched_is_copied_again(tmp_path, monkeypatch):
+    """The depositor's program rewrites the file in place after the first block was read: that copy would be
+    torn (old first block, new rest), so it is refused and the file copied again, whole and new."""
     from test_fetch import make_submission
-    from zarrchive import landingzone
+    from zarrchive.tasks import fetch as fetch_mod
 
     sub = tmp_path / "sub"
     sub.mkdir()
-    (sub / "a.bin").write_bytes(b"first version " * 1000)
+    (sub / "a.bin").write_bytes(b"first version " * 10000)
     entry = make_submission(str(sub), [{"path": "a.bin"}])
-    stamps = iter([(1,), (2,), (3,), (3,)])  # changed during the first copy, stable during the second
-    monkeypatch.setattr(landingzone.SubmissionFiles, "stamp", lambda self, rel, handle: next(stamps))
+    copy, calls = fetch_mod.copy_stream_hashing, []
+
+    class Rewritten:  # the source handle; after its first block, the file is rewritten in place (same inode)
+        def __init__(self, fin):
+            self.fin = fin
+
+        def read(self, size=-1):
+            block = self.fin.read(size)
+            if len(calls) == 1 and block:
+                with open(sub / "a.bin", "r+b") as fh:
+                    fh.write(b"other version " * 10000)
+                calls.append("rewritten")
+            return block
+
+    def copying(fin, *args, **kwargs):
+        calls.append("copy")
+        return copy(Rewritten(fin), *args, **kwargs)
+
+    monkeypatch.setattr(fetch_mod, "copy_stream_hashing", copying)
     record = fetch_file(entry, entry.doc.files[0], str(tmp_path / "staging"),
-                        FetchSettings(block_size=1 << 16, retries=1, retry_delay_seconds=[0]))
-    assert Path(record.staged_path).read_bytes() == (sub / "a.bin").read_bytes()
+                        FetchSettings(block_size=1 << 12, retries=2, retry_delay_seconds=[0]))
+    assert calls == ["copy", "rewritten", "copy"]
+    assert Path(record.staged_path).read_bytes() == b"other version " * 10000
+    assert record.sha256 == hashlib.sha256(b"other version " * 10000).hexdigest()
 
 
 def test_other_filesystems_refuse_what_they_report_as_a_link(tmp_path):

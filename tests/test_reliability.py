@@ -18,6 +18,7 @@ import signal
 import subprocess
 import sys
 import threading
+import uuid
 import time
 import urllib.request
 from pathlib import Path
@@ -70,6 +71,20 @@ def alive(pids: set[int]) -> set[int]:
     return out
 
 
+def marked(marker: str) -> set[int]:
+    """Every process whose environment holds ``ZARRCHIVE_TEST_RUN=marker``: a run's process and all it started
+    (they inherit its environment), found even after the run's process died and its children were re-parented."""
+    needle = f"ZARRCHIVE_TEST_RUN={marker}".encode()
+    found = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError):
+                with open(f"/proc/{entry}/environ", "rb") as fh:
+                    if needle in fh.read().split(b"\0"):
+                        found.add(int(entry))
+    return found
+
+
 def wait_gone(pids: set[int], seconds: float = 20) -> set[int]:
     deadline = time.monotonic() + seconds
     while (left := alive(pids)) and time.monotonic() < deadline:
@@ -110,7 +125,8 @@ def run_case(tmp_path):
             return str(config)
 
         def start(self, cfg: str, faults: str | None = None, api: str | None = None) -> subprocess.Popen:
-            env = {**os.environ, "ZARRCHIVE_FAULTS_MARK": str(self.mark)}
+            self.marker = uuid.uuid4().hex  # what the run's processes carry (``marked``)
+            env = {**os.environ, "ZARRCHIVE_FAULTS_MARK": str(self.mark), "ZARRCHIVE_TEST_RUN": self.marker}
             env.pop("PREFECT_API_URL", None)
             if api:
                 env["PREFECT_API_URL"] = api
@@ -160,17 +176,20 @@ def test_sigterm_stops_a_run_within_seconds_and_leaves_nothing_behind(run_case, 
     assert snapshot(run_case.folder) == run_case.before
 
 
-KILL_POINTS = ["fetch.copy", "compress.start", "publish.images", "publish.commit", "publish.committed"]
+KILL_POINTS = ["fetch.copy", "convert.start", "compress.start", "qc.start", "publish.start", "publish.originals",
+               "publish.images", "publish.commit", "publish.committed"]
 
 
 @pytest.mark.parametrize("where", KILL_POINTS)
 def test_kill_9_at_each_step_then_the_next_run_completes_without_redoing_verified_work(run_case, scheduler,
                                                                                      prefect_server, where):
-    cfg = run_case.config(scheduler)
+    own_cluster = where == "compress.start"  # once with the run's own LocalCluster, whose workers must end too
+    cfg = run_case.config(None if own_cluster else scheduler)
     killed = run_case.start(cfg, f"{where}=kill")
     killed.communicate(timeout=300)
     assert killed.returncode == -signal.SIGKILL and where in run_case.mark.read_text()
-    assert wait_gone(descendants(killed.pid)) == set()  # the API server died with it (parent-death signal)
+    # the API server and the cluster's workers died with it (parent-death signal), though re-parented
+    assert wait_gone(marked(run_case.marker)) == set()
     manifests = list(run_case.archive.rglob("manifest.json"))
     assert len(manifests) == (1 if where == "publish.committed" else 0)  # committed whole, or not visible at all
     stores = run_case.stores()
@@ -201,6 +220,7 @@ def test_clean_removes_what_a_killed_run_left_and_nothing_of_a_running_one(run_c
     running = run_case.start(cfg, "fetch.copy=stall", api=harness_api())
     try:
         wait_mark(run_case.mark, f"fetch.copy {running.pid}", running)
+        assert running.pid in marked(run_case.marker)  # what the kill test looks for is seen in a live run
         [mine] = run_case.staging_left()
         assert main(["clean", "--config", cfg, "--json"]) == 0
         assert json.loads(capsys.readouterr().out)["removed"] == []
