@@ -261,6 +261,11 @@ def test_json_reports_every_outcome_errors_included(tmp_path, config_file, prefe
     assert json.loads(capsys.readouterr().out)["status"] == "error"
     assert main(["verify", "--archive", str(archive), "--json"]) == 2  # neither an accession nor --all
     assert json.loads(capsys.readouterr().out)["status"] == "invalid configuration"
+    for usage in (["ingest", "--json"], ["ingest", str(sub), "--archive", str(archive), "--json", "--codec-profile",
+                                         "smallest"], ["nosuch", "--json"]):  # argparse's refusals too
+        assert main(usage) == 2
+        out = json.loads(capsys.readouterr().out)
+        assert out["status"] == "usage error" and out["error"] and out["usage"].startswith("usage: zarrchive"), usage
 
 
 @pytest.fixture()

@@ -14,7 +14,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, NoReturn, Sequence
 
 from zarrchive.errors import ConfigError, NotFound, ZarrchiveError
 from zarrchive.records import Publication
@@ -37,8 +37,24 @@ def _curator_command(sub: Any, name: str, help: str) -> argparse.ArgumentParser:
     return command
 
 
+class UsageError(Exception):
+    """A command line argparse refuses, with argparse's message and the usage of the command it was for."""
+
+    def __init__(self, message: str, usage: str) -> None:
+        super().__init__(message)
+        self.usage = usage
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser, raising ``UsageError`` instead of printing and exiting: ``main`` reports it like every
+    other failure (one JSON object with ``--json``), exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(message, self.format_usage())
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="zarrchive", description=__doc__.split("\n")[0])
+    parser = _Parser(prog="zarrchive", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
     ingest = sub.add_parser("ingest", help="ingest one submission folder (or fsspec URL) into an archive")
@@ -146,7 +162,15 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; its exit code. With ``--json``, every outcome prints one JSON object, errors included."""
-    args = _parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        args = _parser().parse_args(argv)
+    except UsageError as exc:  # a usage error is reported like the others: one JSON object when --json was given
+        if "--json" in argv:
+            print(json.dumps({"status": "usage error", "error": str(exc), "usage": exc.usage.strip()}))
+        else:
+            print(f"{exc.usage}zarrchive: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     # Dask's per-connection INFO lines drown the run's own log; worker processes inherit this too.
     os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
     # An archive runs offline: the Prefect server must not try to phone home.
