@@ -3,7 +3,8 @@
 Each case ends with: nothing lost at the source, no partially visible
 version, the next run completes without redoing verified work, nothing left
 running. ``CASES`` at the end is the README's Reliability table: a test checks
-that the README shows exactly it, and that every test it names exists.
+that the README shows exactly it, and that every test it names exists;
+``python tests/test_reliability.py`` writes it into the README.
 """
 
 from __future__ import annotations
@@ -42,23 +43,6 @@ def sha256(path: Path) -> str:
 
 def snapshot(folder: Path) -> dict[str, str]:
     return {str(p.relative_to(folder)): sha256(p) for p in folder.rglob("*") if p.is_file()}
-
-
-def descendants(pid: int) -> set[int]:
-    """Every process below ``pid`` (from /proc)."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            with contextlib.suppress(OSError, IndexError, ValueError):
-                with open(f"/proc/{entry}/stat", "rb") as fh:
-                    ppid = int(fh.read().rsplit(b")", 1)[1].split()[1])
-                children.setdefault(ppid, []).append(int(entry))
-    found, todo = set(), [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.add(child)
-            todo.append(child)
-    return found
 
 
 def alive(pids: set[int]) -> set[int]:
@@ -154,24 +138,26 @@ def harness_api() -> str:
 # ---------------------------------------------------------------- stop signals and kills
 
 
-def test_sigterm_stops_a_run_within_seconds_and_leaves_nothing_behind(run_case, prefect_server):
+@pytest.mark.parametrize("stop, where", [(signal.SIGTERM, "compress.start"), (signal.SIGINT, "fetch.copy")])
+def test_sigterm_or_sigint_stops_a_run_within_seconds_and_leaves_nothing_behind(run_case, prefect_server, stop,
+                                                                                where):
     cfg = run_case.config(None)  # a LocalCluster of its own: its workers must end with the run
-    run = run_case.start(cfg, "compress.start=stall")  # its own Prefect API server: it must end too
-    wait_mark(run_case.mark, "compress.start", run)
-    below = descendants(run.pid)
+    run = run_case.start(cfg, f"{where}=stall")  # its own Prefect API server: it must end too
+    wait_mark(run_case.mark, where, run)
+    below = marked(run_case.marker) - {run.pid}
     assert below, "the run started no API server or cluster"
     started = time.monotonic()
-    run.send_signal(signal.SIGTERM)
+    run.send_signal(stop)
     try:
         out, _err = run.communicate(timeout=60)
     finally:
         if run.poll() is None:  # never leave a stalled run behind, even when this test fails
             run.kill()
     stopped_in = time.monotonic() - started
-    assert stopped_in < 30, f"SIGTERM took {stopped_in:.1f} s"
-    assert run.returncode == 128 + signal.SIGTERM
-    assert json.loads(out.strip().splitlines()[-1]) == {"status": "stopped", "error": "stopped by SIGTERM"}
-    assert not wait_gone(below), "processes of the run outlived it"
+    assert stopped_in < 30, f"{stop.name} took {stopped_in:.1f} s"
+    assert run.returncode == 128 + stop
+    assert json.loads(out.strip().splitlines()[-1]) == {"status": "stopped", "error": f"stopped by {stop.name}"}
+    assert not wait_gone(marked(run_case.marker)), "processes of the run outlived it"
     assert run_case.staging_left() == [] and not list(run_case.archive.rglob("manifest.json"))
     assert snapshot(run_case.folder) == run_case.before
 
@@ -690,9 +676,10 @@ CASES = [
                                                                             "of_one_submission_publish_one_version"),
     ("A killed holder of the publishing lease; an expired lease", "taken over; the old holder can no longer "
      "commit", "test_lease::test_an_expired_lease_is_taken_over_and_its_holder_cannot_commit"),
-    ("SIGTERM during a run", "stops within seconds: staging removed, cluster and API server ended, one JSON object, "
-     "exit 143", "test_reliability::test_sigterm_stops_a_run_within_seconds_and_leaves_nothing_behind"),
-    ("kill -9 while fetching, while compressing, after uploading images, before and after the commit",
+    ("SIGTERM or SIGINT during a run (while compressing, while fetching)", "stops within seconds: staging removed, "
+     "cluster and API server ended, one JSON object, exit 128 + the signal", "test_reliability::test_sigterm_or_sigint_stops_a_run_within_seconds_and_leaves_nothing_behind"),
+    ("kill -9 at each stage (fetch, convert, compress with the run's own cluster, QC) and each step of publish "
+     "(start, images, originals, before and after the commit)",
      "no partially visible version; nothing left running; the next run removes the debris, reuses verified work "
      "and completes", "test_reliability::test_kill_9_at_each_step_then_the_next_run_completes_without_redoing_"
                       "verified_work"),
@@ -829,3 +816,10 @@ def test_validate_opens_every_image_as_far_as_the_ingest_would(tmp_path, capsys)
     assert set(found) == {"empty.tif", "notes.tif", "zip.tif", "cut.ome.tif"}
     assert "empty (0 bytes)" in found["empty.tif"] and "not supported" in found["notes.tif"]
     assert "truncated" in found["cut.ome.tif"]
+
+
+if __name__ == "__main__":  # write the table into README.md (from the repository's root: python tests/test_reliability.py)
+    readme = (ROOT / "README.md").read_text()
+    start = readme.index("| fault or hostile input |")
+    end = readme.index("\n\n", start)
+    (ROOT / "README.md").write_text(readme[:start] + readme_table() + readme[end:])
