@@ -210,8 +210,8 @@ def report(pub: Publication) -> State:
     text = outcome.message(pub)
     (log.info if outcome.succeeded(pub) else log.warning)(text)
     if outcome.succeeded(pub):
-        return Completed(message=text, data=pub)
-    return Failed(message=text, data=FailedOutcome(text, pub))
+        return Completed(message=text, data=pub, name=outcome.state_name(pub))
+    return Failed(message=text, data=FailedOutcome(text, pub), name=outcome.state_name(pub))
 
 
 def _tag_run(tags: list[str]) -> None:

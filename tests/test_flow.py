@@ -184,7 +184,13 @@ def test_one_bad_image_is_reported_and_the_others_still_processed(tmp_path, conf
     assert outcome["good"].status == "blocked" and outcome["good"].qc == "ok"  # it was converted and checked
     assert not list((tmp_path / "archive").glob("*/v*/manifest.json"))
 
-    published = ingest(sub, tmp_path / "archive", config_file(publish={"on_image_error": "skip_image"}))
+    from zarrchive.flows.ingest import ingest_submission
+
+    state = ingest_submission(submission=str(sub), archive=str(tmp_path / "archive"),
+                              config=config_file(publish={"on_image_error": "skip_image"}), return_state=True)
+    # published without an image: never plain green, named for what happened, naming the image
+    assert state.is_failed() and state.name == "Partially published" and "bad.tif" in state.message
+    published = state.result(raise_on_failure=False).data
     assert published.status == "published" and published.version == 1
     outcome = {o.image_id: o for o in published.images}
     assert outcome["good"].status == "published" and outcome["bad"].status == "failed"

@@ -40,6 +40,8 @@ def test_every_outcome_has_its_kind_message_and_tags(publication, kind, ok, star
     message = outcome.message(publication)
     assert message.startswith(starts)
     assert f"outcome:{kind}" in outcome.tags(publication)
+    assert outcome.state_name(publication) == {"not-published": "Not published", "partial": "Partially published"}.get(
+        kind, kind.capitalize())
     for reason in publication.reasons if not ok else []:
         assert reason in message
     if kind == "partial":

@@ -196,7 +196,7 @@ def test_a_run_that_publishes_nothing_is_failed_and_names_the_image(service, tmp
     (sub / "empty.tif").write_bytes(b"")
     submission(sub, [{"path": "a.ome.tif"}, {"path": "empty.tif"}])
     done = run(service, "ingest_submission/honest", submission=str(sub), create_archive=True)
-    assert done.state.type.value == "FAILED" and done.state.name == "Failed"
+    assert done.state.type.value == "FAILED" and done.state.name == "Not published"
     assert done.state.message.startswith("Not published:") and "empty.tif" in done.state.message
     assert "outcome:not-published" in done.tags
     report = artifact(service, "za000001-publication")
@@ -444,7 +444,7 @@ def test_the_ui_shows_the_consortium_its_form_a_failed_run_and_the_publication(s
     badge = page.locator(".state-badge").first
     badge.wait_for(timeout=30000)
     shot(page, "failed-run")
-    assert badge.inner_text().strip() == "Failed"
+    assert badge.inner_text().strip() == "Not published"
     colour = badge.evaluate("e => getComputedStyle(e).backgroundColor")
     red, green, _blue = (int(v) for v in colour[colour.index("(") + 1:].rstrip(")").split(",")[:3])
     assert red > green, f"the failed run's badge is not red: {colour}"

@@ -3,7 +3,8 @@
 Pure functions of a ``Publication``: the flow turns them into a Prefect state
 (published and unchanged are Completed; everything that published nothing, and
 a version published without some images, is Failed, so it is never plain
-green), tags staff can filter on (``outcome:<status>``, ``accession:<id>``) and
+green; each state is named for what happened: Published, Unchanged, Partially
+published, Refused, Not published, Busy, Damaged, Rejected), tags staff can filter on (``outcome:<status>``, ``accession:<id>``) and
 the markdown of the ``<accession>-publication`` artifact: every image with its
 fate and reason, and links to the landing page and the QC page.
 """
@@ -22,6 +23,17 @@ def kind(pub: Publication) -> str:
     if pub.partial:
         return "partial"
     return {"blocked": "not-published", "failed": "not-published"}.get(pub.status, pub.status)
+
+
+STATE_NAMES = {"published": "Published", "unchanged": "Unchanged", "partial": "Partially published",
+               "refused": "Refused", "not-published": "Not published", "busy": "Busy", "damaged": "Damaged",
+               "rejected": "Rejected"}
+
+
+def state_name(pub: Publication) -> str:
+    """The name of the run's final state, shown on its badge in the run list: what happened (the state's type,
+    Completed or Failed, gives the colour; automations can trigger on ``prefect.flow-run.<name>`` events)."""
+    return STATE_NAMES[kind(pub)]
 
 
 def succeeded(pub: Publication) -> bool:
