@@ -3,9 +3,10 @@
 Every object of every committed version is listed and compared with its
 manifest (missing, truncated, unexpected), and a rotating share of them
 (``sample``) is read back and hashed, so that ``1/sample`` audits cover the
-whole archive. Each audit is kept in the archive's audit log
-(``_audit/fixity/``); a problem fails the run and is named in its artifact.
-Nothing is ever repaired.
+whole archive. The private location's embargoed versions are audited alike
+(they may wait years for their release). Each audit is kept in the audit log
+of the location it checked (``_audit/fixity/``); a problem fails the run and
+is named in its artifact. Nothing is ever repaired.
 """
 
 from __future__ import annotations
@@ -17,8 +18,10 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.states import Completed, Failed, State
 
-from zarrchive import credentials
+from zarrchive import credentials, outcome
 from zarrchive.archive import fixity
+from zarrchive.archive.storage import resolve
+from zarrchive.archive.versions import private_location
 from zarrchive.config import load_settings
 from zarrchive.errors import FailedOutcome
 
@@ -44,24 +47,39 @@ def fixity_audit(archive: str, sample: float = 1.0, accession: str = "", config:
         overrides: Configuration sections merged over the configuration (a consortium deployment sets them).
     """
     log = get_run_logger()
-    credentials.apply(load_settings(config or None, overrides).storage)
-    result = audit_task(archive, accession or None, sample)
-    problems = result["problems"]
-    lines = [f"# Fixity audit of `{result['archive']}`", "",
-             f"{len(result['versions'])} version(s), {result['objects']} objects listed, {result['hashed']} hashed "
-             f"({result['hashed_bytes']:,} bytes; round {result['round']} of {result['buckets']}).", "",
-             f"Audit log: `{result['audit_log']}`", ""]
+    settings = load_settings(config or None, overrides)
+    credentials.apply(settings.storage)
+    private = private_location(archive, settings.archive.private)
+    results = [audit_task(archive, accession or None, sample)]
+    if private and location_exists(private):
+        results.append(audit_task(private, accession or None, sample))
+    problems = [{**p, "version": ("embargoed " if r is not results[0] else "") + p["version"]}
+                for r in results for p in r["problems"]]
+    lines = []
+    for result in results:
+        lines += [f"# Fixity audit of `{result['archive']}`", "",
+                  f"{len(result['versions'])} version(s), {result['objects']} objects listed, {result['hashed']} "
+                  f"hashed ({result['hashed_bytes']:,} bytes; round {result['round']} of {result['buckets']}).", "",
+                  f"Audit log: `{result['audit_log']}`", ""]
     if problems:
         lines += ["| version | object | problem |", "|---|---|---|"]
         lines += [f"| {p['version']} | `{p['path']}` | {p['detail']} |" for p in problems]
     else:
         lines.append("No problem found.")
-    create_markdown_artifact("\n".join(lines), key="fixity-audit", description="What the fixity audit found")
+    create_markdown_artifact("\n".join(lines), key=outcome.run_artifact_key("fixity-audit", results[0]["archive"]),
+                             description="What the fixity audit found")
+    objects = sum(r["objects"] for r in results)
+    versions = sum(len(r["versions"]) for r in results)
     if problems:
         message = (f"{len(problems)} object(s) are not what their manifests say: "
                    + "; ".join(f"{p['version']}/{p['path']}: {p['detail']}" for p in problems[:10]))
         log.error(message)
-        return Failed(message=message, data=FailedOutcome(message, result))
-    message = f"{result['objects']} objects of {len(result['versions'])} version(s) match their manifests"
+        return Failed(message=message, data=FailedOutcome(message, results), name="Damaged")
+    message = f"{objects} objects of {versions} version(s) match their manifests"
     log.info(message)
-    return Completed(message=message, data=result)
+    return Completed(message=message, data=results)
+
+
+def location_exists(location: str) -> bool:
+    fs, root = resolve(location)
+    return fs.exists(root)

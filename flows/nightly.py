@@ -178,7 +178,7 @@ def nightly_import(
             results += _ingest_all(todo, archive, config, codec_profile, create_archive, approval, shared,
                                    max(1, concurrency_limit))
     create_table_artifact(sorted(results, key=lambda r: r["submission"]) or [{"submission": "none ready"}],
-                          key="import-summary", description=f"Nightly import of {landing_zone}")
+                          key=outcome.run_artifact_key("import-summary", landing_zone), description=f"Nightly import of {landing_zone}")
     failed = [r for r in results if not r["ok"] and r["outcome"] != "skipped"]
     message = (f"{len(todo)} submission(s) ingested of {len(found)} ready: "
                + ", ".join(f"{n} {k}" for k, n in _count(results).items()))

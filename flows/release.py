@@ -16,7 +16,7 @@ from prefect.states import Completed, Failed, State
 from zarrchive.tasks.catalog import index_public
 from zarrchive.tasks.release import due, release
 
-from zarrchive import credentials
+from zarrchive import credentials, outcome
 from zarrchive.archive.versions import private_location
 from zarrchive.config import load_settings
 from zarrchive.errors import FailedOutcome
@@ -58,7 +58,7 @@ def release_embargoed(archive: str, config: str = "", overrides: dict[str, Any] 
             failed.append(f"{accession} v{version}: {exc}")
     for accession in sorted({r["accession"] for r in rows if r["outcome"] == "released"}):
         index_public(archive, accession, settings.catalog)
-    create_table_artifact(rows or [{"outcome": "nothing due"}], key="release-summary",
+    create_table_artifact(rows or [{"outcome": "nothing due"}], key=outcome.run_artifact_key("release-summary", archive),
                           description="Embargoed versions released")
     if failed:
         message = f"{len(failed)} of {len(todo)} due version(s) not released: " + "; ".join(failed[:10])

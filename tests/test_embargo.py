@@ -177,3 +177,35 @@ def test_a_public_version_enters_the_changes_feed_at_once(tmp_path, config_file,
     assert event["event"] == "published" and event["url"].endswith("ZA000001/v1/index.html")
     assert main(["changes", "--archive", archive, "--since", before.isoformat(), "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == []
+
+
+def test_the_fixity_audit_fails_naming_damage_in_public_and_embargoed_versions_and_keeps_its_log(
+        tmp_path, config_file):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    from zarrchive.flows.fixity import fixity_audit
+
+    archive = str(tmp_path / "archive")
+    public = ingest(str(embargoed_submission(tmp_path / "open", release=dt.date(2026, 1, 1))), archive, config_file())
+    hidden = ingest(str(embargoed_submission(tmp_path / "closed")), archive, config_file())
+    clean = fixity_audit(archive=archive, return_state=True)
+    assert clean.is_completed() and "of 2 version(s) match their manifests" in clean.message
+
+    chunk = next(p for p in sorted(Path(public.version_uri, "images").rglob("*"))
+                 if p.is_file() and "/c/" in p.as_posix())
+    chunk.write_bytes(bytes([chunk.read_bytes()[0] ^ 1]) + chunk.read_bytes()[1:])  # one flipped bit
+    original = Path(hidden.version_uri) / "originals" / "notes.txt"
+    original.write_bytes(original.read_bytes()[:-3])  # truncated, in the private location
+    state = fixity_audit(archive=archive, return_state=True)
+    assert state.is_failed() and state.name == "Damaged"
+    assert "ZA000001/v1/images/" in state.message and "embargoed ZA000002/v1/originals/notes.txt" in state.message
+    with get_client(sync_client=True) as client:
+        [report] = [a for a in client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(
+            any_=[state.state_details.flow_run_id]))) if (a.key or "").endswith("-fixity-audit")]
+    assert "originals/notes.txt" in report.data
+    assert chunk.relative_to(public.version_uri).as_posix() in report.data
+    logs = [json.loads(p.read_text()) for root in (archive, f"{archive}-private")
+            for p in sorted(Path(root, "_audit", "fixity").glob("*.json"))]
+    assert len(logs) == 4 and sum(bool(log["problems"]) for log in logs) == 2  # every audit kept, nothing repaired
+    assert original.read_bytes() == b"to be published with the paper"[:-2]

@@ -267,7 +267,7 @@ def test_the_nightly_import_ingests_what_is_ready_and_only_that(service, tmp_pat
 
     night = run(service, "nightly_import/nightly", timeout=600)
     assert night.state.type.value == "FAILED", night.state  # two submissions published nothing
-    rows = {Path(r["submission"]).name: r for r in json.loads(artifact(service, "import-summary"))}
+    rows = {Path(r["submission"]).name: r for r in json.loads(artifact(service, "nightly-import-summary"))}
     assert {n: rows[n]["outcome"] for n in rows} == {
         "ready-1": "published", "ready-2": "published", "nested": "published", "done-before": "unchanged",
         "refused": "refused", "broken": "not-published", "linked": "refused"}
@@ -277,7 +277,7 @@ def test_the_nightly_import_ingests_what_is_ready_and_only_that(service, tmp_pat
     assert "broken" in night.state.message and "refused" in night.state.message
 
     again = run(service, "nightly_import/nightly", timeout=600)
-    rows = {Path(r["submission"]).name: r for r in json.loads(artifact(service, "import-summary"))}
+    rows = {Path(r["submission"]).name: r for r in json.loads(artifact(service, "nightly-import-summary"))}
     assert {n for n, r in rows.items() if r["outcome"] == "skipped"} == {
         "ready-1", "ready-2", "nested", "done-before", "refused", "broken"}
     assert rows["linked"]["outcome"] == "refused" and again.state.type.value == "FAILED"  # never followed

@@ -189,13 +189,17 @@ def view_cluster(address: str) -> ClusterView:
 
 
 def link_dashboard(address: str) -> ClusterView:
-    """Show the Dask dashboard of the scheduler at ``address`` as the ``dask-dashboard`` link artifact of the
-    current Prefect flow run (nothing is created when the scheduler has no dashboard)."""
+    """Show the Dask dashboard of the scheduler at ``address`` as a link artifact of the current Prefect flow run,
+    keyed by the run's name (``ingest-lab1-cells-dask-dashboard``; nothing is created when the scheduler has no
+    dashboard)."""
     from prefect.artifacts import create_link_artifact
+    from prefect.runtime import flow_run
+
+    from zarrchive.outcome import key_of
 
     view = view_cluster(address)
     if view.dashboard:
-        create_link_artifact(view.dashboard, link_text="Dask dashboard", key="dask-dashboard",
+        create_link_artifact(view.dashboard, link_text="Dask dashboard", key=key_of(f"{flow_run.name or 'run'}-dask-dashboard"),
                              description=view.describe())
     return view
 

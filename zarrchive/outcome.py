@@ -90,7 +90,22 @@ def artifact_key(pub: Publication, what: str = "publication") -> str:
     """A key per accession (``za000001-publication``), so each accession's latest report has its own entry; a
     submission refused before it got an accession is keyed by its folder's name."""
     name = pub.accession or f"submission-{(pub.submission or 'unknown').rstrip('/').rsplit('/', 1)[-1]}"
-    return re.sub(r"-{2,}", "-", re.sub(r"[^a-z0-9-]+", "-", f"{name}-{what}".lower())).strip("-")
+    return key_of(f"{name}-{what}")
+
+
+def key_of(text: str) -> str:
+    """``text`` as a Prefect artifact key (lowercase letters, digits and dashes)."""
+    return re.sub(r"-{2,}", "-", re.sub(r"[^a-z0-9-]+", "-", text.lower())).strip("-")
+
+
+def run_artifact_key(what: str, location: str) -> str:
+    """A key per consortium for a service flow's report (``consortium-a-import-summary``): the deployment's name
+    when the run has one (a consortium's deployments are named after it), else the last part of ``location``
+    (the landing zone or archive), so one consortium's latest report does not hide another's."""
+    from prefect.runtime import deployment
+
+    scope = deployment.name or location.rstrip("/").rsplit("/", 1)[-1] or "archive"
+    return key_of(f"{scope}-{what}")
 
 
 def report(pub: Publication) -> str:
