@@ -4,7 +4,7 @@ Each event (a version ``published``, ``released`` from embargo, or ``withdrawn``
 exclusively under ``_changes/`` (so writers never overwrite each other, on S3 too), holding its time, the
 accession and version, the sha256 of the version's manifest and its address; ``changes.jsonl`` at the
 archive root lists them all, oldest first, one JSON object per line, and is rewritten from them after each
-event. A mirror reads the feed ``--since`` the last time it looked, fetches each manifest, and verifies what it
+event (again, when another writer's event appeared meanwhile). A mirror reads the feed ``--since`` the last time it looked, fetches each manifest, and verifies what it
 fetched against it. Embargoed versions appear only when released.
 """
 
@@ -55,6 +55,15 @@ def changes(archive: str, since: dt.datetime | None = None) -> list[dict[str, An
 
 
 def write_feed(archive: str) -> None:
+    """Rewrite ``changes.jsonl`` from the event objects, until what it wrote is still every event there is: of two
+    writers, the one that listed first may write last, and then finds the other's event and writes again, so the
+    feed never stays without an event."""
     fs, root = resolve(archive)
-    lines = "".join(json.dumps(e, sort_keys=True) + "\n" for e in changes(archive))
-    write_bytes_atomic(fs, join(root, FEED), lines.encode())
+    events = changes(archive)
+    while True:
+        lines = "".join(json.dumps(e, sort_keys=True) + "\n" for e in events)
+        write_bytes_atomic(fs, join(root, FEED), lines.encode())
+        now = changes(archive)
+        if now == events:
+            return
+        events = now
