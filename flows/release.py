@@ -44,7 +44,8 @@ def release_embargoed(archive: str, config: str = "", overrides: dict[str, Any] 
     if private is None:
         return Completed(message="this archive has no private location: nothing is under embargo")
     todo = find_due(archive, private)
-    futures = [(item, release.submit(archive, private, item[0], item[1], settings.publish.lease_seconds))
+    futures = [(item, release.submit(archive, private, item[0], item[1], settings.publish.lease_seconds,
+                                           settings.publish.public_base_url))
                for item in todo]
     rows, failed = [], []
     for (accession, version, date), future in futures:

@@ -505,7 +505,8 @@ def _upload_pages(fs: fsspec.AbstractFileSystem, vdir: str, submission: Submissi
             continue
         entries.append(_put_bytes(fs, join(vdir, f"thumbnails/{report.image_id}.png"), png))
         thumbnails[report.image_id] = f"thumbnails/{report.image_id}.png"
-    base = settings.public_base_url if settings and not submission.embargoed else None
+    # an embargoed version's page is private until its release, and then public at this address
+    base = settings.public_base_url if settings else None
     public_url = f"{base.rstrip('/')}/{submission.accession}/v{number}/" if base else None
     landing = render_landing_page(submission, number, outcomes, qc_report, reports, files, lineage, previous,
                                   public_url=public_url, viewer=settings.viewer_url if settings else None,

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from zarrchive import faults
-from zarrchive.archive import lease
+from zarrchive.archive import fixity, lease
 from zarrchive.archive.documents import Manifest
 from zarrchive.archive.lineage import stage_task
 from zarrchive.archive.storage import (
@@ -64,18 +64,20 @@ def due(archive: str, private: str, today: dt.date | None = None) -> list[tuple[
 
 
 def release_version(archive: str, private: str, accession: str, version: int, why: Release = Release(),
-                    today: dt.date | None = None, lease_seconds: float = 600) -> dict[str, Any]:
-    """Move one embargoed version to the public location, object by object, verified; return its public manifest."""
+                    today: dt.date | None = None, lease_seconds: float = 600,
+                    public_base_url: str | None = None) -> dict[str, Any]:
+    """Move one embargoed version to the public location, object by object, verified; return its public manifest.
+    The changes feed gives its landing page's address under ``public_base_url`` (else its location)."""
     today = today or dt.date.today()
     held = lease.acquire(archive, accession, lease_seconds, wait_seconds=60)
     try:
-        return _release(archive, private, accession, version, why, today, held)
+        return _release(archive, private, accession, version, why, today, held, public_base_url)
     finally:
         held.release()
 
 
 def _release(archive: str, private: str, accession: str, version: int, why: Release, today: dt.date,
-             held: lease.Lease) -> dict[str, Any]:
+             held: lease.Lease, public_base_url: str | None) -> dict[str, Any]:
     src_fs, src_root = resolve(private)
     dst_fs, dst_root = resolve(archive)
     src = join(src_root, accession, f"v{version}")
@@ -106,6 +108,12 @@ def _release(archive: str, private: str, accession: str, version: int, why: Rele
                   "files": sorted(entries, key=lambda e: e["path"]),
                   "released": {"date": today.isoformat(), "early": why.early, "by": why.by, "reason": why.reason,
                                "embargoed_until": manifest["release_date"]}}
+        faults.point("release.verify")
+        problems = fixity.hash_problems(dst_fs, dst, entries)  # read back from the public location itself
+        if problems:
+            raise VerificationError(f"{accession} v{version}: the public copy is not what the manifest says ("
+                                    + "; ".join(p.line() for p in problems[:5]) + "): not released; the private "
+                                    "copy is kept")
         held.check()
         write_bytes_exclusive(dst_fs, join(dst, MANIFEST), Manifest.model_validate(public).to_bytes())  # commit
     except BaseException:
@@ -117,7 +125,9 @@ def _release(archive: str, private: str, accession: str, version: int, why: Rele
     write_bytes_atomic(src_fs, join(src_root, accession, VERSIONS), version_index(private, accession).to_bytes())
     from zarrchive.archive.changes import record_change
 
-    record_change(archive, "released", accession, version, dst_fs, join(dst, MANIFEST), to_url(dst_fs, dst))
+    page = (f"{public_base_url.rstrip('/')}/{accession}/v{version}/index.html" if public_base_url
+            else f"{to_url(dst_fs, dst)}/index.html")
+    record_change(archive, "released", accession, version, dst_fs, join(dst, MANIFEST), page)
     return public
 
 
@@ -168,6 +178,8 @@ def _released_crate(crate: dict[str, Any], accession: str, version: int, why: Re
 
 @stage_task(name="release", cache_policy="none", retries=2, retry_delay_seconds=[5, 30],
             retry_condition_fn=retry_transient, task_run_name="release: {accession} v{version}")
-def release(archive: str, private: str, accession: str, version: int, lease_seconds: float = 600) -> dict[str, Any]:
-    return release_version(archive, private, accession, version, lease_seconds=lease_seconds)
+def release(archive: str, private: str, accession: str, version: int, lease_seconds: float = 600,
+            public_base_url: str | None = None) -> dict[str, Any]:
+    return release_version(archive, private, accession, version, lease_seconds=lease_seconds,
+                           public_base_url=public_base_url)
 

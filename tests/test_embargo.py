@@ -94,6 +94,31 @@ def test_a_damaged_private_copy_is_not_released_and_is_kept(tmp_path, config_fil
     assert not (Path(archive) / "ZA000001" / "v1").exists() and Path(pub.version_uri, "manifest.json").exists()
 
 
+def test_a_public_copy_damaged_on_its_way_is_found_by_reading_it_back_and_nothing_is_released(
+        tmp_path, config_file, monkeypatch):
+    """The storage corrupts an object as it is written (the bytes sent were right): the release reads each public
+    object back before it commits, so the version is not released, nothing of it stays public, the private copy
+    is kept."""
+    from zarrchive.errors import VerificationError
+    from zarrchive.tasks import release as release_module
+
+    archive = str(tmp_path / "archive")
+    pub = ingest(str(embargoed_submission(tmp_path / "sub")), archive, config_file())
+    copy = release_module._copy_verified
+
+    def corrupting(src_fs, src, dst_fs, dst, entry):
+        copy(src_fs, src, dst_fs, dst, entry)
+        if entry["path"] == "originals/notes.txt":
+            Path(dst).write_bytes(b"Z" + Path(dst).read_bytes()[1:])
+
+    monkeypatch.setattr(release_module, "_copy_verified", corrupting)
+    with pytest.raises(VerificationError, match="the public copy is not what the manifest says.*notes.txt"):
+        release_version(archive, f"{archive}-private", "ZA000001", 1, today=LATER)
+    assert not (Path(archive) / "ZA000001" / "v1").exists()
+    assert fixity.quick_problems(*resolve(pub.version_uri), json.loads(
+        Path(pub.version_uri, "manifest.json").read_text())) == []  # the private copy is whole
+
+
 def test_a_curator_releases_early_or_extends_the_embargo_and_both_are_recorded(tmp_path, config_file, capsys):
     archive = str(tmp_path / "archive")
     ingest(str(embargoed_submission(tmp_path / "a")), archive, config_file())
@@ -145,9 +170,12 @@ def test_the_release_flow_releases_what_is_due(tmp_path, config_file):
 
     with Catalog(archive) as catalog:
         assert catalog.search() == []
-    state = release_embargoed(archive=archive, return_state=True)
+    state = release_embargoed(archive=archive, config=config_file(publish={"public_base_url": "https://ex.org/a"}),
+                              return_state=True)
     assert state.is_completed() and state.message == "1 version(s) released"
     assert (Path(archive) / "ZA000001" / "v1" / "manifest.json").exists()
+    [event] = [json.loads(line) for line in (Path(archive) / "changes.jsonl").read_text().splitlines()]
+    assert event["url"] == "https://ex.org/a/ZA000001/v1/index.html"  # its public address, as at publish
     with Catalog(archive) as catalog:
         assert [s["accession"] for s in catalog.search()] == ["ZA000001"]
     assert release_embargoed(archive=archive, return_state=True).message == "no embargoed version is due"

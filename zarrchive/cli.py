@@ -338,7 +338,9 @@ def _release(args: argparse.Namespace) -> int:
     set_embargo(private, args.accession, found, dt.date.today(), args.curator, args.reason,
                 "brought forward on request")
     why = Release(by=args.curator, reason=args.reason)
-    released = [release_version(args.archive, private, args.accession, number, why) for number in found]
+    base = _settings(args.config).publish.public_base_url
+    released = [release_version(args.archive, private, args.accession, number, why, public_base_url=base)
+                for number in found]
     for problem in refresh(args.archive, args.accession, _settings(args.config).catalog):
         print(f"zarrchive: {problem}", file=sys.stderr)
     if args.json:
