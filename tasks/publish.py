@@ -41,7 +41,7 @@ from zarrchive.archive.storage import (
 from zarrchive.archive.thumbnails import thumbnail_png
 from zarrchive.archive.versions import (
     CRATE, LANDING, MANIFEST, MANIFEST_FORMAT, QC_PAGE, QC_REPORT, VERSIONS, image_store, is_shared, original_path,
-    published_versions, version_index,
+    published_versions, version_index, withdrawals,
 )
 from zarrchive.config import PublishSettings, Settings
 from zarrchive.errors import TransientError
@@ -80,9 +80,10 @@ def version_fingerprint(submission: Submission, files: list[FileRecord], setting
 
 def find_unchanged(archive: str, accession: str, fingerprint: str,
                    private: str | None = None) -> dict[str, Any] | None:
-    """The manifest of the latest version (public, or embargoed at ``private``) when it was made from exactly this
-    input; else None."""
-    found = published_versions(archive, accession, private)
+    """The manifest of the latest version not withdrawn (public, or embargoed at ``private``) when it was made from
+    exactly this input; else None."""
+    withdrawn = withdrawals(archive, accession)
+    found = [m for m in published_versions(archive, accession, private) if m["version"] not in withdrawn]
     if found and found[-1].get("fingerprint") == fingerprint:
         return found[-1]
     return None
@@ -238,8 +239,7 @@ def publish_version(
         return not_published(submission, archive, outcomes, [str(exc)], status="busy")
     try:
         found = published_versions(archive, submission.accession, private)
-        if found and found[-1].get("fingerprint") == fingerprint:
-            latest = found[-1]
+        if latest := find_unchanged(archive, submission.accession, fingerprint, private):  # (not a withdrawn one)
             return unchanged_publication(submission, private if latest.get("embargoed") else archive, latest,
                                          outcomes, settings)
         previous = found[-1]["version"] if found else None

@@ -36,7 +36,7 @@ def test_every_document_written_is_its_current_format_and_reads_back(published):
     assert qc.format_version == QCDocument.FORMAT and qc.warnings == 1 and qc.images
     assert (vdir / "qc/report.json").read_bytes() == qc.to_bytes()
     index = VersionIndex.read(LOCAL, str(vdir.parent / "versions.json"))
-    assert (index.format_version, index.accession, [v.version for v in index.versions]) == (2, ACCESSION, [1])
+    assert (index.format_version, index.accession, [v.version for v in index.versions]) == (3, ACCESSION, [1])
     event, = changes(inp.archive)
     assert ChangeEvent.parse(event, "feed").event == "published"
     for line in (Path(inp.archive) / "changes.jsonl").read_text().splitlines():
@@ -123,7 +123,7 @@ def test_readers_of_the_feed_and_the_audit_go_on_past_what_they_cannot_read(publ
 
 
 @pytest.mark.parametrize("text, words", [("[{]", "not JSON"), ('[{"version": 0}]', "versions.0.version"),
-                                         ('{"format_version": 3, "accession": "ZA", "versions": []}', "format 3")])
+                                         ('{"format_version": 4, "accession": "ZA", "versions": []}', "format 4")])
 def test_a_damaged_versions_index_is_refused_with_the_reason(text, words):
     with pytest.raises(DocumentError, match=words):
         VersionIndex.parse(text, "archive/ZA000001/versions.json")

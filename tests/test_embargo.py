@@ -270,3 +270,54 @@ def test_the_changes_feed_keeps_every_event_of_writers_racing_and_only_grows(tmp
     assert lines == changes(str(archive)) and [e["time"] for e in lines] == sorted(e["time"] for e in lines)
     # what a mirror read earlier is still there: every line of every feed seen is in the final one
     assert all(line in final.splitlines() for earlier in seen for line in earlier.splitlines())
+
+
+def test_a_withdrawn_version_is_recorded_once_leaves_the_catalog_and_enters_the_feed_and_keeps_its_objects(
+        tmp_path, config_file, capsys):
+    sub = embargoed_submission(tmp_path / "sub", release=dt.date(2026, 1, 1))
+    archive = str(tmp_path / "archive")
+    first = ingest(str(sub), archive, config_file())
+    (sub / "notes.txt").write_text("a second version\n")
+    second = ingest(str(sub), archive, config_file())
+    assert (first.version, second.version) == (1, 2)
+    capsys.readouterr()
+
+    assert main(["withdraw", "ZA000001", "--version", "2", "--archive", archive, "--curator", "Ada",
+                 "--reason", "wrong images", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["status"] == "withdrawn"
+    index = json.loads((Path(archive) / "ZA000001" / "versions.json").read_text())
+    assert index["format_version"] == 3 and index["versions"][0]["withdrawn"] is None
+    assert index["versions"][1]["withdrawn"]["by"] == "Ada" and index["versions"][1]["withdrawn"]["reason"] == \
+        "wrong images"
+    assert main(["search", "--archive", archive, "--json"]) == 0
+    [study] = json.loads(capsys.readouterr().out)["studies"]
+    assert study["accession"] == "ZA000001" and study["versions"] == 1  # the withdrawn one is not listed
+    assert "ZA000001/v1/index.html" in (Path(archive) / "index.html").read_text()
+    assert "ZA000001/v2/" not in (Path(archive) / "index.html").read_text()
+    assert main(["changes", "--archive", archive, "--json"]) == 0
+    assert [(e["event"], e["version"]) for e in json.loads(capsys.readouterr().out)] == [
+        ("published", 1), ("published", 2), ("withdrawn", 2)]
+    from zarrchive.catalog import Catalog
+
+    with Catalog(archive) as catalog:  # the store is the source of truth: a rebuild agrees
+        live = catalog.search()
+        catalog.rebuild()
+        assert catalog.search() == live
+
+    assert main(["withdraw", "ZA000001", "--version", "2", "--archive", archive, "--curator", "Bob",
+                 "--reason", "again", "--json"]) == 1  # recorded once, never rewritten
+    assert "withdrawn already (wrong images)" in json.loads(capsys.readouterr().out)["error"]
+    assert main(["withdraw", "ZA000001", "--version", "7", "--archive", archive, "--curator", "Bob",
+                 "--reason", "no such", "--json"]) == 1
+    capsys.readouterr()
+    assert main(["verify", "ZA000001", "--archive", archive]) == 0  # its objects stay, whole
+    assert ingest(str(sub), archive, config_file()).version == 3  # a rerun does not call a withdrawn one unchanged
+    capsys.readouterr()
+
+    assert main(["withdraw", "ZA000001", "--version", "1", "--archive", archive, "--curator", "Ada",
+                 "--reason", "all of it", "--json"]) == 0
+    assert main(["withdraw", "ZA000001", "--version", "3", "--archive", archive, "--curator", "Ada",
+                 "--reason", "all of it", "--json"]) == 0
+    capsys.readouterr()
+    assert main(["search", "--archive", archive, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["studies"] == []  # nothing of it is found any more

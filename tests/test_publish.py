@@ -215,7 +215,7 @@ def test_versions_json_lists_the_versions(tmp_path):
     inp.publish("a" * 64)
     inp.publish("b" * 64)
     document = json.loads((inp.acc() / "versions.json").read_text())
-    assert (document["format_version"], document["accession"]) == (2, ACCESSION)
+    assert (document["format_version"], document["accession"]) == (3, ACCESSION)
     index = document["versions"]
     assert [(v["version"], v["fingerprint"]) for v in index] == [(1, "a" * 64), (2, "b" * 64)]
     for v in index:

@@ -28,7 +28,7 @@ PROFILE_HELP = ("codecs to choose from per image: compat (every Zarr v3 reader),
 
 
 def _curator_command(sub: Any, name: str, help: str) -> argparse.ArgumentParser:
-    """A curator's command on an accession's embargoed versions: its accession, archive and configuration."""
+    """A curator's command on an accession's versions: its accession, archive and configuration."""
     command = sub.add_parser(name, help=help)
     command.add_argument("accession")
     command.add_argument("--archive", required=True)
@@ -119,6 +119,10 @@ def _parser() -> argparse.ArgumentParser:
     rel.add_argument("--version", type=int, help="one version (default: every embargoed one)")
     rel.add_argument("--curator", required=True, help="who asks for it (recorded in the version's lineage)")
     rel.add_argument("--reason", required=True, help="why (recorded)")
+    out = _curator_command(sub, "withdraw", "withdraw a public version (kept and recorded, no longer listed)")
+    out.add_argument("--version", type=int, required=True, help="the public version withdrawn")
+    out.add_argument("--curator", required=True, help="who withdraws it (recorded)")
+    out.add_argument("--reason", required=True, help="why (recorded, and shown in versions.json)")
     emb = _curator_command(sub, "embargo", "change the release date of an accession's embargoed versions")
     emb.add_argument("--until", required=True, help="the new release date, YYYY-MM-DD")
     emb.add_argument("--version", type=int, help="one version (default: every embargoed one)")
@@ -245,6 +249,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _deploy(args)
     if args.command == "release":
         return _release(args)
+    if args.command == "withdraw":
+        return _withdraw(args)
     if args.command == "embargo":
         return _embargo(args)
     if args.command == "changes":
@@ -349,6 +355,32 @@ def _release(args: argparse.Namespace) -> int:
     else:
         print(f"Released {args.accession} " + ", ".join(f"v{m['version']}" for m in released)
               + f" early, as {args.curator} asked: {args.reason}")
+    return EXIT_OK
+
+
+def _withdraw(args: argparse.Namespace) -> int:
+    """A curator withdraws a public version: recorded once, in versions.json, the catalog, the front page and the
+    changes feed; its objects and pages stay as they were published."""
+    from zarrchive.archive.changes import record_change
+    from zarrchive.archive.front import refresh
+    from zarrchive.archive.storage import join, resolve, write_bytes_atomic
+    from zarrchive.archive.versions import MANIFEST, VERSIONS, version_index, withdraw
+    from zarrchive.tasks.publish import version_url
+
+    settings = _settings(args.config)
+    record = withdraw(args.archive, args.accession, args.version, args.curator, args.reason)
+    fs, root = resolve(args.archive)
+    write_bytes_atomic(fs, join(root, args.accession, VERSIONS), version_index(args.archive, args.accession).to_bytes())
+    _location, url = version_url(args.archive, args.accession, args.version, settings.publish)
+    record_change(args.archive, "withdrawn", args.accession, args.version, fs,
+                  join(root, args.accession, f"v{args.version}", MANIFEST), url)
+    for problem in refresh(args.archive, args.accession, settings.catalog):
+        print(f"zarrchive: {problem}", file=sys.stderr)
+    if args.json:
+        print(json.dumps({"status": "withdrawn", **{k: record[k] for k in ("accession", "version", "by", "reason",
+                                                                          "at")}}))
+    else:
+        print(f"Withdrew {args.accession} v{args.version}, as {args.curator} asked: {args.reason}")
     return EXIT_OK
 
 

@@ -141,6 +141,13 @@ class Manifest(Document):
 # ---------------------------------------------------------------- versions.json
 
 
+class Withdrawal(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    by: str
+    reason: str
+    at: str
+
+
 class VersionSummary(BaseModel):
     model_config = ConfigDict(extra="forbid")
     version: int = Field(ge=1)
@@ -150,6 +157,7 @@ class VersionSummary(BaseModel):
     files: int = Field(ge=0)
     bytes: int = Field(ge=0)  # every object the version lists
     stored_bytes: int | None = Field(default=None, ge=0)  # the objects it stored itself (not shared)
+    withdrawn: Withdrawal | None = None  # (format 3)
 
 
 class VersionIndex(Document):
@@ -157,10 +165,10 @@ class VersionIndex(Document):
     manifests after each publish and release.
 
     Formats: 1, a bare JSON list of versions; 2, an object with ``accession`` and ``versions`` (each with
-    ``stored_bytes``)."""
+    ``stored_bytes``); 3, each withdrawn version with its ``withdrawn`` record (by, reason, at)."""
 
     NAME: ClassVar[str] = "versions index"
-    FORMAT: ClassVar[int] = 2
+    FORMAT: ClassVar[int] = 3
 
     accession: str
     versions: list[VersionSummary]

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from fsspec.implementations.local import LocalFileSystem
 
-from zarrchive.archive.storage import join, read_json, resolve
+from zarrchive.archive.storage import join, read_json, resolve, to_url
 from zarrchive.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -136,15 +136,66 @@ def published_versions(archive: str, accession: str, private: str | None = None)
 
 
 def version_index(location: str, accession: str) -> "VersionIndex":
-    """``versions.json`` of one location: its committed versions, oldest first, rebuilt from their manifests."""
+    """``versions.json`` of one location: its committed versions, oldest first, rebuilt from their manifests, each
+    withdrawn one with its withdrawal."""
     from zarrchive.archive.documents import VersionIndex
 
+    withdrawn = withdrawals(location, accession)
     return VersionIndex(format_version=VersionIndex.FORMAT, accession=accession, versions=[
         {"version": m["version"], "created": m["created"], "fingerprint": m["fingerprint"],
          "release_date": m.get("release_date"), "files": len(m["files"]),
          "bytes": sum(f["size"] for f in m["files"]),
-         "stored_bytes": sum(f["size"] for f in m["files"] if not is_shared(f["path"]))}
+         "stored_bytes": sum(f["size"] for f in m["files"] if not is_shared(f["path"])),
+         "withdrawn": withdrawn.get(m["version"])}
         for m in manifests(location, accession)])
+
+
+# ---------------------------------------------------------------- withdrawals
+
+WITHDRAWN = "_withdrawn"  # <accession>/_withdrawn/v<N>.json: one record per withdrawn version, created once
+
+
+def withdrawals(location: str, accession: str) -> dict[int, dict[str, Any]]:
+    """The withdrawn versions of ``accession`` at ``location``: version -> {by, reason, at}."""
+    fs, root = resolve(location)
+    folder = join(root, accession, WITHDRAWN)
+    fs.invalidate_cache(folder)
+    try:
+        names = [p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(folder, detail=False)]
+    except FileNotFoundError:
+        return {}
+    found = {}
+    for name in names:
+        if (match := re.fullmatch(r"v(\d+)\.json", name)) is not None:
+            record = read_json(fs, join(folder, name))
+            found[int(match.group(1))] = {k: record[k] for k in ("by", "reason", "at")}
+    return found
+
+
+def public_versions(archive: str, accession: str) -> list[dict[str, Any]]:
+    """The manifests of ``accession``'s public versions that are not withdrawn, oldest first."""
+    withdrawn = withdrawals(archive, accession)
+    return [m for m in manifests(archive, accession) if m["version"] not in withdrawn]
+
+
+def withdraw(archive: str, accession: str, version: int, by: str, reason: str) -> dict[str, Any]:
+    """Record that a public version is withdrawn (created once: a second withdrawal is refused); return the
+    record. Its objects stay (later versions may share them, and the record of what was published stays);
+    ``versions.json``, the catalog, the front page and the changes feed follow it."""
+    from zarrchive.archive.storage import dumps, write_bytes_exclusive
+    from zarrchive.errors import NotFound
+
+    fs, root = resolve(archive)
+    if not fs.isfile(join(root, accession, f"v{version}", MANIFEST)):
+        raise NotFound(f"{accession} v{version} is not a public version of {to_url(fs, root)}")
+    record = {"format_version": 1, "accession": accession, "version": version, "by": by, "reason": reason,
+              "at": dt.datetime.now(dt.timezone.utc).isoformat()}
+    try:
+        write_bytes_exclusive(fs, join(root, accession, WITHDRAWN, f"v{version}.json"), dumps(record))
+    except FileExistsError:
+        raise NotFound(f"{accession} v{version} was withdrawn already "
+                       f"({withdrawals(archive, accession)[version]['reason']})") from None
+    return record
 
 
 def accessions(location: str) -> list[str]:

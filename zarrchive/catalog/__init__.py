@@ -28,7 +28,7 @@ from fsspec.implementations.local import LocalFileSystem
 
 from zarrchive.archive.documents import QCDocument
 from zarrchive.archive.storage import join, read_json, resolve, to_url
-from zarrchive.archive.versions import ARCHIVE_MARKER, MANIFEST, accessions, logical_path, manifests
+from zarrchive.archive.versions import ARCHIVE_MARKER, MANIFEST, accessions, logical_path, public_versions
 from zarrchive.catalog import schema
 from zarrchive.errors import ConfigError
 
@@ -226,7 +226,7 @@ def accession_rows(archive: str, accession: str) -> dict[str, list[dict[str, Any
     """The catalog rows of ``accession``'s public versions, read from their manifests and QC documents."""
     fs, root = resolve(archive)
     rows: dict[str, list[dict[str, Any]]] = {"studies": [], "versions": [], "images": [], "files": []}
-    found = manifests(archive, accession)
+    found = public_versions(archive, accession)  # (a withdrawn version is not found)
     for manifest in found:
         vdir = join(root, accession, f"v{manifest['version']}")
         rows["versions"].append(_version_row(fs, vdir, manifest))
