@@ -15,7 +15,7 @@ from zarrchive import faults
 from zarrchive.archive.lineage import Traced, stage_task, traced
 from zarrchive.archive.storage import copy_stream_hashing, join, resolve, tree_digest
 from zarrchive.config import FetchSettings
-from zarrchive.errors import ChecksumMismatch, InputError, TransientError, ZarrchiveError, is_transient
+from zarrchive.errors import ChecksumMismatch, InputError, StageTimeout, TransientError, ZarrchiveError, is_transient
 from zarrchive.landingzone import SubmissionFiles
 from zarrchive.records import Failure, FetchResult, FileEntry, FileRecord, Submission
 
@@ -71,11 +71,18 @@ def _copy(files: SubmissionFiles, rel: str, dst_fs, dst: str, block: int) -> tup
 
 def fetch_files(submission: Submission, staging: str, settings: FetchSettings) -> FetchResult:
     """Stage every file of the submission; a file that fails is reported and the others go on."""
+    from prefect.utilities.timeout import timeout
+
     records, failures = [], []
     files = SubmissionFiles(submission.source)
     for entry in submission.doc.files:
         try:
-            records.append(fetch_file(submission, entry, staging, settings, files))
+            try:
+                with timeout(settings.timeout_seconds):
+                    records.append(fetch_file(submission, entry, staging, settings, files))
+            except TimeoutError:
+                raise StageTimeout(entry.path, f"copying it took longer than fetch.timeout_seconds "
+                                               f"({settings.timeout_seconds:.0f} s): not archived") from None
         except ZarrchiveError as exc:
             failures.append(Failure(stage="fetch", source_path=entry.path, error=str(exc)))
         except OSError as exc:  # unreadable, a folder, no permission: this file fails, the others go on

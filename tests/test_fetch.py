@@ -332,3 +332,54 @@ def test_originals_are_never_modified(tmp_path, flaky):
     FlakyFileSystem.faults[f"{root}/docs/readme.txt"] = [OSError("blip")]
     fetch_files(make_submission(source, [{"path": p} for p in CONTENTS]), str(tmp_path / "staging2"), FAST)
     assert {p: fs.cat_file(f"{root}/{p}") for p in CONTENTS} == mem_before
+
+
+def test_a_file_whose_copy_outlasts_its_time_fails_alone_and_leaves_nothing_staged(tmp_path, monkeypatch):
+    """A read that never ends (a stalled network share): that file fails, named, after fetch.timeout_seconds;
+    nothing of it is staged; the next file is fetched."""
+    import time
+
+    from zarrchive import landingzone
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "stalled.bin").write_bytes(b"s" * 4096)
+    (src / "fine.bin").write_bytes(b"f" * 4096)
+    sub = make_submission(str(src), [{"path": "stalled.bin"}, {"path": "fine.bin"}])
+    opened = landingzone.SubmissionFiles.open
+
+    class Stalling:
+        def __init__(self, handle):
+            self.handle = handle
+
+        def read(self, size=-1):
+            block = self.handle.read(size)
+            while True:  # the share stopped answering after the first block
+                time.sleep(0.05)
+
+        def __getattr__(self, name):
+            return getattr(self.handle, name)
+
+    def opening(self, rel):
+        handle = opened(self, rel)
+        if rel != "stalled.bin":
+            return handle
+
+        class Wrapped:
+            def __enter__(self):
+                return Stalling(handle.__enter__())
+
+            def __exit__(self, *exc):
+                return handle.__exit__(*exc)
+
+        return Wrapped()
+
+    monkeypatch.setattr(landingzone.SubmissionFiles, "open", opening)
+    started = time.monotonic()
+    result = fetch_files(sub, str(tmp_path / "staging"), FetchSettings(block_size=1024, retries=0,
+                                                                       retry_delay_seconds=[0], timeout_seconds=1))
+    assert time.monotonic() - started < 20
+    [failure] = result.failures
+    assert failure.source_path == "stalled.bin" and "fetch.timeout_seconds" in failure.error
+    assert [r.path for r in result.files] == ["fine.bin"]
+    assert not list((tmp_path / "staging").rglob("stalled.bin*"))

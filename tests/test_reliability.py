@@ -709,6 +709,9 @@ CASES = [
     ("A reader looping for ever on one file; a compress pass longer than its time", "that image fails alone, "
      "named (`convert.timeout_seconds`, `compress.timeout_seconds`); nothing of it is kept",
      "test_reliability::test_a_compress_pass_that_outlasts_its_time_fails_and_keeps_nothing"),
+    ("A copy that never ends (a stalled network share)", "that file fails alone, named (`fetch.timeout_seconds`); "
+     "nothing of it is staged; the others are fetched",
+     "test_fetch::test_a_file_whose_copy_outlasts_its_time_fails_alone_and_leaves_nothing_staged"),
     ("A truncated or empty file, one that is not an image, a truncated OME-TIFF that lost its OME-XML",
      "`validate` names it before submitting; the ingest refuses it (never zero-filled planes)",
      "test_reliability::test_validate_opens_every_image_as_far_as_the_ingest_would"),

@@ -59,6 +59,9 @@ class FetchSettings(Section):
     block_size: int = Field(gt=0)
     retries: int = Field(ge=0)
     retry_delay_seconds: list[float]
+    timeout_seconds: float = Field(default=86400, gt=0)  # copying and hashing one file (or Zarr store), retries included
+
+    operational: ClassVar[frozenset[str]] = frozenset({"timeout_seconds"})
 
 
 def _byte_count(value: int | str) -> int:
