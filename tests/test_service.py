@@ -188,6 +188,14 @@ def test_an_ingest_run_through_the_api_takes_flat_parameters_and_says_what_it_pu
     assert latest.state.is_completed() and latest.state.message.startswith("Unchanged: ZA000001 v1")
     assert "outcome:unchanged" in latest.tags
 
+    # zarrchive's own command names the run after the submission as it creates it (before a worker starts it)
+    started = json.loads(service.cli("zarrchive", "deploy", "run", "ingest_submission/flat", str(sub), "--param",
+                                     "codec_profile=compat", "--json", check=True).stdout)
+    with service.client_settings(), get_client(sync_client=True) as client:
+        created = client.read_flow_run(started["id"])
+    assert created.name == started["name"] == "ingest lab1-cells" and created.parameters["codec_profile"] == "compat"
+    assert wait_for_run(service, created.id, 300).state.is_completed()
+
 
 def test_a_run_that_publishes_nothing_is_failed_and_names_the_image(service, tmp_path, scheduler):
     service.cli("zarrchive", "deploy", "register", str(consortium_file(tmp_path, scheduler, name="honest")),

@@ -114,6 +114,13 @@ def _parser() -> argparse.ArgumentParser:
     removing = deploy_cmds.add_parser("remove", help="delete a consortium's deployments")
     removing.add_argument("name")
     removing.add_argument("--json", action="store_true")
+    starting = deploy_cmds.add_parser("run", help="start an ingest run of a deployment, named after the submission "
+                                                  "from its creation (ingest <folder>)")
+    starting.add_argument("deployment", help="e.g. ingest_submission/acme")
+    starting.add_argument("submission", help="the submission folder or URL, as the worker sees it")
+    starting.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                          help="another parameter of the run (a JSON value, or text), e.g. create_archive=true")
+    starting.add_argument("--json", action="store_true")
 
     rel = _curator_command(sub, "release", "release embargoed versions of an accession now (a curator's request)")
     rel.add_argument("--version", type=int, help="one version (default: every embargoed one)")
@@ -463,12 +470,33 @@ def _deploy(args: argparse.Namespace) -> int:
             if not found:
                 print("no consortium is registered")
         return EXIT_OK
+    if args.action == "run":
+        started = deploy.start_run(args.deployment, args.submission, _params(args.param))
+        if args.json:
+            print(json.dumps({"status": "started", **started}))
+        else:
+            print(f"Started {started['name']!r} ({started['id']}): {started['url'] or 'see the Prefect UI'}")
+        return EXIT_OK
     removed = deploy.remove(args.name)
     if args.json:
         print(json.dumps({"status": "removed", "consortium": args.name, "deployments": removed}))
     else:
         print(f"Removed {len(removed)} deployment(s) of {args.name}" + "".join(f"\n  {d}" for d in removed))
     return EXIT_OK if removed else EXIT_NOT_PUBLISHED
+
+
+def _params(pairs: list[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` pairs as run parameters: a value that reads as JSON is that value, else the text."""
+    found = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError("--param", [f"{pair!r}: give KEY=VALUE"])
+        try:
+            found[key] = json.loads(value)
+        except ValueError:
+            found[key] = value
+    return found
 
 
 def _verify(target: str | None, archive: str, every: bool, sample: float, as_json: bool) -> int:

@@ -177,3 +177,16 @@ def remove(name: str) -> list[str]:
     return removed
 
 
+def start_run(full_name: str, submission: str, parameters: dict[str, Any]) -> dict[str, Any]:
+    """Create a run of the deployment ``full_name`` (``ingest_submission/acme``) for ``submission``, named
+    ``ingest <folder>`` from its creation (a run the UI starts is named so only once it starts); it runs when a
+    worker of its pool picks it up. Its id, name and address in the UI."""
+    from prefect.deployments import run_deployment
+    from prefect.settings import PREFECT_UI_URL
+
+    name = f"ingest {submission.rstrip('/').rsplit('/', 1)[-1]}"
+    created = run_deployment(full_name, parameters={**parameters, "submission": submission}, flow_run_name=name,
+                             timeout=0)
+    ui = PREFECT_UI_URL.value()
+    return {"id": str(created.id), "name": created.name, "deployment": full_name,
+            "url": f"{ui.rstrip('/')}/runs/flow-run/{created.id}" if ui else None}
