@@ -4,7 +4,8 @@ Every object of every committed version is listed and compared with its
 manifest (missing, truncated, unexpected), and a rotating share of them
 (``sample``) is read back and hashed, so that ``1/sample`` audits cover the
 whole archive. The private location's embargoed versions are audited alike
-(they may wait years for their release). Each audit is kept in the audit log
+(they may wait years for their release; one released while it was audited is
+not reported missing). Each audit is kept in the audit log
 of the location it checked (``_audit/fixity/``); a problem fails the run and
 is named in its artifact. Nothing is ever repaired.
 """
@@ -20,8 +21,8 @@ from prefect.states import Completed, Failed, State
 
 from zarrchive import credentials, outcome
 from zarrchive.archive import fixity
-from zarrchive.archive.storage import resolve
-from zarrchive.archive.versions import private_location
+from zarrchive.archive.storage import join, resolve
+from zarrchive.archive.versions import MANIFEST, private_location
 from zarrchive.config import load_settings
 from zarrchive.errors import FailedOutcome
 
@@ -50,11 +51,14 @@ def fixity_audit(archive: str, sample: float = 1.0, accession: str = "", config:
     settings = load_settings(config or None, overrides)
     credentials.apply(settings.storage)
     private = private_location(archive, settings.archive.private)
-    results = [audit_task(archive, accession or None, sample)]
-    if private and location_exists(private):
-        results.append(audit_task(private, accession or None, sample))
-    problems = [{**p, "version": ("embargoed " if r is not results[0] else "") + p["version"]}
-                for r in results for p in r["problems"]]
+    target = accession or None
+    locations = [archive] + ([private] if private and location_exists(private) else [])
+    if target and "/" in target:  # one version: audited where it is
+        locations = [loc for loc in locations if holds(loc, target)] or [archive]
+    results = [audit_task(loc, target, sample) for loc in locations]
+    problems = [{**p, "version": ("embargoed " if loc != archive else "") + p["version"]}
+                for loc, r in zip(locations, results) for p in r["problems"]
+                if loc == archive or not holds(archive, p["version"])]  # (not one released while it was audited)
     lines = []
     for result in results:
         lines += [f"# Fixity audit of `{result['archive']}`", "",
@@ -83,3 +87,10 @@ def fixity_audit(archive: str, sample: float = 1.0, accession: str = "", config:
 def location_exists(location: str) -> bool:
     fs, root = resolve(location)
     return fs.exists(root)
+
+
+def holds(location: str, version: str) -> bool:
+    """Whether ``location`` holds the committed version ``ACCESSION/vN``."""
+    fs, root = resolve(location)
+    fs.invalidate_cache()
+    return fs.isfile(join(root, version, MANIFEST))

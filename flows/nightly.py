@@ -12,7 +12,7 @@ with its own state and publication artifact, a child of this one), at most
 ``concurrency_limit`` at a time, all sharing one Dask cluster started once for
 the night (a submission's fixed cost is then its Prefect runs, not a cluster's
 start). One failing or refused submission never stops the others. The night
-ends with an ``import-summary`` artifact (submission, accession, outcome, images,
+ends with an ``<deployment>-import-summary`` artifact (submission, accession, outcome, images,
 bytes, duration, link) and a state that is Completed only when no submission
 failed.
 

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import errno
 import functools
 import hashlib
 import os
 import re
+import time
 import uuid
 from typing import Any, Callable
 
@@ -209,8 +211,9 @@ def allocate_accession(source: str, archive: str, settings: ArchiveSettings) -> 
     try:
         write_bytes_exclusive(fs, registry, dumps(claim))
     except FileExistsError:  # another run of this submission registered it first: its accession holds
-        fs.rm(join(root, claim["accession"], "accession.json"))
-        _remove_empty_folder(fs, join(root, claim["accession"]))
+        with contextlib.suppress(OSError):  # (a claim not let go is a gap in the numbers, nothing more)
+            fs.rm(join(root, claim["accession"], "accession.json"))
+            _remove_empty_folder(fs, join(root, claim["accession"]))
         return read_json(fs, registry)["accession"]
     return claim["accession"]
 
@@ -228,6 +231,10 @@ def _claim_number(fs: fsspec.AbstractFileSystem, root: str, key: str, settings: 
             return claim
         except FileExistsError:
             number += 1
+        except OSError as exc:  # an object store busy with a claim let go at that name (409): try it again
+            if exc.errno != errno.EBUSY:
+                raise
+            time.sleep(0.2)
 
 
 def _remove_empty_folder(fs: fsspec.AbstractFileSystem, path: str) -> None:

@@ -243,7 +243,8 @@ def publish_version(
             return unchanged_publication(submission, private if latest.get("embargoed") else archive, latest,
                                          outcomes, settings)
         previous = found[-1]["version"] if found else None
-        public = [m for m in found if not m.get("embargoed")]
+        withdrawn = withdrawals(archive, submission.accession)  # (their objects may be taken away one day)
+        public = [m for m in found if not m.get("embargoed") and m["version"] not in withdrawn]
         share_from = public[-1] if public and not submission.embargoed else None
         try:
             return _write_version(submission, target, (previous or 0) + 1, previous, fingerprint, files, reports,

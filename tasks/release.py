@@ -99,15 +99,18 @@ def _release(archive: str, private: str, accession: str, version: int, why: Rele
             _copy_verified(src_fs, join(src, entry["path"]), dst_fs, join(dst, entry["path"]), entry)
             entries.append(entry)
         faults.point("release.copied")
-        changed = embargo(private, accession).history_of(version)
+        record = embargo(private, accession)
+        changed = record.history_of(version)
+        until = record.release_date(manifest)  # the curators' date for it, else the depositor's
         crate = _released_crate(read_json(src_fs, join(src, CRATE)), accession, version, why, today, changed)
         data = dumps(crate)
         sha = write_bytes_atomic(dst_fs, join(dst, CRATE), data)
         entries.append({"path": CRATE, "size": len(data), "sha256": sha})
         public = {**manifest, "format_version": max(manifest.get("format_version", 1), 2), "embargoed": False,
                   "files": sorted(entries, key=lambda e: e["path"]),
-                  "released": {"date": today.isoformat(), "early": why.early, "by": why.by, "reason": why.reason,
-                               "embargoed_until": manifest["release_date"]}}
+                  "released": {"date": today.isoformat(), "by": why.by, "reason": why.reason,
+                               "early": why.early or today < dt.date.fromisoformat(manifest["release_date"]),
+                               "embargoed_until": until.isoformat()}}
         faults.point("release.verify")
         problems = fixity.hash_problems(dst_fs, dst, entries)  # read back from the public location itself
         if problems:

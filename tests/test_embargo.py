@@ -321,3 +321,22 @@ def test_a_withdrawn_version_is_recorded_once_leaves_the_catalog_and_enters_the_
     capsys.readouterr()
     assert main(["search", "--archive", archive, "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["studies"] == []  # nothing of it is found any more
+
+
+def test_an_embargo_record_of_format_1_holds_for_the_versions_private_when_it_was_set(tmp_path, monkeypatch):
+    """A record written before dates were kept per version (one date for the accession) reaches only the versions
+    that were private when it was last changed; a version published after it keeps its own date."""
+    from zarrchive.archive import versions
+
+    private = tmp_path / "archive-private"
+    (private / "ZA000001").mkdir(parents=True)
+    found = [{"version": 1, "created": "2026-01-01T00:00:00+00:00", "release_date": "2030-01-01"},
+             {"version": 2, "created": "2026-06-01T00:00:00+00:00", "release_date": "2030-01-01"}]
+    monkeypatch.setattr(versions, "manifests", lambda location, accession: found)  # (their other fields unused)
+    (private / "ZA000001" / "embargo.json").write_text(json.dumps({
+        "format_version": 1, "release_date": "2026-03-01",
+        "history": [{"action": "brought forward", "release_date": "2026-03-01", "by": "Ada", "reason": "out",
+                     "at": "2026-02-01T00:00:00+00:00"}]}))
+    record = versions.embargo(str(private), "ZA000001")
+    assert record.dates == {1: dt.date(2026, 3, 1)}
+    assert [record.release_date(m) for m in found] == [dt.date(2026, 3, 1), dt.date(2030, 1, 1)]

@@ -335,8 +335,9 @@ def test_originals_are_never_modified(tmp_path, flaky):
 
 
 def test_a_file_whose_copy_outlasts_its_time_fails_alone_and_leaves_nothing_staged(tmp_path, monkeypatch):
-    """A read that never ends (a stalled network share): that file fails, named, after fetch.timeout_seconds;
-    nothing of it is staged; the next file is fetched."""
+    """A copy that never ends (the source keeps it busy): that file fails, named, after fetch.timeout_seconds;
+    nothing of it is staged; the next file is fetched. (A read blocked in the kernel is not interrupted: README,
+    Reliability, known limits.)"""
     import time
 
     from zarrchive import landingzone

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
+from zarrchive.archive.storage import resolve
 from zarrchive.config import ArchiveSettings, load_settings
 from zarrchive.errors import SubmissionError
 from zarrchive.records import Submission
@@ -434,3 +435,7 @@ def test_runs_of_one_submission_racing_for_its_first_accession_all_get_the_same_
         given = {source: {acc for s, acc in got if s == source} for source in {s for s, _ in got}}
         assert len(got) == 6 and all(len(accs) == 1 for accs in given.values()), (trial, got)
         assert given[str(tmp_path / "a")] != given[str(tmp_path / "b")]
+        fs, root = resolve(archive)
+        fs.invalidate_cache()
+        claims = [p for p in fs.find(root) if p.endswith("/accession.json")]
+        assert len(claims) == 2, claims  # the claims let go are gone

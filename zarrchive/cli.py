@@ -9,12 +9,13 @@ was published (the reasons are printed; for ``validate``: errors found; for
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any, NoReturn, Sequence
+from typing import Any, Iterator, NoReturn, Sequence
 
 from zarrchive.errors import ConfigError, NotFound, ZarrchiveError
 from zarrchive.records import Publication
@@ -182,8 +183,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             print(f"{exc.usage}zarrchive: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    # Dask's per-connection INFO lines drown the run's own log; worker processes inherit this too.
-    os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
     # An archive runs offline: the Prefect server must not try to phone home.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     logging.getLogger("distributed").setLevel(logging.WARNING)
@@ -348,8 +347,9 @@ def _release(args: argparse.Namespace) -> int:
              if args.version is None or m["version"] == args.version]
     if not found:
         raise NotFound(f"{args.accession} has no embargoed version" + (f" {args.version}" if args.version else ""))
-    set_embargo(private, args.accession, found, dt.date.today(), args.curator, args.reason,
-                "brought forward on request")
+    with _lease_of(args.archive, args.accession, args.config):  # (two curators at once keep both entries)
+        set_embargo(private, args.accession, found, dt.date.today(), args.curator, args.reason,
+                    "brought forward on request")
     why = Release(by=args.curator, reason=args.reason)
     base = _settings(args.config).publish.public_base_url
     released = [release_version(args.archive, private, args.accession, number, why, public_base_url=base)
@@ -365,24 +365,43 @@ def _release(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+@contextlib.contextmanager
+def _lease_of(archive: str, accession: str, config: str | None) -> Iterator[None]:
+    """Hold the accession's publishing lease (a curator's change of what publish and release also write)."""
+    from zarrchive.archive import lease
+
+    settings = _settings(config).publish
+    held = lease.acquire(archive, accession, settings.lease_seconds, settings.lease_wait_seconds)
+    try:
+        yield
+    finally:
+        held.release()
+
+
 def _withdraw(args: argparse.Namespace) -> int:
     """A curator withdraws a public version: recorded once, in versions.json, the catalog, the front page and the
     changes feed; its objects and pages stay as they were published."""
-    from zarrchive.archive.changes import record_change
+    from zarrchive.archive.changes import changes, record_change
     from zarrchive.archive.front import refresh
     from zarrchive.archive.storage import join, resolve, write_bytes_atomic
     from zarrchive.archive.versions import MANIFEST, VERSIONS, version_index, withdraw
     from zarrchive.tasks.publish import version_url
 
     settings = _settings(args.config)
-    record = withdraw(args.archive, args.accession, args.version, args.curator, args.reason)
-    fs, root = resolve(args.archive)
-    write_bytes_atomic(fs, join(root, args.accession, VERSIONS), version_index(args.archive, args.accession).to_bytes())
-    _location, url = version_url(args.archive, args.accession, args.version, settings.publish)
-    record_change(args.archive, "withdrawn", args.accession, args.version, fs,
-                  join(root, args.accession, f"v{args.version}", MANIFEST), url)
+    with _lease_of(args.archive, args.accession, args.config):  # versions.json is rewritten by publish and release
+        record, new = withdraw(args.archive, args.accession, args.version, args.curator, args.reason)
+        fs, root = resolve(args.archive)
+        write_bytes_atomic(fs, join(root, args.accession, VERSIONS),
+                           version_index(args.archive, args.accession).to_bytes())
+        if not any(e["event"] == "withdrawn" and (e["accession"], e["version"]) == (args.accession, args.version)
+                   for e in changes(args.archive)):  # (a withdrawal interrupted before its event is finished now)
+            _location, url = version_url(args.archive, args.accession, args.version, settings.publish)
+            record_change(args.archive, "withdrawn", args.accession, args.version, fs,
+                          join(root, args.accession, f"v{args.version}", MANIFEST), url)
     for problem in refresh(args.archive, args.accession, settings.catalog):
         print(f"zarrchive: {problem}", file=sys.stderr)
+    if not new:
+        raise NotFound(f"{args.accession} v{args.version} was withdrawn already ({record['reason']})")
     if args.json:
         print(json.dumps({"status": "withdrawn", **{k: record[k] for k in ("accession", "version", "by", "reason",
                                                                           "at")}}))
@@ -407,7 +426,8 @@ def _embargo(args: argparse.Namespace) -> int:
     except ValueError:
         raise ConfigError("--until", [f"{args.until!r} is not a date written YYYY-MM-DD"]) from None
     action = "extended" if until > dt.date.today() else "brought forward"
-    record = set_embargo(private, args.accession, found, until, args.curator, args.reason, action)
+    with _lease_of(args.archive, args.accession, args.config):
+        record = set_embargo(private, args.accession, found, until, args.curator, args.reason, action)
     if args.json:
         print(json.dumps({"status": "ok", "accession": args.accession, "versions": found,
                           "release_date": until.isoformat(),

@@ -69,10 +69,11 @@ def cluster_for_run(settings: ClusterSettings, dashboard: bool = True) -> Iterat
 
 
 def distributed_log_level(level: str) -> None:
-    """Dask distributed's loggers at ``level`` in this process and in the worker processes it starts (they read
-    the environment as they import distributed): its per-connection INFO lines would otherwise drown a run's log,
-    in a flow run a worker started as much as on the command line."""
-    os.environ["DASK_LOGGING__DISTRIBUTED"] = level
+    """Dask distributed's loggers at ``level`` (``cluster.log_level``) in this process and in the worker processes
+    it starts (they read the environment as they import distributed): its per-connection INFO lines would otherwise
+    drown a run's log, in a flow run a worker started as much as on the command line. A site's own
+    ``DASK_LOGGING__DISTRIBUTED`` wins."""
+    level = os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", level)
     logging.getLogger("distributed").setLevel(level.upper())
 
 

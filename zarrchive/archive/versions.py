@@ -178,10 +178,10 @@ def public_versions(archive: str, accession: str) -> list[dict[str, Any]]:
     return [m for m in manifests(archive, accession) if m["version"] not in withdrawn]
 
 
-def withdraw(archive: str, accession: str, version: int, by: str, reason: str) -> dict[str, Any]:
-    """Record that a public version is withdrawn (created once: a second withdrawal is refused); return the
-    record. Its objects stay (later versions may share them, and the record of what was published stays);
-    ``versions.json``, the catalog, the front page and the changes feed follow it."""
+def withdraw(archive: str, accession: str, version: int, by: str, reason: str) -> tuple[dict[str, Any], bool]:
+    """Record that a public version is withdrawn, once; return the record, and whether this call made it (False:
+    it was withdrawn already, and that record holds). Its objects stay (the record of what was published stays
+    verifiable); ``versions.json``, the catalog, the front page and the changes feed follow it."""
     from zarrchive.archive.storage import dumps, write_bytes_exclusive
     from zarrchive.errors import NotFound
 
@@ -193,9 +193,8 @@ def withdraw(archive: str, accession: str, version: int, by: str, reason: str) -
     try:
         write_bytes_exclusive(fs, join(root, accession, WITHDRAWN, f"v{version}.json"), dumps(record))
     except FileExistsError:
-        raise NotFound(f"{accession} v{version} was withdrawn already "
-                       f"({withdrawals(archive, accession)[version]['reason']})") from None
-    return record
+        return {"accession": accession, "version": version, **withdrawals(archive, accession)[version]}, False
+    return record, True
 
 
 def accessions(location: str) -> list[str]:
