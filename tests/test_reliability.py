@@ -16,6 +16,7 @@ import http.server
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -289,14 +290,16 @@ def test_a_full_disk_is_reported_at_once_leaves_no_debris_and_the_next_run_compl
 
 
 class FaultyProxy(http.server.ThreadingHTTPServer):
-    """A loopback HTTP proxy in front of the S3 endpoint: every ``every``-th request gets a 503 SlowDown the first
-    time it is seen (throttling); requests matching ``deny`` get 403 AccessDenied every time (a permanent error)."""
+    """A loopback HTTP proxy in front of the S3 endpoint: every ``every``-th request fails the first time it is seen,
+    in turn with a 503 SlowDown (throttling), a 500 InternalError and a connection dropped without an answer;
+    requests matching ``deny`` get 403 AccessDenied every time (a permanent error)."""
 
     daemon_threads = True
 
     def __init__(self, upstream: str, every: int = 4, deny: str | None = None):
         self.upstream, self.every, self.deny = upstream.rstrip("/"), every, deny
         self.count, self.injected, self.seen = 0, 0, set()
+        self.kinds: dict[object, int] = {}
         self.lock = threading.Lock()
         super().__init__(("127.0.0.1", 0), ProxyHandler)
         threading.Thread(target=self.serve_forever, daemon=True).start()
@@ -312,7 +315,7 @@ class ProxyHandler(http.server.BaseHTTPRequestHandler):
     def log_message(self, *args) -> None:
         pass
 
-    def _fault(self) -> int | None:
+    def _fault(self) -> int | str | None:
         server: FaultyProxy = self.server  # type: ignore[assignment]
         if server.deny and self.command == "PUT" and server.deny in self.path:
             return 403
@@ -321,8 +324,10 @@ class ProxyHandler(http.server.BaseHTTPRequestHandler):
             key = (self.command, self.path)
             if server.count % server.every == 0 and key not in server.seen:
                 server.seen.add(key)
+                kind = (503, 500, "drop")[server.injected % 3]
                 server.injected += 1
-                return 503
+                server.kinds[kind] = server.kinds.get(kind, 0) + 1
+                return kind
         return None
 
     def _body(self) -> bytes | None:
@@ -339,8 +344,12 @@ class ProxyHandler(http.server.BaseHTTPRequestHandler):
 
     def _relay(self) -> None:
         body = self._body()
-        if (status := self._fault()) is not None:
-            code = "SlowDown" if status == 503 else "AccessDenied"
+        if (status := self._fault()) == "drop":  # the connection goes, with no answer at all
+            self.close_connection = True
+            self.connection.shutdown(socket.SHUT_RDWR)
+            return
+        if status is not None:
+            code = {503: "SlowDown", 500: "InternalError"}.get(status, "AccessDenied")
             payload = f"<Error><Code>{code}</Code><Message>injected</Message></Error>".encode()
             self.send_response(status)
             self.send_header("Content-Length", str(len(payload)))
@@ -402,7 +411,7 @@ def test_throttling_and_5xx_from_s3_are_retried_and_the_version_verifies(s3_endp
         fsspec.config.conf["s3"] = saved
         proxy.shutdown()
     assert pub.status == "published", pub.reasons
-    assert proxy.injected >= 5, "the proxy injected too few faults to test anything"
+    assert proxy.injected >= 6 and set(proxy.kinds) == {503, 500, "drop"}, proxy.kinds  # each kind, retried
     assert main(["verify", "ZA000001/v1", "--archive", f"s3://{bucket}/archive"]) == 0
 
 
@@ -678,7 +687,8 @@ CASES = [
      "test_reliability::test_clean_removes_what_a_killed_run_left_and_nothing_of_a_running_one"),
     ("A Dask worker killed mid-image", "its tasks are redone; the image is bit-exact",
      "test_cluster::test_work_lost_with_a_killed_worker_is_redone_and_the_image_is_bit_exact"),
-    ("Throttling and 5xx from S3 (a faulty proxy in front of the endpoint)", "retried; the version verifies",
+    ("Throttling (503), server errors (500) and dropped connections from S3 (a faulty proxy in front of the "
+     "endpoint)", "retried; the version verifies",
      "test_reliability::test_throttling_and_5xx_from_s3_are_retried_and_the_version_verifies"),
     ("A permanent storage error (403 on upload)", "reported; nothing visible",
      "test_reliability::test_a_permanent_storage_error_is_reported_and_nothing_is_visible"),
