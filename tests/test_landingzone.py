@@ -359,3 +359,29 @@ def test_validate_and_ingest_refuse_a_link_to_a_host_file_and_publish_nothing(tm
 def test_an_unsafe_entry_is_an_input_error_naming_it():
     error = UnsafeEntry("images/x.tif", "a socket, not a file")
     assert isinstance(error, InputError) and str(error) == "images/x.tif: a socket, not a file"
+
+
+@pytest.mark.parametrize("kind", ["hard link outside", "named pipe", "socket"])
+def test_a_hard_link_pipe_or_socket_inside_an_ome_zarr_input_is_refused_naming_the_object(tmp_path, host_secret,
+                                                                                            kind):
+    """What a Zarr store holds is checked object by object, as the submission's own files are."""
+    sub = good_submission(tmp_path / "sub", [{"path": "images/b.ome.zarr"}])
+    store = sub / "images" / "b.ome.zarr"
+    group = zarr.open_group(str(store), mode="w", zarr_format=3)
+    group.create_array("0", shape=(4, 4), chunks=(4, 4), dtype="uint8")[...] = np.ones((4, 4), "uint8")
+    odd = store / "0" / "extra"
+    if kind == "hard link outside":
+        os.link(host_secret, odd)
+    elif kind == "named pipe":
+        os.mkfifo(odd)
+    done: list[list[str]] = []
+    with socket.socket(socket.AF_UNIX) as server:
+        if kind == "socket":
+            server.bind(str(odd))
+        worker = threading.Thread(target=lambda: done.append(errors_of(sub)), daemon=True)
+        worker.start()
+        worker.join(30)
+    assert done, "checking the submission hung"
+    [line] = done[0]
+    words = {"hard link outside": "hard link", "named pipe": "named pipe", "socket": "a socket"}[kind]
+    assert "images/b.ome.zarr/0/extra" in line and words in line, line
