@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -298,3 +299,25 @@ def test_two_files_whose_images_would_share_an_id_are_both_reported_and_neither_
     outcomes = image_outcomes(kept, refused, None, PublishSettings(on_image_error="skip_image"))
     assert sorted((o.image_id, o.status) for o in outcomes) == [
         ("case1", "published"), ("case1_label", "published"), ("case1_label.png", "failed")]
+
+
+def test_the_run_log_tells_staff_each_stage_and_ends_with_where_it_was_published(demo):
+    """The demo's run, read back from the Prefect API as the UI shows it: a line per stage and image, the
+    publication last; no Dask INFO lines."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.client.schemas.sorting import LogSort
+
+    pub, *_ = demo
+    crate = json.loads((Path(pub.version_uri) / "ro-crate-metadata.json").read_text())
+    [run_id] = {n["zarrchive:prefectFlowRun"] for n in crate["@graph"] if n.get("@type") == "CreateAction"}
+    with get_client(sync_client=True) as client:
+        logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])),
+                                sort=LogSort.TIMESTAMP_ASC)
+    lines = [log.message for log in logs]
+    for pattern in (r"^ZA\d{6}: .* \(\d+ file\(s\)\) is ", r"^fetched \d+ file\(s\), .* each hashed",
+                    r"^convert \S+: .*, channels ", r"^compress \S+: ", r"^qc: \d+ image\(s\) checked"):
+        assert any(re.search(pattern, line) for line in lines), (pattern, lines)
+    published = [i for i, line in enumerate(lines) if line.startswith(f"Published {pub.accession} v{pub.version} at ")]
+    assert published and "index.html" in lines[published[0]]
+    assert not [line for line in lines if line.startswith("distributed.")]
