@@ -70,7 +70,7 @@ def fixity_audit(archive: str, sample: float = 1.0, accession: str = "", config:
         lines += [f"| {p['version']} | `{p['path']}` | {p['detail']} |" for p in problems]
     else:
         lines.append("No problem found.")
-    create_markdown_artifact("\n".join(lines), key=outcome.run_artifact_key("fixity-audit", results[0]["archive"]),
+    create_markdown_artifact("\n".join(lines), key=outcome.run_artifact_key("fixity-audit", archive),
                              description="What the fixity audit found")
     objects = sum(r["objects"] for r in results)
     versions = sum(len(r["versions"]) for r in results)

@@ -26,7 +26,7 @@ from zarrchive.archive.lineage import Traced, stage_task, traced
 from zarrchive.archive.storage import dumps, join, read_json, resolve, to_url, write_bytes_atomic, write_bytes_exclusive
 from zarrchive.archive.versions import ARCHIVE_MARKER
 from zarrchive.config import ArchiveSettings, SubmissionLimits, SubmissionSettings
-from zarrchive.errors import ArchiveNotFound, SubmissionError
+from zarrchive.errors import ArchiveNotFound, SubmissionError, TransientError
 from zarrchive.landingzone import Entry, SubmissionFiles, UnsafeEntry, fold
 from zarrchive.plates import detect as detect_plates
 from zarrchive.records import Finding, Submission, SubmissionDoc, default_label_name, parse_relative_path
@@ -223,6 +223,7 @@ def _claim_number(fs: fsspec.AbstractFileSystem, root: str, key: str, settings: 
     pattern = re.compile(rf"^{re.escape(settings.accession_prefix)}(\d{{{settings.accession_digits}}})$")
     taken = [int(m.group(1)) for name in _names(fs, root) if (m := pattern.match(name))]
     number = max(taken, default=0) + 1
+    busy = 0
     while True:
         accession = f"{settings.accession_prefix}{number:0{settings.accession_digits}d}"
         claim = {"accession": accession, "submission": key, "created": dt.datetime.now(dt.timezone.utc).isoformat()}
@@ -234,7 +235,10 @@ def _claim_number(fs: fsspec.AbstractFileSystem, root: str, key: str, settings: 
         except OSError as exc:  # an object store busy with a claim let go at that name (409): try it again
             if exc.errno != errno.EBUSY:
                 raise
-            time.sleep(0.2)
+            busy += 1
+            if busy > 10:  # (s3fs reports throttling as busy too: the task's retries take it from here)
+                raise TransientError(f"claiming {accession}: the store stayed busy ({exc})") from exc
+            time.sleep(0.2 * busy)
 
 
 def _remove_empty_folder(fs: fsspec.AbstractFileSystem, path: str) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import re
 from typing import Any
 
 import fsspec
@@ -246,6 +247,9 @@ def publish_version(
         withdrawn = withdrawals(archive, submission.accession)  # (their objects may be taken away one day)
         public = [m for m in found if not m.get("embargoed") and m["version"] not in withdrawn]
         share_from = public[-1] if public and not submission.embargoed else None
+        if share_from and withdrawn:  # nor what it shares from one (a withdrawn version's objects may go one day)
+            share_from = {**share_from, "files": [f for f in share_from["files"]
+                                                   if _shared_from(f["path"]) not in withdrawn]}
         try:
             return _write_version(submission, target, (previous or 0) + 1, previous, fingerprint, files, reports,
                                   outcomes, qc_report, lineage, held, settings, share_from)
@@ -254,6 +258,12 @@ def publish_version(
             raise
     finally:
         held.release()
+
+
+def _shared_from(path: str) -> int | None:
+    """The version a manifest path shares its object from (``../v1/…`` -> 1), None for its own objects."""
+    match = re.match(r"\.\./v(\d+)/", path)
+    return int(match[1]) if match else None
 
 
 def _clear_interrupted_quietly(archive: str, accession: str, number: int) -> None:

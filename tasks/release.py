@@ -44,6 +44,7 @@ class Release:
 
     by: str | None = None
     reason: str = ""
+    embargoed_until: dt.date | None = None  # the date it had before a curator brought it forward
 
     @property
     def early(self) -> bool:
@@ -101,7 +102,7 @@ def _release(archive: str, private: str, accession: str, version: int, why: Rele
         faults.point("release.copied")
         record = embargo(private, accession)
         changed = record.history_of(version)
-        until = record.release_date(manifest)  # the curators' date for it, else the depositor's
+        until = why.embargoed_until or record.release_date(manifest)  # the curators' date for it, else its own
         crate = _released_crate(read_json(src_fs, join(src, CRATE)), accession, version, why, today, changed)
         data = dumps(crate)
         sha = write_bytes_atomic(dst_fs, join(dst, CRATE), data)

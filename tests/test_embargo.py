@@ -143,6 +143,8 @@ def test_a_curator_releases_early_or_extends_the_embargo_and_both_are_recorded(t
     action = next(n for n in crate["@graph"] if n.get("zarrchive:stage") == "release")
     assert action["agent"] == {"@id": "#curator/Ada"} and "the paper is out" in action["description"]
     assert next(n for n in crate["@graph"] if n["@id"] == "./")["datePublished"] == dt.date.today().isoformat()
+    released = json.loads((Path(archive) / "ZA000001" / "v1" / "manifest.json").read_text())["released"]
+    assert released["early"] and released["embargoed_until"] == LATER.isoformat()  # the date it had, not today
     assert main(["changes", "--archive", archive, "--json"]) == 0
     assert [(e["event"], e["accession"]) for e in json.loads(capsys.readouterr().out)] == [("released", "ZA000001")]
 
@@ -312,12 +314,21 @@ def test_a_withdrawn_version_is_recorded_once_leaves_the_catalog_and_enters_the_
     capsys.readouterr()
     assert main(["verify", "ZA000001", "--archive", archive]) == 0  # its objects stay, whole
     assert ingest(str(sub), archive, config_file()).version == 3  # a rerun does not call a withdrawn one unchanged
-    capsys.readouterr()
 
+    def shares_from(version: int) -> set[str]:
+        manifest = json.loads((Path(archive) / "ZA000001" / f"v{version}" / "manifest.json").read_text())
+        return {f["path"].split("/")[1] for f in manifest["files"] if f["path"].startswith("../")}
+
+    assert shares_from(3) == {"v1"}  # what did not change, from v1: never from the withdrawn v2
     assert main(["withdraw", "ZA000001", "--version", "1", "--archive", archive, "--curator", "Ada",
                  "--reason", "all of it", "--json"]) == 0
-    assert main(["withdraw", "ZA000001", "--version", "3", "--archive", archive, "--curator", "Ada",
-                 "--reason", "all of it", "--json"]) == 0
+    (sub / "notes.txt").write_text("a fourth version\n")
+    assert ingest(str(sub), archive, config_file()).version == 4
+    assert shares_from(4) == set()  # v3 shares its image from the withdrawn v1: v4 stores it again
+    capsys.readouterr()
+    for version in (3, 4):
+        assert main(["withdraw", "ZA000001", "--version", str(version), "--archive", archive, "--curator", "Ada",
+                     "--reason", "all of it", "--json"]) == 0
     capsys.readouterr()
     assert main(["search", "--archive", archive, "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["studies"] == []  # nothing of it is found any more

@@ -339,21 +339,27 @@ def _release(args: argparse.Namespace) -> int:
     import datetime as dt
 
     from zarrchive.archive.front import refresh
-    from zarrchive.archive.versions import manifests, set_embargo
+    from zarrchive.archive.versions import embargo, manifests, set_embargo
     from zarrchive.tasks.release import Release, release_version
 
     private = _private(args.archive, args.config)
-    found = [m["version"] for m in manifests(private, args.accession)
-             if args.version is None or m["version"] == args.version]
+    chosen = [m for m in manifests(private, args.accession) if args.version is None or m["version"] == args.version]
+    found = [m["version"] for m in chosen]
     if not found:
         raise NotFound(f"{args.accession} has no embargoed version" + (f" {args.version}" if args.version else ""))
     with _lease_of(args.archive, args.accession, args.config):  # (two curators at once keep both entries)
+        until = {m["version"]: embargo(private, args.accession).release_date(m) for m in chosen}
         set_embargo(private, args.accession, found, dt.date.today(), args.curator, args.reason,
                     "brought forward on request")
-    why = Release(by=args.curator, reason=args.reason)
     base = _settings(args.config).publish.public_base_url
-    released = [release_version(args.archive, private, args.accession, number, why, public_base_url=base)
-                for number in found]
+    released = []
+    for number in found:
+        why = Release(by=args.curator, reason=args.reason, embargoed_until=until[number])
+        try:
+            released.append(release_version(args.archive, private, args.accession, number, why,
+                                             public_base_url=base))
+        except FileNotFoundError:  # the daily release moved it meanwhile: it is public, which was asked
+            released.append({"version": number})
     for problem in refresh(args.archive, args.accession, _settings(args.config).catalog):
         print(f"zarrchive: {problem}", file=sys.stderr)
     if args.json:
@@ -381,7 +387,7 @@ def _lease_of(archive: str, accession: str, config: str | None) -> Iterator[None
 def _withdraw(args: argparse.Namespace) -> int:
     """A curator withdraws a public version: recorded once, in versions.json, the catalog, the front page and the
     changes feed; its objects and pages stay as they were published."""
-    from zarrchive.archive.changes import changes, record_change
+    from zarrchive.archive.changes import changes, record_change, write_feed
     from zarrchive.archive.front import refresh
     from zarrchive.archive.storage import join, resolve, write_bytes_atomic
     from zarrchive.archive.versions import MANIFEST, VERSIONS, version_index, withdraw
@@ -398,6 +404,7 @@ def _withdraw(args: argparse.Namespace) -> int:
             _location, url = version_url(args.archive, args.accession, args.version, settings.publish)
             record_change(args.archive, "withdrawn", args.accession, args.version, fs,
                           join(root, args.accession, f"v{args.version}", MANIFEST), url)
+        write_feed(args.archive)  # (an event written by an interrupted withdrawal is in the feed too)
     for problem in refresh(args.archive, args.accession, settings.catalog):
         print(f"zarrchive: {problem}", file=sys.stderr)
     if not new:

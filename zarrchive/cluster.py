@@ -68,13 +68,17 @@ def cluster_for_run(settings: ClusterSettings, dashboard: bool = True) -> Iterat
         cluster.close()
 
 
+SITE_DASK_LOG_LEVEL = os.environ.get("DASK_LOGGING__DISTRIBUTED")  # a site's own, as the process started
+
+
 def distributed_log_level(level: str) -> None:
     """Dask distributed's loggers at ``level`` (``cluster.log_level``) in this process and in the worker processes
     it starts (they read the environment as they import distributed): its per-connection INFO lines would otherwise
     drown a run's log, in a flow run a worker started as much as on the command line. A site's own
     ``DASK_LOGGING__DISTRIBUTED`` wins."""
-    level = os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", level)
-    logging.getLogger("distributed").setLevel(level.upper())
+    level = SITE_DASK_LOG_LEVEL or level
+    os.environ["DASK_LOGGING__DISTRIBUTED"] = level
+    logging.getLogger("distributed").setLevel(int(level) if level.isdigit() else level.upper())
 
 
 def local_sizes(settings: ClusterSettings) -> tuple[int, int]:
