@@ -359,6 +359,9 @@ def _release(args: argparse.Namespace) -> int:
             released.append(release_version(args.archive, private, args.accession, number, why,
                                              public_base_url=base))
         except FileNotFoundError:  # the daily release moved it meanwhile: it is public, which was asked
+            if not manifests(args.archive, args.accession) or number not in {
+                    m["version"] for m in manifests(args.archive, args.accession)}:
+                raise  # (an object missing from the private copy: not released, reported)
             released.append({"version": number})
     for problem in refresh(args.archive, args.accession, _settings(args.config).catalog):
         print(f"zarrchive: {problem}", file=sys.stderr)
