@@ -23,7 +23,7 @@ from fsspec.implementations.local import LocalFileSystem
 
 from zarrchive import yamldoc
 from zarrchive.archive.lineage import Traced, stage_task, traced
-from zarrchive.archive.storage import dumps, join, read_json, resolve, to_url, write_bytes_atomic, write_bytes_exclusive
+from zarrchive.archive.storage import dumps, join, read_json, resolve, to_url, write_bytes_exclusive
 from zarrchive.archive.versions import ARCHIVE_MARKER
 from zarrchive.config import ArchiveSettings, SubmissionLimits, SubmissionSettings
 from zarrchive.errors import ArchiveNotFound, SubmissionError, TransientError

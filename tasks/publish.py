@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-import re
 from typing import Any
 
 import fsspec
@@ -42,7 +41,7 @@ from zarrchive.archive.storage import (
 from zarrchive.archive.thumbnails import thumbnail_png
 from zarrchive.archive.versions import (
     CRATE, LANDING, MANIFEST, MANIFEST_FORMAT, QC_PAGE, QC_REPORT, VERSIONS, image_store, is_shared, original_path,
-    published_versions, version_index, withdrawals,
+    published_versions, shared_from, version_index, withdrawals,
 )
 from zarrchive.config import PublishSettings, Settings
 from zarrchive.errors import TransientError
@@ -83,11 +82,15 @@ def find_unchanged(archive: str, accession: str, fingerprint: str,
                    private: str | None = None) -> dict[str, Any] | None:
     """The manifest of the latest version not withdrawn (public, or embargoed at ``private``) when it was made from
     exactly this input; else None."""
-    withdrawn = withdrawals(archive, accession)
-    found = [m for m in published_versions(archive, accession, private) if m["version"] not in withdrawn]
-    if found and found[-1].get("fingerprint") == fingerprint:
-        return found[-1]
-    return None
+    return latest_unchanged(published_versions(archive, accession, private), withdrawals(archive, accession),
+                            fingerprint)
+
+
+def latest_unchanged(found: list[dict[str, Any]], withdrawn: dict[int, Any],
+                     fingerprint: str) -> dict[str, Any] | None:
+    """Of the manifests ``found``, the latest not withdrawn when it was made from this input (``fingerprint``)."""
+    current = [m for m in found if m["version"] not in withdrawn]
+    return current[-1] if current and current[-1].get("fingerprint") == fingerprint else None
 
 
 def check_unchanged(submission: Submission, archive: str, fingerprint: str,
@@ -240,16 +243,16 @@ def publish_version(
         return not_published(submission, archive, outcomes, [str(exc)], status="busy")
     try:
         found = published_versions(archive, submission.accession, private)
-        if latest := find_unchanged(archive, submission.accession, fingerprint, private):  # (not a withdrawn one)
+        withdrawn = withdrawals(archive, submission.accession)  # (their objects may be taken away one day)
+        if latest := latest_unchanged(found, withdrawn, fingerprint):
             return unchanged_publication(submission, private if latest.get("embargoed") else archive, latest,
                                          outcomes, settings)
         previous = found[-1]["version"] if found else None
-        withdrawn = withdrawals(archive, submission.accession)  # (their objects may be taken away one day)
         public = [m for m in found if not m.get("embargoed") and m["version"] not in withdrawn]
         share_from = public[-1] if public and not submission.embargoed else None
         if share_from and withdrawn:  # nor what it shares from one (a withdrawn version's objects may go one day)
             share_from = {**share_from, "files": [f for f in share_from["files"]
-                                                   if _shared_from(f["path"]) not in withdrawn]}
+                                                   if shared_from(f["path"]) not in withdrawn]}
         try:
             return _write_version(submission, target, (previous or 0) + 1, previous, fingerprint, files, reports,
                                   outcomes, qc_report, lineage, held, settings, share_from)
@@ -258,12 +261,6 @@ def publish_version(
             raise
     finally:
         held.release()
-
-
-def _shared_from(path: str) -> int | None:
-    """The version a manifest path shares its object from (``../v1/…`` -> 1), None for its own objects."""
-    match = re.match(r"\.\./v(\d+)/", path)
-    return int(match[1]) if match else None
 
 
 def _clear_interrupted_quietly(archive: str, accession: str, number: int) -> None:

@@ -354,7 +354,7 @@ def test_a_file_whose_copy_outlasts_its_time_fails_alone_and_leaves_nothing_stag
             self.handle = handle
 
         def read(self, size=-1):
-            block = self.handle.read(size)
+            self.handle.read(size)
             while True:  # the share stopped answering after the first block
                 time.sleep(0.05)
 

@@ -359,8 +359,7 @@ def _release(args: argparse.Namespace) -> int:
             released.append(release_version(args.archive, private, args.accession, number, why,
                                              public_base_url=base))
         except FileNotFoundError:  # the daily release moved it meanwhile: it is public, which was asked
-            if not manifests(args.archive, args.accession) or number not in {
-                    m["version"] for m in manifests(args.archive, args.accession)}:
+            if number not in {m["version"] for m in manifests(args.archive, args.accession)}:
                 raise  # (an object missing from the private copy: not released, reported)
             released.append({"version": number})
     for problem in refresh(args.archive, args.accession, _settings(args.config).catalog):
@@ -390,7 +389,7 @@ def _lease_of(archive: str, accession: str, config: str | None) -> Iterator[None
 def _withdraw(args: argparse.Namespace) -> int:
     """A curator withdraws a public version: recorded once, in versions.json, the catalog, the front page and the
     changes feed; its objects and pages stay as they were published."""
-    from zarrchive.archive.changes import changes, record_change, write_feed
+    from zarrchive.archive.changes import has_event, record_change, write_feed
     from zarrchive.archive.front import refresh
     from zarrchive.archive.storage import join, resolve, write_bytes_atomic
     from zarrchive.archive.versions import MANIFEST, VERSIONS, version_index, withdraw
@@ -402,8 +401,7 @@ def _withdraw(args: argparse.Namespace) -> int:
         fs, root = resolve(args.archive)
         write_bytes_atomic(fs, join(root, args.accession, VERSIONS),
                            version_index(args.archive, args.accession).to_bytes())
-        if not any(e["event"] == "withdrawn" and (e["accession"], e["version"]) == (args.accession, args.version)
-                   for e in changes(args.archive)):  # (a withdrawal interrupted before its event is finished now)
+        if not has_event(args.archive, "withdrawn", args.accession, args.version):  # (an interrupted one finished)
             _location, url = version_url(args.archive, args.accession, args.version, settings.publish)
             record_change(args.archive, "withdrawn", args.accession, args.version, fs,
                           join(root, args.accession, f"v{args.version}", MANIFEST), url)

@@ -38,6 +38,18 @@ def record_change(archive: str, event: str, accession: str, version: int, fs: An
     return change
 
 
+def has_event(archive: str, event: str, accession: str, version: int) -> bool:
+    """Whether the feed has an ``event`` of ``accession`` ``version`` (from the event objects' names: one listing)."""
+    fs, root = resolve(archive)
+    fs.invalidate_cache(join(root, CHANGES))
+    try:
+        names = fs.ls(join(root, CHANGES), detail=False)
+    except FileNotFoundError:
+        return False
+    mark = f"-{accession}-v{version}-{event}-"
+    return any(mark in name and name.endswith(".json") for name in names)
+
+
 def changes(archive: str, since: dt.datetime | None = None) -> list[dict[str, Any]]:
     """Every event of the feed after ``since``, oldest first (read from the event objects themselves)."""
     fs, root = resolve(archive)

@@ -67,6 +67,12 @@ def is_shared(path: str) -> bool:
     return SHARED.match(path) is not None
 
 
+def shared_from(path: str) -> int | None:
+    """The version a manifest path shares its object from (``../v1/…`` -> 1), None for the version's own."""
+    found = SHARED.match(path)
+    return int(found.group(1)) if found else None
+
+
 def logical_path(path: str) -> str:
     """What an object is within its version, wherever it is stored: ``../v1/originals/a.tif`` -> ``originals/a.tif``."""
     found = SHARED.match(path)
