@@ -37,6 +37,7 @@ from zarrchive.tasks.publish import (
     version_fingerprint,
 )
 from zarrchive.tasks.pyramid import labels_with_images, pyramid, pyramid_batch
+from zarrchive.tasks.qc import prepare as prepare_qc
 from zarrchive.tasks.qc import qc
 
 from zarrchive import credentials, outcome
@@ -126,8 +127,9 @@ def ingest_submission(
                 labels_with_images(converted, images), settings), staging, work)
             images, failures, lineage = images + labels, failures + failed, lineage + traced
 
-            reports, failed, traced = gather("compress", _compress(images, staged, work, settings, scheduler),
-                                             staging, work)
+            compressing = _compress(images, staged, work, settings, scheduler)
+            prepare_qc()  # its library loads while the cluster compresses
+            reports, failed, traced = gather("compress", compressing, staging, work)
             failures, lineage = failures + failed, lineage + traced
 
             checked = qc(record, images, reports, settings.qc, scheduler, failures) if reports else None

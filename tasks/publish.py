@@ -501,15 +501,16 @@ def _upload_pages(fs: fsspec.AbstractFileSystem, vdir: str, submission: Submissi
     shown = {o.image_id for o in outcomes if o.status == "published" and not o.label_of}
     thumbnails: dict[str, str] = {}
     shared = []
+    made = []
     for report in (r for r in reports if r.image_id in shown):
         if (stores or {}).get(report.image_id, "").startswith("../") and report.image_id in share.thumbnails:
             shared.append(ManifestEntry.model_validate(share.thumbnails[report.image_id]))  # its image's is shared
             thumbnails[report.image_id] = shared[-1].path
-            continue
-        try:
-            png = thumbnail_png(report.store)
-        except Exception as exc:  # a picture is a courtesy: the image is published without one
-            runlog.logger().warning("%s: no thumbnail (%s)", report.image_id, exc)
+        else:
+            made.append(report)
+    for report, png in zip(made, _thumbnails([r.store for r in made])):
+        if isinstance(png, Exception):  # a picture is a courtesy: the image is published without one
+            runlog.logger().warning("%s: no thumbnail (%s)", report.image_id, png)
             continue
         entries.append(_put_bytes(fs, join(vdir, f"thumbnails/{report.image_id}.png"), png))
         thumbnails[report.image_id] = f"thumbnails/{report.image_id}.png"
@@ -520,6 +521,23 @@ def _upload_pages(fs: fsspec.AbstractFileSystem, vdir: str, submission: Submissi
                                   public_url=public_url, viewer=settings.viewer_url if settings else None,
                                   thumbnails=thumbnails, stores=stores, originals=originals)
     return entries + [_put_bytes(fs, join(vdir, LANDING), landing.encode())], shared
+
+
+def _thumbnails(stores: list[str]) -> list[bytes | Exception]:
+    """The thumbnail of each store, or why there is none, a few at a time (reading the level, scaling and the PNG
+    encoder release the GIL: a version of many small images spends most of its page-making here)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def made(store: str) -> bytes | Exception:
+        try:
+            return thumbnail_png(store)
+        except Exception as exc:
+            return exc
+
+    if len(stores) < 2:
+        return [made(store) for store in stores]
+    with ThreadPoolExecutor(min(4, len(stores))) as pool:
+        return list(pool.map(made, stores))
 
 
 def _verify_stored(fs: fsspec.AbstractFileSystem, entries: list[ManifestEntry]) -> None:

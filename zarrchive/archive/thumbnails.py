@@ -3,7 +3,9 @@
 The level is the largest whose planes fit ``SIZE`` pixels on their longer side (else the smallest one, read
 with a stride that makes it fit), the plane the first time point and the middle of z. Each of the first three channels is shown in its
 colour through its display window (the ``omero`` window the image carries: the input's, or the 0.1–99.9
-percentiles compress measured), the channels added; a single channel is grey. Reads a few kilobytes.
+percentiles compress measured), the channels added; a single channel is grey (a greyscale PNG). Reads a few
+kilobytes; the PNG is deflated at zlib level 1 (a few per cent larger than the default level, several times
+faster: a publish of 10,000 fields makes 10,000 of them).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import numpy as np
 import zarr
 
 SIZE = 256
+PNG_LEVEL = 1
 COLOURS = ("FFFFFF", "00FF00", "FF00FF")  # when the image names none: grey, then green and magenta
 
 
@@ -65,4 +68,6 @@ def _window(info: dict[str, Any], data: np.ndarray) -> tuple[float, float]:
 
 
 def _png(rgb: np.ndarray) -> bytes:
-    return bytes(imagecodecs.png_encode(np.ascontiguousarray(rgb)))
+    """A greyscale PNG when the three colours are alike (one channel, or grey ones), else an RGB one."""
+    grey = bool((rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all())
+    return bytes(imagecodecs.png_encode(np.ascontiguousarray(rgb[..., 0] if grey else rgb), level=PNG_LEVEL))

@@ -19,6 +19,7 @@ the profile and picks by a documented objective (``OBJECTIVE``).
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -242,6 +243,9 @@ def supports(spec: CodecSpec, dtype: np.dtype) -> str | None:
     return None
 
 
+_CODERS: dict[tuple, tuple[Any, Any]] = {}  # (codec, chunk shape, dtype) -> its chunk encoder and decoder
+
+
 def _round_trip(codec: Any, samples: list[np.ndarray], repeats: int = 3) -> tuple[int, float, float]:
     """Stored bytes, encode and decode seconds of the sample chunks through ``codec``, checked lossless.
 
@@ -252,9 +256,14 @@ def _round_trip(codec: Any, samples: list[np.ndarray], repeats: int = 3) -> tupl
     from zarrchive.pixels.shards import chunk_coder
 
     shape = samples[0].shape
-    array = zarr.create_array(store=zarr.storage.MemoryStore(), shape=shape, chunks=shape, dtype=samples[0].dtype,
-                              fill_value=0, zarr_format=3, **array_codec_kwargs(codec))
-    encode, decode = chunk_coder(array.metadata, shape)
+    key = (json.dumps(codec.to_dict(), sort_keys=True, default=str), shape, samples[0].dtype.str)
+    if (coder := _CODERS.get(key)) is None:  # a worker trying the same candidates on image after image
+        array = zarr.create_array(store=zarr.storage.MemoryStore(), shape=shape, chunks=shape,
+                                  dtype=samples[0].dtype, fill_value=0, zarr_format=3, **array_codec_kwargs(codec))
+        if len(_CODERS) >= 256:
+            _CODERS.clear()
+        coder = _CODERS[key] = chunk_coder(array.metadata, shape)
+    encode, decode = coder
     chunks = [np.ascontiguousarray(sample) for sample in samples]
     encoded, decoded, enc_seconds, dec_seconds = [], [], float("inf"), float("inf")
     for _ in range(repeats):
