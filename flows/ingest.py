@@ -37,7 +37,6 @@ from zarrchive.tasks.publish import (
     version_fingerprint,
 )
 from zarrchive.tasks.pyramid import labels_with_images, pyramid, pyramid_batch
-from zarrchive.tasks.qc import prepare as prepare_qc
 from zarrchive.tasks.qc import qc
 
 from zarrchive import credentials, outcome
@@ -127,9 +126,8 @@ def ingest_submission(
                 labels_with_images(converted, images), settings), staging, work)
             images, failures, lineage = images + labels, failures + failed, lineage + traced
 
-            compressing = _compress(images, staged, work, settings, scheduler)
-            prepare_qc()  # its library loads while the cluster compresses
-            reports, failed, traced = gather("compress", compressing, staging, work)
+            reports, failed, traced = gather("compress", _compress(images, staged, work, settings, scheduler),
+                                             staging, work)
             failures, lineage = failures + failed, lineage + traced
 
             checked = qc(record, images, reports, settings.qc, scheduler, failures) if reports else None

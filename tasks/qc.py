@@ -27,7 +27,6 @@ import json
 import logging
 import os
 import re
-import sys
 from typing import Any
 
 import numpy as np
@@ -189,37 +188,11 @@ def image_facts(image: ImageRecord, report: CompressionReport, channels: list[di
 # ---------------------------------------------------------------- running the suite
 
 
-def prepare() -> None:
-    """Start importing Great Expectations in the background (once per process): its import takes seconds, which
-    a run spends while its images are compressed on the cluster instead of before its QC."""
-    import threading
-
-    global _PREPARED
-    if _PREPARED is None and "great_expectations" not in sys.modules:
-        _PREPARED = threading.Thread(target=_import_gx, name="zarrchive-qc-import", daemon=True)
-        _PREPARED.start()
-
-
-_PREPARED: Any = None
-
-
-def _import_gx() -> None:
-    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
-    logging.getLogger("great_expectations").setLevel(logging.WARNING)  # its temporary-folder notes are not ours
-    try:
-        import great_expectations  # noqa: F401
-        import pandas  # noqa: F401
-    except Exception:  # the QC task imports it again and reports what is wrong
-        pass
-
-
 def run_suite(table: str, rows: list[dict[str, Any]], expectations: list[dict[str, Any]],
               keys: list[str]) -> list[Finding]:
     """Validate ``rows`` with Great Expectations; one finding per failing row and expectation."""
     if not rows or not expectations:
         return []
-    if _PREPARED is not None:
-        _PREPARED.join()  # (an import in two threads at once is safe, but this one is under way)
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     logging.getLogger("great_expectations").setLevel(logging.WARNING)  # its temporary-folder notes are not ours
     import great_expectations as gx
