@@ -479,3 +479,22 @@ def test_a_viewer_template_must_name_the_url_and_be_a_web_address():
     for bad in ("https://viewer.example.org/", "javascript:alert({url})", "file:///x?{url}"):
         with pytest.raises(ValueError):
             PublishSettings(on_image_error="block_submission", viewer_url=bad)
+
+
+def test_thumbnails_are_made_in_order_grey_or_coloured_and_a_failure_is_kept_with_its_reason(tmp_path):
+    """Thumbnails are made a few at a time: each comes back in the order of its store; a single channel is a greyscale
+    PNG, channels in colour an RGB one; a store that cannot be read gives its error (the image goes without)."""
+    import imagecodecs
+
+    from builders import ome_zarr_input
+    from zarrchive.tasks.publish import _thumbnails
+
+    rng = np.random.default_rng(3)
+    grey = ome_zarr_input(tmp_path / "grey.ome.zarr", rng.integers(0, 4000, (1, 64, 48), dtype="uint16"), "CYX")
+    colour = ome_zarr_input(tmp_path / "two.ome.zarr", rng.integers(0, 4000, (2, 64, 48), dtype="uint16"), "CYX",
+                            channels=["DAPI", "GFP"])
+    made = _thumbnails([str(grey), str(tmp_path / "missing.ome.zarr"), str(colour), str(grey)])
+    assert isinstance(made[1], Exception)
+    first, second, again = (imagecodecs.png_decode(made[i]) for i in (0, 2, 3))
+    assert first.shape == (64, 48) and first.std() > 0 and np.array_equal(first, again)
+    assert second.shape == (64, 48, 3) and not np.array_equal(second[..., 0], second[..., 1])
