@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-from typing import Any
+from typing import Any, Iterator
 
 import fsspec
 
@@ -523,9 +523,10 @@ def _upload_pages(fs: fsspec.AbstractFileSystem, vdir: str, submission: Submissi
     return entries + [_put_bytes(fs, join(vdir, LANDING), landing.encode())], shared
 
 
-def _thumbnails(stores: list[str]) -> list[bytes | Exception]:
-    """The thumbnail of each store, or why there is none, a few at a time (reading the level, scaling and the PNG
-    encoder release the GIL: a version of many small images spends most of its page-making here)."""
+def _thumbnails(stores: list[str], ahead: int = 64) -> Iterator[bytes | Exception]:
+    """The thumbnail of each store, or why there is none, in order: made four at a time (reading the level,
+    scaling and the PNG encoder release the GIL; a version of many small images spends most of its page-making
+    here), at most ``ahead`` of them held before they are taken (a version of 10,000 fields never holds all)."""
     from concurrent.futures import ThreadPoolExecutor
 
     def made(store: str) -> bytes | Exception:
@@ -534,10 +535,9 @@ def _thumbnails(stores: list[str]) -> list[bytes | Exception]:
         except Exception as exc:
             return exc
 
-    if len(stores) < 2:
-        return [made(store) for store in stores]
-    with ThreadPoolExecutor(min(4, len(stores))) as pool:
-        return list(pool.map(made, stores))
+    with ThreadPoolExecutor(4) as pool:
+        for start in range(0, len(stores), ahead):
+            yield from pool.map(made, stores[start:start + ahead])
 
 
 def _verify_stored(fs: fsspec.AbstractFileSystem, entries: list[ManifestEntry]) -> None:

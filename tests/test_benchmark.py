@@ -51,7 +51,8 @@ def test_speed_targets_are_judged_on_inputs_of_a_gigabyte_or_more():
             row("ome-zarr-py-matched", big, 100.0, anti_aliased=True), row("ceiling", big, 400.0),
             row("zarrchive-compat", 2 * big, 210.0, rss=950.0),
             row("zarrchive-compat", small, 1.0, rss=300.0), row("ceiling", small, 5.0)]
-    lines = bench.targets(rows)
+    other = [{**row("zarrchive-compat", big, 200.0, rss=400.0), "input": f"other-{big}.tif"}]  # another layout
+    lines = bench.targets(rows + other)
     assert f"in-{big}: compat vs fastest peer (bioio-ome-zarr): 1.33x -> PASS (target: faster)" in lines
     assert any(line.startswith(f"in-{big}: compat vs fastest anti-aliased peer") and "2.00x -> FAIL" in line
                for line in lines)
@@ -61,6 +62,7 @@ def test_speed_targets_are_judged_on_inputs_of_a_gigabyte_or_more():
     assert f"in-{small}: speed targets apply to inputs of at least 1 GB (start-up would dominate)" in lines
     assert not any(line.startswith(f"in-{small}: compat vs") for line in lines)
     assert any("peak RSS 900 -> 950 MiB" in line and "PASS" in line for line in lines)  # the small input left out
+    assert sum("as the input grows" in line for line in lines) == 1  # within a layout, never across layouts
 
 
 def test_the_real_samples_are_z_stacks_of_their_planes(tmp_path):

@@ -493,7 +493,8 @@ def test_thumbnails_are_made_in_order_grey_or_coloured_and_a_failure_is_kept_wit
     grey = ome_zarr_input(tmp_path / "grey.ome.zarr", rng.integers(0, 4000, (1, 64, 48), dtype="uint16"), "CYX")
     colour = ome_zarr_input(tmp_path / "two.ome.zarr", rng.integers(0, 4000, (2, 64, 48), dtype="uint16"), "CYX",
                             channels=["DAPI", "GFP"])
-    made = _thumbnails([str(grey), str(tmp_path / "missing.ome.zarr"), str(colour), str(grey)])
+    made = list(_thumbnails([str(grey), str(tmp_path / "missing.ome.zarr"), str(colour), str(grey)], ahead=3))
+    assert len(made) == 4  # (in windows of three: the fourth made after the first three were taken)
     assert isinstance(made[1], Exception)
     first, second, again = (imagecodecs.png_decode(made[i]) for i in (0, 2, 3))
     assert first.shape == (64, 48) and first.std() > 0 and np.array_equal(first, again)

@@ -3,7 +3,8 @@
 The level is the largest whose planes fit ``SIZE`` pixels on their longer side (else the smallest one, read
 with a stride that makes it fit), the plane the first time point and the middle of z. Each of the first three channels is shown in its
 colour through its display window (the ``omero`` window the image carries: the input's, or the 0.1–99.9
-percentiles compress measured), the channels added; a single channel is grey (a greyscale PNG). Reads a few
+percentiles compress measured), the channels added; a single channel is grey. A picture whose three colours
+come out equal (one channel, or grey ones) is a greyscale PNG. Reads a few
 kilobytes; the PNG is deflated at zlib level 1 (a few per cent larger than the default level, several times
 faster: a publish of 10,000 fields makes 10,000 of them).
 """

@@ -256,7 +256,8 @@ def _round_trip(codec: Any, samples: list[np.ndarray], repeats: int = 3) -> tupl
     from zarrchive.pixels.shards import chunk_coder
 
     shape = samples[0].shape
-    key = (json.dumps(codec.to_dict(), sort_keys=True, default=str), shape, samples[0].dtype.str)
+    key = (type(codec).__name__, json.dumps(codec.to_dict(), sort_keys=True, default=str),
+           str(getattr(codec, "typesize", None)), str(getattr(codec, "shuffle", None)), shape, samples[0].dtype.str)
     if (coder := _CODERS.get(key)) is None:  # a worker trying the same candidates on image after image
         array = zarr.create_array(store=zarr.storage.MemoryStore(), shape=shape, chunks=shape,
                                   dtype=samples[0].dtype, fill_value=0, zarr_format=3, **array_codec_kwargs(codec))
