@@ -335,14 +335,24 @@ def test_a_small_image_in_one_task_is_the_same_as_streamed_region_by_region(sour
     same level-0 digest and the same codec."""
     from zarrchive.tasks import compress
 
+    from zarrchive.config import CodecSpec
+
     path, data = source
     calls = []
     original = compress._whole
+    # two candidates of clearly different sizes, chosen by size alone: among candidates of equal size the faster
+    # wins, and on chunks this small which is faster is a matter of microseconds (either pass could pick either)
+    trial = {"profiles": {"compat": [CodecSpec(codec="zstd", clevel=3),
+                                     CodecSpec(codec="blosc", cname="zstd", clevel=5, shuffle="bitshuffle")]},
+             "min_encode_mbps": 0, "size_tolerance": 0}
     monkeypatch.setattr(compress, "_whole", lambda *a, **k: calls.append(1) or original(*a, **k))
-    [(image, whole)] = archive_images(path, tmp_path / "a", settings, scheduler, convert={"chunk_xy": 32})
-    assert calls == [1]
+    [(image, whole)] = archive_images(path, tmp_path / "a", settings, scheduler, convert={"chunk_xy": 32},
+                                      compress=trial)
+    assert calls == [1] and len(whole.selection.candidates) == 2
+    assert len({t.stored_bytes for t in whole.selection.candidates}) == 2
     monkeypatch.setattr(compress, "region_budget", lambda client: 1)  # streamed: one unit a region
-    [(_image, streamed)] = archive_images(path, tmp_path / "b", settings, scheduler, convert={"chunk_xy": 32})
+    [(_image, streamed)] = archive_images(path, tmp_path / "b", settings, scheduler, convert={"chunk_xy": 32},
+                                          compress=trial)
     assert calls == [1] and len(compress.stream_regions(image, compress.plan_writes(image, settings.compress), 1)) > 1
     assert whole.level0_sha256 == streamed.level0_sha256 and whole.codec == streamed.codec
     assert whole.chunks_verified == streamed.chunks_verified
