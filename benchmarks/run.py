@@ -70,8 +70,9 @@ def synthetic(path: Path, nbytes: int, seed: int = 0, layout: str = "contiguous"
     import tifffile
 
     y, x = 2048, 2048
-    z = max(1, nbytes // (y * x * (1 if layout == "jpeg" else 2)))  # (the same bytes of image in every layout)
-    if path.exists() and pixel_bytes(path) == z * y * x * (1 if layout == "jpeg" else 2):  # made before, whole
+    itemsize = 1 if layout == "jpeg" else 2
+    z = max(1, nbytes // (y * x * itemsize))  # (the same bytes of image in every layout)
+    if path.exists() and pixel_bytes(path) == z * y * x * itemsize:  # made before, whole
         return path
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:y, 0:x].astype(np.float32)

@@ -348,7 +348,8 @@ def _release(args: argparse.Namespace) -> int:
     if not found:
         raise NotFound(f"{args.accession} has no embargoed version" + (f" {args.version}" if args.version else ""))
     with _lease_of(args.archive, args.accession, args.config):  # (two curators at once keep both entries)
-        until = {m["version"]: embargo(private, args.accession).release_date(m) for m in chosen}
+        record = embargo(private, args.accession)  # (read once: its dates as they were before this release)
+        until = {m["version"]: record.release_date(m) for m in chosen}
         set_embargo(private, args.accession, found, dt.date.today(), args.curator, args.reason,
                     "brought forward on request")
     base = _settings(args.config).publish.public_base_url
