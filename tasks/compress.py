@@ -20,11 +20,13 @@ shards. The store is built under a temporary name and renamed when complete.
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import os
 import shutil
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -35,23 +37,17 @@ from distributed import as_completed
 
 from zarrchive import batch, faults, runlog
 from zarrchive.archive.identity import compress_key, compressed_name
-from zarrchive.archive.lineage import Traced, stage_task, traced
+from zarrchive.archive.lineage import Traced, stage_task, trace, traced
 from zarrchive.archive.staging import partial_name
-from zarrchive.archive.storage import (
-    remove_unfinished_writes,
-    sha256_stream,
-    tree_digest,
-    walk_files,
-    write_bytes_atomic,
-)
+from zarrchive.archive.storage import write_bytes_atomic
 from zarrchive.cluster import client_for
 from zarrchive.config import CompressSettings
 from zarrchive.errors import InputError, StageFailed, StageTimeout, ZarrchiveError, is_cluster_failure
-from zarrchive.ngff import ZARR_FORMAT, group_attributes
+from zarrchive.ngff import ZARR_FORMAT
 from zarrchive.pixels.blocks import chunk_slices
 from zarrchive.pixels.codecs import choice_of, make_codec, sample_regions, supports, v2_codec
 from zarrchive.pixels.passes import (
-    BATCH, LevelPlan, array_layout, downsample_regions, select_codec, stream_region, whole_image,
+    BATCH, LevelPlan, array_layout, downsample_regions, finish_store, select_codec, stream_region, whole_image,
 )
 from zarrchive.pixels.shards import Stored
 from zarrchive.records import CodecChoice, CodecSelection, CompressionReport, FileRecord, ImageRecord, factors
@@ -74,17 +70,6 @@ def shard_shape(axes: list[str], shape: tuple[int, ...], chunks: tuple[int, ...]
         want = min(max(edge[axis], c), -(-n // c) * c)
         out.append(-(-want // c) * c)
     return tuple(out)
-
-
-def store_digest(store: str, known: dict[str, tuple[int, str]] | None = None) -> tuple[int, str]:
-    """Total size and tree digest of every object of a local Zarr store; ``known`` objects (relative path: size
-    and sha256, as the writer read them back) are not read again."""
-    entries, total = [], 0
-    for rel in walk_files(store):
-        size, sha256 = (known or {}).get(rel) or sha256_stream(LOCAL, os.path.join(store, rel))
-        total += size
-        entries.append((rel, sha256))
-    return total, tree_digest(entries)
 
 
 def plan_writes(image: ImageRecord, settings: CompressSettings) -> list[LevelPlan]:
@@ -149,113 +134,156 @@ def region_budget(client: Any) -> int:
     return min(REGION_BYTES, smallest // MEMORY_SHARE) if smallest else REGION_BYTES
 
 
-def display_windows(store: str, image: ImageRecord) -> list[tuple[float, float]]:
-    """Per channel, the 0.1 and 99.9 percentiles of the smallest level: the display window viewers start with
-    (the whole range stays available as min/max)."""
-    axes = image.axis_names
-    level = image.levels[-1]
-    # every plane of the smallest level fits a chunk; of a long z or t series, 8 evenly spaced planes will do
-    sample = tuple(slice(None, None, -(-n // 8)) if name in "tz" else slice(None)
-                   for name, n in zip(axes, level.shape))
-    smallest = zarr.open_array(f"{store}/{level.path}", mode="r")[sample]
-    planes = np.moveaxis(smallest, axes.index("c"), 0) if "c" in axes else smallest[None]  # a label: no channels
-    windows = []
-    for plane in planes:
-        values = plane[np.isfinite(plane)] if np.issubdtype(plane.dtype, np.floating) else plane
-        values = values.astype(np.float64).ravel()
-        if values.size == 0:
-            windows.append((0.0, 1.0))
-            continue
-        lo, hi = np.percentile(values, [0.1, 99.9])
-        windows.append((float(lo), float(hi if hi > lo else lo + 1)))
-    return windows
-
-
 def compress_image(image: ImageRecord, source: FileRecord, work: str, settings: CompressSettings,
                    scheduler: str, progress: Callable[[int, int], None] | None = None,
                    level0_digest: bool = True) -> CompressionReport:
     """Write every level of ``image`` from its source file into a compressed OME-Zarr under ``<work>/compress/``,
     proving each write lossless; ``progress(done, total)`` hears the bytes of level 0 written so far. Without
     ``level0_digest`` the report has no digest of level 0's pixels (QC's re-check; the proof stays)."""
-    if source.sha256 != image.source_sha256:
-        raise InputError(source.path, "the staged file is not the one the image was converted from "
-                                      f"(sha256 {source.sha256[:12]}…, expected {image.source_sha256[:12]}…)")
+    with client_for(scheduler) as client:
+        small = _level0_bytes(image) <= region_budget(client)
+    if not small:
+        return _streamed(image, source, work, settings, scheduler, progress, level0_digest)
+    total = _level0_bytes(image)  # small: one task does it all (it holds level 0)
+    if progress is not None:
+        progress(0, total)
+    report = end_whole(begin_whole(image, source, work, settings, scheduler, level0_digest))
+    if progress is not None:
+        progress(total, total)
+    return report
+
+
+@dataclass(frozen=True)
+class Begun:
+    """An image's whole pass, submitted to the cluster by ``begin_whole``: what ``end_whole`` needs."""
+
+    image: ImageRecord
+    settings: CompressSettings
+    scheduler: str
+    store: str  # the store as it is written (a temporary name)
+    final: str  # its name once complete
+    plans: list[LevelPlan]
+    future: Any
+    started: float  # time.perf_counter()
+    deadline: float  # time.monotonic()
+    digests: bool
+
+
+def begin_whole(image: ImageRecord, source: FileRecord, work: str, settings: CompressSettings, scheduler: str,
+                level0_digest: bool = True) -> Begun:
+    """Submit the whole pass of an image no larger than a streaming region may be (``passes.whole_image``: the
+    codec trial, every level, the proofs and the store's metadata, on a worker); ``end_whole`` waits for it.
+    Many can be begun before the first is ended: the cluster's workers do them meanwhile."""
+    _check_source(image, source)
     faults.point("compress.start")
-    started = time.perf_counter()
-    deadline = time.monotonic() + settings.timeout_seconds
-    # each attempt writes its own store (runs compressing the same image at once never touch each other's), under
-    # a temporary name holding this process's id (``staging.clean_stale`` removes those of killed processes)
-    final = f"{work.rstrip('/')}/compress/{compressed_name(image, settings)}-{uuid.uuid4().hex[:8]}.ome.zarr"
-    store = partial_name(final)
-    axes = image.axis_names
+    started, deadline = time.perf_counter(), time.monotonic() + settings.timeout_seconds
+    final, store = _names(image, work, settings)
+    candidates = settings.candidates()
+    if len(candidates) == 1 and (why := supports(candidates[0], np.dtype(image.dtype))):
+        raise InputError(image.shown_as, f"the codec profile's one candidate cannot store it losslessly: {why}")
+    level0 = image.levels[0]
+    samples = sample_regions(level0.shape, level0.chunks, settings.sample_chunks) if len(candidates) > 1 else []
+    plans = plan_writes(image, settings)
+    with client_for(scheduler) as client:
+        future = client.submit(whole_image, source.staged_path, image, store, plans, candidates, samples,
+                               settings.min_encode_mbps, settings.size_tolerance, settings.ngff, level0_digest,
+                               pure=False)
+    return Begun(image, settings, scheduler, store, final, plans, future, started, deadline, level0_digest)
+
+
+def end_whole(begun: Begun) -> CompressionReport:
+    """Wait for a pass ``begin_whole`` submitted and put its store in place; its report."""
+    image, settings = begun.image, begun.settings
+    try:
+        with client_for(begun.scheduler) as client:
+            [done] = gather_all(client, [begun.future], begun.deadline, image.source_path)
+        _put_in_place(begun.store, begun.final)
+    except Exception as exc:
+        if (failed := _discarded(exc, image, begun.store)) is exc:
+            raise
+        raise failed from exc
+    chosen = settings.candidates()[done.selection.chosen if done.selection else 0]
+    return _report(image, begun.final, make_codec(chosen), done.selection, begun.plans, settings.ngff,
+                   done.chunks, done.level0 if begun.digests else None, done.bytes_out, done.sha256, begun.started)
+
+
+def _streamed(image: ImageRecord, source: FileRecord, work: str, settings: CompressSettings, scheduler: str,
+              progress: Callable[[int, int], None] | None, level0_digest: bool) -> CompressionReport:
+    """The compress pass of an image larger than a streaming region: streamed region by region."""
+    _check_source(image, source)
+    faults.point("compress.start")
+    started, deadline = time.perf_counter(), time.monotonic() + settings.timeout_seconds
+    final, store = _names(image, work, settings)
     plans = plan_writes(image, settings)
     stored = Stored()
     try:
         with client_for(scheduler) as client:
-            if _level0_bytes(image) <= region_budget(client):  # small: one task does it all (it holds level 0)
-                total = _level0_bytes(image)
-                if progress is not None:
-                    progress(0, total)
-                codec, selection, level0 = _whole(client, image, source, store, plans, settings, stored, deadline,
-                                                  level0_digest)
-                if progress is not None:
-                    progress(total, total)
-                root = zarr.open_group(store, mode="r+")
-            else:
-                codec, selection = _codec_for(image, source, settings, client)
-                root = zarr.open_group(store, mode="w", zarr_format=ZARR_FORMAT[settings.ngff])
-                for plan in plans:
-                    root.create_array(plan.level.path, shape=plan.level.shape, chunks=plan.level.chunks,
-                                      dtype=image.dtype, fill_value=0,
-                                      **array_layout(plan, codec, axes, settings.ngff))
-                level0 = _stream(client, image, source, store, plans, stored, deadline, progress, level0_digest)
-                _small_levels(client, image, store, plans, stored, deadline)
-        remove_unfinished_writes(store)  # left by a worker killed mid-write (its task was redone)
-        windows = list(image.channel_windows) if image.channel_windows else display_windows(store, image)
-        root.update_attributes(group_attributes(image, windows, settings.ngff))
-        _keep_ome_xml(store, image, settings.ngff)
-        os.replace(store, final)
+            codec, selection = _codec_for(image, source, settings, client)
+            root = zarr.open_group(store, mode="w", zarr_format=ZARR_FORMAT[settings.ngff])
+            for plan in plans:
+                root.create_array(plan.level.path, shape=plan.level.shape, chunks=plan.level.chunks,
+                                  dtype=image.dtype, fill_value=0,
+                                  **array_layout(plan, codec, image.axis_names, settings.ngff))
+            level0 = _stream(client, image, source, store, plans, stored, deadline, progress, level0_digest)
+            _small_levels(client, image, store, plans, stored, deadline)
+        bytes_out, digest = finish_store(store, image, settings.ngff, stored)
+        _put_in_place(store, final)
     except Exception as exc:
-        shutil.rmtree(store, ignore_errors=True)
-        if isinstance(exc, (ZarrchiveError, OSError, MemoryError)) or is_cluster_failure(exc):
-            raise  # what it is: the data's, a check's, the machine's or the cluster's
-        raise StageFailed(f"{image.image_id}: the compress pass failed: {type(exc).__name__}: {exc}") from exc
+        if (failed := _discarded(exc, image, store)) is exc:
+            raise
+        raise failed from exc
+    return _report(image, final, codec, selection, plans, settings.ngff, stored.chunks,
+                   level0 if level0_digest else None, bytes_out, digest, started)
+
+
+def _check_source(image: ImageRecord, source: FileRecord) -> None:
+    if source.sha256 != image.source_sha256:
+        raise InputError(source.path, "the staged file is not the one the image was converted from "
+                                      f"(sha256 {source.sha256[:12]}…, expected {image.source_sha256[:12]}…)")
+
+
+def _names(image: ImageRecord, work: str, settings: CompressSettings) -> tuple[str, str]:
+    """The store's name once complete, and the temporary name it is written under. Each attempt writes its own
+    store (runs compressing the same image at once never touch each other's); the temporary name holds this
+    process's id (``staging.clean_stale`` removes those of killed processes)."""
+    final = f"{work.rstrip('/')}/compress/{compressed_name(image, settings)}-{uuid.uuid4().hex[:8]}.ome.zarr"
+    return final, partial_name(final)
+
+
+def _put_in_place(store: str, final: str) -> None:
+    os.replace(store, final)
+
+
+def _discarded(exc: Exception, image: ImageRecord, store: str) -> Exception:
+    """A failed pass: its store removed; the failure to raise, told as what it is (``exc`` itself, or a
+    ``StageFailed`` naming the image that ``exc`` caused)."""
+    shutil.rmtree(store, ignore_errors=True)
+    if isinstance(exc, (ZarrchiveError, OSError, MemoryError)) or is_cluster_failure(exc):
+        return exc  # what it is: the data's, a check's, the machine's or the cluster's
+    return StageFailed(f"{image.image_id}: the compress pass failed: {type(exc).__name__}: {exc}")
+
+
+def _report(image: ImageRecord, store: str, codec: Any, selection: CodecSelection | None, plans: list[LevelPlan],
+            ngff: str, chunks: int, level0: list[tuple] | None, bytes_out: int, digest: str,
+            started: float) -> CompressionReport:
     bytes_in = sum(int(np.prod(p.level.shape)) * np.dtype(image.dtype).itemsize for p in plans)
-    bytes_out, digest = store_digest(final, stored.objects)
-    if settings.ngff == "0.5":
+    if ngff == "0.5":
         choice = choice_of(codec)
     else:  # a Zarr v2 compressor: {"id": ..., options}
         config = v2_codec(codec).get_config()
         choice = CodecChoice(name=config.pop("id"), configuration=config)
     return CompressionReport(
-        image_id=image.image_id, store=final, codec=choice, selection=selection,
+        image_id=image.image_id, store=store, codec=choice, selection=selection,
         bytes_in=bytes_in, bytes_out=bytes_out, ratio=round(bytes_in / bytes_out, 4) if bytes_out else 0.0,
-        seconds=round(time.perf_counter() - started, 3), chunks_verified=stored.chunks,
+        seconds=round(time.perf_counter() - started, 3), chunks_verified=chunks,
         level0_sha256=hashlib.sha256("".join(d for _s, d in sorted(level0)).encode()).hexdigest()
-        if level0_digest else None,
+        if level0 is not None else None,
         store_sha256=digest,
     )
 
 
 def _level0_bytes(image: ImageRecord) -> int:
     return int(np.prod(image.levels[0].shape)) * np.dtype(image.dtype).itemsize
-
-
-def _whole(client: Any, image: ImageRecord, source: FileRecord, store: str, plans: list[LevelPlan],
-           settings: CompressSettings, stored: Stored, deadline: float, digests: bool
-           ) -> tuple[Any, CodecSelection | None, list[tuple]]:
-    """An image no larger than a streaming region may be: its whole pass in one task on a worker
-    (``passes.whole_image``)."""
-    candidates = settings.candidates()
-    if len(candidates) == 1 and (why := supports(candidates[0], np.dtype(image.dtype))):
-        raise InputError(image.shown_as, f"the codec profile's one candidate cannot store it losslessly: {why}")
-    level0 = image.levels[0]
-    samples = sample_regions(level0.shape, level0.chunks, settings.sample_chunks) if len(candidates) > 1 else []
-    future = client.submit(whole_image, source.staged_path, image, store, plans, candidates, samples,
-                           settings.min_encode_mbps, settings.size_tolerance, settings.ngff, digests, pure=False)
-    [(selection, image_stored, digests_)] = gather_all(client, [future], deadline, image.source_path)
-    stored.add(image_stored)
-    return make_codec(candidates[selection.chosen if selection else 0]), selection, digests_
 
 
 def _stream(client: Any, image: ImageRecord, source: FileRecord, store: str, plans: list[LevelPlan], stored: Stored,
@@ -320,58 +348,85 @@ def _codec_for(image: ImageRecord, source: FileRecord, settings: CompressSetting
     return make_codec(candidates[selection.chosen]), selection
 
 
-def _keep_ome_xml(store: str, image: ImageRecord, ngff: str) -> None:
-    """The source's OME-XML beside the image, as in the bioformats2raw layout: ``OME/METADATA.ome.xml``."""
-    group = zarr.open_group(f"{store}/OME", mode="w", zarr_format=ZARR_FORMAT[ngff])
-    group.update_attributes({"ome": {"version": ngff}} if ngff == "0.5" else {})
-    shutil.copyfile(image.metadata_xml, f"{store}/OME/METADATA.ome.xml")
-    for name, kept in image.documents:  # other original metadata (an MRC header, Imaris' DataSetInfo)
-        os.makedirs(os.path.dirname(f"{store}/{name}"), exist_ok=True)
-        shutil.copyfile(kept, f"{store}/{name}")
-
-
 @stage_task(name="compress", task_run_name="compress: {image.image_id}", tags=["pixels"],
             cache_key_fn=compress_key, persist_result=True)
 def compress(image: ImageRecord, source: FileRecord, work: str, settings: CompressSettings,
              scheduler: str) -> Traced[CompressionReport]:
     log = runlog.logger()
-    level0 = int(np.prod(image.shape)) * np.dtype(image.dtype).itemsize
-    log.info("compress %s: %s %s (%s), %d level(s)", image.image_id, " × ".join(
-        f"{a.name}={n}" for a, n in zip(image.axes, image.shape)), image.dtype, human_size(level0), len(image.levels))
+    _log_begun(log, image)
     result = traced("compress", compress_image, image, source, work, settings, scheduler,
                     runlog.progress_reporter(f"compress {image.image_id}", log), image_id=image.image_id)
-    report = result.output
+    _log_ended(log, result.output)
+    return result
+
+
+def _log_begun(log: Any, image: ImageRecord) -> None:
+    log.info("compress %s: %s %s (%s), %d level(s)", image.image_id, " × ".join(
+        f"{a.name}={n}" for a, n in zip(image.axes, image.shape)), image.dtype, human_size(_level0_bytes(image)),
+        len(image.levels))
+
+
+def _log_ended(log: Any, report: CompressionReport) -> None:
     log.info("compress %s: %s stored as %s (ratio %.2f, %s), %d chunks decoded back and compared, %.1f s",
-             image.image_id, human_size(report.bytes_in), human_size(report.bytes_out), report.ratio,
+             report.image_id, human_size(report.bytes_in), human_size(report.bytes_out), report.ratio,
              " ".join([report.codec.name, *(f"{k}={v}" for k, v in sorted(report.codec.configuration.items())
                                            if k in ("cname", "clevel", "shuffle", "level"))]),
              report.chunks_verified, report.seconds)
-    return result
 
 
 @stage_task(name="compress", task_run_name="compress: {name}", tags=["pixels", "batch"],
             cache_policy="none")  # (its inputs can be large; its items are small: redone on a rerun)
 def compress_batch(items: list[tuple[ImageRecord, FileRecord]], work: str, settings: CompressSettings,
                    scheduler: str, name: str) -> list[Traced[CompressionReport] | batch.ItemFailed]:
-    """``compress`` for many small images (image, its staged source) in one task run (``zarrchive.batch``). Each
-    image's result is kept in the work area under its ``compress_key`` (as Prefect's cache keeps a task run's):
-    a rerun reuses what is still there, so an unchanged image keeps its stored bytes — and its codec choice,
-    which depends on measured speed — and a later version shares it."""
-    def one(image: ImageRecord, source: FileRecord) -> Traced[CompressionReport]:
+    """``compress`` for many small images (image, its staged source) in one task run (``zarrchive.batch``).
+
+    The images' passes are submitted to the cluster ahead of the one waited for (as many as the cluster has
+    threads, and one more), so its workers go on with the next images while this task finishes one.
+
+    Each image's result is kept in the work area under its ``compress_key`` (as Prefect's cache keeps a task
+    run's): a rerun reuses what is still there, so an unchanged image keeps its stored bytes — and its codec
+    choice, which depends on measured speed — and a later version shares it."""
+    log = runlog.logger()
+    with client_for(scheduler) as client:
+        budget, threads = region_budget(client), sum(client.nthreads().values())
+
+    def begin(image: ImageRecord, source: FileRecord) -> Callable[[], Traced[CompressionReport]]:
         key = compress_key(None, {"image": image, "settings": settings, "work": work})
         kept = f"{work.rstrip('/')}/compress/results/{key}.json"
-        if os.path.exists(kept):
-            try:
-                earlier = Traced[CompressionReport].model_validate_json(Path(kept).read_bytes())
-                if os.path.isdir(earlier.output.store):
-                    runlog.logger().info("compress %s: reused from an earlier run (%s)", image.image_id,
-                                         earlier.output.store)
-                    return earlier
-            except ValueError:  # damaged: made again
-                pass
-        result = compress.__wrapped__(image, source, work, settings, scheduler)
-        os.makedirs(os.path.dirname(kept), exist_ok=True)
-        write_bytes_atomic(LOCAL, kept, result.model_dump_json().encode())
-        return result
+        if (earlier := _kept(kept)) is not None:
+            log.info("compress %s: reused from an earlier run (%s)", image.image_id, earlier.output.store)
+            return lambda: earlier
+        if _level0_bytes(image) > budget:  # larger than the workers' memory lets one task hold: streamed
+            result = compress.__wrapped__(image, source, work, settings, scheduler)
+            _keep(kept, result)
+            return lambda: result
+        _log_begun(log, image)
+        started = dt.datetime.now(dt.timezone.utc)
+        begun = begin_whole(image, source, work, settings, scheduler)
 
-    return batch.run("compress", items, one, lambda item: item[0].image_id)
+        def end() -> Traced[CompressionReport]:
+            result = trace("compress", end_whole(begun), started, image, source, work, settings, scheduler,
+                           image_id=image.image_id)
+            _log_ended(log, result.output)
+            _keep(kept, result)
+            return result
+
+        return end
+
+    return batch.run("compress", items, begin, lambda item: item[0].image_id, ahead=threads + 1)
+
+
+def _kept(kept: str) -> Traced[CompressionReport] | None:
+    """An image's result kept by an earlier run, when its store is still there."""
+    if not os.path.exists(kept):
+        return None
+    try:
+        earlier = Traced[CompressionReport].model_validate_json(Path(kept).read_bytes())
+    except ValueError:  # damaged: made again
+        return None
+    return earlier if os.path.isdir(earlier.output.store) else None
+
+
+def _keep(kept: str, result: Traced[CompressionReport]) -> None:
+    os.makedirs(os.path.dirname(kept), exist_ok=True)
+    write_bytes_atomic(LOCAL, kept, result.model_dump_json().encode())

@@ -20,7 +20,8 @@ from zarrchive.errors import InputError, VerificationError
 from zarrchive.pixels.passes import scaled
 from zarrchive.records import Axis, ImageRecord, Level, SourceLayout
 from zarrchive.pixels.shards import ArrayWriter
-from zarrchive.tasks.compress import compress_image, plan_writes, shard_shape, store_digest, stream_regions
+from zarrchive.pixels.passes import store_digest
+from zarrchive.tasks.compress import compress_image, plan_writes, shard_shape, stream_regions
 from zarrchive.tasks.convert import convert_file
 from zarrchive.tasks.pyramid import build_pyramid, plan_levels
 
@@ -317,10 +318,10 @@ def test_a_compress_failure_is_told_as_what_it_is_and_leaves_nothing(source, tmp
 
     path, _data = source
 
-    def fail(store):
+    def fail(store, final):
         raise raised
 
-    monkeypatch.setattr(compress, "remove_unfinished_writes", fail)
+    monkeypatch.setattr(compress, "_put_in_place", fail)  # the pass is done; its store is not yet in place
     with pytest.raises(Exception) as caught:
         archive_images(path, tmp_path / "w", settings, scheduler, convert={"chunk_xy": 64})
     assert type(caught.value).__name__ == expected
@@ -339,13 +340,13 @@ def test_a_small_image_in_one_task_is_the_same_as_streamed_region_by_region(sour
 
     path, data = source
     calls = []
-    original = compress._whole
+    original = compress.begin_whole
     # two candidates of clearly different sizes, chosen by size alone: among candidates of equal size the faster
     # wins, and on chunks this small which is faster is a matter of microseconds (either pass could pick either)
     trial = {"profiles": {"compat": [CodecSpec(codec="zstd", clevel=3),
                                      CodecSpec(codec="blosc", cname="zstd", clevel=5, shuffle="bitshuffle")]},
              "min_encode_mbps": 0, "size_tolerance": 0}
-    monkeypatch.setattr(compress, "_whole", lambda *a, **k: calls.append(1) or original(*a, **k))
+    monkeypatch.setattr(compress, "begin_whole", lambda *a, **k: calls.append(1) or original(*a, **k))
     [(image, whole)] = archive_images(path, tmp_path / "a", settings, scheduler, convert={"chunk_xy": 32},
                                       compress=trial)
     assert calls == [1] and len(whole.selection.candidates) == 2

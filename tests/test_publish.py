@@ -16,7 +16,7 @@ from zarrchive.records import (
     Axis, CodecChoice, CompressionReport, Entity, Failure, FileRecord, ImageOutcome, ImageRecord, Level,
     LineageRecord, Finding, QCReport, SourceLayout, Submission, SubmissionDoc,
 )
-from zarrchive.tasks.compress import store_digest
+from zarrchive.pixels.passes import store_digest
 from zarrchive.tasks.publish import (
     blocking_reasons, find_unchanged, image_outcomes, publish_version, published_versions, version_fingerprint,
 )

@@ -12,6 +12,7 @@ others (the task run's log names the failures, and its state message counts them
 
 from __future__ import annotations
 
+from collections import deque
 from typing import Any, Callable, Iterable, TypeVar
 
 from zarrchive import runlog
@@ -60,19 +61,38 @@ def name(noun: str, names: list[str]) -> str:
     return f"{len(names)} {noun} ({names[0]} … {names[-1]})" if len(names) > 1 else names[0]
 
 
-def run(stage: str, items: list[Any], call: Callable[..., Any], shown: Callable[[Any], str]) -> Any:
+def run(stage: str, items: list[Any], call: Callable[..., Any], shown: Callable[[Any], str],
+        ahead: int = 0) -> Any:
     """Do each item with ``call(*item)``; its result, or an ``ItemFailed`` naming its error, in order. The task
-    run ends Completed with a message counting what failed (each failure is in the log and in the results)."""
+    run ends Completed with a message counting what failed (each failure is in the log and in the results).
+
+    With ``ahead``, ``call(*item)`` only begins an item (its work goes on elsewhere, on a cluster) and returns
+    what ends it (called with no argument, it waits and gives the result): up to ``ahead`` items are under way
+    at once, each ended in order, each failing alone whether it fails as it begins or as it ends."""
     from prefect.states import Completed
 
     log = runlog.logger()
-    results: list[Any] = []
-    for item in items:
+    results: list[Any] = [None] * len(items)
+    begun: deque[int] = deque()
+
+    def settle(i: int, fn: Callable[..., Any], *args: Any) -> bool:
         try:
-            results.append(call(*item))
+            results[i] = fn(*args)
+            return True
         except Exception as exc:  # this item fails alone
-            log.warning("%s %s failed: %s: %s", stage, shown(item), type(exc).__name__, exc)
-            results.append(ItemFailed(error=f"{type(exc).__name__}: {exc}"))
+            log.warning("%s %s failed: %s: %s", stage, shown(items[i]), type(exc).__name__, exc)
+            results[i] = ItemFailed(error=f"{type(exc).__name__}: {exc}")
+            return False
+
+    for i, item in enumerate(items):
+        while ahead and len(begun) >= ahead:
+            oldest = begun.popleft()
+            settle(oldest, results[oldest])
+        if settle(i, call, *item) and ahead:
+            begun.append(i)
+    while begun:
+        oldest = begun.popleft()
+        settle(oldest, results[oldest])
     failed = [shown(item) for item, r in zip(items, results) if isinstance(r, ItemFailed)]
     message = f"{len(items) - len(failed)} of {len(items)} done" + (
         f"; failed: {', '.join(failed[:10])}{' …' if len(failed) > 10 else ''}" if failed else "")

@@ -109,14 +109,20 @@ def _prefect_ids() -> tuple[str | None, str | None, str | None]:
 
 
 def traced(stage: str, fn: Callable[..., T], *args: Any, image_id: str | None = None, **kwargs: Any) -> Traced[T]:
-    """Call ``fn(*args, **kwargs)`` and record its lineage.
+    """Call ``fn(*args, **kwargs)`` and record its lineage (``trace``)."""
+    started = dt.datetime.now(dt.timezone.utc)
+    output = fn(*args, **kwargs)
+    return trace(stage, output, started, *args, image_id=image_id, **kwargs)
+
+
+def trace(stage: str, output: T, started: dt.datetime, *args: Any, image_id: str | None = None,
+          **kwargs: Any) -> Traced[T]:
+    """The lineage of work on ``args`` and ``kwargs`` begun at ``started`` that has just given ``output``.
 
     Inputs are the entities of the record arguments (plus the ``sources()`` a
     result declares it read), outputs those of the result, parameters the
     configuration sections among the arguments.
     """
-    started = dt.datetime.now(dt.timezone.utc)
-    output = fn(*args, **kwargs)
     ended = dt.datetime.now(dt.timezone.utc)
     flow_run_id, task_run_id, run_url = _prefect_ids()
     record = LineageRecord(

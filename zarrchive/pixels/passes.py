@@ -12,14 +12,18 @@ import keeps the cluster's start short.
 from __future__ import annotations
 
 import hashlib
+import os
+import shutil
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import zarr
 
+from zarrchive.archive.storage import remove_unfinished_writes, sha256_stream, tree_digest, walk_files
 from zarrchive.config import CodecSpec
 from zarrchive.errors import InputError, is_file_fault
+from zarrchive.ngff import ZARR_FORMAT, group_attributes
 from zarrchive.pixels.blocks import chunk_slices, downsample
 from zarrchive.pixels.codecs import array_codec_kwargs, choose_codec, make_codec, v2_codec
 from zarrchive.pixels.shards import ArrayWriter, Stored
@@ -110,15 +114,27 @@ def _named(exc: Exception, shown_as: str, what: str) -> Exception:
     return InputError(shown_as, f"{what} cannot be read: {type(exc).__name__}: {exc}")
 
 
+@dataclass(frozen=True)
+class WholePass:
+    """What ``whole_image`` did: the codec choice, the chunks proven, the digests of level 0's chunks, and the
+    finished store's size and tree digest."""
+
+    selection: CodecSelection | None
+    chunks: int
+    level0: list[tuple]
+    bytes_out: int
+    sha256: str
+
+
 def whole_image(source: str, image: ImageRecord, store: str, plans: list[LevelPlan], candidates: list[CodecSpec],
                 samples: list[tuple[slice, ...]], min_encode_mbps: float, size_tolerance: float, ngff: str,
-                digests: bool = True) -> tuple[CodecSelection | None, Stored, list[tuple]]:
+                digests: bool = True) -> WholePass:
     """The whole compress pass of an image no larger than a streaming region may be, in one task: read it once,
     choose its codec among ``candidates`` on the ``samples`` chunks of that read (as ``select_codec`` would from
     the file), create its arrays (``ngff`` 0.5: sharded Zarr v3; 0.4: Zarr v2), write every level (the
-    streamed ones from the block, the others from the level above), each write proven. The task returns what
-    the streaming pass would: the choice, what was stored, the digests of level 0's chunks. A small image costs
-    one round trip to the cluster instead of a codec trial, a write and a task per small level."""
+    streamed ones from the block, the others from the level above), each write proven, and finish the store
+    (``finish_store``). A small image costs one round trip to the cluster instead of a codec trial, a write
+    and a task per small level, and the process running the flow does nothing with its pixels."""
     region = tuple(slice(0, n) for n in plans[0].level.shape)
     block = _read(source, image, region)
     selection = None
@@ -126,7 +142,7 @@ def whole_image(source: str, image: ImageRecord, store: str, plans: list[LevelPl
         selection = choose_codec([np.ascontiguousarray(block[r]) for r in samples], candidates, min_encode_mbps,
                                  size_tolerance)
     codec = make_codec(candidates[selection.chosen if selection else 0])
-    root = zarr.open_group(store, mode="w", zarr_format=3 if ngff == "0.5" else 2)
+    root = zarr.open_group(store, mode="w", zarr_format=ZARR_FORMAT[ngff])
     for plan in plans:
         root.create_array(plan.level.path, shape=plan.level.shape, chunks=plan.level.chunks, dtype=image.dtype,
                           fill_value=0, **array_layout(plan, codec, image.axis_names, ngff))
@@ -134,7 +150,66 @@ def whole_image(source: str, image: ImageRecord, store: str, plans: list[LevelPl
     for above, plan in zip(plans, plans[1:]):
         if not plan.streamed:
             stored.add(downsample_regions(store, above.level.path, plan, chunk_slices(plan.level.shape, plan.unit)))
-    return selection, stored, level0
+    bytes_out, sha256 = finish_store(store, image, ngff, stored)
+    return WholePass(selection, stored.chunks, level0, bytes_out, sha256)
+
+
+def finish_store(store: str, image: ImageRecord, ngff: str, stored: Stored) -> tuple[int, str]:
+    """Complete a local store whose levels are written: sweep what a killed worker left unfinished, write the image
+    group's OME-NGFF attributes (with each channel's display window) and the source's OME-XML and other
+    metadata beside it (``OME/``); return the store's total size and tree digest (the objects ``stored`` hashed
+    on their read-back are not read again)."""
+    remove_unfinished_writes(store)  # left by a worker killed mid-write (its task was redone)
+    windows = list(image.channel_windows) if image.channel_windows else display_windows(store, image)
+    zarr.open_group(store, mode="r+").update_attributes(group_attributes(image, windows, ngff))
+    _keep_ome_xml(store, image, ngff)
+    return store_digest(store, stored.objects)
+
+
+def store_digest(store: str, known: dict[str, tuple[int, str]] | None = None) -> tuple[int, str]:
+    """Total size and tree digest of every object of a local Zarr store; ``known`` objects (relative path: size
+    and sha256, as the writer read them back) are not read again."""
+    from fsspec.implementations.local import LocalFileSystem
+
+    local = LocalFileSystem()
+    entries, total = [], 0
+    for rel in walk_files(store):
+        size, sha256 = (known or {}).get(rel) or sha256_stream(local, os.path.join(store, rel))
+        total += size
+        entries.append((rel, sha256))
+    return total, tree_digest(entries)
+
+
+def display_windows(store: str, image: ImageRecord) -> list[tuple[float, float]]:
+    """Per channel, the 0.1 and 99.9 percentiles of the smallest level: the display window viewers start with
+    (the whole range stays available as min/max)."""
+    axes = image.axis_names
+    level = image.levels[-1]
+    # every plane of the smallest level fits a chunk; of a long z or t series, 8 evenly spaced planes will do
+    sample = tuple(slice(None, None, -(-n // 8)) if name in "tz" else slice(None)
+                   for name, n in zip(axes, level.shape))
+    smallest = zarr.open_array(f"{store}/{level.path}", mode="r")[sample]
+    planes = np.moveaxis(smallest, axes.index("c"), 0) if "c" in axes else smallest[None]  # a label: no channels
+    windows = []
+    for plane in planes:
+        values = plane[np.isfinite(plane)] if np.issubdtype(plane.dtype, np.floating) else plane
+        values = values.astype(np.float64).ravel()
+        if values.size == 0:
+            windows.append((0.0, 1.0))
+            continue
+        lo, hi = np.percentile(values, [0.1, 99.9])
+        windows.append((float(lo), float(hi if hi > lo else lo + 1)))
+    return windows
+
+
+def _keep_ome_xml(store: str, image: ImageRecord, ngff: str) -> None:
+    """The source's OME-XML beside the image, as in the bioformats2raw layout: ``OME/METADATA.ome.xml``."""
+    group = zarr.open_group(f"{store}/OME", mode="w", zarr_format=ZARR_FORMAT[ngff])
+    group.update_attributes({"ome": {"version": ngff}} if ngff == "0.5" else {})
+    shutil.copyfile(image.metadata_xml, f"{store}/OME/METADATA.ome.xml")
+    for name, kept in image.documents:  # other original metadata (an MRC header, Imaris' DataSetInfo)
+        os.makedirs(os.path.dirname(f"{store}/{name}"), exist_ok=True)
+        shutil.copyfile(kept, f"{store}/{name}")
 
 
 def array_layout(plan: LevelPlan, codec: Any, axes: list[str], ngff: str) -> dict[str, Any]:
