@@ -396,3 +396,28 @@ def test_a_series_that_cannot_be_described_is_named_by_its_file(tmp_path, settin
     with pytest.raises(InputError) as caught:
         convert_file(staged(path, "sub/ij.tif"), None, str(tmp_path / "w"), settings.convert)
     assert caught.value.file == "sub/ij.tif"
+
+
+def test_ome_xml_parsed_through_one_shared_context_gives_what_a_fresh_parser_gives(tmp_path):
+    """Every OME-XML parse shares one xsdata context (``formats.bioio.share_xml_context``: building a context's
+    class metadata was most of a small OME-TIFF's conversion); a document read through it is the same model as one
+    read through a parser of its own, document after document of different shapes."""
+    from ome_types import _conversion, from_xml
+    from xsdata_pydantic_basemodel.bindings import XmlContext
+
+    from zarrchive.formats.bioio import share_xml_context
+
+    share_xml_context()
+    assert _conversion.XmlParser().context is _conversion.XmlParser().context
+    documents = []
+    for i, (shape, axes) in enumerate([((2, 3, 16, 16), "TCYX"), ((4, 16, 16), "ZYX"), ((16, 16, 3), "YXS")]):
+        path = tmp_path / f"d{i}.ome.tif"
+        tifffile.imwrite(path, np.zeros(shape, np.uint8), ome=True, photometric="rgb" if "S" in axes else None,
+                         metadata={"axes": axes, "Channel": {"Name": [f"c{k}" for k in range(shape[1])]}
+                                   if axes == "TCYX" else {}, "PhysicalSizeX": 0.25 + i})
+        documents.append(tifffile.TiffFile(path).pages[0].description)
+    for xml in documents + documents:
+        shared = from_xml(xml)
+        fresh = _conversion.XmlParser(context=XmlContext()).parse(
+            _conversion.ensure_2016(xml, as_tree=True), type(shared))
+        assert shared == fresh and shared.images[0].pixels.physical_size_x == fresh.images[0].pixels.physical_size_x

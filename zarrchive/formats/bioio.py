@@ -9,6 +9,7 @@ and describes each scene; a kind of file says what differs (``tiff``, ``ometiff`
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib
 import re
 from typing import TYPE_CHECKING, Any
@@ -41,6 +42,28 @@ def lazy_pixels(img: Any, shown_as: str) -> tuple[da.Array, list[str] | None]:
     return img.get_image_dask_data("TCZYX"), None
 
 
+@functools.cache
+def share_xml_context() -> None:
+    """Make every OME-XML parse through ``ome_types.from_xml`` share one xsdata ``XmlContext``.
+
+    ``from_xml`` makes a new parser for each document, and with it a new context: the class metadata of every
+    OME type it meets is built again, each time (xsdata's advice is to share one context; it caches what it
+    builds). bioio-ome-tiff parses a file's OME-XML twice (to say it reads it, then to read it), so for a small
+    OME-TIFF that was 9 of its 12 ms of conversion. The parse itself, and what it gives, are unchanged."""
+    from dataclasses import dataclass, field
+
+    from ome_types import _conversion
+    from xsdata_pydantic_basemodel.bindings import XmlContext
+
+    shared = XmlContext()
+
+    @dataclass
+    class SharedContextParser(_conversion.XmlParser):
+        context: XmlContext = field(default_factory=lambda: shared)
+
+    _conversion.XmlParser = SharedContextParser
+
+
 class ReaderFormat:
     """A kind of file read by a bioio reader plugin (``module``)."""
 
@@ -48,6 +71,7 @@ class ReaderFormat:
     description: str
 
     def reader(self, shown_as: str) -> type:
+        share_xml_context()
         return importlib.import_module(self.name).Reader
 
     # ------------------------------------------------------------ hooks (defaults: what any bioio reader says)
