@@ -361,17 +361,22 @@ def compress(image: ImageRecord, source: FileRecord, work: str, settings: Compre
 
 
 def _log_begun(log: Any, image: ImageRecord) -> None:
-    log.info("compress %s: %s %s (%s), %d level(s)", image.image_id, " × ".join(
-        f"{a.name}={n}" for a, n in zip(image.axes, image.shape)), image.dtype, human_size(_level0_bytes(image)),
-        len(image.levels))
+    log.info("compress %s: %s, %d level(s)", image.image_id, _described(image), len(image.levels))
 
 
-def _log_ended(log: Any, report: CompressionReport) -> None:
-    log.info("compress %s: %s stored as %s (ratio %.2f, %s), %d chunks decoded back and compared, %.1f s",
-             report.image_id, human_size(report.bytes_in), human_size(report.bytes_out), report.ratio,
+def _log_ended(log: Any, report: CompressionReport, image: ImageRecord | None = None) -> None:
+    """What an image's pass stored (with what the image is, when ``image`` is given: a batch says it in one line)."""
+    log.info("compress %s: %s%s stored as %s (ratio %.2f, %s), %d chunks decoded back and compared, %.1f s",
+             report.image_id, f"{_described(image)} in {len(image.levels)} level(s), " if image else "",
+             human_size(report.bytes_in), human_size(report.bytes_out), report.ratio,
              " ".join([report.codec.name, *(f"{k}={v}" for k, v in sorted(report.codec.configuration.items())
                                            if k in ("cname", "clevel", "shuffle", "level"))]),
              report.chunks_verified, report.seconds)
+
+
+def _described(image: ImageRecord) -> str:
+    return (f"{' × '.join(f'{a.name}={n}' for a, n in zip(image.axes, image.shape))} {image.dtype} "
+            f"({human_size(_level0_bytes(image))})")
 
 
 @stage_task(name="compress", task_run_name="compress: {name}", tags=["pixels", "batch"],
@@ -400,14 +405,13 @@ def compress_batch(items: list[tuple[ImageRecord, FileRecord]], work: str, setti
             result = compress.__wrapped__(image, source, work, settings, scheduler)
             _keep(kept, result)
             return lambda: result
-        _log_begun(log, image)
         started = dt.datetime.now(dt.timezone.utc)
         begun = begin_whole(image, source, work, settings, scheduler)
 
         def end() -> Traced[CompressionReport]:
             result = trace("compress", end_whole(begun), started, image, source, work, settings, scheduler,
                            image_id=image.image_id)
-            _log_ended(log, result.output)
+            _log_ended(log, result.output, image)  # one line an image: each is rendered and sent to the Prefect API
             _keep(kept, result)
             return result
 

@@ -237,11 +237,13 @@ def check_metadata(submission: Submission, images: list[ImageRecord], reports: l
     by_id = {r.image_id: r for r in reports}
     images = [image for image in images if image.image_id in by_id]  # only what compress produced is checked
     rows, channel_rows = [], []
-    facts = intensity_facts_of([(image, by_id[image.image_id]) for image in images], scheduler)
-    for image, (channels, digest) in zip(images, facts, strict=True):
-        report = by_id[image.image_id]
-        validate = validate_label if image.kind == "label" else validate_image
-        rows.append(image_facts(image, report, channels, digest, validate(report.store)))
+    with client_for(scheduler) as client:  # the independent validator reads each store on the cluster's workers
+        validated = [client.submit(validate_label if image.kind == "label" else validate_image,
+                                   by_id[image.image_id].store, pure=False) for image in images]
+        facts = intensity_facts_of([(image, by_id[image.image_id]) for image in images], scheduler)
+        problems = client.gather(validated)
+    for image, (channels, digest), found in zip(images, facts, problems, strict=True):
+        rows.append(image_facts(image, by_id[image.image_id], channels, digest, found))
         if image.kind == "image":  # a label's values are ids, not intensities
             channel_rows.extend(channels)
     findings = list(submission.findings)
