@@ -70,7 +70,8 @@ def stream_region(source: str, image: ImageRecord, store: str, region: tuple[sli
     """Read ``region`` of the source once and write it, and each streamed level below it, proven; return what
     was stored and the digests of the level-0 chunks (their start and the sha256 of their pixels; none unless
     ``digests``)."""
-    return _write_block(_read(source, image, region), image, store, region, plans, digests)
+    stored, level0, _last = _write_block(_read(source, image, region), image, store, region, plans, digests)
+    return stored, level0
 
 
 def _read(source: str, image: ImageRecord, region: tuple[slice, ...]) -> np.ndarray:
@@ -90,16 +91,19 @@ def _read(source: str, image: ImageRecord, region: tuple[slice, ...]) -> np.ndar
 
 
 def _write_block(block: np.ndarray, image: ImageRecord, store: str, region: tuple[slice, ...],
-                 plans: list[LevelPlan], digests: bool) -> tuple[Stored, list[tuple]]:
-    """Write a level-0 ``block`` at ``region`` and each streamed level it makes, proven."""
+                 plans: list[LevelPlan], digests: bool, arrays: dict[str, Any] | None = None
+                 ) -> tuple[Stored, list[tuple], np.ndarray]:
+    """Write a level-0 ``block`` at ``region`` and each streamed level it makes, proven (``arrays``: the levels'
+    arrays by path, already open); also return the block of the last streamed level."""
     level0 = _chunk_digests(block, region, plans[0].level.chunks) if digests else []
     streamed = [p for p in plans if p.streamed]
     stored = Stored()
     for plan, level_region in zip(streamed, scaled(region, streamed)):
         if plan.halved:
             block = downsample(block, plan.halved, plan.level.downsampling)
-        stored.add(ArrayWriter.open(f"{store}/{plan.level.path}").write(level_region, block, f"{plan.level.path}/"))
-    return stored, level0
+        writer = ArrayWriter.open(f"{store}/{plan.level.path}", (arrays or {}).get(plan.level.path))
+        stored.add(writer.write(level_region, block, f"{plan.level.path}/"))
+    return stored, level0, block
 
 
 def _named(exc: Exception, shown_as: str, what: str) -> Exception:
@@ -143,26 +147,30 @@ def whole_image(source: str, image: ImageRecord, store: str, plans: list[LevelPl
                                  size_tolerance)
     codec = make_codec(candidates[selection.chosen if selection else 0])
     root = zarr.open_group(store, mode="w", zarr_format=ZARR_FORMAT[ngff])
-    for plan in plans:
-        root.create_array(plan.level.path, shape=plan.level.shape, chunks=plan.level.chunks, dtype=image.dtype,
-                          fill_value=0, **array_layout(plan, codec, image.axis_names, ngff))
-    stored, level0 = _write_block(block, image, store, region, plans, digests)
+    arrays = {plan.level.path: root.create_array(
+        plan.level.path, shape=plan.level.shape, chunks=plan.level.chunks, dtype=image.dtype, fill_value=0,
+        **array_layout(plan, codec, image.axis_names, ngff)) for plan in plans}
+    stored, level0, last = _write_block(block, image, store, region, plans, digests, arrays)
     for above, plan in zip(plans, plans[1:]):
         if not plan.streamed:
             stored.add(downsample_regions(store, above.level.path, plan, chunk_slices(plan.level.shape, plan.unit)))
-    bytes_out, sha256 = finish_store(store, image, ngff, stored)
+    smallest = last if plans[-1].streamed else None  # the smallest level's pixels, when still in hand
+    bytes_out, sha256 = finish_store(store, image, ngff, stored, root, smallest)
     return WholePass(selection, stored.chunks, level0, bytes_out, sha256)
 
 
-def finish_store(store: str, image: ImageRecord, ngff: str, stored: Stored) -> tuple[int, str]:
+def finish_store(store: str, image: ImageRecord, ngff: str, stored: Stored, root: Any = None,
+                 smallest: np.ndarray | None = None) -> tuple[int, str]:
     """Complete a local store whose levels are written: sweep what a killed worker left unfinished, write the image
-    group's OME-NGFF attributes (with each channel's display window) and the source's OME-XML and other
-    metadata beside it (``OME/``); return the store's total size and tree digest (the objects ``stored`` hashed
-    on their read-back are not read again)."""
+    group's OME-NGFF attributes (with each channel's display window, from the ``smallest`` level's pixels or
+    read from the store) and the source's OME-XML and other metadata beside it (``OME/``); return the store's
+    total size and tree digest (the objects ``stored`` hashed on their read-back are not read again). ``root``:
+    the store's group, already open."""
     remove_unfinished_writes(store)  # left by a worker killed mid-write (its task was redone)
-    windows = list(image.channel_windows) if image.channel_windows else display_windows(store, image)
-    zarr.open_group(store, mode="r+").update_attributes(group_attributes(image, windows, ngff))
-    _keep_ome_xml(store, image, ngff)
+    root = zarr.open_group(store, mode="r+") if root is None else root
+    windows = list(image.channel_windows) if image.channel_windows else display_windows(store, image, smallest)
+    root.update_attributes(group_attributes(image, windows, ngff))
+    _keep_ome_xml(root, store, image, ngff)
     return store_digest(store, stored.objects)
 
 
@@ -180,15 +188,17 @@ def store_digest(store: str, known: dict[str, tuple[int, str]] | None = None) ->
     return total, tree_digest(entries)
 
 
-def display_windows(store: str, image: ImageRecord) -> list[tuple[float, float]]:
-    """Per channel, the 0.1 and 99.9 percentiles of the smallest level: the display window viewers start with
-    (the whole range stays available as min/max)."""
+def display_windows(store: str, image: ImageRecord, smallest: np.ndarray | None = None) -> list[tuple[float, float]]:
+    """Per channel, the 0.1 and 99.9 percentiles of the smallest level (its pixels ``smallest``, or read from
+    the store): the display window viewers start with (the whole range stays available as min/max)."""
     axes = image.axis_names
     level = image.levels[-1]
     # every plane of the smallest level fits a chunk; of a long z or t series, 8 evenly spaced planes will do
     sample = tuple(slice(None, None, -(-n // 8)) if name in "tz" else slice(None)
                    for name, n in zip(axes, level.shape))
-    smallest = zarr.open_array(f"{store}/{level.path}", mode="r")[sample]
+    if smallest is None or smallest.shape != tuple(level.shape):
+        smallest = zarr.open_array(f"{store}/{level.path}", mode="r")
+    smallest = np.asarray(smallest[sample])
     planes = np.moveaxis(smallest, axes.index("c"), 0) if "c" in axes else smallest[None]  # a label: no channels
     windows = []
     for plane in planes:
@@ -202,10 +212,9 @@ def display_windows(store: str, image: ImageRecord) -> list[tuple[float, float]]
     return windows
 
 
-def _keep_ome_xml(store: str, image: ImageRecord, ngff: str) -> None:
+def _keep_ome_xml(root: Any, store: str, image: ImageRecord, ngff: str) -> None:
     """The source's OME-XML beside the image, as in the bioformats2raw layout: ``OME/METADATA.ome.xml``."""
-    group = zarr.open_group(f"{store}/OME", mode="w", zarr_format=ZARR_FORMAT[ngff])
-    group.update_attributes({"ome": {"version": ngff}} if ngff == "0.5" else {})
+    root.create_group("OME", overwrite=True, attributes={"ome": {"version": ngff}} if ngff == "0.5" else {})
     shutil.copyfile(image.metadata_xml, f"{store}/OME/METADATA.ome.xml")
     for name, kept in image.documents:  # other original metadata (an MRC header, Imaris' DataSetInfo)
         os.makedirs(os.path.dirname(f"{store}/{name}"), exist_ok=True)

@@ -64,8 +64,9 @@ class ArrayWriter:
     decode: Callable[[bytes], np.ndarray]
 
     @classmethod
-    def open(cls, path: str) -> ArrayWriter:
-        array = zarr.open_array(path, mode="r")
+    def open(cls, path: str, array: Any = None) -> ArrayWriter:
+        """The writer of the local array at ``path`` (``array``: that array, already open)."""
+        array = zarr.open_array(path, mode="r") if array is None else array
         meta = array.metadata
         dtype = np.dtype(array.dtype)
         objects = tuple(meta.chunks) if meta.zarr_format == 2 else tuple(meta.chunk_grid.chunk_shape)
