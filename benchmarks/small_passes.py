@@ -7,8 +7,8 @@ OME-TIFF, converted and planned once. Measured per image, in the same run:
 
 - compress as a small image is compressed (its whole pass in one task, ``passes.whole_image``) and as a large
   one is (a codec trial, then the streaming pass region by region, then the small levels);
-- QC's chunk statistics gathered one round trip per image, and for every image at once
-  (``qc.intensity_facts_of``).
+- QC's facts of a store (chunk statistics, the NGFF validator's findings) gathered one round trip per image, and
+  for every image at once (``qc.store_facts_of``).
 
 It prints the medians and writes JSON (default ``benchmarks/results/passes-<time>.json``). The end-to-end cost of
 an image in a run (Prefect, intake, publish) is ``many.py``'s.
@@ -76,10 +76,10 @@ def main(argv: list[str] | None = None) -> int:
         for _round in range(args.repeat):
             started = time.perf_counter()
             for image, report in pairs:
-                qc.intensity_facts(image, report, address)
+                qc.store_facts(image, report, address)
             result["qc_each_ms"].append((time.perf_counter() - started) * 1000 / len(pairs))
             started = time.perf_counter()
-            qc.intensity_facts_of(pairs, address)
+            qc.store_facts_of(pairs, address)
             result["qc_together_ms"].append((time.perf_counter() - started) * 1000 / len(pairs))
     for name, values in result.items():
         print(f"{name:>22}: " + ", ".join(f"{v:.1f}" for v in values) + " (per image; median of each round)")

@@ -38,7 +38,7 @@ from zarrchive.cluster import client_for
 from zarrchive.config import QCSettings, config_dir, suite_path
 from zarrchive.ngff import validate_image, validate_label
 from zarrchive.pixels.blocks import chunk_slices
-from zarrchive.pixels.passes import BATCH, chunk_stats
+from zarrchive.pixels.passes import BATCH, chunk_stats, facts_of_store
 from zarrchive.records import (
     MICROMETERS,
     CompressionReport,
@@ -90,34 +90,38 @@ def choose_modality(settings: QCSettings, imaging_method: Any) -> str | None:
 # ---------------------------------------------------------------- facts, on the cluster
 
 
-def intensity_facts(image: ImageRecord, report: CompressionReport, scheduler: str) -> tuple[list[dict], str]:
-    """Per-channel statistics of level 0 of the compressed store, and its level-0 digest (chunk order)."""
-    return intensity_facts_of([(image, report)], scheduler)[0]
+def store_facts(image: ImageRecord, report: CompressionReport, scheduler: str) -> tuple[list[dict], str, list[str]]:
+    """Per-channel statistics of level 0 of the compressed store, its level-0 digest (chunk order), and what the
+    independent OME-NGFF validator (ome-zarr-models) finds in the store."""
+    return store_facts_of([(image, report)], scheduler)[0]
 
 
-def intensity_facts_of(pairs: list[tuple[ImageRecord, CompressionReport]], scheduler: str
-                       ) -> list[tuple[list[dict], str]]:
-    """``intensity_facts`` of many images in one round trip to the cluster: every image's chunk statistics are
-    sent at once and gathered together (a study of many small images pays one wait, not one per image)."""
+def store_facts_of(pairs: list[tuple[ImageRecord, CompressionReport]], scheduler: str
+                   ) -> list[tuple[list[dict], str, list[str]]]:
+    """``store_facts`` of many images in one round trip to the cluster: every image's tasks are sent at once and
+    gathered together (a study of many small images pays one wait, not one per image); an image whose level 0
+    is one batch of chunks is validated and counted in one task (``passes.store_facts``)."""
     with client_for(scheduler) as client:
-        submitted = [_submit_stats(client, image, report) for image, report in pairs]
-        gathered = client.gather([f for futures in submitted for f in futures])
-    results, start = [], 0
-    for (image, _report), futures in zip(pairs, submitted, strict=True):
-        parts = [p for batch in gathered[start:start + len(futures)] for p in batch]
-        start += len(futures)
-        results.append(_channel_facts(image, parts))
+        gathered = client.gather([_submit_facts(client, image, report) for image, report in pairs])
+    results = []
+    for (image, _report), (problems, batches) in zip(pairs, gathered, strict=True):
+        results.append((*_channel_facts(image, [p for batch in batches for p in batch]), problems))
     return results
 
 
-def _submit_stats(client: Any, image: ImageRecord, report: CompressionReport) -> list[Any]:
+def _submit_facts(client: Any, image: ImageRecord, report: CompressionReport) -> Any:
+    """The futures of an image's facts: what the validator finds, and the statistics of each batch of chunks."""
     level = image.levels[0]
     axes = image.axis_names
     channel_axis = axes.index("c") if "c" in axes else None
     regions = chunk_slices(level.shape, level.chunks)
     batches = [regions[i:i + BATCH] for i in range(0, len(regions), BATCH)]
-    return client.map(chunk_stats, [f"{report.store}/{level.path}"] * len(batches), batches,
-                      [channel_axis] * len(batches), pure=False)
+    if len(batches) == 1:  # (its result is the pair the other branch gives)
+        return client.submit(facts_of_store, report.store, level.path, batches[0], channel_axis, image.kind,
+                             pure=False)
+    validated = client.submit(validate_label if image.kind == "label" else validate_image, report.store, pure=False)
+    return validated, client.map(chunk_stats, [f"{report.store}/{level.path}"] * len(batches), batches,
+                                 [channel_axis] * len(batches), pure=False)
 
 
 def _channel_facts(image: ImageRecord, parts: list[dict]) -> tuple[list[dict], str]:
@@ -237,13 +241,9 @@ def check_metadata(submission: Submission, images: list[ImageRecord], reports: l
     by_id = {r.image_id: r for r in reports}
     images = [image for image in images if image.image_id in by_id]  # only what compress produced is checked
     rows, channel_rows = [], []
-    with client_for(scheduler) as client:  # the independent validator reads each store on the cluster's workers
-        validated = [client.submit(validate_label if image.kind == "label" else validate_image,
-                                   by_id[image.image_id].store, pure=False) for image in images]
-        facts = intensity_facts_of([(image, by_id[image.image_id]) for image in images], scheduler)
-        problems = client.gather(validated)
-    for image, (channels, digest), found in zip(images, facts, problems, strict=True):
-        rows.append(image_facts(image, by_id[image.image_id], channels, digest, found))
+    facts = store_facts_of([(image, by_id[image.image_id]) for image in images], scheduler)
+    for image, (channels, digest, problems) in zip(images, facts, strict=True):
+        rows.append(image_facts(image, by_id[image.image_id], channels, digest, problems))
         if image.kind == "image":  # a label's values are ids, not intensities
             channel_rows.extend(channels)
     findings = list(submission.findings)

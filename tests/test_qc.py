@@ -179,3 +179,24 @@ def test_a_lossy_compressed_source_is_reported_not_silently_inflated(tmp_path, s
     lossless = tmp_path / "plain.tif"
     tifffile.imwrite(lossless, data, compression="zlib")
     assert staged_image(tmp_path, settings, scheduler, lossless, "plain.tif")[0].lossy_source is None
+
+
+def test_a_store_s_facts_are_the_same_in_one_task_or_in_batches_and_a_broken_store_is_found_either_way(
+        tmp_path, settings, scheduler, monkeypatch):
+    """A small store is validated and counted in one task (``passes.facts_of_store``), a larger one in a task per
+    batch of chunks beside the validator's: both give the same facts, and an invalid store is found by both."""
+    from zarrchive.tasks import qc
+
+    data = random_image((2, 1, 40, 40)) // 2
+    path = ome_tiff(tmp_path / "x.ome.tif", data, "CZYX", {"x": 0.1, "y": 0.1}, ["a", "b"])
+    small = settings.model_copy(update={"convert": settings.convert.model_copy(update={"chunk_xy": 16})})
+    image, report = staged_image(tmp_path, small, scheduler, path, "x.ome.tif")
+    together = qc.store_facts(image, report, scheduler)
+    monkeypatch.setattr(qc, "BATCH", 1)  # a task per chunk: 9 chunks of each of the two channels
+    assert qc.store_facts(image, report, scheduler) == together
+    assert together[2] == [] and together[0][1]["max"] == float(data[1].max())
+    root = zarr.open_group(report.store, mode="r+")
+    root.attrs.put({"ome": {"version": "0.5", "multiscales": []}})  # no multiscale: not an image
+    broken = qc.store_facts(image, report, scheduler)
+    monkeypatch.setattr(qc, "BATCH", 32)
+    assert broken[2] and broken[:2] == together[:2] and qc.store_facts(image, report, scheduler)[2] == broken[2]

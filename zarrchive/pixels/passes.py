@@ -4,7 +4,8 @@ The compress stage's streaming pass (``stream_region``: read a region of the
 source once, write it and every level it makes, proven), the small levels made
 from the level above (``downsample_regions``), the codec trial on a sample of
 chunks (``select_codec``), all of it in one task for an image no larger than
-a streaming region (``whole_image``), and QC's per-chunk facts (``chunk_stats``). Workers
+a streaming region (``whole_image``), and QC's per-chunk facts (``chunk_stats``, with the validator's
+findings for a small store: ``facts_of_store``). Workers
 import this module when they start (``cluster.WORKER_MODULES``), so a light
 import keeps the cluster's start short.
 """
@@ -23,7 +24,7 @@ import zarr
 from zarrchive.archive.storage import remove_unfinished_writes, sha256_stream, tree_digest, walk_files
 from zarrchive.config import CodecSpec
 from zarrchive.errors import InputError, is_file_fault
-from zarrchive.ngff import ZARR_FORMAT, group_attributes
+from zarrchive.ngff import ZARR_FORMAT, group_attributes, validate_image, validate_label
 from zarrchive.pixels.blocks import chunk_slices, downsample
 from zarrchive.pixels.codecs import array_codec_kwargs, choose_codec, make_codec, v2_codec
 from zarrchive.pixels.shards import ArrayWriter, Stored
@@ -254,6 +255,14 @@ def select_codec(source: str, image: ImageRecord, regions: list[tuple[slice, ...
             raise
         raise named from exc
     return choose_codec(samples, candidates, min_encode_mbps, size_tolerance)
+
+
+def facts_of_store(store: str, level0: str, regions: list[tuple[slice, ...]], channel_axis: int | None,
+                   kind: str) -> tuple[list[str], list[list[dict[str, Any]]]]:
+    """QC's facts of a store whose level 0 is one batch of chunks, in one task: what the independent OME-NGFF
+    validator finds in it (``ngff.validate_image``, or ``validate_label``), and ``chunk_stats`` of ``regions``."""
+    problems = (validate_label if kind == "label" else validate_image)(store)
+    return problems, [chunk_stats(f"{store}/{level0}", regions, channel_axis)]
 
 
 def chunk_stats(array_path: str, regions: list[tuple[slice, ...]], channel_axis: int | None) -> list[dict[str, Any]]:
