@@ -106,7 +106,7 @@ def measure(name: str, image: np.ndarray, n: int, quick: bool) -> dict[str, Any]
 
     chunks = chunks_of(image, n)
     specs = standard_candidates(quick) + other_candidates(quick)
-    trials = choose_codec(chunks, [CodecSpec(**s) for s in specs], 0.0).candidates
+    trials = choose_codec(chunks, [CodecSpec(**s) for s in specs], 0.0, time_all=True).candidates
     rows = []
     for spec, trial in zip(specs, trials):
         if trial.skipped:
@@ -116,7 +116,7 @@ def measure(name: str, image: np.ndarray, n: int, quick: bool) -> dict[str, Any]
     table = {r["codec"]: r for r in rows}
     for spec in (OME_ZARR_DEFAULT,):
         if key(spec) not in table:  # (the quick set may leave it out)
-            [trial] = choose_codec(chunks, [CodecSpec(**spec)], 0.0).candidates
+            [trial] = choose_codec(chunks, [CodecSpec(**spec)], 0.0, time_all=True).candidates
             table[key(spec)] = {"codec": key(spec), "standard": True, "bytes": trial.stored_bytes,
                                 "encode_mbps": trial.encode_mbps, "decode_mbps": trial.decode_mbps}
     chosen = {}
@@ -128,7 +128,7 @@ def measure(name: str, image: np.ndarray, n: int, quick: bool) -> dict[str, Any]
         spec = settings.candidates()[selection.chosen].model_dump()
         label = key(spec)
         if label not in table:
-            [trial] = choose_codec(chunks, [CodecSpec(**spec)], 0.0).candidates
+            [trial] = choose_codec(chunks, [CodecSpec(**spec)], 0.0, time_all=True).candidates
             table[label] = {"codec": label, "standard": spec["codec"] in ("blosc", "zstd"),
                             "bytes": trial.stored_bytes, "encode_mbps": trial.encode_mbps,
                             "decode_mbps": trial.decode_mbps}

@@ -364,7 +364,7 @@ def single_codec_sizes(src: Path, planes: int = 8) -> dict[tuple, int]:
     chunks = [a[None, y:y + CHUNK[1], x:x + CHUNK[2]] for a in arrays
               for y in range(0, a.shape[0] - CHUNK[1] + 1, CHUNK[1]) for x in range(0, a.shape[1] - CHUNK[2] + 1, CHUNK[2])]
     settings = load_settings(overrides={"compress": {"profile": "max"}}).compress
-    trials = choose_codec(chunks, settings.candidates(), 0).candidates
+    trials = choose_codec(chunks, settings.candidates(), 0, time_all=True).candidates
     return {codec_key(t.codec.name, t.codec.configuration): t.stored_bytes for t in trials if t.stored_bytes}
 
 

@@ -112,6 +112,8 @@ def gather_all(client: Any, futures: list[Any], deadline: float | None = None, s
     """The results of ``futures`` once every one has finished: a failure is raised only when no task is still
     writing into the store (which is then removed). Past ``deadline`` (``time.monotonic()``) the tasks are
     cancelled, those running are let finish, and ``StageTimeout`` names the image."""
+    if all(f.done() for f in futures):  # done already (begun ahead in a batch): its deadline no longer matters
+        return client.gather(futures)
     left = None if deadline is None else max(0.0, deadline - time.monotonic())
     try:
         for _done in as_completed(futures, loop=client.loop, timeout=left):  # the client's loop: no default client
@@ -164,8 +166,6 @@ class Begun:
     final: str  # its name once complete
     plans: list[LevelPlan]
     future: Any
-    started: float  # time.perf_counter()
-    deadline: float  # time.monotonic()
     digests: bool
 
 
@@ -176,7 +176,6 @@ def begin_whole(image: ImageRecord, source: FileRecord, work: str, settings: Com
     Many can be begun before the first is ended: the cluster's workers do them meanwhile."""
     _check_source(image, source)
     faults.point("compress.start")
-    started, deadline = time.perf_counter(), time.monotonic() + settings.timeout_seconds
     final, store = _names(image, work, settings)
     candidates = settings.candidates()
     if len(candidates) == 1 and (why := supports(candidates[0], np.dtype(image.dtype))):
@@ -188,15 +187,17 @@ def begin_whole(image: ImageRecord, source: FileRecord, work: str, settings: Com
         future = client.submit(whole_image, source.staged_path, image, store, plans, candidates, samples,
                                settings.min_encode_mbps, settings.size_tolerance, settings.ngff, level0_digest,
                                pure=False)
-    return Begun(image, settings, scheduler, store, final, plans, future, started, deadline, level0_digest)
+    return Begun(image, settings, scheduler, store, final, plans, future, level0_digest)
 
 
 def end_whole(begun: Begun) -> CompressionReport:
-    """Wait for a pass ``begin_whole`` submitted and put its store in place; its report."""
+    """Wait for a pass ``begin_whole`` submitted and put its store in place; its report. ``compress.timeout_seconds``
+    counts from now: an image begun ahead in a batch is not charged the wait for the images before it."""
     image, settings = begun.image, begun.settings
+    deadline = time.monotonic() + settings.timeout_seconds
     try:
         with client_for(begun.scheduler) as client:
-            [done] = gather_all(client, [begun.future], begun.deadline, image.source_path)
+            [done] = gather_all(client, [begun.future], deadline, image.source_path)
         _put_in_place(begun.store, begun.final)
     except Exception as exc:
         if (failed := _discarded(exc, image, begun.store)) is exc:
@@ -204,7 +205,7 @@ def end_whole(begun: Begun) -> CompressionReport:
         raise failed from exc
     chosen = settings.candidates()[done.selection.chosen if done.selection else 0]
     return _report(image, begun.final, make_codec(chosen), done.selection, begun.plans, settings.ngff,
-                   done.chunks, done.level0 if begun.digests else None, done.bytes_out, done.sha256, begun.started)
+                   done.chunks, done.level0 if begun.digests else None, done.bytes_out, done.sha256, done.seconds)
 
 
 def _streamed(image: ImageRecord, source: FileRecord, work: str, settings: CompressSettings, scheduler: str,
@@ -233,7 +234,7 @@ def _streamed(image: ImageRecord, source: FileRecord, work: str, settings: Compr
             raise
         raise failed from exc
     return _report(image, final, codec, selection, plans, settings.ngff, stored.chunks,
-                   level0 if level0_digest else None, bytes_out, digest, started)
+                   level0 if level0_digest else None, bytes_out, digest, time.perf_counter() - started)
 
 
 def _check_source(image: ImageRecord, source: FileRecord) -> None:
@@ -265,7 +266,7 @@ def _discarded(exc: Exception, image: ImageRecord, store: str) -> Exception:
 
 def _report(image: ImageRecord, store: str, codec: Any, selection: CodecSelection | None, plans: list[LevelPlan],
             ngff: str, chunks: int, level0: list[tuple] | None, bytes_out: int, digest: str,
-            started: float) -> CompressionReport:
+            seconds: float) -> CompressionReport:
     bytes_in = sum(int(np.prod(p.level.shape)) * np.dtype(image.dtype).itemsize for p in plans)
     if ngff == "0.5":
         choice = choice_of(codec)
@@ -275,7 +276,7 @@ def _report(image: ImageRecord, store: str, codec: Any, selection: CodecSelectio
     return CompressionReport(
         image_id=image.image_id, store=store, codec=choice, selection=selection,
         bytes_in=bytes_in, bytes_out=bytes_out, ratio=round(bytes_in / bytes_out, 4) if bytes_out else 0.0,
-        seconds=round(time.perf_counter() - started, 3), chunks_verified=chunks,
+        seconds=round(seconds, 3), chunks_verified=chunks,
         level0_sha256=hashlib.sha256("".join(d for _s, d in sorted(level0)).encode()).hexdigest()
         if level0 is not None else None,
         store_sha256=digest,
@@ -386,7 +387,9 @@ def compress_batch(items: list[tuple[ImageRecord, FileRecord]], work: str, setti
     """``compress`` for many small images (image, its staged source) in one task run (``zarrchive.batch``).
 
     The images' passes are submitted to the cluster ahead of the one waited for (as many as the cluster has
-    threads, and one more), so its workers go on with the next images while this task finishes one.
+    threads, and one more), so its workers go on with the next images while this task finishes one. A batch
+    stopped (cancelled, interrupted) cancels what has not started; a pass already running finishes under its
+    temporary name, which ``staging.clean_stale`` removes once this process has ended.
 
     Each image's result is kept in the work area under its ``compress_key`` (as Prefect's cache keeps a task
     run's): a rerun reuses what is still there, so an unchanged image keeps its stored bytes — and its codec
@@ -415,6 +418,7 @@ def compress_batch(items: list[tuple[ImageRecord, FileRecord]], work: str, setti
             _keep(kept, result)
             return result
 
+        end.abandon = lambda: begun.future.cancel()  # the batch was stopped: what has not started never will
         return end
 
     return batch.run("compress", items, begin, lambda item: item[0].image_id, ahead=threads + 1)

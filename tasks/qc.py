@@ -100,7 +100,7 @@ def store_facts_of(pairs: list[tuple[ImageRecord, CompressionReport]], scheduler
                    ) -> list[tuple[list[dict], str, list[str]]]:
     """``store_facts`` of many images in one round trip to the cluster: every image's tasks are sent at once and
     gathered together (a study of many small images pays one wait, not one per image); an image whose level 0
-    is one batch of chunks is validated and counted in one task (``passes.store_facts``)."""
+    is one batch of chunks is validated and counted in one task (``passes.facts_of_store``)."""
     with client_for(scheduler) as client:
         gathered = client.gather([_submit_facts(client, image, report) for image, report in pairs])
     results = []

@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import json
 
+import pytest
+
 from builders import ome_tiff, random_image, submission
 from zarrchive.batch import name, plan
 from zarrchive.config import BatchSettings
@@ -94,3 +96,47 @@ def test_a_batch_reuses_what_an_earlier_run_compressed_so_a_new_version_shares_t
     before, after = compressed(1), compressed(2)
     assert after["f0"] == before["f0"] and after["f1"] == before["f1"]  # reused, with the lineage that made them
     assert after["f2"] > before["f2"]
+
+
+def test_items_begun_ahead_end_in_order_each_failing_alone_and_a_stopped_batch_abandons_what_it_began():
+    """``batch.run`` with ``ahead``: at most that many items under way; each ended in order; one failing as it
+    begins or as it ends fails alone, named; stopped, every item begun and not ended is abandoned."""
+    from zarrchive.batch import ItemFailed, run
+
+    events: list[str] = []
+
+    def begin(item: str):
+        events.append(f"begin {item}")
+        if item == "bad-begin":
+            raise ValueError("refused at once")
+
+        def end():
+            events.append(f"end {item}")
+            if item == "bad-end":
+                raise OSError(28, "No space left on device")
+            if item == "stop":
+                raise KeyboardInterrupt
+            return item.upper()
+
+        end.abandon = lambda: events.append(f"abandon {item}")
+        return end
+
+    items = [("a",), ("bad-begin",), ("b",), ("bad-end",), ("c",)]
+    state = run("compress", items, begin, lambda item: item[0], ahead=2)
+    results = state.data
+    assert results[0] == "A" and results[2] == "B" and results[4] == "C"
+    assert isinstance(results[1], ItemFailed) and results[1].error == "ValueError: refused at once"
+    assert isinstance(results[3], ItemFailed) and "No space left on device" in results[3].error
+    assert state.message == "3 of 5 done; failed: bad-begin, bad-end"
+    # never more than two under way: an item is ended before the third after it is begun
+    under_way = 0
+    for event in events:
+        under_way += 1 if event.startswith("begin") and event != "begin bad-begin" else \
+            -1 if event.startswith("end") else 0
+        assert under_way <= 2
+    assert [e for e in events if e.startswith("end")] == ["end a", "end b", "end bad-end", "end c"]
+
+    events.clear()
+    with pytest.raises(KeyboardInterrupt):
+        run("compress", [("stop",), ("d",), ("e",)], begin, lambda item: item[0], ahead=3)
+    assert events == ["begin stop", "begin d", "begin e", "end stop", "abandon d", "abandon e"]

@@ -201,3 +201,44 @@ def test_a_single_candidate_that_cannot_keep_the_image_is_refused_naming_it(tmp_
                                          r"losslessly: pcodec does not encode uint8"):
         archive_images(path, tmp_path / "w", settings, scheduler,
                        compress={"profile": "max", "profiles": {"max": [CodecSpec(codec="pcodec", level=8)]}})
+
+
+def test_speeds_are_timed_again_only_where_they_decide_and_a_codec_failing_then_is_skipped(monkeypatch):
+    """Every candidate encodes the sample once; the speeds that decide the choice (a candidate too slow on its
+    first run but small enough, the candidates of equal size) are timed again, and one that fails then is skipped
+    like one failing at first, the choice made among the others."""
+    from zarrchive.pixels import codecs
+
+    samples = [microscopy((1, 64, 64), seed=s)[0] for s in range(2)]
+    candidates = [CodecSpec(codec="blosc", cname="lz4", clevel=1, shuffle="noshuffle"),
+                  CodecSpec(codec="zstd", clevel=3), CodecSpec(codec="zstd", clevel=5)]
+    runs: dict[str, list[int]] = {}
+    failing: set[str] = set()
+    original = codecs._round_trip
+
+    def counted(codec, chunks, repeats=1):
+        name = json.dumps(codec.to_dict(), sort_keys=True)
+        runs.setdefault(name, []).append(repeats)
+        if name in failing and len(runs[name]) > 1:
+            raise RuntimeError("the encoder gave up")
+        return original(codec, chunks, repeats)
+
+    monkeypatch.setattr(codecs, "_round_trip", counted)
+    plain = choose_codec(samples, candidates, min_encode_mbps=0, size_tolerance=0)
+    assert all(r == [1] for r in runs.values())  # sizes differ, all fast enough: nothing timed again
+
+    runs.clear()
+    equal = choose_codec(samples, candidates, min_encode_mbps=0, size_tolerance=10.0)  # all the same size
+    assert sorted(len(r) for r in runs.values()) == [2, 2, 2] and all(r[1] == 2 for r in runs.values())
+    assert equal.chosen == max(range(3), key=lambda i: (equal.candidates[i].encode_mbps, -i))
+
+    runs.clear()
+    failing.add(json.dumps(make_codec(candidates[equal.chosen]).to_dict(), sort_keys=True))
+    without = choose_codec(samples, candidates, min_encode_mbps=0, size_tolerance=10.0)
+    assert without.candidates[equal.chosen].skipped == "RuntimeError: the encoder gave up"
+    assert without.chosen != equal.chosen and without.candidates[without.chosen].skipped is None
+
+    runs.clear()
+    failing.clear()
+    everything = choose_codec(samples, candidates, min_encode_mbps=0, time_all=True)  # a benchmark's table
+    assert all(r == [1, 2] for r in runs.values()) and everything.chosen == plain.chosen

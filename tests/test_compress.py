@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -361,3 +362,30 @@ def test_a_small_image_in_one_task_is_the_same_as_streamed_region_by_region(sour
         np.testing.assert_array_equal(zarr.open_array(f"{whole.store}/{level.path}", mode="r")[...],
                                       zarr.open_array(f"{streamed.store}/{level.path}", mode="r")[...])
     assert_levels_are_block_means(whole, image, data)
+
+
+def test_a_failure_on_the_worker_finishing_the_store_fails_the_image_as_what_it_is_and_leaves_nothing(
+        source, tmp_path, settings, scheduler):
+    """A small image's store is finished on the worker (attributes, OME-XML, digest): an OSError there (the
+    converted OME-XML gone) crosses the cluster as an OSError naming the file, and the store is removed."""
+    path, _data = source
+    record = staged(path)
+    [image] = convert_file(record, None, str(tmp_path / "w"), settings.convert)
+    image = build_pyramid(image, settings.pyramid)
+    os.remove(image.metadata_xml)
+    with pytest.raises(OSError) as caught:
+        compress_image(image, record, str(tmp_path / "w"), settings.compress, scheduler)
+    assert image.metadata_xml in str(caught.value)
+    assert not list((tmp_path / "w" / "compress").iterdir())
+
+
+def test_a_pass_already_done_is_gathered_whatever_its_deadline(scheduler):
+    """In a batch, images are begun ahead of the one waited for: one that is done by the time it is waited for
+    is gathered, even when its deadline has passed meanwhile (never cancelled and reported as a timeout)."""
+    from zarrchive.cluster import client_for
+    from zarrchive.tasks.compress import gather_all
+
+    with client_for(scheduler) as client:
+        future = client.submit(sum, [1, 2, 3], pure=False)
+        future.result()
+        assert gather_all(client, [future], deadline=time.monotonic() - 60, shown_as="x.tif") == [6]

@@ -409,6 +409,10 @@ def test_ome_xml_parsed_through_one_shared_context_gives_what_a_fresh_parser_giv
 
     share_xml_context()
     assert _conversion.XmlParser().context is _conversion.XmlParser().context
+    from concurrent.futures import ThreadPoolExecutor  # one context a thread: a context is not made to be shared
+
+    with ThreadPoolExecutor(1) as pool:
+        assert pool.submit(lambda: _conversion.XmlParser().context).result() is not _conversion.XmlParser().context
     documents = []
     for i, (shape, axes) in enumerate([((2, 3, 16, 16), "TCYX"), ((4, 16, 16), "ZYX"), ((16, 16, 3), "YXS")]):
         path = tmp_path / f"d{i}.ome.tif"

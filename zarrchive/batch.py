@@ -5,9 +5,10 @@ work; for a 256 x 256 field of a screening plate that is most of the cost. So a 
 images up to ``batch.small_bytes`` — run in batches of at most ``batch.images`` items and ``batch.bytes`` bytes,
 one task run each, named with the stage, the count and the first and last items (``compress: 64 images
 (plate1_A01_f1 … plate1_B08_f2)``). An item above ``batch.small_bytes`` keeps a task run of its own (its
-progress, its cache across runs). Inside a batch every item is done by the stage's own function, with its own
-lineage record; an item that fails is recorded as failed, named with its reason, and the batch goes on with the
-others (the task run's log names the failures, and its state message counts them).
+progress, its cache across runs). Inside a batch every item is done by the stage's own functions, with its own
+lineage record (compress submits its images' passes to the cluster a few ahead of the one it waits for); an
+item that fails is recorded as failed, named with its reason, and the batch goes on with the others (the task
+run's log names the failures, and its state message counts them).
 """
 
 from __future__ import annotations
@@ -68,7 +69,8 @@ def run(stage: str, items: list[Any], call: Callable[..., Any], shown: Callable[
 
     With ``ahead``, ``call(*item)`` only begins an item (its work goes on elsewhere, on a cluster) and returns
     what ends it (called with no argument, it waits and gives the result): up to ``ahead`` items are under way
-    at once, each ended in order, each failing alone whether it fails as it begins or as it ends."""
+    at once, each ended in order, each failing alone whether it fails as it begins or as it ends. If the batch
+    is stopped, each item begun and not ended is abandoned (its ender's ``abandon()``, when it has one)."""
     from prefect.states import Completed
 
     log = runlog.logger()
@@ -84,15 +86,21 @@ def run(stage: str, items: list[Any], call: Callable[..., Any], shown: Callable[
             results[i] = ItemFailed(error=f"{type(exc).__name__}: {exc}")
             return False
 
-    for i, item in enumerate(items):
-        while ahead and len(begun) >= ahead:
+    try:
+        for i, item in enumerate(items):
+            while ahead and len(begun) >= ahead:
+                oldest = begun.popleft()
+                settle(oldest, results[oldest])
+            if settle(i, call, *item) and ahead:
+                begun.append(i)
+        while begun:
             oldest = begun.popleft()
             settle(oldest, results[oldest])
-        if settle(i, call, *item) and ahead:
-            begun.append(i)
-    while begun:
-        oldest = begun.popleft()
-        settle(oldest, results[oldest])
+    except BaseException:  # stopped (cancelled, interrupted): what was begun and not ended is abandoned
+        for i in begun:
+            if abandon := getattr(results[i], "abandon", None):
+                abandon()
+        raise
     failed = [shown(item) for item, r in zip(items, results) if isinstance(r, ItemFailed)]
     message = f"{len(items) - len(failed)} of {len(items)} done" + (
         f"; failed: {', '.join(failed[:10])}{' …' if len(failed) > 10 else ''}" if failed else "")

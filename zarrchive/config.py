@@ -306,7 +306,7 @@ class BatchSettings(Section):
     bytes: int = Field(default=256 << 20, ge=1)  # at most this many bytes a batch (files as staged, images' level 0)
     small_bytes: int = Field(default=64 << 20, ge=0)  # an item above this runs alone (0: every item alone)
     parallel: int = Field(default=2, ge=1)  # at least this many batches when there are items enough (they run at
-    #                                         once: the items of one batch run one after another)
+    #                                         once; a batch's items one after another, compress's a few ahead)
 
     operational: ClassVar[frozenset[str]] = frozenset({"images", "bytes", "small_bytes", "parallel"})
 

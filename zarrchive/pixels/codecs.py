@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
-from typing import Any, ClassVar, Iterable
+from typing import Any, ClassVar
 
 import numpy as np
 from zarr.abc.codec import ArrayBytesCodec
@@ -282,66 +282,78 @@ def _round_trip(codec: Any, samples: list[np.ndarray], repeats: int = 1) -> tupl
 
 
 def choose_codec(samples: list[np.ndarray], candidates: list[CodecSpec], min_encode_mbps: float,
-                 size_tolerance: float = 0.0) -> CodecSelection:
+                 size_tolerance: float = 0.0, time_all: bool = False) -> CodecSelection:
     """Encode the sample chunks (of one shape) with each candidate and choose by ``OBJECTIVE``.
 
-    Every candidate encodes the sample once, which gives its size. A speed decides only where the choice
-    depends on it, and there it is the best of ``TIMED_RUNS`` runs: a first run is never faster than the best
-    of more runs (it also warms caches up), so a candidate fast enough on it is fast enough, and only one too
-    slow on it that would otherwise be small enough to be chosen, and the candidates whose sizes count as
-    equal (the fastest of them is chosen), are timed again."""
+    Every candidate encodes the sample once, which gives its size. A speed is the best of ``TIMED_RUNS`` runs
+    where it decides the choice (or everywhere, ``time_all``: a benchmark's table): a first run is never
+    faster than the best of more runs (it also warms caches up), so a candidate fast enough on it is fast
+    enough, and only one too slow on it that would otherwise be small enough to be chosen, and the candidates
+    whose sizes count as equal (the fastest of them is chosen), are timed again. Other speeds reported are of
+    one run. A candidate that fails on this content, on any run, is skipped (with why)."""
     raw = sum(sample.nbytes for sample in samples)
     trials: list[CodecTrial] = []
     timed: dict[int, tuple[Any, int, float, float]] = {}  # candidate: codec, stored bytes, encode, decode seconds
     for i, spec in enumerate(candidates):
         codec = make_codec(spec)
         choice = choice_of(codec)
-        if (reason := supports(spec, samples[0].dtype)) is not None:
-            trials.append(CodecTrial(codec=choice, skipped=reason))
-            continue
-        try:
-            timed[i] = (codec, *_round_trip(codec, samples))
-        except Exception as exc:  # a codec that fails on this content is not a candidate for it
-            trials.append(CodecTrial(codec=choice, skipped=f"{type(exc).__name__}: {exc}"))
-            continue
         trials.append(CodecTrial(codec=choice))
-    if not timed:
-        raise ValueError("no codec candidate can encode this image: "
-                         + "; ".join(f"{t.codec.name}: {t.skipped}" for t in trials))
-    baseline = next((i for i in timed if candidates[i].baseline), None)
+        if (reason := supports(spec, samples[0].dtype)) is not None:
+            trials[i] = CodecTrial(codec=choice, skipped=reason)
+            continue
+        _timed(timed, trials, i, codec, samples, 1)
 
-    def fast(i: int) -> bool:
-        return raw / max(timed[i][2], 1e-9) / 1e6 >= min_encode_mbps or i == baseline
+    def mbps(i: int) -> float:
+        return round(raw / 1e6 / max(timed[i][2], 1e-9), 1)
 
-    def time_again(indices: Iterable[int]) -> None:
-        for i in indices:
-            codec, stored, enc, dec = timed[i]
-            _stored, enc_again, dec_again = _round_trip(codec, samples, TIMED_RUNS - 1)
-            timed[i] = (codec, stored, min(enc, enc_again), min(dec, dec_again))
-
-    again: set[int] = set()
-    smallest_fast = min((timed[i][1] for i in timed if fast(i)), default=None)
-    slow = [i for i in timed if not fast(i) and (smallest_fast is None
-                                                   or timed[i][1] <= smallest_fast * (1 + size_tolerance))]
-    time_again(slow)
-    again.update(slow)
-    chosen_among = [i for i in timed if fast(i)]
-    if chosen_among:
-        smallest = min(timed[i][1] for i in chosen_among)
-        small = [i for i in chosen_among if timed[i][1] <= smallest * (1 + size_tolerance)]
+    def choice() -> tuple[list[int], list[int]]:
+        """The candidates the choice is made among, and those whose speed decides it that were timed once."""
+        if not timed:
+            raise ValueError("no codec candidate can encode this image: "
+                             + "; ".join(f"{t.codec.name}: {t.skipped}" for t in trials))
+        baseline = next((i for i in timed if candidates[i].baseline), None)
+        fast = [i for i in timed if mbps(i) >= min_encode_mbps or i == baseline]
+        if not fast:
+            return list(timed), list(timed)  # then the fastest
+        smallest = min(timed[i][1] for i in fast)
+        slow = [i for i in timed if i not in fast and timed[i][1] <= smallest * (1 + size_tolerance)]
+        small = [i for i in fast if timed[i][1] <= smallest * (1 + size_tolerance)]
         if baseline is not None:  # never more bytes than the baseline, whatever the tolerance
             small = [i for i in small if timed[i][1] <= timed[baseline][1]]
-    else:
-        small = list(timed)
-    if len(small) > 1:
-        time_again(i for i in small if i not in again)
+        return small, slow + (small if len(small) > 1 else [])
+
+    again: set[int] = set()
+    while True:
+        small, deciding = choice()
+        if time_all:
+            deciding = list(timed)
+        deciding = [i for i in deciding if i not in again]
+        if not deciding:
+            break
+        for i in deciding:  # the best of TIMED_RUNS: this run and the one already made
+            again.add(i)
+            _timed(timed, trials, i, timed[i][0], samples, TIMED_RUNS - 1)
     for i, (codec, stored, enc, dec) in timed.items():
         trials[i] = CodecTrial(codec=trials[i].codec, ratio=round(raw / max(stored, 1), 4), stored_bytes=stored,
-                               encode_mbps=round(raw / 1e6 / max(enc, 1e-9), 1),
-                               decode_mbps=round(raw / 1e6 / max(dec, 1e-9), 1))
+                               encode_mbps=mbps(i), decode_mbps=round(raw / 1e6 / max(dec, 1e-9), 1))
     chosen = max(small, key=lambda i: (trials[i].encode_mbps or 0, -i))
     return CodecSelection(objective=OBJECTIVE, min_encode_mbps=min_encode_mbps, size_tolerance=size_tolerance,
                           sample_chunks=len(samples), sample_bytes=raw, candidates=trials, chosen=chosen)
+
+
+def _timed(timed: dict[int, tuple[Any, int, float, float]], trials: list[CodecTrial], i: int, codec: Any,
+           samples: list[np.ndarray], runs: int) -> None:
+    """Candidate ``i``'s size and best speeds so far after ``runs`` more runs; a failure skips it, with why."""
+    try:
+        stored, enc, dec = _round_trip(codec, samples, runs)
+    except Exception as exc:  # a codec that fails on this content is not a candidate for it
+        timed.pop(i, None)
+        trials[i] = CodecTrial(codec=trials[i].codec, skipped=f"{type(exc).__name__}: {exc}")
+        return
+    if i in timed:
+        _codec, stored, enc_before, dec_before = timed[i]
+        enc, dec = min(enc, enc_before), min(dec, dec_before)
+    timed[i] = (codec, stored, enc, dec)
 
 
 def sample_regions(shape: tuple[int, ...], chunks: tuple[int, ...], n: int) -> list[tuple[slice, ...]]:

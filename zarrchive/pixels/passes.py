@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -129,6 +130,7 @@ class WholePass:
     level0: list[tuple]
     bytes_out: int
     sha256: str
+    seconds: float  # the task's own time
 
 
 def whole_image(source: str, image: ImageRecord, store: str, plans: list[LevelPlan], candidates: list[CodecSpec],
@@ -140,6 +142,7 @@ def whole_image(source: str, image: ImageRecord, store: str, plans: list[LevelPl
     streamed ones from the block, the others from the level above), each write proven, and finish the store
     (``finish_store``). A small image costs one round trip to the cluster instead of a codec trial, a write
     and a task per small level, and the process running the flow does nothing with its pixels."""
+    started = time.perf_counter()
     region = tuple(slice(0, n) for n in plans[0].level.shape)
     block = _read(source, image, region)
     selection = None
@@ -157,7 +160,7 @@ def whole_image(source: str, image: ImageRecord, store: str, plans: list[LevelPl
             stored.add(downsample_regions(store, above.level.path, plan, chunk_slices(plan.level.shape, plan.unit)))
     smallest = last if plans[-1].streamed else None  # the smallest level's pixels, when still in hand
     bytes_out, sha256 = finish_store(store, image, ngff, stored, root, smallest)
-    return WholePass(selection, stored.chunks, level0, bytes_out, sha256)
+    return WholePass(selection, stored.chunks, level0, bytes_out, sha256, time.perf_counter() - started)
 
 
 def finish_store(store: str, image: ImageRecord, ngff: str, stored: Stored, root: Any = None,
