@@ -38,7 +38,7 @@ from zarrchive.cluster import client_for
 from zarrchive.config import QCSettings, config_dir, suite_path
 from zarrchive.ngff import validate_image, validate_label
 from zarrchive.pixels.blocks import chunk_slices
-from zarrchive.pixels.passes import BATCH, chunk_stats, facts_of_store
+from zarrchive.pixels.passes import BATCH, chunk_stats, facts_of_stores
 from zarrchive.records import (
     MICROMETERS,
     CompressionReport,
@@ -96,31 +96,56 @@ def store_facts(image: ImageRecord, report: CompressionReport, scheduler: str) -
     return store_facts_of([(image, report)], scheduler)[0]
 
 
+STORES_PER_TASK = 16  # small stores whose facts one task gathers, at most (fewer when there are few)
+
+
 def store_facts_of(pairs: list[tuple[ImageRecord, CompressionReport]], scheduler: str
                    ) -> list[tuple[list[dict], str, list[str]]]:
     """``store_facts`` of many images in one round trip to the cluster: every image's tasks are sent at once and
-    gathered together (a study of many small images pays one wait, not one per image); an image whose level 0
-    is one batch of chunks is validated and counted in one task (``passes.facts_of_store``)."""
+    gathered together (a study of many small images pays one wait, not one per image). The stores whose level 0
+    is one batch of chunks are validated and counted a few in each task (``passes.facts_of_stores``: the tasks'
+    own cost, in the scheduler and the process running the flow, would be most of a small store's); a larger
+    store has a task per batch of chunks beside the validator's."""
+    plans = [_facts_plan(image, report) for image, report in pairs]
+    small = [k for k, plan in enumerate(plans) if len(plan[2]) == 1]
     with client_for(scheduler) as client:
-        gathered = client.gather([_submit_facts(client, image, report) for image, report in pairs])
+        threads = max(1, sum(client.nthreads().values()))
+        per_task = max(1, min(STORES_PER_TASK, -(-len(small) // (2 * threads))))  # every thread busy twice over
+        groups = [small[i:i + per_task] for i in range(0, len(small), per_task)]
+        grouped = [client.submit(facts_of_stores, [_one_batch(plans[k]) for k in group], pure=False)
+                   for group in groups]
+        larger = {k: _submit_larger(client, plan) for k, plan in enumerate(plans) if len(plan[2]) != 1}
+        of_groups, of_larger = client.gather([grouped, larger])
+    found = dict(zip([k for group in groups for k in group], [facts for got in of_groups for facts in got]))
+    found.update(of_larger)
     results = []
-    for (image, _report), (problems, batches) in zip(pairs, gathered, strict=True):
+    for k, (image, _report) in enumerate(pairs):
+        problems, batches = found[k]
         results.append((*_channel_facts(image, [p for batch in batches for p in batch]), problems))
     return results
 
 
-def _submit_facts(client: Any, image: ImageRecord, report: CompressionReport) -> Any:
-    """The futures of an image's facts: what the validator finds, and the statistics of each batch of chunks."""
+def _facts_plan(image: ImageRecord, report: CompressionReport) -> tuple[str, str, list[list[tuple[slice, ...]]],
+                                                                         int | None, str]:
+    """Where an image's facts are read: its store, level 0's path, its chunks in batches, its channel axis and
+    its kind."""
     level = image.levels[0]
     axes = image.axis_names
-    channel_axis = axes.index("c") if "c" in axes else None
     regions = chunk_slices(level.shape, level.chunks)
     batches = [regions[i:i + BATCH] for i in range(0, len(regions), BATCH)]
-    if len(batches) == 1:  # (its result is the pair the other branch gives)
-        return client.submit(facts_of_store, report.store, level.path, batches[0], channel_axis, image.kind,
-                             pure=False)
-    validated = client.submit(validate_label if image.kind == "label" else validate_image, report.store, pure=False)
-    return validated, client.map(chunk_stats, [f"{report.store}/{level.path}"] * len(batches), batches,
+    return report.store, level.path, batches, axes.index("c") if "c" in axes else None, image.kind
+
+
+def _one_batch(plan: tuple) -> tuple:
+    store, level0, batches, channel_axis, kind = plan
+    return store, level0, batches[0], channel_axis, kind
+
+
+def _submit_larger(client: Any, plan: tuple) -> tuple[Any, list[Any]]:
+    """The futures of a larger store's facts: what the validator finds, and the statistics of each batch."""
+    store, level0, batches, channel_axis, kind = plan
+    validated = client.submit(validate_label if kind == "label" else validate_image, store, pure=False)
+    return validated, client.map(chunk_stats, [f"{store}/{level0}"] * len(batches), batches,
                                  [channel_axis] * len(batches), pure=False)
 
 

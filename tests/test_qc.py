@@ -183,8 +183,9 @@ def test_a_lossy_compressed_source_is_reported_not_silently_inflated(tmp_path, s
 
 def test_a_store_s_facts_are_the_same_in_one_task_or_in_batches_and_a_broken_store_is_found_either_way(
         tmp_path, settings, scheduler, monkeypatch):
-    """A small store is validated and counted in one task (``passes.facts_of_store``), a larger one in a task per
-    batch of chunks beside the validator's: both give the same facts, and an invalid store is found by both."""
+    """Small stores are validated and counted a few in a task (``passes.facts_of_stores``), a larger one in a task
+    per batch of chunks beside the validator's: both give the same facts, each image its own, and an invalid store
+    is found by both."""
     from zarrchive.tasks import qc
 
     data = random_image((2, 1, 40, 40)) // 2
@@ -195,6 +196,14 @@ def test_a_store_s_facts_are_the_same_in_one_task_or_in_batches_and_a_broken_sto
     monkeypatch.setattr(qc, "BATCH", 1)  # a task per chunk: 9 chunks of each of the two channels
     assert qc.store_facts(image, report, scheduler) == together
     assert together[2] == [] and together[0][1]["max"] == float(data[1].max())
+    other_data = random_image((1, 1, 24, 24), seed=3) // 2  # another image: many stores' facts, each its own
+    other = staged_image(tmp_path, settings, scheduler, ome_tiff(tmp_path / "y.ome.tif", other_data, "CZYX",
+                                                                 {"x": 0.2, "y": 0.2}, ["c"]), "y.ome.tif")
+    alone = qc.store_facts(*other, scheduler)
+    monkeypatch.setattr(qc, "BATCH", 32)
+    pairs = [(image, report), other] * 4  # eight small stores: two a task on the two-thread cluster
+    assert qc.store_facts_of(pairs, scheduler) == [together, alone] * 4
+    assert alone[0][0]["max"] == float(other_data.max()) and alone[2] == []
     root = zarr.open_group(report.store, mode="r+")
     root.attrs.put({"ome": {"version": "0.5", "multiscales": []}})  # no multiscale: not an image
     broken = qc.store_facts(image, report, scheduler)

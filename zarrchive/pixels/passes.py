@@ -5,7 +5,7 @@ source once, write it and every level it makes, proven), the small levels made
 from the level above (``downsample_regions``), the codec trial on a sample of
 chunks (``select_codec``), all of it in one task for an image no larger than
 a streaming region (``whole_image``), and QC's per-chunk facts (``chunk_stats``, with the validator's
-findings for a small store: ``facts_of_store``). Workers
+findings for small stores: ``facts_of_store``, ``facts_of_stores``). Workers
 import this module when they start (``cluster.WORKER_MODULES``), so a light
 import keeps the cluster's start short.
 """
@@ -266,6 +266,12 @@ def facts_of_store(store: str, level0: str, regions: list[tuple[slice, ...]], ch
     validator finds in it (``ngff.validate_image``, or ``validate_label``), and ``chunk_stats`` of ``regions``."""
     problems = (validate_label if kind == "label" else validate_image)(store)
     return problems, [chunk_stats(f"{store}/{level0}", regions, channel_axis)]
+
+
+def facts_of_stores(stores: list[tuple[str, str, list[tuple[slice, ...]], int | None, str]]
+                    ) -> list[tuple[list[str], list[list[dict[str, Any]]]]]:
+    """``facts_of_store`` of several small stores in one task, in order."""
+    return [facts_of_store(*store) for store in stores]
 
 
 def chunk_stats(array_path: str, regions: list[tuple[slice, ...]], channel_axis: int | None) -> list[dict[str, Any]]:
