@@ -167,7 +167,7 @@ def _overrides(overrides: dict[str, Any] | None, codec_profile: str) -> dict[str
 #
 # Records passed to a task are quoted (``quote``): Prefect would otherwise walk every field of every record of a
 # parameter, looking for futures to wait for (there are none: every value passed is already a result), on each
-# call. For a batch of 64 images, or the lineage of 10,000, that walk cost more than the work.
+# call, under the flow's GIL: work that grows with the records (a batch of 64 images, the lineage of 10,000).
 
 
 def _convert(files: list[FileRecord], entries: dict[str, FileEntry], work: str, settings: Settings,
