@@ -185,7 +185,7 @@ def begin_whole(image: ImageRecord, source: FileRecord, work: str, settings: Com
     plans = plan_writes(image, settings)
     with client_for(scheduler) as client:
         future = client.submit(whole_image, source.staged_path, image, store, plans, candidates, samples,
-                               settings.min_encode_mbps, settings.size_tolerance, settings.ngff, level0_digest,
+                               settings.floor(), settings.size_tolerance, settings.ngff, level0_digest,
                                pure=False)
     return Begun(image, settings, scheduler, store, final, plans, future, level0_digest)
 
@@ -345,7 +345,7 @@ def _codec_for(image: ImageRecord, source: FileRecord, settings: CompressSetting
     level0 = image.levels[0]
     regions = sample_regions(level0.shape, level0.chunks, settings.sample_chunks)
     selection = client.submit(select_codec, source.staged_path, image, regions, candidates,
-                              settings.min_encode_mbps, settings.size_tolerance, pure=False).result()
+                              settings.floor(), settings.size_tolerance, pure=False).result()
     return make_codec(candidates[selection.chosen]), selection
 
 

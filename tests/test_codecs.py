@@ -158,7 +158,8 @@ def test_a_pcodec_store_opens_in_zarr_python_without_zarrchive(tmp_path, dtype):
 
 
 def test_a_store_of_imagecodecs_jpegls_does_not_open_without_zarrchive(tmp_path):
-    """The check above can fail: a codec only zarrchive registers is not found without it."""
+    """The check above can fail: without zarrchive, and without imagecodecs-zarr (not in this environment), an
+    image codec is not found."""
     data = microscopy((2, 64, 48))
     path = tmp_path / "jpegls"
     zarr.create_array(str(path), shape=data.shape, chunks=(1, 32, 16), dtype="uint16", zarr_format=3,
@@ -167,15 +168,164 @@ def test_a_store_of_imagecodecs_jpegls_does_not_open_without_zarrchive(tmp_path)
     assert out.returncode != 0 and "imagecodecs_jpegls" in out.stderr
 
 
-def test_max_profile_picks_pcodec_and_stores_less_than_compat(tmp_path, settings, scheduler):
+# ---------------------------------------------------------------- a reader's own, fresh Python
+
+# Every store listed opens with what the reader installed, and its pixels sum as zarrchive's do.
+READ_EACH = """
+import importlib.util, json, sys
+import numpy as np, zarr
+assert importlib.util.find_spec("zarrchive") is None, "zarrchive is installed here"
+out = {}
+for path, level_paths in json.load(open(sys.argv[1])).items():
+    try:
+        group = zarr.open_group(path, mode="r") if level_paths else None
+        arrays = [group[p] for p in level_paths] if level_paths else [zarr.open_array(path, mode="r")]
+        out[path] = [[int(a[...].astype("float64").sum()), str(a.dtype),
+                      [c.to_dict()["name"] for c in a.metadata.codecs[0].codecs]] for a in arrays]
+    except Exception as exc:
+        out[path] = f"{type(exc).__name__}: {exc}"
+print(json.dumps(out))
+"""
+
+
+def _seen(arrays) -> list:
+    """What READ_EACH prints of the arrays, as zarrchive's own zarr reads them."""
+    return [[int(a[...].astype("float64").sum()), str(a.dtype), [c.to_dict()["name"] for c in a.metadata.codecs[0].codecs]]
+            for a in arrays]
+
+
+def _newer_python() -> str | None:
+    """A Python 3.12 or later on this machine (imagecodecs-zarr needs one), or None."""
+    import glob
+    import os
+    import shutil
+
+    found = [os.environ.get("ZARRCHIVE_READER_PYTHON", "")]
+    found += [shutil.which(f"python3.{minor}") or "" for minor in range(20, 11, -1)]
+    found += sorted(glob.glob(os.path.expanduser("~/.pyenv/versions/3.1[2-9]*/bin/python3")), reverse=True)
+    for python in filter(None, found):
+        try:  # (a pyenv shim is on the PATH whether or not its version is selected)
+            out = subprocess.run([python, "-c", "import sys; print(sys.version_info >= (3, 12))"],
+                                 capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.TimeoutExpired):
+            continue
+        if out.returncode == 0 and out.stdout.strip() == "True":
+            return python
+    return None
+
+
+@pytest.fixture(scope="module")
+def readers(tmp_path_factory):
+    """Fresh virtual environments of a newer Python, each with zarr and what the landing page tells a visitor to
+    install beside it for a codec (``landing.extra_install``), from the package registry: no zarrchive, none of
+    its entry points. A function of that extra install line, each environment made once."""
+    import os
+    import shlex
+
+    python = _newer_python()
+    if python is None:
+        pytest.skip("no Python 3.12 or later on this machine: imagecodecs-zarr needs one")
+    made: dict[str, str] = {}
+
+    def reader(extra: str) -> str:
+        if extra not in made:
+            venv = tmp_path_factory.mktemp("reader") / "venv"
+            subprocess.run([python, "-m", "venv", str(venv)], check=True, capture_output=True, timeout=300)
+            packages = ["zarr", *shlex.split(extra)]
+            install = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "-q", *packages],
+                                     capture_output=True, text=True, timeout=900,
+                                     env={k: v for k, v in os.environ.items() if not k.startswith("PIP_CONSTRAINT")})
+            assert install.returncode == 0, f"pip install {' '.join(packages)} failed: {install.stderr[-2000:]}"
+            made[extra] = str(venv / "bin" / "python")
+        return made[extra]
+
+    return reader
+
+
+def _read_in(reader: str, tmp_path, stores: dict[str, list[str]]) -> dict:
+    import os
+
+    listing = tmp_path / f"stores-{len(list(tmp_path.glob('stores-*')))}.json"
+    listing.write_text(json.dumps(stores))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}  # (the repository is not its path)
+    out = subprocess.run([reader, "-c", READ_EACH, str(listing)], capture_output=True, text=True, timeout=600,
+                         cwd=tmp_path, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout)
+
+
+def _install_line(codec_name: str) -> str:
+    from types import SimpleNamespace
+
+    from zarrchive.archive.landing import extra_install
+
+    return extra_install(SimpleNamespace(codec=SimpleNamespace(name=codec_name)))
+
+
+def test_every_default_profile_candidate_opens_in_a_fresh_python_without_zarrchive(tmp_path, readers):
+    """Every candidate of every default profile, on every dtype it takes, chunks of several planes in shards: a
+    visitor's zarr-python with only what the landing page names for the codec reads the pixels zarrchive wrote."""
+    from zarrchive.pixels.codecs import supports
+
+    specs = {json.dumps(spec.model_dump(), sort_keys=True): spec for profile in ("compat", "max")
+             for spec in load_settings(overrides={"compress": {"profile": profile}}).compress.candidates()}
+    expected: dict[str, dict[str, list]] = {}  # install line: store: what it holds
+    for n, spec in enumerate(specs.values()):
+        for dtype in ("uint8", "uint16", "int16", "uint32", "float32"):
+            if supports(spec, np.dtype(dtype)) is not None:
+                continue
+            data = microscopy((4, 64, 48), "uint16", seed=n).astype(dtype)
+            if dtype == "int16":
+                data = (data.astype(np.int32) - 400).astype(dtype)
+            if dtype == "float32":
+                data = data / np.float32(7)
+            path = str(tmp_path / f"{n}-{spec.codec}-{dtype}")
+            codec = make_codec(spec)
+            try:
+                array = zarr.create_array(path, shape=data.shape, chunks=(2, 32, 16), shards=(4, 64, 48), dtype=dtype,
+                                          zarr_format=3, **array_codec_kwargs(codec))
+            except ValueError:  # the codec's own refusal of a dtype (tested above)
+                continue
+            array[...] = data
+            [seen] = _seen([zarr.open_array(path, mode="r")])
+            assert seen[0] == int(data.astype("float64").sum())
+            expected.setdefault(_install_line(codec.to_dict()["name"]), {})[path] = [seen]
+    assert set(expected) == {"", " 'numcodecs[pcodec]'", " imagecodecs-zarr"}
+    names = {name for stores in expected.values() for [[_, _, codecs]] in stores.values() for name in codecs}
+    assert {"imagecodecs_jpegls", "imagecodecs_jpegxl", "numcodecs.pcodec", "blosc", "zstd"} <= names
+    for extra, stores in expected.items():
+        assert _read_in(readers(extra), tmp_path, {path: [] for path in stores}) == stores, extra
+
+
+def test_a_max_store_with_an_image_codec_opens_in_a_fresh_python_without_zarrchive(tmp_path, settings, scheduler,
+                                                                                  readers):
+    """A whole image archived with ``max`` where an image codec wins (8-bit: pcodec does not take it), every
+    level read by the visitor's zarr-python as zarrchive reads it; without imagecodecs-zarr it does not open."""
+    data = microscopy((3, 96, 80), "uint8")
+    path = ome_tiff(tmp_path / "byte.ome.tif", data, "ZYX", {"x": 0.2, "y": 0.2, "z": 1.0})
+    [(image, report)] = archive_images(path, tmp_path / "m", settings, scheduler, convert={"chunk_xy": 32},
+                                       compress={"profile": "max", "min_encode_mbps": 0.0})
+    assert report.codec.name.startswith("imagecodecs_") and report.codec.readable_by == WITH_IMAGECODECS
+    levels = [level.path for level in image.levels]
+    group = zarr.open_group(report.store, mode="r")
+    expected = {report.store: _seen([group[p] for p in levels])}
+    assert len(levels) >= 2 and expected[report.store][0][0] == int(data.astype("float64").sum())
+    assert _install_line(report.codec.name) == " imagecodecs-zarr"
+    assert _read_in(readers(" imagecodecs-zarr"), tmp_path, {report.store: levels}) == expected
+    without = _read_in(readers(""), tmp_path, {report.store: levels})[report.store]
+    assert "UnknownCodecError" in without or report.codec.name in without  # the check can fail
+
+
+def test_max_profile_stores_less_than_compat_with_a_codec_readable_without_zarrchive(tmp_path, settings, scheduler):
     data = microscopy((2, 200, 260))
     path = ome_tiff(tmp_path / "m.ome.tif", data, "ZYX", {"x": 0.2, "y": 0.2, "z": 1.0})
     [(_, compat)] = archive_images(path, tmp_path / "c", settings, scheduler, convert={"chunk_xy": 64},
                                    compress={"profile": "compat"})
     [(image, best)] = archive_images(path, tmp_path / "m", settings, scheduler, convert={"chunk_xy": 64},
-                                     compress={"profile": "max", "min_encode_mbps": 0})
+                                     compress={"profile": "max", "min_encode_mbps": 0.0})
     assert best.selection.candidates[best.selection.chosen].codec == best.codec
-    assert best.codec.name == "numcodecs.pcodec" and best.codec.readable_by == WITH_PCODEC
+    assert best.codec.name in ("numcodecs.pcodec", "imagecodecs_jpegls", "imagecodecs_jpegxl")
+    assert best.codec.readable_by == (WITH_PCODEC if best.codec.name == "numcodecs.pcodec" else WITH_IMAGECODECS)
     assert compat.codec.readable_by == "any Zarr v3 reader"
     assert best.bytes_out < 0.9 * compat.bytes_out
     np.testing.assert_array_equal(zarr.open_array(f"{best.store}/0", mode="r")[...], data[None])
@@ -186,7 +336,17 @@ def test_profiles_are_configuration_with_clear_errors():
     assert [c.codec for c in load_settings().compress.candidates()][:1] == ["blosc"]
     default = {profile: {c.codec for c in load_settings(overrides={"compress": {"profile": profile}}).compress.candidates()}
                for profile in ("compat", "max")}
-    assert default == {"compat": {"blosc", "zstd"}, "max": {"blosc", "zstd", "pcodec"}}  # readable without zarrchive
+    # readable without zarrchive (the fresh-Python tests above)
+    assert default == {"compat": {"blosc", "zstd"}, "max": {"blosc", "zstd", "pcodec", "jpegls", "jpegxl"}}
+    floors = {p: load_settings(overrides={"compress": {"profile": p}}).compress.floor() for p in ("compat", "max")}
+    assert floors == {"compat": 40.0, "max": 20.0}
+    assert load_settings(overrides={"compress": {"profile": "max", "min_encode_mbps": 5}}).compress.floor() == 5.0
+    from zarrchive.config import CompressSettings
+
+    with pytest.raises(ValueError, match="no floor for the profile 'max'"):
+        CompressSettings(profile="max", profiles={"max": [CodecSpec(codec="zstd")]}, min_encode_mbps={"compat": 40})
+    with pytest.raises(ConfigError, match="cannot be negative"):
+        load_settings(overrides={"compress": {"min_encode_mbps": {"compat": -1}}})
     with pytest.raises(ConfigError, match="OME-NGFF 0.4 .* blosc or zstd"):
         load_settings(overrides={"compress": {"profile": "max", "ngff": "0.4"}})
     with pytest.raises(ConfigError, match="compress.profiles.max.0.codec"):

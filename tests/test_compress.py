@@ -346,7 +346,7 @@ def test_a_small_image_in_one_task_is_the_same_as_streamed_region_by_region(sour
     # wins, and on chunks this small which is faster is a matter of microseconds (either pass could pick either)
     trial = {"profiles": {"compat": [CodecSpec(codec="zstd", clevel=3),
                                      CodecSpec(codec="blosc", cname="zstd", clevel=5, shuffle="bitshuffle")]},
-             "min_encode_mbps": 0, "size_tolerance": 0}
+             "min_encode_mbps": 0.0, "size_tolerance": 0}
     monkeypatch.setattr(compress, "begin_whole", lambda *a, **k: calls.append(1) or original(*a, **k))
     [(image, whole)] = archive_images(path, tmp_path / "a", settings, scheduler, convert={"chunk_xy": 32},
                                       compress=trial)

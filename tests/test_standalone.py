@@ -58,7 +58,8 @@ def test_codec_profile_on_the_command_line(tmp_path, config_file, capsys):
     config = config_file(convert={"chunk_xy": 32}, compress={"min_encode_mbps": 0})  # tiny chunks measure slow
     assert main(["convert", str(source), str(out), "--config", config, "--codec-profile", "max"]) == 0
     serializer = zarr.open_array(out / "0", mode="r").metadata.codecs[0].codecs[0]
-    assert serializer.to_dict()["name"] == "numcodecs.pcodec"  # max: pcodec, readable without zarrchive
+    # max: a codec readable without zarrchive (tests/test_codecs.py reads every one in a fresh Python)
+    assert serializer.to_dict()["name"] in ("numcodecs.pcodec", "imagecodecs_jpegls", "imagecodecs_jpegxl")
     np.testing.assert_array_equal(zarr.open_array(out / "0", mode="r")[...], data)
     capsys.readouterr()
     assert main(["convert", str(source), str(tmp_path / "x.ome.zarr"), "--codec-profile", "best"]) == 2

@@ -116,7 +116,8 @@ class CodecSpec(Section):
 class CompressSettings(Section):
     profile: Literal["compat", "max", "fixed"] = "compat"
     profiles: dict[Literal["compat", "max"], list[CodecSpec]] = {}
-    min_encode_mbps: float = Field(default=40.0, ge=0)
+    # the throughput floor (MB/s, one thread): one for every profile, or one for each ({compat: 40, max: 20})
+    min_encode_mbps: float | dict[Literal["compat", "max"], float] = 40.0
     size_tolerance: float = Field(default=0.01, ge=0, le=1)
     sample_chunks: int = Field(default=8, ge=1, le=256)
     codec: Literal["blosc", "zstd"] = "blosc"  # the fixed codec (profile: fixed)
@@ -137,9 +138,20 @@ class CompressSettings(Section):
         for name, specs in self.profiles.items():
             if sum(c.baseline for c in specs) > 1:
                 raise ValueError(f"compress.profiles.{name} marks more than one candidate as its baseline")
+        floors = self.min_encode_mbps if isinstance(self.min_encode_mbps, dict) else {"any": self.min_encode_mbps}
+        if any(floor < 0 for floor in floors.values()):
+            raise ValueError("compress.min_encode_mbps cannot be negative")
+        if isinstance(self.min_encode_mbps, dict) and self.profile != "fixed" and self.profile not in floors:
+            raise ValueError(f"compress.min_encode_mbps gives no floor for the profile {self.profile!r}")
         if self.ngff == "0.4" and any(c.codec not in ("blosc", "zstd") for c in self.candidates()):
             raise ValueError("OME-NGFF 0.4 (Zarr v2) output takes blosc or zstd only: use profile compat or fixed")
         return self
+
+    def floor(self) -> float:
+        """The profile's throughput floor: candidates slower than this (MB/s, one thread) are not chosen."""
+        if isinstance(self.min_encode_mbps, dict):
+            return self.min_encode_mbps.get(self.profile, 0.0)  # (fixed: one candidate, no choice)
+        return self.min_encode_mbps
 
     def candidates(self) -> list[CodecSpec]:
         """The codecs to choose from: the profile's candidates, or the one fixed codec."""

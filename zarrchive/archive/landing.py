@@ -29,14 +29,15 @@ def citation(submission: Submission, version: int) -> str:
 
 
 def needs_imagecodecs(report: Any) -> bool:
-    """Whether an image's codec is one only readers with imagecodecs (and zarrchive's codecs) can decode."""
+    """Whether an image's codec is one of imagecodecs' image codecs (JPEG-LS, JPEG-XL…), which a reader decodes
+    with imagecodecs' Zarr codecs (imagecodecs-zarr)."""
     return report.codec.name.startswith("imagecodecs_")
 
 
 def extra_install(report: Any) -> str:
     """What a reader installs beside zarr to decode an image's codec (nothing for blosc and zstd)."""
     if needs_imagecodecs(report):
-        return " imagecodecs zarrchive"
+        return " imagecodecs-zarr"
     return " 'numcodecs[pcodec]'" if report.codec.name == "numcodecs.pcodec" else ""
 
 
@@ -221,9 +222,11 @@ def _codec_note(reports: list[CompressionReport]) -> str:
         ("numcodecs.pcodec", "<p>* stored with pcodec (the <code>max</code> profile) through numcodecs: zarr-python "
                              "reads it with <code>pip install zarr 'numcodecs[pcodec]'</code>; it is not in the "
                              "Zarr v3 specification, so other Zarr implementations may not.</p>"),
-        ("imagecodecs", "<p>* stored with a lossless image codec of imagecodecs: reading it needs zarr-python with "
-                        "<code>imagecodecs</code> and <code>zarrchive</code> installed (<code>pip install "
-                        "zarrchive</code>), which registers the codec with zarr.</p>"))
+        ("imagecodecs", "<p>* stored with a lossless image codec of imagecodecs (the <code>max</code> profile): "
+                        "zarr-python 3.2 or later reads it with <code>pip install zarr imagecodecs-zarr</code> "
+                        "(imagecodecs' own Zarr codecs, Python 3.12 or later; on Python 3.11, <code>pip install "
+                        "zarrchive</code> registers the same codecs). It is not in the Zarr v3 specification, so "
+                        "other Zarr implementations may not read it.</p>"))
         if any(r.codec.name.startswith(kind) for r in reports))
 
 

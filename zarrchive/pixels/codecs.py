@@ -2,16 +2,18 @@
 
 Zarr v3 readers all have the core codecs (``bytes``, ``blosc``, ``zstd``…);
 imagecodecs' image codecs (JPEG-XL, JPEG-LS, HTJ2K) and pcodec compress
-microscopy markedly better but have no Zarr v3 codec of their own. Each class
-here is an *array → bytes* codec (it replaces ``bytes``: an image codec needs
-the chunk's shape and dtype) named ``imagecodecs_<codec>``, encoding a chunk
-as one lossless image of its last two axes (leading singleton axes dropped;
-other leading axes stacked along y).
+microscopy markedly better. Each class here is an *array → bytes* codec (it
+replaces ``bytes``: an image codec needs the chunk's shape and dtype) named
+``imagecodecs_<codec>``, encoding a chunk as one lossless image of its last two
+axes (leading singleton axes dropped; other leading axes stacked along y).
 
-Reading them takes zarr-python with imagecodecs and zarrchive installed:
-zarrchive registers the codecs through the ``zarr.codecs`` entry point, so a
-plain ``zarr.open_array`` finds them. That is the ``max`` profile's price; the
-``compat`` profile uses only codecs every Zarr v3 implementation reads.
+Names and configurations are those of imagecodecs' own Zarr v3 codecs
+(``imagecodecs.zarr``, registered by the ``imagecodecs-zarr`` package of
+imagecodecs' author), which decode these chunks: a reader with Python 3.12 or
+later opens the stores with ``pip install zarr imagecodecs-zarr`` and nothing
+of zarrchive. zarrchive registers the same names through its own ``zarr.codecs``
+entry points, for Python 3.11 (where imagecodecs-zarr does not install) and
+for writing.
 
 ``choose_codec`` encodes a sample of an image's chunks with every candidate of
 the profile and picks by a documented objective (``OBJECTIVE``).
@@ -34,7 +36,8 @@ from zarrchive.config import CodecSpec
 from zarrchive.records import CodecChoice, CodecSelection, CodecTrial
 
 ANY_READER = "any Zarr v3 reader"
-WITH_IMAGECODECS = "zarr-python with imagecodecs and zarrchive installed (pip install zarrchive)"
+WITH_IMAGECODECS = ("zarr-python 3.2 or later with imagecodecs' Zarr codecs (Python 3.12 or later: pip install zarr "
+                    "imagecodecs-zarr), or with zarrchive installed")
 WITH_PCODEC = "zarr-python with numcodecs' pcodec (pip install zarr 'numcodecs[pcodec]')"
 PCODEC_DTYPES = ("uint16", "uint32", "uint64", "int16", "int32", "int64", "float16", "float32", "float64")
 OBJECTIVE = ("the smallest stored size over the sampled chunks among candidates that encode at least "
@@ -46,10 +49,17 @@ TIMED_RUNS = 3  # a speed that decides the choice: the best of this many runs
 
 @dataclass(frozen=True)
 class ImageCodec(ArrayBytesCodec):
-    """A lossless imagecodecs image codec as a Zarr v3 array -> bytes codec."""
+    """A lossless imagecodecs image codec as a Zarr v3 array -> bytes codec.
+
+    ``level`` is the one setting zarrchive varies; its configuration is written in imagecodecs.zarr's words
+    (``level_key``, with the settings that make the codec lossless, ``lossless``), so that imagecodecs' own codec
+    of the same name reads it as the same codec."""
 
     codec_name: ClassVar[str]
     dtypes: ClassVar[tuple[str, ...]]
+    level_key: ClassVar[str | None] = None  # imagecodecs.zarr's name for ``level``
+    default_level: ClassVar[int | None] = None  # the level the encoder uses when none is given
+    lossless: ClassVar[dict[str, Any]] = {}  # imagecodecs.zarr's settings for a lossless encoding
     level: int | None = None
 
     is_fixed_size = False
@@ -57,11 +67,16 @@ class ImageCodec(ArrayBytesCodec):
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ImageCodec:
         _, configuration = parse_named_configuration(data, cls.codec_name, require_configuration=False)
-        return cls(**(configuration or {}))
+        configuration = configuration or {}
+        level = configuration.get(cls.level_key) if cls.level_key else None
+        if level is None and cls.level_key:  # zarrchive's own earlier configuration: {"level": ...}
+            level = configuration.get("level")
+        return cls(level=None if level is None else int(level))
 
     def to_dict(self) -> dict[str, Any]:
-        configuration = {"level": self.level} if self.level is not None else {}
-        return {"name": self.codec_name, "configuration": configuration}
+        level = self.default_level if self.level is None else self.level
+        configuration = {self.level_key: level} if self.level_key and level is not None else {}
+        return {"name": self.codec_name, "configuration": {**configuration, **self.lossless}}
 
     def validate(self, *, shape: Any, dtype: Any, chunk_grid: Any) -> None:
         native = str(np.dtype(dtype.to_native_dtype()))
@@ -102,6 +117,9 @@ class JpegXLCodec(ImageCodec):
 
     codec_name: ClassVar[str] = "imagecodecs_jpegxl"
     dtypes: ClassVar[tuple[str, ...]] = ("uint8", "uint16")
+    level_key: ClassVar[str | None] = "effort"
+    default_level: ClassVar[int | None] = 1
+    lossless: ClassVar[dict[str, Any]] = {"lossless": True}
 
     def encode_plane(self, plane: np.ndarray) -> bytes:
         import imagecodecs
@@ -120,6 +138,7 @@ class JpegLSCodec(ImageCodec):
 
     codec_name: ClassVar[str] = "imagecodecs_jpegls"
     dtypes: ClassVar[tuple[str, ...]] = ("uint8", "uint16")
+    lossless: ClassVar[dict[str, Any]] = {"level": 0}  # JPEG-LS's near-lossless distance
 
     def encode_plane(self, plane: np.ndarray) -> bytes:
         import imagecodecs
@@ -138,6 +157,7 @@ class HTJ2KCodec(ImageCodec):
 
     codec_name: ClassVar[str] = "imagecodecs_htj2k"
     dtypes: ClassVar[tuple[str, ...]] = ("uint8", "uint16", "int8", "int16")
+    lossless: ClassVar[dict[str, Any]] = {"reversible": True}
 
     def encode_plane(self, plane: np.ndarray) -> bytes:
         import imagecodecs
@@ -157,6 +177,8 @@ class PcodecCodec(ImageCodec):
     codec_name: ClassVar[str] = "imagecodecs_pcodec"
     dtypes: ClassVar[tuple[str, ...]] = ("uint16", "uint32", "uint64", "int16", "int32", "int64", "float32",
                                          "float64")
+    level_key: ClassVar[str | None] = "level"
+    default_level: ClassVar[int | None] = 8
 
     def encode_plane(self, plane: np.ndarray) -> bytes:
         import imagecodecs
@@ -175,7 +197,8 @@ IMAGE_CODECS: dict[str, type[ImageCodec]] = {
 
 
 def register() -> None:
-    """Register the image codecs with zarr (the ``zarr.codecs`` entry points do the same for readers)."""
+    """Register the image codecs with zarr (the ``zarr.codecs`` entry points do the same for readers that have
+    zarrchive; imagecodecs-zarr's entry points name imagecodecs' own codecs, which read the same chunks)."""
     from zarr.registry import register_codec
 
     for cls in IMAGE_CODECS.values():
