@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -232,7 +233,9 @@ def readers(tmp_path_factory):
             venv = tmp_path_factory.mktemp("reader") / "venv"
             subprocess.run([python, "-m", "venv", str(venv)], check=True, capture_output=True, timeout=300)
             packages = ["zarr", *shlex.split(extra)]
-            install = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "-q", *packages],
+            pins = Path(__file__).with_name("reader-constraints.txt")  # (what a visitor got, pinned)
+            install = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "-c", str(pins),
+                                      *packages],
                                      capture_output=True, text=True, timeout=900,
                                      env={k: v for k, v in os.environ.items() if not k.startswith("PIP_CONSTRAINT")})
             assert install.returncode == 0, f"pip install {' '.join(packages)} failed: {install.stderr[-2000:]}"
@@ -402,3 +405,20 @@ def test_speeds_are_timed_again_only_where_they_decide_and_a_codec_failing_then_
     failing.clear()
     everything = choose_codec(samples, candidates, min_encode_mbps=0, time_all=True)  # a benchmark's table
     assert all(r == [1, 2] for r in runs.values()) and everything.chosen == plain.chosen
+
+
+def test_the_landing_page_names_the_exact_install_line_for_each_codec():
+    """What the fresh-Python tests above install is what the landing page tells a visitor."""
+    from types import SimpleNamespace
+
+    from zarrchive.archive.landing import _codec_note
+
+    def report(name):
+        return SimpleNamespace(codec=SimpleNamespace(name=name))
+
+    assert _codec_note([report("blosc")]) == ""
+    image_codec = _codec_note([report("imagecodecs_jpegxl"), report("imagecodecs_jpegls")])
+    assert "<code>pip install zarr imagecodecs-zarr</code>" in image_codec and "Python 3.12" in image_codec
+    assert "<code>pip install zarr 'numcodecs[pcodec]'</code>" in _codec_note([report("numcodecs.pcodec")])
+    assert [_install_line(n) for n in ("blosc", "zstd", "numcodecs.pcodec", "imagecodecs_jpegls")] == [
+        "", "", " 'numcodecs[pcodec]'", " imagecodecs-zarr"]
