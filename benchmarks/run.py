@@ -347,7 +347,9 @@ def stored_codec(out: Path) -> tuple | None:
 
 
 def codec_key(name: str, configuration: dict[str, Any]) -> tuple:
-    return (name, *(configuration.get(k) for k in ("cname", "clevel", "shuffle", "level")))
+    """A codec and its settings (JPEG-XL's effort in the place of a level)."""
+    return (name, *(configuration.get(k) for k in ("cname", "clevel", "shuffle")),
+            configuration.get("level", configuration.get("effort")))
 
 
 def single_codec_sizes(src: Path, planes: int = 8) -> dict[tuple, int]:

@@ -75,8 +75,8 @@ def ingest_submission(
         submission: The submission folder or fsspec URL (it holds submission.yaml and the files it lists).
         archive: The archive root, a folder or fsspec URL such as s3://bucket/archive.
         config: A YAML file merged over configs/default.yaml (empty: the defaults).
-        codec_profile: compat: codecs every Zarr v3 reader has; max: also pcodec (smaller on 16-bit and float
-            images; zarr-python reads it with numcodecs[pcodec]); fixed: the configuration's codec.
+        codec_profile: compat: codecs every Zarr v3 reader has; max: also pcodec, JPEG-LS and JPEG-XL (smaller;
+            zarr-python reads them with numcodecs[pcodec] and imagecodecs-zarr); fixed: the configuration's codec.
         create_archive: Start a new archive when the archive root holds none (off: such a run is refused, so a
             mistyped root never starts a second archive).
         approval: Pause before publishing until a curator approves or rejects the version (with a reason).

@@ -41,7 +41,7 @@ from zarrchive.archive.lineage import Traced, stage_task, trace, traced
 from zarrchive.archive.staging import partial_name
 from zarrchive.archive.storage import write_bytes_atomic
 from zarrchive.cluster import client_for
-from zarrchive.config import CompressSettings
+from zarrchive.config import CodecSpec, CompressSettings
 from zarrchive.errors import InputError, StageFailed, StageTimeout, ZarrchiveError, is_cluster_failure
 from zarrchive.ngff import ZARR_FORMAT
 from zarrchive.pixels.blocks import chunk_slices
@@ -165,6 +165,7 @@ class Begun:
     store: str  # the store as it is written (a temporary name)
     final: str  # its name once complete
     plans: list[LevelPlan]
+    candidates: list[CodecSpec]  # the profile's, as the pass was given them (its choice indexes them)
     future: Any
     digests: bool
 
@@ -187,7 +188,7 @@ def begin_whole(image: ImageRecord, source: FileRecord, work: str, settings: Com
         future = client.submit(whole_image, source.staged_path, image, store, plans, candidates, samples,
                                settings.floor(), settings.size_tolerance, settings.ngff, level0_digest,
                                pure=False)
-    return Begun(image, settings, scheduler, store, final, plans, future, level0_digest)
+    return Begun(image, settings, scheduler, store, final, plans, candidates, future, level0_digest)
 
 
 def end_whole(begun: Begun) -> CompressionReport:
@@ -203,7 +204,7 @@ def end_whole(begun: Begun) -> CompressionReport:
         if (failed := _discarded(exc, image, begun.store)) is exc:
             raise
         raise failed from exc
-    chosen = settings.candidates()[done.selection.chosen if done.selection else 0]
+    chosen = begun.candidates[done.selection.chosen if done.selection else 0]
     return _report(image, begun.final, make_codec(chosen), done.selection, begun.plans, settings.ngff,
                    done.chunks, done.level0 if begun.digests else None, done.bytes_out, done.sha256, done.seconds)
 

@@ -27,7 +27,7 @@ import json
 import logging
 import os
 import re
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
@@ -107,14 +107,14 @@ def store_facts_of(pairs: list[tuple[ImageRecord, CompressionReport]], scheduler
     own cost, in the scheduler and the process running the flow, would be most of a small store's); a larger
     store has a task per batch of chunks beside the validator's."""
     plans = [_facts_plan(image, report) for image, report in pairs]
-    small = [k for k, plan in enumerate(plans) if len(plan[2]) == 1]
+    small = [k for k, plan in enumerate(plans) if len(plan.batches) == 1]
     with client_for(scheduler) as client:
         threads = max(1, sum(client.nthreads().values()))
         per_task = max(1, min(STORES_PER_TASK, -(-len(small) // (2 * threads))))  # every thread busy twice over
         groups = [small[i:i + per_task] for i in range(0, len(small), per_task)]
         grouped = [client.submit(facts_of_stores, [_one_batch(plans[k]) for k in group], pure=False)
                    for group in groups]
-        larger = {k: _submit_larger(client, plan) for k, plan in enumerate(plans) if len(plan[2]) != 1}
+        larger = {k: _submit_larger(client, plan) for k, plan in enumerate(plans) if len(plan.batches) != 1}
         of_groups, of_larger = client.gather([grouped, larger])
     found = dict(zip([k for group in groups for k in group], [facts for got in of_groups for facts in got]))
     found.update(of_larger)
@@ -125,23 +125,32 @@ def store_facts_of(pairs: list[tuple[ImageRecord, CompressionReport]], scheduler
     return results
 
 
-def _facts_plan(image: ImageRecord, report: CompressionReport) -> tuple[str, str, list[list[tuple[slice, ...]]],
-                                                                         int | None, str]:
+class FactsPlan(NamedTuple):
+    """Where an image's facts are read."""
+
+    store: str
+    level0: str  # level 0's path in the store
+    batches: list[list[tuple[slice, ...]]]  # its chunks, in batches of BATCH
+    channel_axis: int | None
+    kind: str  # image | label
+
+
+def _facts_plan(image: ImageRecord, report: CompressionReport) -> FactsPlan:
     """Where an image's facts are read: its store, level 0's path, its chunks in batches, its channel axis and
     its kind."""
     level = image.levels[0]
     axes = image.axis_names
     regions = chunk_slices(level.shape, level.chunks)
     batches = [regions[i:i + BATCH] for i in range(0, len(regions), BATCH)]
-    return report.store, level.path, batches, axes.index("c") if "c" in axes else None, image.kind
+    return FactsPlan(report.store, level.path, batches, axes.index("c") if "c" in axes else None, image.kind)
 
 
-def _one_batch(plan: tuple) -> tuple:
-    store, level0, batches, channel_axis, kind = plan
-    return store, level0, batches[0], channel_axis, kind
+def _one_batch(plan: FactsPlan) -> tuple:
+    """What ``passes.facts_of_stores`` takes of a store whose chunks are one batch."""
+    return plan.store, plan.level0, plan.batches[0], plan.channel_axis, plan.kind
 
 
-def _submit_larger(client: Any, plan: tuple) -> tuple[Any, list[Any]]:
+def _submit_larger(client: Any, plan: FactsPlan) -> tuple[Any, list[Any]]:
     """The futures of a larger store's facts: what the validator finds, and the statistics of each batch."""
     store, level0, batches, channel_axis, kind = plan
     validated = client.submit(validate_label if kind == "label" else validate_image, store, pure=False)

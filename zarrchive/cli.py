@@ -23,9 +23,9 @@ from zarrchive.session import Interrupted, prefect_api, stop_on_signals
 
 EXIT_OK, EXIT_NOT_PUBLISHED, EXIT_USAGE = 0, 1, 2
 PROFILES = ("compat", "max", "fixed")
-PROFILE_HELP = ("codecs to choose from per image: compat (every Zarr v3 reader), max (also pcodec: smaller on "
-                "16-bit and float images; zarr-python reads it with numcodecs[pcodec]), fixed (compress.codec); "
-                "default: the config's")
+PROFILE_HELP = ("codecs to choose from per image: compat (every Zarr v3 reader), max (also pcodec, JPEG-LS and "
+                "JPEG-XL: smaller; zarr-python reads them with numcodecs[pcodec] and imagecodecs-zarr), fixed "
+                "(compress.codec); default: the config's")
 
 
 def _curator_command(sub: Any, name: str, help: str) -> argparse.ArgumentParser:

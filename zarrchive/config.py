@@ -139,13 +139,21 @@ class CompressSettings(Section):
             if sum(c.baseline for c in specs) > 1:
                 raise ValueError(f"compress.profiles.{name} marks more than one candidate as its baseline")
         floors = self.min_encode_mbps if isinstance(self.min_encode_mbps, dict) else {"any": self.min_encode_mbps}
-        if any(floor < 0 for floor in floors.values()):
-            raise ValueError("compress.min_encode_mbps cannot be negative")
+        if not all(floor >= 0 for floor in floors.values()):  # (NaN is not either)
+            raise ValueError("compress.min_encode_mbps must be a number of MB/s, 0 or more")
         if isinstance(self.min_encode_mbps, dict) and self.profile != "fixed" and self.profile not in floors:
             raise ValueError(f"compress.min_encode_mbps gives no floor for the profile {self.profile!r}")
         if self.ngff == "0.4" and any(c.codec not in ("blosc", "zstd") for c in self.candidates()):
             raise ValueError("OME-NGFF 0.4 (Zarr v2) output takes blosc or zstd only: use profile compat or fixed")
         return self
+
+    def identity(self) -> dict[str, Any]:
+        """What changes the stores this section produces: the profile in use with its own candidates and floor
+        (another profile's candidates or floor change nothing it writes), or the fixed codec."""
+        data = super().identity()
+        data["profiles"] = {} if self.profile == "fixed" else {self.profile: data["profiles"][self.profile]}
+        data["min_encode_mbps"] = self.floor()
+        return data
 
     def floor(self) -> float:
         """The profile's throughput floor: candidates slower than this (MB/s, one thread) are not chosen."""

@@ -73,8 +73,12 @@ class ImageCodec(ArrayBytesCodec):
             level = configuration.get("level")
         return cls(level=None if level is None else int(level))
 
+    def setting(self) -> int | None:
+        """The level the encoder uses."""
+        return self.default_level if self.level is None else self.level
+
     def to_dict(self) -> dict[str, Any]:
-        level = self.default_level if self.level is None else self.level
+        level = self.setting()
         configuration = {self.level_key: level} if self.level_key and level is not None else {}
         return {"name": self.codec_name, "configuration": {**configuration, **self.lossless}}
 
@@ -121,10 +125,13 @@ class JpegXLCodec(ImageCodec):
     default_level: ClassVar[int | None] = 1
     lossless: ClassVar[dict[str, Any]] = {"lossless": True}
 
+    def setting(self) -> int | None:
+        return self.level or 1  # (libjxl's efforts start at 1)
+
     def encode_plane(self, plane: np.ndarray) -> bytes:
         import imagecodecs
 
-        return imagecodecs.jpegxl_encode(plane, lossless=True, effort=self.level or 1, numthreads=1)
+        return imagecodecs.jpegxl_encode(plane, lossless=True, effort=self.setting(), numthreads=1)
 
     def decode_plane(self, data: bytes, shape: tuple[int, int], dtype: np.dtype) -> np.ndarray:
         import imagecodecs
@@ -183,7 +190,7 @@ class PcodecCodec(ImageCodec):
     def encode_plane(self, plane: np.ndarray) -> bytes:
         import imagecodecs
 
-        return imagecodecs.pcodec_encode(plane, level=8 if self.level is None else self.level)
+        return imagecodecs.pcodec_encode(plane, level=self.setting())
 
     def decode_plane(self, data: bytes, shape: tuple[int, int], dtype: np.dtype) -> np.ndarray:
         import imagecodecs
