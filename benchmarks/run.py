@@ -4,6 +4,7 @@
     .venv/bin/python benchmarks/run.py --size 1GiB [--size 4GiB] [--inputs DIR] [--samples] [--tools a,b] [--repeat N]
                                        [--out FILE]
     .venv/bin/python benchmarks/run.py --brute-force [--inputs DIR] [--chunks N] [--quick]   # benchmarks/codec_search.py
+    .venv/bin/python benchmarks/run.py --many [--images 50,1000] [--workers 1,2] [--repeat N]  # benchmarks/many.py
 
 Inputs: synthetic uint16 z-stacks of each ``--size`` (smooth background, Gaussian blobs, shot and read noise,
 written plane by plane as TIFF and cached in ``--workdir``), plus every TIFF in ``--inputs`` and, with ``--samples``,
@@ -484,6 +485,11 @@ def main(argv: list[str] | None = None) -> int:
         from codec_search import main as brute_force
 
         return brute_force([a for a in argv if a != "--brute-force"])
+    if "--many" in argv:  # the many-small-images and scale-out mode (benchmarks/many.py), with its own options
+        sys.path.insert(0, str(HERE))
+        from many import main as many
+
+        return many([a for a in argv if a != "--many"])
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tool", nargs=3, metavar=("NAME", "INPUT", "OUTPUT"), help=argparse.SUPPRESS)
     parser.add_argument("--size", action="append", help="synthetic input size, e.g. 1GiB (repeatable)")

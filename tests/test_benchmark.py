@@ -80,7 +80,7 @@ def test_the_real_samples_are_z_stacks_of_their_planes(tmp_path):
 
 def test_the_many_images_benchmark_runs_and_writes_its_result(tmp_path):
     out = tmp_path / "many.json"
-    done = subprocess.run([sys.executable, str(SCRIPT.parent / "many.py"), "--images", "1,3", "--out", str(out)],
+    done = subprocess.run([sys.executable, str(SCRIPT), "--many", "--images", "1,3", "--out", str(out)],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads(out.read_text())
