@@ -586,6 +586,31 @@ def test_the_local_prefect_api_starts_on_a_loaded_machine_and_dies_with_its_pare
         raise AssertionError("the API server outlived its killed parent")
 
 
+def test_a_command_imports_what_its_stages_need_while_the_local_api_starts():
+    """``zarrchive ingest`` imports Great Expectations and the readers while its local API server starts (it would
+    only wait for it); a module that fails to import is left for its stage to report."""
+    code = ("import json, sys\n"
+            "from zarrchive import session\n"
+            "seen = []\n"
+            "def meanwhile():\n"
+            "    seen.append('great_expectations' in sys.modules)\n"
+            "    session.preload(('no_such_module_of_zarrchive', *session.PRELOADED))\n"
+            "    seen.append(all(name in sys.modules for name in session.PRELOADED))\n"
+            "with session.prefect_api(meanwhile=meanwhile) as url:\n"
+            "    print(json.dumps([url, seen]), flush=True)\n")
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    url, seen = json.loads(done.stdout.strip().splitlines()[-1])
+    assert url.startswith("http://127.0.0.1:") and seen == [False, True]
+    from zarrchive import cli, session
+
+    import inspect
+
+    assert "great_expectations" in session.PRELOADED
+    assert "prefect_api(meanwhile=preload)" in inspect.getsource(cli._ingest)  # what the command passes
+
+
 def _valid_tiffs(folder: Path) -> list[Path]:
     return [ome_tiff(folder / "a.ome.tif", random_image((2, 2, 16, 16), seed=1), "CZYX", {"x": 0.5, "y": 0.5}),
             plain_tiff(folder / "b.tif", random_image((3, 16, 16), "uint8", seed=2), photometric="minisblack",

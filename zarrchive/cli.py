@@ -19,7 +19,7 @@ from typing import Any, Iterator, NoReturn, Sequence
 
 from zarrchive.errors import ConfigError, NotFound, ZarrchiveError
 from zarrchive.records import Publication
-from zarrchive.session import Interrupted, prefect_api, stop_on_signals
+from zarrchive.session import Interrupted, prefect_api, preload, stop_on_signals
 
 EXIT_OK, EXIT_NOT_PUBLISHED, EXIT_USAGE = 0, 1, 2
 PROFILES = ("compat", "max", "fixed")
@@ -570,7 +570,7 @@ def _ingest(submission: str, archive: str, config: str | None, as_json: bool, pr
     load_settings(config, _profile(profile))  # configuration errors are usage errors: report them before a run
     from zarrchive.flows.ingest import ingest
 
-    with prefect_api():
+    with prefect_api(meanwhile=preload):
         publication = ingest(submission, archive, config, profile, create_archive=True)
     _report(publication, as_json)
     return EXIT_OK if publication.ok else EXIT_NOT_PUBLISHED
