@@ -350,7 +350,7 @@ def _codec_for(image: ImageRecord, source: FileRecord, settings: CompressSetting
     return make_codec(candidates[selection.chosen]), selection
 
 
-@stage_task(name="compress", task_run_name="compress: {image.image_id}", tags=["pixels"],
+@stage_task(name="compress", task_run_name="compress: {image.image_id}",
             cache_key_fn=compress_key, persist_result=True)
 def compress(image: ImageRecord, source: FileRecord, work: str, settings: CompressSettings,
              scheduler: str) -> Traced[CompressionReport]:
@@ -381,7 +381,7 @@ def _described(image: ImageRecord) -> str:
             f"({human_size(_level0_bytes(image))})")
 
 
-@stage_task(name="compress", task_run_name="compress: {name}", tags=["pixels", "batch"],
+@stage_task(name="compress", task_run_name="compress: {name}",
             cache_policy="none")  # (its inputs can be large; its items are small: redone on a rerun)
 def compress_batch(items: list[tuple[ImageRecord, FileRecord]], work: str, settings: CompressSettings,
                    scheduler: str, name: str) -> list[Traced[CompressionReport] | batch.ItemFailed]:

@@ -299,7 +299,7 @@ def generated_xml(found: formats.Found, shape: tuple[int, ...], axes: tuple[str,
     return doc.to_xml().encode()
 
 
-@stage_task(name="convert", task_run_name="convert: {file.path}", tags=["pixels"], cache_key_fn=convert_key,
+@stage_task(name="convert", task_run_name="convert: {file.path}", cache_key_fn=convert_key,
             persist_result=True)
 def convert(
     file: FileRecord, entry: FileEntry | None, work: str, settings: ConvertSettings,
@@ -325,7 +325,7 @@ def convert(
     return result
 
 
-@stage_task(name="convert", task_run_name="convert: {name}", tags=["pixels", "batch"],
+@stage_task(name="convert", task_run_name="convert: {name}",
             cache_policy="none")  # (its inputs can be large; its items are small: redone on a rerun)
 def convert_batch(items: list[tuple[FileRecord, FileEntry | None, dict[str, str]]], work: str,
                   settings: ConvertSettings, name: str) -> list[Traced[list[ImageRecord]] | batch.ItemFailed]:

@@ -122,13 +122,13 @@ def labels_with_images(converted: list[ImageRecord],
     return [(label, by_id.get(label.label_of or "")) for label in converted if label.kind == "label"]
 
 
-@stage_task(name="pyramid", task_run_name="pyramid: {image.image_id}", tags=["plan"])
+@stage_task(name="pyramid", task_run_name="pyramid: {image.image_id}")
 def pyramid(image: ImageRecord, settings: PyramidSettings,
             annotated: ImageRecord | None = None) -> Traced[ImageRecord]:
     return traced("pyramid", build_pyramid, image, settings, annotated, image_id=image.image_id)
 
 
-@stage_task(name="pyramid", task_run_name="pyramid: {name}", tags=["plan", "batch"],
+@stage_task(name="pyramid", task_run_name="pyramid: {name}",
             cache_policy="none")  # (its inputs can be large; its items are small: redone on a rerun)
 def pyramid_batch(items: list[tuple[ImageRecord, ImageRecord | None]], settings: PyramidSettings,
                   name: str) -> list[Traced[ImageRecord] | batch.ItemFailed]:

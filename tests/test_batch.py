@@ -140,3 +140,15 @@ def test_items_begun_ahead_end_in_order_each_failing_alone_and_a_stopped_batch_a
     with pytest.raises(KeyboardInterrupt):
         run("compress", [("stop",), ("d",), ("e",)], begin, lambda item: item[0], ahead=3)
     assert events == ["begin stop", "begin d", "begin e", "end stop", "abandon d", "abandon e"]
+
+
+def test_stage_tasks_carry_no_tags():
+    """A tagged task run first asks the Prefect API for concurrency slots of its tags (once per set of tags in a
+    process): measured at about 2 s a set under a run's load, so stage tasks carry none (their names say which
+    stage and how many images; the flow run carries the run's tags)."""
+    from zarrchive.tasks.compress import compress, compress_batch
+    from zarrchive.tasks.convert import convert, convert_batch
+    from zarrchive.tasks.pyramid import pyramid, pyramid_batch
+
+    for stage in (convert, convert_batch, pyramid, pyramid_batch, compress, compress_batch):
+        assert not stage.task.tags, stage.name
