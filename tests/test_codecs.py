@@ -172,19 +172,29 @@ def test_a_store_of_imagecodecs_jpegls_does_not_open_without_zarrchive(tmp_path)
 
 # ---------------------------------------------------------------- a reader's own, fresh Python
 
-# Every store listed opens with what the reader installed, and its pixels sum as zarrchive's do.
-READ_EACH = """
-import hashlib, importlib.util, json, sys
-import numpy as np, zarr
+# What a reader sees of arrays: their pixels' sha256, shape, dtype and codecs (an image codec with its
+# configuration, which imagecodecs' own codec must parse as zarrchive's does). One source for both sides: run in
+# the reader's Python by READ_EACH, and here by ``_seen``.
+SEEN = """
+import hashlib
+import numpy as np
+
+def seen(arrays):
+    return [[hashlib.sha256(np.ascontiguousarray(a[...]).tobytes()).hexdigest(), list(a.shape), str(a.dtype),
+             [c.to_dict() if c.to_dict()["name"].startswith("imagecodecs_") else c.to_dict()["name"]
+              for c in a.metadata.codecs[0].codecs]] for a in arrays]
+"""
+
+# Every store listed opens with what the reader installed; what it sees of each, as JSON.
+READ_EACH = SEEN + """
+import importlib.util, json, sys
+import zarr
 assert importlib.util.find_spec("zarrchive") is None, "zarrchive is installed here"
 out = {}
 for path, level_paths in json.load(open(sys.argv[1])).items():
     try:
         group = zarr.open_group(path, mode="r") if level_paths else None
-        arrays = [group[p] for p in level_paths] if level_paths else [zarr.open_array(path, mode="r")]
-        out[path] = [[hashlib.sha256(np.ascontiguousarray(a[...]).tobytes()).hexdigest(), list(a.shape), str(a.dtype),
-                      [c.to_dict() if c.to_dict()["name"].startswith("imagecodecs_") else c.to_dict()["name"]
-                       for c in a.metadata.codecs[0].codecs]] for a in arrays]
+        out[path] = seen([group[p] for p in level_paths] if level_paths else [zarr.open_array(path, mode="r")])
     except Exception as exc:
         out[path] = f"{type(exc).__name__}: {exc}"
 print(json.dumps(out))
@@ -192,13 +202,10 @@ print(json.dumps(out))
 
 
 def _seen(arrays) -> list:
-    """What READ_EACH prints of the arrays (their pixels' sha256, shape, dtype, codecs: an image codec with its
-    configuration, which imagecodecs' own codec must parse as zarrchive's does), as zarrchive reads them."""
-    import hashlib
-
-    return [[hashlib.sha256(np.ascontiguousarray(a[...]).tobytes()).hexdigest(), list(a.shape), str(a.dtype),
-             [c.to_dict() if c.to_dict()["name"].startswith("imagecodecs_") else c.to_dict()["name"]
-              for c in a.metadata.codecs[0].codecs]] for a in arrays]
+    """What READ_EACH prints of the arrays, as zarrchive reads them (``SEEN``, run here)."""
+    namespace: dict = {}
+    exec(SEEN, namespace)
+    return namespace["seen"](arrays)
 
 
 def _codec_names(seen: list) -> set[str]:

@@ -68,9 +68,8 @@ class ImageCodec(ArrayBytesCodec):
     def from_dict(cls, data: dict[str, Any]) -> ImageCodec:
         _, configuration = parse_named_configuration(data, cls.codec_name, require_configuration=False)
         configuration = configuration or {}
-        level = configuration.get(cls.level_key) if cls.level_key else None
-        if level is None and cls.level_key:  # zarrchive's own earlier configuration: {"level": ...}
-            level = configuration.get("level")
+        # (imagecodecs.zarr's key, or zarrchive's own earlier configuration: {"level": ...})
+        level = configuration.get(cls.level_key, configuration.get("level")) if cls.level_key else None
         return cls(level=None if level is None else int(level))
 
     def setting(self) -> int | None:
