@@ -20,6 +20,7 @@ shards. The store is built under a temporary name and renamed when complete.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import os
@@ -138,10 +139,11 @@ def region_budget(client: Any) -> int:
 
 def compress_image(image: ImageRecord, source: FileRecord, work: str, settings: CompressSettings,
                    scheduler: str, progress: Callable[[int, int], None] | None = None,
-                   level0_digest: bool = True) -> CompressionReport:
+                   level0_digest: bool = True, picture: bool = True) -> CompressionReport:
     """Write every level of ``image`` from its source file into a compressed OME-Zarr under ``<work>/compress/``,
     proving each write lossless; ``progress(done, total)`` hears the bytes of level 0 written so far. Without
-    ``level0_digest`` the report has no digest of level 0's pixels (QC's re-check; the proof stays)."""
+    ``level0_digest`` the report has no digest of level 0's pixels (QC's re-check; the proof stays); without
+    ``picture`` no thumbnail is made for the landing page (``zarrchive convert`` publishes none)."""
     with client_for(scheduler) as client:
         small = _level0_bytes(image) <= region_budget(client)
     if not small:
@@ -149,7 +151,7 @@ def compress_image(image: ImageRecord, source: FileRecord, work: str, settings: 
     total = _level0_bytes(image)  # small: one task does it all (it holds level 0)
     if progress is not None:
         progress(0, total)
-    report = end_whole(begin_whole(image, source, work, settings, scheduler, level0_digest))
+    report = end_whole(begin_whole(image, source, work, settings, scheduler, level0_digest, picture))
     if progress is not None:
         progress(total, total)
     return report
@@ -168,13 +170,15 @@ class Begun:
     candidates: list[CodecSpec]  # the profile's, as the pass was given them (its choice indexes them)
     future: Any
     digests: bool
+    thumbnail: str | None  # where the pass writes the image's picture (None: it makes none)
 
 
 def begin_whole(image: ImageRecord, source: FileRecord, work: str, settings: CompressSettings, scheduler: str,
-                level0_digest: bool = True) -> Begun:
+                level0_digest: bool = True, picture: bool = True) -> Begun:
     """Submit the whole pass of an image no larger than a streaming region may be (``passes.whole_image``: the
-    codec trial, every level, the proofs and the store's metadata, on a worker); ``end_whole`` waits for it.
-    Many can be begun before the first is ended: the cluster's workers do them meanwhile."""
+    codec trial, every level, the proofs, the store's metadata and, with ``picture``, the thumbnail of an image
+    that is not a label, on a worker); ``end_whole`` waits for it. Many can be begun before the first is ended:
+    the cluster's workers do them meanwhile."""
     _check_source(image, source)
     faults.point("compress.start")
     final, store = _names(image, work, settings)
@@ -184,11 +188,12 @@ def begin_whole(image: ImageRecord, source: FileRecord, work: str, settings: Com
     level0 = image.levels[0]
     samples = sample_regions(level0.shape, level0.chunks, settings.sample_chunks) if len(candidates) > 1 else []
     plans = plan_writes(image, settings)
+    thumbnail = f"{final}.png" if picture and image.kind == "image" else None
     with client_for(scheduler) as client:
         future = client.submit(whole_image, source.staged_path, image, store, plans, candidates, samples,
-                               settings.floor(), settings.size_tolerance, settings.ngff, level0_digest,
+                               settings.floor(), settings.size_tolerance, settings.ngff, level0_digest, thumbnail,
                                pure=False)
-    return Begun(image, settings, scheduler, store, final, plans, candidates, future, level0_digest)
+    return Begun(image, settings, scheduler, store, final, plans, candidates, future, level0_digest, thumbnail)
 
 
 def end_whole(begun: Begun) -> CompressionReport:
@@ -201,12 +206,16 @@ def end_whole(begun: Begun) -> CompressionReport:
             [done] = gather_all(client, [begun.future], deadline, image.source_path)
         _put_in_place(begun.store, begun.final)
     except Exception as exc:
+        if begun.thumbnail:
+            with contextlib.suppress(OSError):
+                os.unlink(begun.thumbnail)
         if (failed := _discarded(exc, image, begun.store)) is exc:
             raise
         raise failed from exc
     chosen = begun.candidates[done.selection.chosen if done.selection else 0]
     return _report(image, begun.final, make_codec(chosen), done.selection, begun.plans, settings.ngff,
-                   done.chunks, done.level0 if begun.digests else None, done.bytes_out, done.sha256, done.seconds)
+                   done.chunks, done.level0 if begun.digests else None, done.bytes_out, done.sha256, done.seconds,
+                   begun.thumbnail if done.thumbnail else None)
 
 
 def _streamed(image: ImageRecord, source: FileRecord, work: str, settings: CompressSettings, scheduler: str,
@@ -267,7 +276,7 @@ def _discarded(exc: Exception, image: ImageRecord, store: str) -> Exception:
 
 def _report(image: ImageRecord, store: str, codec: Any, selection: CodecSelection | None, plans: list[LevelPlan],
             ngff: str, chunks: int, level0: list[tuple] | None, bytes_out: int, digest: str,
-            seconds: float) -> CompressionReport:
+            seconds: float, thumbnail: str | None = None) -> CompressionReport:
     bytes_in = sum(int(np.prod(p.level.shape)) * np.dtype(image.dtype).itemsize for p in plans)
     if ngff == "0.5":
         choice = choice_of(codec)
@@ -280,7 +289,7 @@ def _report(image: ImageRecord, store: str, codec: Any, selection: CodecSelectio
         seconds=round(seconds, 3), chunks_verified=chunks,
         level0_sha256=hashlib.sha256("".join(d for _s, d in sorted(level0)).encode()).hexdigest()
         if level0 is not None else None,
-        store_sha256=digest,
+        store_sha256=digest, thumbnail=thumbnail,
     )
 
 

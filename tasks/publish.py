@@ -508,6 +508,11 @@ def _upload_pages(fs: fsspec.AbstractFileSystem, vdir: str, submission: Submissi
             thumbnails[report.image_id] = shared[-1].path
         else:
             made.append(report)
+    for report in made:  # the compress pass made most, in the work area: copied as a store's objects are
+        if report.thumbnail and os.path.isfile(report.thumbnail):
+            entries.append(_upload(fs, report.thumbnail, join(vdir, f"thumbnails/{report.image_id}.png")))
+            thumbnails[report.image_id] = f"thumbnails/{report.image_id}.png"
+    made = [r for r in made if r.image_id not in thumbnails]
     for report, png in zip(made, _thumbnails([r.store for r in made])):
         if isinstance(png, Exception):  # a picture is a courtesy: the image is published without one
             runlog.logger().warning("%s: no thumbnail (%s)", report.image_id, png)

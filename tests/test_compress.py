@@ -389,3 +389,28 @@ def test_a_pass_already_done_is_gathered_whatever_its_deadline(scheduler):
         future = client.submit(sum, [1, 2, 3], pure=False)
         future.result()
         assert gather_all(client, [future], deadline=time.monotonic() - 60, shown_as="x.tif") == [6]
+
+
+@pytest.mark.parametrize("shape, axes, chunk_xy", [((2, 2, 140, 100), "CZYX", 256),  # one level, in hand
+                                                   ((1, 600, 520), "CYX", 64),  # the picture from a lower level
+                                                   ((3, 90, 70), "CYX", 256)])  # three channels in colour
+def test_a_small_image_pass_makes_the_picture_publish_would_make(shape, axes, chunk_xy, tmp_path, settings,
+                                                                  scheduler):
+    """The whole pass writes the image's thumbnail beside its store, from the pixels and arrays it has in hand:
+    byte for byte the PNG ``thumbnail_png`` makes from the finished store. ``zarrchive convert``'s pass
+    (``picture=False``) and a label's pass make none."""
+    from zarrchive.archive.thumbnails import thumbnail_png
+
+    data = smooth(shape)
+    path = ome_tiff(tmp_path / "x.ome.tif", data, axes, {"x": 0.5, "y": 0.5, "z": 1.0} if "Z" in axes else
+                    {"x": 0.5, "y": 0.5}, [f"c{i}" for i in range(shape[0])])
+    [(image, report)] = archive_images(path, tmp_path / "w", settings, scheduler, convert={"chunk_xy": chunk_xy})
+    assert len(image.levels) == (1 if chunk_xy == 256 else 5)
+    assert report.thumbnail == f"{report.store}.png"
+    assert Path(report.thumbnail).read_bytes() == thumbnail_png(report.store)
+    record = staged(path)
+    plain = compress_image(image, record, str(tmp_path / "w2"), settings.compress, scheduler, picture=False)
+    label = compress_image(image.model_copy(update={"kind": "label"}), record, str(tmp_path / "w3"),
+                           settings.compress, scheduler)
+    assert plain.thumbnail is None and label.thumbnail is None
+    assert not list((tmp_path / "w2" / "compress").glob("*.png")) + list((tmp_path / "w3" / "compress").glob("*.png"))

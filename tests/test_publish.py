@@ -499,3 +499,29 @@ def test_thumbnails_are_made_in_order_grey_or_coloured_and_a_failure_is_kept_wit
     first, second, again = (imagecodecs.png_decode(made[i]) for i in (0, 2, 3))
     assert first.shape == (64, 48) and first.std() > 0 and np.array_equal(first, again)
     assert second.shape == (64, 48, 3) and not np.array_equal(second[..., 0], second[..., 1])
+
+
+def test_the_picture_the_compress_pass_made_is_published_as_it_is_and_a_missing_one_is_made_again(tmp_path,
+                                                                                                 monkeypatch):
+    """A thumbnail the compress pass wrote beside its store is copied into the version as a store's objects are
+    (the manifest has its sha256); when it is gone (the work area emptied since), publish makes it from the
+    store, as it did for every image before."""
+    import os
+
+    from zarrchive.tasks import publish as publish_mod
+
+    inp = Inputs(tmp_path)
+    picture = Path(inp.reports[0].store + ".png")
+    picture.write_bytes(b"\x89PNG made by the pass")
+    monkeypatch.setattr(publish_mod, "thumbnail_png", lambda store: b"\x89PNG made again from " + store.encode())
+    inp.publish(reports=[inp.reports[0].model_copy(update={"thumbnail": str(picture)})])
+    published = inp.acc() / "v1" / "thumbnails" / "cells.png"
+    assert published.read_bytes() == b"\x89PNG made by the pass" and not os.path.samefile(published, picture)
+    manifest = json.loads((inp.acc() / "v1" / "manifest.json").read_text())
+    assert {"path": "thumbnails/cells.png", "size": published.stat().st_size,
+            "sha256": sha(b"\x89PNG made by the pass")} in manifest["files"]
+
+    again = Inputs(tmp_path / "again")
+    again.publish(reports=[again.reports[0].model_copy(update={"thumbnail": str(picture) + ".gone"})])
+    remade = again.acc() / "v1" / "thumbnails" / "cells.png"
+    assert remade.read_bytes() == b"\x89PNG made again from " + again.reports[0].store.encode()

@@ -457,6 +457,8 @@ class CompressionReport(Record):
     #                              by ``zarrchive convert``, which runs no QC)
     store_sha256: str  # digest over every object of the store (path + sha256)
     selection: CodecSelection | None = None  # how the codec was chosen (None: a fixed codec)
+    thumbnail: str | None = None  # staging path of the picture the pass made for the landing page (None: publish
+    #                               makes it from the store)
 
     def entities(self) -> list[Entity]:
         return [Entity(uri=self.store, kind="zarr", role="output", size=self.bytes_out, sha256=self.store_sha256)]

@@ -103,7 +103,7 @@ def _write_images(images: list[Any], record: FileRecord, work: str, settings: Se
         progress(f"convert, pyramid, compress and verify {image.image_id}")
         report = compress_image(image, record, work, settings.compress, scheduler,
                                 lambda done, total, step=f"write {image.image_id}": progress(step, done, total),
-                                level0_digest=False)  # what QC re-checks: no QC here
+                                level0_digest=False, picture=False)  # no QC here, no landing page
         if problems := validate_image(report.store):
             raise InputError(source, f"the output does not validate as OME-NGFF: {'; '.join(problems)}")
         group = "." if len(images) == 1 else str(index)

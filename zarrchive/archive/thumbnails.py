@@ -22,14 +22,17 @@ PNG_LEVEL = 1
 COLOURS = ("FFFFFF", "00FF00", "FF00FF")  # when the image names none: grey, then green and magenta
 
 
-def thumbnail_png(store: str, size: int = SIZE) -> bytes:
-    """The PNG thumbnail of the OME-Zarr image at ``store`` (a local folder)."""
-    group = zarr.open_group(store, mode="r")
-    attrs = dict(group.attrs)
+def thumbnail_png(store: str, size: int = SIZE, attrs: dict[str, Any] | None = None,
+                  levels: dict[str, Any] | None = None) -> bytes:
+    """The PNG thumbnail of the OME-Zarr image at ``store`` (a local folder). The pass that writes a store makes
+    its picture with what it has in hand: the group's ``attrs`` and its ``levels`` (each level's path: its open
+    array or its pixels); what is not given is read from the store."""
+    group = zarr.open_group(store, mode="r") if attrs is None or levels is None else None
+    attrs = dict(group.attrs) if attrs is None else attrs
     ome = attrs.get("ome", attrs)
     multiscale = ome["multiscales"][0]
     axes = [a["name"] for a in multiscale["axes"]]
-    level = _level(group, multiscale, axes, size)
+    level = _level(levels if levels is not None else group, multiscale, axes, size)
     step = -(-max(level.shape[axes.index("y")], level.shape[axes.index("x")]) // size)  # the rest by striding
     index = tuple(0 if name == "t" else level.shape[i] // 2 if name == "z" else slice(None, None, step)
                   if name in ("y", "x") else slice(None) for i, name in enumerate(axes))
@@ -49,9 +52,11 @@ def thumbnail_png(store: str, size: int = SIZE) -> bytes:
     return _png((np.clip(rgb, 0, 1) * 255).round().astype(np.uint8))
 
 
-def _level(group: Any, multiscale: dict[str, Any], axes: list[str], size: int) -> Any:
+def _level(levels: Any, multiscale: dict[str, Any], axes: list[str], size: int) -> Any:
+    """The largest level whose planes fit ``size``, else the smallest; ``levels``: the group, or a dict of each
+    level's array or pixels by path."""
     y, x = axes.index("y"), axes.index("x")
-    arrays = [group[d["path"]] for d in multiscale["datasets"]]
+    arrays = [levels[d["path"]] for d in multiscale["datasets"]]
     fitting = [a for a in arrays if max(a.shape[y], a.shape[x]) <= size]
     return fitting[0] if fitting else arrays[-1]
 

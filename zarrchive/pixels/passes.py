@@ -22,7 +22,14 @@ from typing import Any
 import numpy as np
 import zarr
 
-from zarrchive.archive.storage import remove_unfinished_writes, sha256_stream, tree_digest, walk_files
+from zarrchive.archive.storage import (
+    remove_unfinished_writes,
+    sha256_stream,
+    tree_digest,
+    walk_files,
+    write_bytes_atomic,
+)
+from zarrchive.archive.thumbnails import thumbnail_png
 from zarrchive.config import CodecSpec
 from zarrchive.errors import InputError, is_file_fault
 from zarrchive.ngff import ZARR_FORMAT, group_attributes, validate_image, validate_label
@@ -131,16 +138,18 @@ class WholePass:
     bytes_out: int
     sha256: str
     seconds: float  # the task's own time
+    thumbnail: bool = False  # its picture was written where asked
 
 
 def whole_image(source: str, image: ImageRecord, store: str, plans: list[LevelPlan], candidates: list[CodecSpec],
                 samples: list[tuple[slice, ...]], min_encode_mbps: float, size_tolerance: float, ngff: str,
-                digests: bool = True) -> WholePass:
+                digests: bool = True, thumbnail: str | None = None) -> WholePass:
     """The whole compress pass of an image no larger than a streaming region may be, in one task: read it once,
     choose its codec among ``candidates`` on the ``samples`` chunks of that read (as ``select_codec`` would from
     the file), create its arrays (``ngff`` 0.5: sharded Zarr v3; 0.4: Zarr v2), write every level (the
     streamed ones from the block, the others from the level above), each write proven, and finish the store
-    (``finish_store``). A small image costs one round trip to the cluster instead of a codec trial, a write
+    (``finish_store``); with ``thumbnail``, write the image's picture there (``archive.thumbnails``) from the
+    pixels in hand. A small image costs one round trip to the cluster instead of a codec trial, a write
     and a task per small level, and the process running the flow does nothing with its pixels."""
     started = time.perf_counter()
     region = tuple(slice(0, n) for n in plans[0].level.shape)
@@ -160,7 +169,21 @@ def whole_image(source: str, image: ImageRecord, store: str, plans: list[LevelPl
             stored.add(downsample_regions(store, above.level.path, plan, chunk_slices(plan.level.shape, plan.unit)))
     smallest = last if plans[-1].streamed else None  # the smallest level's pixels, when still in hand
     bytes_out, sha256 = finish_store(store, image, ngff, stored, root, smallest)
-    return WholePass(selection, stored.chunks, level0, bytes_out, sha256, time.perf_counter() - started)
+    in_hand = {plans[0].level.path: block, **({plans[-1].level.path: smallest} if smallest is not None else {})}
+    pictured = thumbnail is not None and _picture(thumbnail, store, dict(root.attrs), {**arrays, **in_hand})
+    return WholePass(selection, stored.chunks, level0, bytes_out, sha256, time.perf_counter() - started, pictured)
+
+
+def _picture(path: str, store: str, attrs: dict[str, Any], levels: dict[str, Any]) -> bool:
+    """The thumbnail of the store just finished, written whole at ``path``; False when none could be made (a
+    picture is a courtesy: publish then makes it, and an image is published without one it cannot make)."""
+    import fsspec
+
+    try:
+        write_bytes_atomic(fsspec.filesystem("file"), path, thumbnail_png(store, attrs=attrs, levels=levels))
+    except Exception:
+        return False
+    return True
 
 
 def finish_store(store: str, image: ImageRecord, ngff: str, stored: Stored, root: Any = None,
