@@ -18,7 +18,6 @@ nor a reader: Dask workers import it to read pixels.
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Protocol
@@ -83,26 +82,38 @@ class Opened:
     (``companions``), the image budget, and the file opened once for every format question asked of it
     (``tiff``). Close it (or use it as a context manager) when done."""
 
+    # Each is read once, on first use. Not ``functools.cached_property``: on Python 3.11 it holds one lock for every
+    # instance of the class while it computes, so the files a stage's threads describe at once were opened one
+    # after another, each thread waiting for the others' reads (Python 3.12 dropped that lock).
+
     def __init__(self, record: FileRecord, limits: ImageBudget, companions: dict[str, str] | None = None):
         self.record, self.limits, self.companions = record, limits, companions
         self.path, self.shown_as = record.staged_path, record.path
+        self._head: bytes | None = None
+        self._tiff: tifffile.TiffFile | None = None
 
-    @functools.cached_property
+    @property
     def head(self) -> bytes:
-        if os.path.isdir(self.path):
-            return b""
-        with open(self.path, "rb") as fh:
-            return fh.read(1024)
+        if self._head is None:
+            if os.path.isdir(self.path):
+                self._head = b""
+            else:
+                with open(self.path, "rb") as fh:
+                    self._head = fh.read(1024)
+        return self._head
 
-    @functools.cached_property
+    @property
     def tiff(self) -> tifffile.TiffFile:
-        import tifffile
+        if self._tiff is None:
+            import tifffile
 
-        return tifffile.TiffFile(self.path)
+            self._tiff = tifffile.TiffFile(self.path)
+        return self._tiff
 
     def close(self) -> None:
-        if "tiff" in self.__dict__:
-            self.__dict__.pop("tiff").close()
+        if self._tiff is not None:
+            tiff, self._tiff = self._tiff, None
+            tiff.close()
 
     def __enter__(self) -> Opened:
         return self
