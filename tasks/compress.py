@@ -237,7 +237,7 @@ def _streamed(image: ImageRecord, source: FileRecord, work: str, settings: Compr
                                   **array_layout(plan, codec, image.axis_names, settings.ngff))
             level0 = _stream(client, image, source, store, plans, stored, deadline, progress, level0_digest)
             _small_levels(client, image, store, plans, stored, deadline)
-        bytes_out, digest = finish_store(store, image, settings.ngff, stored)
+        bytes_out, digest, _attributes = finish_store(store, image, settings.ngff, stored)
         _put_in_place(store, final)
     except Exception as exc:
         if (failed := _discarded(exc, image, store)) is exc:

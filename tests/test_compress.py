@@ -414,3 +414,18 @@ def test_a_small_image_pass_makes_the_picture_publish_would_make(shape, axes, ch
                            settings.compress, scheduler)
     assert plain.thumbnail is None and label.thumbnail is None
     assert not list((tmp_path / "w2" / "compress").glob("*.png")) + list((tmp_path / "w3" / "compress").glob("*.png"))
+
+
+@pytest.mark.parametrize("ngff", ["0.5", "0.4"])
+def test_group_metadata_is_written_as_zarr_python_writes_it(ngff, tmp_path):
+    """The pass writes its groups' metadata itself (no round trip to zarr's event loop): the same bytes, in both
+    Zarr formats, as zarr-python's own group with those attributes (non-ASCII text, floats, NaN, nesting)."""
+    from zarrchive.ngff import ZARR_FORMAT, group_documents
+
+    attributes = {"ome": {"version": ngff, "name": "Zellkern µ-Schnitt", "window": [0.5, float("nan")],
+                          "nested": [{"a": None, "b": True}]}}
+    group = zarr.open_group(str(tmp_path / "g"), mode="w", zarr_format=ZARR_FORMAT[ngff])
+    group.update_attributes(attributes)
+    on_disk = {p.name: p.read_bytes() for p in (tmp_path / "g").iterdir()}
+    assert group_documents(attributes, ngff) == on_disk
+    assert set(on_disk) == ({"zarr.json"} if ngff == "0.5" else {".zgroup", ".zattrs"})

@@ -76,6 +76,17 @@ def group_attributes(image: ImageRecord, windows: list[tuple[float, float]] | No
     return out
 
 
+def group_documents(attributes: dict[str, Any], ngff: str = NGFF_VERSION) -> dict[str, bytes]:
+    """The metadata objects of a Zarr group holding ``attributes``, in the Zarr format of OME-NGFF ``ngff``, byte
+    for byte as zarr-python writes them: ``zarr.json`` (Zarr v3), or ``.zgroup`` and ``.zattrs`` (v2)."""
+    from zarr.core.buffer import default_buffer_prototype
+    from zarr.core.group import GroupMetadata
+
+    documents = GroupMetadata(attributes=attributes, zarr_format=ZARR_FORMAT[ngff]).to_buffer_dict(
+        default_buffer_prototype())
+    return {name: buffer.to_bytes() for name, buffer in documents.items()}
+
+
 def ngff_version(attributes: dict[str, Any]) -> str | None:
     """The OME-NGFF version an image group's attributes declare (None when they declare none)."""
     if "ome" in attributes:

@@ -17,7 +17,7 @@ import os
 import shutil
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import zarr
@@ -32,7 +32,7 @@ from zarrchive.archive.storage import (
 from zarrchive.archive.thumbnails import thumbnail_png
 from zarrchive.config import CodecSpec
 from zarrchive.errors import InputError, is_file_fault
-from zarrchive.ngff import ZARR_FORMAT, group_attributes, validate_image, validate_label
+from zarrchive.ngff import ZARR_FORMAT, group_attributes, group_documents, validate_image, validate_label
 from zarrchive.pixels.blocks import chunk_slices, downsample
 from zarrchive.pixels.codecs import array_codec_kwargs, choose_codec, make_codec, v2_codec
 from zarrchive.pixels.shards import ArrayWriter, Stored
@@ -159,19 +159,21 @@ def whole_image(source: str, image: ImageRecord, store: str, plans: list[LevelPl
         selection = choose_codec([np.ascontiguousarray(block[r]) for r in samples], candidates, min_encode_mbps,
                                  size_tolerance)
     codec = make_codec(candidates[selection.chosen if selection else 0])
-    root = zarr.open_group(store, mode="w", zarr_format=ZARR_FORMAT[ngff])
-    arrays = {plan.level.path: root.create_array(
-        plan.level.path, shape=plan.level.shape, chunks=plan.level.chunks, dtype=image.dtype, fill_value=0,
-        **array_layout(plan, codec, image.axis_names, ngff)) for plan in plans}
+    shutil.rmtree(store, ignore_errors=True)  # what an attempt killed with its worker left: the pass starts afresh
+    arrays = {plan.level.path: zarr.create_array(  # (the groups' metadata is written whole by finish_store)
+        f"{store}/{plan.level.path}", shape=plan.level.shape, chunks=plan.level.chunks, dtype=image.dtype,
+        fill_value=0, zarr_format=ZARR_FORMAT[ngff], **array_layout(plan, codec, image.axis_names, ngff))
+        for plan in plans}
     stored, level0, last = _write_block(block, image, store, region, plans, digests, arrays)
     for above, plan in zip(plans, plans[1:]):
         if not plan.streamed:
             stored.add(downsample_regions(store, above.level.path, plan, chunk_slices(plan.level.shape, plan.unit)))
     smallest = last if plans[-1].streamed else None  # the smallest level's pixels, when still in hand
-    bytes_out, sha256 = finish_store(store, image, ngff, stored, root, smallest)
+    finished = finish_store(store, image, ngff, stored, smallest)
     in_hand = {plans[0].level.path: block, **({plans[-1].level.path: smallest} if smallest is not None else {})}
-    pictured = thumbnail is not None and _picture(thumbnail, store, dict(root.attrs), {**arrays, **in_hand})
-    return WholePass(selection, stored.chunks, level0, bytes_out, sha256, time.perf_counter() - started, pictured)
+    pictured = thumbnail is not None and _picture(thumbnail, store, finished.attributes, {**arrays, **in_hand})
+    return WholePass(selection, stored.chunks, level0, finished.bytes_out, finished.sha256,
+                     time.perf_counter() - started, pictured)
 
 
 def _picture(path: str, store: str, attrs: dict[str, Any], levels: dict[str, Any]) -> bool:
@@ -186,19 +188,39 @@ def _picture(path: str, store: str, attrs: dict[str, Any], levels: dict[str, Any
     return True
 
 
-def finish_store(store: str, image: ImageRecord, ngff: str, stored: Stored, root: Any = None,
-                 smallest: np.ndarray | None = None) -> tuple[int, str]:
+class Finished(NamedTuple):
+    """A finished store: its total size, its tree digest and its image group's attributes."""
+
+    bytes_out: int
+    sha256: str
+    attributes: dict[str, Any]
+
+
+def finish_store(store: str, image: ImageRecord, ngff: str, stored: Stored,
+                 smallest: np.ndarray | None = None) -> Finished:
     """Complete a local store whose levels are written: sweep what a killed worker left unfinished, write the image
-    group's OME-NGFF attributes (with each channel's display window, from the ``smallest`` level's pixels or
-    read from the store) and the source's OME-XML and other metadata beside it (``OME/``); return the store's
-    total size and tree digest (the objects ``stored`` hashed on their read-back are not read again). ``root``:
-    the store's group, already open."""
+    group with its OME-NGFF attributes (with each channel's display window, from the ``smallest`` level's pixels
+    or read from the store) and the source's OME-XML and other metadata beside it (``OME/``); return the store's
+    total size and tree digest (the objects ``stored`` hashed on their read-back are not read again).
+
+    The groups' metadata objects are written as zarr-python writes them (``ngff.group_documents``), directly:
+    each of zarr's own writes is a round trip to its event-loop thread, 1-2 ms on a busy worker, and a small
+    image's pass made four of them."""
     remove_unfinished_writes(store)  # left by a worker killed mid-write (its task was redone)
-    root = zarr.open_group(store, mode="r+") if root is None else root
     windows = list(image.channel_windows) if image.channel_windows else display_windows(store, image, smallest)
-    root.update_attributes(group_attributes(image, windows, ngff))
-    _keep_ome_xml(root, store, image, ngff)
-    return store_digest(store, stored.objects)
+    attributes = group_attributes(image, windows, ngff)
+    _write_group(store, attributes, ngff)
+    _keep_ome_xml(store, image, ngff)
+    return Finished(*store_digest(store, stored.objects), attributes)
+
+
+def _write_group(folder: str, attributes: dict[str, Any], ngff: str) -> None:
+    """The metadata objects of a Zarr group with ``attributes`` at ``folder`` (replacing any there: the store is
+    still under its temporary name)."""
+    os.makedirs(folder, exist_ok=True)
+    for name, data in group_documents(attributes, ngff).items():
+        with open(os.path.join(folder, name), "wb") as fh:
+            fh.write(data)
 
 
 def store_digest(store: str, known: dict[str, tuple[int, str]] | None = None) -> tuple[int, str]:
@@ -239,9 +261,9 @@ def display_windows(store: str, image: ImageRecord, smallest: np.ndarray | None 
     return windows
 
 
-def _keep_ome_xml(root: Any, store: str, image: ImageRecord, ngff: str) -> None:
+def _keep_ome_xml(store: str, image: ImageRecord, ngff: str) -> None:
     """The source's OME-XML beside the image, as in the bioformats2raw layout: ``OME/METADATA.ome.xml``."""
-    root.create_group("OME", overwrite=True, attributes={"ome": {"version": ngff}} if ngff == "0.5" else {})
+    _write_group(f"{store}/OME", {"ome": {"version": ngff}} if ngff == "0.5" else {}, ngff)
     shutil.copyfile(image.metadata_xml, f"{store}/OME/METADATA.ome.xml")
     for name, kept in image.documents:  # other original metadata (an MRC header, Imaris' DataSetInfo)
         os.makedirs(os.path.dirname(f"{store}/{name}"), exist_ok=True)
