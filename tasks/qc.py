@@ -38,7 +38,7 @@ from zarrchive.cluster import client_for
 from zarrchive.config import QCSettings, config_dir, suite_path
 from zarrchive.ngff import validate_image, validate_label
 from zarrchive.pixels.blocks import chunk_slices
-from zarrchive.pixels.passes import BATCH, chunk_stats, facts_of_stores
+from zarrchive.pixels.passes import BATCH, chunk_stats_or_fault, facts_of_stores
 from zarrchive.records import (
     MICROMETERS,
     CompressionReport,
@@ -117,7 +117,9 @@ def store_facts_of(pairs: list[tuple[ImageRecord, CompressionReport]], scheduler
         larger = {k: _submit_larger(client, plan) for k, plan in enumerate(plans) if len(plan.batches) != 1}
         of_groups, of_larger = client.gather([grouped, larger])
     found = dict(zip([k for group in groups for k in group], [facts for got in of_groups for facts in got]))
-    found.update(of_larger)
+    for k, (problems, batches) in of_larger.items():  # a batch that could not be read says why
+        faults = [b for b in batches if isinstance(b, str)]
+        found[k] = (problems + faults[:1], [b for b in batches if not isinstance(b, str)])
     results = []
     for k, (image, _report) in enumerate(pairs):
         problems, batches = found[k]
@@ -154,7 +156,7 @@ def _submit_larger(client: Any, plan: FactsPlan) -> tuple[Any, list[Any]]:
     """The futures of a larger store's facts: what the validator finds, and the statistics of each batch."""
     store, level0, batches, channel_axis, kind = plan
     validated = client.submit(validate_label if kind == "label" else validate_image, store, pure=False)
-    return validated, client.map(chunk_stats, [f"{store}/{level0}"] * len(batches), batches,
+    return validated, client.map(chunk_stats_or_fault, [f"{store}/{level0}"] * len(batches), batches,
                                  [channel_axis] * len(batches), pure=False)
 
 

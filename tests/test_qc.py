@@ -209,3 +209,30 @@ def test_a_store_s_facts_are_the_same_in_one_task_or_in_batches_and_a_broken_sto
     broken = qc.store_facts(image, report, scheduler)
     monkeypatch.setattr(qc, "BATCH", 32)
     assert broken[2] and broken[:2] == together[:2] and qc.store_facts(image, report, scheduler)[2] == broken[2]
+
+
+@pytest.mark.parametrize("batch", [32, 1])  # small stores a few a task; a task per chunk beside the validator's
+def test_a_store_damaged_since_it_was_written_fails_its_own_checks_and_the_others_are_checked(
+        tmp_path, settings, scheduler, monkeypatch, batch):
+    """A chunk damaged after the pass proved it (the disk, a hand in the work area) cannot be decoded: that image
+    fails QC with the reason (its level-0 checksum does not match), and the other image of the run is checked as
+    usual; the run is not stopped."""
+    from zarrchive.tasks import qc
+
+    monkeypatch.setattr(qc, "BATCH", batch)
+    small = settings.model_copy(update={"convert": settings.convert.model_copy(update={"chunk_xy": 16})})
+    data = random_image((2, 1, 40, 40)) // 2
+    damaged = staged_image(tmp_path, small, scheduler, ome_tiff(tmp_path / "x.ome.tif", data, "CZYX",
+                                                                {"x": 0.1, "y": 0.1}, ["a", "b"]), "x.ome.tif")
+    fine = staged_image(tmp_path, small, scheduler, ome_tiff(tmp_path / "y.ome.tif", data[::-1], "CZYX",
+                                                             {"x": 0.1, "y": 0.1}, ["c", "d"]), "y.ome.tif")
+    from pathlib import Path
+
+    shard = max((Path(damaged[1].store) / "0").rglob("*"), key=lambda p: p.stat().st_size if p.is_file() else 0)
+    shard.write_bytes(shard.read_bytes()[:-40] + bytes(40))  # the end of the shard: its index and a chunk's checksum
+    result = run([damaged, fine], settings, scheduler)
+    rows = {row["image_id"]: row for row in result.rows}
+    assert not rows[damaged[0].image_id]["level0_checksum_matched"]
+    assert "level 0 cannot be read" in rows[damaged[0].image_id]["ngff_problems"]
+    assert result.image_status(damaged[0].image_id) == "error"
+    assert rows[fine[0].image_id]["level0_checksum_matched"] and result.image_status(fine[0].image_id) == "ok"

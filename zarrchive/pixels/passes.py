@@ -310,7 +310,20 @@ def facts_of_store(store: str, level0: str, regions: list[tuple[slice, ...]], ch
     """QC's facts of a store whose level 0 is one batch of chunks, in one task: what the independent OME-NGFF
     validator finds in it (``ngff.validate_image``, or ``validate_label``), and ``chunk_stats`` of ``regions``."""
     problems = (validate_label if kind == "label" else validate_image)(store)
-    return problems, [chunk_stats(f"{store}/{level0}", regions, channel_axis)]
+    stats = chunk_stats_or_fault(f"{store}/{level0}", regions, channel_axis)
+    return (problems, [stats]) if isinstance(stats, list) else (problems + [stats], [])
+
+
+def chunk_stats_or_fault(array_path: str, regions: list[tuple[slice, ...]],
+                         channel_axis: int | None) -> list[dict[str, Any]] | str:
+    """``chunk_stats``, or why the chunks cannot be read when that is the store's fault (a chunk damaged since the
+    pass proved it): its image then fails its checks, and every other image of the run is still checked."""
+    try:
+        return chunk_stats(array_path, regions, channel_axis)
+    except Exception as exc:
+        if not is_file_fault(exc):
+            raise
+        return f"level 0 cannot be read: {type(exc).__name__}: {exc}"
 
 
 def facts_of_stores(stores: list[tuple[str, str, list[tuple[slice, ...]], int | None, str]]
