@@ -170,7 +170,7 @@ class Begun:
     candidates: list[CodecSpec]  # the profile's, as the pass was given them (its choice indexes them)
     future: Any
     digests: bool
-    thumbnail: str | None  # where the pass writes the image's picture (None: it makes none)
+    thumbnail: str | None  # where the pass writes the image's picture, a temporary name (None: it makes none)
 
 
 def begin_whole(image: ImageRecord, source: FileRecord, work: str, settings: CompressSettings, scheduler: str,
@@ -188,7 +188,7 @@ def begin_whole(image: ImageRecord, source: FileRecord, work: str, settings: Com
     level0 = image.levels[0]
     samples = sample_regions(level0.shape, level0.chunks, settings.sample_chunks) if len(candidates) > 1 else []
     plans = plan_writes(image, settings)
-    thumbnail = f"{final}.png" if picture and image.kind == "image" else None
+    thumbnail = partial_name(f"{final}.png") if picture and image.kind == "image" else None
     with client_for(scheduler) as client:
         future = client.submit(whole_image, source.staged_path, image, store, plans, candidates, samples,
                                settings.floor(), settings.size_tolerance, settings.ngff, level0_digest, thumbnail,
@@ -205,6 +205,8 @@ def end_whole(begun: Begun) -> CompressionReport:
         with client_for(begun.scheduler) as client:
             [done] = gather_all(client, [begun.future], deadline, image.source_path)
         _put_in_place(begun.store, begun.final)
+        if done.thumbnail:  # beside the store, once the store is in place
+            os.replace(begun.thumbnail, f"{begun.final}.png")
     except Exception as exc:
         if begun.thumbnail:
             with contextlib.suppress(OSError):
@@ -215,7 +217,7 @@ def end_whole(begun: Begun) -> CompressionReport:
     chosen = begun.candidates[done.selection.chosen if done.selection else 0]
     return _report(image, begun.final, make_codec(chosen), done.selection, begun.plans, settings.ngff,
                    done.chunks, done.level0 if begun.digests else None, done.bytes_out, done.sha256, done.seconds,
-                   begun.thumbnail if done.thumbnail else None)
+                   f"{begun.final}.png" if done.thumbnail else None)
 
 
 def _streamed(image: ImageRecord, source: FileRecord, work: str, settings: CompressSettings, scheduler: str,

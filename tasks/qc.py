@@ -117,9 +117,9 @@ def store_facts_of(pairs: list[tuple[ImageRecord, CompressionReport]], scheduler
         larger = {k: _submit_larger(client, plan) for k, plan in enumerate(plans) if len(plan.batches) != 1}
         of_groups, of_larger = client.gather([grouped, larger])
     found = dict(zip([k for group in groups for k in group], [facts for got in of_groups for facts in got]))
-    for k, (problems, batches) in of_larger.items():  # a batch that could not be read says why
-        faults = [b for b in batches if isinstance(b, str)]
-        found[k] = (problems + faults[:1], [b for b in batches if not isinstance(b, str)])
+    for k, (problems, batches) in of_larger.items():  # a batch that could not be read says why, and the store's
+        unread = [b for b in batches if isinstance(b, str)]  # statistics are then those of none of its chunks
+        found[k] = (problems + unread[:1], []) if unread else (problems, batches)
     results = []
     for k, (image, _report) in enumerate(pairs):
         problems, batches = found[k]

@@ -408,6 +408,7 @@ def test_a_small_image_pass_makes_the_picture_publish_would_make(shape, axes, ch
     assert len(image.levels) == (1 if chunk_xy == 256 else 5)
     assert report.thumbnail == f"{report.store}.png"
     assert Path(report.thumbnail).read_bytes() == thumbnail_png(report.store)
+    assert not [p for p in (tmp_path / "w" / "compress").iterdir() if "partial" in p.name]
     record = staged(path)
     plain = compress_image(image, record, str(tmp_path / "w2"), settings.compress, scheduler, picture=False)
     label = compress_image(image.model_copy(update={"kind": "label"}), record, str(tmp_path / "w3"),

@@ -208,6 +208,27 @@ def test_clean_removes_what_a_killed_run_left_and_nothing_of_a_running_one(run_c
         running.communicate()
 
 
+def test_clean_removes_the_unfinished_stores_and_pictures_of_dead_processes_and_nothing_of_a_live_one(tmp_path):
+    """What a pass writes under a temporary name (a store, and a small image's thumbnail beside it, a file) is
+    removed once the process it belongs to has ended (killed mid-batch: its passes ran on), never while it runs."""
+    from zarrchive.archive.staging import PARTIAL, clean_stale
+    from zarrchive.config import StagingSettings
+    from zarrchive.host import this_process
+
+    compress = tmp_path / "work" / "compress"
+    compress.mkdir(parents=True)
+    dead = "999999999-0"  # no such process
+    for owner in (dead, this_process()):
+        (compress / f"a.ome.zarr{PARTIAL}{owner}" / "0").mkdir(parents=True)
+        (compress / f"a.ome.zarr{PARTIAL}{owner}" / "0" / "zarr.json").write_text("{}")
+        (compress / f"a.ome.zarr.png{PARTIAL}{owner}").write_bytes(b"\x89PNG")
+    removed = clean_stale(StagingSettings(root=str(tmp_path / "staging"), work=str(tmp_path / "work")))
+    assert sorted(Path(p).name for p in removed) == sorted([f"a.ome.zarr.png{PARTIAL}{dead}",
+                                                            f"a.ome.zarr{PARTIAL}{dead}"])
+    assert sorted(p.name for p in compress.iterdir()) == sorted([f"a.ome.zarr.png{PARTIAL}{this_process()}",
+                                                                f"a.ome.zarr{PARTIAL}{this_process()}"])
+
+
 # ---------------------------------------------------------------- every exit reported
 
 
@@ -710,6 +731,10 @@ CASES = [
                       "verified_work"),
     ("What a killed run left, while another run works", "`zarrchive clean` removes the first and leaves the second",
      "test_reliability::test_clean_removes_what_a_killed_run_left_and_nothing_of_a_running_one"),
+    ("A compressed store damaged in the work area after its pass proved it (a chunk that no longer decodes)",
+     "that image fails QC with the reason (its level-0 checksum, \"level 0 cannot be read\"); the others are "
+     "checked and the run goes on",
+     "test_qc::test_a_store_damaged_since_it_was_written_fails_its_own_checks_and_the_others_are_checked"),
     ("A Dask worker killed mid-image", "its tasks are redone; the image is bit-exact",
      "test_cluster::test_work_lost_with_a_killed_worker_is_redone_and_the_image_is_bit_exact"),
     ("Throttling (503), server errors (500) and dropped connections from S3 (a faulty proxy in front of the "

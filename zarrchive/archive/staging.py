@@ -82,7 +82,10 @@ def clean_stale(settings: StagingSettings) -> list[str]:
     for stage in ("compress",):
         for partial in sorted((work / stage).glob(f"*{PARTIAL}*")) if (work / stage).is_dir() else []:
             if not owner_alive(partial.name.rsplit(PARTIAL, 1)[1]):
-                shutil.rmtree(partial, ignore_errors=True)
+                if partial.is_dir() and not partial.is_symlink():
+                    shutil.rmtree(partial, ignore_errors=True)
+                else:  # a file written under its temporary name (a store's thumbnail)
+                    partial.unlink(missing_ok=True)
                 removed.append(str(partial))
     return removed
 

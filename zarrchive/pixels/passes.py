@@ -13,6 +13,7 @@ import keeps the cluster's start short.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import shutil
 import time
@@ -22,13 +23,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import zarr
 
-from zarrchive.archive.storage import (
-    remove_unfinished_writes,
-    sha256_stream,
-    tree_digest,
-    walk_files,
-    write_bytes_atomic,
-)
+from zarrchive.archive.storage import remove_unfinished_writes, sha256_stream, tree_digest, walk_files
 from zarrchive.archive.thumbnails import thumbnail_png
 from zarrchive.config import CodecSpec
 from zarrchive.errors import InputError, is_file_fault
@@ -159,7 +154,8 @@ def whole_image(source: str, image: ImageRecord, store: str, plans: list[LevelPl
         selection = choose_codec([np.ascontiguousarray(block[r]) for r in samples], candidates, min_encode_mbps,
                                  size_tolerance)
     codec = make_codec(candidates[selection.chosen if selection else 0])
-    shutil.rmtree(store, ignore_errors=True)  # what an attempt killed with its worker left: the pass starts afresh
+    if os.path.lexists(store):  # what an attempt killed with its worker left: the pass starts afresh
+        shutil.rmtree(store)
     arrays = {plan.level.path: zarr.create_array(  # (the groups' metadata is written whole by finish_store)
         f"{store}/{plan.level.path}", shape=plan.level.shape, chunks=plan.level.chunks, dtype=image.dtype,
         fill_value=0, zarr_format=ZARR_FORMAT[ngff], **array_layout(plan, codec, image.axis_names, ngff))
@@ -177,13 +173,16 @@ def whole_image(source: str, image: ImageRecord, store: str, plans: list[LevelPl
 
 
 def _picture(path: str, store: str, attrs: dict[str, Any], levels: dict[str, Any]) -> bool:
-    """The thumbnail of the store just finished, written whole at ``path``; False when none could be made (a
-    picture is a courtesy: publish then makes it, and an image is published without one it cannot make)."""
-    import fsspec
-
+    """The thumbnail of the store just finished, written at ``path`` (a temporary name: what a killed worker left
+    there is swept as the store's is); False when none could be made (a picture is a courtesy: publish then makes
+    it, and an image is published without one it cannot make)."""
     try:
-        write_bytes_atomic(fsspec.filesystem("file"), path, thumbnail_png(store, attrs=attrs, levels=levels))
-    except Exception:
+        png = thumbnail_png(store, attrs=attrs, levels=levels)
+        with open(path, "wb") as fh:
+            fh.write(png)
+    except Exception as exc:
+        logging.getLogger("zarrchive").warning("%s: no thumbnail made by the pass (%s: %s)", store,
+                                               type(exc).__name__, exc)
         return False
     return True
 
@@ -314,16 +313,21 @@ def facts_of_store(store: str, level0: str, regions: list[tuple[slice, ...]], ch
     return (problems, [stats]) if isinstance(stats, list) else (problems + [stats], [])
 
 
+class Undecodable(Exception):
+    """A store's chunks cannot be read back: the store's fault (damaged since its pass proved it)."""
+
+
+PROGRAM_ERRORS = (TypeError, AttributeError, NameError, ImportError, AssertionError, NotImplementedError)
+
+
 def chunk_stats_or_fault(array_path: str, regions: list[tuple[slice, ...]],
                          channel_axis: int | None) -> list[dict[str, Any]] | str:
     """``chunk_stats``, or why the chunks cannot be read when that is the store's fault (a chunk damaged since the
     pass proved it): its image then fails its checks, and every other image of the run is still checked."""
     try:
         return chunk_stats(array_path, regions, channel_axis)
-    except Exception as exc:
-        if not is_file_fault(exc):
-            raise
-        return f"level 0 cannot be read: {type(exc).__name__}: {exc}"
+    except Undecodable as exc:
+        return f"level 0 cannot be read: {exc}"
 
 
 def facts_of_stores(stores: list[tuple[str, str, list[tuple[slice, ...]], int | None, str]]
@@ -332,14 +336,27 @@ def facts_of_stores(stores: list[tuple[str, str, list[tuple[slice, ...]], int | 
     return [facts_of_store(*store) for store in stores]
 
 
+def _undecodable_named(read: Any) -> Any:
+    """``read()``; a failure that is the store's (``errors.is_file_fault``, not a program's error) as
+    ``Undecodable``."""
+    try:
+        return read()
+    except PROGRAM_ERRORS:
+        raise
+    except Exception as exc:
+        if not is_file_fault(exc):
+            raise
+        raise Undecodable(f"{type(exc).__name__}: {exc}") from exc
+
+
 def chunk_stats(array_path: str, regions: list[tuple[slice, ...]], channel_axis: int | None) -> list[dict[str, Any]]:
     """Per chunk and channel: min, max, sum, count, saturated and zero pixel counts; sha256 of each chunk."""
-    array = zarr.open_array(array_path, mode="r")
+    array = _undecodable_named(lambda: zarr.open_array(array_path, mode="r"))
     dtype = array.dtype
     top = float(np.iinfo(dtype).max) if np.issubdtype(dtype, np.integer) else None
     out = []
     for region in regions:
-        block = np.ascontiguousarray(array[region])
+        block = np.ascontiguousarray(_undecodable_named(lambda: array[region]))
         digest = hashlib.sha256(block.tobytes()).hexdigest()
         start = region[channel_axis].start if channel_axis is not None else 0
         planes = np.moveaxis(block, channel_axis, 0) if channel_axis is not None else block[None]
