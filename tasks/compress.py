@@ -205,8 +205,6 @@ def end_whole(begun: Begun) -> CompressionReport:
         with client_for(begun.scheduler) as client:
             [done] = gather_all(client, [begun.future], deadline, image.source_path)
         _put_in_place(begun.store, begun.final)
-        if done.thumbnail:  # beside the store, once the store is in place
-            os.replace(begun.thumbnail, f"{begun.final}.png")
     except Exception as exc:
         if begun.thumbnail:
             with contextlib.suppress(OSError):
@@ -217,7 +215,17 @@ def end_whole(begun: Begun) -> CompressionReport:
     chosen = begun.candidates[done.selection.chosen if done.selection else 0]
     return _report(image, begun.final, make_codec(chosen), done.selection, begun.plans, settings.ngff,
                    done.chunks, done.level0 if begun.digests else None, done.bytes_out, done.sha256, done.seconds,
-                   f"{begun.final}.png" if done.thumbnail else None)
+                   _picture_beside(begun) if done.thumbnail else None)
+
+
+def _picture_beside(begun: Begun) -> str | None:
+    """The picture the pass made, moved beside its store (now in place); None when it cannot be (publish then makes
+    it: a picture is a courtesy, never a reason for the image to fail)."""
+    try:
+        os.replace(begun.thumbnail, f"{begun.final}.png")
+    except OSError:
+        return None
+    return f"{begun.final}.png"
 
 
 def _streamed(image: ImageRecord, source: FileRecord, work: str, settings: CompressSettings, scheduler: str,

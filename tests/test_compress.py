@@ -430,3 +430,19 @@ def test_group_metadata_is_written_as_zarr_python_writes_it(ngff, tmp_path):
     on_disk = {p.name: p.read_bytes() for p in (tmp_path / "g").iterdir()}
     assert group_documents(attributes, ngff) == on_disk
     assert set(on_disk) == ({"zarr.json"} if ngff == "0.5" else {".zgroup", ".zattrs"})
+
+
+def test_a_picture_that_cannot_be_put_beside_its_store_never_fails_the_image(source, tmp_path, settings, scheduler):
+    """The pass's picture gone before it is moved beside the store (a hand in the work area): the image is
+    compressed and reported all the same, without a picture (publish then makes one from the store)."""
+    from zarrchive.tasks import compress
+
+    path, _data = source
+    record = staged(path)
+    [image] = convert_file(record, None, str(tmp_path / "w"), settings.convert)
+    image = build_pyramid(image, settings.pyramid)
+    begun = compress.begin_whole(image, record, str(tmp_path / "w"), settings.compress, scheduler)
+    assert begun.future.result().thumbnail
+    os.unlink(begun.thumbnail)
+    report = compress.end_whole(begun)
+    assert report.thumbnail is None and os.path.isdir(report.store) and report.store_sha256

@@ -183,6 +183,10 @@ def _picture(path: str, store: str, attrs: dict[str, Any], levels: dict[str, Any
     except Exception as exc:
         logging.getLogger("zarrchive").warning("%s: no thumbnail made by the pass (%s: %s)", store,
                                                type(exc).__name__, exc)
+        try:
+            os.unlink(path)  # (a picture half-written)
+        except OSError:
+            pass
         return False
     return True
 
