@@ -40,7 +40,7 @@ from zarrchive.tasks.publish import (
 from zarrchive.tasks.pyramid import labels_with_images, pyramid, pyramid_batch
 from zarrchive.tasks.qc import qc
 
-from zarrchive import credentials, outcome
+from zarrchive import credentials, outcome, session
 from zarrchive.archive.staging import clean_stale, staging_area, work_area
 from zarrchive.archive.versions import private_location
 from zarrchive.cluster import cluster_for_run, link_dashboard
@@ -83,6 +83,7 @@ def ingest_submission(
         overrides: Configuration sections merged over the configuration (a consortium deployment sets them).
     """
     log = get_run_logger()
+    session.collect_less()
     settings = load_settings(config or None, _overrides(overrides, codec_profile))
     credentials.apply(settings.storage)
     if removed := clean_stale(settings.staging):

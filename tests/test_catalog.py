@@ -312,3 +312,23 @@ def test_on_an_object_store_archive_the_pages_and_catalog_are_kept_and_read_over
     endpoint = fsspec.config.conf["s3"]["endpoint_url"]
     check_pages(browser, f"{endpoint}/{bucket}/archive/index.html", f"{endpoint}/{bucket}/archive/", 1,
                 "vasculature", "Mus musculus")
+
+
+def test_each_store_counts_its_own_objects_a_label_its_own_and_a_shared_store_its_earlier_version_s():
+    """The bytes of each published store, from the manifest: an object belongs to the longest of its folders that
+    is a store (a label's objects are the label's, not its image's), a name that only begins like another store's
+    is not that store's, and a store shared from an earlier version counts the objects listed under its path."""
+    from zarrchive.catalog import _store_sizes
+
+    images = ["images/a.ome.zarr", "images/a.ome.zarr/labels/nuclei", "images/a.ome.zarr.bak", "../v1/images/b.ome.zarr",
+              "plates/p.ome.zarr/A/1/0"]
+    files = {"images/a.ome.zarr/zarr.json": 10, "images/a.ome.zarr/0/c/0/0": 100,
+             "images/a.ome.zarr/labels/zarr.json": 1, "images/a.ome.zarr/labels/nuclei/zarr.json": 20,
+             "images/a.ome.zarr/labels/nuclei/0/c/0": 200, "images/a.ome.zarr.bak/zarr.json": 3000,
+             "../v1/images/b.ome.zarr/zarr.json": 40000, "plates/p.ome.zarr/zarr.json": 7,
+             "plates/p.ome.zarr/A/1/0/0/c/0": 500000, "manifest.json": 9, "images/a.ome.zarrx": 8}
+    manifest = {"images": [{"path": p} for p in images] + [{"path": None}],
+                "files": [{"path": p, "size": n} for p, n in files.items()]}
+    assert _store_sizes(manifest) == {"images/a.ome.zarr": 111, "images/a.ome.zarr/labels/nuclei": 220,
+                                      "images/a.ome.zarr.bak": 3000, "../v1/images/b.ome.zarr": 40000,
+                                      "plates/p.ome.zarr/A/1/0": 500000}

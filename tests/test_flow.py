@@ -333,3 +333,13 @@ def test_the_run_log_tells_staff_each_stage_and_ends_with_where_it_was_published
     published = [i for i, line in enumerate(lines) if line.startswith(f"Published {pub.accession} v{pub.version} at ")]
     assert published and "index.html" in lines[published[0]]
     assert not [line for line in lines[published[0] + 1:] if not line.startswith(("Finished", "Beginning"))]
+
+
+def test_the_process_running_an_ingest_collects_cyclic_garbage_less_often(demo):
+    """A run of many images holds many live objects; the flow sets the collector's thresholds for its process
+    (``session.collect_less``: each collection of the older generations walks them all)."""
+    import gc
+
+    from zarrchive.session import COLLECT_AFTER
+
+    assert gc.get_threshold() == COLLECT_AFTER

@@ -276,12 +276,13 @@ def _image_rows(fs: Any, vdir: str, manifest: dict[str, Any]) -> list[dict[str, 
 
 def _store_sizes(manifest: dict[str, Any]) -> dict[str, int]:
     """The bytes of each published store (its own objects; a label's are its own, not its image's)."""
-    stores = sorted((i["path"] for i in manifest.get("images", []) if i.get("path")), key=len, reverse=True)
-    sizes = dict.fromkeys(stores, 0)
-    for entry in manifest["files"]:
-        owner = next((s for s in stores if entry["path"].startswith(s + "/")), None)
-        if owner:
-            sizes[owner] += entry["size"]
+    sizes = dict.fromkeys((i["path"] for i in manifest.get("images", []) if i.get("path")), 0)
+    for entry in manifest["files"]:  # each object's store: the longest of its folders that is one (a label's
+        parts = entry["path"].split("/")  # own, not its image's); a lookup per folder, not a scan of every store
+        for end in range(len(parts) - 1, 0, -1):  # (10,000 images: 70,000 objects by 10,000 stores took 37 s)
+            if (folder := "/".join(parts[:end])) in sizes:
+                sizes[folder] += entry["size"]
+                break
     return sizes
 
 
