@@ -116,8 +116,8 @@ def ingest_submission(
         with cluster_for_run(settings.cluster) as scheduler:
             link_dashboard(scheduler)
             converted, failed, traced = gather("convert", _convert(
-                [f for f in files if f.kind in ("image", "label")], entries, work, settings, companions(files)),
-                staging, work)
+                [f for f in files if f.kind in ("image", "label")], entries, work, settings, companions(files),
+                scheduler), staging, work)
             converted, clashes = distinct_ids([image for batch in converted for image in batch])
             failures, lineage = failures + failed + clashes, lineage + traced
 
@@ -172,12 +172,13 @@ def _overrides(overrides: dict[str, Any] | None, codec_profile: str) -> dict[str
 
 
 def _convert(files: list[FileRecord], entries: dict[str, FileEntry], work: str, settings: Settings,
-             companions_of: Callable[[FileRecord], dict[str, str]]) -> list:
+             companions_of: Callable[[FileRecord], dict[str, str]], scheduler: str | None = None) -> list:
     return fan_out(
         files, lambda f: f.size, settings.batch,
         one=lambda f: convert.submit(f, entries[f.path], work, settings.convert, companions_of(f)),
         many=lambda group, name: convert_batch.submit(
-            quote([(f, entries[f.path], companions_of(f)) for f in group]), work, settings.convert, name),
+            quote([(f, entries[f.path], companions_of(f)) for f in group]), work, settings.convert, name,
+            scheduler),
         who=lambda f: {"source_path": f.path}, noun="files", shown=lambda f: f.path)
 
 

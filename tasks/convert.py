@@ -16,18 +16,22 @@ writing every level of the pyramid from it.
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
+import logging
 import math
 import os
 import posixpath
-from typing import Any, Callable
+import socket
+import threading
+from typing import Any, Callable, NamedTuple
 
 import fsspec
 import numpy as np
 
 from zarrchive import __version__, batch, faults, formats, runlog
 from zarrchive.archive.identity import convert_key, json_sha256
-from zarrchive.archive.lineage import Traced, stage_task, traced
+from zarrchive.archive.lineage import Traced, stage_task, trace, traced
 from zarrchive.archive.storage import write_bytes_atomic
 from zarrchive.config import ConvertSettings
 from zarrchive.errors import InputError, StageTimeout
@@ -161,7 +165,6 @@ def describe_file(
     ``<work>/convert/<conversion id>.ome.xml``. ``companions``: the sha256 of the staged files of its folder
     (itself included), the members a multi-file OME-TIFF set may have. A file whose planes belong to the image of
     another file of its set gives none."""
-    faults.point("convert.start")
     with formats.Opened(file, settings.limits, companions) as opened:
         found = formats.identify(file.staged_path, file.path, opened).images(opened)
         images = []
@@ -307,31 +310,123 @@ def convert(
 ) -> Traced[list[ImageRecord]]:
     from prefect.utilities.timeout import timeout
 
+    faults.point("convert.start")
     try:
         with timeout(settings.timeout_seconds):
             result = traced("convert", convert_file, file, entry, work, settings, companions)
     except TimeoutError:
         raise StageTimeout(file.path, f"reading its headers took longer than convert.timeout_seconds "
                                       f"({settings.timeout_seconds:.0f} s): refused") from None
+    _log_converted(file, result.output)
+    return result
+
+
+def _log_converted(file: FileRecord, images: list[ImageRecord]) -> None:
     log = runlog.logger()
-    if not result.output:
+    if not images:
         log.info("convert %s: its planes belong to the image of another file of its set", file.path)
-    for image in result.output:
+    for image in images:
         calibration = ", ".join(f"{a.name} {s:g} {a.unit}" for a, s in zip(image.axes, image.levels[0].scale)
                                 if a.unit) or "no physical size"
         log.info("convert %s: %s, %s %s, %s (%s), channels %s", file.path, image.image_id, " × ".join(
             f"{a.name}={n}" for a, n in zip(image.axes, image.shape)), image.dtype, calibration, image.reader,
             ", ".join(image.channel_names))
-    return result
 
 
 @stage_task(name="convert", task_run_name="convert: {name}",
             cache_policy="none")  # (its inputs can be large; its items are small: redone on a rerun)
 def convert_batch(items: list[tuple[FileRecord, FileEntry | None, dict[str, str]]], work: str,
-                  settings: ConvertSettings, name: str) -> list[Traced[list[ImageRecord]] | batch.ItemFailed]:
-    """``convert`` for many small files (file, entry, companions) in one task run (``zarrchive.batch``)."""
-    return batch.run("convert", items, lambda file, entry, companions: convert.__wrapped__(
-        file, entry, work, settings, companions), lambda item: item[0].path)
+                  settings: ConvertSettings, name: str,
+                  scheduler: str | None = None) -> list[Traced[list[ImageRecord]] | batch.ItemFailed]:
+    """``convert`` for many small files (file, entry, companions) in one task run (``zarrchive.batch``). With a
+    ``scheduler``, the files are described on a worker of the run's cluster, in one Dask task
+    (``describe_files``): the headers of a small file are most of its conversion, and the process running the
+    flow would otherwise read them one file after another under its one lock while the workers wait for the
+    compress stage. Each file keeps its log lines, its lineage (timed where it was described) and fails alone;
+    when the cluster cannot do the batch (a worker lost, past its time), it is done here, as without one."""
+    faults.point("convert.start")
+    described = _on_cluster(items, work, settings, scheduler) if scheduler else None
+
+    def one(i: int, file: FileRecord, entry: FileEntry | None, companions: dict[str, str]):
+        if described is None:
+            return convert.__wrapped__(file, entry, work, settings, companions)
+        done = described[i]
+        if done.error is not None:
+            return batch.ItemFailed(error=done.error)
+        result = trace("convert", done.images, done.started, file, entry, work, settings, companions,
+                       ended=done.ended, host=done.host)
+        for said in done.said:
+            runlog.logger().warning("%s", said)
+        _log_converted(file, done.images)
+        return result
+
+    return batch.run("convert", [(i, *item) for i, item in enumerate(items)], one, lambda item: item[1].path)
+
+
+class Described(NamedTuple):
+    """What a worker made of one file of a batch: its images, or the error it failed with (as a batch names it),
+    when and where, and the warnings its description logged (for the run's log, which the worker has not)."""
+
+    images: list[ImageRecord] | None
+    error: str | None
+    started: dt.datetime
+    ended: dt.datetime
+    host: str
+    said: tuple[str, ...] = ()
+
+
+class _Said(logging.Handler):
+    """The warnings zarrchive's logger gets from this thread while a file is described."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.thread, self.lines = threading.get_ident(), []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.thread == self.thread:
+            self.lines.append(record.getMessage())
+
+
+def describe_files(items: list[tuple[FileRecord, FileEntry | None, dict[str, str]]], work: str,
+                   settings: ConvertSettings) -> list[Described]:
+    """Run on a Dask worker: ``convert_file`` for each item, one after another; a file that fails is its error,
+    and the others go on."""
+    host, done, said = socket.gethostname(), [], _Said()
+    log = logging.getLogger("zarrchive")
+    log.addHandler(said)
+    try:
+        for file, entry, companions in items:
+            started = dt.datetime.now(dt.timezone.utc)
+            try:
+                images, error = convert_file(file, entry, work, settings, companions), None
+            except Exception as exc:  # this file fails alone
+                images, error = None, f"{type(exc).__name__}: {exc}"
+            done.append(Described(images, error, started, dt.datetime.now(dt.timezone.utc), host, tuple(said.lines)))
+            said.lines.clear()
+    finally:
+        log.removeHandler(said)
+    return done
+
+
+def _on_cluster(items: list[tuple[FileRecord, FileEntry | None, dict[str, str]]], work: str,
+                settings: ConvertSettings, scheduler: str) -> list[Described] | None:
+    """``describe_files`` for the batch on the cluster; None when it could not be done there (a worker lost, the
+    cluster gone, longer than ``convert.timeout_seconds`` for each of its files): the batch is then done here."""
+    from zarrchive.cluster import client_for
+
+    log = runlog.logger()
+    try:
+        with client_for(scheduler) as client:
+            future = client.submit(describe_files, items, work, settings, pure=False)
+            try:
+                return future.result(timeout=settings.timeout_seconds * len(items))
+            except BaseException:
+                future.cancel()
+                raise
+    except Exception as exc:  # the files are described here instead, each within its own time
+        log.warning("convert: the cluster could not describe these %d files (%s: %s); describing them here",
+                    len(items), type(exc).__name__, exc)
+        return None
 
 
 def probe_file(path: str, rel: str, entry: FileEntry, settings: ConvertSettings) -> str | None:

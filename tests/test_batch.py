@@ -70,6 +70,102 @@ def test_a_batch_fails_its_bad_item_alone_and_keeps_each_items_lineage(tmp_path,
         assert any(a.endswith(f"-compress-{image}") for a in actions), image
 
 
+
+def _convert_items(tmp_path):
+    """Three small OME-TIFFs and a broken TIFF, staged, as a convert batch's items."""
+    import hashlib
+
+    from zarrchive.records import FileRecord
+
+    folder = tmp_path / "staged"
+    paths = []
+    for i in range(3):
+        paths.append(ome_tiff(folder / f"f{i}.ome.tif", random_image((2, 1, 24, 20), seed=i), "CZYX",
+                              {"x": 0.5, "y": 0.5}, channels=["DNA", "actin"]))
+    (folder / "broken.tif").write_bytes(b"II*\x00" + b"\x00" * 12)
+    paths.append(folder / "broken.tif")
+    return [(FileRecord(path=p.name, source_uri=str(p), staged_path=str(p), size=p.stat().st_size,
+                        sha256=hashlib.sha256(p.read_bytes()).hexdigest(), kind="image"), None, {}) for p in paths]
+
+
+def test_a_convert_batch_is_described_on_a_worker_each_file_alone_as_it_would_be_here(tmp_path, scheduler,
+                                                                                        monkeypatch):
+    """With the run's cluster, a batch's files are read by a worker: the same images and the same error (named,
+    the others going on) as in the flow's process, each file's lineage timed where it was described; nothing is
+    read in this process (its convert_file refuses every file)."""
+    import datetime as dt
+
+    from zarrchive.batch import ItemFailed
+    from zarrchive.config import load_settings
+    from zarrchive.tasks import convert as convert_mod
+
+    items, settings = _convert_items(tmp_path), load_settings(None).convert
+    work = str(tmp_path / "work")
+    here = convert_mod.convert_batch.__wrapped__(items, work, settings, "4 files").data
+    before = dt.datetime.now(dt.timezone.utc)
+
+    def refused(*args, **kwargs):
+        raise AssertionError("read in the flow's process")
+
+    monkeypatch.setattr(convert_mod, "convert_file", refused)
+    there = convert_mod.convert_batch.__wrapped__(items, work, settings, "4 files", scheduler).data
+    assert [type(r) for r in there] == [type(r) for r in here] and isinstance(there[3], ItemFailed)
+    assert there[3].error == here[3].error and there[3].error.startswith("InputError: broken.tif")
+    for a, b in zip(here[:3], there[:3]):
+        assert a.output == b.output
+        assert [tuple(i.channel_names) for i in b.output] == [("DNA", "actin")]
+        assert before <= b.lineage.started <= b.lineage.ended <= dt.datetime.now(dt.timezone.utc)
+        assert b.lineage.stage == "convert" and (b.lineage.inputs, b.lineage.outputs) == (a.lineage.inputs,
+                                                                                          a.lineage.outputs)
+
+
+
+def test_what_a_file_s_description_warns_on_a_worker_goes_with_its_result(tmp_path, monkeypatch):
+    """A worker has no run log: the warnings a file's description logs (zarrchive's logger, its own thread) are
+    returned with that file, for the batch to log in the run; another thread's are not."""
+    import threading
+
+    from zarrchive import runlog
+    from zarrchive.config import load_settings
+    from zarrchive.tasks import convert as convert_mod
+
+    def describing(file, *args):
+        runlog.logger().warning("%s: its plate layout cannot be read", file.path)
+        other = threading.Thread(target=lambda: runlog.logger().warning("another thread's line"))
+        other.start()
+        other.join()
+        if file.path == "broken.tif":
+            raise ValueError("no images")
+        return []
+
+    monkeypatch.setattr(convert_mod, "convert_file", describing)
+    done = convert_mod.describe_files(_convert_items(tmp_path), str(tmp_path / "work"), load_settings(None).convert)
+    assert [d.said for d in done] == [(f"{name}: its plate layout cannot be read",) for name in (
+        "f0.ome.tif", "f1.ome.tif", "f2.ome.tif", "broken.tif")]
+    assert [d.error for d in done] == [None, None, None, "ValueError: no images"]
+
+
+def test_a_convert_batch_the_cluster_cannot_do_is_done_in_the_flows_process(tmp_path, caplog):
+    """A cluster that does not do the batch in its time (here: a scheduler with no worker): the files are
+    described in the flow's process, with a warning saying why, and each gives its images or its error."""
+    import logging
+
+    from distributed import LocalCluster
+
+    from zarrchive.batch import ItemFailed
+    from zarrchive.config import load_settings
+    from zarrchive.tasks.convert import convert_batch
+
+    items = _convert_items(tmp_path)
+    settings = load_settings(None).convert.model_copy(update={"timeout_seconds": 1.0})
+    idle = LocalCluster(n_workers=0, processes=False, dashboard_address=":0", protocol="tcp://", host="127.0.0.1")
+    with idle, caplog.at_level(logging.WARNING, logger="zarrchive"):
+        results = convert_batch.__wrapped__(items, str(tmp_path / "work"), settings, "4 files",
+                                            idle.scheduler_address).data
+    assert [len(r.output) for r in results[:3]] == [1, 1, 1] and isinstance(results[3], ItemFailed)
+    assert "the cluster could not describe these 4 files" in caplog.text
+
+
 def test_a_batch_reuses_what_an_earlier_run_compressed_so_a_new_version_shares_the_unchanged_images(tmp_path,
                                                                                                    config_file):
     from zarrchive.flows.ingest import ingest

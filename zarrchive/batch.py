@@ -64,7 +64,8 @@ def name(noun: str, names: list[str]) -> str:
 
 def run(stage: str, items: list[Any], call: Callable[..., Any], shown: Callable[[Any], str],
         ahead: int = 0) -> Any:
-    """Do each item with ``call(*item)``; its result, or an ``ItemFailed`` naming its error, in order. The task
+    """Do each item with ``call(*item)``; its result, or an ``ItemFailed`` naming its error (raised, or returned by
+    ``call`` for an item whose work failed elsewhere), in order. The task
     run ends Completed with a message counting what failed (each failure is in the log and in the results).
 
     With ``ahead``, ``call(*item)`` only begins an item (its work goes on elsewhere, on a cluster) and returns
@@ -80,11 +81,12 @@ def run(stage: str, items: list[Any], call: Callable[..., Any], shown: Callable[
     def settle(i: int, fn: Callable[..., Any], *args: Any) -> bool:
         try:
             results[i] = fn(*args)
-            return True
         except Exception as exc:  # this item fails alone
-            log.warning("%s %s failed: %s: %s", stage, shown(items[i]), type(exc).__name__, exc)
             results[i] = ItemFailed(error=f"{type(exc).__name__}: {exc}")
+        if isinstance(results[i], ItemFailed):  # (raised here, or failed where the work was done)
+            log.warning("%s %s failed: %s", stage, shown(items[i]), results[i].error)
             return False
+        return True
 
     try:
         for i, item in enumerate(items):

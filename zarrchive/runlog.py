@@ -8,6 +8,7 @@ time left) at most every ``PROGRESS_SECONDS`` and at every tenth.
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from typing import Callable
 
@@ -17,7 +18,10 @@ PROGRESS_SECONDS = 30.0
 
 
 def logger() -> logging.Logger | logging.LoggerAdapter:
-    """The current Prefect run's logger; zarrchive's own logger outside a run."""
+    """The current Prefect run's logger; zarrchive's own logger outside a run (and in a process that never
+    imported Prefect, such as a Dask worker, which has no run: it is not imported for that)."""
+    if "prefect" not in sys.modules:
+        return logging.getLogger("zarrchive")
     try:
         from prefect import get_run_logger
 

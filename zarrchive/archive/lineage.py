@@ -116,14 +116,15 @@ def traced(stage: str, fn: Callable[..., T], *args: Any, image_id: str | None = 
 
 
 def trace(stage: str, output: T, started: dt.datetime, *args: Any, image_id: str | None = None,
-          **kwargs: Any) -> Traced[T]:
+          ended: dt.datetime | None = None, host: str | None = None, **kwargs: Any) -> Traced[T]:
     """The lineage of work on ``args`` and ``kwargs`` begun at ``started`` that has just given ``output``.
 
     Inputs are the entities of the record arguments (plus the ``sources()`` a
     result declares it read), outputs those of the result, parameters the
-    configuration sections among the arguments.
+    configuration sections among the arguments. Work done elsewhere (on a Dask
+    worker) gives when it ``ended`` and the ``host`` it ran on.
     """
-    ended = dt.datetime.now(dt.timezone.utc)
+    ended = ended or dt.datetime.now(dt.timezone.utc)
     flow_run_id, task_run_id, run_url = _prefect_ids()
     record = LineageRecord(
         stage=stage,
@@ -134,7 +135,7 @@ def trace(stage: str, output: T, started: dt.datetime, *args: Any, image_id: str
         software=versions(),
         started=started,
         ended=ended,
-        host=socket.gethostname(),
+        host=host or socket.gethostname(),
         flow_run_id=flow_run_id,
         task_run_id=task_run_id,
         run_url=run_url,
