@@ -173,6 +173,12 @@ def _overrides(overrides: dict[str, Any] | None, codec_profile: str) -> dict[str
 
 def _convert(files: list[FileRecord], entries: dict[str, FileEntry], work: str, settings: Settings,
              companions_of: Callable[[FileRecord], dict[str, str]], scheduler: str | None = None) -> list:
+    """The convert stage's task runs. Its batches are described on the cluster (``convert_batch``) when the run
+    has ``batch.describe_on_cluster`` small files or more: below that, what it saves does not pay for the
+    workers' first import of the readers."""
+    small = sum(1 for f in files if f.size <= settings.batch.small_bytes)
+    if small < settings.batch.describe_on_cluster:
+        scheduler = None
     return fan_out(
         files, lambda f: f.size, settings.batch,
         one=lambda f: convert.submit(f, entries[f.path], work, settings.convert, companions_of(f)),

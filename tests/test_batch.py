@@ -44,7 +44,8 @@ def test_a_batch_fails_its_bad_item_alone_and_keeps_each_items_lineage(tmp_path,
     ome_tiff(sub / "big.ome.tif", random_image((1, 1, 128, 128), seed=9), "CZYX", {"x": 0.5, "y": 0.5})
     files.append({"path": "big.ome.tif"})
     submission(sub, files)
-    config = config_file(publish={"on_image_error": "skip_image"}, batch={"small_bytes": 20000, "parallel": 1})
+    config = config_file(publish={"on_image_error": "skip_image"},
+                         batch={"small_bytes": 20000, "parallel": 1, "describe_on_cluster": 0})
     state = ingest_submission(submission=str(sub), archive=str(tmp_path / "archive"), config=config,
                               create_archive=True, return_state=True)
     pub = state.result(raise_on_failure=False).data  # (partly published: the run says so, Failed)
@@ -68,6 +69,13 @@ def test_a_batch_fails_its_bad_item_alone_and_keeps_each_items_lineage(tmp_path,
     actions = {n["@id"] for n in crate["@graph"] if n.get("@type") == "CreateAction"}
     for image in ("f0", "f1", "f2", "f3", "big"):
         assert any(a.endswith(f"-compress-{image}") for a in actions), image
+    # the batch's files were described on a worker (describe_on_cluster: 0): each keeps its lineage in this run
+    converted = {n["object"][0]["@id"]: n for n in crate["@graph"]
+                 if n.get("@type") == "CreateAction" and n.get("zarrchive:stage") == "convert"}
+    assert set(converted) == {f"originals/f{i}.ome.tif" for i in range(4)} | {"originals/big.ome.tif"}
+    for action in converted.values():
+        assert action["zarrchive:prefectFlowRun"] == str(state.state_details.flow_run_id)
+        assert action["zarrchive:prefectTaskRun"] and action["startTime"] <= action["endTime"]
 
 
 

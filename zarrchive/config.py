@@ -327,8 +327,11 @@ class BatchSettings(Section):
     small_bytes: int = Field(default=64 << 20, ge=0)  # an item above this runs alone (0: every item alone)
     parallel: int = Field(default=2, ge=1)  # at least this many batches when there are items enough (they run at
     #                                         once; a batch's items one after another, compress's a few ahead)
+    describe_on_cluster: int = Field(default=200, ge=0)  # a run with at least this many small files has their
+    #                                         headers read on the cluster's workers, a batch a Dask task (0: always)
 
-    operational: ClassVar[frozenset[str]] = frozenset({"images", "bytes", "small_bytes", "parallel"})
+    operational: ClassVar[frozenset[str]] = frozenset({"images", "bytes", "small_bytes", "parallel",
+                                                       "describe_on_cluster"})
 
 
 class Settings(Section):
