@@ -16,6 +16,7 @@ writing every level of the pyramid from it.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import logging
@@ -24,7 +25,7 @@ import os
 import posixpath
 import socket
 import threading
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, Iterator, NamedTuple
 
 import fsspec
 import numpy as np
@@ -387,10 +388,37 @@ class _Said(logging.Handler):
             self.lines.append(record.getMessage())
 
 
+@contextlib.contextmanager
+def _within(seconds: float) -> Iterator[None]:
+    """Raise ``TimeoutError`` in this thread once it has spent ``seconds`` in the block, at its next Python
+    instruction (as Prefect's ``timeout`` does in a thread; a worker does without Prefect). A read blocked in the
+    kernel or in a library's C code is not interrupted."""
+    import ctypes
+
+    thread, lock, inside = threading.get_ident(), threading.Lock(), [True]
+
+    def expire() -> None:
+        with lock:
+            if inside[0]:
+                ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread), ctypes.py_object(TimeoutError))
+
+    timer = threading.Timer(seconds, expire)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        with lock:
+            inside[0] = False
+            ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread), None)  # (one raised too late: dropped)
+        timer.cancel()
+
+
 def describe_files(items: list[tuple[FileRecord, FileEntry | None, dict[str, str]]], work: str,
                    settings: ConvertSettings) -> list[Described]:
-    """Run on a Dask worker: ``convert_file`` for each item, one after another; a file that fails is its error,
-    and the others go on."""
+    """Run on a Dask worker: ``convert_file`` for each item, one after another, each within
+    ``convert.timeout_seconds``; a file that fails is its error (as ``convert`` would raise it in the flow), and
+    the others go on."""
     host, done, said = socket.gethostname(), [], _Said()
     log = logging.getLogger("zarrchive")
     log.addHandler(said)
@@ -398,7 +426,12 @@ def describe_files(items: list[tuple[FileRecord, FileEntry | None, dict[str, str
         for file, entry, companions in items:
             started = dt.datetime.now(dt.timezone.utc)
             try:
-                images, error = convert_file(file, entry, work, settings, companions), None
+                try:
+                    with _within(settings.timeout_seconds):
+                        images, error = convert_file(file, entry, work, settings, companions), None
+                except TimeoutError:
+                    raise StageTimeout(file.path, f"reading its headers took longer than convert.timeout_seconds "
+                                                  f"({settings.timeout_seconds:.0f} s): refused") from None
             except Exception as exc:  # this file fails alone
                 images, error = None, f"{type(exc).__name__}: {exc}"
             done.append(Described(images, error, started, dt.datetime.now(dt.timezone.utc), host, tuple(said.lines)))

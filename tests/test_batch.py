@@ -153,6 +153,35 @@ def test_what_a_file_s_description_warns_on_a_worker_goes_with_its_result(tmp_pa
     assert [d.error for d in done] == [None, None, None, "ValueError: no images"]
 
 
+
+def test_a_file_whose_description_outlasts_its_time_on_a_worker_fails_alone(tmp_path, monkeypatch):
+    """On a worker (no Prefect there), a file that keeps the reader busy past convert.timeout_seconds fails with
+    the error convert gives in the flow, the thread is freed for the next file, and a file that ends in time is
+    not interrupted afterwards."""
+    import time
+
+    from zarrchive.config import load_settings
+    from zarrchive.tasks import convert as convert_mod
+
+    real = convert_mod.convert_file
+
+    def describing(file, *args):
+        if file.path == "f1.ome.tif":
+            while True:  # a reader looping on a hostile file
+                time.sleep(0.01)
+        return real(file, *args)
+
+    monkeypatch.setattr(convert_mod, "convert_file", describing)
+    settings = load_settings(None).convert.model_copy(update={"timeout_seconds": 0.5})
+    started = time.monotonic()
+    done = convert_mod.describe_files(_convert_items(tmp_path), str(tmp_path / "work"), settings)
+    assert time.monotonic() - started < 10
+    assert done[1].error == ("StageTimeout: f1.ome.tif: reading its headers took longer than "
+                             "convert.timeout_seconds (0 s): refused")
+    assert [len(d.images) for d in (done[0], done[2])] == [1, 1] and done[3].error.startswith("InputError")
+    time.sleep(0.7)  # past the time of the last file begun: nothing is raised in this thread later
+
+
 def test_a_convert_batch_the_cluster_cannot_do_is_done_in_the_flows_process(tmp_path, caplog):
     """A cluster that does not do the batch in its time (here: a scheduler with no worker): the files are
     described in the flow's process, with a warning saying why, and each gives its images or its error."""
