@@ -345,19 +345,19 @@ def convert_batch(items: list[tuple[FileRecord, FileEntry | None, dict[str, str]
     flow would otherwise read them one file after another under its one lock while the workers wait for the
     compress stage. Each file keeps its log lines, its lineage (timed where it was described) and fails alone;
     when the cluster cannot do the batch (a worker lost, past its time), it is done here, as without one."""
-    faults.point("convert.start")
     described = _on_cluster(items, work, settings, scheduler) if scheduler else None
 
     def one(i: int, file: FileRecord, entry: FileEntry | None, companions: dict[str, str]):
         if described is None:
             return convert.__wrapped__(file, entry, work, settings, companions)
+        faults.point("convert.start")  # (in the flow's process, for each file, as convert)
         done = described[i]
+        for said in done.said:
+            runlog.logger().warning("%s", said)
         if done.error is not None:
             return batch.ItemFailed(error=done.error)
         result = trace("convert", done.images, done.started, file, entry, work, settings, companions,
                        ended=done.ended, host=done.host)
-        for said in done.said:
-            runlog.logger().warning("%s", said)
         _log_converted(file, done.images)
         return result
 

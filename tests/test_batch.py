@@ -30,7 +30,7 @@ def test_there_are_batches_enough_to_keep_the_cluster_busy():
     assert [len(g) for g in plan(range(3), lambda _: 1, settings)] == [1, 1, 1]
 
 
-def test_a_batch_fails_its_bad_item_alone_and_keeps_each_items_lineage(tmp_path, config_file):
+def test_a_batch_fails_its_bad_item_alone_and_keeps_each_items_lineage(tmp_path, config_file, monkeypatch):
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter
 
@@ -46,6 +46,15 @@ def test_a_batch_fails_its_bad_item_alone_and_keeps_each_items_lineage(tmp_path,
     submission(sub, files)
     config = config_file(publish={"on_image_error": "skip_image"},
                          batch={"small_bytes": 20000, "parallel": 1, "describe_on_cluster": 0})
+    from zarrchive.tasks import convert as convert_mod
+
+    real = convert_mod.convert_file
+
+    def here_only_the_large_one(file, *args):  # the batch's files are described on a worker, not here
+        assert file.path == "big.ome.tif", f"{file.path} was read in the flow's process"
+        return real(file, *args)
+
+    monkeypatch.setattr(convert_mod, "convert_file", here_only_the_large_one)
     state = ingest_submission(submission=str(sub), archive=str(tmp_path / "archive"), config=config,
                               create_archive=True, return_state=True)
     pub = state.result(raise_on_failure=False).data  # (partly published: the run says so, Failed)
@@ -154,6 +163,33 @@ def test_what_a_file_s_description_warns_on_a_worker_goes_with_its_result(tmp_pa
 
 
 
+
+def test_a_batch_logs_in_the_run_what_each_file_s_description_said_on_the_worker(tmp_path, monkeypatch, caplog):
+    """What the worker returns is logged by the batch: each file's warnings (a failed file's too, before its
+    failure), its images' lines, and its failure named."""
+    import datetime as dt
+    import logging
+
+    from zarrchive.batch import ItemFailed
+    from zarrchive.config import load_settings
+    from zarrchive.tasks import convert as convert_mod
+
+    items, settings = _convert_items(tmp_path), load_settings(None).convert
+    now = dt.datetime.now(dt.timezone.utc)
+    described = [convert_mod.Described(convert_mod.convert_file(*item[:2], str(tmp_path / "w"), settings, item[2])
+                                       if i < 3 else None, None if i < 3 else "InputError: broken.tif: damaged",
+                                       now, now, "worker-host", (f"{item[0].path}: said on the worker",))
+                 for i, item in enumerate(items)]
+    monkeypatch.setattr(convert_mod, "_on_cluster", lambda *args: described)
+    with caplog.at_level(logging.INFO, logger="zarrchive"):
+        results = convert_mod.convert_batch.__wrapped__(items, str(tmp_path / "w"), settings, "4 files",
+                                                        "tcp://nowhere:1").data
+    for item in items:
+        assert f"{item[0].path}: said on the worker" in caplog.text
+    assert "convert f0.ome.tif: f0, c=2" in caplog.text and "convert broken.tif failed: InputError" in caplog.text
+    assert [r.lineage.host for r in results[:3]] == ["worker-host"] * 3 and isinstance(results[3], ItemFailed)
+
+
 def test_a_file_whose_description_outlasts_its_time_on_a_worker_fails_alone(tmp_path, monkeypatch):
     """On a worker (no Prefect there), a file that keeps the reader busy past convert.timeout_seconds fails with
     the error convert gives in the flow, the thread is freed for the next file, and a file that ends in time is
@@ -190,6 +226,7 @@ def test_a_convert_batch_the_cluster_cannot_do_is_done_in_the_flows_process(tmp_
     from distributed import LocalCluster
 
     from zarrchive.batch import ItemFailed
+    from zarrchive.cluster import release_clients
     from zarrchive.config import load_settings
     from zarrchive.tasks.convert import convert_batch
 
@@ -199,6 +236,7 @@ def test_a_convert_batch_the_cluster_cannot_do_is_done_in_the_flows_process(tmp_
     with idle, caplog.at_level(logging.WARNING, logger="zarrchive"):
         results = convert_batch.__wrapped__(items, str(tmp_path / "work"), settings, "4 files",
                                             idle.scheduler_address).data
+        release_clients(idle.scheduler_address)
     assert [len(r.output) for r in results[:3]] == [1, 1, 1] and isinstance(results[3], ItemFailed)
     assert "the cluster could not describe these 4 files" in caplog.text
 
