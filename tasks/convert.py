@@ -316,10 +316,14 @@ def convert(
         with timeout(settings.timeout_seconds):
             result = traced("convert", convert_file, file, entry, work, settings, companions)
     except TimeoutError:
-        raise StageTimeout(file.path, f"reading its headers took longer than convert.timeout_seconds "
-                                      f"({settings.timeout_seconds:.0f} s): refused") from None
+        raise _too_long(file, settings) from None
     _log_converted(file, result.output)
     return result
+
+
+def _too_long(file: FileRecord, settings: ConvertSettings) -> StageTimeout:
+    return StageTimeout(file.path, f"reading its headers took longer than convert.timeout_seconds "
+                                   f"({settings.timeout_seconds:.0f} s): refused")
 
 
 def _log_converted(file: FileRecord, images: list[ImageRecord]) -> None:
@@ -430,8 +434,7 @@ def describe_files(items: list[tuple[FileRecord, FileEntry | None, dict[str, str
                     with _within(settings.timeout_seconds):
                         images, error = convert_file(file, entry, work, settings, companions), None
                 except TimeoutError:
-                    raise StageTimeout(file.path, f"reading its headers took longer than convert.timeout_seconds "
-                                                  f"({settings.timeout_seconds:.0f} s): refused") from None
+                    raise _too_long(file, settings) from None
             except Exception as exc:  # this file fails alone
                 images, error = None, f"{type(exc).__name__}: {exc}"
             done.append(Described(images, error, started, dt.datetime.now(dt.timezone.utc), host, tuple(said.lines)))
