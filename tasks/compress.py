@@ -57,7 +57,9 @@ from zarrchive.units import human_size
 LOCAL = fsspec.filesystem("file")
 
 REGION_BYTES = 128 << 20  # level-0 pixels per streaming task at most: a run of whole shards along x
-MEMORY_SHARE = 8  # a task holds up to ~6.5x its region (source, halved, encoded, read back, the mean's sums)
+# a task's arrays peak at about 1.5x its region (the source, then its encoded objects or one read back; the next level
+# is halved in bands, blocks.downsample): 97 MiB for a 64 MiB region, by tracemalloc; the rest is the worker's own
+MEMORY_SHARE = 8
 
 def shard_shape(axes: list[str], shape: tuple[int, ...], chunks: tuple[int, ...],
                 settings: CompressSettings) -> tuple[int, ...] | None:

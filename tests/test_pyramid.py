@@ -10,7 +10,8 @@ from hypothesis import given, settings as hsettings, strategies as st
 from hypothesis.extra.numpy import arrays
 
 from builders import ome_tiff, random_image
-from zarrchive.pixels.blocks import downsample_mean
+from zarrchive.pixels import blocks
+from zarrchive.pixels.blocks import downsample, downsample_mean
 from zarrchive.records import FileRecord, Level
 from zarrchive.tasks.convert import convert_file
 from zarrchive.tasks.pyramid import build_pyramid, plan_levels
@@ -51,6 +52,39 @@ def test_integer_means_round_to_nearest_even_over_any_axes(a, axes):
 def _split_axes(ndim: int, axes: tuple[int, ...]) -> list[bool]:
     """For the reshaped array: True at each new axis of block offsets (after every halved axis)."""
     return [flag for i in range(ndim) for flag in ((False, True) if i in axes else (False,))]
+
+
+@given(st.sampled_from(["u1", "u2", "i4", "u8", "f4", "f8", "?"]).flatmap(
+    lambda dtype: arrays(np.dtype(dtype), st.tuples(st.integers(1, 4), st.integers(1, 11), st.integers(1, 11)))),
+    st.sampled_from([(1, 2), (0, 1, 2), (2,), (0,), (0, 2)]), st.sampled_from(["mean", "mode"]),
+    st.integers(1, 200))
+@hsettings(max_examples=150, deadline=None)
+def test_a_block_halved_in_bands_is_halved_as_a_whole(a, axes, method, band_bytes):
+    # bands of any size, odd ends included: every 2-block lies in one band, so the bits are those of one call
+    whole = blocks.DOWNSAMPLERS[method](a, axes)
+    saved = blocks.BAND_BYTES
+    blocks.BAND_BYTES = band_bytes
+    try:
+        banded = downsample(a, axes, method)
+    finally:
+        blocks.BAND_BYTES = saved
+    assert banded.dtype == whole.dtype and banded.shape == whole.shape
+    np.testing.assert_array_equal(blocks.bits(banded), blocks.bits(whole))
+
+
+def test_halving_a_large_block_holds_little_more_than_its_output():
+    import tracemalloc
+
+    a = np.random.default_rng(0).integers(0, 65535, (8, 1024, 1024), dtype=np.uint16)  # 16 MiB
+    tracemalloc.start()
+    try:
+        out = downsample(a, (1, 2), "mean")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert out.nbytes == a.nbytes // 4
+    # the output (4 MiB) and the working arrays of one band; halved at once, the int32 sums took 9x the output
+    assert peak < out.nbytes + 4 * blocks.BAND_BYTES, peak
 
 
 def test_downsample_float_and_bool():

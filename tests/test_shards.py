@@ -123,3 +123,21 @@ def test_a_lossy_codec_is_caught(tmp_path):
     lossy = dataclasses.replace(writer, decode=lambda data: writer.decode(data) // 2 * 2)
     with pytest.raises(VerificationError, match="other pixels"):
         lossy.write((slice(0, 8), slice(0, 8)), np.arange(64, dtype=np.uint16).reshape(8, 8) + 1)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("where", [(0, 0), (1, 1), (3, 3), (0, 3)])  # inside the array, or in the padding beyond it
+def test_a_chunk_cut_by_the_array_end_is_proven_inside_and_in_its_padding(tmp_path, layout, where):
+    create(tmp_path / "a", (10, 10), (4, 4), (8, 8), "uint16", layout)
+    writer = ArrayWriter.open(str(tmp_path / "a"))
+    region = (slice(8, 10), slice(8, 10))  # the last object (a shard or a chunk), two by two inside the array
+
+    def decode(data):  # the codec gives back one other pixel of the whole (padded) chunk
+        chunk = writer.decode(data).copy()
+        chunk[where] ^= 1
+        return chunk
+
+    with pytest.raises(VerificationError, match="other pixels"):
+        dataclasses.replace(writer, decode=decode).write(region, np.full((2, 2), 7, np.uint16))
+    writer.write(region, np.full((2, 2), 7, np.uint16))  # and the true codec proves it
+    assert zarr.open_array(str(tmp_path / "a"), mode="r")[8:, 8:].tolist() == [[7, 7], [7, 7]]

@@ -100,6 +100,30 @@ def downsample_mode(block: np.ndarray, axes: tuple[int, ...] = (-2, -1)) -> np.n
 DOWNSAMPLERS = {"mean": downsample_mean, "mode": downsample_mode}
 
 
+BAND_BYTES = 4 << 20  # a block is halved a band of about this many bytes at a time
+
+
 def downsample(block: np.ndarray, axes: tuple[int, ...], method: str) -> np.ndarray:
-    """Halve ``block`` along ``axes`` with the level's method: ``mean`` (intensities) or ``mode`` (labels)."""
-    return DOWNSAMPLERS[method](block, axes)
+    """Halve ``block`` along ``axes`` with the level's method: ``mean`` (intensities) or ``mode`` (labels).
+
+    The block is halved in bands along its outermost halved axis, each an even number of rows but the last,
+    into the output: the working arrays (a mean's wider sums, a mode's counts) are then those of a band, not
+    several times the block's bytes. Every 2-block lies in one band, so the result is the same."""
+    method_of = DOWNSAMPLERS[method]
+    axes = tuple(sorted(a % block.ndim for a in axes))
+    outer = axes[0]
+    row = block.nbytes // max(1, block.shape[outer])
+    step = max(2, (BAND_BYTES // max(1, row)) // 2 * 2)
+    if step >= block.shape[outer]:
+        return method_of(block, axes)
+    out = None
+    for start in range(0, block.shape[outer], step):
+        pick = [slice(None)] * block.ndim
+        pick[outer] = slice(start, start + step)
+        part = method_of(block[tuple(pick)], axes)
+        if out is None:
+            shape = [-(-n // 2) if i in axes else n for i, n in enumerate(block.shape)]
+            out = np.empty(shape, dtype=part.dtype)
+        pick[outer] = slice(start // 2, start // 2 + part.shape[outer])
+        out[tuple(pick)] = part
+    return out

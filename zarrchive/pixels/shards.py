@@ -101,6 +101,8 @@ class ArrayWriter:
         return stored
 
     def _write_object(self, target: str, block: np.ndarray) -> tuple[int, tuple[int, str] | None]:
+        # what a write holds at once: ``block``, one chunk's contiguous copy, the encoded chunks until they are
+        # written, then the object read back; the chunks to prove are kept as views of ``block``, not copies
         inner = [c // k for c, k in zip(self.objects, self.chunks)] if self.sharded else [1] * len(self.chunks)
         pieces, table, offset, proven = [], np.full((int(np.prod(inner)), 2), ABSENT, dtype="<u8"), 0, 0
         expected: list[tuple[int, np.ndarray]] = []
@@ -108,15 +110,15 @@ class ArrayWriter:
             origin = [p * k for p, k in zip(position, self.chunks)]
             if any(o >= b for o, b in zip(origin, block.shape)):
                 continue  # beyond the array's end
-            chunk = self._padded(block[tuple(slice(o, o + k) for o, k in zip(origin, self.chunks))])
+            view = block[tuple(slice(o, o + k) for o, k in zip(origin, self.chunks))]
             proven += 1
-            if bits(chunk).flat[0] == self.fill[0] and np.all(bits(chunk) == self.fill[0]):
+            if bits(view).flat[0] == self.fill[0] and np.all(bits(view) == self.fill[0]):
                 continue  # only the fill value (bit for bit), which is what a missing chunk reads as: not stored
-            data = self.encode(chunk)
+            data = self.encode(self._padded(view))
             pieces.append(data)
             table[i] = (offset, len(data))
             offset += len(data)
-            expected.append((i, chunk))
+            expected.append((i, view))
         if not pieces:
             if os.path.exists(target):
                 os.remove(target)
@@ -125,8 +127,8 @@ class ArrayWriter:
             index_bytes = table.tobytes()
             pieces.append(index_bytes + _crc32c(index_bytes))
         _write_atomically(target, pieces)
-        stored = self._prove(target, table, expected)
-        return proven, (len(stored), hashlib.sha256(stored).hexdigest())
+        pieces.clear()  # the object is read back from the file to prove it: the bytes written are not needed
+        return proven, self._prove(target, table, expected)
 
     def _padded(self, chunk: np.ndarray) -> np.ndarray:
         """A chunk cut by the array's end, padded with the fill value to the whole chunk (as zarr stores it)."""
@@ -137,8 +139,9 @@ class ArrayWriter:
         whole[tuple(slice(0, n) for n in chunk.shape)] = chunk
         return whole
 
-    def _prove(self, target: str, table: np.ndarray, expected: list[tuple[int, np.ndarray]]) -> bytes:
-        """The stored object, read back: every chunk decodes to the pixels written (raises otherwise)."""
+    def _prove(self, target: str, table: np.ndarray, expected: list[tuple[int, np.ndarray]]) -> tuple[int, str]:
+        """Size and sha256 of the stored object, read back: every chunk decodes to the pixels written (``expected``:
+        each chunk's index and pixels, cut by the array's end where it ends; raises otherwise)."""
         with open(target, "rb") as fh:
             stored = fh.read()
         if self.sharded:
@@ -152,9 +155,20 @@ class ArrayWriter:
                 decoded = self.decode(stored[start:start + length])
             except Exception as exc:
                 raise VerificationError(f"{target}: chunk {i} cannot be decoded: {type(exc).__name__}: {exc}") from exc
-            if decoded.shape != chunk.shape or not np.array_equal(bits(decoded), bits(chunk)):
+            if decoded.shape != self.chunks or not self._same(decoded, chunk):
                 raise VerificationError(f"{target}: chunk {i} decodes to other pixels than those written")
-        return stored
+        return len(stored), hashlib.sha256(stored).hexdigest()
+
+    def _same(self, decoded: np.ndarray, chunk: np.ndarray) -> bool:
+        """Whether a whole decoded chunk holds ``chunk``'s bits, and the fill value's beyond the array's end."""
+        if chunk.shape == self.chunks:
+            return np.array_equal(bits(decoded), bits(chunk))
+        inside = tuple(slice(0, n) for n in chunk.shape)
+        if not np.array_equal(bits(decoded[inside]), bits(chunk)):
+            return False
+        padding = np.ones(self.chunks, dtype=bool)
+        padding[inside] = False
+        return bool(np.all(bits(decoded)[padding] == self.fill[0]))
 
 
 def _write_atomically(target: str, pieces: list[bytes]) -> None:
