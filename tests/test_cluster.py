@@ -36,6 +36,38 @@ def test_a_local_cluster_is_started_for_the_run_and_closed_after():
         Client(address, timeout="2s", set_as_default=False)
 
 
+@pytest.mark.parametrize("configured, default, in_this_process", [
+    (None, True, False), (None, False, True), (True, False, False), (False, True, True)])
+def test_a_local_cluster_s_workers_are_processes_or_threads_as_configured_else_as_the_caller_says(
+        configured, default, in_this_process):
+    settings = ClusterSettings(n_workers=2, threads_per_worker=1, memory_limit="1GiB", processes=configured)
+    with cluster_for_run(settings, dashboard=False, processes=default) as address:
+        with client_for(address) as client:
+            pids = set(client.run(os.getpid).values())
+            assert len(client.scheduler_info()["workers"]) == 2
+            assert client.submit(sum, [1, 2]).result() == 3
+    assert (pids == {os.getpid()}) is in_this_process
+    assert len(pids) == (1 if in_this_process else 2)
+    with pytest.raises(OSError):
+        Client(address, timeout="2s", set_as_default=False)
+
+
+def test_zarrchive_convert_works_in_its_own_threads_unless_configured(tmp_path, monkeypatch):
+    from builders import ome_tiff, random_image
+    from zarrchive import cluster
+    from zarrchive.standalone import convert_to_ome_zarr
+
+    seen = []
+    real = cluster.local_cluster
+    monkeypatch.setattr(cluster, "local_cluster", lambda *a: seen.append(a[2]) or real(*a))
+    src = ome_tiff(tmp_path / "a.ome.tif", random_image((2, 64, 64), "uint16"), axes="ZYX")
+    for n, configured in enumerate([None, True]):
+        settings = load_settings(overrides={"cluster": {"n_workers": 1, "processes": configured}})
+        convert_to_ome_zarr(str(src), str(tmp_path / f"out{n}.ome.zarr"), settings)
+        assert zarr.open_array(str(tmp_path / f"out{n}.ome.zarr" / "0"), mode="r").shape[-3:] == (2, 64, 64)
+    assert seen == [False, True]
+
+
 RUN_WITH_A_CLUSTER = """
 import sys
 from prefect import flow

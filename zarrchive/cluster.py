@@ -51,14 +51,17 @@ def worker_malloc(memory_limit: int | None) -> dict[str, int]:
 
 
 @contextlib.contextmanager
-def cluster_for_run(settings: ClusterSettings, dashboard: bool = True) -> Iterator[str]:
+def cluster_for_run(settings: ClusterSettings, dashboard: bool = True, processes: bool = True) -> Iterator[str]:
     """Yield the scheduler address of the run's cluster (started here unless ``settings.address`` is given);
-    a LocalCluster started without ``dashboard`` starts faster (no Bokeh), for callers that show no link."""
+    a LocalCluster started without ``dashboard`` starts faster (no Bokeh), for callers that show no link; its
+    workers are processes, or threads of this process, as ``cluster.processes`` says (unset: ``processes``)."""
     distributed_log_level(settings.log_level)
     if settings.kind == "address":
         yield settings.address
         return
-    cluster = slurm_cluster(settings) if settings.kind == "slurm" else local_cluster(settings, dashboard)
+    in_processes = processes if settings.processes is None else settings.processes
+    cluster = (slurm_cluster(settings) if settings.kind == "slurm"
+               else local_cluster(settings, dashboard, in_processes))
     try:
         if settings.kind == "slurm":
             submit_jobs(cluster, settings.slurm)
@@ -94,17 +97,20 @@ def local_sizes(settings: ClusterSettings) -> tuple[int, int]:
     return n_workers, parse_bytes(settings.memory_limit)
 
 
-def local_cluster(settings: ClusterSettings, dashboard: bool = True) -> LocalCluster:
-    """A LocalCluster of worker processes on loopback, with explicit memory limits and thresholds, and its
-    dashboard on a free port (unless not ``dashboard``)."""
+def local_cluster(settings: ClusterSettings, dashboard: bool = True, processes: bool = True) -> LocalCluster:
+    """A LocalCluster on loopback, of worker processes (or, without ``processes``, workers in this process's
+    threads), with explicit memory limits and thresholds, and its dashboard on a free port (unless not
+    ``dashboard``)."""
     n_workers, memory_limit = local_sizes(settings)
     malloc = {f"distributed.nanny.pre-spawn-environ.{k}": v for k, v in worker_malloc(memory_limit).items()}
     with dask.config.set(scheduler_config(settings) | worker_memory_config(settings.worker_memory) | malloc):
         # the nannies keep this configuration for the workers they start, restarts included
         return LocalCluster(n_workers=n_workers, threads_per_worker=settings.threads_per_worker,
-                            memory_limit=memory_limit, processes=True, host="127.0.0.1",
+                            memory_limit=memory_limit, processes=processes, host="127.0.0.1", protocol="tcp",
                             dashboard_address=":0" if dashboard else None,
-                            preload=list(WORKER_MODULES))  # imported as each worker starts, in parallel
+                            # imported as each worker process starts, in parallel; in this process the caller
+                            # imports them (an import in the cluster's thread could meet the caller's half done)
+                            preload=list(WORKER_MODULES) if processes else [])
 
 
 def slurm_cluster(settings: ClusterSettings) -> SLURMCluster:

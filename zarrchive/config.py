@@ -246,6 +246,7 @@ class ClusterSettings(Section):
     address: str | None = None
     n_workers: int | None = Field(default=None, ge=1)
     threads_per_worker: int = Field(ge=1)
+    processes: bool | None = None  # LocalCluster workers as processes, or threads of this process (None: the caller's)
     memory_limit: Annotated[str, AfterValidator(_memory_limit)]
     worker_memory: WorkerMemory = WorkerMemory()
     allowed_failures: int = Field(default=3, ge=0)

@@ -12,7 +12,9 @@ so the run's private work folder names it by its path, size and modification
 time, which are checked again at the end: a source that changed while it was
 being converted fails the call rather than giving an output of two files.
 The cluster's workers start in a thread while this process imports the
-readers, so a call costs little more than its pixel work.
+readers, so a call costs little more than its pixel work. They are threads
+of this process (``cluster.processes``): no worker process imports the pixel
+code again or holds its own copy of it.
 """
 
 from __future__ import annotations
@@ -53,8 +55,10 @@ def convert_to_ome_zarr(source: str, output: str, settings: Settings, progress: 
         progress(f"reading {path.name}")
         from zarrchive.cluster import cluster_for_run  # distributed first, so the workers start soonest
 
-        # no dashboard: there is no Prefect run to link it from
-        starting = pool.submit(stack.enter_context, cluster_for_run(settings.cluster, dashboard=False))
+        # no dashboard: there is no Prefect run to link it from; workers in this process's threads unless
+        # cluster.processes says otherwise (this call reads the file's headers here anyway)
+        starting = pool.submit(stack.enter_context, cluster_for_run(settings.cluster, dashboard=False,
+                                                                    processes=False))
         import zarr  # noqa: F401  (the heavy imports, while the workers start)
 
         import zarrchive.tasks.compress  # noqa: F401
