@@ -7,6 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+import pytest
+
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "run.py"
 
 
@@ -78,13 +81,19 @@ def test_the_real_samples_are_z_stacks_of_their_planes(tmp_path):
         assert np.array_equal(tif.pages[2].asarray(), data.immunohistochemistry()[..., 2])
 
 
-def test_the_many_images_benchmark_runs_and_writes_its_result(tmp_path):
+@pytest.mark.parametrize("shape", [[], ["--edge", "300", "--planes", "2", "--workers", "1"]],
+                         ids=["tiles", "z-stacks on a cluster started apart"])
+def test_the_many_images_benchmark_runs_and_writes_its_result(tmp_path, shape):
     out = tmp_path / "many.json"
-    done = subprocess.run([sys.executable, str(SCRIPT), "--many", "--images", "1,3", "--out", str(out)],
+    done = subprocess.run([sys.executable, str(SCRIPT), "--many", "--images", "1,3", *shape, "--out", str(out)],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads(out.read_text())
     assert set(result["sizes"]) == {"1", "3"} and all(s["ingest_s"] > s["bare_s"] > 0 for s in result["sizes"].values())
+    assert result["image"] == ({"edge": 300, "planes": 2, "dtype": "uint16"} if shape else
+                               {"edge": 256, "planes": 1, "dtype": "uint16"})
+    if shape:  # its workers started in the environment `zarrchive worker-env` prints, as README tells facilities
+        assert result["scale_out"]["1"]["images_per_s"] > 0 and "1 worker process(es): 3 images" in done.stdout
     assert result["fixed_s"] > 0 and "one more image" in done.stdout and "target: <= 10x" in done.stdout
 
 
@@ -113,3 +122,18 @@ def test_the_codec_brute_force_mode_prints_a_table_per_image_and_judges_the_prof
         assert {"compat", "max"} == set(image["chosen"]) and all(
             c in {row["codec"] for row in image["rows"]} for c in image["chosen"].values())
     assert done.stdout.count("(target: <= 1.03)") == 2 and "ome-zarr-py default" in done.stdout
+
+
+def test_the_many_images_benchmark_makes_different_images_of_the_shape_asked():
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        from many import tiles
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
+    flat = tiles(3)
+    assert all(t.shape == (256, 256) and t.dtype == np.uint16 for t in flat)
+    stacks = tiles(3, edge=600, planes=2)
+    assert all(t.shape == (2, 600, 600) and t.dtype == np.uint16 for t in stacks)
+    assert np.array_equal(stacks[0][0, :256, :256], flat[0])  # the first crop is the same image's first tile
+    crops = [s[k, a:a + 256, b:b + 256] for s in stacks for k in range(2) for a in (0, 256) for b in (0, 256)]
+    assert len({c.tobytes() for c in crops}) == len(crops)  # every crop a different one

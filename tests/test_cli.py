@@ -107,3 +107,49 @@ def test_demo_runs_on_the_embedded_defaults(tmp_path, prefect_server, capsys):
     assert "Unchanged: ZA000001 v1" in capsys.readouterr().out
     from conftest import SESSION_DIR
     assert list((SESSION_DIR / "cache" / "zarrchive" / "compress").glob("*.ome.zarr"))  # not the user's cache
+
+
+def test_worker_env_gives_a_facility_s_scheduler_and_workers_what_zarrchive_gives_its_own(tmp_path, capsys):
+    import os
+    import time
+    from pathlib import Path
+
+    from distributed import Client
+
+    assert main(["worker-env", "--memory-limit", "2GiB", "--json"]) == 0
+    env = json.loads(capsys.readouterr().out)["environment"]
+    assert env["MALLOC_TRIM_THRESHOLD_"] == str(256 << 20) and env["MALLOC_MMAP_THRESHOLD_"] == str(32 << 20)
+    assert env["DASK_DISTRIBUTED__WORKER__MEMORY__TERMINATE"] == "0.95"
+    assert main(["worker-env", "--memory-limit", "2GiB"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines == [f"export {k}={v}" for k, v in env.items()]
+    for bad in ("lots", "0", "-1GiB"):
+        assert main(["worker-env", f"--memory-limit={bad}"]) == 2
+        assert "is not a size of memory" in capsys.readouterr().err
+    # a scheduler and a worker started from a shell with those lines: the nanny's own default (glibc's trim at
+    # 64 KiB) gives way to them, in the worker process itself
+    bin_dir = Path(sys.executable).parent
+    shell = dict(os.environ, **env)
+    file = tmp_path / "scheduler.json"
+    procs = [subprocess.Popen([str(bin_dir / "dask"), "scheduler", "--host", "127.0.0.1", "--port", "0",
+                               "--no-dashboard", "--scheduler-file", str(file)], env=shell,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    try:
+        deadline = time.monotonic() + 60
+        while not file.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        procs.append(subprocess.Popen([str(bin_dir / "dask"), "worker", "--scheduler-file", str(file), "--nthreads",
+                                       "1", "--memory-limit", "2GiB", "--no-dashboard"], env=shell,
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        with Client(scheduler_file=str(file), timeout=60, set_as_default=False) as client:
+            client.wait_for_workers(1, timeout=60)
+            seen = list(client.run(lambda: {k: os.environ.get(k) for k in ("MALLOC_TRIM_THRESHOLD_",
+                                                                            "MALLOC_MMAP_THRESHOLD_")}).values())
+            failures = client.run_on_scheduler(
+                lambda dask_scheduler: dask_scheduler.allowed_failures)
+        assert seen == [{"MALLOC_TRIM_THRESHOLD_": str(256 << 20), "MALLOC_MMAP_THRESHOLD_": str(32 << 20)}]
+        assert failures == int(env["DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES"])
+    finally:
+        for proc in reversed(procs):
+            proc.terminate()
+            proc.wait(timeout=30)

@@ -13,6 +13,7 @@ import contextlib
 import json
 import logging
 import os
+import shlex
 import sys
 from pathlib import Path
 from typing import Any, Iterator, NoReturn, Sequence
@@ -164,6 +165,12 @@ def _parser() -> argparse.ArgumentParser:
     clean.add_argument("--config", help="YAML merged over configs/default.yaml (staging.root, staging.work)")
     clean.add_argument("--json", action="store_true")
 
+    workers = sub.add_parser("worker-env", help="the environment for a Dask scheduler and workers a facility starts "
+                                                "itself (cluster.address): export lines for a shell or job script")
+    workers.add_argument("--memory-limit", required=True, help="each worker's --memory-limit, e.g. 16GiB")
+    workers.add_argument("--config", help="YAML merged over configs/default.yaml (cluster.worker_memory)")
+    workers.add_argument("--json", action="store_true")
+
     submission = sub.add_parser("submission", help="help depositors prepare a submission")
     sub_cmds = submission.add_subparsers(dest="action", required=True)
     new = sub_cmds.add_parser("new", help="write a submission.yaml template listing the files in DIR")
@@ -251,6 +258,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _verify(args.target, args.archive, args.all, args.sample, args.json)
     if args.command == "clean":
         return _clean(args.config, args.json)
+    if args.command == "worker-env":
+        return _worker_env(args.memory_limit, args.config, args.json)
     if args.command == "deploy":
         return _deploy(args)
     if args.command == "release":
@@ -561,6 +570,31 @@ def _clean(config: str | None, as_json: bool) -> int:
         print(json.dumps({"status": "ok", "removed": removed}))
     else:
         print(f"removed {len(removed)} item(s) left by killed runs" + "".join(f"\n  {p}" for p in removed))
+    return EXIT_OK
+
+
+def _worker_env(memory_limit: str, config: str | None, as_json: bool) -> int:
+    """What zarrchive gives the workers it starts (memory thresholds, glibc's allocator thresholds) and their
+    scheduler (``cluster.allowed_failures``), for a cluster a facility starts itself: without the allocator's
+    thresholds, a worker's pixel work spends about as long again in page faults."""
+    from dask.utils import parse_bytes
+
+    from zarrchive.cluster import worker_malloc_environment, worker_memory_environment
+    from zarrchive.config import load_settings
+
+    try:
+        limit = parse_bytes(memory_limit)
+    except (ValueError, TypeError) as exc:
+        limit = exc
+    if not isinstance(limit, int) or limit <= 0:
+        raise ConfigError("--memory-limit", [f"{memory_limit!r} is not a size of memory (16GiB, 4000MB…)"])
+    cluster = load_settings(config).cluster
+    variables = (worker_memory_environment(cluster.worker_memory) + worker_malloc_environment(limit)
+                 + [("DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES", str(cluster.allowed_failures))])
+    if as_json:
+        print(json.dumps({"status": "ok", "environment": dict(variables)}))
+    else:
+        print("\n".join(f"export {name}={shlex.quote(value)}" for name, value in variables))
     return EXIT_OK
 
 
