@@ -13,8 +13,10 @@ download), each tile a different crop, written as OME-TIFF; with ``--edge`` and 
   fixed cost of a run (the intercept) follow.
 
 With ``--workers``, the largest submission is ingested again against a Dask scheduler and workers started as
-separate processes (``dask scheduler``, ``dask worker --nworkers K --nthreads 1``; ``cluster.address``), once
-per K, and the throughputs are compared. It prints the figures and the issue's targets, and writes JSON
+separate processes in the environment ``zarrchive worker-env`` prints (``dask scheduler``, ``dask worker --nworkers K
+--nthreads 1``; ``cluster.address``), once
+per K, and the throughputs are compared, with the CPU of the run's own processes (the flow, its temporary
+Prefect API) and of the scheduler and workers. It prints the figures and the issue's targets, and writes JSON
 (default ``benchmarks/results/many-<time>.json``).
 """
 
@@ -96,16 +98,23 @@ def bare_loop(folder: Path, out: Path) -> float:
 
 
 def ingest(folder: Path, archive: Path, config: Path) -> tuple[float, dict]:
+    """Seconds of one ``zarrchive ingest`` and its JSON result, with the CPU seconds of its process tree (the flow,
+    its temporary Prefect API, a LocalCluster's workers) as ``cpu_s``."""
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     run = subprocess.run([str(BIN / "zarrchive"), "ingest", str(folder), "--archive", str(archive), "--config",
                           str(config), "--json"], capture_output=True, text=True)
     seconds = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     try:
         result = json.loads(run.stdout.strip().splitlines()[-1])
     except (IndexError, ValueError):
         raise SystemExit(f"zarrchive ingest failed ({run.returncode}):\n{run.stderr[-3000:]}")
     if result.get("status") != "published":
         raise SystemExit(f"zarrchive ingest did not publish: {result.get('status')} {result.get('reasons')}")
+    result["cpu_s"] = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     return seconds, result
 
 
@@ -146,6 +155,21 @@ class Cluster:
 
         with Client(self.address, timeout=60) as client:
             client.wait_for_workers(workers, timeout=120)
+
+    def cpu_seconds(self) -> float:
+        """CPU seconds the scheduler and workers (their whole process trees) have used so far."""
+        import psutil
+
+        total = 0.0
+        for proc in self.procs:
+            try:
+                tree = psutil.Process(proc.pid)
+                for p in [tree] + tree.children(recursive=True):
+                    times = p.cpu_times()
+                    total += times.user + times.system
+            except psutil.Error:
+                pass
+        return total
 
     def close(self) -> None:
         for proc in reversed(self.procs):
@@ -203,15 +227,19 @@ def main(argv: list[str] | None = None) -> int:
                 cluster = Cluster(root / f"cluster-{k}-{r}", k)
                 try:
                     folder = root / f"sub-{large}"
-                    seconds, _ = ingest(folder, root / f"archive-k{k}-{r}",
-                                        config(root / f"ck{k}-{r}.yaml", root / f"wk{k}-{r}", cluster.address))
+                    idle = cluster.cpu_seconds()
+                    seconds, done = ingest(folder, root / f"archive-k{k}-{r}",
+                                           config(root / f"ck{k}-{r}.yaml", root / f"wk{k}-{r}", cluster.address))
+                    runs.append({"s": seconds, "run_cpu_s": done["cpu_s"], "cluster_cpu_s": cluster.cpu_seconds() - idle})
                 finally:
                     cluster.close()
-                runs.append(seconds)
-            seconds = sorted(runs)[args.repeat // 2]
+            median = sorted(runs, key=lambda run: run["s"])[args.repeat // 2]
+            seconds = median["s"]
             result["scale_out"][k] = {"ingest_s": seconds, "images_per_s": large / seconds, "runs": runs}
             print(f"{k} worker process(es): {large} images in {seconds:.1f} s ({large / seconds:.2f} images/s; runs "
-                  f"{', '.join(f'{t:.1f}' for t in runs)})", flush=True)
+                  f"{', '.join(f'{t:.1f}' for t in (run['s'] for run in runs))}); CPU of the median run: the ingest's "
+                  f"processes {median['run_cpu_s']:.1f} s, the scheduler and workers {median['cluster_cpu_s']:.1f} s",
+                  flush=True)
         if len(workers) >= 2:
             gain = result["scale_out"][workers[-1]]["images_per_s"] / result["scale_out"][workers[0]]["images_per_s"]
             result["scale_out_gain"] = gain
