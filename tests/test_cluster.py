@@ -44,9 +44,12 @@ def test_a_local_cluster_s_workers_are_processes_or_threads_as_configured_else_a
     with cluster_for_run(settings, dashboard=False, processes=default) as address:
         with client_for(address) as client:
             pids = set(client.run(os.getpid).values())
-            assert len(client.scheduler_info()["workers"]) == 2
+            workers = client.scheduler_info(n_workers=-1)["workers"].values()
             assert client.submit(sum, [1, 2]).result() == 3
     assert (pids == {os.getpid()}) is in_this_process
+    # in this process, one worker with both threads and both limits: it measures the whole process's memory
+    assert sorted((w["nthreads"], w["memory_limit"]) for w in workers) == (
+        [(2, 2 << 30)] if in_this_process else [(1, 1 << 30), (1, 1 << 30)])
     assert len(pids) == (1 if in_this_process else 2)
     with pytest.raises(OSError):
         Client(address, timeout="2s", set_as_default=False)

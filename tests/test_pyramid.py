@@ -54,11 +54,11 @@ def _split_axes(ndim: int, axes: tuple[int, ...]) -> list[bool]:
     return [flag for i in range(ndim) for flag in ((False, True) if i in axes else (False,))]
 
 
-@given(st.sampled_from(["u1", "u2", "i4", "u8", "f4", "f8", "?"]).flatmap(
+@given(st.sampled_from(["u1", "i1", "u2", "i2", "u4", "i4", "u8", "i8", "f2", "f4", "f8", "?"]).flatmap(
     lambda dtype: arrays(np.dtype(dtype), st.tuples(st.integers(1, 4), st.integers(1, 11), st.integers(1, 11)))),
-    st.sampled_from([(1, 2), (0, 1, 2), (2,), (0,), (0, 2)]), st.sampled_from(["mean", "mode"]),
+    st.sampled_from([(1, 2), (0, 1, 2), (0,), (1,), (2,), (0, 1), (0, 2)]), st.sampled_from(["mean", "mode"]),
     st.integers(1, 200))
-@hsettings(max_examples=150, deadline=None)
+@hsettings(max_examples=200, deadline=None)
 def test_a_block_halved_in_bands_is_halved_as_a_whole(a, axes, method, band_bytes):
     # bands of any size, odd ends included: every 2-block lies in one band, so the bits are those of one call
     whole = blocks.DOWNSAMPLERS[method](a, axes)

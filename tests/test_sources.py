@@ -76,3 +76,46 @@ def test_a_multi_file_set_is_left_to_the_zarr_view(tmp_path):
 
     first, _second = ome_tiff_file_set(tmp_path / "set", random_image((4, 16, 16)), ["a.ome.tif", "b.ome.tif"])
     assert _tiff_raw(str(first), 0, _version(str(first))) is None  # its pages' offsets are in two files
+
+
+def test_a_plugin_s_reader_is_read_from_one_thread_at_a_time_and_other_files_meanwhile(tmp_path, monkeypatch):
+    import threading
+    import time
+
+    from zarrchive.pixels import sources
+    from zarrchive.records import SourceLayout
+
+    inside: dict[str, int] = {}
+    most: dict[str, int] = {}
+    guard = threading.Lock()
+
+    class Watched:  # a cached reader's array that notes how many threads read it at once
+        def __init__(self, path):
+            self.path = path
+            self.shape = (4, 8, 8)
+
+        def __getitem__(self, index):
+            with guard:
+                inside[self.path] = inside.get(self.path, 0) + 1
+                most[self.path] = max(most.get(self.path, 0), inside[self.path])
+                most["all"] = max(most.get("all", 0), sum(inside.values()))
+            time.sleep(0.1)
+            with guard:
+                inside[self.path] -= 1
+            return np.zeros((4, 8, 8), np.uint16)[index]
+
+    monkeypatch.setattr(sources, "_native_array", lambda path, *_: Watched(path))
+    monkeypatch.setattr(sources, "_version", lambda path: (0, 0))
+    layout = SourceLayout(reader="zarrchive_mrc", series=0, axes=("z", "y", "x"), stored_axes="zyx")
+    stripes = {}
+    for n in range(200):  # two files whose readers have locks of their own
+        stripes.setdefault(sources._one_reader_at_a_time(f"f{n}.mrc", layout), f"f{n}.mrc")
+    one, other = list(stripes.values())[:2]
+    region = (slice(0, 4), slice(0, 8), slice(0, 8))
+    threads = [threading.Thread(target=sources.read_region, args=(path, layout, region))
+               for path in (one, one, one, other, other, other)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert most == {one: 1, other: 1, "all": 2}  # never two threads in one reader; the two files side by side

@@ -98,14 +98,20 @@ def local_sizes(settings: ClusterSettings) -> tuple[int, int]:
 
 
 def local_cluster(settings: ClusterSettings, dashboard: bool = True, processes: bool = True) -> LocalCluster:
-    """A LocalCluster on loopback, of worker processes (or, without ``processes``, workers in this process's
-    threads), with explicit memory limits and thresholds, and its dashboard on a free port (unless not
-    ``dashboard``)."""
+    """A LocalCluster on loopback, of worker processes (or, without ``processes``, one worker in this process with
+    as many threads and as much memory as they would have had), with explicit memory limits and thresholds, and
+    its dashboard on a free port (unless not ``dashboard``)."""
     n_workers, memory_limit = local_sizes(settings)
+    threads = settings.threads_per_worker
+    if not processes:
+        # one worker holding every thread and all the memory: a worker measures its process's memory against its
+        # own limit, and workers sharing a process would each count the others' (pausing at 0.8/n of it)
+        n_workers, threads, memory_limit = 1, n_workers * threads, n_workers * memory_limit
     malloc = {f"distributed.nanny.pre-spawn-environ.{k}": v for k, v in worker_malloc(memory_limit).items()}
     with dask.config.set(scheduler_config(settings) | worker_memory_config(settings.worker_memory) | malloc):
-        # the nannies keep this configuration for the workers they start, restarts included
-        return LocalCluster(n_workers=n_workers, threads_per_worker=settings.threads_per_worker,
+        # the nannies keep this configuration for the workers they start, restarts included; tcp, as worker
+        # processes use, also for threads (host= names a tcp address)
+        return LocalCluster(n_workers=n_workers, threads_per_worker=threads,
                             memory_limit=memory_limit, processes=processes, host="127.0.0.1", protocol="tcp",
                             dashboard_address=":0" if dashboard else None,
                             # imported as each worker process starts, in parallel; in this process the caller

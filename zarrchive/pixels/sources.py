@@ -21,6 +21,7 @@ from __future__ import annotations
 import functools
 import importlib
 import os
+import threading
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -37,17 +38,30 @@ NGFF_ORDER = "tczyx"
 def read_region(path: str, layout: SourceLayout, region: tuple[slice, ...]) -> np.ndarray:
     """The pixels of ``region`` (slices in ``layout.axes``) of the series, as a numpy array (of
     ``layout.dtype`` when the layout stores another type than the file's)."""
-    if layout.tiff_axes:
+    if layout.tiff_axes:  # tifffile's Zarr view locks its file handle; a contiguous run is read with preadv
         block = _read_tiff(path, layout, region)
     elif layout.stored_axes:  # a format zarrchive reads itself (zarrchive.formats)
-        block = _in_image_axes(_native_array(path, layout.reader, layout.series, _version(path)),
-                               layout.stored_axes, layout, region)
+        with _one_reader_at_a_time(path, layout):
+            block = _in_image_axes(_native_array(path, layout.reader, layout.series, _version(path)),
+                                   layout.stored_axes, layout, region)
     elif layout.zarr_array and layout.zarr_axes:
         block = _in_image_axes(_zarr_array(path, layout.zarr_array, _version(path)), layout.zarr_axes, layout,
                                region)
     else:
-        block = np.asarray(_bioio_array(path, layout, _version(path))[region].compute(scheduler="synchronous"))
+        with _one_reader_at_a_time(path, layout):
+            block = np.asarray(_bioio_array(path, layout, _version(path))[region].compute(scheduler="synchronous"))
     return block.astype(layout.dtype) if layout.dtype else block
+
+
+_READER_LOCKS = tuple(threading.Lock() for _ in range(64))  # striped: bounded however many files a worker reads
+
+
+def _one_reader_at_a_time(path: str, layout: SourceLayout) -> threading.Lock:
+    """The lock of one cached reader (a file's series through one plugin): the threads of a worker (or of
+    ``zarrchive convert``) share the readers they open, and a plugin's reader is not known to read safely from two
+    threads at once (a file handle's position, a decoder's state). Other files are read meanwhile, but for the
+    few that share its stripe."""
+    return _READER_LOCKS[hash((path, layout.reader, layout.series)) % len(_READER_LOCKS)]
 
 
 def _read_tiff(path: str, layout: SourceLayout, region: tuple[slice, ...]) -> np.ndarray:
