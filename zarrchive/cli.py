@@ -13,7 +13,6 @@ import contextlib
 import json
 import logging
 import os
-import shlex
 import sys
 from pathlib import Path
 from typing import Any, Iterator, NoReturn, Sequence
@@ -579,7 +578,7 @@ def _worker_env(memory_limit: str, config: str | None, as_json: bool) -> int:
     thresholds, a worker's pixel work spends about as long again in page faults."""
     from dask.utils import parse_bytes
 
-    from zarrchive.cluster import worker_malloc_environment, worker_memory_environment
+    from zarrchive.cluster import export_lines, worker_environment
     from zarrchive.config import load_settings
 
     try:
@@ -589,12 +588,12 @@ def _worker_env(memory_limit: str, config: str | None, as_json: bool) -> int:
     if not isinstance(limit, int) or limit <= 0:
         raise ConfigError("--memory-limit", [f"{memory_limit!r} is not a size of memory (16GiB, 4000MB…)"])
     cluster = load_settings(config).cluster
-    variables = (worker_memory_environment(cluster.worker_memory) + worker_malloc_environment(limit)
+    variables = (worker_environment(cluster.worker_memory, limit)
                  + [("DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES", str(cluster.allowed_failures))])
     if as_json:
         print(json.dumps({"status": "ok", "environment": dict(variables)}))
     else:
-        print("\n".join(f"export {name}={shlex.quote(value)}" for name, value in variables))
+        print("\n".join(export_lines(variables)))
     return EXIT_OK
 
 

@@ -128,9 +128,8 @@ def slurm_cluster(settings: ClusterSettings) -> SLURMCluster:
             f"Slurm clusters need dask-jobqueue, which is not installed ({exc}): pip install 'zarrchive[slurm]'"
         ]) from exc
     slurm: SlurmSettings = settings.slurm
-    prologue = [f"export {name}={shlex.quote(value)}"
-                for name, value in worker_memory_environment(settings.worker_memory)
-                + worker_malloc_environment(parse_bytes(slurm.memory) // max(1, slurm.processes))]
+    prologue = export_lines(worker_environment(settings.worker_memory,
+                                               parse_bytes(slurm.memory) // max(1, slurm.processes)))
     scheduler_options: dict[str, Any] = {"dashboard_address": slurm.dashboard_address}
     if slurm.scheduler_interface:
         scheduler_options["interface"] = slurm.scheduler_interface
@@ -173,6 +172,17 @@ def worker_malloc_environment(memory_limit: int | None) -> list[tuple[str, str]]
     """``worker_malloc`` for nannies started elsewhere (a Slurm job script): set in the job's environment, which
     a nanny's pre-spawn environment gives way to (and which overrides what the submitting process had)."""
     return [(name, str(value)) for name, value in worker_malloc(memory_limit).items()]
+
+
+def worker_environment(memory: WorkerMemory, memory_limit: int | None) -> list[tuple[str, str]]:
+    """The environment of workers zarrchive does not start itself (a Slurm job's, a facility's: ``zarrchive
+    worker-env``) of ``memory_limit`` bytes each: the memory thresholds and glibc's allocator thresholds."""
+    return worker_memory_environment(memory) + worker_malloc_environment(memory_limit)
+
+
+def export_lines(variables: list[tuple[str, str]]) -> list[str]:
+    """``variables`` as a shell's ``export`` lines."""
+    return [f"export {name}={shlex.quote(value)}" for name, value in variables]
 
 
 @dataclass(frozen=True)
