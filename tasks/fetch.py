@@ -70,25 +70,33 @@ def _copy(files: SubmissionFiles, rel: str, dst_fs, dst: str, block: int) -> tup
 
 
 def fetch_files(submission: Submission, staging: str, settings: FetchSettings) -> FetchResult:
-    """Stage every file of the submission; a file that fails is reported and the others go on."""
+    """Stage every file of the submission, ``settings.threads`` at a time; a file that fails is reported and the
+    others go on. Records and failures keep the order of ``submission.yaml``."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from prefect.utilities.timeout import timeout
 
-    records, failures = [], []
     files = SubmissionFiles(submission.source)
-    for entry in submission.doc.files:
+
+    def staged(entry: FileEntry) -> FileRecord | Failure:
         try:
             try:
                 with timeout(settings.timeout_seconds):
-                    records.append(fetch_file(submission, entry, staging, settings, files))
+                    return fetch_file(submission, entry, staging, settings, files)
             except TimeoutError:
                 raise StageTimeout(entry.path, f"copying it took longer than fetch.timeout_seconds "
                                                f"({settings.timeout_seconds:.0f} s): not archived") from None
         except ZarrchiveError as exc:
-            failures.append(Failure(stage="fetch", source_path=entry.path, error=str(exc)))
+            return Failure(stage="fetch", source_path=entry.path, error=str(exc))
         except OSError as exc:  # unreadable, a folder, no permission: this file fails, the others go on
-            failures.append(Failure(stage="fetch", source_path=entry.path,
-                                    error=f"{entry.path}: cannot be read: {type(exc).__name__}: {exc}"))
-    return FetchResult(files=records, failures=failures)
+            return Failure(stage="fetch", source_path=entry.path,
+                           error=f"{entry.path}: cannot be read: {type(exc).__name__}: {exc}")
+
+    with ThreadPoolExecutor(min(settings.threads, max(len(submission.doc.files), 1)),
+                            thread_name_prefix="fetch") as pool:
+        done = list(pool.map(staged, submission.doc.files))
+    return FetchResult(files=[d for d in done if isinstance(d, FileRecord)],
+                       failures=[d for d in done if isinstance(d, Failure)])
 
 
 @stage_task(name="fetch", cache_policy="none")

@@ -5,7 +5,8 @@ under ``labels/<name>/``, listed by ``labels/zarr.json``), ``originals/<submitte
 ``qc/report.json``, ``ro-crate-metadata.json`` and ``manifest.json``. An image or
 original that did not change since the latest public version is not stored again:
 the manifest lists it at that version's path (``../v1/images/<id>.ome.zarr/…``;
-``zarrchive.archive.sharing``). Every object uploaded is re-read and its sha256 compared. ``manifest.json`` is
+``zarrchive.archive.sharing``). Every object uploaded is re-read and its sha256 compared (on a local disk as it
+is copied, before it is moved into place). Objects are copied ``publish.threads`` at a time. ``manifest.json`` is
 written last: it is the commit point, so a version folder without one was never
 published (a crashed attempt) and is replaced by the next attempt.
 ``versions.json`` is an index rebuilt from the manifests.
@@ -15,9 +16,12 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-from typing import Any, Iterator
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Iterable, Iterator
 
 import fsspec
+from fsspec.implementations.local import LocalFileSystem
 
 from zarrchive import faults, runlog
 from zarrchive.archive import fixity, lease, sharing
@@ -206,6 +210,36 @@ def _upload(fs: fsspec.AbstractFileSystem, src: str, dst: str) -> ManifestEntry:
     return ManifestEntry(path=dst, size=size, sha256=sha256)
 
 
+class _Copier:
+    """Copies into a version, ``threads`` at a time (an object store's round trips; hashing and the kernel's copying
+    release the GIL), each entry in the order asked. The publishing lease is checked in the calling thread before
+    each copy is begun, and at most ``2 * threads`` are begun ahead of the one waited for. On a local disk a copy is
+    read back as it is stored (``storage.copy_stream_hashing``): ``read_back`` holds those, not read again."""
+
+    def __init__(self, fs: fsspec.AbstractFileSystem, held: lease.Lease, threads: int) -> None:
+        self.fs, self.held, self.threads = fs, held, threads
+        self.pool = ThreadPoolExecutor(threads, thread_name_prefix="publish")
+        self.read_back: set[str] = set()
+
+    def copy(self, pairs: Iterable[tuple[str, str]]) -> list[ManifestEntry]:
+        """Each local ``src`` copied to ``dst`` in the version, verified; their entries, in order."""
+        entries = []
+        pending: deque = deque()
+        for src, dst in pairs:
+            self.held.check()
+            pending.append(self.pool.submit(_upload, self.fs, src, dst))
+            if len(pending) > 2 * self.threads:
+                entries.append(pending.popleft().result())
+        entries += [future.result() for future in pending]
+        if isinstance(self.fs, LocalFileSystem):
+            self.read_back.update(e.path for e in entries)
+        return entries
+
+    def close(self) -> None:
+        """Wait for the copies begun (a failed one leaves others running) and begin no more."""
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
 def _put_bytes(fs: fsspec.AbstractFileSystem, dst: str, data: bytes) -> ManifestEntry:
     return ManifestEntry(path=dst, size=len(data), sha256=write_bytes_atomic(fs, dst, data))
 
@@ -288,27 +322,30 @@ def _write_version(submission: Submission, archive: str, number: int, previous: 
     publishable = {o.image_id: o for o in outcomes if o.status == "published"}
     reports = [r for r in reports if r.image_id in publishable]
     share = sharing.shareable(fs, acc, share_from)
-    entries, shared, published_paths, documents, stores = _upload_images(fs, vdir, reports, publishable, held,
-                                                                            share)
-    faults.point("publish.images")
-    uploaded, kept, originals, original_paths = _upload_originals(fs, vdir, files, held, share)
-    faults.point("publish.originals")
-    entries += uploaded
-    shared += kept
-    published_paths.update(originals)
-    pages, kept = _upload_pages(fs, vdir, submission, number, previous, outcomes, qc_report, reports, files,
-                                lineage, settings, stores, original_paths, share)
-    entries += pages
-    shared += kept
-    relative = [ManifestEntry(path=e.path[len(vdir) + 1:], size=e.size, sha256=e.sha256) for e in entries] + shared
-    crate = build_crate(submission, number, lineage, relative, published_paths, previous_version=previous,
-                        publish_results=(QC_REPORT, QC_PAGE, LANDING,
-                                         *(g for g in documents if not is_shared(g)),
-                                         *(e.path for e in relative if e.path.startswith("thumbnails/"))),
-                        date_published=max(submission.doc.release_date, dt.date.today()))
-    entries.append(_put_bytes(fs, join(vdir, CRATE), dumps(crate)))
-    relative.append(entries[-1].model_copy(update={"path": CRATE}))
-    _verify_stored(fs, entries)  # (what it shares was found whole by one listing of the earlier version)
+    copier = _Copier(fs, held, settings.threads)
+    try:
+        entries, shared, published_paths, documents, stores = _upload_images(copier, vdir, reports, publishable, share)
+        faults.point("publish.images")
+        uploaded, kept, originals, original_paths = _upload_originals(copier, vdir, files, share)
+        faults.point("publish.originals")
+        entries += uploaded
+        shared += kept
+        published_paths.update(originals)
+        pages, kept = _upload_pages(copier, vdir, submission, number, previous, outcomes, qc_report, reports, files,
+                                    lineage, settings, stores, original_paths, share)
+        entries += pages
+        shared += kept
+        relative = [ManifestEntry(path=e.path[len(vdir) + 1:], size=e.size, sha256=e.sha256) for e in entries] + shared
+        crate = build_crate(submission, number, lineage, relative, published_paths, previous_version=previous,
+                            publish_results=(QC_REPORT, QC_PAGE, LANDING,
+                                             *(g for g in documents if not is_shared(g)),
+                                             *(e.path for e in relative if e.path.startswith("thumbnails/"))),
+                            date_published=max(submission.doc.release_date, dt.date.today()))
+        entries.append(_put_bytes(fs, join(vdir, CRATE), dumps(crate)))
+        relative.append(entries[-1].model_copy(update={"path": CRATE}))
+        _verify_stored(copier, entries)  # (what it shares was found whole by one listing of the earlier version)
+    finally:
+        copier.close()
     stored = {r.image_id: r for r in reports}
     images = [o.model_copy(update={"path": store_path(o, stores), "codec": stored[o.image_id].codec.name,
                                    "bytes": stored[o.image_id].bytes_out})
@@ -359,8 +396,8 @@ def _clear_interrupted(fs: fsspec.AbstractFileSystem, vdir: str) -> None:
         fs.rm(vdir, recursive=True)
 
 
-def _upload_images(fs: fsspec.AbstractFileSystem, vdir: str, reports: list[CompressionReport],
-                   publishable: dict[str, ImageOutcome], held: lease.Lease, share: sharing.Shared
+def _upload_images(copier: _Copier, vdir: str, reports: list[CompressionReport],
+                   publishable: dict[str, ImageOutcome], share: sharing.Shared
                    ) -> tuple[list[ManifestEntry], list[ManifestEntry], dict[str, str], list[str], dict[str, str]]:
     """Every publishable image with its labels and labels group, stored (each store checked against the tree
     digest compress verified) or, when exactly that tree is in the earlier version, shared with it; the fields
@@ -375,6 +412,7 @@ def _upload_images(fs: fsspec.AbstractFileSystem, vdir: str, reports: list[Compr
     staged = {r.image_id: r for r in reports}
     images = [o for o in publishable.values() if not o.label_of and o.image_id in staged]
     trees = {o.image_id: _ImageTree(o, staged, publishable) for o in images}
+    fs, held = copier.fs, copier.held
     for image in (o for o in images if not o.well):
         held.check()
         tree = trees[image.image_id]
@@ -383,7 +421,7 @@ def _upload_images(fs: fsspec.AbstractFileSystem, vdir: str, reports: list[Compr
             shared += [ManifestEntry.model_validate(o) for o in objects]
         else:
             path = image_store(image.image_id)
-            entries += tree.upload(fs, join(vdir, path))
+            entries += tree.upload(copier, join(vdir, path))
         stores[image.image_id] = path
         published_paths.update(tree.published_paths(path))
         documents += tree.documents_at(path)
@@ -401,7 +439,7 @@ def _upload_images(fs: fsspec.AbstractFileSystem, vdir: str, reports: list[Compr
         else:
             path = plate_store(name)
             for field in fields:
-                entries += trees[field.image_id].upload(fs, join(vdir, path, field.well.path))
+                entries += trees[field.image_id].upload(copier, join(vdir, path, field.well.path))
             entries += [_put_bytes(fs, join(vdir, path, rel), dumps(document))
                         for rel, document in group_documents.items()]
         documents += [f"{path}/{rel}" for rel in group_documents]
@@ -425,11 +463,11 @@ class _ImageTree:
         self.key = sharing.staged_key(self.report.store_sha256, {name: r.store_sha256 for name, r in self.labels},
                                       self.documents)
 
-    def upload(self, fs: fsspec.AbstractFileSystem, dst: str) -> list[ManifestEntry]:
-        entries = _upload_store(fs, self.report, dst)
+    def upload(self, copier: _Copier, dst: str) -> list[ManifestEntry]:
+        entries = _upload_store(copier, self.report, dst)
         for name, report in self.labels:
-            entries += _upload_store(fs, report, join(dst, "labels", name))
-        return entries + [_put_bytes(fs, join(dst, "labels", name), dumps(document))
+            entries += _upload_store(copier, report, join(dst, "labels", name))
+        return entries + [_put_bytes(copier.fs, join(dst, "labels", name), dumps(document))
                           for name, document in self.documents.items()]
 
     def published_paths(self, path: str) -> dict[str, str]:
@@ -440,26 +478,26 @@ class _ImageTree:
         return [f"{path}/labels/{name}" for name in self.documents]
 
 
-def _upload_store(fs: fsspec.AbstractFileSystem, report: CompressionReport, dst: str) -> list[ManifestEntry]:
+def _upload_store(copier: _Copier, report: CompressionReport, dst: str) -> list[ManifestEntry]:
     """One staged store, object by object, checked against the tree digest compress verified."""
-    uploaded = [(rel, _upload(fs, os.path.join(report.store, rel), join(dst, rel))) for rel in walk_files(report.store)]
-    if tree_digest((rel, e.sha256) for rel, e in uploaded) != report.store_sha256:
+    objects = list(walk_files(report.store))
+    uploaded = copier.copy((os.path.join(report.store, rel), join(dst, rel)) for rel in objects)
+    if tree_digest((rel, e.sha256) for rel, e in zip(objects, uploaded)) != report.store_sha256:
         raise TransientError(f"{report.image_id}: the staged store changed since it was compressed and verified")
-    return [e for _, e in uploaded]
+    return uploaded
 
 
-def _upload_originals(fs: fsspec.AbstractFileSystem, vdir: str, files: list[FileRecord], held: lease.Lease,
-                      share: sharing.Shared
+def _upload_originals(copier: _Copier, vdir: str, files: list[FileRecord], share: sharing.Shared
                       ) -> tuple[list[ManifestEntry], list[ManifestEntry], dict[str, str], dict[str, str]]:
     """Every submitted file as staged (a Zarr store object by object), checked against the sha256 fetch took, or
     shared with the earlier version that has it with that sha256. Returns the entries stored, the entries shared,
     the staged path -> published path of each, and the published path of each submitted path."""
-    entries: list[ManifestEntry] = []
     shared: list[ManifestEntry] = []
     published_paths: dict[str, str] = {}
     paths: dict[str, str] = {}
+    copied: list[tuple[FileRecord, list[str] | None]] = []  # each file copied, with a store's objects
+    pairs: list[tuple[str, str]] = []
     for file in files:
-        held.check()
         rel = original_path(file.path)
         if earlier := share.original(file.path, file.sha256):
             paths[file.path], objects = earlier
@@ -468,22 +506,27 @@ def _upload_originals(fs: fsspec.AbstractFileSystem, vdir: str, files: list[File
             continue
         paths[file.path] = rel
         if os.path.isdir(file.staged_path):  # a Zarr store submitted as one entry: each object, checked as a tree
-            uploaded = [(obj, _upload(fs, os.path.join(file.staged_path, obj), join(vdir, rel, obj)))
-                        for obj in walk_files(file.staged_path)]
-            digest = tree_digest((obj, e.sha256) for obj, e in uploaded)
+            inside = list(walk_files(file.staged_path))
+            pairs += [(os.path.join(file.staged_path, obj), join(vdir, rel, obj)) for obj in inside]
             published_paths[file.staged_path] = rel + "/"
-            entries.extend(e for _, e in uploaded)
+            copied.append((file, inside))
         else:
-            entry = _upload(fs, file.staged_path, join(vdir, rel))
-            digest = entry.sha256
+            pairs.append((file.staged_path, join(vdir, rel)))
             published_paths[file.staged_path] = rel
-            entries.append(entry)
+            copied.append((file, None))
+    entries = copier.copy(pairs)  # (files of every size at once: a submission of many small ones is most)
+    at = 0
+    for file, inside in copied:
+        if inside is None:
+            digest, at = entries[at].sha256, at + 1
+        else:
+            digest, at = tree_digest(zip(inside, (e.sha256 for e in entries[at:at + len(inside)]))), at + len(inside)
         if digest != file.sha256:
             raise TransientError(f"{file.path}: staged copy changed since fetch (sha256 {digest})")
     return entries, shared, published_paths, paths
 
 
-def _upload_pages(fs: fsspec.AbstractFileSystem, vdir: str, submission: Submission, number: int,
+def _upload_pages(copier: _Copier, vdir: str, submission: Submission, number: int,
                   previous: int | None, outcomes: list[ImageOutcome], qc_report: QCReport,
                   reports: list[CompressionReport], files: list[FileRecord],
                   lineage: list[LineageRecord], settings: PublishSettings | None = None,
@@ -496,6 +539,7 @@ def _upload_pages(fs: fsspec.AbstractFileSystem, vdir: str, submission: Submissi
                         findings=[f.model_dump(mode="json") for f in qc_report.findings],
                         errors=len(qc_report.errors), warnings=len(qc_report.warnings))
     page = render_qc_page(qc_report, f"{submission.accession} v{number}: {submission.doc.title}")
+    fs = copier.fs
     entries = [_put_bytes(fs, join(vdir, QC_REPORT), qc_doc.to_bytes()),
                _put_bytes(fs, join(vdir, QC_PAGE), page.encode())]
     shown = {o.image_id for o in outcomes if o.status == "published" and not o.label_of}
@@ -508,10 +552,10 @@ def _upload_pages(fs: fsspec.AbstractFileSystem, vdir: str, submission: Submissi
             thumbnails[report.image_id] = shared[-1].path
         else:
             made.append(report)
-    for report in made:  # the compress pass made most, in the work area: copied as a store's objects are
-        if report.thumbnail and os.path.isfile(report.thumbnail):
-            entries.append(_upload(fs, report.thumbnail, join(vdir, f"thumbnails/{report.image_id}.png")))
-            thumbnails[report.image_id] = f"thumbnails/{report.image_id}.png"
+    # the compress pass made most pictures, in the work area: copied as a store's objects are
+    pictured = [r for r in made if r.thumbnail and os.path.isfile(r.thumbnail)]
+    entries += copier.copy((r.thumbnail, join(vdir, f"thumbnails/{r.image_id}.png")) for r in pictured)
+    thumbnails.update((r.image_id, f"thumbnails/{r.image_id}.png") for r in pictured)
     made = [r for r in made if r.image_id not in thumbnails]
     for report, png in zip(made, _thumbnails([r.store for r in made])):
         if isinstance(png, Exception):  # a picture is a courtesy: the image is published without one
@@ -545,10 +589,12 @@ def _thumbnails(stores: list[str], ahead: int = 64) -> Iterator[bytes | Exceptio
             yield from pool.map(made, stores[start:start + ahead])
 
 
-def _verify_stored(fs: fsspec.AbstractFileSystem, entries: list[ManifestEntry]) -> None:
-    """Every object re-read as stored and compared with what was uploaded."""
-    for entry in entries:
-        size, sha256 = sha256_stream(fs, entry.path)
+def _verify_stored(copier: _Copier, entries: list[ManifestEntry]) -> None:
+    """Every object re-read as stored and compared with what was uploaded (a copy already read back as it was
+    stored is not read again)."""
+    fs = copier.fs
+    again = [e for e in entries if e.path not in copier.read_back]
+    for entry, (size, sha256) in zip(again, copier.pool.map(lambda e: sha256_stream(fs, e.path), again)):
         if (size, sha256) != (entry.size, entry.sha256):
             raise TransientError(f"{to_url(fs, entry.path)}: stored object does not match what was uploaded")
 

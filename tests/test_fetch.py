@@ -334,10 +334,13 @@ def test_originals_are_never_modified(tmp_path, flaky):
     assert {p: fs.cat_file(f"{root}/{p}") for p in CONTENTS} == mem_before
 
 
-def test_a_file_whose_copy_outlasts_its_time_fails_alone_and_leaves_nothing_staged(tmp_path, monkeypatch):
+@pytest.mark.parametrize("copy", ["streamed", "by the kernel"])
+def test_a_file_whose_copy_outlasts_its_time_fails_alone_and_leaves_nothing_staged(tmp_path, monkeypatch, copy):
     """A copy that never ends (the source keeps it busy): that file fails, named, after fetch.timeout_seconds;
-    nothing of it is staged; the next file is fetched. (A read blocked in the kernel is not interrupted: README,
-    Reliability, known limits.)"""
+    nothing of it is staged; the next file is fetched. Whether it is read block by block (a source that is not a
+    local file, or one on another filesystem) or copied by the kernel (``copy_file_range``, a block a call). (A read blocked in the kernel is not
+    interrupted: README, Reliability, known limits.)"""
+    import errno
     import time
 
     from zarrchive import landingzone
@@ -361,9 +364,20 @@ def test_a_file_whose_copy_outlasts_its_time_fails_alone_and_leaves_nothing_stag
         def __getattr__(self, name):
             return getattr(self.handle, name)
 
+    kernel_copy = os.copy_file_range
+
+    def copy_file_range(src, dst, count, offset_src=None, offset_dst=None):
+        if copy == "streamed":  # the source on another filesystem than staging: read block by block
+            raise OSError(errno.EXDEV, "Invalid cross-device link")
+        done = kernel_copy(src, dst, count, offset_src, offset_dst)
+        if os.readlink(f"/proc/self/fd/{src}").endswith("stalled.bin"):
+            while True:  # the share stopped answering after the first block
+                time.sleep(0.05)
+        return done
+
     def opening(self, rel):
         handle = opened(self, rel)
-        if rel != "stalled.bin":
+        if rel != "stalled.bin" or copy == "by the kernel":
             return handle
 
         class Wrapped:
@@ -376,6 +390,7 @@ def test_a_file_whose_copy_outlasts_its_time_fails_alone_and_leaves_nothing_stag
         return Wrapped()
 
     monkeypatch.setattr(landingzone.SubmissionFiles, "open", opening)
+    monkeypatch.setattr(os, "copy_file_range", copy_file_range)
     started = time.monotonic()
     result = fetch_files(sub, str(tmp_path / "staging"), FetchSettings(block_size=1024, retries=0,
                                                                        retry_delay_seconds=[0], timeout_seconds=1))
@@ -384,3 +399,36 @@ def test_a_file_whose_copy_outlasts_its_time_fails_alone_and_leaves_nothing_stag
     assert failure.source_path == "stalled.bin" and "fetch.timeout_seconds" in failure.error
     assert [r.path for r in result.files] == ["fine.bin"]
     assert not list((tmp_path / "staging").rglob("stalled.bin*"))
+
+
+@pytest.mark.parametrize("threads", [1, 3, 8])
+def test_files_are_copied_at_once_and_reported_in_the_order_submitted(tmp_path, monkeypatch, threads):
+    """fetch.threads files at a time: every file staged whole, records and failures in submission.yaml's order,
+    a failing file (a wrong sha256, a missing file, a link) fails alone."""
+    import threading
+
+    from zarrchive.tasks import fetch as fetch_mod
+
+    contents = {f"f{i:02d}.bin": bytes([i]) * (1000 * i + 1) for i in range(12)}
+    src = write_files(tmp_path / "sub", contents)
+    (src / "link.bin").symlink_to(src / "f01.bin")
+    before = snapshot(src)
+    entries = [{"path": p, "sha256": sha(b"not it") if p == "f05.bin" else sha(d)} for p, d in contents.items()]
+    entries[7:7] = [{"path": "gone.bin"}, {"path": "link.bin"}]
+    made, copy = set(), fetch_mod.fetch_file
+
+    def recorded(*args, **kwargs):
+        made.add(threading.current_thread().name)
+        return copy(*args, **kwargs)
+
+    monkeypatch.setattr(fetch_mod, "fetch_file", recorded)
+    result = fetch_files(make_submission(str(src), entries), str(tmp_path / "staging"),
+                         FetchSettings(block_size=512, retries=0, retry_delay_seconds=[0], threads=threads))
+    assert [f.source_path for f in result.failures] == ["f05.bin", "gone.bin", "link.bin"]
+    assert "link" in result.failures[2].error and "not found" in result.failures[1].error
+    assert [r.path for r in result.files] == [p for p in contents if p != "f05.bin"]
+    for record in result.files:
+        assert Path(record.staged_path).read_bytes() == contents[record.path]
+        assert record.sha256 == sha(contents[record.path]) and record.size == len(contents[record.path])
+    assert (len(made) == 1) == (threads == 1)
+    assert snapshot(src) == before

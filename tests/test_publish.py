@@ -525,3 +525,107 @@ def test_the_picture_the_compress_pass_made_is_published_as_it_is_and_a_missing_
     again.publish(reports=[again.reports[0].model_copy(update={"thumbnail": str(picture) + ".gone"})])
     remade = again.acc() / "v1" / "thumbnails" / "cells.png"
     assert remade.read_bytes() == b"\x89PNG made again from " + again.reports[0].store.encode()
+
+
+# ---------------------------------------------------------------- copying in threads
+
+
+def _manifest_files(archive: str) -> list[dict]:
+    return json.loads((Path(archive) / ACCESSION / "v1" / "manifest.json").read_text())["files"]
+
+
+def _copies(monkeypatch) -> list[tuple[str, str]]:
+    """Record each copy into the version: (its destination, the thread that made it)."""
+    import threading
+
+    from zarrchive.tasks import publish as publish_mod
+
+    made, upload = [], publish_mod._upload
+
+    def recorded(fs, src, dst):
+        made.append((dst, threading.current_thread().name))
+        return upload(fs, src, dst)
+
+    monkeypatch.setattr(publish_mod, "_upload", recorded)
+    return made
+
+
+def test_a_version_copied_in_threads_is_the_version_copied_in_one(tmp_path, monkeypatch):
+    """publish.threads copies at once: the same objects, sizes, sha256 and manifest as one at a time."""
+    made = _copies(monkeypatch)
+    one, many = Inputs(tmp_path / "one"), Inputs(tmp_path / "many")
+    one.publish(settings=PublishSettings(on_image_error="block_submission", threads=1))
+    assert {thread for _dst, thread in made} == {"publish_0"}
+    del made[:]
+    many.publish(settings=PublishSettings(on_image_error="block_submission", threads=8))
+    assert len({thread for _dst, thread in made}) > 1
+    def objects(archive):  # (the crate names when and where its run was)
+        return [f for f in _manifest_files(archive) if f["path"] != "ro-crate-metadata.json"]
+
+    assert objects(one.archive) == objects(many.archive) and len(objects(one.archive)) > 10
+    assert listing(one.acc()) == listing(many.acc())
+
+
+def test_a_copy_that_fails_in_a_thread_fails_the_version_and_nothing_is_committed(tmp_path, monkeypatch):
+    from zarrchive.tasks import publish as publish_mod
+
+    upload = publish_mod._upload
+
+    def failing(fs, src, dst):
+        if dst.endswith("/zarr.json") and "/0/" in dst:
+            raise OSError(f"{dst}: No space left on device")
+        return upload(fs, src, dst)
+
+    monkeypatch.setattr(publish_mod, "_upload", failing)
+    inp = Inputs(tmp_path)
+    with pytest.raises(OSError, match="0/zarr.json: No space left"):
+        inp.publish(settings=PublishSettings(on_image_error="block_submission", threads=4))
+    assert published_versions(inp.archive, ACCESSION) == []
+    assert not (inp.acc() / "v1").exists() or not listing(inp.acc() / "v1")
+
+
+def test_a_lease_lost_while_copying_stops_the_copies_and_commits_nothing(tmp_path, monkeypatch):
+    """The lease is checked before each copy is begun; once it is lost no more are begun than were already ahead
+    (2 x threads), and nothing is committed."""
+    from zarrchive.archive import lease
+
+    made = _copies(monkeypatch)
+    checks = []
+
+    def check(self):
+        checks.append(len(made))
+        if len(checks) > 3:
+            raise lease.LeaseLost("the publishing lease ran out")
+
+    monkeypatch.setattr(lease.Lease, "check", check)
+    inp = Inputs(tmp_path)
+    with pytest.raises(lease.LeaseLost):
+        inp.publish(settings=PublishSettings(on_image_error="block_submission", threads=2))
+    assert len(made) <= 3
+    assert published_versions(inp.archive, ACCESSION) == []
+
+
+def test_every_object_on_an_object_store_is_read_back_and_on_a_disk_as_it_is_copied(tmp_path, monkeypatch,
+                                                                                      s3_endpoint):
+    from zarrchive.tasks import publish as publish_mod
+
+    reread, stream = [], publish_mod.sha256_stream
+
+    def reading(fs, path, *args):
+        reread.append(path)
+        return stream(fs, path, *args)
+
+    monkeypatch.setattr(publish_mod, "sha256_stream", reading)
+    made = _copies(monkeypatch)
+    local = Inputs(tmp_path / "disk")
+    local.publish(settings=PublishSettings(on_image_error="block_submission", threads=4))
+    copied = {dst for dst, _thread in made}
+    assert copied and not copied & set(reread)  # read back by the copy itself, before it was moved into place
+    assert set(reread) == {str(local.acc() / "v1" / f["path"]) for f in _manifest_files(local.archive)} - copied
+
+    del made[:], reread[:]
+    remote = Inputs(tmp_path / "s3")
+    remote.archive = f"s3://{s3_endpoint()}/archive"
+    pub = remote.publish(settings=PublishSettings(on_image_error="block_submission", threads=4))
+    assert pub.status == "published"
+    assert {dst for dst, _thread in made} <= set(reread) and len(made) > 10

@@ -86,3 +86,126 @@ def test_ingest_from_s3_landing_zone_into_s3_archive(s3_endpoint, tmp_path, conf
                      "qc/report.json": "application/json", "originals/notes.txt": "text/plain; charset=utf-8",
                      "images/img_a.ome.zarr/OME/METADATA.ome.xml": "application/xml"}  # served, not downloaded
     assert fs.info(f"{bucket}/archive/changes.jsonl").get("ContentType") == "application/x-ndjson"
+
+
+# ---------------------------------------------------------------- copies onto a local disk
+
+
+def _payload(n: int = 3 * 4096 + 123) -> bytes:
+    return bytes((i * 7 + i // 251) % 256 for i in range(n))
+
+
+def test_a_local_copy_is_made_by_the_kernel_and_hashed_as_stored(tmp_path, monkeypatch):
+    """From a local file onto a local disk: copy_file_range, a block a call, from where the file is open; the size
+    and sha256 are of the copy as stored; nothing of the temporary name is left."""
+    import os
+
+    from zarrchive.archive.storage import copy_stream_hashing
+
+    payload = _payload()
+    (tmp_path / "src.bin").write_bytes(payload)
+    calls = []
+    kernel = os.copy_file_range
+
+    def counting(src, dst, count, offset_src=None, offset_dst=None):
+        calls.append(count)
+        return kernel(src, dst, count, offset_src, offset_dst)
+
+    monkeypatch.setattr(os, "copy_file_range", counting)
+    fs, root = resolve(str(tmp_path / "out"))
+    for start in (0, 1000, len(payload)):
+        with open(tmp_path / "src.bin", "rb") as fin:
+            fin.read(start)  # (a buffered reader has read ahead: the copy starts where the file is for its reader)
+            size, digest = copy_stream_hashing(fin, fs, join(root, f"from{start}.bin"), block=4096)
+        rest = payload[start:]
+        assert (size, digest) == (len(rest), hashlib.sha256(rest).hexdigest())
+        assert (tmp_path / "out" / f"from{start}.bin").read_bytes() == rest
+    assert calls and set(calls) == {4096}
+    assert {p.name for p in (tmp_path / "out").iterdir()} == {"from0.bin", "from1000.bin", f"from{len(payload)}.bin"}
+
+
+@pytest.mark.parametrize("code", ["EXDEV", "ENOSYS", "EOPNOTSUPP", "EINVAL"])
+@pytest.mark.parametrize("after", [0, 2])
+def test_where_the_kernel_cannot_copy_the_file_is_streamed_whole(tmp_path, monkeypatch, code, after):
+    """Another filesystem, an old kernel, a file it cannot copy: at the first call or after some blocks, the copy
+    starts again streamed and is whole."""
+    import errno
+    import os
+
+    from zarrchive.archive.storage import copy_stream_hashing
+
+    payload = _payload()
+    (tmp_path / "src.bin").write_bytes(payload)
+    kernel, calls = os.copy_file_range, []
+
+    def refusing(src, dst, count, offset_src=None, offset_dst=None):
+        calls.append(count)
+        if len(calls) > after:
+            raise OSError(getattr(errno, code), code)
+        return kernel(src, dst, count, offset_src, offset_dst)
+
+    monkeypatch.setattr(os, "copy_file_range", refusing)
+    fs, root = resolve(str(tmp_path / "out"))
+    with open(tmp_path / "src.bin", "rb") as fin:
+        size, digest = copy_stream_hashing(fin, fs, join(root, "dst.bin"), block=4096)
+    assert (size, digest) == (len(payload), hashlib.sha256(payload).hexdigest())
+    assert (tmp_path / "out" / "dst.bin").read_bytes() == payload
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["dst.bin"]
+
+
+def test_a_failing_kernel_copy_fails_and_leaves_nothing(tmp_path, monkeypatch):
+    import errno
+    import os
+
+    from zarrchive.archive.storage import copy_stream_hashing
+
+    (tmp_path / "src.bin").write_bytes(_payload())
+    kernel, calls = os.copy_file_range, []
+
+    def failing(src, dst, count, offset_src=None, offset_dst=None):
+        calls.append(count)
+        if len(calls) > 1:
+            raise OSError(errno.EIO, "Input/output error")
+        return kernel(src, dst, count, offset_src, offset_dst)
+
+    monkeypatch.setattr(os, "copy_file_range", failing)
+    fs, root = resolve(str(tmp_path / "out"))
+    with open(tmp_path / "src.bin", "rb") as fin, pytest.raises(OSError, match="Input/output"):
+        copy_stream_hashing(fin, fs, join(root, "dst.bin"), block=4096)
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_a_streamed_copy_stored_otherwise_than_it_was_read_is_an_error_naming_it(tmp_path, monkeypatch):
+    """Read back before it is moved into place: a disk that stores other bytes than were written fails the copy,
+    naming it, and nothing appears."""
+    import contextlib
+    import io
+    import os
+
+    from zarrchive.archive import storage
+
+    payload = _payload()
+
+    class Flipping(io.FileIO):
+        def write(self, data):
+            data = bytearray(data)
+            data[0] ^= 1
+            return super().write(bytes(data))
+
+    @contextlib.contextmanager
+    def faulty(fs, path):
+        tmp = f"{path}.part-test"
+        os.makedirs(os.path.dirname(tmp), exist_ok=True)
+        try:
+            with Flipping(tmp, "w") as fh:
+                yield fh
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+
+    monkeypatch.setattr(storage, "open_for_commit", faulty)
+    fs, root = resolve(str(tmp_path / "out"))
+    with pytest.raises(OSError, match="dst.bin: the copy read back differs"):  # (from memory: no kernel copy)
+        storage.copy_stream_hashing(io.BytesIO(payload), fs, join(root, "dst.bin"), block=4096)
+    assert list((tmp_path / "out").iterdir()) == []

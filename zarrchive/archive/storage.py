@@ -1,16 +1,22 @@
 """Storage through fsspec: one URL syntax for local folders, s3:// and the rest.
 
-Copies stream in blocks, hash while they copy, write to a temporary name and
-move into place only when complete, so a reader never sees half a file.
+Copies write to a temporary name and move into place only when complete, so a
+reader never sees half a file. A copy onto a local disk is hashed as it was
+stored, read back before it is moved into place; from a local file the kernel
+copies it (``copy_file_range``: no bytes through this process but the hashing).
+A copy onto an object store streams in blocks, hashing on the way (its caller
+reads the object back).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
 import re
+import stat
 import uuid
 from typing import Any, Iterable, Iterator
 
@@ -119,14 +125,66 @@ def copy_hashing(
 
 
 def copy_stream_hashing(fin: Any, dst_fs: fsspec.AbstractFileSystem, dst: str, block: int = BLOCK) -> tuple[int, str]:
-    """Stream the open file ``fin`` to ``dst`` hashing on the way; ``dst`` appears only when complete."""
-    digest = hashlib.sha256()
-    size = 0
+    """Copy the open file ``fin`` (from where it is) to ``dst``, which appears only when complete; its size and
+    sha256. On a local disk they are of ``dst`` as stored, read back before it is moved into place (a copy that
+    differs from what was read is an ``OSError``, naming it); elsewhere, of the bytes sent."""
+    local = isinstance(dst_fs, LocalFileSystem)
     with open_for_commit(dst_fs, dst) as fout:
+        if local and _copied_by_kernel(fin, fout, block):
+            return sha256_of_file(fout.name, block)
+        digest = hashlib.sha256()
+        size = 0
         while chunk := fin.read(block):
             digest.update(chunk)
             fout.write(chunk)
             size += len(chunk)
+        if not local:
+            return size, digest.hexdigest()
+        fout.flush()
+        stored = sha256_of_file(fout.name, block)
+        if stored != (size, digest.hexdigest()):
+            raise OSError(errno.EIO, f"{dst}: the copy read back differs from what was written")
+        return stored
+
+
+# copy_file_range cannot copy between these two files (another filesystem, an old kernel, a special file): stream
+_NO_KERNEL_COPY = {errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EBADF, errno.EPERM,
+                   errno.ETXTBSY}
+
+
+def _copied_by_kernel(fin: Any, fout: Any, block: int) -> bool:
+    """Copy the rest of the regular local file ``fin`` into the fresh local file ``fout`` inside the kernel; False
+    (``fout`` left empty, ``fin`` where it was) when they are not such files or the kernel cannot copy them."""
+    if not hasattr(os, "copy_file_range"):
+        return False
+    try:
+        src, out, start = fin.fileno(), fout.fileno(), fin.tell()
+    except (AttributeError, OSError, ValueError):
+        return False  # not a file of this machine (an object store's)
+    if not stat.S_ISREG(os.fstat(src).st_mode):
+        return False
+    done = 0
+    try:
+        while n := os.copy_file_range(src, out, block, start + done, done):
+            done += n
+    except OSError as exc:
+        if exc.errno not in _NO_KERNEL_COPY:
+            raise
+        os.ftruncate(out, 0)
+        return False
+    return True
+
+
+def sha256_of_file(path: str, block: int = BLOCK) -> tuple[int, str]:
+    """Size and sha256 of a local file, read into one buffer."""
+    digest = hashlib.sha256()
+    size = 0
+    buffer = bytearray(block)
+    view = memoryview(buffer)
+    with open(path, "rb", buffering=0) as fh:
+        while n := fh.readinto(buffer):
+            digest.update(view[:n])
+            size += n
     return size, digest.hexdigest()
 
 
