@@ -448,3 +448,25 @@ def test_the_landing_page_names_the_exact_install_line_for_each_codec():
     assert "<code>pip install zarr 'numcodecs[pcodec]'</code>" in _codec_note([report("numcodecs.pcodec")])
     assert [_install_line(n) for n in ("blosc", "zstd", "numcodecs.pcodec", "imagecodecs_jpegls")] == [
         "", "", " 'numcodecs[pcodec]'", " imagecodecs-zarr"]
+
+
+def test_pcodec_made_in_many_threads_warns_nothing_and_leaves_the_process_warnings_as_they_were():
+    """numcodecs' warning that pcodec is not in the Zarr v3 specification is filtered once for the process when
+    zarrchive's codecs are imported, not around each codec made (which swaps the process's filters: a worker's
+    threads make codecs at once). In a fresh process, as a worker is (pytest keeps the filters of its collection
+    to itself)."""
+    script = """
+import sys, warnings
+sys.setswitchinterval(1e-6)  # threads switch often: interleaved catch_warnings blocks would show
+from concurrent.futures import ThreadPoolExecutor
+from zarrchive.config import CodecSpec
+from zarrchive.pixels.codecs import make_codec
+filters, shown = list(warnings.filters), warnings.showwarning
+with ThreadPoolExecutor(8) as pool:
+    list(pool.map(lambda _: make_codec(CodecSpec(codec="pcodec", level=8)), range(5000)))
+assert warnings.showwarning is shown and warnings.filters == filters, "the process's warnings changed"
+warnings.warn("a warning still shown")
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "a warning still shown" in done.stderr and "Numcodecs" not in done.stderr

@@ -425,3 +425,35 @@ def test_ome_xml_parsed_through_one_shared_context_gives_what_a_fresh_parser_giv
         fresh = _conversion.XmlParser(context=XmlContext()).parse(
             _conversion.ensure_2016(xml, as_tree=True), type(shared))
         assert shared == fresh and shared.images[0].pixels.physical_size_x == fresh.images[0].pixels.physical_size_x
+
+
+def test_mrc_files_read_in_many_threads_leave_the_process_warnings_as_they_were(tmp_path):
+    """Reading MRC files hides or records mrcfile's warnings (``warnings.catch_warnings``, which swaps the process's
+    filters): a worker's threads reading several at once must not leave one's filters or recorder installed."""
+    import threading
+    import warnings
+    from concurrent.futures import ThreadPoolExecutor
+
+    from builders import mrc_file
+    from zarrchive.formats.mrc import MrcFormat
+
+    paths = [mrc_file(tmp_path / f"m{i}.mrc", random_image((2, 16, 16), "int16")) for i in range(4)]
+    for path in paths[:2]:  # a header whose map size does not match its data: mrcfile warns, permissively
+        data = bytearray(path.read_bytes())
+        data[24:28] = (0).to_bytes(4, "little")  # mx 0
+        path.write_bytes(bytes(data))
+    fmt = MrcFormat()
+    filters, shown = list(warnings.filters), warnings.showwarning
+    start = threading.Barrier(8)
+
+    def read(i: int) -> None:
+        start.wait() if i < 8 else None
+        for _ in range(15):
+            path = str(paths[i % len(paths)])
+            fmt.describe(path, path)
+            fmt.array(path, 0)
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(read, range(32)))
+    assert warnings.showwarning is shown
+    assert warnings.filters == filters

@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import threading
 import warnings
 from typing import Any
 
@@ -26,6 +27,12 @@ from zarrchive.formats import NativeFormat, Series
 MAP_WORD = b"MAP "  # bytes 208-211 of an MRC2014 header
 IMOD_STAMP = 1146047817
 SUFFIXES = (".mrc", ".map", ".mrcs", ".st", ".ali", ".rec", ".mrc.gz")
+
+
+# warnings.catch_warnings swaps the process's filters (and, recording, its showwarning) and puts back what it found:
+# two threads of a worker interleaving their blocks would leave one's filters or recorder installed for good. Every
+# block of this module holds this lock (headers and memory maps: quick).
+_WARNINGS = threading.RLock()  # (describe holds it while it reads the extended header, which takes it too)
 
 
 class MrcFormat(NativeFormat):
@@ -41,7 +48,7 @@ class MrcFormat(NativeFormat):
         import mrcfile
 
         try:
-            with warnings.catch_warnings(record=True) as caught:
+            with _WARNINGS, warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
                 with mrcfile.open(path, mode="r", permissive=True, header_only=True) as head:
                     self._check_size(head.header, path, shown_as)
@@ -97,7 +104,7 @@ class MrcFormat(NativeFormat):
     def array(self, path: str, series: int) -> Any:
         import mrcfile
 
-        with warnings.catch_warnings():
+        with _WARNINGS, warnings.catch_warnings():
             warnings.simplefilter("ignore")
             mrc = mrcfile.mmap(path, mode="r", permissive=True)
         data = mrc.data
@@ -148,7 +155,7 @@ def _header_document(mrc: Any) -> dict[str, Any]:
         document["extended_header_type"] = exttyp
         indexed = None
         if exttyp in ("FEI1", "FEI2"):
-            with warnings.catch_warnings():
+            with _WARNINGS, warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 indexed = mrc.indexed_extended_header
         if indexed is not None:
