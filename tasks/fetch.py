@@ -13,7 +13,7 @@ import time
 
 from zarrchive import faults
 from zarrchive.archive.lineage import Traced, stage_task, traced
-from zarrchive.archive.storage import copy_stream_hashing, join, resolve, tree_digest
+from zarrchive.archive.storage import SMALL_COPY, copy_stream_hashing, join, resolve, tree_digest
 from zarrchive.config import FetchSettings
 from zarrchive.errors import ChecksumMismatch, InputError, StageTimeout, TransientError, ZarrchiveError, is_transient
 from zarrchive.landingzone import SubmissionFiles
@@ -70,8 +70,9 @@ def _copy(files: SubmissionFiles, rel: str, dst_fs, dst: str, block: int) -> tup
 
 
 def fetch_files(submission: Submission, staging: str, settings: FetchSettings) -> FetchResult:
-    """Stage every file of the submission, ``settings.threads`` at a time; a file that fails is reported and the
-    others go on. Records and failures keep the order of ``submission.yaml``."""
+    """Stage every file of the submission, the large ones (and any from an object store) ``settings.threads`` at a
+    time, the small local ones one after another meanwhile (``storage.SMALL_COPY``); a file that fails is reported
+    and the others go on. Records and failures keep the order of ``submission.yaml``."""
     from concurrent.futures import ThreadPoolExecutor
 
     from prefect.utilities.timeout import timeout
@@ -92,9 +93,11 @@ def fetch_files(submission: Submission, staging: str, settings: FetchSettings) -
             return Failure(stage="fetch", source_path=entry.path,
                            error=f"{entry.path}: cannot be read: {type(exc).__name__}: {exc}")
 
-    with ThreadPoolExecutor(min(settings.threads, max(len(submission.doc.files), 1)),
-                            thread_name_prefix="fetch") as pool:
-        done = list(pool.map(staged, submission.doc.files))
+    entries = submission.doc.files
+    small = [files.is_small_file(e.path, SMALL_COPY) for e in entries]  # copied one after another, here
+    with ThreadPoolExecutor(min(settings.threads, max(len(entries), 1)), thread_name_prefix="fetch") as pool:
+        large = {i: pool.submit(staged, e) for i, e in enumerate(entries) if not small[i]}
+        done = [staged(e) if small[i] else large[i].result() for i, e in enumerate(entries)]
     return FetchResult(files=[d for d in done if isinstance(d, FileRecord)],
                        failures=[d for d in done if isinstance(d, Failure)])
 

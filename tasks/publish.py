@@ -17,7 +17,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Iterable, Iterator
 
 import fsspec
@@ -31,6 +31,7 @@ from zarrchive.archive.identity import json_sha256
 from zarrchive.archive.landing import render_landing_page, render_qc_page
 from zarrchive.archive.lineage import Traced, build_crate, stage_task, traced
 from zarrchive.archive.storage import (
+    SMALL_COPY,
     copy_hashing,
     dumps,
     join,
@@ -210,28 +211,37 @@ def _upload(fs: fsspec.AbstractFileSystem, src: str, dst: str) -> ManifestEntry:
     return ManifestEntry(path=dst, size=size, sha256=sha256)
 
 
+def _done(copy: Future | ManifestEntry) -> ManifestEntry:
+    return copy.result() if isinstance(copy, Future) else copy
+
+
 class _Copier:
-    """Copies into a version, ``threads`` at a time (an object store's round trips; hashing and the kernel's copying
-    release the GIL), each entry in the order asked. The publishing lease is checked in the calling thread before
-    each copy is begun, and at most ``2 * threads`` are begun ahead of the one waited for. On a local disk a copy is
-    read back as it is stored (``storage.copy_stream_hashing``): ``read_back`` holds those, not read again."""
+    """Copies into a version, each entry in the order asked: ``threads`` at a time (an object store's round trips;
+    hashing and the kernel's copying release the GIL), but small files onto a local disk one after another in this
+    thread (``storage.SMALL_COPY``). The publishing lease is checked in this thread before each copy is begun, and
+    at most ``2 * threads`` are begun ahead of the one waited for. On a local disk a copy is read back as it is
+    stored (``storage.copy_stream_hashing``): ``read_back`` holds those, not read again."""
 
     def __init__(self, fs: fsspec.AbstractFileSystem, held: lease.Lease, threads: int) -> None:
         self.fs, self.held, self.threads = fs, held, threads
         self.pool = ThreadPoolExecutor(threads, thread_name_prefix="publish")
         self.read_back: set[str] = set()
+        self.local = isinstance(fs, LocalFileSystem)
 
     def copy(self, pairs: Iterable[tuple[str, str]]) -> list[ManifestEntry]:
         """Each local ``src`` copied to ``dst`` in the version, verified; their entries, in order."""
         entries = []
-        pending: deque = deque()
+        pending: deque = deque()  # copies begun in threads, and entries made here, in order
         for src, dst in pairs:
             self.held.check()
-            pending.append(self.pool.submit(_upload, self.fs, src, dst))
-            if len(pending) > 2 * self.threads:
-                entries.append(pending.popleft().result())
-        entries += [future.result() for future in pending]
-        if isinstance(self.fs, LocalFileSystem):
+            if self.local and os.stat(src).st_size < SMALL_COPY:  # (storage.SMALL_COPY: one after another)
+                pending.append(_upload(self.fs, src, dst))
+            else:
+                pending.append(self.pool.submit(_upload, self.fs, src, dst))
+            while len(pending) > 2 * self.threads or pending and isinstance(pending[0], ManifestEntry):
+                entries.append(_done(pending.popleft()))
+        entries += [_done(copy) for copy in pending]
+        if self.local:
             self.read_back.update(e.path for e in entries)
         return entries
 

@@ -403,32 +403,39 @@ def test_a_file_whose_copy_outlasts_its_time_fails_alone_and_leaves_nothing_stag
 
 @pytest.mark.parametrize("threads", [1, 3, 8])
 def test_files_are_copied_at_once_and_reported_in_the_order_submitted(tmp_path, monkeypatch, threads):
-    """fetch.threads files at a time: every file staged whole, records and failures in submission.yaml's order,
-    a failing file (a wrong sha256, a missing file, a link) fails alone."""
+    """fetch.threads large files at a time, the small ones one after another in the calling thread meanwhile: every
+    file staged whole, records and failures in submission.yaml's order, a failing file (a wrong sha256, a missing
+    file, a link) fails alone."""
     import threading
 
+    from zarrchive.archive.storage import SMALL_COPY
     from zarrchive.tasks import fetch as fetch_mod
 
-    contents = {f"f{i:02d}.bin": bytes([i]) * (1000 * i + 1) for i in range(12)}
+    contents = {f"f{i:02d}.bin": bytes([i]) * ((SMALL_COPY + 1000 * i) if i % 2 else (1000 * i + 1))
+                for i in range(12)}
     src = write_files(tmp_path / "sub", contents)
     (src / "link.bin").symlink_to(src / "f01.bin")
     before = snapshot(src)
     entries = [{"path": p, "sha256": sha(b"not it") if p == "f05.bin" else sha(d)} for p, d in contents.items()]
     entries[7:7] = [{"path": "gone.bin"}, {"path": "link.bin"}]
-    made, copy = set(), fetch_mod.fetch_file
+    made, copy = {}, fetch_mod.fetch_file
 
-    def recorded(*args, **kwargs):
-        made.add(threading.current_thread().name)
-        return copy(*args, **kwargs)
+    def recorded(submission, entry, *args, **kwargs):
+        made[entry.path] = threading.current_thread().name
+        return copy(submission, entry, *args, **kwargs)
 
     monkeypatch.setattr(fetch_mod, "fetch_file", recorded)
     result = fetch_files(make_submission(str(src), entries), str(tmp_path / "staging"),
-                         FetchSettings(block_size=512, retries=0, retry_delay_seconds=[0], threads=threads))
+                         FetchSettings(block_size=1 << 16, retries=0, retry_delay_seconds=[0], threads=threads))
     assert [f.source_path for f in result.failures] == ["f05.bin", "gone.bin", "link.bin"]
     assert "link" in result.failures[2].error and "not found" in result.failures[1].error
     assert [r.path for r in result.files] == [p for p in contents if p != "f05.bin"]
     for record in result.files:
         assert Path(record.staged_path).read_bytes() == contents[record.path]
         assert record.sha256 == sha(contents[record.path]) and record.size == len(contents[record.path])
-    assert (len(made) == 1) == (threads == 1)
+    small = {p for p, d in contents.items() if len(d) < SMALL_COPY}
+    assert {made[p] for p in small} == {threading.current_thread().name}
+    in_threads = {made[p] for p in made if p not in small}
+    assert all(name.startswith("fetch") for name in in_threads)
+    assert (len(in_threads) == 1) == (threads == 1)
     assert snapshot(src) == before

@@ -552,13 +552,23 @@ def _copies(monkeypatch) -> list[tuple[str, str]]:
 
 def test_a_version_copied_in_threads_is_the_version_copied_in_one(tmp_path, monkeypatch):
     """publish.threads copies at once: the same objects, sizes, sha256 and manifest as one at a time."""
+    import threading
+
+    from zarrchive.archive.storage import SMALL_COPY
+
     made = _copies(monkeypatch)
     one, many = Inputs(tmp_path / "one"), Inputs(tmp_path / "many")
+    for inp in (one, many):  # large originals, copied in threads (small files one after another, in this thread)
+        inp.files += [stage_file(Path(inp.archive).parent / "staging", f"movies/m{i}.tif", bytes([i]) * (SMALL_COPY + i))
+                      for i in range(6)]
+        inp.submission = make_submission([f.path for f in inp.files])
+    here = threading.current_thread().name
     one.publish(settings=PublishSettings(on_image_error="block_submission", threads=1))
-    assert {thread for _dst, thread in made} == {"publish_0"}
+    assert {thread for dst, thread in made if "movies/" in dst} == {"publish_0"}
+    assert {thread for dst, thread in made if "movies/" not in dst} == {here}
     del made[:]
     many.publish(settings=PublishSettings(on_image_error="block_submission", threads=8))
-    assert len({thread for _dst, thread in made}) > 1
+    assert len({thread for dst, thread in made if "movies/" in dst}) > 1
     def objects(archive):  # (the crate names when and where its run was)
         return [f for f in _manifest_files(archive) if f["path"] != "ro-crate-metadata.json"]
 

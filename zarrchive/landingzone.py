@@ -94,6 +94,21 @@ class SubmissionFiles:
             return "file"
         return "store" if self._is_store(rel) else "folder"
 
+    def is_small_file(self, rel: str, limit: int) -> bool:
+        """Whether ``rel`` is a regular local file of fewer than ``limit`` bytes (its name's own status, no link
+        followed); False for anything else, what cannot be found included (``kind`` and ``open`` say why)."""
+        if not self.local:
+            return False
+        try:
+            fd, name = self._parent(rel)
+            try:
+                st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+            finally:
+                os.close(fd)
+        except (OSError, InputError):
+            return False
+        return stat.S_ISREG(st.st_mode) and st.st_size < limit
+
     def open(self, rel: str) -> BinaryIO:
         """``rel`` opened for reading, a regular file of the submission (checked again on the open file)."""
         if not self.local:
