@@ -70,9 +70,10 @@ def _copy(files: SubmissionFiles, rel: str, dst_fs, dst: str, block: int) -> tup
 
 
 def fetch_files(submission: Submission, staging: str, settings: FetchSettings) -> FetchResult:
-    """Stage every file of the submission, the large ones (and any from an object store) ``settings.threads`` at a
-    time, the small local ones one after another meanwhile (``storage.SMALL_COPY``); a file that fails is reported
-    and the others go on. Records and failures keep the order of ``submission.yaml``."""
+    """Stage every file of the submission: the large ones, Zarr stores and any from an object store
+    ``settings.threads`` at a time, the small local files one after another in this thread meanwhile
+    (``storage.SMALL_COPY``). A file that fails is reported and the others go on; records and failures keep the
+    order of ``submission.yaml``."""
     from concurrent.futures import ThreadPoolExecutor
 
     from prefect.utilities.timeout import timeout
@@ -94,10 +95,12 @@ def fetch_files(submission: Submission, staging: str, settings: FetchSettings) -
                            error=f"{entry.path}: cannot be read: {type(exc).__name__}: {exc}")
 
     entries = submission.doc.files
-    small = [files.is_small_file(e.path, SMALL_COPY) for e in entries]  # copied one after another, here
+    small = [files.is_small_file(e.path, SMALL_COPY) for e in entries]
     with ThreadPoolExecutor(min(settings.threads, max(len(entries), 1)), thread_name_prefix="fetch") as pool:
         large = {i: pool.submit(staged, e) for i, e in enumerate(entries) if not small[i]}
-        done = [staged(e) if small[i] else large[i].result() for i, e in enumerate(entries)]
+        made = {i: staged(e) for i, e in enumerate(entries) if small[i]}  # here, while the threads copy
+        made.update((i, copy.result()) for i, copy in large.items())
+    done = [made[i] for i in range(len(entries))]
     return FetchResult(files=[d for d in done if isinstance(d, FileRecord)],
                        failures=[d for d in done if isinstance(d, Failure)])
 

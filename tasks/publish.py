@@ -5,8 +5,10 @@ under ``labels/<name>/``, listed by ``labels/zarr.json``), ``originals/<submitte
 ``qc/report.json``, ``ro-crate-metadata.json`` and ``manifest.json``. An image or
 original that did not change since the latest public version is not stored again:
 the manifest lists it at that version's path (``../v1/images/<id>.ome.zarr/…``;
-``zarrchive.archive.sharing``). Every object uploaded is re-read and its sha256 compared (on a local disk as it
-is copied, before it is moved into place). Objects are copied ``publish.threads`` at a time. ``manifest.json`` is
+``zarrchive.archive.sharing``). Every object uploaded is re-read and its sha256 compared: a store's object or an
+original copied onto a local disk by the kernel is read back as it is copied, before it is moved into place, and
+compared with the digest compress or fetch took; every other object once all are uploaded. Large objects are
+copied ``publish.threads`` at a time. ``manifest.json`` is
 written last: it is the commit point, so a version folder without one was never
 published (a crashed attempt) and is replaced by the next attempt.
 ``versions.json`` is an index rebuilt from the manifests.
@@ -32,6 +34,7 @@ from zarrchive.archive.landing import render_landing_page, render_qc_page
 from zarrchive.archive.lineage import Traced, build_crate, stage_task, traced
 from zarrchive.archive.storage import (
     SMALL_COPY,
+    copy_as_stored,
     copy_hashing,
     dumps,
     join,
@@ -206,12 +209,18 @@ def not_published(submission: Submission, archive: str, outcomes: list[ImageOutc
 # ---------------------------------------------------------------- writing a version
 
 
-def _upload(fs: fsspec.AbstractFileSystem, src: str, dst: str) -> ManifestEntry:
-    size, sha256 = copy_hashing(fsspec.filesystem("file"), src, fs, dst)
-    return ManifestEntry(path=dst, size=size, sha256=sha256)
+def _upload(fs: fsspec.AbstractFileSystem, src: str, dst: str, checked: bool) -> tuple[ManifestEntry, bool]:
+    """Copy ``src`` into the version: its entry, and whether it was read back as stored. A ``checked`` copy (its
+    digest is compared with one known before) onto a local disk is made by the kernel and read back; others are
+    hashed as read, and read back by ``_verify_stored``."""
+    if checked:
+        size, sha256, read_back = copy_as_stored(src, fs, dst)
+    else:
+        (size, sha256), read_back = copy_hashing(fsspec.filesystem("file"), src, fs, dst), False
+    return ManifestEntry(path=dst, size=size, sha256=sha256), read_back
 
 
-def _done(copy: Future | ManifestEntry) -> ManifestEntry:
+def _done(copy: Future | tuple[ManifestEntry, bool]) -> tuple[ManifestEntry, bool]:
     return copy.result() if isinstance(copy, Future) else copy
 
 
@@ -219,8 +228,9 @@ class _Copier:
     """Copies into a version, each entry in the order asked: ``threads`` at a time (an object store's round trips;
     hashing and the kernel's copying release the GIL), but small files onto a local disk one after another in this
     thread (``storage.SMALL_COPY``). The publishing lease is checked in this thread before each copy is begun, and
-    at most ``2 * threads`` are begun ahead of the one waited for. On a local disk a copy is read back as it is
-    stored (``storage.copy_stream_hashing``): ``read_back`` holds those, not read again."""
+    at most ``2 * threads`` are begun ahead of the one waited for (a lease lost stops those not yet begun; the ones
+    under way end before ``close`` returns). ``read_back`` holds the copies read back as stored
+    (``storage.copy_as_stored``), not read again."""
 
     def __init__(self, fs: fsspec.AbstractFileSystem, held: lease.Lease, threads: int) -> None:
         self.fs, self.held, self.threads = fs, held, threads
@@ -228,22 +238,22 @@ class _Copier:
         self.read_back: set[str] = set()
         self.local = isinstance(fs, LocalFileSystem)
 
-    def copy(self, pairs: Iterable[tuple[str, str]]) -> list[ManifestEntry]:
-        """Each local ``src`` copied to ``dst`` in the version, verified; their entries, in order."""
-        entries = []
+    def copy(self, pairs: Iterable[tuple[str, str]], checked: bool = True) -> list[ManifestEntry]:
+        """Each local ``src`` copied to ``dst`` in the version; their entries, in order. ``checked``: the caller
+        compares each digest with one it knew before (else it is compared with the source's when read back)."""
+        copies = []
         pending: deque = deque()  # copies begun in threads, and entries made here, in order
         for src, dst in pairs:
             self.held.check()
             if self.local and os.stat(src).st_size < SMALL_COPY:  # (storage.SMALL_COPY: one after another)
-                pending.append(_upload(self.fs, src, dst))
+                pending.append(_upload(self.fs, src, dst, checked))
             else:
-                pending.append(self.pool.submit(_upload, self.fs, src, dst))
-            while len(pending) > 2 * self.threads or pending and isinstance(pending[0], ManifestEntry):
-                entries.append(_done(pending.popleft()))
-        entries += [_done(copy) for copy in pending]
-        if self.local:
-            self.read_back.update(e.path for e in entries)
-        return entries
+                pending.append(self.pool.submit(_upload, self.fs, src, dst, checked))
+            while len(pending) > 2 * self.threads or pending and not isinstance(pending[0], Future):
+                copies.append(_done(pending.popleft()))
+        copies += [_done(copy) for copy in pending]
+        self.read_back.update(entry.path for entry, read_back in copies if read_back)
+        return [entry for entry, _read_back in copies]
 
     def close(self) -> None:
         """Wait for the copies begun (a failed one leaves others running) and begin no more."""
@@ -564,7 +574,8 @@ def _upload_pages(copier: _Copier, vdir: str, submission: Submission, number: in
             made.append(report)
     # the compress pass made most pictures, in the work area: copied as a store's objects are
     pictured = [r for r in made if r.thumbnail and os.path.isfile(r.thumbnail)]
-    entries += copier.copy((r.thumbnail, join(vdir, f"thumbnails/{r.image_id}.png")) for r in pictured)
+    entries += copier.copy(((r.thumbnail, join(vdir, f"thumbnails/{r.image_id}.png")) for r in pictured),
+                           checked=False)  # (no digest of its own: hashed as read, and read back at the end)
     thumbnails.update((r.image_id, f"thumbnails/{r.image_id}.png") for r in pictured)
     made = [r for r in made if r.image_id not in thumbnails]
     for report, png in zip(made, _thumbnails([r.store for r in made])):
@@ -601,7 +612,7 @@ def _thumbnails(stores: list[str], ahead: int = 64) -> Iterator[bytes | Exceptio
 
 def _verify_stored(copier: _Copier, entries: list[ManifestEntry]) -> None:
     """Every object re-read as stored and compared with what was uploaded (a copy already read back as it was
-    stored is not read again)."""
+    stored, and compared with the digest its caller knew, is not read again)."""
     fs = copier.fs
     again = [e for e in entries if e.path not in copier.read_back]
     for entry, (size, sha256) in zip(again, copier.pool.map(lambda e: sha256_stream(fs, e.path), again)):

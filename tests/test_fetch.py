@@ -334,20 +334,20 @@ def test_originals_are_never_modified(tmp_path, flaky):
     assert {p: fs.cat_file(f"{root}/{p}") for p in CONTENTS} == mem_before
 
 
-@pytest.mark.parametrize("copy", ["streamed", "by the kernel"])
-def test_a_file_whose_copy_outlasts_its_time_fails_alone_and_leaves_nothing_staged(tmp_path, monkeypatch, copy):
+@pytest.mark.parametrize("where", ["in the calling thread", "in a thread"])
+def test_a_file_whose_copy_outlasts_its_time_fails_alone_and_leaves_nothing_staged(tmp_path, monkeypatch, where):
     """A copy that never ends (the source keeps it busy): that file fails, named, after fetch.timeout_seconds;
-    nothing of it is staged; the next file is fetched. Whether it is read block by block (a source that is not a
-    local file, or one on another filesystem) or copied by the kernel (``copy_file_range``, a block a call). (A read blocked in the kernel is not
-    interrupted: README, Reliability, known limits.)"""
-    import errno
+    nothing of it is staged; the next file is fetched. A small file is copied in the calling thread, a large one
+    in one of fetch's threads. (A read blocked in the kernel is not interrupted: README, Reliability, known
+    limits.)"""
     import time
 
     from zarrchive import landingzone
+    from zarrchive.archive.storage import SMALL_COPY
 
     src = tmp_path / "src"
     src.mkdir()
-    (src / "stalled.bin").write_bytes(b"s" * 4096)
+    (src / "stalled.bin").write_bytes(b"s" * (4096 if where == "in the calling thread" else SMALL_COPY + 4096))
     (src / "fine.bin").write_bytes(b"f" * 4096)
     sub = make_submission(str(src), [{"path": "stalled.bin"}, {"path": "fine.bin"}])
     opened = landingzone.SubmissionFiles.open
@@ -364,20 +364,9 @@ def test_a_file_whose_copy_outlasts_its_time_fails_alone_and_leaves_nothing_stag
         def __getattr__(self, name):
             return getattr(self.handle, name)
 
-    kernel_copy = os.copy_file_range
-
-    def copy_file_range(src, dst, count, offset_src=None, offset_dst=None):
-        if copy == "streamed":  # the source on another filesystem than staging: read block by block
-            raise OSError(errno.EXDEV, "Invalid cross-device link")
-        done = kernel_copy(src, dst, count, offset_src, offset_dst)
-        if os.readlink(f"/proc/self/fd/{src}").endswith("stalled.bin"):
-            while True:  # the share stopped answering after the first block
-                time.sleep(0.05)
-        return done
-
     def opening(self, rel):
         handle = opened(self, rel)
-        if rel != "stalled.bin" or copy == "by the kernel":
+        if rel != "stalled.bin":
             return handle
 
         class Wrapped:
@@ -390,7 +379,6 @@ def test_a_file_whose_copy_outlasts_its_time_fails_alone_and_leaves_nothing_stag
         return Wrapped()
 
     monkeypatch.setattr(landingzone.SubmissionFiles, "open", opening)
-    monkeypatch.setattr(os, "copy_file_range", copy_file_range)
     started = time.monotonic()
     result = fetch_files(sub, str(tmp_path / "staging"), FetchSettings(block_size=1024, retries=0,
                                                                        retry_delay_seconds=[0], timeout_seconds=1))

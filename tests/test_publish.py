@@ -542,26 +542,31 @@ def _copies(monkeypatch) -> list[tuple[str, str]]:
 
     made, upload = [], publish_mod._upload
 
-    def recorded(fs, src, dst):
+    def recorded(fs, src, dst, checked):
         made.append((dst, threading.current_thread().name))
-        return upload(fs, src, dst)
+        return upload(fs, src, dst, checked)
 
     monkeypatch.setattr(publish_mod, "_upload", recorded)
     return made
+
+
+def _with_large_originals(inp: Inputs, count: int = 6) -> Inputs:
+    """``inp`` with ``count`` originals of 1 MiB or more (copied in publish's threads; small ones are copied one
+    after another in the calling thread)."""
+    from zarrchive.archive.storage import SMALL_COPY
+
+    inp.files += [stage_file(Path(inp.archive).parent / "staging", f"movies/m{i}.tif", bytes([i]) * (SMALL_COPY + i))
+                  for i in range(count)]
+    inp.submission = make_submission([f.path for f in inp.files])
+    return inp
 
 
 def test_a_version_copied_in_threads_is_the_version_copied_in_one(tmp_path, monkeypatch):
     """publish.threads copies at once: the same objects, sizes, sha256 and manifest as one at a time."""
     import threading
 
-    from zarrchive.archive.storage import SMALL_COPY
-
     made = _copies(monkeypatch)
-    one, many = Inputs(tmp_path / "one"), Inputs(tmp_path / "many")
-    for inp in (one, many):  # large originals, copied in threads (small files one after another, in this thread)
-        inp.files += [stage_file(Path(inp.archive).parent / "staging", f"movies/m{i}.tif", bytes([i]) * (SMALL_COPY + i))
-                      for i in range(6)]
-        inp.submission = make_submission([f.path for f in inp.files])
+    one, many = _with_large_originals(Inputs(tmp_path / "one")), _with_large_originals(Inputs(tmp_path / "many"))
     here = threading.current_thread().name
     one.publish(settings=PublishSettings(on_image_error="block_submission", threads=1))
     assert {thread for dst, thread in made if "movies/" in dst} == {"publish_0"}
@@ -569,6 +574,7 @@ def test_a_version_copied_in_threads_is_the_version_copied_in_one(tmp_path, monk
     del made[:]
     many.publish(settings=PublishSettings(on_image_error="block_submission", threads=8))
     assert len({thread for dst, thread in made if "movies/" in dst}) > 1
+
     def objects(archive):  # (the crate names when and where its run was)
         return [f for f in _manifest_files(archive) if f["path"] != "ro-crate-metadata.json"]
 
@@ -576,27 +582,29 @@ def test_a_version_copied_in_threads_is_the_version_copied_in_one(tmp_path, monk
     assert listing(one.acc()) == listing(many.acc())
 
 
-def test_a_copy_that_fails_in_a_thread_fails_the_version_and_nothing_is_committed(tmp_path, monkeypatch):
+@pytest.mark.parametrize("which", ["a large original, in a thread", "a store's object, in the calling thread"])
+def test_a_copy_that_fails_fails_the_version_naming_it_and_nothing_is_committed(tmp_path, monkeypatch, which):
     from zarrchive.tasks import publish as publish_mod
 
     upload = publish_mod._upload
+    failing_one = "movies/m3.tif" if which.startswith("a large") else "0/zarr.json"
 
-    def failing(fs, src, dst):
-        if dst.endswith("/zarr.json") and "/0/" in dst:
+    def failing(fs, src, dst, checked):
+        if dst.endswith(failing_one):
             raise OSError(f"{dst}: No space left on device")
-        return upload(fs, src, dst)
+        return upload(fs, src, dst, checked)
 
     monkeypatch.setattr(publish_mod, "_upload", failing)
-    inp = Inputs(tmp_path)
-    with pytest.raises(OSError, match="0/zarr.json: No space left"):
+    inp = _with_large_originals(Inputs(tmp_path))
+    with pytest.raises(OSError, match=f"{failing_one}: No space left"):
         inp.publish(settings=PublishSettings(on_image_error="block_submission", threads=4))
     assert published_versions(inp.archive, ACCESSION) == []
     assert not (inp.acc() / "v1").exists() or not listing(inp.acc() / "v1")
 
 
 def test_a_lease_lost_while_copying_stops_the_copies_and_commits_nothing(tmp_path, monkeypatch):
-    """The lease is checked before each copy is begun; once it is lost no more are begun than were already ahead
-    (2 x threads), and nothing is committed."""
+    """The lease is checked before each copy is begun, in the calling thread: once it is lost no copy is begun,
+    those under way end, and nothing is committed."""
     from zarrchive.archive import lease
 
     made = _copies(monkeypatch)
@@ -604,19 +612,23 @@ def test_a_lease_lost_while_copying_stops_the_copies_and_commits_nothing(tmp_pat
 
     def check(self):
         checks.append(len(made))
-        if len(checks) > 3:
+        if sum("movies/" in dst for dst, _thread in made) >= 3:  # lost while the large originals are copied
             raise lease.LeaseLost("the publishing lease ran out")
 
     monkeypatch.setattr(lease.Lease, "check", check)
-    inp = Inputs(tmp_path)
+    inp = _with_large_originals(Inputs(tmp_path), 20)
     with pytest.raises(lease.LeaseLost):
         inp.publish(settings=PublishSettings(on_image_error="block_submission", threads=2))
-    assert len(made) <= 3
+    assert {thread for dst, thread in made if "movies/" in dst} <= {"publish_0", "publish_1"}
+    assert len(made) < len(checks)  # each copy begun after a check that passed, none after the one that failed
     assert published_versions(inp.archive, ACCESSION) == []
+    assert not (inp.acc() / "v1").exists() or not listing(inp.acc() / "v1")
 
 
-def test_every_object_on_an_object_store_is_read_back_and_on_a_disk_as_it_is_copied(tmp_path, monkeypatch,
-                                                                                      s3_endpoint):
+def test_every_object_is_read_back_on_a_disk_as_it_is_copied_or_after(tmp_path, monkeypatch, s3_endpoint):
+    """On a local disk the stores' objects and the originals are read back as they are copied (and compared with
+    the digests compress and fetch took); a thumbnail (no digest of its own) and the documents are read back at the
+    end. On an object store every object is read back at the end."""
     from zarrchive.tasks import publish as publish_mod
 
     reread, stream = [], publish_mod.sha256_stream
@@ -627,11 +639,16 @@ def test_every_object_on_an_object_store_is_read_back_and_on_a_disk_as_it_is_cop
 
     monkeypatch.setattr(publish_mod, "sha256_stream", reading)
     made = _copies(monkeypatch)
-    local = Inputs(tmp_path / "disk")
-    local.publish(settings=PublishSettings(on_image_error="block_submission", threads=4))
+    local = _with_large_originals(Inputs(tmp_path / "disk"), 2)
+    picture = Path(local.reports[0].store + ".png")
+    picture.write_bytes(b"\x89PNG made by the pass")
+    local.publish(reports=[local.reports[0].model_copy(update={"thumbnail": str(picture)})],
+                  settings=PublishSettings(on_image_error="block_submission", threads=4))
+    vdir = local.acc() / "v1"
     copied = {dst for dst, _thread in made}
-    assert copied and not copied & set(reread)  # read back by the copy itself, before it was moved into place
-    assert set(reread) == {str(local.acc() / "v1" / f["path"]) for f in _manifest_files(local.archive)} - copied
+    assert str(vdir / "thumbnails" / "cells.png") in copied & set(reread)
+    assert set(reread) == {str(vdir / f["path"]) for f in _manifest_files(local.archive)} - copied | {
+        str(vdir / "thumbnails" / "cells.png")}
 
     del made[:], reread[:]
     remote = Inputs(tmp_path / "s3")

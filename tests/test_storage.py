@@ -88,124 +88,85 @@ def test_ingest_from_s3_landing_zone_into_s3_archive(s3_endpoint, tmp_path, conf
     assert fs.info(f"{bucket}/archive/changes.jsonl").get("ContentType") == "application/x-ndjson"
 
 
-# ---------------------------------------------------------------- copies onto a local disk
+# ---------------------------------------------------------------- publish's copies: by the kernel, read back
 
 
 def _payload(n: int = 3 * 4096 + 123) -> bytes:
     return bytes((i * 7 + i // 251) % 256 for i in range(n))
 
 
-def test_a_local_copy_is_made_by_the_kernel_and_hashed_as_stored(tmp_path, monkeypatch):
-    """From a local file onto a local disk: copy_file_range, a block a call, from where the file is open; the size
-    and sha256 are of the copy as stored; nothing of the temporary name is left."""
+def _kernel(monkeypatch, behave):
+    """Route os.copy_file_range through ``behave(call number, real, *args)``; the calls' counts."""
     import os
 
-    from zarrchive.archive.storage import copy_stream_hashing
+    real, calls = os.copy_file_range, []
+
+    def routed(src, dst, count, offset_src=None, offset_dst=None):
+        calls.append(count)
+        return behave(len(calls), real, src, dst, count, offset_src, offset_dst)
+
+    monkeypatch.setattr(os, "copy_file_range", routed)
+    return calls
+
+
+def test_copy_as_stored_onto_a_disk_is_made_by_the_kernel_and_read_back_and_onto_s3_streamed(location, tmp_path,
+                                                                                           monkeypatch):
+    """Onto a local disk: copy_file_range, a block a call, the size and sha256 of the copy as stored (read back);
+    onto an object store: streamed and hashed as read (the caller reads it back). Nothing of a temporary name."""
+    from zarrchive.archive.storage import copy_as_stored
 
     payload = _payload()
     (tmp_path / "src.bin").write_bytes(payload)
-    calls = []
-    kernel = os.copy_file_range
-
-    def counting(src, dst, count, offset_src=None, offset_dst=None):
-        calls.append(count)
-        return kernel(src, dst, count, offset_src, offset_dst)
-
-    monkeypatch.setattr(os, "copy_file_range", counting)
-    fs, root = resolve(str(tmp_path / "out"))
-    for start in (0, 1000, len(payload)):
-        with open(tmp_path / "src.bin", "rb") as fin:
-            fin.read(start)  # (a buffered reader has read ahead: the copy starts where the file is for its reader)
-            size, digest = copy_stream_hashing(fin, fs, join(root, f"from{start}.bin"), block=4096)
-        rest = payload[start:]
-        assert (size, digest) == (len(rest), hashlib.sha256(rest).hexdigest())
-        assert (tmp_path / "out" / f"from{start}.bin").read_bytes() == rest
-    assert calls and set(calls) == {4096}
-    assert {p.name for p in (tmp_path / "out").iterdir()} == {"from0.bin", "from1000.bin", f"from{len(payload)}.bin"}
+    calls = _kernel(monkeypatch, lambda _n, real, *args: real(*args))
+    fs, root = resolve(location)
+    size, digest, read_back = copy_as_stored(str(tmp_path / "src.bin"), fs, join(root, "a/dst.bin"), block=4096)
+    assert (size, digest) == (len(payload), hashlib.sha256(payload).hexdigest())
+    assert fs.cat_file(join(root, "a/dst.bin")) == payload and not [p for p in fs.find(root) if ".part" in p]
+    local = not location.startswith("s3://")
+    assert read_back is local and (set(calls) == {4096} if local else calls == [])
 
 
 @pytest.mark.parametrize("code", ["EXDEV", "ENOSYS", "EOPNOTSUPP", "EINVAL"])
 @pytest.mark.parametrize("after", [0, 2])
 def test_where_the_kernel_cannot_copy_the_file_is_streamed_whole(tmp_path, monkeypatch, code, after):
     """Another filesystem, an old kernel, a file it cannot copy: at the first call or after some blocks, the copy
-    starts again streamed and is whole."""
+    starts again streamed, whole, hashed as read (not read back)."""
     import errno
-    import os
 
-    from zarrchive.archive.storage import copy_stream_hashing
+    from zarrchive.archive.storage import copy_as_stored
+
+    def refusing(n, real, *args):
+        if n > after:
+            raise OSError(getattr(errno, code), code)
+        return real(*args)
 
     payload = _payload()
     (tmp_path / "src.bin").write_bytes(payload)
-    kernel, calls = os.copy_file_range, []
-
-    def refusing(src, dst, count, offset_src=None, offset_dst=None):
-        calls.append(count)
-        if len(calls) > after:
-            raise OSError(getattr(errno, code), code)
-        return kernel(src, dst, count, offset_src, offset_dst)
-
-    monkeypatch.setattr(os, "copy_file_range", refusing)
+    _kernel(monkeypatch, refusing)
     fs, root = resolve(str(tmp_path / "out"))
-    with open(tmp_path / "src.bin", "rb") as fin:
-        size, digest = copy_stream_hashing(fin, fs, join(root, "dst.bin"), block=4096)
-    assert (size, digest) == (len(payload), hashlib.sha256(payload).hexdigest())
+    size, digest, read_back = copy_as_stored(str(tmp_path / "src.bin"), fs, join(root, "dst.bin"), block=4096)
+    assert (size, digest, read_back) == (len(payload), hashlib.sha256(payload).hexdigest(), False)
     assert (tmp_path / "out" / "dst.bin").read_bytes() == payload
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["dst.bin"]
 
 
-def test_a_failing_kernel_copy_fails_and_leaves_nothing(tmp_path, monkeypatch):
+@pytest.mark.parametrize("fault", ["an I/O error", "a short copy"])
+def test_a_failing_or_short_kernel_copy_fails_naming_it_and_leaves_nothing(tmp_path, monkeypatch, fault):
+    """A kernel copy that fails, or that ends before the file does (it reports no more bytes: a filesystem's bug),
+    is an error naming the copy; nothing appears."""
     import errno
-    import os
 
-    from zarrchive.archive.storage import copy_stream_hashing
+    from zarrchive.archive.storage import copy_as_stored
+
+    def faulty(n, real, *args):
+        if n > 1 and fault == "an I/O error":
+            raise OSError(errno.EIO, "Input/output error")
+        return real(*args) if n == 1 else 0
 
     (tmp_path / "src.bin").write_bytes(_payload())
-    kernel, calls = os.copy_file_range, []
-
-    def failing(src, dst, count, offset_src=None, offset_dst=None):
-        calls.append(count)
-        if len(calls) > 1:
-            raise OSError(errno.EIO, "Input/output error")
-        return kernel(src, dst, count, offset_src, offset_dst)
-
-    monkeypatch.setattr(os, "copy_file_range", failing)
+    _kernel(monkeypatch, faulty)
     fs, root = resolve(str(tmp_path / "out"))
-    with open(tmp_path / "src.bin", "rb") as fin, pytest.raises(OSError, match="Input/output"):
-        copy_stream_hashing(fin, fs, join(root, "dst.bin"), block=4096)
-    assert list((tmp_path / "out").iterdir()) == []
-
-
-def test_a_streamed_copy_stored_otherwise_than_it_was_read_is_an_error_naming_it(tmp_path, monkeypatch):
-    """Read back before it is moved into place: a disk that stores other bytes than were written fails the copy,
-    naming it, and nothing appears."""
-    import contextlib
-    import io
-    import os
-
-    from zarrchive.archive import storage
-
-    payload = _payload()
-
-    class Flipping(io.FileIO):
-        def write(self, data):
-            data = bytearray(data)
-            data[0] ^= 1
-            return super().write(bytes(data))
-
-    @contextlib.contextmanager
-    def faulty(fs, path):
-        tmp = f"{path}.part-test"
-        os.makedirs(os.path.dirname(tmp), exist_ok=True)
-        try:
-            with Flipping(tmp, "w") as fh:
-                yield fh
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-
-    monkeypatch.setattr(storage, "open_for_commit", faulty)
-    fs, root = resolve(str(tmp_path / "out"))
-    with pytest.raises(OSError, match="dst.bin: the copy read back differs"):  # (from memory: no kernel copy)
-        storage.copy_stream_hashing(io.BytesIO(payload), fs, join(root, "dst.bin"), block=4096)
+    with pytest.raises(OSError, match="Input/output" if fault == "an I/O error" else
+                       r"dst.bin: the kernel copied 4096 of the file's 12411 bytes"):
+        copy_as_stored(str(tmp_path / "src.bin"), fs, join(root, "dst.bin"), block=4096)
     assert list((tmp_path / "out").iterdir()) == []

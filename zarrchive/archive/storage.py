@@ -1,11 +1,10 @@
 """Storage through fsspec: one URL syntax for local folders, s3:// and the rest.
 
 Copies write to a temporary name and move into place only when complete, so a
-reader never sees half a file. A copy onto a local disk is hashed as it was
-stored, read back before it is moved into place; from a local file the kernel
-copies it (``copy_file_range``: no bytes through this process but the hashing).
-A copy onto an object store streams in blocks, hashing on the way (its caller
-reads the object back).
+reader never sees half a file. They stream in blocks, hashing what they read;
+``copy_as_stored`` (publish's copies of what it has digests of) has the kernel
+copy a local file onto a local disk (``copy_file_range``: no bytes through this
+process) and hashes the copy as stored, read back.
 """
 
 from __future__ import annotations
@@ -125,26 +124,35 @@ def copy_hashing(
 
 
 def copy_stream_hashing(fin: Any, dst_fs: fsspec.AbstractFileSystem, dst: str, block: int = BLOCK) -> tuple[int, str]:
-    """Copy the open file ``fin`` (from where it is) to ``dst``, which appears only when complete; its size and
-    sha256. On a local disk they are of ``dst`` as stored, read back before it is moved into place (a copy that
-    differs from what was read is an ``OSError``, naming it); elsewhere, of the bytes sent."""
-    local = isinstance(dst_fs, LocalFileSystem)
+    """Stream the open file ``fin`` to ``dst`` hashing what was read on the way; ``dst`` appears only when
+    complete."""
     with open_for_commit(dst_fs, dst) as fout:
-        if local and _copied_by_kernel(fin, fout, block):
-            return sha256_of_file(fout.name, block)
-        digest = hashlib.sha256()
-        size = 0
-        while chunk := fin.read(block):
-            digest.update(chunk)
-            fout.write(chunk)
-            size += len(chunk)
-        if not local:
-            return size, digest.hexdigest()
-        fout.flush()
-        stored = sha256_of_file(fout.name, block)
-        if stored != (size, digest.hexdigest()):
-            raise OSError(errno.EIO, f"{dst}: the copy read back differs from what was written")
-        return stored
+        return _stream(fin, fout, block)
+
+
+def _stream(fin: Any, fout: Any, block: int) -> tuple[int, str]:
+    digest = hashlib.sha256()
+    size = 0
+    while chunk := fin.read(block):
+        digest.update(chunk)
+        fout.write(chunk)
+        size += len(chunk)
+    return size, digest.hexdigest()
+
+
+def copy_as_stored(src: str, dst_fs: fsspec.AbstractFileSystem, dst: str, block: int = BLOCK
+                   ) -> tuple[int, str, bool]:
+    """Copy the local file ``src`` to ``dst``, which appears only when complete: its size and sha256, and whether
+    they are of ``dst`` as stored, read back. Onto a local disk the kernel copies it (``copy_file_range``; a copy
+    shorter than the file is an ``OSError`` naming ``dst``), and it is read back before it is moved into place:
+    nothing of ``src`` is hashed, so the caller compares the digest with one it had before (a store's tree digest,
+    an original's sha256 from fetch). Elsewhere, or where the kernel cannot copy it, it is streamed and hashed as
+    read (False: the caller reads it back)."""
+    kernel = isinstance(dst_fs, LocalFileSystem) and hasattr(os, "copy_file_range")
+    with open(src, "rb") as fin, open_for_commit(dst_fs, dst) as fout:
+        if kernel and _copied_by_kernel(fin, fout, block, dst):
+            return (*sha256_of_file(fout.name, block), True)
+        return (*_stream(fin, fout, block), False)
 
 
 # Copies of local files smaller than this onto a local disk are made one after another, larger ones (and copies from
@@ -159,36 +167,35 @@ _NO_KERNEL_COPY = {errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, er
                    errno.ETXTBSY}
 
 
-def _copied_by_kernel(fin: Any, fout: Any, block: int) -> bool:
-    """Copy the rest of the regular local file ``fin`` into the fresh local file ``fout`` inside the kernel; False
-    (``fout`` left empty, ``fin`` where it was) when they are not such files or the kernel cannot copy them."""
-    if not hasattr(os, "copy_file_range"):
-        return False
-    try:
-        src, out, start = fin.fileno(), fout.fileno(), fin.tell()
-    except (AttributeError, OSError, ValueError):
-        return False  # not a file of this machine (an object store's)
-    if not stat.S_ISREG(os.fstat(src).st_mode):
+def _copied_by_kernel(fin: Any, fout: Any, block: int, dst: str) -> bool:
+    """Copy the regular local file ``fin`` whole into the fresh local file ``fout`` inside the kernel, a block a
+    call; False (``fout`` left empty, ``fin`` where it was: at its start) when the kernel cannot copy them. A copy
+    that ends before the file's end is an ``OSError`` naming ``dst``."""
+    src, out = fin.fileno(), fout.fileno()
+    st = os.fstat(src)
+    if not stat.S_ISREG(st.st_mode):
         return False
     done = 0
     try:
-        while n := os.copy_file_range(src, out, block, start + done, done):
+        while n := os.copy_file_range(src, out, block, done, done):
             done += n
     except OSError as exc:
         if exc.errno not in _NO_KERNEL_COPY:
             raise
         os.ftruncate(out, 0)
         return False
+    if done != st.st_size:
+        raise OSError(errno.EIO, f"{dst}: the kernel copied {done} of the file's {st.st_size} bytes")
     return True
 
 
 def sha256_of_file(path: str, block: int = BLOCK) -> tuple[int, str]:
-    """Size and sha256 of a local file, read into one buffer."""
+    """Size and sha256 of a local file, read into one buffer (no larger than the file)."""
     digest = hashlib.sha256()
     size = 0
-    buffer = bytearray(block)
-    view = memoryview(buffer)
     with open(path, "rb", buffering=0) as fh:
+        buffer = bytearray(max(1, min(block, os.fstat(fh.fileno()).st_size + 1)))
+        view = memoryview(buffer)
         while n := fh.readinto(buffer):
             digest.update(view[:n])
             size += n
