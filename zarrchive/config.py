@@ -60,7 +60,7 @@ class FetchSettings(Section):
     retries: int = Field(ge=0)
     retry_delay_seconds: list[float]
     timeout_seconds: float = Field(default=86400, gt=0)  # copying and hashing one file (or Zarr store), retries included
-    threads: int = Field(default=4, ge=1, le=64)  # files copied at once
+    threads: int = Field(default=4, ge=1, le=64)  # large files (storage.SMALL_COPY) copied at once
 
     operational: ClassVar[frozenset[str]] = frozenset({"timeout_seconds", "threads"})
 
@@ -280,7 +280,7 @@ class PublishSettings(Section):
     approval_timeout_seconds: float = Field(default=7 * 86400, gt=0)  # a curator's decision, when asked for
     viewer_url: str | None = Field(default=None, pattern=r"^https?://[^ ]*\{url\}")  # a web viewer, {url} the image's
     #                                                    public address (with public_base_url), e.g. vizarr's
-    threads: int = Field(default=4, ge=1, le=64)  # objects copied into a version (and read back) at once
+    threads: int = Field(default=4, ge=1, le=64)  # large objects (any, onto an object store) copied at once
 
     operational: ClassVar[frozenset[str]] = frozenset({"lease_seconds", "lease_wait_seconds", "public_base_url",
                                                         "approval_timeout_seconds", "viewer_url", "threads"})
