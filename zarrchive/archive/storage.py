@@ -151,7 +151,7 @@ def copy_as_stored(src: str, dst_fs: fsspec.AbstractFileSystem, dst: str, block:
     kernel = isinstance(dst_fs, LocalFileSystem) and hasattr(os, "copy_file_range")
     with open(src, "rb") as fin, open_for_commit(dst_fs, dst) as fout:
         if kernel and _copied_by_kernel(fin, fout, block, dst):
-            return (*sha256_of_file(fout.name, block), True)
+            return (*sha256_stream(dst_fs, fout.name, block), True)
         return (*_stream(fin, fout, block), False)
 
 
@@ -187,19 +187,6 @@ def _copied_by_kernel(fin: Any, fout: Any, block: int, dst: str) -> bool:
     if done != st.st_size:
         raise OSError(errno.EIO, f"{dst}: the kernel copied {done} of the file's {st.st_size} bytes")
     return True
-
-
-def sha256_of_file(path: str, block: int = BLOCK) -> tuple[int, str]:
-    """Size and sha256 of a local file, read into one buffer (no larger than the file)."""
-    digest = hashlib.sha256()
-    size = 0
-    with open(path, "rb", buffering=0) as fh:
-        buffer = bytearray(max(1, min(block, os.fstat(fh.fileno()).st_size + 1)))
-        view = memoryview(buffer)
-        while n := fh.readinto(buffer):
-            digest.update(view[:n])
-            size += n
-    return size, digest.hexdigest()
 
 
 ZARR_MARKERS = ("zarr.json", ".zgroup", ".zarray")  # what a Zarr store (v3, v2) has at its root
