@@ -209,12 +209,13 @@ def not_published(submission: Submission, archive: str, outcomes: list[ImageOutc
 # ---------------------------------------------------------------- writing a version
 
 
-def _upload(fs: fsspec.AbstractFileSystem, src: str, dst: str, checked: bool) -> tuple[ManifestEntry, bool]:
+def _upload(fs: fsspec.AbstractFileSystem, src: str, dst: str, checked: bool, link: bool = False
+            ) -> tuple[ManifestEntry, bool]:
     """Copy ``src`` into the version: its entry, and whether it was read back as stored. A ``checked`` copy (its
-    digest is compared with one known before) onto a local disk is made by the kernel and read back; others are
-    hashed as read, and read back by ``_verify_stored``."""
+    digest is compared with one known before) onto a local disk is hard-linked (``link``, on the same filesystem)
+    or made by the kernel, and read back; others are hashed as read, and read back by ``_verify_stored``."""
     if checked:
-        size, sha256, read_back = copy_as_stored(src, fs, dst)
+        size, sha256, read_back = copy_as_stored(src, fs, dst, link=link)
     else:
         (size, sha256), read_back = copy_hashing(fsspec.filesystem("file"), src, fs, dst), False
     return ManifestEntry(path=dst, size=size, sha256=sha256), read_back
@@ -230,10 +231,10 @@ class _Copier:
     thread (``storage.SMALL_COPY``). The publishing lease is checked in this thread before each copy is begun, and
     at most ``2 * threads`` are begun ahead of the one waited for (a lease lost stops those not yet begun; the ones
     under way end before ``close`` returns). ``read_back`` holds the copies read back as stored
-    (``storage.copy_as_stored``), not read again."""
+    (``storage.copy_as_stored``), not read again. ``link``: checked copies are hard links where they can be."""
 
-    def __init__(self, fs: fsspec.AbstractFileSystem, held: lease.Lease, threads: int) -> None:
-        self.fs, self.held, self.threads = fs, held, threads
+    def __init__(self, fs: fsspec.AbstractFileSystem, held: lease.Lease, threads: int, link: bool = False) -> None:
+        self.fs, self.held, self.threads, self.link = fs, held, threads, link
         self.pool = ThreadPoolExecutor(threads, thread_name_prefix="publish")
         self.read_back: set[str] = set()
         self.local = isinstance(fs, LocalFileSystem)
@@ -246,9 +247,9 @@ class _Copier:
         for src, dst in pairs:
             self.held.check()
             if self.local and os.stat(src).st_size < SMALL_COPY:  # (storage.SMALL_COPY: one after another)
-                pending.append(_upload(self.fs, src, dst, checked))
+                pending.append(_upload(self.fs, src, dst, checked, self.link))
             else:
-                pending.append(self.pool.submit(_upload, self.fs, src, dst, checked))
+                pending.append(self.pool.submit(_upload, self.fs, src, dst, checked, self.link))
             while len(pending) > 2 * self.threads or pending and not isinstance(pending[0], Future):
                 copies.append(_done(pending.popleft()))
         copies += [_done(copy) for copy in pending]
@@ -342,7 +343,7 @@ def _write_version(submission: Submission, archive: str, number: int, previous: 
     publishable = {o.image_id: o for o in outcomes if o.status == "published"}
     reports = [r for r in reports if r.image_id in publishable]
     share = sharing.shareable(fs, acc, share_from)
-    copier = _Copier(fs, held, settings.threads)
+    copier = _Copier(fs, held, settings.threads, settings.hard_links)
     try:
         entries, shared, published_paths, documents, stores = _upload_images(copier, vdir, reports, publishable, share)
         faults.point("publish.images")

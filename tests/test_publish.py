@@ -542,9 +542,9 @@ def _copies(monkeypatch) -> list[tuple[str, str]]:
 
     made, upload = [], publish_mod._upload
 
-    def recorded(fs, src, dst, checked):
+    def recorded(fs, src, dst, checked, link=False):
         made.append((dst, threading.current_thread().name))
-        return upload(fs, src, dst, checked)
+        return upload(fs, src, dst, checked, link)
 
     monkeypatch.setattr(publish_mod, "_upload", recorded)
     return made
@@ -559,6 +559,33 @@ def _with_large_originals(inp: Inputs, count: int = 6) -> Inputs:
                   for i in range(count)]
     inp.submission = make_submission([f.path for f in inp.files])
     return inp
+
+
+@pytest.mark.parametrize("hard_links", [True, False])
+def test_on_the_work_area_filesystem_stores_and_originals_are_linked_or_copied(tmp_path, hard_links):
+    """publish.hard_links: every object of a store and every original becomes the version's file as a hard link to
+    the run's own file (nothing written twice); the pages, thumbnails and documents are written. False: nothing
+    is shared with the work area. Either way, once the work area is gone the version audits whole."""
+    import os
+    import shutil
+
+    from zarrchive.archive.fixity import audit
+
+    inp = _with_large_originals(Inputs(tmp_path), 2)
+    inp.publish(settings=PublishSettings(on_image_error="block_submission", hard_links=hard_links))
+    vdir = inp.acc() / "v1"
+    store = Path(inp.reports[0].store)
+    ours = {**{f"originals/{f.path}": Path(f.staged_path) for f in inp.files},
+            **{f"images/cells.ome.zarr/{rel}": store / rel for rel in listing(store)}}
+    files = [f["path"] for f in _manifest_files(inp.archive)]
+    assert set(ours) < set(files) and len(ours) > 10
+    for path in files:
+        linked = path in ours and os.path.samefile(vdir / path, ours[path])
+        assert linked is (hard_links and path in ours), path
+        assert os.stat(vdir / path).st_nlink == (2 if linked else 1), path
+    shutil.rmtree(tmp_path / "staging")
+    result = audit(inp.archive)
+    assert result.problems == [] and result.hashed == len(files)
 
 
 def test_a_version_copied_in_threads_is_the_version_copied_in_one(tmp_path, monkeypatch):
@@ -589,17 +616,20 @@ def test_a_copy_that_fails_fails_the_version_naming_it_and_nothing_is_committed(
     upload = publish_mod._upload
     failing_one = "movies/m3.tif" if which.startswith("a large") else "0/zarr.json"
 
-    def failing(fs, src, dst, checked):
+    def failing(fs, src, dst, checked, link=False):
         if dst.endswith(failing_one):
             raise OSError(f"{dst}: No space left on device")
-        return upload(fs, src, dst, checked)
+        return upload(fs, src, dst, checked, link)
 
     monkeypatch.setattr(publish_mod, "_upload", failing)
     inp = _with_large_originals(Inputs(tmp_path))
+    before = {p: p.read_bytes() for p in (tmp_path / "staging").rglob("*") if p.is_file()}
     with pytest.raises(OSError, match=f"{failing_one}: No space left"):
         inp.publish(settings=PublishSettings(on_image_error="block_submission", threads=4))
     assert published_versions(inp.archive, ACCESSION) == []
     assert not (inp.acc() / "v1").exists() or not listing(inp.acc() / "v1")
+    # what was cleared were the version's names: the run's own files (linked into it before) are all still there
+    assert {p: p.read_bytes() for p in (tmp_path / "staging").rglob("*") if p.is_file()} == before
 
 
 def test_a_lease_lost_while_copying_stops_the_copies_and_commits_nothing(tmp_path, monkeypatch):

@@ -150,6 +150,77 @@ def test_where_the_kernel_cannot_copy_the_file_is_streamed_whole(tmp_path, monke
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["dst.bin"]
 
 
+def test_copy_as_stored_linked_on_one_filesystem_is_the_same_file_read_back(location, tmp_path, monkeypatch):
+    """Asked to link, onto the same local filesystem: a hard link (the same inode, nothing copied), read back as
+    stored, at no temporary name; the source unchanged. Onto an object store: streamed as without."""
+    import os
+
+    from zarrchive.archive.storage import copy_as_stored
+
+    payload = _payload()
+    (tmp_path / "src.bin").write_bytes(payload)
+    calls = _kernel(monkeypatch, lambda _n, real, *args: real(*args))
+    fs, root = resolve(location)
+    size, digest, read_back = copy_as_stored(str(tmp_path / "src.bin"), fs, join(root, "a/dst.bin"), block=4096,
+                                             link=True)
+    assert (size, digest) == (len(payload), hashlib.sha256(payload).hexdigest())
+    assert fs.cat_file(join(root, "a/dst.bin")) == payload and not [p for p in fs.find(root) if ".part" in p]
+    assert (tmp_path / "src.bin").read_bytes() == payload and calls == []
+    if location.startswith("s3://"):
+        assert read_back is False
+    else:
+        assert read_back is True and os.path.samefile(tmp_path / "src.bin", join(root, "a/dst.bin"))
+        assert os.stat(tmp_path / "src.bin").st_nlink == 2
+
+
+@pytest.mark.parametrize("code", ["EXDEV", "EPERM", "EMLINK", "EOPNOTSUPP", "ENOSYS", "EACCES"])
+def test_where_the_file_cannot_be_linked_the_kernel_copies_it(tmp_path, monkeypatch, code):
+    """Another filesystem, links not supported or not allowed, too many links: a copy made by the kernel and read
+    back instead, sharing nothing with the source; nothing of a temporary name."""
+    import errno
+    import os
+
+    from zarrchive.archive.storage import copy_as_stored
+
+    def refused(*args, **kwargs):
+        raise OSError(getattr(errno, code), code)
+
+    monkeypatch.setattr(os, "link", refused)
+    calls = _kernel(monkeypatch, lambda _n, real, *args: real(*args))
+    payload = _payload()
+    (tmp_path / "src.bin").write_bytes(payload)
+    fs, root = resolve(str(tmp_path / "out"))
+    size, digest, read_back = copy_as_stored(str(tmp_path / "src.bin"), fs, join(root, "dst.bin"), block=4096,
+                                             link=True)
+    assert (size, digest, read_back) == (len(payload), hashlib.sha256(payload).hexdigest(), True) and calls
+    assert not os.path.samefile(tmp_path / "src.bin", tmp_path / "out" / "dst.bin")
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["dst.bin"]
+
+
+@pytest.mark.parametrize("kind", ["a symbolic link", "a folder"])
+def test_only_a_regular_file_is_linked(tmp_path, kind):
+    """A symbolic link is never linked as itself (its target's bytes are copied), nor anything but a regular file."""
+    import os
+
+    from zarrchive.archive.storage import copy_as_stored
+
+    payload = _payload()
+    (tmp_path / "target.bin").write_bytes(payload)
+    src = tmp_path / "src"
+    fs, root = resolve(str(tmp_path / "out"))
+    if kind == "a symbolic link":
+        src.symlink_to(tmp_path / "target.bin")
+        size, digest, _read_back = copy_as_stored(str(src), fs, join(root, "dst.bin"), block=4096, link=True)
+        assert (size, digest) == (len(payload), hashlib.sha256(payload).hexdigest())
+        dst = tmp_path / "out" / "dst.bin"
+        assert not dst.is_symlink() and not os.path.samefile(dst, tmp_path / "target.bin")
+        return
+    src.mkdir()
+    with pytest.raises(OSError):
+        copy_as_stored(str(src), fs, join(root, "dst.bin"), block=4096, link=True)
+    assert not (tmp_path / "out" / "dst.bin").exists()
+
+
 @pytest.mark.parametrize("fault", ["an I/O error", "a short copy"])
 def test_a_failing_or_short_kernel_copy_fails_naming_it_and_leaves_nothing(tmp_path, monkeypatch, fault):
     """A kernel copy that fails, or that ends before the file does (it reports no more bytes: a filesystem's bug),

@@ -2,9 +2,10 @@
 
 Copies write to a temporary name and move into place only when complete, so a
 reader never sees half a file. They stream in blocks, hashing what they read;
-``copy_as_stored`` (publish's copies of what it has digests of) has the kernel
-copy a local file onto a local disk (``copy_file_range``: no bytes through this
-process) and hashes the copy as stored, read back.
+``copy_as_stored`` (publish's copies of what it has digests of) hard-links a
+local file into place when asked and on the same filesystem (no bytes written
+at all), or has the kernel copy it onto a local disk (``copy_file_range``: no
+bytes through this process), and hashes what is stored, read back.
 """
 
 from __future__ import annotations
@@ -140,19 +141,51 @@ def _stream(fin: Any, fout: Any, block: int) -> tuple[int, str]:
     return size, digest.hexdigest()
 
 
-def copy_as_stored(src: str, dst_fs: fsspec.AbstractFileSystem, dst: str, block: int = BLOCK
+def copy_as_stored(src: str, dst_fs: fsspec.AbstractFileSystem, dst: str, block: int = BLOCK, link: bool = False
                    ) -> tuple[int, str, bool]:
     """Copy the local file ``src`` to ``dst``, which appears only when complete: its size and sha256, and whether
-    they are of ``dst`` as stored, read back. Onto a local disk the kernel copies it (``copy_file_range``; a copy
-    shorter than the file is an ``OSError`` naming ``dst``), and it is read back before it is moved into place:
-    nothing of ``src`` is hashed, so the caller compares the digest with one it had before (a store's tree digest,
-    an original's sha256 from fetch). Elsewhere, or where the kernel cannot copy it, it is streamed and hashed as
-    read (False: the caller reads it back)."""
-    kernel = isinstance(dst_fs, LocalFileSystem) and hasattr(os, "copy_file_range")
+    they are of ``dst`` as stored, read back. With ``link``, onto the same local filesystem, ``dst`` is a hard link
+    to ``src`` (nothing is written) and is read back before it is moved into place. Otherwise onto a local disk the
+    kernel copies it (``copy_file_range``; a copy shorter than the file is an ``OSError`` naming ``dst``), and it
+    is read back the same way. Nothing of ``src`` is hashed then, so the caller compares the digest with one it
+    had before (a store's tree digest, an original's sha256 from fetch). Elsewhere, or where the kernel can
+    neither link nor copy it, it is streamed and hashed as read (False: the caller reads it back)."""
+    local = isinstance(dst_fs, LocalFileSystem)
+    if local and link and (linked := _linked_as_stored(src, dst, block)):
+        return (*linked, True)
+    kernel = local and hasattr(os, "copy_file_range")
     with open(src, "rb") as fin, open_for_commit(dst_fs, dst) as fout:
         if kernel and _copied_by_kernel(fin, fout, block, dst):
             return (*sha256_stream(dst_fs, fout.name, block), True)
         return (*_stream(fin, fout, block), False)
+
+
+# os.link cannot link these two names (another filesystem, links not supported or not allowed, too many links)
+_NO_LINK = {errno.EXDEV, errno.EPERM, errno.EMLINK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EACCES}
+
+
+def _linked_as_stored(src: str, dst: str, block: int) -> tuple[int, str] | None:
+    """Hard-link the regular local file ``src`` at a temporary name beside ``dst``, hash it as stored, move it into
+    place: its size and sha256, or None (nothing left) when ``src`` is not a regular file or cannot be linked."""
+    if not stat.S_ISREG(os.lstat(src).st_mode):
+        return None
+    os.makedirs(os.path.dirname(dst) or ".", exist_ok=True)
+    tmp = f"{dst}.part-{uuid.uuid4().hex[:8]}"
+    try:
+        os.link(src, tmp, follow_symlinks=False)
+    except OSError as exc:
+        if exc.errno in _NO_LINK:
+            return None
+        raise
+    try:
+        if not stat.S_ISREG(os.lstat(tmp).st_mode):  # (``src`` replaced by a link since: not this way)
+            return None
+        size, digest = sha256_stream(LocalFileSystem(), tmp, block)
+        os.replace(tmp, dst)
+        return size, digest
+    finally:
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
 
 
 # Copies of local files smaller than this onto a local disk are made one after another, larger ones (and copies from
