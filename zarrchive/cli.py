@@ -215,13 +215,36 @@ _interrupted: int | None = None
 
 def run() -> None:
     """The ``zarrchive`` command: ``main``, then exit at once after a stop signal (threads still busy with work
-    that no longer matters are not waited for)."""
+    that no longer matters are not waited for), and after a command that ended its own way, once the exit
+    handlers have run (``exit_now``)."""
     code = main()
     if _interrupted is not None:
-        sys.stdout.flush()
-        sys.stderr.flush()
+        _flush()
         os._exit(code)
-    sys.exit(code)
+    exit_now(code)
+
+
+def exit_now(code: int) -> None:
+    """End the process with ``code`` once every thread but this one is a daemon: the exit handlers run (logging's,
+    Prefect's, Dask's, temporary files'), the output is flushed, and the interpreter's own teardown is skipped.
+    That teardown frees every object of a run one by one: 1.2-1.6 s after a run of 2 to 64 images on this
+    project's machine, with nothing left to do (every file, server and cluster was closed by the command)."""
+    import atexit
+    import threading
+
+    if any(not t.daemon for t in threading.enumerate() if t is not threading.current_thread()):
+        sys.exit(code)  # (a thread that is not a daemon is waited for, as Python does)
+    atexit._run_exitfuncs()
+    _flush()
+    os._exit(code)
+
+
+def _flush() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe (| head), a closed stream: nothing more can be written
+            pass
 
 
 def _error(exc: BaseException, as_json: bool, code: int, status: str) -> int:
