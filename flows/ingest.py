@@ -149,7 +149,8 @@ def ingest_submission(
                                             status="rejected"))
         published = publish(quote(record), archive, fingerprint, quote(files), quote(reports), quote(outcomes),
                             quote(qc_report), quote(lineage),
-                            settings.publish, private)
+                            settings.publish, private,
+                            link_originals=not settings.staging.keep)  # (a kept staging folder shares nothing)
         if published.output.status == "published" and not published.output.embargoed_until:
             index_public(archive, record.accession, settings.catalog)
         return report(published.output)

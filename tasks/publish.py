@@ -231,25 +231,27 @@ class _Copier:
     thread (``storage.SMALL_COPY``). The publishing lease is checked in this thread before each copy is begun, and
     at most ``2 * threads`` are begun ahead of the one waited for (a lease lost stops those not yet begun; the ones
     under way end before ``close`` returns). ``read_back`` holds the copies read back as stored
-    (``storage.copy_as_stored``), not read again. ``link``: checked copies are hard links where they can be."""
+    (``storage.copy_as_stored``), not read again."""
 
-    def __init__(self, fs: fsspec.AbstractFileSystem, held: lease.Lease, threads: int, link: bool = False) -> None:
-        self.fs, self.held, self.threads, self.link = fs, held, threads, link
+    def __init__(self, fs: fsspec.AbstractFileSystem, held: lease.Lease, threads: int) -> None:
+        self.fs, self.held, self.threads = fs, held, threads
         self.pool = ThreadPoolExecutor(threads, thread_name_prefix="publish")
         self.read_back: set[str] = set()
         self.local = isinstance(fs, LocalFileSystem)
 
-    def copy(self, pairs: Iterable[tuple[str, str]], checked: bool = True) -> list[ManifestEntry]:
+    def copy(self, pairs: Iterable[tuple[str, str]], checked: bool = True, link: bool = False
+             ) -> list[ManifestEntry]:
         """Each local ``src`` copied to ``dst`` in the version; their entries, in order. ``checked``: the caller
-        compares each digest with one it knew before (else it is compared with the source's when read back)."""
+        compares each digest with one it knew before (else it is compared with the source's when read back).
+        ``link``: checked copies are hard links where they can be."""
         copies = []
         pending: deque = deque()  # copies begun in threads, and entries made here, in order
         for src, dst in pairs:
             self.held.check()
             if self.local and os.stat(src).st_size < SMALL_COPY:  # (storage.SMALL_COPY: one after another)
-                pending.append(_upload(self.fs, src, dst, checked, self.link))
+                pending.append(_upload(self.fs, src, dst, checked, link))
             else:
-                pending.append(self.pool.submit(_upload, self.fs, src, dst, checked, self.link))
+                pending.append(self.pool.submit(_upload, self.fs, src, dst, checked, link))
             while len(pending) > 2 * self.threads or pending and not isinstance(pending[0], Future):
                 copies.append(_done(pending.popleft()))
         copies += [_done(copy) for copy in pending]
@@ -276,8 +278,11 @@ def publish_version(
     lineage: list[LineageRecord],
     settings: PublishSettings | None = None,
     private: str | None = None,
+    link_originals: bool = False,
 ) -> Publication:
     """Upload, verify and commit a new version under the accession's publishing lease; return what was published.
+    ``link_originals``: the staged originals are the run's own, removed when it ends (staging.keep false), so
+    onto their filesystem they become the version's files as hard links instead of copies.
 
     A version whose release date is still to come is written to the ``private`` location and appears nowhere
     public until it is released (``tasks.release``); without a private location it is not published.
@@ -310,7 +315,7 @@ def publish_version(
                                                    if shared_from(f["path"]) not in withdrawn]}
         try:
             return _write_version(submission, target, (previous or 0) + 1, previous, fingerprint, files, reports,
-                                  outcomes, qc_report, lineage, held, settings, share_from)
+                                  outcomes, qc_report, lineage, held, settings, share_from, link_originals)
         except Exception:
             _clear_interrupted_quietly(target, submission.accession, (previous or 0) + 1)
             raise
@@ -331,7 +336,8 @@ def _clear_interrupted_quietly(archive: str, accession: str, number: int) -> Non
 def _write_version(submission: Submission, archive: str, number: int, previous: int | None, fingerprint: str,
                    files: list[FileRecord], reports: list[CompressionReport], outcomes: list[ImageOutcome],
                    qc_report: QCReport, lineage: list[LineageRecord], held: lease.Lease,
-                   settings: PublishSettings, share_from: dict[str, Any] | None = None) -> Publication:
+                   settings: PublishSettings, share_from: dict[str, Any] | None = None,
+                   link_originals: bool = False) -> Publication:
     """Write version ``number`` (the lease held), sharing what did not change since the version ``share_from``
     (a manifest of the same location), verify every object it stored, then commit its manifest."""
     fs, root = resolve(archive)
@@ -343,11 +349,11 @@ def _write_version(submission: Submission, archive: str, number: int, previous: 
     publishable = {o.image_id: o for o in outcomes if o.status == "published"}
     reports = [r for r in reports if r.image_id in publishable]
     share = sharing.shareable(fs, acc, share_from)
-    copier = _Copier(fs, held, settings.threads, settings.hard_links)
+    copier = _Copier(fs, held, settings.threads)
     try:
         entries, shared, published_paths, documents, stores = _upload_images(copier, vdir, reports, publishable, share)
         faults.point("publish.images")
-        uploaded, kept, originals, original_paths = _upload_originals(copier, vdir, files, share)
+        uploaded, kept, originals, original_paths = _upload_originals(copier, vdir, files, share, link_originals)
         faults.point("publish.originals")
         entries += uploaded
         shared += kept
@@ -508,11 +514,13 @@ def _upload_store(copier: _Copier, report: CompressionReport, dst: str) -> list[
     return uploaded
 
 
-def _upload_originals(copier: _Copier, vdir: str, files: list[FileRecord], share: sharing.Shared
+def _upload_originals(copier: _Copier, vdir: str, files: list[FileRecord], share: sharing.Shared, link: bool = False
                       ) -> tuple[list[ManifestEntry], list[ManifestEntry], dict[str, str], dict[str, str]]:
     """Every submitted file as staged (a Zarr store object by object), checked against the sha256 fetch took, or
-    shared with the earlier version that has it with that sha256. Returns the entries stored, the entries shared,
-    the staged path -> published path of each, and the published path of each submitted path."""
+    shared with the earlier version that has it with that sha256. With ``link`` (the run's staging folder goes when
+    it ends), onto its filesystem the staged copies become the version's files as hard links. Returns the entries
+    stored, the entries shared, the staged path -> published path of each, and the published path of each
+    submitted path."""
     shared: list[ManifestEntry] = []
     published_paths: dict[str, str] = {}
     paths: dict[str, str] = {}
@@ -535,7 +543,7 @@ def _upload_originals(copier: _Copier, vdir: str, files: list[FileRecord], share
             pairs.append((file.staged_path, join(vdir, rel)))
             published_paths[file.staged_path] = rel
             copied.append((file, None))
-    entries = copier.copy(pairs)  # (files of every size at once: a submission of many small ones is most)
+    entries = copier.copy(pairs, link=link)  # (files of every size at once: a submission of many small ones is most)
     at = 0
     for file, inside in copied:
         if inside is None:
@@ -663,6 +671,7 @@ def publish(
     submission: Submission, archive: str, fingerprint: str, files: list[FileRecord],
     reports: list[CompressionReport], outcomes: list[ImageOutcome], qc_report: QCReport,
     lineage: list[LineageRecord], settings: PublishSettings | None = None, private: str | None = None,
+    link_originals: bool = False,
 ) -> Traced[Publication]:
     return traced("publish", publish_version, submission, archive, fingerprint, files, reports, outcomes,
-                  qc_report, lineage, settings, private)
+                  qc_report, lineage, settings, private, link_originals)

@@ -200,6 +200,42 @@ def test_one_bad_image_is_reported_and_the_others_still_processed(tmp_path, conf
     assert not any(f["path"].startswith("images/bad") for f in manifest["files"])
 
 
+@pytest.mark.parametrize("keep", [False, True])
+def test_the_staged_originals_are_linked_into_the_version_unless_the_staging_folder_is_kept(tmp_path, config_file,
+                                                                                            monkeypatch, keep):
+    """The run's staged originals become the version's originals as hard links (the staging folder goes when the
+    run ends: nothing is written twice). A kept staging folder (staging.keep) shares nothing with the archive."""
+    import os
+
+    from zarrchive.archive import storage
+
+    linked, link = [], storage._linked_as_stored
+
+    def recorded(src, dst, block):
+        done = link(src, dst, block)
+        linked.append((Path(src).name, done is not None))
+        return done
+
+    monkeypatch.setattr(storage, "_linked_as_stored", recorded)
+    sub = tmp_path / "sub"
+    ome_tiff(sub / "a.ome.tif", random_image((1, 1, 40, 40)), "CZYX", {"x": 0.2, "y": 0.2})
+    (sub / "notes.txt").write_text("how the cells were imaged")
+    submission(sub, [{"path": "a.ome.tif"}, {"path": "notes.txt", "kind": "attachment"}])
+    stg = tmp_path / "stg"
+    pub = ingest(sub, tmp_path / "archive", config_file(staging={"root": str(stg), "keep": keep}))
+    assert pub.status == "published"
+    vdir = Path(pub.version_uri)
+    assert sorted(linked) == ([] if keep else [("a.ome.tif", True), ("notes.txt", True)])
+    if not keep:
+        assert not list(stg.rglob("notes.txt"))  # (the staging folder is gone)
+    for name in ("a.ome.tif", "notes.txt"):
+        assert os.stat(vdir / "originals" / name).st_nlink == 1  # (the staging folder gone, or not linked)
+        assert (vdir / "originals" / name).read_bytes() == (sub / name).read_bytes()
+    if keep:
+        [kept] = stg.glob("zarrchive-*/originals/notes.txt")
+        assert not os.path.samefile(kept, vdir / "originals" / "notes.txt")
+
+
 def test_checksum_mismatch_is_refused_with_the_file_named(tmp_path, config_file):
     sub = tmp_path / "sub"
     plain_tiff(sub / "a.tif", random_image((16, 16), "uint8"))

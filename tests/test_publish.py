@@ -561,31 +561,47 @@ def _with_large_originals(inp: Inputs, count: int = 6) -> Inputs:
     return inp
 
 
-@pytest.mark.parametrize("hard_links", [True, False])
-def test_on_the_work_area_filesystem_stores_and_originals_are_linked_or_copied(tmp_path, hard_links):
-    """publish.hard_links: every object of a store and every original becomes the version's file as a hard link to
-    the run's own file (nothing written twice); the pages, thumbnails and documents are written. False: nothing
-    is shared with the work area. Either way, once the work area is gone the version audits whole."""
+@pytest.mark.parametrize("link_originals", [True, False])
+def test_the_run_s_staged_originals_are_linked_into_the_version_and_nothing_else(tmp_path, link_originals):
+    """link_originals (the run's staging folder goes when it ends): each staged original becomes the version's file as
+    a hard link (nothing written twice). A store's objects are always copies: the work area keeps them for later
+    runs, and a published object damaged later must not damage what a later version is built from. The pages,
+    thumbnails and documents are written. Once the staging folder is gone the version audits whole."""
     import os
     import shutil
 
     from zarrchive.archive.fixity import audit
 
     inp = _with_large_originals(Inputs(tmp_path), 2)
-    inp.publish(settings=PublishSettings(on_image_error="block_submission", hard_links=hard_links))
+    inp.publish(settings=PublishSettings(on_image_error="block_submission"), link_originals=link_originals)
     vdir = inp.acc() / "v1"
     store = Path(inp.reports[0].store)
-    ours = {**{f"originals/{f.path}": Path(f.staged_path) for f in inp.files},
-            **{f"images/cells.ome.zarr/{rel}": store / rel for rel in listing(store)}}
+    originals = {f"originals/{f.path}": Path(f.staged_path) for f in inp.files}
+    objects = {f"images/cells.ome.zarr/{rel}": store / rel for rel in listing(store)}
     files = [f["path"] for f in _manifest_files(inp.archive)]
-    assert set(ours) < set(files) and len(ours) > 10
+    assert set(originals) | set(objects) < set(files) and len(objects) > 10
     for path in files:
-        linked = path in ours and os.path.samefile(vdir / path, ours[path])
-        assert linked is (hard_links and path in ours), path
+        linked = os.path.samefile(vdir / path, {**originals, **objects}.get(path, vdir / "manifest.json"))
+        assert linked is (link_originals and path in originals), path
         assert os.stat(vdir / path).st_nlink == (2 if linked else 1), path
     shutil.rmtree(tmp_path / "staging")
     result = audit(inp.archive)
     assert result.problems == [] and result.hashed == len(files)
+
+
+def test_a_published_chunk_damaged_later_leaves_the_work_area_s_store_whole(tmp_path):
+    """Bit rot in a published chunk (written in place) reaches nothing of the work area's store, even with the
+    originals linked: a later version can store the image again from there."""
+    inp = _with_large_originals(Inputs(tmp_path), 1)
+    store = Path(inp.reports[0].store)
+    before = {p: p.read_bytes() for p in store.rglob("*") if p.is_file()}
+    inp.publish(settings=PublishSettings(on_image_error="block_submission"), link_originals=True)
+    victims = list((inp.acc() / "v1" / "images").rglob("c/*/*"))
+    assert victims
+    for victim in victims:
+        with open(victim, "r+b") as fh:  # in place: the same file, as rot or a careless tool would change it
+            fh.write(b"\xff" * 4)
+    assert {p: p.read_bytes() for p in store.rglob("*") if p.is_file()} == before
 
 
 def test_a_version_copied_in_threads_is_the_version_copied_in_one(tmp_path, monkeypatch):

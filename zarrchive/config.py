@@ -281,11 +281,9 @@ class PublishSettings(Section):
     viewer_url: str | None = Field(default=None, pattern=r"^https?://[^ ]*\{url\}")  # a web viewer, {url} the image's
     #                                                    public address (with public_base_url), e.g. vizarr's
     threads: int = Field(default=4, ge=1, le=64)  # large objects (any, onto an object store) copied at once
-    hard_links: bool = True  # a run's stores and originals hard-linked into a version on the same filesystem
 
     operational: ClassVar[frozenset[str]] = frozenset({"lease_seconds", "lease_wait_seconds", "public_base_url",
-                                                        "approval_timeout_seconds", "viewer_url", "threads",
-                                                        "hard_links"})
+                                                        "approval_timeout_seconds", "viewer_url", "threads"})
 
 
 class CredentialRef(Section):
