@@ -641,7 +641,7 @@ def test_a_copy_that_fails_fails_the_version_naming_it_and_nothing_is_committed(
     inp = _with_large_originals(Inputs(tmp_path))
     before = {p: p.read_bytes() for p in (tmp_path / "staging").rglob("*") if p.is_file()}
     with pytest.raises(OSError, match=f"{failing_one}: No space left"):
-        inp.publish(settings=PublishSettings(on_image_error="block_submission", threads=4))
+        inp.publish(settings=PublishSettings(on_image_error="block_submission", threads=4), link_originals=True)
     assert published_versions(inp.archive, ACCESSION) == []
     assert not (inp.acc() / "v1").exists() or not listing(inp.acc() / "v1")
     # what was cleared were the version's names: the run's own files (linked into it before) are all still there

@@ -197,6 +197,46 @@ def test_where_the_file_cannot_be_linked_the_kernel_copies_it(tmp_path, monkeypa
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["dst.bin"]
 
 
+@pytest.mark.parametrize("why", ["a setgid folder of another group", "a default access list",
+                                 "another security label", "a link swapped in since"])
+def test_a_file_that_would_not_look_as_a_new_one_there_is_copied_not_linked(tmp_path, monkeypatch, why):
+    """A link keeps its file's group, access list and security label, where a file made in the folder takes the
+    folder's: then (and when what was linked is no longer a regular file) a copy is made instead."""
+    import os
+    import stat
+
+    from zarrchive.archive import storage
+
+    payload = _payload()
+    (tmp_path / "src.bin").write_bytes(payload)
+    out = tmp_path / "out"
+    out.mkdir()
+    src, dst = str(tmp_path / "src.bin"), str(out / "dst.bin")
+    attrs = {str(out): [], src: []}
+    if why == "a setgid folder of another group":
+        os.chown(out, -1, os.stat(src).st_gid + 4242)
+        os.chmod(out, os.stat(out).st_mode | stat.S_ISGID)
+    elif why == "a default access list":
+        attrs[str(out)] = [storage._DEFAULT_ACL]
+    elif why == "another security label":
+        attrs = {str(out): [storage._SELINUX], src: [storage._SELINUX]}
+        labels = {str(out): b"system_u:object_r:httpd_sys_content_t:s0", src: b"system_u:object_r:tmp_t:s0"}
+        monkeypatch.setattr(os, "getxattr", lambda path, name: labels[str(path)])
+    else:
+        monkeypatch.setattr(os, "link", lambda a, b, **kw: os.symlink(a, b))
+    if why != "a link swapped in since":
+        monkeypatch.setattr(os, "listxattr", lambda path: attrs.get(str(path), []))
+    fs, root = resolve(str(out))
+    size, digest, _read_back = storage.copy_as_stored(src, fs, dst, block=4096, link=True)
+    assert (size, digest) == (len(payload), hashlib.sha256(payload).hexdigest())
+    assert not os.path.islink(dst) and not os.path.samefile(src, dst) and os.stat(src).st_nlink == 1
+    assert sorted(p.name for p in out.iterdir()) == ["dst.bin"]
+    if why == "another security label":  # the same label: linked
+        labels[str(out)] = labels[src]
+        storage.copy_as_stored(src, fs, str(out / "same.bin"), block=4096, link=True)
+        assert os.path.samefile(src, out / "same.bin")
+
+
 @pytest.mark.parametrize("kind", ["a symbolic link", "a folder"])
 def test_only_a_regular_file_is_linked(tmp_path, kind):
     """A symbolic link is never linked as itself (its target's bytes are copied), nor anything but a regular file."""

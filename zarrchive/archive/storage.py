@@ -144,12 +144,14 @@ def _stream(fin: Any, fout: Any, block: int) -> tuple[int, str]:
 def copy_as_stored(src: str, dst_fs: fsspec.AbstractFileSystem, dst: str, block: int = BLOCK, link: bool = False
                    ) -> tuple[int, str, bool]:
     """Copy the local file ``src`` to ``dst``, which appears only when complete: its size and sha256, and whether
-    they are of ``dst`` as stored, read back. With ``link``, onto the same local filesystem, ``dst`` is a hard link
-    to ``src`` (nothing is written) and is read back before it is moved into place. Otherwise onto a local disk the
-    kernel copies it (``copy_file_range``; a copy shorter than the file is an ``OSError`` naming ``dst``), and it
-    is read back the same way. Nothing of ``src`` is hashed then, so the caller compares the digest with one it
-    had before (a store's tree digest, an original's sha256 from fetch). Elsewhere, or where the kernel can
-    neither link nor copy it, it is streamed and hashed as read (False: the caller reads it back)."""
+    they are of ``dst`` as stored, read back. With ``link``, onto the same local filesystem, ``dst`` becomes a hard
+    link to ``src`` where the file would look as a new one there would (``_links_as_new``): nothing is written,
+    and what is read back is ``src``'s own file, so the check is that it still holds what the caller hashed
+    before. Otherwise onto a local disk the kernel copies it (``copy_file_range``; a copy shorter than the file is
+    an ``OSError`` naming ``dst``), and the copy is read back. Either way nothing is hashed on the way, so the
+    caller compares the digest with one it had before (a store's tree digest, an original's sha256 from fetch).
+    Elsewhere, or where the kernel can neither link nor copy it, it is streamed and hashed as read (False: the
+    caller reads it back)."""
     local = isinstance(dst_fs, LocalFileSystem)
     if local and link and (linked := _linked_as_stored(src, dst, block)):
         return (*linked, True)
@@ -160,16 +162,22 @@ def copy_as_stored(src: str, dst_fs: fsspec.AbstractFileSystem, dst: str, block:
         return (*_stream(fin, fout, block), False)
 
 
-# os.link cannot link these two names (another filesystem, links not supported or not allowed, too many links)
-_NO_LINK = {errno.EXDEV, errno.EPERM, errno.EMLINK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EACCES}
+# os.link cannot link these two names: another filesystem, links not supported (EINVAL on some) or not allowed, too
+# many links
+_NO_LINK = {errno.EXDEV, errno.EPERM, errno.EMLINK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS, errno.EACCES,
+            errno.EINVAL}
 
 
 def _linked_as_stored(src: str, dst: str, block: int) -> tuple[int, str] | None:
     """Hard-link the regular local file ``src`` at a temporary name beside ``dst``, hash it as stored, move it into
-    place: its size and sha256, or None (nothing left) when ``src`` is not a regular file or cannot be linked."""
+    place: its size and sha256, or None (nothing left) when ``src`` is not a regular file, would not look there as
+    a new file would, or cannot be linked."""
     if not stat.S_ISREG(os.lstat(src).st_mode):
         return None
-    os.makedirs(os.path.dirname(dst) or ".", exist_ok=True)
+    parent = os.path.dirname(dst) or "."
+    os.makedirs(parent, exist_ok=True)
+    if not _links_as_new(src, parent):
+        return None
     tmp = f"{dst}.part-{uuid.uuid4().hex[:8]}"
     try:
         os.link(src, tmp, follow_symlinks=False)
@@ -186,6 +194,29 @@ def _linked_as_stored(src: str, dst: str, block: int) -> tuple[int, str] | None:
     finally:
         if os.path.lexists(tmp):
             os.unlink(tmp)
+
+
+_DEFAULT_ACL = "system.posix_acl_default"
+_SELINUX = "security.selinux"
+
+
+def _links_as_new(src: str, parent: str) -> bool:
+    """Whether a link to ``src`` in ``parent`` is what a file created there would be: a link keeps its file's group,
+    access list and security label, where a new file takes the folder's group (a setgid folder), its default
+    access list, and its label. A group-shared archive, or one served under SELinux, would otherwise have
+    originals that cannot be read where every other object can."""
+    folder, file = os.stat(parent), os.stat(src)
+    if folder.st_mode & stat.S_ISGID and file.st_gid != folder.st_gid:
+        return False
+    if not hasattr(os, "listxattr"):  # (no extended attributes here: group and mode are all there is)
+        return True
+    try:
+        if _DEFAULT_ACL in os.listxattr(parent):
+            return False
+        labels = [os.getxattr(path, _SELINUX) if _SELINUX in os.listxattr(path) else None for path in (src, parent)]
+    except OSError:  # attributes cannot be read: copy, which needs none of this
+        return False
+    return labels[0] == labels[1]
 
 
 # Copies of local files smaller than this onto a local disk are made one after another, larger ones (and copies from
