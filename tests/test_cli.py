@@ -69,18 +69,24 @@ def test_usage_errors_exit_2(capsys):
 
 
 def test_the_command_exits_with_its_code_after_the_exit_handlers_and_its_output(tmp_path):
-    """The process ends without the interpreter's teardown, but only after every exit handler has run (logging's,
-    temporary files') and the output is flushed; a thread that is not a daemon is still waited for."""
+    """The process ends without the interpreter's teardown (an object's finalizer that only teardown would call is
+    not called), but as Python ends: a thread that is not a daemon is waited for, the hooks run before that
+    (Prefect's last events), then every exit handler (logging's, temporary files'), and the output is flushed."""
     script = f"""
 import atexit, logging, sys, tempfile, threading, time
 from pathlib import Path
 from zarrchive.cli import exit_now
 kept = tempfile.TemporaryDirectory(dir={str(tmp_path)!r})
 Path(kept.name, "x").write_text("x")
+threading._register_atexit(lambda: print("threads' hook ran;", end=""))
 atexit.register(lambda: print("handler ran", flush=False))
 handler = logging.FileHandler({str(tmp_path / "log.txt")!r}, mode="w")
 logging.getLogger("t").addHandler(handler)
 handler.stream.write("buffered log line")  # written, not flushed: logging's handler flushes it at exit
+class Torn:
+    def __del__(self):
+        Path({str(tmp_path / "torn")!r}).write_text("torn down")
+torn = Torn()  # freed only by the interpreter's teardown
 sys.stdout.write("unflushed output;")
 if sys.argv[1] == "thread":
     threading.Thread(target=lambda: (time.sleep(0.5), Path({str(tmp_path / "done")!r}).write_text("done"))).start()
@@ -89,9 +95,10 @@ exit_now(3)
     for mode in ("daemons only", "thread"):
         done = subprocess.run([sys.executable, "-c", script, mode], capture_output=True, text=True, timeout=120)
         assert done.returncode == 3, done.stderr
-        assert done.stdout == "unflushed output;handler ran\n"
+        assert done.stdout == "unflushed output;threads' hook ran;handler ran\n"
         assert (tmp_path / "log.txt").read_text() == "buffered log line"
         assert not [p for p in tmp_path.iterdir() if p.is_dir()]  # the temporary folder removed by its finalizer
+        assert not (tmp_path / "torn").exists()
     assert (tmp_path / "done").read_text() == "done"
 
 

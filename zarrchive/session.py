@@ -132,13 +132,13 @@ def prefect_api(timeout: float = STARTUP_SECONDS, meanwhile: Callable[[], None] 
 
 
 def _send_logs() -> None:
-    """Send the run's log lines still queued for the API before its server stops (at most a few seconds)."""
-    try:
-        from prefect.logging.handlers import APILogWorker
-
-        APILogWorker.drain_all(timeout=5)
-    except Exception:  # the lines stay in the terminal's output either way
-        pass
+    """Send the run's log lines and events (its task runs' last states) still queued for the API before its server
+    stops (at most a few seconds each), rather than at the process's exit, to a server gone by then."""
+    for module, worker in (("prefect.logging.handlers", "APILogWorker"), ("prefect.events.worker", "EventsWorker")):
+        try:
+            getattr(__import__(module, fromlist=[worker]), worker).drain_all(timeout=5)
+        except Exception:  # the lines stay in the terminal's output either way; the events are Prefect's own
+            pass
 
 
 def _wait_healthy(url: str, server: subprocess.Popen, log: Any, timeout: float) -> None:
