@@ -198,7 +198,7 @@ def test_where_the_file_cannot_be_linked_the_kernel_copies_it(tmp_path, monkeypa
 
 
 @pytest.mark.parametrize("why", ["a setgid folder of another group", "a default access list",
-                                 "another security label", "a link swapped in since"])
+                                 "an access list of its own", "another security label", "a link swapped in since"])
 def test_a_file_that_would_not_look_as_a_new_one_there_is_copied_not_linked(tmp_path, monkeypatch, why):
     """A link keeps its file's group, access list and security label, where a file made in the folder takes the
     folder's: then (and when what was linked is no longer a regular file) a copy is made instead."""
@@ -218,6 +218,8 @@ def test_a_file_that_would_not_look_as_a_new_one_there_is_copied_not_linked(tmp_
         os.chmod(out, os.stat(out).st_mode | stat.S_ISGID)
     elif why == "a default access list":
         attrs[str(out)] = [storage._DEFAULT_ACL]
+    elif why == "an access list of its own":
+        attrs[src] = [storage._ACCESS_ACL]
     elif why == "another security label":
         attrs = {str(out): [storage._SELINUX], src: [storage._SELINUX]}
         labels = {str(out): b"system_u:object_r:httpd_sys_content_t:s0", src: b"system_u:object_r:tmp_t:s0"}

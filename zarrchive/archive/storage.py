@@ -196,24 +196,25 @@ def _linked_as_stored(src: str, dst: str, block: int) -> tuple[int, str] | None:
             os.unlink(tmp)
 
 
-_DEFAULT_ACL = "system.posix_acl_default"
+_ACCESS_ACL, _DEFAULT_ACL = "system.posix_acl_access", "system.posix_acl_default"
 _SELINUX = "security.selinux"
 
 
 def _links_as_new(src: str, parent: str) -> bool:
     """Whether a link to ``src`` in ``parent`` is what a file created there would be: a link keeps its file's group,
     access list and security label, where a new file takes the folder's group (a setgid folder), its default
-    access list, and its label. A group-shared archive, or one served under SELinux, would otherwise have
-    originals that cannot be read where every other object can."""
+    access list (none of its own otherwise), and its label. A group-shared archive, or one served under SELinux,
+    would otherwise have originals that cannot be read where every other object can."""
     folder, file = os.stat(parent), os.stat(src)
     if folder.st_mode & stat.S_ISGID and file.st_gid != folder.st_gid:
         return False
     if not hasattr(os, "listxattr"):  # (no extended attributes here: group and mode are all there is)
         return True
     try:
-        if _DEFAULT_ACL in os.listxattr(parent):
+        names = {path: os.listxattr(path) for path in (src, parent)}
+        if _ACCESS_ACL in names[src] or _DEFAULT_ACL in names[parent]:
             return False
-        labels = [os.getxattr(path, _SELINUX) if _SELINUX in os.listxattr(path) else None for path in (src, parent)]
+        labels = [os.getxattr(path, _SELINUX) if _SELINUX in names[path] else None for path in (src, parent)]
     except OSError:  # attributes cannot be read: copy, which needs none of this
         return False
     return labels[0] == labels[1]
