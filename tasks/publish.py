@@ -5,9 +5,10 @@ under ``labels/<name>/``, listed by ``labels/zarr.json``), ``originals/<submitte
 ``qc/report.json``, ``ro-crate-metadata.json`` and ``manifest.json``. An image or
 original that did not change since the latest public version is not stored again:
 the manifest lists it at that version's path (``../v1/images/<id>.ome.zarr/…``;
-``zarrchive.archive.sharing``). Every object uploaded is re-read and its sha256 compared: a store's object or an
-original copied onto a local disk by the kernel is read back as it is copied, before it is moved into place, and
-compared with the digest compress or fetch took; every other object once all are uploaded. Large objects are
+``zarrchive.archive.sharing``). Every object uploaded is re-read and its sha256 compared: a store's object copied
+onto a local disk by the kernel, or an original copied so or hard-linked from the run's staging folder, is read back
+before it is moved into place and compared with the digest compress or fetch took; every other object once all are
+uploaded. Large objects are
 copied ``publish.threads`` at a time. ``manifest.json`` is
 written last: it is the commit point, so a version folder without one was never
 published (a crashed attempt) and is replaced by the next attempt.

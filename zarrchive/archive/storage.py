@@ -172,11 +172,12 @@ def _linked_as_stored(src: str, dst: str, block: int) -> tuple[int, str] | None:
     """Hard-link the regular local file ``src`` at a temporary name beside ``dst``, hash it as stored, move it into
     place: its size and sha256, or None (nothing left) when ``src`` is not a regular file, would not look there as
     a new file would, or cannot be linked."""
-    if not stat.S_ISREG(os.lstat(src).st_mode):
+    file = os.lstat(src)
+    if not stat.S_ISREG(file.st_mode):
         return None
     parent = os.path.dirname(dst) or "."
     os.makedirs(parent, exist_ok=True)
-    if not _links_as_new(src, parent):
+    if not _links_as_new(src, file, parent):
         return None
     tmp = f"{dst}.part-{uuid.uuid4().hex[:8]}"
     try:
@@ -200,12 +201,12 @@ _ACCESS_ACL, _DEFAULT_ACL = "system.posix_acl_access", "system.posix_acl_default
 _SELINUX = "security.selinux"
 
 
-def _links_as_new(src: str, parent: str) -> bool:
-    """Whether a link to ``src`` in ``parent`` is what a file created there would be: a link keeps its file's group,
+def _links_as_new(src: str, file: os.stat_result, parent: str) -> bool:
+    """Whether a link to ``src`` (its status ``file``) in ``parent`` is what a file created there would be: a link keeps its file's group,
     access list and security label, where a new file takes the folder's group (a setgid folder), its default
     access list (none of its own otherwise), and its label. A group-shared archive, or one served under SELinux,
     would otherwise have originals that cannot be read where every other object can."""
-    folder, file = os.stat(parent), os.stat(src)
+    folder = os.stat(parent)
     if folder.st_mode & stat.S_ISGID and file.st_gid != folder.st_gid:
         return False
     if not hasattr(os, "listxattr"):  # (no extended attributes here: group and mode are all there is)
