@@ -444,16 +444,21 @@ def describe_files(items: list[tuple[FileRecord, FileEntry | None, dict[str, str
     return done
 
 
+def _describe_sealed(items: Any, work: str, settings: ConvertSettings) -> list[Described]:
+    """``describe_files`` of a batch handed over sealed (``cluster.Sealed``)."""
+    return describe_files(items.value, work, settings)
+
+
 def _on_cluster(items: list[tuple[FileRecord, FileEntry | None, dict[str, str]]], work: str,
                 settings: ConvertSettings, scheduler: str) -> list[Described] | None:
     """``describe_files`` for the batch on the cluster; None when it could not be done there (a worker lost, the
     cluster gone, longer than ``convert.timeout_seconds`` for each of its files): the batch is then done here."""
-    from zarrchive.cluster import client_for
+    from zarrchive.cluster import Sealed, client_for
 
     log = runlog.logger()
     try:
         with client_for(scheduler) as client:
-            future = client.submit(describe_files, items, work, settings, pure=False)
+            future = client.submit(_describe_sealed, Sealed(items), work, settings, pure=False)
             try:
                 return future.result(timeout=settings.timeout_seconds * len(items))
             except BaseException:

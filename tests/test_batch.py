@@ -241,6 +241,41 @@ def test_a_convert_batch_the_cluster_cannot_do_is_done_in_the_flows_process(tmp_
     assert "the cluster could not describe these 4 files" in caplog.text
 
 
+def test_a_convert_batch_reaches_a_worker_sealed_with_its_companions_whole(tmp_path, scheduler, monkeypatch):
+    """A batch goes to the cluster as one sealed object (Dask walks every list, tuple and dict of a task's
+    arguments: a screen's folder of 10,000 companions made each batch's submission 0.16 s of the flow's time), and
+    on a real worker each file gets its images, its error, and its companions, as described in this process."""
+    from distributed import Client
+
+    from zarrchive.cluster import Sealed, release_clients
+    from zarrchive.config import load_settings
+    from zarrchive.tasks import convert as convert_mod
+
+    items = _convert_items(tmp_path)
+    folder = {f"field_{i:05d}.ome.tif": f"{i:064x}" for i in range(10_000)}  # a screen's folder
+    folder.update({file.path: file.sha256 for file, _, _ in items})
+    items = [(file, entry, folder) for file, entry, _ in items]
+    settings = load_settings(None).convert
+    submitted = []
+    real_submit = Client.submit
+
+    def submit(self, fn, *args, **kwargs):
+        submitted.append(args)
+        return real_submit(self, fn, *args, **kwargs)
+
+    monkeypatch.setattr(Client, "submit", submit)
+    try:
+        done = convert_mod._on_cluster(items, str(tmp_path / "work"), settings, scheduler)
+    finally:
+        release_clients(scheduler)
+    assert len(submitted) == 1 and not any(isinstance(a, (list, tuple, dict, set)) for a in submitted[0])
+    assert isinstance(submitted[0][0], Sealed) and submitted[0][0].value is items
+    here = convert_mod.describe_files(items, str(tmp_path / "work"), settings)
+    assert [d.error for d in done] == [d.error for d in here] and done[3].error.startswith("InputError")
+    assert [[i.image_id for i in d.images] for d in done[:3]] == [[i.image_id for i in d.images] for d in here[:3]]
+    assert [d.images[0].conversion_id for d in done[:3]] == [d.images[0].conversion_id for d in here[:3]]
+
+
 def test_a_batch_reuses_what_an_earlier_run_compressed_so_a_new_version_shares_the_unchanged_images(tmp_path,
                                                                                                    config_file):
     from zarrchive.flows.ingest import ingest
