@@ -229,6 +229,27 @@ def test_clean_removes_the_unfinished_stores_and_pictures_of_dead_processes_and_
                                                                 f"a.ome.zarr{PARTIAL}{this_process()}"])
 
 
+def test_the_owner_mark_is_each_process_s_own_in_a_forked_child_too():
+    """A process's owner mark is read once and kept; a child forked after that marks what it writes with its own
+    pid and start, never its parent's (whose end would make a live child's work look abandoned)."""
+    import multiprocessing
+
+    from zarrchive.host import owner_alive, process_start, this_process
+
+    mine = this_process()
+    assert mine == f"{os.getpid()}-{process_start(os.getpid())}" and this_process() == mine
+    context = multiprocessing.get_context("fork")
+    with context.Pool(1) as pool:
+        child, child_pid = pool.apply(_mark_and_pid)
+        assert child != mine and child == f"{child_pid}-{process_start(child_pid)}" and owner_alive(child)
+
+
+def _mark_and_pid():
+    from zarrchive.host import this_process
+
+    return this_process(), os.getpid()
+
+
 # ---------------------------------------------------------------- every exit reported
 
 

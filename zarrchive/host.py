@@ -19,10 +19,17 @@ def process_start(pid: int) -> str | None:
         return None
 
 
+_THIS: tuple[int, str] = (0, "")
+
+
 def this_process() -> str:
-    """This process as ``<pid>-<start>``: the owner mark of what it writes."""
+    """This process as ``<pid>-<start>``: the owner mark of what it writes. Read from ``/proc`` once per process
+    (a forked child has a pid of its own, and reads its own): every temporary name a run writes carries it."""
+    global _THIS
     pid = os.getpid()
-    return f"{pid}-{process_start(pid) or 0}"
+    if _THIS[0] != pid:
+        _THIS = (pid, f"{pid}-{process_start(pid) or 0}")
+    return _THIS[1]
 
 
 def owner_alive(owner: str, host: str | None = None) -> bool:
