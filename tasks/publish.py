@@ -68,6 +68,7 @@ from zarrchive.records import (
     QCReport,
     Submission,
     slug,
+    status_of,
 )
 from zarrchive.runtime import retry_transient
 from zarrchive.software import pixel_versions
@@ -137,9 +138,10 @@ def image_outcomes(images: list[ImageRecord], failures: list[Failure], qc_report
     outcomes = [ImageOutcome(image_id=f.image_id or slug(f.source_path), source_path=f.source_path, series=f.series,
                              status="failed", error=f"{f.stage}: {f.error}", label_of=f.label_of) for f in failures]
     failed = {o.image_id for o in outcomes}
+    findings = qc_report.by_image() if qc_report else {}
     for image in (i for i in images if i.image_id not in failed):  # a later stage may have failed it
-        qc = qc_report.image_status(image.image_id) if qc_report else "not run"
-        errors = [x.message for x in qc_report.errors if x.image_id == image.image_id] if qc_report else []
+        qc = status_of(findings.get(image.image_id, [])) if qc_report else "not run"
+        errors = [x.message for x in findings.get(image.image_id, []) if x.severity == "error"]
         outcomes.append(ImageOutcome(image_id=image.image_id, source_path=image.source_path, series=image.series,
                                      status="blocked" if errors else "published", qc=qc,
                                      error="; ".join(f"qc: {m}" for m in errors) or None,
@@ -439,7 +441,11 @@ def _upload_images(copier: _Copier, vdir: str, reports: list[CompressionReport],
     stores: dict[str, str] = {}
     staged = {r.image_id: r for r in reports}
     images = [o for o in publishable.values() if not o.label_of and o.image_id in staged]
-    trees = {o.image_id: _ImageTree(o, staged, publishable) for o in images}
+    labels: dict[str, list[ImageOutcome]] = {}  # (each image's labels, found once: not a scan of all per image)
+    for o in publishable.values():
+        if o.label_of:
+            labels.setdefault(o.label_of, []).append(o)
+    trees = {o.image_id: _ImageTree(o, staged, labels.get(o.image_id, [])) for o in images}
     fs, held = copier.fs, copier.held
     for image in (o for o in images if not o.well):
         held.check()
@@ -481,11 +487,10 @@ def _upload_images(copier: _Copier, vdir: str, reports: list[CompressionReport],
 class _ImageTree:
     """One image's published tree: its staged store, its labels' and its labels group's documents."""
 
-    def __init__(self, image: ImageOutcome, staged: dict[str, CompressionReport],
-                 publishable: dict[str, ImageOutcome]) -> None:
+    def __init__(self, image: ImageOutcome, staged: dict[str, CompressionReport], labels: list[ImageOutcome]
+                 ) -> None:
         self.report = staged[image.image_id]
-        self.labels = [(o.label_name, staged[o.image_id]) for o in publishable.values()
-                       if o.label_of == image.image_id and o.image_id in staged]
+        self.labels = [(o.label_name, staged[o.image_id]) for o in labels if o.image_id in staged]
         ngff = store_ngff_version(self.report.store)  # the labels group is in the image's Zarr format
         self.documents = labels_group_documents(image.labels, ngff) if image.labels else {}
         self.key = sharing.staged_key(self.report.store_sha256, {name: r.store_sha256 for name, r in self.labels},

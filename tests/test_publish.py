@@ -377,6 +377,23 @@ def test_all_good_images_are_published_under_either_policy():
         assert blocking_reasons(list(outcomes.values()), qc) == []
 
 
+def test_each_image_gets_its_own_findings_worst_first_and_the_submission_s_go_to_none():
+    """Findings are grouped by image once (a run of 10,000 images): an image's status is its worst severity, its
+    errors are joined in the order QC found them, and the submission's own findings belong to no image."""
+    qc = qc_report([Finding(severity="warning", check="calibrated", message="no pixel size", image_id="b"),
+                    Finding(severity="error", check="shape", message="image is empty", image_id="b"),
+                    Finding(severity="error", check="title", message="no title"),
+                    Finding(severity="error", check="range", message="all pixels saturated", image_id="b"),
+                    Finding(severity="warning", check="size", message="small", image_id="a")])
+    outcomes = by_id(image_outcomes(IMAGES, [], qc, SKIP))
+    assert (outcomes["a"].status, outcomes["a"].qc, outcomes["a"].error) == ("published", "warning", None)
+    assert (outcomes["b"].status, outcomes["b"].qc) == ("blocked", "error")
+    assert outcomes["b"].error == "qc: image is empty; qc: all pixels saturated"
+    assert [qc.image_status(i) for i in ("a", "b", "c")] == ["warning", "error", "ok"]
+    assert {k: [f.check for f in v] for k, v in qc.by_image().items()} == {
+        "b": ["calibrated", "shape", "range"], None: ["title"], "a": ["size"]}
+
+
 def test_block_submission_blocks_everything_when_one_image_failed():
     outcomes = image_outcomes(IMAGES, [CONVERT_FAILED], qc_report(), BLOCK)
     status = {o.image_id: o.status for o in outcomes}

@@ -282,8 +282,9 @@ def _publish_action(lineage: list[LineageRecord], entities: dict[str, dict[str, 
     """The publish action: the published images, plates and originals it read, what it wrote."""
     flow_runs = sorted({r.flow_run_id for r in lineage if r.flow_run_id})
     now = dt.datetime.now(dt.timezone.utc).isoformat()
+    results = set(publish_results)  # (a tuple of thousands, asked about each entity)
     published = [{"@id": k} for k in entities
-                 if logical_path(k).startswith(("images/", "plates/", "originals/")) and k not in publish_results]
+                 if logical_path(k).startswith(("images/", "plates/", "originals/")) and k not in results]
     return {
         "@id": "#action/publish", "@type": "CreateAction", "name": "publish",
         "instrument": {"@id": "#workflow/ingest_submission"}, "object": published,
