@@ -283,3 +283,41 @@ def test_a_failing_or_short_kernel_copy_fails_naming_it_and_leaves_nothing(tmp_p
                        r"dst.bin: the kernel copied 4096 of the file's 12411 bytes"):
         copy_as_stored(str(tmp_path / "src.bin"), fs, join(root, "dst.bin"), block=4096)
     assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_a_file_committed_appears_whole_in_its_folder_made_when_missing_and_a_failed_one_leaves_nothing(
+        location, tmp_path, monkeypatch):
+    """``open_for_commit`` on every backend: into a folder that exists, into nested folders that do not yet (made),
+    a file at a name with no folder (the current one); a write that fails leaves neither the file nor a temporary
+    name, and where a file stands in for the folder the write fails and leaves nothing either."""
+    from zarrchive.archive.storage import open_for_commit
+
+    fs, root = resolve(location)
+    for path in ("one.bin", "a/b/c/two.bin", "a/b/c/three.bin"):  # (the last into the folder just made)
+        with open_for_commit(fs, join(root, path)) as fh:
+            fh.write(path.encode())
+        assert fs.cat_file(join(root, path)) == path.encode()
+    with pytest.raises(RuntimeError), open_for_commit(fs, join(root, "a/b/failed.bin")) as fh:
+        fh.write(b"half")
+        raise RuntimeError("the writer failed")
+    block = getattr(fs, "default_block_size", 0)
+    if location.startswith("s3://"):  # past one block an object store has begun the upload in parts: aborted
+        with pytest.raises(RuntimeError), open_for_commit(fs, join(root, "a/b/large.bin")) as fh:
+            fh.write(b"\0" * (block + 1024))
+            fh.flush()
+            assert fh.mpu  # (the upload in parts was begun)
+            raise RuntimeError("the writer failed")
+        assert not fs.call_s3("list_multipart_uploads", Bucket=root.split("/")[0]).get("Uploads")
+    listed = sorted(p.rsplit("/", 1)[-1] for p in fs.find(root))
+    assert listed == ["one.bin", "three.bin", "two.bin"]
+    if location.startswith("s3://"):
+        return
+    monkeypatch.chdir(tmp_path)  # a bare name: the current folder
+    with open_for_commit(fs, "bare.bin") as fh:
+        fh.write(b"bare")
+    assert (tmp_path / "bare.bin").read_bytes() == b"bare"
+    (tmp_path / "archive" / "plain").write_bytes(b"a file, not a folder")
+    with pytest.raises((NotADirectoryError, FileExistsError)), open_for_commit(fs, join(root, "plain/x.bin")) as fh:
+        fh.write(b"x")
+    assert sorted(p.name for p in (tmp_path / "archive").iterdir()) == ["a", "one.bin", "plain"]
+    assert sorted(p.name for p in (tmp_path / "archive" / "a" / "b").iterdir()) == ["c"]
