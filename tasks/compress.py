@@ -458,5 +458,4 @@ def _kept(kept: str) -> Traced[CompressionReport] | None:
 
 
 def _keep(kept: str, result: Traced[CompressionReport]) -> None:
-    os.makedirs(os.path.dirname(kept), exist_ok=True)
-    write_bytes_atomic(LOCAL, kept, result.model_dump_json().encode())
+    write_bytes_atomic(LOCAL, kept, result.model_dump_json().encode())  # (its folder made the first time)

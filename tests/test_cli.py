@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 import yaml
 
 from builders import ome_tiff, random_image, submission
@@ -187,3 +188,27 @@ def test_worker_env_gives_a_facility_s_scheduler_and_workers_what_zarrchive_give
         for proc in reversed(procs):
             proc.terminate()
             proc.wait(timeout=30)
+
+
+@pytest.mark.parametrize("terminal, set_before, expected", [
+    (False, None, "false"),  # a file, a pipe, a scheduler's capture: no colour, and no highlighter's cost
+    (True, None, None),  # a terminal: Prefect's colours, as before
+    (False, "true", "true"),  # the user's own choice wins either way
+    (True, "false", "false"),
+])
+def test_log_lines_are_plain_where_standard_error_is_not_a_terminal(monkeypatch, terminal, set_before,
+                                                                    expected):
+    import io
+    import os
+
+    class Stream(io.StringIO):
+        def isatty(self):
+            return terminal
+
+    monkeypatch.setattr(sys, "stderr", Stream())
+    if set_before is None:
+        monkeypatch.delenv("PREFECT_LOGGING_COLORS", raising=False)
+    else:
+        monkeypatch.setenv("PREFECT_LOGGING_COLORS", set_before)
+    assert main(["worker-env", "--memory-limit", "2GiB"]) == 0
+    assert os.environ.get("PREFECT_LOGGING_COLORS") == expected

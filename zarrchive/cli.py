@@ -191,6 +191,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     # An archive runs offline: the Prefect server must not try to phone home.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # Log lines without colour where nobody sees it (standard error is a file, a pipe, a scheduler's capture):
+    # Prefect's highlighter costs 0.14 ms a line, and a run of 10,000 images logs 20,000. Yours wins when set.
+    if not _is_terminal(sys.stderr):
+        os.environ.setdefault("PREFECT_LOGGING_COLORS", "false")
     logging.getLogger("distributed").setLevel(logging.WARNING)
     as_json = bool(getattr(args, "json", False))
 
@@ -211,6 +215,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 _interrupted: int | None = None
+
+
+def _is_terminal(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):  # replaced by something that is not a file, or closed
+        return False
 
 
 def run() -> None:
