@@ -206,8 +206,9 @@ def test_log_lines_are_plain_where_standard_error_is_not_a_terminal(monkeypatch,
             return terminal
 
     monkeypatch.setattr(sys, "stderr", Stream())
-    if set_before is None:
-        monkeypatch.delenv("PREFECT_LOGGING_COLORS", raising=False)
+    if set_before is None:  # (set first, so that what main sets is undone after the test)
+        monkeypatch.setenv("PREFECT_LOGGING_COLORS", "unset")
+        monkeypatch.delenv("PREFECT_LOGGING_COLORS")
     else:
         monkeypatch.setenv("PREFECT_LOGGING_COLORS", set_before)
     assert main(["worker-env", "--memory-limit", "2GiB"]) == 0

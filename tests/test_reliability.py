@@ -244,6 +244,20 @@ def test_the_owner_mark_is_each_process_s_own_in_a_forked_child_too():
         assert child != mine and child == f"{child_pid}-{process_start(child_pid)}" and owner_alive(child)
 
 
+def test_the_owner_mark_is_read_once_and_a_failed_read_is_not_kept(monkeypatch):
+    """Read from /proc once, then kept; but a read that failed (under load: too many open files) is not kept, or
+    every later name would carry ``<pid>-0``, which ``clean_stale`` takes for a dead process's."""
+    from zarrchive import host
+
+    real, calls = host.process_start, []
+    monkeypatch.setattr(host, "_THIS", (0, ""))
+    monkeypatch.setattr(host, "process_start", lambda pid: calls.append(pid) or None)
+    assert host.this_process() == f"{os.getpid()}-0" and host._THIS == (0, "")
+    monkeypatch.setattr(host, "process_start", lambda pid: calls.append(pid) or real(pid))
+    marks = {host.this_process() for _ in range(5)}
+    assert marks == {f"{os.getpid()}-{real(os.getpid())}"} and len(calls) == 2
+
+
 def _mark_and_pid():
     from zarrchive.host import this_process
 

@@ -308,6 +308,24 @@ def test_a_file_committed_appears_whole_in_its_folder_made_when_missing_and_a_fa
             assert fh.mpu  # (the upload in parts was begun)
             raise RuntimeError("the writer failed")
         assert not fs.call_s3("list_multipart_uploads", Bucket=root.split("/")[0]).get("Uploads")
+        # the abort fails too (the store is what failed): the write's own error, and nothing committed later
+        import gc
+
+        import s3fs
+
+        def unreachable(self):
+            raise OSError("the object store does not answer")
+
+        monkeypatch.setattr(s3fs.core.S3File, "discard", unreachable)
+        with pytest.raises(RuntimeError, match="the writer failed"), \
+                open_for_commit(fs, join(root, "a/b/unaborted.bin")) as fh:
+            fh.write(b"\0" * (block + 1024))
+            fh.flush()
+            raise RuntimeError("the writer failed")
+        del fh
+        gc.collect()  # (an unclosed fsspec file commits when it is collected)
+        fs.invalidate_cache()
+        assert not fs.exists(join(root, "a/b/unaborted.bin"))
     listed = sorted(p.rsplit("/", 1)[-1] for p in fs.find(root))
     assert listed == ["one.bin", "three.bin", "two.bin"]
     if location.startswith("s3://"):
@@ -317,7 +335,9 @@ def test_a_file_committed_appears_whole_in_its_folder_made_when_missing_and_a_fa
         fh.write(b"bare")
     assert (tmp_path / "bare.bin").read_bytes() == b"bare"
     (tmp_path / "archive" / "plain").write_bytes(b"a file, not a folder")
-    with pytest.raises((NotADirectoryError, FileExistsError)), open_for_commit(fs, join(root, "plain/x.bin")) as fh:
+    with pytest.raises((NotADirectoryError, FileExistsError)) as failed, \
+            open_for_commit(fs, join(root, "plain/x.bin")) as fh:
         fh.write(b"x")
+    assert failed.value.__context__ is None  # the open's own error, not another raised while cleaning up
     assert sorted(p.name for p in (tmp_path / "archive").iterdir()) == ["a", "one.bin", "plain"]
     assert sorted(p.name for p in (tmp_path / "archive" / "a" / "b").iterdir()) == ["c"]

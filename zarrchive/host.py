@@ -27,8 +27,12 @@ def this_process() -> str:
     (a forked child has a pid of its own, and reads its own): every temporary name a run writes carries it."""
     global _THIS
     pid = os.getpid()
-    if _THIS[0] != pid:
-        _THIS = (pid, f"{pid}-{process_start(pid) or 0}")
+    if _THIS[0] == pid:
+        return _THIS[1]
+    start = process_start(pid)
+    if start is None:  # (not read this time: not kept, so one failed read marks one name, not every later one)
+        return f"{pid}-0"
+    _THIS = (pid, f"{pid}-{start}")
     return _THIS[1]
 
 

@@ -105,24 +105,30 @@ def open_for_commit(fs: fsspec.AbstractFileSystem, path: str) -> Iterator[Any]:
             yield fh
         except BaseException:
             # Closing would commit what was written so far (fsspec's files commit on close, in a ``with``
-            # too): the upload is aborted instead, and the file marked closed so that nothing commits it later.
-            if discard := getattr(fh, "discard", None):
-                discard()
-            fh.closed = True
+            # too): the upload is aborted instead, and the file marked closed so that nothing commits it later
+            # (not even when the abort fails, as it will when the store is what failed). The error raised is
+            # the write's own.
+            try:
+                with contextlib.suppress(Exception):
+                    if discard := getattr(fh, "discard", None):
+                        discard()
+            finally:
+                with contextlib.suppress(AttributeError):  # (a file whose ``closed`` cannot be set)
+                    fh.closed = True
             raise
         fh.close()
         return
     tmp, moved = f"{path}.part-{uuid.uuid4().hex[:8]}", False
+    # The folder is made when the file cannot be opened for want of it, not asked for first: a version of 10,000
+    # small images writes 150,000 objects, nearly all into folders that already exist.
     try:
-        # The folder is made when the file cannot be opened for want of it, not asked for first: a version of
-        # 10,000 small images writes 150,000 objects, nearly all into folders that already exist.
-        try:
-            opened = open(tmp, "wb")
-        except FileNotFoundError:
-            if not parent:
-                raise
-            os.makedirs(parent, exist_ok=True)
-            opened = open(tmp, "wb")
+        opened = open(tmp, "wb")
+    except FileNotFoundError:
+        if not parent:
+            raise
+        os.makedirs(parent, exist_ok=True)
+        opened = open(tmp, "wb")
+    try:
         with opened as fh:
             yield fh
         os.replace(tmp, path)
