@@ -171,6 +171,10 @@ def test_copy_as_stored_linked_on_one_filesystem_is_the_same_file_read_back(loca
     else:
         assert read_back is True and os.path.samefile(tmp_path / "src.bin", join(root, "a/dst.bin"))
         assert os.stat(tmp_path / "src.bin").st_nlink == 2
+        # into the folder now there (made by the first, when it was missing)
+        assert copy_as_stored(str(tmp_path / "src.bin"), fs, join(root, "a/again.bin"), block=4096, link=True)[2]
+        assert os.stat(tmp_path / "src.bin").st_nlink == 3 and sorted(os.listdir(join(root, "a"))) == [
+            "again.bin", "dst.bin"]
 
 
 @pytest.mark.parametrize("code", ["EXDEV", "EPERM", "EMLINK", "EOPNOTSUPP", "ENOSYS", "EACCES"])

@@ -203,8 +203,12 @@ def _linked_as_stored(src: str, dst: str, block: int) -> tuple[int, str] | None:
     if not stat.S_ISREG(file.st_mode):
         return None
     parent = os.path.dirname(dst) or "."
-    os.makedirs(parent, exist_ok=True)
-    if not _links_as_new(src, file, parent):
+    try:
+        as_new = _links_as_new(src, file, parent)
+    except FileNotFoundError:  # its folder made when missing, not asked for first (as ``open_for_commit``)
+        os.makedirs(parent, exist_ok=True)
+        as_new = _links_as_new(src, file, parent)
+    if not as_new:
         return None
     tmp = f"{dst}.part-{uuid.uuid4().hex[:8]}"
     try:
