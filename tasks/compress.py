@@ -41,14 +41,15 @@ from zarrchive.archive.identity import compress_key, compressed_name
 from zarrchive.archive.lineage import Traced, stage_task, trace, traced
 from zarrchive.archive.staging import partial_name
 from zarrchive.archive.storage import write_bytes_atomic
-from zarrchive.cluster import client_for
+from zarrchive.cluster import Sealed, client_for, wait_until_stopped
 from zarrchive.config import CodecSpec, CompressSettings
 from zarrchive.errors import InputError, StageFailed, StageTimeout, ZarrchiveError, is_cluster_failure
 from zarrchive.ngff import ZARR_FORMAT
 from zarrchive.pixels.blocks import chunk_slices
 from zarrchive.pixels.codecs import choice_of, make_codec, sample_regions, supports, v2_codec
 from zarrchive.pixels.passes import (
-    BATCH, LevelPlan, array_layout, downsample_regions, finish_store, select_codec, stream_region, whole_image,
+    BATCH, LevelPlan, WholePass, array_layout, downsample_regions, finish_store, select_codec, stream_region,
+    whole_image, whole_images,
 )
 from zarrchive.pixels.shards import Stored
 from zarrchive.records import CodecChoice, CodecSelection, CompressionReport, FileRecord, ImageRecord, factors
@@ -60,6 +61,11 @@ REGION_BYTES = 128 << 20  # level-0 pixels per streaming task at most: a run of 
 # a task's arrays peak at about 1.5x its region (the source, then its encoded objects or one read back; the next level
 # is halved in bands, blocks.downsample): 97 MiB for a 64 MiB region, by tracemalloc; the rest is the worker's own
 MEMORY_SHARE = 8
+# a batch's small images go to the cluster several to a task (``Group``): a task costs about 5 ms of CPU whatever its
+# work (3 in the flow's process, where a local cluster's scheduler runs, 2 on the worker; 2,000 tasks on a local
+# cluster of 2 workers), a third of a 256x256 image's pass; 8 images to a task, 1 ms an image
+GROUP_IMAGES = 8
+GROUP_BYTES = 16 << 20  # level 0 of a group's images together at most: a larger image is worth a task of its own
 
 def shard_shape(axes: list[str], shape: tuple[int, ...], chunks: tuple[int, ...],
                 settings: CompressSettings) -> tuple[int, ...] | None:
@@ -123,9 +129,7 @@ def gather_all(client: Any, futures: list[Any], deadline: float | None = None, s
             pass
     except TimeoutError:
         client.cancel(futures)
-        for _done in as_completed([f for f in futures if f.status == "pending"], loop=client.loop, timeout=120,
-                                  raise_errors=False):
-            pass  # a task already running still writes its shards: let it end before the store is removed
+        wait_until_stopped(client, [f.key for f in futures])  # one running still writes: let it end first
         raise StageTimeout(shown_as, "the compress pass took longer than compress.timeout_seconds; the image "
                                      "failed and nothing of it was kept (raise the limit if it is that large)")
     return client.gather(futures)
@@ -164,23 +168,103 @@ class Begun:
     """An image's whole pass, submitted to the cluster by ``begin_whole``: what ``end_whole`` needs."""
 
     image: ImageRecord
+    source: FileRecord
+    work: str
     settings: CompressSettings
     scheduler: str
     store: str  # the store as it is written (a temporary name)
     final: str  # its name once complete
     plans: list[LevelPlan]
     candidates: list[CodecSpec]  # the profile's, as the pass was given them (its choice indexes them)
-    future: Any
+    future: Any  # the pass's Dask future, or its place in a ``Group``'s task (a ``Slot``)
     digests: bool
     thumbnail: str | None  # where the pass writes the image's picture, a temporary name (None: it makes none)
 
+    def alone(self) -> Begun:
+        """The same pass begun again in a task of its own, under new names."""
+        return begin_whole(self.image, self.source, self.work, self.settings, self.scheduler, self.digests,
+                           self.thumbnail is not None)
+
+
+class GroupLost(Exception):
+    """A ``Group``'s task failed as a whole (not one of its images): each of its images is done again alone."""
+
+
+class Group:
+    """The whole passes of several small images, sent to the cluster in one task (``passes.whole_images``) once
+    ``size`` images are in it (or no more fit in ``GROUP_BYTES``), or when one of its images is waited for.
+
+    An image's failure stays its own: the task returns it in the image's place. When the task fails as a whole
+    (its worker died more often than the cluster allows, it ran past ``compress.timeout_seconds``), each of its
+    images is done again in a task of its own (``end_whole``), so an image that kills its worker or never ends
+    fails alone, with its own limit, and the others are done."""
+
+    def __init__(self, scheduler: str, size: int = GROUP_IMAGES) -> None:
+        self.scheduler, self.size = scheduler, size
+        self.calls: list[tuple] = []
+        self.held = 0
+        self.future: Any = None
+        self.outcome: list[WholePass | Exception] | GroupLost | None = None
+
+    def has_room(self, nbytes: int) -> bool:
+        return (self.future is None and self.outcome is None and len(self.calls) < self.size
+                and self.held + nbytes <= GROUP_BYTES)
+
+    def add(self, call: tuple, nbytes: int) -> Slot:
+        self.calls.append(call)
+        self.held += nbytes
+        if len(self.calls) >= self.size:
+            self.submit()
+        return Slot(self, len(self.calls) - 1)
+
+    def submit(self) -> None:
+        if self.future is None and self.outcome is None and self.calls:
+            with client_for(self.scheduler) as client:
+                self.future = client.submit(whole_images, Sealed(self.calls), pure=False)
+
+    def cancel(self) -> None:
+        if self.future is not None:
+            self.future.cancel()
+
+    def result(self, index: int, deadline: float, shown_as: str) -> WholePass:
+        """Image ``index``'s pass once the task is done (waited for until ``deadline`` by the first image asking);
+        its own failure raised; ``GroupLost`` when the task failed as a whole."""
+        self.submit()
+        if self.outcome is None:
+            try:
+                with client_for(self.scheduler) as client:
+                    [self.outcome] = gather_all(client, [self.future], deadline, shown_as)
+            except Exception as exc:
+                if len(self.calls) == 1:
+                    raise  # the one image's own failure
+                runlog.logger().warning("compress: the task of %d images failed as a whole (%s: %s); each is "
+                                        "done again alone", len(self.calls), type(exc).__name__, exc)
+                self.outcome = GroupLost(f"{type(exc).__name__}: {exc}")
+            self.future = None  # its results are here: the cluster forgets them (not redone if their worker dies)
+        if isinstance(self.outcome, GroupLost):
+            raise self.outcome
+        if isinstance(done := self.outcome[index], Exception):
+            raise done
+        return done
+
+
+@dataclass(frozen=True)
+class Slot:
+    """An image's place in a ``Group``'s task."""
+
+    group: Group
+    index: int
+
+    def cancel(self) -> None:
+        self.group.cancel()
+
 
 def begin_whole(image: ImageRecord, source: FileRecord, work: str, settings: CompressSettings, scheduler: str,
-                level0_digest: bool = True, picture: bool = True) -> Begun:
+                level0_digest: bool = True, picture: bool = True, group: Group | None = None) -> Begun:
     """Submit the whole pass of an image no larger than a streaming region may be (``passes.whole_image``: the
     codec trial, every level, the proofs, the store's metadata and, with ``picture``, the thumbnail of an image
-    that is not a label, on a worker); ``end_whole`` waits for it. Many can be begun before the first is ended:
-    the cluster's workers do them meanwhile."""
+    that is not a label, on a worker) — in a task of its own, or in ``group``'s; ``end_whole`` waits for it.
+    Many can be begun before the first is ended: the cluster's workers do them meanwhile."""
     _check_source(image, source)
     faults.point("compress.start")
     final, store = _names(image, work, settings)
@@ -191,22 +275,32 @@ def begin_whole(image: ImageRecord, source: FileRecord, work: str, settings: Com
     samples = sample_regions(level0.shape, level0.chunks, settings.sample_chunks) if len(candidates) > 1 else []
     plans = plan_writes(image, settings)
     thumbnail = partial_name(f"{final}.png") if picture and image.kind == "image" else None
-    with client_for(scheduler) as client:
-        future = client.submit(whole_image, source.staged_path, image, store, plans, candidates, samples,
-                               settings.floor(), settings.size_tolerance, settings.ngff, level0_digest, thumbnail,
-                               pure=False)
-    return Begun(image, settings, scheduler, store, final, plans, candidates, future, level0_digest, thumbnail)
+    call = (source.staged_path, image, store, plans, candidates, samples, settings.floor(), settings.size_tolerance,
+            settings.ngff, level0_digest, thumbnail)
+    if group is not None:
+        future = group.add(call, _level0_bytes(image))
+    else:
+        with client_for(scheduler) as client:
+            future = client.submit(whole_image, *call, pure=False)
+    return Begun(image, source, work, settings, scheduler, store, final, plans, candidates, future, level0_digest,
+                 thumbnail)
 
 
 def end_whole(begun: Begun) -> CompressionReport:
     """Wait for a pass ``begin_whole`` submitted and put its store in place; its report. ``compress.timeout_seconds``
-    counts from now: an image begun ahead in a batch is not charged the wait for the images before it."""
+    counts from now: an image begun ahead in a batch is not charged the wait for the images before it (a group's
+    task, waited for by its first image, is given one image's time: past it, each image is done again alone)."""
     image, settings = begun.image, begun.settings
     deadline = time.monotonic() + settings.timeout_seconds
     try:
-        with client_for(begun.scheduler) as client:
-            [done] = gather_all(client, [begun.future], deadline, image.source_path)
+        if isinstance(begun.future, Slot):
+            done = begun.future.group.result(begun.future.index, deadline, image.source_path)
+        else:
+            with client_for(begun.scheduler) as client:
+                [done] = gather_all(client, [begun.future], deadline, image.source_path)
         _put_in_place(begun.store, begun.final)
+    except GroupLost:
+        done = None  # done again alone, below (not inside this handler: its failure is its own)
     except Exception as exc:
         if begun.thumbnail:
             with contextlib.suppress(OSError):
@@ -214,10 +308,21 @@ def end_whole(begun: Begun) -> CompressionReport:
         if (failed := _discarded(exc, image, begun.store)) is exc:
             raise
         raise failed from exc
+    if done is None:
+        _forget(begun)
+        return end_whole(begun.alone())
     chosen = begun.candidates[done.selection.chosen if done.selection else 0]
     return _report(image, begun.final, make_codec(chosen), done.selection, begun.plans, settings.ngff,
                    done.chunks, done.level0 if begun.digests else None, done.bytes_out, done.sha256, done.seconds,
                    _picture_beside(begun) if done.thumbnail else None)
+
+
+def _forget(begun: Begun) -> None:
+    """Remove what a pass that will not be used may have written: its store and its picture."""
+    shutil.rmtree(begun.store, ignore_errors=True)
+    if begun.thumbnail:
+        with contextlib.suppress(OSError):
+            os.unlink(begun.thumbnail)
 
 
 def _picture_beside(begun: Begun) -> str | None:
@@ -408,10 +513,11 @@ def compress_batch(items: list[tuple[ImageRecord, FileRecord]], work: str, setti
                    scheduler: str, name: str) -> list[Traced[CompressionReport] | batch.ItemFailed]:
     """``compress`` for many small images (image, its staged source) in one task run (``zarrchive.batch``).
 
-    The images' passes are submitted to the cluster ahead of the one waited for (as many as the cluster has
-    threads, and one more), so its workers go on with the next images while this task finishes one. A batch
-    stopped (cancelled, interrupted) cancels what has not started; a pass already running finishes under its
-    temporary name, which ``staging.clean_stale`` removes once this process has ended.
+    The images' passes are submitted to the cluster ahead of the one waited for (as many tasks as the cluster has
+    threads, and one more), so its workers go on with the next images while this task finishes one; small images
+    go several to a task (``Group``: up to ``GROUP_IMAGES``, fewer when the batch would otherwise leave a thread
+    without one). A batch stopped (cancelled, interrupted) cancels what has not started; a pass already running
+    finishes under its temporary name, which ``staging.clean_stale`` removes once this process has ended.
 
     Each image's result is kept in the work area under its ``compress_key`` (as Prefect's cache keeps a task
     run's): a rerun reuses what is still there, so an unchanged image keeps its stored bytes — and its codec
@@ -419,6 +525,8 @@ def compress_batch(items: list[tuple[ImageRecord, FileRecord]], work: str, setti
     log = runlog.logger()
     with client_for(scheduler) as client:
         budget, threads = region_budget(client), sum(client.nthreads().values())
+    per_group = max(1, min(GROUP_IMAGES, len(items) // (threads + 1)))
+    group = Group(scheduler, per_group)
 
     def begin(image: ImageRecord, source: FileRecord) -> Callable[[], Traced[CompressionReport]]:
         key = compress_key(None, {"image": image, "settings": settings, "work": work})
@@ -430,8 +538,13 @@ def compress_batch(items: list[tuple[ImageRecord, FileRecord]], work: str, setti
             result = compress.__wrapped__(image, source, work, settings, scheduler)
             _keep(kept, result)
             return lambda: result
+        nonlocal group
+        grouped = per_group > 1 and _level0_bytes(image) <= GROUP_BYTES
+        if grouped and not group.has_room(_level0_bytes(image)):
+            group.submit()
+            group = Group(scheduler, per_group)
         started = dt.datetime.now(dt.timezone.utc)
-        begun = begin_whole(image, source, work, settings, scheduler)
+        begun = begin_whole(image, source, work, settings, scheduler, group=group if grouped else None)
 
         def end() -> Traced[CompressionReport]:
             result = trace("compress", end_whole(begun), started, image, source, work, settings, scheduler,
@@ -443,7 +556,7 @@ def compress_batch(items: list[tuple[ImageRecord, FileRecord]], work: str, setti
         end.abandon = lambda: begun.future.cancel()  # the batch was stopped: what has not started never will
         return end
 
-    return batch.run("compress", items, begin, lambda item: item[0].image_id, ahead=threads + 1)
+    return batch.run("compress", items, begin, lambda item: item[0].image_id, ahead=(threads + 1) * per_group)
 
 
 def _kept(kept: str) -> Traced[CompressionReport] | None:

@@ -7,6 +7,7 @@ import asyncio
 import json
 
 import pytest
+from distributed.diagnostics.plugin import WorkerPlugin
 
 from builders import ome_tiff, random_image, submission
 from zarrchive.batch import name, plan
@@ -207,6 +208,8 @@ def test_a_file_whose_description_outlasts_its_time_on_a_worker_fails_alone(tmp_
                 time.sleep(0.01)
         return real(file, *args)
 
+    convert_mod.describe_files(_convert_items(tmp_path / "warm")[:1], str(tmp_path / "warm"),
+                               load_settings(None).convert)  # (a first read imports the readers: not timed here)
     monkeypatch.setattr(convert_mod, "convert_file", describing)
     settings = load_settings(None).convert.model_copy(update={"timeout_seconds": 0.5})
     started = time.monotonic()
@@ -358,3 +361,148 @@ def test_stage_tasks_carry_no_tags():
 
     for stage in (convert, convert_batch, pyramid, pyramid_batch, compress, compress_batch):
         assert not stage.task.tags, stage.name
+
+
+def _small_images(tmp_path, count: int):
+    """``count`` converted, pyramided small images (image record, staged file record), each from its own file."""
+    from builders import staged
+    from zarrchive.config import load_settings
+    from zarrchive.tasks.convert import convert_file
+    from zarrchive.tasks.pyramid import build_pyramid
+
+    settings = load_settings(None)
+    items = []
+    for i in range(count):
+        path = ome_tiff(tmp_path / "sub" / f"f{i}.ome.tif", random_image((1, 1, 48, 40), seed=i), "CZYX",
+                        {"x": 0.5, "y": 0.5})
+        record = staged(path)
+        [image] = convert_file(record, None, str(tmp_path / "w"), settings.convert)
+        items.append((build_pyramid(image, settings.pyramid), record))
+    return items
+
+
+def _compress_batch(items, work, scheduler: str, **compress):
+    from zarrchive.archive.staging import work_area
+    from zarrchive.cluster import release_clients
+    from zarrchive.config import StagingSettings, load_settings
+    from zarrchive.tasks.compress import compress_batch
+
+    settings = load_settings(None).compress.model_copy(update=compress)
+    try:
+        return compress_batch.fn(items, work_area(StagingSettings(work=str(work))), settings, scheduler,
+                                 "a batch").data
+    finally:
+        release_clients(scheduler)
+
+
+def test_a_compress_batch_sends_small_images_several_to_a_task_and_each_fails_alone(tmp_path, scheduler,
+                                                                                  monkeypatch):
+    """A batch's small images go to the cluster several to a Dask task (a task costs the flow and a worker about
+    5 ms whatever its work); an image whose pass fails on the worker fails alone, named, and the images of its
+    task and of the others are stored, proven and reported as they would be alone."""
+    from distributed import Client
+
+    from zarrchive.batch import ItemFailed
+    from zarrchive.ngff import validate_image
+
+    items = _small_images(tmp_path, 10)
+    with open(items[4][1].staged_path, "r+b") as fh:  # the staged file damaged after conversion: its pass fails
+        fh.seek(8)
+        fh.write(b"\xff" * 64)
+    submitted = []
+    real_submit = Client.submit
+
+    def submit(self, fn, *args, **kwargs):
+        submitted.append(fn.__name__)
+        return real_submit(self, fn, *args, **kwargs)
+
+    monkeypatch.setattr(Client, "submit", submit)
+    done = _compress_batch(items, tmp_path / "work", scheduler)
+    monkeypatch.undo()
+    assert submitted == ["whole_images"] * 4  # 10 images, 2 threads: 3 to a task (a task for each thread, and one)
+    assert isinstance(done[4], ItemFailed) and "f4.ome.tif" in done[4].error, done[4]
+    alone = _compress_batch(items[:4], tmp_path / "alone", scheduler)  # (4 images: one to a task)
+    for i, result in enumerate(done):
+        if i == 4:
+            continue
+        report = result.output
+        assert report.image_id == f"f{i}" and validate_image(report.store) == [] and report.thumbnail
+        if i < 4:
+            assert (report.store_sha256, report.bytes_out) == (alone[i].output.store_sha256, alone[i].output.bytes_out)
+    left = sorted(p.name for p in (tmp_path / "work" / "compress").iterdir() if p.name != "results")
+    assert len(left) == 18 and not [n for n in left if "partial" in n]  # 9 stores and their pictures, nothing else
+
+
+class Unwell(WorkerPlugin):
+    """On each worker, the whole pass of an image read from a file named ``victim`` kills the worker (SIGKILL) as a
+    file that crashes its reader would, every time it is tried, or (``stall``) keeps it busy that many seconds."""
+
+    name = "zarrchive-test-unwell"
+    idempotent = True
+
+    def __init__(self, victim: str, stall: float = 0.0):
+        self.victim, self.stall = victim, stall
+
+    def setup(self, worker) -> None:
+        import os
+        import signal
+        import time
+
+        from zarrchive.pixels import passes
+
+        original, victim, stall = passes.whole_image, self.victim, self.stall
+
+        def unwell(source, *args):
+            if os.path.basename(source) == victim:
+                if not stall:
+                    os.kill(os.getpid(), signal.SIGKILL)
+                time.sleep(stall)
+            return original(source, *args)
+
+        passes.whole_image = unwell
+
+
+def _unwell_batch(tmp_path, unwell: Unwell, **compress):
+    """A batch of 9 small images (3 to a task) compressed on a cluster of its own (2 workers, no death allowed)
+    whose workers are ``unwell``; the results, and the names left in the work area's compress folder."""
+    from distributed import Client
+
+    from zarrchive.cluster import cluster_for_run
+    from zarrchive.config import ClusterSettings
+
+    items = _small_images(tmp_path, 9)
+    cluster = ClusterSettings(n_workers=2, threads_per_worker=1, memory_limit="1GiB", allowed_failures=0)
+    with cluster_for_run(cluster) as address:
+        with Client(address, set_as_default=False) as client:
+            client.register_plugin(unwell)
+        done = _compress_batch(items, tmp_path / "work", address, **compress)
+    return done, [p.name for p in (tmp_path / "work" / "compress").iterdir() if p.name != "results"]
+
+
+def test_an_image_that_kills_its_worker_fails_alone_and_the_others_of_its_task_are_done_again(tmp_path):
+    """A task of several images lost as a whole (its worker died, more often than the cluster allows): each of its
+    images is done again in a task of its own, so the image that kills its worker fails alone and the others
+    are stored."""
+    from zarrchive.batch import ItemFailed
+    from zarrchive.ngff import validate_image
+
+    done, left = _unwell_batch(tmp_path, Unwell("f4.ome.tif"))
+    assert isinstance(done[4], ItemFailed) and done[4].error.startswith("ClusterError: Dask workers died"), done[4]
+    assert "running 'whole_image-" in done[4].error  # in a task of its own
+    for i, result in enumerate(done):
+        if i != 4:
+            assert not isinstance(result, ItemFailed), (i, result)
+            assert validate_image(result.output.store) == []
+    assert len(left) == 16 and not [n for n in left if "partial" in n]  # 8 stores and their pictures
+
+
+def test_an_image_that_outlasts_its_time_fails_alone_and_the_others_of_its_task_are_done_again(tmp_path):
+    """A task of several images past ``compress.timeout_seconds`` (one image's time): each of its images is done
+    again alone, with a time of its own, so only the image that outlasts it fails, named."""
+    from zarrchive.batch import ItemFailed
+
+    done, left = _unwell_batch(tmp_path, Unwell("f4.ome.tif", stall=4), timeout_seconds=2)
+    assert isinstance(done[4], ItemFailed) and done[4].error.startswith(
+        "StageTimeout: f4.ome.tif: the compress pass took longer than compress.timeout_seconds"), done[4]
+    assert [i for i, result in enumerate(done) if isinstance(result, ItemFailed)] == [4]
+    assert len(left) == 16 and not [n for n in left if "partial" in n]

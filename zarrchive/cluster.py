@@ -317,6 +317,30 @@ class Sealed:
         self.value = value
 
 
+def wait_until_stopped(client: Client, keys: list[str], timeout: float = 120.0) -> bool:
+    """Wait until no worker still runs a task of ``keys`` that was cancelled after it began: Dask forgets a
+    cancelled task at once, but its thread runs on to the task's end (and goes on writing what it writes). False
+    when one still ran after ``timeout`` seconds; True also when the workers cannot be asked (gone)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            running = client.run(_running, list(keys), on_error="ignore")
+        except Exception:
+            return True
+        if not any(isinstance(found, list) and found for found in running.values()):
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
+
+
+def _running(keys: list[str], dask_worker: Any = None) -> list[str]:
+    """On a worker: those of ``keys`` it still holds (a cancelled task it is still running)."""
+    return [key for key in keys if key in dask_worker.state.tasks]
+
+
 @contextlib.contextmanager
 def client_for(address: str) -> Iterator[Client]:
     """A client of the scheduler at ``address`` for the duration of one stage, its workers ready (this process's

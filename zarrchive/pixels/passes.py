@@ -4,7 +4,7 @@ The compress stage's streaming pass (``stream_region``: read a region of the
 source once, write it and every level it makes, proven), the small levels made
 from the level above (``downsample_regions``), the codec trial on a sample of
 chunks (``select_codec``), all of it in one task for an image no larger than
-a streaming region (``whole_image``), and QC's per-chunk facts (``chunk_stats``, with the validator's
+a streaming region (``whole_image``; several small images' in one task: ``whole_images``), and QC's per-chunk facts (``chunk_stats``, with the validator's
 findings for small stores: ``facts_of_store``, ``facts_of_stores``). Workers
 import this module when they start (``cluster.WORKER_MODULES``), so a light
 import keeps the cluster's start short.
@@ -170,6 +170,19 @@ def whole_image(source: str, image: ImageRecord, store: str, plans: list[LevelPl
     pictured = thumbnail is not None and _picture(thumbnail, store, finished.attributes, {**arrays, **in_hand})
     return WholePass(selection, stored.chunks, level0, finished.bytes_out, finished.sha256,
                      time.perf_counter() - started, pictured)
+
+
+def whole_images(calls: Any) -> list[WholePass | Exception]:
+    """``whole_image`` for each of several small images in one task, one after another (``calls``: each image's
+    arguments, sealed, ``cluster.Sealed``). An image's failure is its own: returned in its place, not raised,
+    and the images after it are still done."""
+    done: list[WholePass | Exception] = []
+    for args in calls.value:
+        try:
+            done.append(whole_image(*args))
+        except Exception as exc:
+            done.append(exc)
+    return done
 
 
 def _picture(path: str, store: str, attrs: dict[str, Any], levels: dict[str, Any]) -> bool:
