@@ -4,7 +4,8 @@ The compress stage's streaming pass (``stream_region``: read a region of the
 source once, write it and every level it makes, proven), the small levels made
 from the level above (``downsample_regions``), the codec trial on a sample of
 chunks (``select_codec``), all of it in one task for an image no larger than
-a streaming region (``whole_image``; several small images' in one task: ``whole_images``), and QC's per-chunk facts (``chunk_stats``, with the validator's
+a streaming region (``whole_image``; several small images in one task:
+``whole_images``), and QC's per-chunk facts (``chunk_stats``, with the validator's
 findings for small stores: ``facts_of_store``, ``facts_of_stores``). Workers
 import this module when they start (``cluster.WORKER_MODULES``), so a light
 import keeps the cluster's start short.
