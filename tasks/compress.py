@@ -49,7 +49,7 @@ from zarrchive.pixels.blocks import chunk_slices
 from zarrchive.pixels.codecs import choice_of, make_codec, sample_regions, supports, v2_codec
 from zarrchive.pixels.passes import (
     BATCH, LevelPlan, WholePass, array_layout, downsample_regions, finish_store, select_codec, stream_region,
-    whole_image, whole_images,
+    images_at, whole_image, whole_images,
 )
 from zarrchive.pixels.shards import Stored
 from zarrchive.records import CodecChoice, CodecSelection, CompressionReport, FileRecord, ImageRecord, factors
@@ -66,6 +66,10 @@ MEMORY_SHARE = 8
 # cluster of 2 workers), a third of a 256x256 image's pass; 8 images to a task, 1 ms an image
 GROUP_IMAGES = 8
 GROUP_BYTES = 16 << 20  # level 0 of a group's images together at most: a larger image is worth a task of its own
+STOP_SECONDS = 120  # a pass past its time is cancelled; one already running (it cannot be interrupted) is given this
+#                     long to end before its store is removed (a group's task: its image then still running fails)
+TOO_LONG = ("the compress pass took longer than compress.timeout_seconds; the image failed and nothing of it was kept "
+            "(raise the limit if it is that large)")
 
 def shard_shape(axes: list[str], shape: tuple[int, ...], chunks: tuple[int, ...],
                 settings: CompressSettings) -> tuple[int, ...] | None:
@@ -129,9 +133,8 @@ def gather_all(client: Any, futures: list[Any], deadline: float | None = None, s
             pass
     except TimeoutError:
         client.cancel(futures)
-        wait_until_stopped(client, [f.key for f in futures])  # one running still writes: let it end first
-        raise StageTimeout(shown_as, "the compress pass took longer than compress.timeout_seconds; the image "
-                                     "failed and nothing of it was kept (raise the limit if it is that large)")
+        wait_until_stopped(client, [f.key for f in futures], STOP_SECONDS)  # one running still writes: let it end
+        raise StageTimeout(shown_as, TOO_LONG)
     return client.gather(futures)
 
 
@@ -168,8 +171,6 @@ class Begun:
     """An image's whole pass, submitted to the cluster by ``begin_whole``: what ``end_whole`` needs."""
 
     image: ImageRecord
-    source: FileRecord
-    work: str
     settings: CompressSettings
     scheduler: str
     store: str  # the store as it is written (a temporary name)
@@ -180,31 +181,27 @@ class Begun:
     digests: bool
     thumbnail: str | None  # where the pass writes the image's picture, a temporary name (None: it makes none)
 
-    def alone(self) -> Begun:
-        """The same pass begun again in a task of its own, under new names."""
-        return begin_whole(self.image, self.source, self.work, self.settings, self.scheduler, self.digests,
-                           self.thumbnail is not None)
-
-
-class GroupLost(Exception):
-    """A ``Group``'s task failed as a whole (not one of its images): each of its images is done again alone."""
-
 
 class Group:
     """The whole passes of several small images, sent to the cluster in one task (``passes.whole_images``) once
     ``size`` images are in it (or no more fit in ``GROUP_BYTES``), or when one of its images is waited for.
 
-    An image's failure stays its own: the task returns it in the image's place. When the task fails as a whole
-    (its worker died more often than the cluster allows, it ran past ``compress.timeout_seconds``), each of its
-    images is done again in a task of its own (``end_whole``), so an image that kills its worker or never ends
-    fails alone, with its own limit, and the others are done."""
+    An image's failure stays its own: the task returns it in the image's place. The images the task did not do —
+    it failed as a whole (its worker died more often than the cluster allows), it ran past the time of one image
+    (``compress.timeout_seconds``) and was stopped before its next image, an image ran out of memory — are all
+    sent again one by one as each is ended, in a task of its own ahead of the work queued (under the same temporary
+    names: the task that wrote them has ended) and waited for with a time of its own. So an image that kills its
+    worker fails alone, and the others are stored. An image the task is still on ``STOP_SECONDS`` after it was
+    stopped (a reader that never ends) fails there and then, not sent again: it would take a second thread."""
 
     def __init__(self, scheduler: str, size: int = GROUP_IMAGES) -> None:
         self.scheduler, self.size = scheduler, size
         self.calls: list[tuple] = []
         self.held = 0
         self.future: Any = None
-        self.outcome: list[WholePass | Exception] | GroupLost | None = None
+        self.outcome: list[WholePass | Exception] | Exception | None = None  # its results, or why it was not sent
+        self.stuck: int | None = None  # the image the task was still on when it should have stopped
+        self.stuck_on: str | None = None  # the worker it was on (its thread stays taken: the others go elsewhere)
 
     def has_room(self, nbytes: int) -> bool:
         return (self.future is None and self.outcome is None and len(self.calls) < self.size
@@ -218,34 +215,82 @@ class Group:
         return Slot(self, len(self.calls) - 1)
 
     def submit(self) -> None:
+        """Send the task, once; when it cannot be sent, that is each of its images' failure (as each is ended)."""
         if self.future is None and self.outcome is None and self.calls:
-            with client_for(self.scheduler) as client:
-                self.future = client.submit(whole_images, Sealed(self.calls), pure=False)
+            try:
+                with client_for(self.scheduler) as client:
+                    self.future = client.submit(whole_images, Sealed(self.calls), pure=False)
+            except Exception as exc:
+                self.outcome = exc
 
     def cancel(self) -> None:
         if self.future is not None:
             self.future.cancel()
 
-    def result(self, index: int, deadline: float, shown_as: str) -> WholePass:
-        """Image ``index``'s pass once the task is done (waited for until ``deadline`` by the first image asking);
-        its own failure raised; ``GroupLost`` when the task failed as a whole."""
+    def result(self, index: int, deadline: float, shown_as: str, seconds: float) -> WholePass:
+        """Image ``index``'s pass: the task waited for until ``deadline`` (by the first image asking), or the
+        image's own task, waited for ``seconds`` from now; the image's own failure raised."""
         self.submit()
         if self.outcome is None:
-            try:
-                with client_for(self.scheduler) as client:
-                    [self.outcome] = gather_all(client, [self.future], deadline, shown_as)
-            except Exception as exc:
-                if len(self.calls) == 1:
-                    raise  # the one image's own failure
-                runlog.logger().warning("compress: the task of %d images failed as a whole (%s: %s); each is "
-                                        "done again alone", len(self.calls), type(exc).__name__, exc)
-                self.outcome = GroupLost(f"{type(exc).__name__}: {exc}")
-            self.future = None  # its results are here: the cluster forgets them (not redone if their worker dies)
-        if isinstance(self.outcome, GroupLost):
+            self._gather(deadline, shown_as)
+        if isinstance(self.outcome, Exception):
             raise self.outcome
-        if isinstance(done := self.outcome[index], Exception):
-            raise done
+        if index < len(self.outcome):
+            if isinstance(done := self.outcome[index], Exception):
+                raise done
+            return done
+        if index == self.stuck:
+            raise StageTimeout(shown_as, TOO_LONG)
+        # one at a time, ahead of the work queued (an image that kills its worker takes no other redone one with it),
+        # away from a worker whose thread the task still holds when others can take it
+        with client_for(self.scheduler) as client:
+            others = [w for w in client.scheduler_info()["workers"] if w != self.stuck_on] if self.stuck_on else []
+            where = {"workers": others, "allow_other_workers": True} if others else {}
+            future = client.submit(whole_image, *self.calls[index], pure=False, priority=1, **where)
+            [done] = gather_all(client, [future], time.monotonic() + seconds, shown_as)
+            _forgotten(client, future)
         return done
+
+    def _gather(self, deadline: float, shown_as: str) -> None:
+        """The task's results (those of the images it did; each other one is done again alone as it is ended)."""
+        try:
+            with client_for(self.scheduler) as client:
+                [self.outcome] = gather_all(client, [self.future], deadline, shown_as)
+                _forgotten(client, self.future)
+        except Exception as exc:
+            if len(self.calls) == 1:
+                self.outcome = exc  # the one image's own failure
+                return
+            self.outcome = []
+            if isinstance(exc, StageTimeout):
+                self.stuck, self.stuck_on = self._still_on()
+            runlog.logger().warning("compress: the task of %d images failed as a whole (%s: %s); each is done "
+                                    "again alone%s", len(self.calls), type(exc).__name__, exc,
+                                    "" if self.stuck is None else f" (but image {self.stuck + 1}, still running: "
+                                                                  "it fails)")
+        finally:
+            self.future = None
+        if 0 < len(self.outcome) < len(self.calls):
+            runlog.logger().warning("compress: the task of %d images stopped after image %d (%s); the others are "
+                                    "done again alone", len(self.calls), len(self.outcome), self.outcome[-1])
+
+    def _still_on(self) -> tuple[int | None, str | None]:
+        """The image the task is still on, after it was stopped and given ``STOP_SECONDS`` to end, and its worker."""
+        try:
+            with client_for(self.scheduler) as client:
+                found = client.run(images_at, [self.future.key], on_error="ignore")
+        except Exception:
+            return None, None
+        return next(((at[self.future.key], worker) for worker, at in found.items() if isinstance(at, dict) and at),
+                    (None, None))
+
+
+def _forgotten(client: Any, future: Any) -> None:
+    """Have the cluster forget a task whose result is here, at once: dropping the future tells it only later, and
+    a worker that dies holding the result meanwhile would have the task done again, writing its store anew under
+    its temporary name after the store was put in place (a task's own ``pure=False`` key is wanted by no other)."""
+    with contextlib.suppress(Exception):
+        client.cancel([future])
 
 
 @dataclass(frozen=True)
@@ -282,25 +327,23 @@ def begin_whole(image: ImageRecord, source: FileRecord, work: str, settings: Com
     else:
         with client_for(scheduler) as client:
             future = client.submit(whole_image, *call, pure=False)
-    return Begun(image, source, work, settings, scheduler, store, final, plans, candidates, future, level0_digest,
-                 thumbnail)
+    return Begun(image, settings, scheduler, store, final, plans, candidates, future, level0_digest, thumbnail)
 
 
 def end_whole(begun: Begun) -> CompressionReport:
     """Wait for a pass ``begin_whole`` submitted and put its store in place; its report. ``compress.timeout_seconds``
     counts from now: an image begun ahead in a batch is not charged the wait for the images before it (a group's
-    task, waited for by its first image, is given one image's time: past it, each image is done again alone)."""
+    task, waited for by its first image, is given one image's time; an image done again alone, its own)."""
     image, settings = begun.image, begun.settings
     deadline = time.monotonic() + settings.timeout_seconds
     try:
         if isinstance(begun.future, Slot):
-            done = begun.future.group.result(begun.future.index, deadline, image.source_path)
+            done = begun.future.group.result(begun.future.index, deadline, image.source_path,
+                                             settings.timeout_seconds)
         else:
             with client_for(begun.scheduler) as client:
                 [done] = gather_all(client, [begun.future], deadline, image.source_path)
         _put_in_place(begun.store, begun.final)
-    except GroupLost:
-        done = None  # done again alone, below (not inside this handler: its failure is its own)
     except Exception as exc:
         if begun.thumbnail:
             with contextlib.suppress(OSError):
@@ -308,21 +351,10 @@ def end_whole(begun: Begun) -> CompressionReport:
         if (failed := _discarded(exc, image, begun.store)) is exc:
             raise
         raise failed from exc
-    if done is None:
-        _forget(begun)
-        return end_whole(begun.alone())
     chosen = begun.candidates[done.selection.chosen if done.selection else 0]
     return _report(image, begun.final, make_codec(chosen), done.selection, begun.plans, settings.ngff,
                    done.chunks, done.level0 if begun.digests else None, done.bytes_out, done.sha256, done.seconds,
                    _picture_beside(begun) if done.thumbnail else None)
-
-
-def _forget(begun: Begun) -> None:
-    """Remove what a pass that will not be used may have written: its store and its picture."""
-    shutil.rmtree(begun.store, ignore_errors=True)
-    if begun.thumbnail:
-        with contextlib.suppress(OSError):
-            os.unlink(begun.thumbnail)
 
 
 def _picture_beside(begun: Begun) -> str | None:
@@ -525,7 +557,8 @@ def compress_batch(items: list[tuple[ImageRecord, FileRecord]], work: str, setti
     log = runlog.logger()
     with client_for(scheduler) as client:
         budget, threads = region_budget(client), sum(client.nthreads().values())
-    per_group = max(1, min(GROUP_IMAGES, len(items) // (threads + 1)))
+    groupable = sum(1 for image, _source in items if _level0_bytes(image) <= GROUP_BYTES)
+    per_group = max(1, min(GROUP_IMAGES, groupable // (threads + 1)))
     group = Group(scheduler, per_group)
 
     def begin(image: ImageRecord, source: FileRecord) -> Callable[[], Traced[CompressionReport]]:

@@ -417,11 +417,11 @@ def test_a_compress_batch_sends_small_images_several_to_a_task_and_each_fails_al
         return real_submit(self, fn, *args, **kwargs)
 
     monkeypatch.setattr(Client, "submit", submit)
-    done = _compress_batch(items, tmp_path / "work", scheduler)
-    monkeypatch.undo()
+    done = _compress_batch(items, tmp_path / "work", scheduler, profile="fixed")  # (a codec chosen by speed may
+    monkeypatch.undo()                                                           # differ from run to run)
     assert submitted == ["whole_images"] * 4  # 10 images, 2 threads: 3 to a task (a task for each thread, and one)
     assert isinstance(done[4], ItemFailed) and "f4.ome.tif" in done[4].error, done[4]
-    alone = _compress_batch(items[:4], tmp_path / "alone", scheduler)  # (4 images: one to a task)
+    alone = _compress_batch(items[:4], tmp_path / "alone", scheduler, profile="fixed")  # (4 images: 1 to a task)
     for i, result in enumerate(done):
         if i == 4:
             continue
@@ -435,13 +435,14 @@ def test_a_compress_batch_sends_small_images_several_to_a_task_and_each_fails_al
 
 class Unwell(WorkerPlugin):
     """On each worker, the whole pass of an image read from a file named ``victim`` kills the worker (SIGKILL) as a
-    file that crashes its reader would, every time it is tried, or (``stall``) keeps it busy that many seconds."""
+    file that crashes its reader would, every time it is tried, or (``stall``) keeps it busy that many seconds;
+    each time it begins, a line is added to the file ``begun``."""
 
     name = "zarrchive-test-unwell"
     idempotent = True
 
-    def __init__(self, victim: str, stall: float = 0.0):
-        self.victim, self.stall = victim, stall
+    def __init__(self, victim: str, begun: str, stall: float = 0.0):
+        self.victim, self.begun, self.stall = victim, begun, stall
 
     def setup(self, worker) -> None:
         import os
@@ -450,10 +451,12 @@ class Unwell(WorkerPlugin):
 
         from zarrchive.pixels import passes
 
-        original, victim, stall = passes.whole_image, self.victim, self.stall
+        original, victim, begun, stall = passes.whole_image, self.victim, self.begun, self.stall
 
         def unwell(source, *args):
             if os.path.basename(source) == victim:
+                with open(begun, "a") as fh:
+                    fh.write(f"{os.getpid()}\n")
                 if not stall:
                     os.kill(os.getpid(), signal.SIGKILL)
                 time.sleep(stall)
@@ -462,47 +465,98 @@ class Unwell(WorkerPlugin):
         passes.whole_image = unwell
 
 
-def _unwell_batch(tmp_path, unwell: Unwell, **compress):
+def _unwell_batch(tmp_path, stall: float = 0.0, **compress):
     """A batch of 9 small images (3 to a task) compressed on a cluster of its own (2 workers, no death allowed)
-    whose workers are ``unwell``; the results, and the names left in the work area's compress folder."""
+    whose workers are unwell on f4 (``Unwell``); the results, the names left in the work area's compress folder,
+    and how many times f4's pass began."""
     from distributed import Client
 
     from zarrchive.cluster import cluster_for_run
     from zarrchive.config import ClusterSettings
 
     items = _small_images(tmp_path, 9)
+    begun = tmp_path / "begun"
+    begun.touch()
     cluster = ClusterSettings(n_workers=2, threads_per_worker=1, memory_limit="1GiB", allowed_failures=0)
     with cluster_for_run(cluster) as address:
         with Client(address, set_as_default=False) as client:
-            client.register_plugin(unwell)
+            client.register_plugin(Unwell("f4.ome.tif", str(begun), stall))
         done = _compress_batch(items, tmp_path / "work", address, **compress)
-    return done, [p.name for p in (tmp_path / "work" / "compress").iterdir() if p.name != "results"]
+        left = [p.name for p in (tmp_path / "work" / "compress").iterdir() if p.name != "results"]
+    return done, left, len(begun.read_text().splitlines())
 
 
-def test_an_image_that_kills_its_worker_fails_alone_and_the_others_of_its_task_are_done_again(tmp_path):
-    """A task of several images lost as a whole (its worker died, more often than the cluster allows): each of its
-    images is done again in a task of its own, so the image that kills its worker fails alone and the others
-    are stored."""
+def _only_f4_failed(done, left, error: str) -> None:
     from zarrchive.batch import ItemFailed
     from zarrchive.ngff import validate_image
 
-    done, left = _unwell_batch(tmp_path, Unwell("f4.ome.tif"))
-    assert isinstance(done[4], ItemFailed) and done[4].error.startswith("ClusterError: Dask workers died"), done[4]
-    assert "running 'whole_image-" in done[4].error  # in a task of its own
+    assert isinstance(done[4], ItemFailed) and done[4].error.startswith(error), done[4]
     for i, result in enumerate(done):
         if i != 4:
             assert not isinstance(result, ItemFailed), (i, result)
-            assert validate_image(result.output.store) == []
+            assert result.output.image_id == f"f{i}" and validate_image(result.output.store) == []
     assert len(left) == 16 and not [n for n in left if "partial" in n]  # 8 stores and their pictures
 
 
-def test_an_image_that_outlasts_its_time_fails_alone_and_the_others_of_its_task_are_done_again(tmp_path):
-    """A task of several images past ``compress.timeout_seconds`` (one image's time): each of its images is done
-    again alone, with a time of its own, so only the image that outlasts it fails, named."""
-    from zarrchive.batch import ItemFailed
+def test_an_image_that_kills_its_worker_fails_alone_and_the_others_of_its_task_are_done_again(tmp_path, caplog):
+    """A task of several images lost as a whole (its worker died, more often than the cluster allows): each of its
+    images is done again in a task of its own, so the image that kills its worker fails alone and the others
+    are stored."""
+    done, left, begun = _unwell_batch(tmp_path)
+    _only_f4_failed(done, left, "ClusterError: Dask workers died 1 time(s) while running 'whole_image-")  # alone
+    assert begun == 2 and "the task of 3 images failed as a whole (ClusterError" in caplog.text
 
-    done, left = _unwell_batch(tmp_path, Unwell("f4.ome.tif", stall=4), timeout_seconds=2)
-    assert isinstance(done[4], ItemFailed) and done[4].error.startswith(
-        "StageTimeout: f4.ome.tif: the compress pass took longer than compress.timeout_seconds"), done[4]
-    assert [i for i, result in enumerate(done) if isinstance(result, ItemFailed)] == [4]
-    assert len(left) == 16 and not [n for n in left if "partial" in n]
+
+def test_an_image_that_outlasts_its_time_fails_alone_and_the_others_of_its_task_are_done_again(tmp_path, caplog):
+    """A task of several images past ``compress.timeout_seconds`` (one image's time) is stopped before its next
+    image; each image it did not do is done again alone, with a time of its own, so only the image that outlasts
+    its own time fails, named."""
+    done, left, begun = _unwell_batch(tmp_path, stall=8, timeout_seconds=2)
+    _only_f4_failed(done, left, "StageTimeout: f4.ome.tif: the compress pass took longer than "
+                                "compress.timeout_seconds")
+    assert begun == 2 and "the task of 3 images failed as a whole (StageTimeout" in caplog.text
+
+
+def test_an_image_that_never_ends_fails_without_taking_a_second_thread(tmp_path, caplog, monkeypatch):
+    """A task still on one image ``STOP_SECONDS`` after it was stopped (a reader that never ends): that image fails
+    there and then, and is not tried again (it would hold a second thread for good); the others are done alone."""
+    from zarrchive.tasks import compress
+
+    monkeypatch.setattr(compress, "STOP_SECONDS", 1.0)
+    done, left, begun = _unwell_batch(tmp_path, stall=60, timeout_seconds=2)
+    _only_f4_failed(done, left, "StageTimeout: f4.ome.tif: the compress pass took longer than "
+                                "compress.timeout_seconds")
+    assert begun == 1 and "each is done again alone (but image 2, still running: it fails)" in caplog.text
+
+
+def test_a_task_of_several_images_returns_each_failure_light_and_portable_and_stops_at_a_memory_error(monkeypatch):
+    """``passes.whole_images``: an image's failure comes back in its place without its traceback or chained errors
+    (their frames hold its pixels), one that cannot be pickled as a ``RuntimeError`` saying what it was; after an
+    image that ran out of memory the task stops (the images left are done again alone by the flow)."""
+    import pickle
+
+    from zarrchive.cluster import Sealed
+    from zarrchive.pixels import passes
+
+    class Local(Exception):  # a class pickle cannot find
+        pass
+
+    def whole_image(name):
+        if name == "chained":
+            try:
+                raise KeyError("inner")
+            except KeyError:
+                raise ValueError("outer") from None
+        if name == "local":
+            raise Local("not portable")
+        if name == "memory":
+            raise MemoryError("no room")
+        return name
+
+    monkeypatch.setattr(passes, "whole_image", whole_image)
+    done = passes.whole_images(Sealed([("a",), ("chained",), ("local",), ("b",), ("memory",), ("never",)]))
+    assert done[0] == "a" and done[3] == "b" and len(done) == 5  # stopped after the memory error
+    assert isinstance(done[1], ValueError) and done[1].__traceback__ is None and done[1].__context__ is None
+    assert isinstance(done[2], RuntimeError) and str(done[2]) == "Local: not portable"
+    assert isinstance(done[4], MemoryError) and done[4].__traceback__ is None
+    assert [type(e) for e in pickle.loads(pickle.dumps(done[1:3]))] == [ValueError, RuntimeError]

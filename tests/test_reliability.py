@@ -796,8 +796,9 @@ CASES = [
      "named (`convert.timeout_seconds`, `compress.timeout_seconds`); nothing of it is kept",
      "test_reliability::test_a_compress_pass_that_outlasts_its_time_fails_and_keeps_nothing"),
     ("A small image that kills its Dask worker, or never ends, in a task it shares with other images", "that "
-     "image fails alone, named (the task is done again image by image); the others are stored; nothing of it is "
-     "kept", "test_batch::test_an_image_that_kills_its_worker_fails_alone_and_the_others_of_its_task_are_done_again"),
+     "image fails alone, named; the others are done again, each alone, and stored; one that never ends is not "
+     "tried again; nothing of it is kept",
+     "test_batch::test_an_image_that_kills_its_worker_fails_alone_and_the_others_of_its_task_are_done_again"),
     ("A copy that never ends (a source that keeps it busy for ever)", "that file fails alone, named (`fetch.timeout_seconds`); "
      "nothing of it is staged; the others are fetched",
      "test_fetch::test_a_file_whose_copy_outlasts_its_time_fails_alone_and_leaves_nothing_staged"),

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import pickle
 import shutil
 import time
 from dataclasses import dataclass
@@ -173,17 +174,67 @@ def whole_image(source: str, image: ImageRecord, store: str, plans: list[LevelPl
                      time.perf_counter() - started, pictured)
 
 
+_AT: dict[Any, int] = {}  # each running ``whole_images`` task (its key): the image it is on (``images_at``)
+
+
 def whole_images(calls: Any) -> list[WholePass | Exception]:
     """``whole_image`` for each of several small images in one task, one after another (``calls``: each image's
-    arguments, sealed, ``cluster.Sealed``). An image's failure is its own: returned in its place, not raised,
-    and the images after it are still done."""
+    arguments, sealed, ``cluster.Sealed``). An image's failure is its own: returned in its place (without its
+    traceback, which holds its pixels), not raised, and the images after it are still done. The list ends early
+    when the task was cancelled (it stops before its next image) or an image ran out of memory: the caller does
+    the images left again, each alone."""
+    key = _task_key()
     done: list[WholePass | Exception] = []
-    for args in calls.value:
-        try:
-            done.append(whole_image(*args))
-        except Exception as exc:
-            done.append(exc)
+    try:
+        for i, args in enumerate(calls.value):
+            if key is not None:
+                if _cancelled(key):
+                    break
+                _AT[key] = i
+            try:
+                done.append(whole_image(*args))
+            except Exception as exc:
+                done.append(_portable(exc))
+                if isinstance(exc, MemoryError):
+                    break
+    finally:
+        _AT.pop(key, None)
     return done
+
+
+def images_at(keys: list[Any]) -> dict[Any, int]:
+    """On a worker (``Client.run``): the image each of the ``whole_images`` tasks ``keys`` still running is on."""
+    return {key: _AT[key] for key in keys if key in _AT}
+
+
+def _task_key() -> Any:
+    """The key of the Dask task running this code; None outside a worker's task."""
+    try:
+        from distributed import get_worker
+
+        return get_worker().get_current_task()
+    except (ImportError, ValueError, AttributeError):
+        return None
+
+
+def _cancelled(key: Any) -> bool:
+    """Whether this worker's task ``key`` is no longer wanted (cancelled, or a timed-out batch's)."""
+    from distributed import get_worker
+
+    task = get_worker().state.tasks.get(key)
+    return task is None or task.state in ("cancelled", "released")
+
+
+def _portable(exc: Exception) -> Exception:
+    """``exc`` as it can travel back in a task's result: without its traceback and chained errors (their frames
+    hold the image's pixels while the task goes on), or, when it cannot be pickled, a ``RuntimeError`` saying it."""
+    exc = exc.with_traceback(None)
+    exc.__context__ = exc.__cause__ = None
+    try:
+        pickle.loads(pickle.dumps(exc))
+    except Exception:
+        return RuntimeError(f"{type(exc).__name__}: {exc}")
+    return exc
 
 
 def _picture(path: str, store: str, attrs: dict[str, Any], levels: dict[str, Any]) -> bool:
