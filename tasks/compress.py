@@ -68,6 +68,7 @@ GROUP_IMAGES = 8
 GROUP_BYTES = 16 << 20  # level 0 of a group's images together at most: a larger image is worth a task of its own
 STOP_SECONDS = 120  # a pass past its time is cancelled; one already running (it cannot be interrupted) is given this
 #                     long to end before its store is removed (a group's task: its image then still running fails)
+_STUCK: dict[str, set[str]] = {}  # by scheduler: workers a stopped pass still holds a thread of (none sent there)
 TOO_LONG = ("the compress pass took longer than compress.timeout_seconds; the image failed and nothing of it was kept "
             "(raise the limit if it is that large)")
 
@@ -201,7 +202,7 @@ class Group:
         self.future: Any = None
         self.outcome: list[WholePass | Exception] | Exception | None = None  # its results, or why it was not sent
         self.stuck: int | None = None  # the image the task was still on when it should have stopped
-        self.stuck_on: str | None = None  # the worker it was on (its thread stays taken: the others go elsewhere)
+        self.unsure = False  # the task could not be stopped, and the image it is on could not be told
 
     def has_room(self, nbytes: int) -> bool:
         return (self.future is None and self.outcome is None and len(self.calls) < self.size
@@ -219,7 +220,8 @@ class Group:
         if self.future is None and self.outcome is None and self.calls:
             try:
                 with client_for(self.scheduler) as client:
-                    self.future = client.submit(whole_images, Sealed(self.calls), pure=False)
+                    self.future = client.submit(whole_images, Sealed(self.calls), pure=False,
+                                                **_elsewhere(client, self.scheduler))
             except Exception as exc:
                 self.outcome = exc
 
@@ -241,12 +243,14 @@ class Group:
             return done
         if index == self.stuck:
             raise StageTimeout(shown_as, TOO_LONG)
-        # one at a time, ahead of the work queued (an image that kills its worker takes no other redone one with it),
-        # away from a worker whose thread the task still holds when others can take it
+        if self.unsure:
+            raise StageFailed(f"{shown_as}: the compress task it shared with {len(self.calls) - 1} other image(s) could "
+                              "not be stopped, and the image it is on could not be told: not done again (two passes "
+                              "would write one store)")
+        # one at a time, ahead of the work queued (an image that kills its worker takes no other redone one with it)
         with client_for(self.scheduler) as client:
-            others = [w for w in client.scheduler_info()["workers"] if w != self.stuck_on] if self.stuck_on else []
-            where = {"workers": others, "allow_other_workers": True} if others else {}
-            future = client.submit(whole_image, *self.calls[index], pure=False, priority=1, **where)
+            future = client.submit(whole_image, *self.calls[index], pure=False, priority=1,
+                                   **_elsewhere(client, self.scheduler))
             [done] = gather_all(client, [future], time.monotonic() + seconds, shown_as)
             _forgotten(client, future)
         return done
@@ -262,27 +266,44 @@ class Group:
                 self.outcome = exc  # the one image's own failure
                 return
             self.outcome = []
-            if isinstance(exc, StageTimeout):
-                self.stuck, self.stuck_on = self._still_on()
-            runlog.logger().warning("compress: the task of %d images failed as a whole (%s: %s); each is done "
-                                    "again alone%s", len(self.calls), type(exc).__name__, exc,
-                                    "" if self.stuck is None else f" (but image {self.stuck + 1}, still running: "
-                                                                  "it fails)")
+            waited = isinstance(exc, StageTimeout)  # (past its time: gather_all stopped it and waited for it)
+            if not self._stopped(0 if waited else STOP_SECONDS):
+                self.stuck = self._still_on()
+                self.unsure = self.stuck is None
+            then = ("none is done again: it could not be stopped, and the image it is on could not be told"
+                    if self.unsure else "each is done again alone" + (
+                        "" if self.stuck is None else f" but image {self.stuck + 1}, still running (it fails)"))
+            runlog.logger().warning("compress: the task of %d images failed as a whole (%s: %s); %s",
+                                    len(self.calls), type(exc).__name__, exc, then)
         finally:
             self.future = None
         if 0 < len(self.outcome) < len(self.calls):
             runlog.logger().warning("compress: the task of %d images stopped after image %d (%s); the others are "
                                     "done again alone", len(self.calls), len(self.outcome), self.outcome[-1])
 
-    def _still_on(self) -> tuple[int | None, str | None]:
-        """The image the task is still on, after it was stopped and given ``STOP_SECONDS`` to end, and its worker."""
+    def _stopped(self, seconds: float) -> bool:
+        """Whether the task has ended (cancelled, then given ``seconds`` to end; False when a worker could not say):
+        only then may its images be written again under the same names."""
+        try:
+            with client_for(self.scheduler) as client:
+                client.cancel([self.future])
+                return wait_until_stopped(client, [self.future.key], seconds)
+        except Exception:
+            return False
+
+    def _still_on(self) -> int | None:
+        """The image the task is still on, when it has not ended; its worker gets no more of this process's passes
+        (its thread stays taken, and what is sent there waits behind it). None when it cannot be told."""
         try:
             with client_for(self.scheduler) as client:
                 found = client.run(images_at, [self.future.key], on_error="ignore")
         except Exception:
-            return None, None
-        return next(((at[self.future.key], worker) for worker, at in found.items() if isinstance(at, dict) and at),
-                    (None, None))
+            return None
+        for worker, at in found.items():
+            if isinstance(at, dict) and self.future.key in at:
+                _STUCK.setdefault(self.scheduler, set()).add(worker)
+                return at[self.future.key]
+        return None
 
 
 def _forgotten(client: Any, future: Any) -> None:
@@ -291,6 +312,16 @@ def _forgotten(client: Any, future: Any) -> None:
     its temporary name after the store was put in place (a task's own ``pure=False`` key is wanted by no other)."""
     with contextlib.suppress(Exception):
         client.cancel([future])
+
+
+def _elsewhere(client: Any, scheduler: str) -> dict[str, Any]:
+    """``submit`` arguments that keep a task off the workers whose thread a stopped pass still holds (it would wait
+    behind it), when other workers can take it."""
+    stuck = _STUCK.get(scheduler)
+    if not stuck:
+        return {}
+    others = [w for w in client.scheduler_info()["workers"] if w not in stuck]
+    return {"workers": others, "allow_other_workers": True} if others else {}
 
 
 @dataclass(frozen=True)
@@ -326,7 +357,7 @@ def begin_whole(image: ImageRecord, source: FileRecord, work: str, settings: Com
         future = group.add(call, _level0_bytes(image))
     else:
         with client_for(scheduler) as client:
-            future = client.submit(whole_image, *call, pure=False)
+            future = client.submit(whole_image, *call, pure=False, **_elsewhere(client, scheduler))
     return Begun(image, settings, scheduler, store, final, plans, candidates, future, level0_digest, thumbnail)
 
 
@@ -343,6 +374,7 @@ def end_whole(begun: Begun) -> CompressionReport:
         else:
             with client_for(begun.scheduler) as client:
                 [done] = gather_all(client, [begun.future], deadline, image.source_path)
+                _forgotten(client, begun.future)
         _put_in_place(begun.store, begun.final)
     except Exception as exc:
         if begun.thumbnail:

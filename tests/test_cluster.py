@@ -455,3 +455,34 @@ def test_stages_in_threads_leave_dask_s_global_scheduler_alone(scheduler):
         assert list(pool.map(stage, [0.3, 0.1, 0.4, 0.2])) == [3] * 4
     assert dask.config.get("scheduler", None) == before
     assert da.ones((4, 4), chunks=2).sum().compute() == 16  # the local scheduler still computes
+
+
+def _sleeping(seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds
+
+
+def test_a_cancelled_task_still_running_is_waited_for_until_it_ends(scheduler):
+    """Dask forgets a cancelled task at once, but its thread runs on (and goes on writing): ``wait_until_stopped``
+    asks the workers until none still runs it, and says so when it is still running past its time; a task that
+    had only been queued is gone at once."""
+    from zarrchive.cluster import release_clients, wait_until_stopped
+
+    try:
+        with client_for(scheduler) as client:
+            running = client.submit(_sleeping, 3, pure=False)
+            while not client.processing() or not any(running.key in keys for keys in client.processing().values()):
+                time.sleep(0.05)
+            time.sleep(0.3)  # (begun on its worker)
+            client.cancel([running])
+            assert running.status == "cancelled"
+            started = time.monotonic()
+            assert wait_until_stopped(client, [running.key], 0.5) is False
+            assert wait_until_stopped(client, [running.key], 30) is True
+            assert 2.0 < time.monotonic() - started < 10
+            queued = client.submit(_sleeping, 60, pure=False, workers=["tcp://127.0.0.1:1"], allow_other_workers=False)
+            client.cancel([queued])
+            started = time.monotonic()
+            assert wait_until_stopped(client, [queued.key], 30) is True and time.monotonic() - started < 5
+    finally:
+        release_clients(scheduler)

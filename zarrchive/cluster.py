@@ -320,16 +320,17 @@ class Sealed:
 def wait_until_stopped(client: Client, keys: list[str], timeout: float = 120.0) -> bool:
     """Wait until no worker still runs a task of ``keys`` that was cancelled after it began: Dask forgets a
     cancelled task at once, but its thread runs on to the task's end (and goes on writing what it writes). False
-    when one still ran after ``timeout`` seconds; True also when the workers cannot be asked (gone)."""
+    when one still ran after ``timeout`` seconds, or a worker could not answer (it may be running one); True
+    when none does, or when the scheduler cannot be reached at all (then neither can the work be sent again)."""
     import time
 
     deadline = time.monotonic() + timeout
     while True:
         try:
-            running = client.run(_running, list(keys), on_error="ignore")
+            running = client.run(_running, list(keys), on_error="return")
         except Exception:
             return True
-        if not any(isinstance(found, list) and found for found in running.values()):
+        if not any(found for found in running.values()):  # (an error answered is true: it may be running one)
             return True
         if time.monotonic() >= deadline:
             return False
