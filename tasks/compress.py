@@ -187,13 +187,14 @@ class Group:
     """The whole passes of several small images, sent to the cluster in one task (``passes.whole_images``) once
     ``size`` images are in it (or no more fit in ``GROUP_BYTES``), or when one of its images is waited for.
 
-    An image's failure stays its own: the task returns it in the image's place. The images the task did not do —
-    it failed as a whole (its worker died more often than the cluster allows), it ran past the time of one image
-    (``compress.timeout_seconds``) and was stopped before its next image, an image ran out of memory — are all
-    sent again one by one as each is ended, in a task of its own ahead of the work queued (under the same temporary
-    names: the task that wrote them has ended) and waited for with a time of its own. So an image that kills its
-    worker fails alone, and the others are stored. An image the task is still on ``STOP_SECONDS`` after it was
-    stopped (a reader that never ends) fails there and then, not sent again: it would take a second thread."""
+    An image's failure stays its own: the task returns it in the image's place. When the task fails as a whole (its
+    worker died more often than the cluster allows, it ran past the time of one image, ``compress.timeout_seconds``,
+    or anything else), it is stopped before its next image and, once no worker runs it, each of its images is sent
+    again one by one as it is ended, in a task of its own ahead of the work queued (under the same temporary names,
+    which nothing else writes any more) and waited for with a time of its own; after an image out of memory, the
+    images left are. So an image that kills its worker fails alone, and the others are stored. An image the task is
+    still on ``STOP_SECONDS`` after it was stopped (a reader that never ends) fails there and then, not sent again:
+    it would take a second thread. When a worker cannot say whether it runs the task, its images fail instead."""
 
     def __init__(self, scheduler: str, size: int = GROUP_IMAGES) -> None:
         self.scheduler, self.size = scheduler, size
