@@ -95,7 +95,8 @@ def test_the_choice_is_the_smallest_fast_enough_candidate_and_records_every_tria
     chosen = choose_codec(samples, candidates, min_encode_mbps=0)
     trials = chosen.candidates
     assert chosen.objective == OBJECTIVE and chosen.sample_chunks == 4 and chosen.sample_bytes == 4 * 128 * 128 * 2
-    assert all(t.ratio and t.encode_mbps and t.decode_mbps and t.skipped is None for t in trials)
+    assert all(t.ratio and t.encode_mbps and t.skipped is None for t in trials)
+    assert [i for i, t in enumerate(trials) if t.decode_mbps] == [chosen.chosen]  # only the chosen is decoded
     assert chosen.chosen == min(range(3), key=lambda i: trials[i].stored_bytes)
     assert trials[1].codec.name == "imagecodecs_jpegls" and trials[1].codec.readable_by == WITH_IMAGECODECS
     assert trials[1].ratio > trials[0].ratio  # the image codec beats plain lz4 on microscopy
@@ -403,7 +404,7 @@ def test_speeds_are_timed_again_only_where_they_decide_and_a_codec_failing_then_
                   CodecSpec(codec="zstd", clevel=3), CodecSpec(codec="zstd", clevel=5)]
     runs: dict[str, list[int]] = {}
     failing: set[str] = set()
-    original = codecs._round_trip
+    original = codecs._encoded
 
     def counted(codec, chunks, repeats=1):
         name = json.dumps(codec.to_dict(), sort_keys=True)
@@ -412,13 +413,19 @@ def test_speeds_are_timed_again_only_where_they_decide_and_a_codec_failing_then_
             raise RuntimeError("the encoder gave up")
         return original(codec, chunks, repeats)
 
-    monkeypatch.setattr(codecs, "_round_trip", counted)
+    monkeypatch.setattr(codecs, "_encoded", counted)
+    def named(selection, i):
+        return json.dumps(make_codec(candidates[i]).to_dict(), sort_keys=True)
+
     plain = choose_codec(samples, candidates, min_encode_mbps=0, size_tolerance=0)
-    assert all(r == [1] for r in runs.values())  # sizes differ, all fast enough: nothing timed again
+    # sizes differ, all fast enough: nothing timed again; the chosen one encodes once more, to be decoded
+    assert {name: r for name, r in runs.items()} == {named(plain, i): [1, 1] if i == plain.chosen else [1]
+                                                     for i in range(3)}
 
     runs.clear()
     equal = choose_codec(samples, candidates, min_encode_mbps=0, size_tolerance=10.0)  # all the same size
-    assert sorted(len(r) for r in runs.values()) == [2, 2, 2] and all(r[1] == 2 for r in runs.values())
+    assert {name: r for name, r in runs.items()} == {named(equal, i): [1, 2, 1] if i == equal.chosen else [1, 2]
+                                                     for i in range(3)}
     assert equal.chosen == max(range(3), key=lambda i: (equal.candidates[i].encode_mbps, -i))
 
     runs.clear()
@@ -430,7 +437,60 @@ def test_speeds_are_timed_again_only_where_they_decide_and_a_codec_failing_then_
     runs.clear()
     failing.clear()
     everything = choose_codec(samples, candidates, min_encode_mbps=0, time_all=True)  # a benchmark's table
-    assert all(r == [1, 2] for r in runs.values()) and everything.chosen == plain.chosen
+    assert all(r == [1, 2, 1] for r in runs.values()) and everything.chosen == plain.chosen
+    assert all(t.decode_mbps for t in everything.candidates)  # every candidate decoded: the table's speeds
+
+
+def test_only_the_chosen_candidate_is_decoded_and_one_that_does_not_give_the_sample_back_is_skipped(monkeypatch):
+    """The candidates' sizes and speeds come from encoding alone; the one chosen is decoded and compared bit for
+    bit. A candidate whose decoding differs from the sample (a lossy codec, a broken one) or fails is skipped,
+    with why, and the choice is made again among the others; one never chosen is never decoded."""
+    from zarrchive.pixels import codecs
+
+    samples = [microscopy((1, 64, 64), seed=s)[0] for s in range(2)]
+    candidates = [CodecSpec(codec="blosc", cname="lz4", clevel=1, shuffle="noshuffle"),
+                  CodecSpec(codec="zstd", clevel=3), CodecSpec(codec="blosc", cname="zstd", clevel=5,
+                                                              shuffle="bitshuffle")]
+    honest = choose_codec(samples, candidates, min_encode_mbps=0)
+    order = sorted(range(3), key=lambda i: honest.candidates[i].stored_bytes)
+    assert honest.chosen == order[0]
+    decodes: list[str] = []
+    original = codecs._coder
+    spoiled: dict[str, str] = {}  # codec name -> how its decoding goes wrong
+
+    def coder(codec, sample):
+        encode, decode = original(codec, sample)
+        name = json.dumps(codec.to_dict(), sort_keys=True)
+
+        def watched(data):
+            decodes.append(name)
+            if spoiled.get(name) == "raises":
+                raise RuntimeError("the decoder gave up")
+            back = decode(data).copy()
+            if spoiled.get(name) == "lossy":
+                back.flat[0] ^= 1
+            return back
+
+        return encode, watched
+
+    monkeypatch.setattr(codecs, "_coder", coder)
+    name = [json.dumps(make_codec(c).to_dict(), sort_keys=True) for c in candidates]
+    spoiled[name[order[0]]] = "lossy"
+    spoiled[name[order[2]]] = "raises"  # the largest: never chosen, so never decoded, so never found out
+    chosen = choose_codec(samples, candidates, min_encode_mbps=0)
+    assert chosen.chosen == order[1] and chosen.candidates[order[1]].decode_mbps
+    assert chosen.candidates[order[0]].skipped == (
+        f"ValueError: {make_codec(candidates[order[0]]).to_dict()['name']} did not round-trip the sample losslessly")
+    assert chosen.candidates[order[2]].skipped is None and chosen.candidates[order[2]].decode_mbps is None
+    assert name[order[2]] not in decodes and set(decodes) == {name[order[0]], name[order[1]]}
+
+    spoiled[name[order[1]]] = "raises"
+    del spoiled[name[order[2]]]
+    last = choose_codec(samples, candidates, min_encode_mbps=0)
+    assert last.chosen == order[2] and last.candidates[order[1]].skipped == "RuntimeError: the decoder gave up"
+    spoiled[name[order[2]]] = "lossy"
+    with pytest.raises(ValueError, match="no codec candidate can encode this image"):
+        choose_codec(samples, candidates, min_encode_mbps=0)
 
 
 def test_the_landing_page_names_the_exact_install_line_for_each_codec():

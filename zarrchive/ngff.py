@@ -7,6 +7,7 @@ An image group carries ``multiscales`` and ``omero``; a label image's group carr
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from typing import Any
@@ -151,6 +152,23 @@ def omero_block(image: ImageRecord, windows: list[tuple[float, float]] | None = 
     return {"channels": channels, "rdefs": {"model": "greyscale" if n == 1 else "color"}}
 
 
+@functools.cache
+def _validator_asks_zarr_s_version_once() -> None:
+    """pydantic-zarr (under ome-zarr-models) asks ``importlib.metadata.version("zarr")`` for every array it reads:
+    each time, zarr's METADATA file is found and parsed as an e-mail, a quarter of the 2 ms that validating a small
+    image takes. The answer cannot change while the process runs, so it is asked once (the validator itself, and
+    what it finds, are unchanged; where pydantic-zarr no longer looks as expected, nothing is changed)."""
+    import importlib.metadata
+
+    for name in ("pydantic_zarr.v2", "pydantic_zarr.v3"):
+        try:
+            module = __import__(name, fromlist=["version"])
+        except ImportError:
+            continue
+        if getattr(module, "version", None) is importlib.metadata.version:
+            module.version = functools.cache(importlib.metadata.version)
+
+
 def validate_label(store_path: str) -> list[str]:
     """Problems an independent validator (ome-zarr-models) finds in an NGFF 0.5 or 0.4 label image group (checked
     on its own, before it is nested under its image): image-label metadata, multiscales, an integer type allowed
@@ -160,6 +178,7 @@ def validate_label(store_path: str) -> list[str]:
     from ome_zarr_models.v05.image_label import ImageLabel
     from ome_zarr_models.v05.labels import VALID_DTYPES
 
+    _validator_asks_zarr_s_version_once()
     try:
         group = zarr.open_group(store_path, mode="r")
         if ngff_version(dict(group.attrs)) == "0.4":
@@ -184,6 +203,7 @@ def validate_image(store_path: str) -> list[str]:
     import zarr
     from ome_zarr_models import v04, v05
 
+    _validator_asks_zarr_s_version_once()
     try:
         group = zarr.open_group(store_path, mode="r")
         version = ngff_version(dict(group.attrs))

