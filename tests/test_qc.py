@@ -236,3 +236,20 @@ def test_a_store_damaged_since_it_was_written_fails_its_own_checks_and_the_other
     assert "level 0 cannot be read" in rows[damaged[0].image_id]["ngff_problems"]
     assert result.image_status(damaged[0].image_id) == "error"
     assert rows[fine[0].image_id]["level0_checksum_matched"] and result.image_status(fine[0].image_id) == "ok"
+
+
+def test_the_validator_asks_zarr_s_version_once(good):
+    """pydantic-zarr asked importlib.metadata for zarr's version on every array it validated (parsing zarr's
+    METADATA each time); after a validation it asks a cache, which answers the same."""
+    import importlib.metadata
+
+    import pydantic_zarr.v2
+    import pydantic_zarr.v3
+
+    from zarrchive.ngff import validate_image
+
+    (_image, report), _ = good
+    validate_image(report.store)
+    for module in (pydantic_zarr.v2, pydantic_zarr.v3):
+        assert module.version is not importlib.metadata.version and module.version.cache_info() is not None
+        assert module.version("zarr") == importlib.metadata.version("zarr")

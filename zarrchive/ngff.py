@@ -178,8 +178,8 @@ def validate_label(store_path: str) -> list[str]:
     from ome_zarr_models.v05.image_label import ImageLabel
     from ome_zarr_models.v05.labels import VALID_DTYPES
 
-    _validator_asks_zarr_s_version_once()
     try:
+        _validator_asks_zarr_s_version_once()
         group = zarr.open_group(store_path, mode="r")
         if ngff_version(dict(group.attrs)) == "0.4":
             attributes = ImageLabel04.from_zarr(group).attributes
@@ -203,8 +203,8 @@ def validate_image(store_path: str) -> list[str]:
     import zarr
     from ome_zarr_models import v04, v05
 
-    _validator_asks_zarr_s_version_once()
     try:
+        _validator_asks_zarr_s_version_once()
         group = zarr.open_group(store_path, mode="r")
         version = ngff_version(dict(group.attrs))
         if version not in ("0.4", "0.5"):

@@ -25,7 +25,7 @@ import json
 import time
 import warnings
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 from zarr.abc.codec import ArrayBytesCodec
@@ -51,6 +51,7 @@ OBJECTIVE = ("the smallest stored size over the sampled chunks among candidates 
 warnings.filterwarnings("ignore", message="Numcodecs codecs are not in the Zarr version 3 specification",
                         category=UserWarning)
 TIMED_RUNS = 3  # a speed that decides the choice: the best of this many runs
+KEPT_BYTES = 1 << 20  # a sample up to this size keeps its encodings, for the chosen one to be decoded
 
 
 @dataclass(frozen=True)
@@ -330,14 +331,16 @@ def choose_codec(samples: list[np.ndarray], candidates: list[CodecSpec], min_enc
     faster than the best of more runs (it also warms caches up), so a candidate fast enough on it is fast
     enough, and only one too slow on it that would otherwise be small enough to be chosen, and the candidates
     whose sizes count as equal (the fastest of them is chosen), are timed again. Other speeds reported are of
-    one run. The candidate chosen is then decoded and compared bit for bit with the sample (with ``time_all``,
-    every candidate is, its decode timed as its encode is); the others are not (their chunks are never stored),
-    and have no decode speed. A candidate that fails on this content, on any run, or does not give the sample
-    back is skipped (with why), and the choice is made again among the others."""
+    one run. The candidate chosen is then decoded and compared bit for bit with the sample (its encoding kept
+    from its last run when the sample is at most ``KEPT_BYTES``, else encoded once more), its decode speed that
+    of this one run; with ``time_all``, every candidate is, its decode timed as its encode is (the best of
+    ``TIMED_RUNS``). The others are not decoded (their chunks are never stored) and have no decode speed. A
+    candidate that fails on this content, on any run, or does not give the sample back is skipped (with why),
+    and the choice is made again among the others."""
     samples = [np.ascontiguousarray(sample) for sample in samples]
     raw = sum(sample.nbytes for sample in samples)
     trials: list[CodecTrial] = []
-    timed: dict[int, tuple[Any, int, float]] = {}  # candidate: codec, stored bytes, encode seconds
+    timed: dict[int, Timed] = {}
     decoded: dict[int, float] = {}  # candidate: decode seconds, once it gave the sample back
     for i, spec in enumerate(candidates):
         codec = make_codec(spec)
@@ -346,7 +349,7 @@ def choose_codec(samples: list[np.ndarray], candidates: list[CodecSpec], min_enc
         if (reason := supports(spec, samples[0].dtype)) is not None:
             trials[i] = CodecTrial(codec=choice, skipped=reason)
             continue
-        _timed(timed, trials, i, codec, samples, 1)
+        _timed(timed, trials, i, codec, samples, 1, raw <= KEPT_BYTES)
 
     def mbps(seconds: float) -> float:
         return round(raw / 1e6 / max(seconds, 1e-9), 1)
@@ -357,14 +360,14 @@ def choose_codec(samples: list[np.ndarray], candidates: list[CodecSpec], min_enc
             raise ValueError("no codec candidate can encode this image: "
                              + "; ".join(f"{t.codec.name}: {t.skipped}" for t in trials))
         baseline = next((i for i in timed if candidates[i].baseline), None)
-        fast = [i for i in timed if mbps(timed[i][2]) >= min_encode_mbps or i == baseline]
+        fast = [i for i in timed if mbps(timed[i].seconds) >= min_encode_mbps or i == baseline]
         if not fast:
             return list(timed), list(timed)  # then the fastest
-        smallest = min(timed[i][1] for i in fast)
-        slow = [i for i in timed if i not in fast and timed[i][1] <= smallest * (1 + size_tolerance)]
-        small = [i for i in fast if timed[i][1] <= smallest * (1 + size_tolerance)]
+        smallest = min(timed[i].stored for i in fast)
+        slow = [i for i in timed if i not in fast and timed[i].stored <= smallest * (1 + size_tolerance)]
+        small = [i for i in fast if timed[i].stored <= smallest * (1 + size_tolerance)]
         if baseline is not None:  # never more bytes than the baseline, whatever the tolerance
-            small = [i for i in small if timed[i][1] <= timed[baseline][1]]
+            small = [i for i in small if timed[i].stored <= timed[baseline].stored]
         return small, slow + (small if len(small) > 1 else [])
 
     again: set[int] = set()
@@ -373,49 +376,62 @@ def choose_codec(samples: list[np.ndarray], candidates: list[CodecSpec], min_enc
         deciding = [i for i in (list(timed) if time_all else deciding) if i not in again]
         for i in deciding:  # the best of TIMED_RUNS: this run and the one already made
             again.add(i)
-            _timed(timed, trials, i, timed[i][0], samples, TIMED_RUNS - 1)
+            _timed(timed, trials, i, timed[i].codec, samples, TIMED_RUNS - 1, raw <= KEPT_BYTES)
         if deciding:
             continue
-        chosen = max(small, key=lambda i: (mbps(timed[i][2]), -i))
+        chosen = max(small, key=lambda i: (mbps(timed[i].seconds), -i))
         for i in list(timed) if time_all else [chosen]:
             if i not in decoded:
                 _checked(timed, decoded, trials, i, samples, TIMED_RUNS if time_all else 1)
         if chosen in timed:
             break
-    for i, (codec, stored, enc) in timed.items():
-        trials[i] = CodecTrial(codec=trials[i].codec, ratio=round(raw / max(stored, 1), 4), stored_bytes=stored,
-                               encode_mbps=mbps(enc), decode_mbps=mbps(decoded[i]) if i in decoded else None)
+    for i, done in timed.items():
+        trials[i] = CodecTrial(codec=trials[i].codec, ratio=round(raw / max(done.stored, 1), 4),
+                               stored_bytes=done.stored, encode_mbps=mbps(done.seconds),
+                               decode_mbps=mbps(decoded[i]) if i in decoded else None)
     return CodecSelection(objective=OBJECTIVE, min_encode_mbps=min_encode_mbps, size_tolerance=size_tolerance,
                           sample_chunks=len(samples), sample_bytes=raw, candidates=trials, chosen=chosen)
 
 
-def _timed(timed: dict[int, tuple[Any, int, float]], trials: list[CodecTrial], i: int, codec: Any,
-           samples: list[np.ndarray], runs: int) -> None:
-    """Candidate ``i``'s size and best encode time so far after ``runs`` more runs; a failure skips it, with why."""
+class Timed(NamedTuple):
+    """A candidate's trial so far: its codec, the bytes it stores the sample in, its best encode time, and the
+    sample's encoding (kept for a small sample, else None)."""
+
+    codec: Any
+    stored: int
+    seconds: float
+    encoded: list[bytes] | None
+
+
+def _timed(timed: dict[int, Timed], trials: list[CodecTrial], i: int, codec: Any, samples: list[np.ndarray],
+           runs: int, keep: bool) -> None:
+    """Candidate ``i``'s size and best encode time so far after ``runs`` more runs (with ``keep``, its encoding);
+    a failure skips it, with why."""
     try:
         encoded, seconds = _encoded(codec, samples, runs)
     except Exception as exc:  # a codec that fails on this content is not a candidate for it
         _skip(timed, trials, i, exc)
         return
     if i in timed:
-        seconds = min(seconds, timed[i][2])
-    timed[i] = (codec, sum(len(data) for data in encoded), seconds)
+        seconds = min(seconds, timed[i].seconds)
+    timed[i] = Timed(codec, sum(len(data) for data in encoded), seconds, encoded if keep else None)
 
 
-def _checked(timed: dict[int, tuple[Any, int, float]], decoded: dict[int, float], trials: list[CodecTrial], i: int,
+def _checked(timed: dict[int, Timed], decoded: dict[int, float], trials: list[CodecTrial], i: int,
              samples: list[np.ndarray], runs: int) -> None:
-    """Candidate ``i``'s sample encoded once more and decoded ``runs`` times, compared bit for bit each time: its
-    best decode time, or, when it fails or does not give the sample back, skipped with why."""
-    codec = timed[i][0]
+    """Candidate ``i``'s encoding (kept, or made once more) decoded ``runs`` times, compared bit for bit each time:
+    its best decode time, or, when it fails or does not give the sample back, skipped with why."""
+    codec, _stored, _seconds, encoded = timed[i]
     try:
-        encoded, _seconds = _encoded(codec, samples)
+        if encoded is None:
+            encoded, _seconds = _encoded(codec, samples)
         decoded[i] = min(_decoded(codec, samples, encoded) for _ in range(runs))
     except Exception as exc:
         decoded.pop(i, None)
         _skip(timed, trials, i, exc)
 
 
-def _skip(timed: dict[int, tuple[Any, int, float]], trials: list[CodecTrial], i: int, exc: Exception) -> None:
+def _skip(timed: dict[int, Timed], trials: list[CodecTrial], i: int, exc: Exception) -> None:
     timed.pop(i, None)
     trials[i] = CodecTrial(codec=trials[i].codec, skipped=f"{type(exc).__name__}: {exc}")
 
