@@ -108,6 +108,19 @@ def test_the_small_passes_benchmark_measures_both_passes_and_both_qc_gathers(tmp
     assert "one task against streamed" in done.stdout
 
 
+def test_the_stage_cpu_benchmark_splits_a_run_s_cpu_by_stage_and_process(tmp_path):
+    out = tmp_path / "stage-cpu.json"
+    done = subprocess.run([sys.executable, str(SCRIPT.parent / "stage_cpu.py"), "--images", "3", "--out", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    [run] = json.loads(out.read_text())["runs"]
+    stages = [stage["stage"] for stage in run["stages"]]
+    assert {"convert", "compress", "qc", "publish"} <= set(stages) and stages.index("convert") < stages.index("publish")
+    assert run["cpu_s"]["main"] > 0 and run["cpu_s"]["api"] > 0 and run["wall_s"] > 0
+    assert all(seconds >= 0 for stage in run["stages"] for seconds in stage["cpu_s"].values())
+    assert "3 images:" in done.stdout and "  compress " in done.stdout
+
+
 def test_the_codec_brute_force_mode_prints_a_table_per_image_and_judges_the_profiles(tmp_path):
     out = tmp_path / "codecs.json"
     done = subprocess.run([sys.executable, str(SCRIPT), "--brute-force", "--quick", "--chunks", "2", "--only", "8-bit",
