@@ -80,7 +80,8 @@ def measure(folder: Path, root: Path) -> dict:
     wall = time.time() - started
     result = json.loads((root / "out.json").read_text().strip().splitlines()[-1])
     if run.returncode != 0 or result.get("status") != "published":
-        raise SystemExit(f"zarrchive ingest did not publish ({run.returncode}): {(root / 'err.txt').read_text()[-3000:]}")
+        errors = (root / "err.txt").read_text()[-3000:]
+        raise SystemExit(f"zarrchive ingest did not publish ({run.returncode}): {errors}")
 
     def at(moment: float) -> dict[str, float]:
         before = [totals for when, totals in samples if when <= moment]

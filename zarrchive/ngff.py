@@ -156,8 +156,9 @@ def omero_block(image: ImageRecord, windows: list[tuple[float, float]] | None = 
 def _validator_asks_zarr_s_version_once() -> None:
     """pydantic-zarr (under ome-zarr-models) asks ``importlib.metadata.version("zarr")`` for every array it reads:
     each time, zarr's METADATA file is found and parsed as an e-mail: 0.3 ms of the 2.1 ms that validating a
-    256 x 256 image took (in one thread, 200 stores). The answer cannot change while the process runs, so it is asked once (the validator itself, and
-    what it finds, are unchanged; where pydantic-zarr no longer looks as expected, nothing is changed)."""
+    256 x 256 image took (in one thread, 200 stores). The answer cannot change while the process runs, so it is
+    asked once (the validator itself, and what it finds, are unchanged; where pydantic-zarr no longer looks as
+    expected, nothing is changed)."""
     import importlib.metadata
 
     import ome_zarr_models.v04  # noqa: F401 (first: pydantic_zarr.v2 imported before it breaks its 0.4 validation)
