@@ -125,9 +125,22 @@ def stream_regions(image: ImageRecord, plans: list[LevelPlan], budget: int = REG
 def gather_all(client: Any, futures: list[Any], deadline: float | None = None, shown_as: str = "") -> list[Any]:
     """The results of ``futures`` once every one has finished: a failure is raised only when no task is still
     writing into the store (which is then removed). Past ``deadline`` (``time.monotonic()``) the tasks are
-    cancelled, those running are let finish, and ``StageTimeout`` names the image."""
-    if all(f.done() for f in futures):  # done already (begun ahead in a batch): its deadline no longer matters
-        return client.gather(futures)
+    cancelled, those running are let finish, and ``StageTimeout`` names the image.
+
+    Once gathered, the tasks are forgotten by the cluster at once (``client.cancel``): dropping the futures tells it
+    only later, and a worker that dies holding a result meanwhile would have its task done again, writing its part
+    of the store anew under the temporary name after the store was put in place (a ``pure=False`` task's key is
+    wanted by no other)."""
+    if not all(f.done() for f in futures):  # (done already, begun ahead in a batch: its deadline no longer matters)
+        _wait(client, futures, deadline, shown_as)
+    results = client.gather(futures)
+    with contextlib.suppress(Exception):
+        client.cancel(futures)
+    return results
+
+
+def _wait(client: Any, futures: list[Any], deadline: float | None, shown_as: str) -> None:
+    """Wait for ``futures`` until ``deadline``; past it, cancel them, let those running end, raise ``StageTimeout``."""
     left = None if deadline is None else max(0.0, deadline - time.monotonic())
     try:
         for _done in as_completed(futures, loop=client.loop, timeout=left):  # the client's loop: no default client
@@ -136,7 +149,6 @@ def gather_all(client: Any, futures: list[Any], deadline: float | None = None, s
         client.cancel(futures)
         wait_until_stopped(client, [f.key for f in futures], STOP_SECONDS)  # one running still writes: let it end
         raise StageTimeout(shown_as, TOO_LONG)
-    return client.gather(futures)
 
 
 def region_budget(client: Any) -> int:
@@ -253,7 +265,6 @@ class Group:
             future = client.submit(whole_image, *self.calls[index], pure=False, priority=1,
                                    **_elsewhere(client, self.scheduler))
             [done] = gather_all(client, [future], time.monotonic() + seconds, shown_as)
-            _forgotten(client, future)
         return done
 
     def _gather(self, deadline: float, shown_as: str) -> None:
@@ -261,7 +272,6 @@ class Group:
         try:
             with client_for(self.scheduler) as client:
                 [self.outcome] = gather_all(client, [self.future], deadline, shown_as)
-                _forgotten(client, self.future)
         except Exception as exc:
             if len(self.calls) == 1:
                 self.outcome = exc  # the one image's own failure
@@ -305,14 +315,6 @@ class Group:
                 _STUCK.setdefault(self.scheduler, set()).add(worker)
                 return at[self.future.key]
         return None
-
-
-def _forgotten(client: Any, future: Any) -> None:
-    """Have the cluster forget a task whose result is here, at once: dropping the future tells it only later, and
-    a worker that dies holding the result meanwhile would have the task done again, writing its store anew under
-    its temporary name after the store was put in place (a task's own ``pure=False`` key is wanted by no other)."""
-    with contextlib.suppress(Exception):
-        client.cancel([future])
 
 
 def _elsewhere(client: Any, scheduler: str) -> dict[str, Any]:
@@ -375,7 +377,6 @@ def end_whole(begun: Begun) -> CompressionReport:
         else:
             with client_for(begun.scheduler) as client:
                 [done] = gather_all(client, [begun.future], deadline, image.source_path)
-                _forgotten(client, begun.future)
         _put_in_place(begun.store, begun.final)
     except Exception as exc:
         if begun.thumbnail:
