@@ -125,8 +125,8 @@ def measure(name: str, image: np.ndarray, n: int, quick: bool) -> dict[str, Any]
         floors[profile] = settings.floor()
         sample = [np.ascontiguousarray(image[r]) for r in
                   sample_regions(image.shape, (1, *CHUNK), settings.sample_chunks)]
-        selection = choose_codec(sample, settings.candidates(), settings.floor(), settings.size_tolerance)
-        spec = settings.candidates()[selection.chosen].model_dump()
+        selection = choose_codec(sample, settings.candidates(), **settings.choice(image.nbytes))  # (the whole image)
+        spec = settings.candidates()[selection.chosen].model_dump(exclude={"slow"})
         label = key(spec)
         if label not in table:
             [trial] = choose_codec(chunks, [CodecSpec(**spec)], 0.0, time_all=True).candidates

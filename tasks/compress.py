@@ -354,7 +354,7 @@ def begin_whole(image: ImageRecord, source: FileRecord, work: str, settings: Com
     samples = sample_regions(level0.shape, level0.chunks, settings.sample_chunks) if len(candidates) > 1 else []
     plans = plan_writes(image, settings)
     thumbnail = partial_name(f"{final}.png") if picture and image.kind == "image" else None
-    call = (source.staged_path, image, store, plans, candidates, samples, settings.floor(), settings.size_tolerance,
+    call = (source.staged_path, image, store, plans, candidates, samples, settings.choice(_level0_bytes(image)),
             settings.ngff, level0_digest, thumbnail)
     if group is not None:
         future = group.add(call, _level0_bytes(image))
@@ -538,7 +538,7 @@ def _codec_for(image: ImageRecord, source: FileRecord, settings: CompressSetting
     level0 = image.levels[0]
     regions = sample_regions(level0.shape, level0.chunks, settings.sample_chunks)
     selection = client.submit(select_codec, source.staged_path, image, regions, candidates,
-                              settings.floor(), settings.size_tolerance, pure=False).result()
+                              settings.choice(_level0_bytes(image)), pure=False).result()
     return make_codec(candidates[selection.chosen]), selection
 
 

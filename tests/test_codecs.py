@@ -312,7 +312,8 @@ def test_every_default_profile_candidate_opens_in_a_fresh_python_without_zarrchi
     names = {name for stores in expected.values() for seen in stores.values() for name in _codec_names(seen)}
     assert {"imagecodecs_jpegls", "imagecodecs_jpegxl", "numcodecs.pcodec", "blosc", "zstd"} <= names
     # every dtype each image codec takes (uint8, uint16), not one of them
-    assert len([p for p in expected[" imagecodecs-zarr"] if "-jpegxl-" in p]) == 2
+    jpegxl = [spec for spec in specs.values() if spec.codec == "jpegxl"]
+    assert len(jpegxl) >= 2 and len([p for p in expected[" imagecodecs-zarr"] if "-jpegxl-" in p]) == 2 * len(jpegxl)
     for extra, stores in expected.items():
         assert _read_in(readers(extra), tmp_path, {path: [] for path in stores}) == stores, extra
 
@@ -535,3 +536,177 @@ warnings.warn("a warning still shown")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "a warning still shown" in done.stderr and "Numcodecs" not in done.stderr
+
+
+class FakeCodecs:
+    """Candidates whose sizes and speeds are set, not measured (``codecs._encoded`` and ``_decoded`` replaced):
+    each encode is counted, by codec, with the runs it was asked for."""
+
+    def __init__(self, monkeypatch, candidates, figures):
+        from zarrchive.pixels import codecs
+
+        self.names = [json.dumps(make_codec(c).to_dict(), sort_keys=True) for c in candidates]
+        self.figures = dict(zip(self.names, figures))  # name: (bytes, MB/s)
+        self.runs: dict[str, list[int]] = {}
+
+        def encoded(codec, chunks, repeats=1):
+            name = json.dumps(codec.to_dict(), sort_keys=True)
+            self.runs.setdefault(name, []).append(repeats)
+            size, speed = self.figures[name]
+            return [b"x" * size], sum(c.nbytes for c in chunks) / 1e6 / speed
+
+        monkeypatch.setattr(codecs, "_encoded", encoded)
+        monkeypatch.setattr(codecs, "_decoded", lambda codec, chunks, data: 1e-3)
+
+    def tried(self, i):
+        return self.runs.get(self.names[i], [])
+
+
+SLOW_LADDER = [CodecSpec(codec="blosc", cname="zstd", clevel=5, shuffle="shuffle", baseline=True),
+               CodecSpec(codec="zstd", clevel=5), CodecSpec(codec="zstd", clevel=19, slow=True),
+               CodecSpec(codec="jpegxl", level=3), CodecSpec(codec="jpegxl", level=7, slow=True),
+               CodecSpec(codec="jpegxl", level=9, slow=True)]
+
+
+def test_a_slow_candidate_is_tried_only_while_its_family_leads_and_chosen_only_within_the_image_s_time(monkeypatch):
+    """A family's slow levels are climbed while the family leads and each level gains; they are chosen at the speed
+    that encodes this image within the profile's time; never timed twice; a tie goes to a candidate not slow."""
+    samples = [np.zeros((64, 64), np.uint8)]
+
+    def choose(figures, floor=20.0, slow_mbps=0.01, **kwargs):
+        fake = FakeCodecs(monkeypatch, SLOW_LADDER, figures)
+        return choose_codec(samples, SLOW_LADDER, floor, 0.01, slow_mbps=slow_mbps, **kwargs), fake
+
+    def skipped(selection):
+        return {i: t.skipped for i, t in enumerate(selection.candidates) if t.skipped}
+
+    # JPEG-XL leads and each level gains: both slow levels tried, once each, and the smallest chosen
+    cell = [(1000, 50), (900, 100), (800, 3), (600, 30), (450, 4), (420, 0.7)]
+    chosen, fake = choose(cell)
+    assert chosen.chosen == 5 and chosen.slow_mbps == 0.01
+    assert skipped(chosen) == {2: "not tried: zstd 5 stores 1.500x the smallest so far"}
+    assert [fake.tried(i) for i in range(6)] == [[1], [1], [], [1], [1], [1]]
+    assert chosen.candidates[5].decode_mbps and chosen.candidates[4].decode_mbps is None
+    # effort 7 gains less than the tolerance: effort 9 is not tried, and the tie goes to effort 3, not slow
+    flat = [(1000, 50), (900, 100), (800, 3), (600, 30), (597, 4), (420, 0.7)]
+    chosen, fake = choose(flat)
+    assert chosen.chosen == 3 and fake.tried(5) == [] and fake.tried(3) == [1] and fake.tried(4) == [1]
+    assert skipped(chosen)[5] == "not tried: jpegxl 7 stored no more than 1% less than jpegxl 3"
+    # plain zstd leads (compat on 8-bit pictures): zstd 19 tried and chosen, smaller than the baseline
+    picture = [(1000, 50), (600, 100), (500, 3), (700, 30), (680, 4), (420, 0.7)]
+    chosen, fake = choose(picture)
+    assert chosen.chosen == 2 and fake.tried(4) == [] and fake.tried(5) == []
+    assert skipped(chosen)[4] == "not tried: jpegxl 3 stores 1.400x the smallest so far"
+    assert skipped(chosen)[5] == "not tried: jpegxl 7 was not tried or failed"
+    # a family leads while its last level is within slow_within (5 %) of the smallest so far
+    near = [(1000, 50), (624, 100), (500, 3), (600, 30), (597, 4), (420, 0.7)]
+    assert choose(near)[0].chosen == 2
+    chosen, fake = choose(near, slow_within=0.01)
+    assert chosen.chosen == 3 and fake.tried(2) == [] and chosen.slow_within == 0.01
+    assert skipped(chosen)[2] == "not tried: zstd 5 stores 1.040x the smallest so far"
+    # a larger image: effort 7 is tried (effort 3 is fast enough that it might be) but under this image's speed,
+    # so it is not eligible, and effort 9 is not tried at all
+    chosen, fake = choose(cell, slow_mbps=10.0)
+    assert chosen.chosen == 3 and fake.tried(4) == [1] and fake.tried(5) == [] and chosen.slow_mbps == 10.0
+    assert skipped(chosen)[5] == "not tried: jpegxl 7 encodes at 4 MB/s, under the 10 MB/s this image allows"
+    # the leader is itself too slow for this image: nothing of its family is tried
+    chosen, fake = choose(cell, slow_mbps=31.0, floor=40.0)
+    assert fake.tried(4) == [] and skipped(chosen)[4].startswith("not tried: jpegxl 3 encodes at 30 MB/s")
+    # an image too large for slow_seconds to give more than the floor: no slow candidate is tried
+    chosen, fake = choose(cell, slow_mbps=20.0)
+    assert [fake.tried(i) for i in (2, 4, 5)] == [[], [], []] and chosen.chosen == 3 and chosen.slow_mbps == 20.0
+    assert set(skipped(chosen)) == {2, 4, 5}
+    assert all("too large to take 20 MB/s" in why for why in skipped(chosen).values())
+    # no slow_seconds: the same (the floor holds for every candidate)
+    chosen, fake = choose(cell, slow_mbps=float("inf"))
+    assert chosen.chosen == 3 and fake.tried(5) == [] and chosen.slow_mbps == 20.0
+    # a benchmark's table tries every candidate, slow or not
+    chosen, fake = choose(cell, slow_mbps=float("inf"), time_all=True)
+    assert all(fake.tried(i) for i in range(6)) and chosen.chosen == 3
+    # a slow candidate with no family before it is never tried
+    alone = [CodecSpec(codec="zstd", clevel=3), CodecSpec(codec="pcodec", level=12, slow=True)]
+    FakeCodecs(monkeypatch, alone, [(100, 100), (10, 1)])
+    lonely = choose_codec([np.zeros((64, 64), np.uint16)], alone, 20.0, 0.01, slow_mbps=0.01)
+    assert lonely.chosen == 0
+    assert lonely.candidates[1].skipped == "not tried: no candidate of its family is listed before it"
+    assert lonely.candidates[1].ratio is None
+    # a profile without slow candidates records no slow_mbps
+    assert choose_codec(samples, alone[:1], 20.0, slow_mbps=0.01).slow_mbps is None
+
+
+def test_real_pictures_take_the_slow_levels_of_the_leading_family_where_they_pay(monkeypatch):
+    """scikit-image's cell (8-bit, 660 x 550): compat takes zstd 19 (zstd 5 leads: 16 % smaller) and max JPEG-XL
+    effort 9 (effort 3 leads, effort 7 gains 29 %, 9 another 5 %), as on moon, where effort 3 does not lead; a
+    16-bit tile of cell, as many-image runs have, tries no slow candidate in compat (blosc leads), so the
+    many-image path pays nothing for them."""
+    from skimage import data
+
+    cell = data.cell()
+    chosen = {}
+    for profile in ("compat", "max"):
+        settings = load_settings(overrides={"compress": {"profile": profile}}).compress
+        candidates = settings.candidates()
+        selection = choose_codec([cell], candidates, **settings.choice(cell.nbytes))
+        spec = candidates[selection.chosen]
+        chosen[profile] = (spec.codec, spec.clevel if spec.codec == "zstd" else spec.level)
+        quick = choose_codec([cell], [c for c in candidates if not c.slow], settings.floor(), settings.size_tolerance)
+        assert selection.candidates[selection.chosen].stored_bytes < 0.95 * quick.candidates[quick.chosen].stored_bytes
+        assert selection.slow_mbps == round(cell.nbytes / 1e6 / settings.slow_budget(), 3)
+        assert selection.slow_within == settings.slow_reach()
+    assert chosen == {"compat": ("zstd", 19), "max": ("jpegxl", 9)}
+    # moon (8-bit): JPEG-XL's effort 3 stores 1.7x the smallest there, effort 7 0.38x of effort 3: max reaches it
+    moon = data.moon()
+    settings = load_settings(overrides={"compress": {"profile": "max"}}).compress
+    selection = choose_codec([moon], settings.candidates(), **settings.choice(moon.nbytes))
+    chosen_spec = settings.candidates()[selection.chosen]
+    assert (chosen_spec.codec, chosen_spec.level) == ("jpegxl", 9)
+    settings = load_settings().compress
+    tile = (cell[:256, :256].astype(np.uint16) * 40 + np.random.default_rng(0).poisson(20, (256, 256)))
+    tile = tile.astype(np.uint16)
+    fake_free = choose_codec([tile], settings.candidates(), **settings.choice(tile.nbytes))
+    slow = [t for t, c in zip(fake_free.candidates, settings.candidates()) if c.slow]
+    assert slow and all(t.skipped.startswith("not tried: zstd 5 stores") for t in slow)
+
+
+def test_slow_seconds_is_configuration_and_part_of_the_identity():
+    from zarrchive.config import CompressSettings
+
+    budgets = {p: load_settings(overrides={"compress": {"profile": p}}).compress.slow_budget()
+               for p in ("compat", "max")}
+    assert budgets == {"compat": 2.0, "max": 20.0}
+    reaches = {p: load_settings(overrides={"compress": {"profile": p}}).compress.slow_reach()
+               for p in ("compat", "max")}
+    assert reaches == {"compat": 0.05, "max": 1.0}
+    assert load_settings(overrides={"compress": {"slow_within": 0.2}}).compress.slow_reach() == 0.2
+    with pytest.raises(ConfigError, match="slow_within must be a fraction, 0 or more"):
+        load_settings(overrides={"compress": {"slow_within": {"max": -0.5}}})
+    compat = load_settings().compress
+    assert compat.slow_floor(4_000_000) == 2.0 and compat.identity()["slow_seconds"] == 2.0
+    assert any(c["slow"] for c in compat.identity()["profiles"]["compat"])
+    assert compat.identity() != compat.model_copy(update={"slow_seconds": 3.0}).identity()
+    none = load_settings(overrides={"compress": {"slow_seconds": 0}}).compress
+    assert none.slow_budget() == 0 and none.slow_floor(10) == float("inf")
+    with pytest.raises(ConfigError, match="must be a number of seconds, 0 or more"):
+        load_settings(overrides={"compress": {"slow_seconds": {"compat": -1}}})
+    with pytest.raises(ValueError, match="slow_seconds must be a number of seconds"):
+        CompressSettings(profile="compat", profiles={"compat": [CodecSpec(codec="zstd")]}, slow_seconds=float("nan"))
+
+
+@pytest.mark.parametrize("path", ["whole_image", "stream_region"])
+def test_an_archived_picture_is_stored_with_the_slow_level_its_size_allows(tmp_path, settings, scheduler, monkeypatch,
+                                                                           path):
+    """Through the compress task, a small image's whole pass and a streamed one alike: the image's own time for slow
+    candidates is recorded, and cell is stored with zstd 19 by compat, read back bit for bit."""
+    from skimage import data
+
+    from builders import plain_tiff
+    from zarrchive.tasks import compress
+
+    if path == "stream_region":
+        monkeypatch.setattr(compress, "region_budget", lambda client: 0)
+    cell = data.cell()
+    source = plain_tiff(tmp_path / "cell.tif", cell)
+    [(_image, report)] = archive_images(source, tmp_path / "w", settings, scheduler)
+    assert report.selection.slow_mbps == round(cell.nbytes / 1e6 / 2.0, 3)
+    assert (report.codec.name, report.codec.configuration.get("level")) == ("zstd", 19)
+    np.testing.assert_array_equal(zarr.open_array(f"{report.store}/0", mode="r")[...].squeeze(), cell)

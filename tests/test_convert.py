@@ -137,7 +137,7 @@ def test_every_stage_names_series_0_of_a_multi_series_file_as_convert_does(tmp_p
     for image, source, name in ((first, path, "two.ome.tif [series 0]"), (alone, one, "one.ome.tif")):
         source.write_bytes(source.read_bytes()[:64])  # the file lost its pixels after convert described it
         with pytest.raises(InputError) as caught:
-            select_codec(str(source), image, [(slice(0, 1), slice(0, 30), slice(0, 40))], [], 1.0)
+            select_codec(str(source), image, [(slice(0, 1), slice(0, 30), slice(0, 40))], [], {})
         assert str(caught.value).startswith(f"{name}: pixels cannot be read")
 
 

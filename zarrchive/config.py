@@ -112,6 +112,9 @@ class CodecSpec(Section):
     # the profile's baseline (ome-zarr-py's default): eligible whatever its speed, and never beaten by a larger
     # candidate (a rule of the choice, recorded in its objective; not part of identities)
     baseline: bool = Field(default=False, exclude=True)
+    # a slow setting of a codec family (a higher level): tried after the others, and only while its family leads;
+    # eligible when it encodes the image's level 0 within the profile's slow_seconds (compress.slow_seconds)
+    slow: bool = False
 
 
 class CompressSettings(Section):
@@ -120,6 +123,12 @@ class CompressSettings(Section):
     # the throughput floor (MB/s, one thread): one for every profile, or one for each ({compat: 40, max: 20})
     min_encode_mbps: float | dict[Literal["compat", "max"], float] = 40.0
     size_tolerance: float = Field(default=0.01, ge=0, le=1)
+    # the time a slow candidate may take to encode an image's level 0 (seconds, one thread): one for every
+    # profile, or one for each ({compat: 2, max: 20}); 0: slow candidates are held to the floor like the others
+    slow_seconds: float | dict[Literal["compat", "max"], float] = 0.0
+    # a family leads, and its slow levels are tried, while its last level tried stores within this fraction of the
+    # smallest candidate so far (a slower level gains 5-60 % on some images): one for every profile, or one for each
+    slow_within: float | dict[Literal["compat", "max"], float] = 0.05
     sample_chunks: int = Field(default=8, ge=1, le=256)
     codec: Literal["blosc", "zstd"] = "blosc"  # the fixed codec (profile: fixed)
     cname: Literal["zstd", "lz4", "lz4hc", "zlib", "blosclz"] = "zstd"
@@ -144,6 +153,12 @@ class CompressSettings(Section):
             raise ValueError("compress.min_encode_mbps must be a number of MB/s, 0 or more")
         if isinstance(self.min_encode_mbps, dict) and self.profile != "fixed" and self.profile not in floors:
             raise ValueError(f"compress.min_encode_mbps gives no floor for the profile {self.profile!r}")
+        budgets = self.slow_seconds if isinstance(self.slow_seconds, dict) else {"any": self.slow_seconds}
+        if not all(budget >= 0 for budget in budgets.values()):  # (NaN is not either)
+            raise ValueError("compress.slow_seconds must be a number of seconds, 0 or more")
+        reaches = self.slow_within if isinstance(self.slow_within, dict) else {"any": self.slow_within}
+        if not all(reach >= 0 for reach in reaches.values()):
+            raise ValueError("compress.slow_within must be a fraction, 0 or more")
         if self.ngff == "0.4" and any(c.codec not in ("blosc", "zstd") for c in self.candidates()):
             raise ValueError("OME-NGFF 0.4 (Zarr v2) output takes blosc or zstd only: use profile compat or fixed")
         return self
@@ -154,6 +169,8 @@ class CompressSettings(Section):
         data = super().identity()
         data["profiles"] = {} if self.profile == "fixed" else {self.profile: data["profiles"][self.profile]}
         data["min_encode_mbps"] = self.floor()
+        data["slow_seconds"] = self.slow_budget()
+        data["slow_within"] = self.slow_reach()
         return data
 
     def floor(self) -> float:
@@ -161,6 +178,30 @@ class CompressSettings(Section):
         if isinstance(self.min_encode_mbps, dict):
             return self.min_encode_mbps.get(self.profile, 0.0)  # (fixed: one candidate, no choice)
         return self.min_encode_mbps
+
+    def slow_budget(self) -> float:
+        """The profile's time for a slow candidate: the seconds of one thread it may take to encode an image's
+        level 0 (0: none beyond the floor)."""
+        if isinstance(self.slow_seconds, dict):
+            return self.slow_seconds.get(self.profile, 0.0)
+        return self.slow_seconds
+
+    def slow_reach(self) -> float:
+        """How near the smallest candidate so far a family's last level must store for its slow levels to be tried."""
+        if isinstance(self.slow_within, dict):
+            return self.slow_within.get(self.profile, 0.0)
+        return self.slow_within
+
+    def slow_floor(self, level0_bytes: int) -> float:
+        """The throughput (MB/s, one thread) at which a slow candidate encodes an image of ``level0_bytes`` within
+        the profile's slow_seconds (infinite when it has none: then the floor holds for slow candidates too)."""
+        budget = self.slow_budget()
+        return level0_bytes / 1e6 / budget if budget > 0 else float("inf")
+
+    def choice(self, level0_bytes: int) -> dict[str, float]:
+        """The rule of the codec choice for an image of ``level0_bytes`` (``codecs.choose_codec``'s arguments)."""
+        return {"min_encode_mbps": self.floor(), "size_tolerance": self.size_tolerance,
+                "slow_mbps": self.slow_floor(level0_bytes), "slow_within": self.slow_reach()}
 
     def candidates(self) -> list[CodecSpec]:
         """The codecs to choose from: the profile's candidates, or the one fixed codec."""

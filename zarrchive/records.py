@@ -436,6 +436,8 @@ class CodecSelection(Record):
     objective: str
     min_encode_mbps: float
     size_tolerance: float = 0.0
+    slow_mbps: float | None = None  # the floor of the profile's slow candidates for this image (None: no slow ones)
+    slow_within: float | None = None  # how near the smallest a family leads (its slow levels tried)
     sample_chunks: int
     sample_bytes: int
     candidates: list[CodecTrial]

@@ -25,7 +25,7 @@ import json
 import time
 import warnings
 from dataclasses import dataclass
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, Callable, ClassVar, NamedTuple
 
 import numpy as np
 from zarr.abc.codec import ArrayBytesCodec
@@ -42,9 +42,15 @@ WITH_IMAGECODECS = ("zarr-python 3.2 or later with imagecodecs' Zarr codecs (Pyt
 WITH_PCODEC = "zarr-python with numcodecs' pcodec (pip install zarr 'numcodecs[pcodec]')"
 PCODEC_DTYPES = ("uint16", "uint32", "uint64", "int16", "int32", "int64", "float16", "float32", "float64")
 OBJECTIVE = ("the smallest stored size over the sampled chunks among candidates that encode at least "
-             "min_encode_mbps MB/s on one thread and the profile's baseline whatever its speed, sizes within "
-             "size_tolerance of the smallest counting as equal (then the fastest of them, but none larger than "
-             "the baseline); if none is that fast, the fastest")
+             "min_encode_mbps MB/s on one thread, the profile's baseline whatever its speed, and its slow candidates "
+             "that encode at least slow_mbps (the image's level 0 within the profile's slow_seconds; tried only where "
+             "that is under min_encode_mbps), sizes within "
+             "size_tolerance of the smallest counting as equal (then the fastest of them, one not slow before a "
+             "slow one, but none larger than the baseline); if none is that fast, the fastest. A slow candidate is "
+             "tried only while its family (the codec; blosc's with its compressor and shuffle) leads: the member "
+             "listed before it was tried, stores within slow_within of the smallest so far, encodes fast enough "
+             "for a slower one to be eligible, and, if slow itself, stored less than the member before it by more "
+             "than size_tolerance")
 # numcodecs' codecs in Zarr v3 (pcodec) warn, each time one is made or read, that they are "not in the Zarr version 3
 # specification": known, and said on the landing page. Filtered once for the process, not around each call:
 # warnings.catch_warnings swaps the process's filters, and a worker's threads make codecs at once.
@@ -323,7 +329,8 @@ def _decoded(codec: Any, samples: list[np.ndarray], encoded: list[bytes]) -> flo
 
 
 def choose_codec(samples: list[np.ndarray], candidates: list[CodecSpec], min_encode_mbps: float,
-                 size_tolerance: float = 0.0, time_all: bool = False) -> CodecSelection:
+                 size_tolerance: float = 0.0, time_all: bool = False, slow_mbps: float = float("inf"),
+                 slow_within: float = 0.05) -> CodecSelection:
     """Encode the sample chunks (of one shape) with each candidate and choose by ``OBJECTIVE``.
 
     Every candidate encodes the sample once, which gives its size. A speed is the best of ``TIMED_RUNS`` runs
@@ -336,23 +343,40 @@ def choose_codec(samples: list[np.ndarray], candidates: list[CodecSpec], min_enc
     of this one run; with ``time_all``, every candidate is, its decode timed as its encode is (the best of
     ``TIMED_RUNS``). The others are not decoded (their chunks are never stored) and have no decode speed. A
     candidate that fails on this content, on any run, or does not give the sample back is skipped (with why),
-    and the choice is made again among the others."""
+    and the choice is made again among the others.
+
+    Slow candidates (``CodecSpec.slow``: a family's higher levels) are tried after the others, and only on an
+    image small enough that ``slow_mbps`` (the speed that encodes its level 0 within the profile's time for them)
+    is under the floor, each only while its family leads (``_climbs``; ``time_all``: every one); they are
+    eligible at ``slow_mbps``. Their speed is that of their one run (a first run is the slowest): they are never
+    timed again, and in a tie on size a candidate that is not slow wins."""
     samples = [np.ascontiguousarray(sample) for sample in samples]
     raw = sum(sample.nbytes for sample in samples)
     trials: list[CodecTrial] = []
     timed: dict[int, Timed] = {}
     decoded: dict[int, float] = {}  # candidate: decode seconds, once it gave the sample back
+    slow_floor = min(min_encode_mbps, slow_mbps)
+    codecs = [make_codec(spec) for spec in candidates]
     for i, spec in enumerate(candidates):
-        codec = make_codec(spec)
-        choice = choice_of(codec)
-        trials.append(CodecTrial(codec=choice))
+        trials.append(CodecTrial(codec=choice_of(codecs[i])))
         if (reason := supports(spec, samples[0].dtype)) is not None:
-            trials[i] = CodecTrial(codec=choice, skipped=reason)
-            continue
-        _timed(timed, trials, i, codec, samples, 1, raw <= KEPT_BYTES)
+            trials[i] = CodecTrial(codec=trials[i].codec, skipped=reason)
+        elif not spec.slow:
+            _timed(timed, trials, i, codecs[i], samples, 1, raw <= KEPT_BYTES)
 
     def mbps(seconds: float) -> float:
         return round(raw / 1e6 / max(seconds, 1e-9), 1)
+
+    for i, spec in enumerate(candidates):
+        if spec.slow and trials[i].skipped is None:
+            why = None if time_all else (
+                f"the image is too large to take {slow_mbps:.3g} MB/s (the profile's slow_seconds)"
+                if slow_mbps >= min_encode_mbps else
+                _climbs(candidates, timed, i, size_tolerance, slow_within, slow_mbps, mbps))
+            if why is None:
+                _timed(timed, trials, i, codecs[i], samples, 1, raw <= KEPT_BYTES)
+            else:
+                trials[i] = CodecTrial(codec=trials[i].codec, skipped=f"not tried: {why}")
 
     def choice() -> tuple[list[int], list[int]]:
         """The candidates the choice is made among, and those whose speed decides it that were timed once."""
@@ -360,15 +384,19 @@ def choose_codec(samples: list[np.ndarray], candidates: list[CodecSpec], min_enc
             raise ValueError("no codec candidate can encode this image: "
                              + "; ".join(f"{t.codec.name}: {t.skipped}" for t in trials))
         baseline = next((i for i in timed if candidates[i].baseline), None)
-        fast = [i for i in timed if mbps(timed[i].seconds) >= min_encode_mbps or i == baseline]
+        usual = [i for i in timed if not candidates[i].slow]  # slow candidates are never timed again
+        fast = [i for i in timed if i == baseline
+                or mbps(timed[i].seconds) >= (slow_floor if candidates[i].slow else min_encode_mbps)]
         if not fast:
-            return list(timed), list(timed)  # then the fastest
+            return list(timed), usual  # then the fastest
         smallest = min(timed[i].stored for i in fast)
-        slow = [i for i in timed if i not in fast and timed[i].stored <= smallest * (1 + size_tolerance)]
+        near = [i for i in usual if i not in fast and timed[i].stored <= smallest * (1 + size_tolerance)]
         small = [i for i in fast if timed[i].stored <= smallest * (1 + size_tolerance)]
         if baseline is not None:  # never more bytes than the baseline, whatever the tolerance
             small = [i for i in small if timed[i].stored <= timed[baseline].stored]
-        return small, slow + (small if len(small) > 1 else [])
+        if any(i in usual for i in small):  # sizes equal: one not slow before a slow one
+            small = [i for i in small if i in usual]
+        return small, near + (small if len(small) > 1 else [])
 
     again: set[int] = set()
     while True:
@@ -390,7 +418,47 @@ def choose_codec(samples: list[np.ndarray], candidates: list[CodecSpec], min_enc
                                stored_bytes=done.stored, encode_mbps=mbps(done.seconds),
                                decode_mbps=mbps(decoded[i]) if i in decoded else None)
     return CodecSelection(objective=OBJECTIVE, min_encode_mbps=min_encode_mbps, size_tolerance=size_tolerance,
+                          slow_mbps=round(slow_floor, 3) if any(spec.slow for spec in candidates) else None,
+                          slow_within=slow_within if any(spec.slow for spec in candidates) else None,
                           sample_chunks=len(samples), sample_bytes=raw, candidates=trials, chosen=chosen)
+
+
+def _family(spec: CodecSpec) -> tuple:
+    return (spec.codec, spec.cname, spec.shuffle) if spec.codec == "blosc" else (spec.codec,)
+
+
+def _label(spec: CodecSpec) -> str:
+    if spec.codec == "blosc":
+        return f"blosc {spec.cname} {spec.clevel} {spec.shuffle}"
+    if spec.codec == "zstd":
+        return f"zstd {spec.clevel}"
+    return spec.codec if spec.level is None else f"{spec.codec} {spec.level}"
+
+
+def _climbs(candidates: list[CodecSpec], timed: dict[int, Timed], i: int, size_tolerance: float, slow_within: float,
+            slow_floor: float, mbps: Callable[[float], float]) -> str | None:
+    """Why slow candidate ``i`` is not worth trying (None when it is): its family does not lead. The member listed
+    before it must have been tried, store within ``slow_within`` of the smallest so far, encode at least
+    ``slow_floor`` (a higher level is slower: under it, it could not be eligible), and, when it is slow itself,
+    have stored less than the member before it by more than ``size_tolerance`` (a level that gained nothing ends
+    the climb)."""
+    family = [j for j in range(i) if _family(candidates[j]) == _family(candidates[i])]
+    if not family:
+        return "no candidate of its family is listed before it"
+    before = family[-1]
+    name = _label(candidates[before])
+    if before not in timed:
+        return f"{name} was not tried or failed"
+    smallest = min(t.stored for t in timed.values())
+    if timed[before].stored > smallest * (1 + slow_within):
+        return f"{name} stores {timed[before].stored / smallest:.3f}x the smallest so far"
+    if mbps(timed[before].seconds) < slow_floor:
+        return (f"{name} encodes at {mbps(timed[before].seconds):g} MB/s, under the {slow_floor:.3g} MB/s this "
+                "image allows")
+    if candidates[before].slow and len(family) > 1 and family[-2] in timed \
+            and timed[before].stored >= timed[family[-2]].stored * (1 - size_tolerance):
+        return f"{name} stored no more than {size_tolerance:.0%} less than {_label(candidates[family[-2]])}"
+    return None
 
 
 class Timed(NamedTuple):

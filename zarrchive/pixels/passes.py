@@ -139,10 +139,11 @@ class WholePass:
 
 
 def whole_image(source: str, image: ImageRecord, store: str, plans: list[LevelPlan], candidates: list[CodecSpec],
-                samples: list[tuple[slice, ...]], min_encode_mbps: float, size_tolerance: float, ngff: str,
-                digests: bool = True, thumbnail: str | None = None) -> WholePass:
+                samples: list[tuple[slice, ...]], choice: dict[str, float], ngff: str, digests: bool = True,
+                thumbnail: str | None = None) -> WholePass:
     """The whole compress pass of an image no larger than a streaming region may be, in one task: read it once,
-    choose its codec among ``candidates`` on the ``samples`` chunks of that read (as ``select_codec`` would from
+    choose its codec among ``candidates`` on the ``samples`` chunks of that read by ``choice`` (``choose_codec``'s
+    rule, ``CompressSettings.choice``; as ``select_codec`` would from
     the file), create its arrays (``ngff`` 0.5: sharded Zarr v3; 0.4: Zarr v2), write every level (the
     streamed ones from the block, the others from the level above), each write proven, and finish the store
     (``finish_store``); with ``thumbnail``, write the image's picture there (``archive.thumbnails``) from the
@@ -153,8 +154,7 @@ def whole_image(source: str, image: ImageRecord, store: str, plans: list[LevelPl
     block = _read(source, image, region)
     selection = None
     if len(candidates) > 1:
-        selection = choose_codec([np.ascontiguousarray(block[r]) for r in samples], candidates, min_encode_mbps,
-                                 size_tolerance)
+        selection = choose_codec([np.ascontiguousarray(block[r]) for r in samples], candidates, **choice)
     codec = make_codec(candidates[selection.chosen if selection else 0])
     if os.path.lexists(store):  # what an attempt killed with its worker left: the pass starts afresh
         shutil.rmtree(store)
@@ -361,7 +361,7 @@ def downsample_regions(store: str, above: str, plan: LevelPlan, regions: list[tu
 
 
 def select_codec(source: str, image: ImageRecord, regions: list[tuple[slice, ...]], candidates: list[CodecSpec],
-                 min_encode_mbps: float, size_tolerance: float = 0.0) -> CodecSelection:
+                 choice: dict[str, float]) -> CodecSelection:
     """On a worker: read the sample chunks from the source and choose among the candidates."""
     shown_as = image.shown_as
     try:
@@ -370,7 +370,7 @@ def select_codec(source: str, image: ImageRecord, regions: list[tuple[slice, ...
         if (named := _named(exc, shown_as, "pixels")) is exc:
             raise
         raise named from exc
-    return choose_codec(samples, candidates, min_encode_mbps, size_tolerance)
+    return choose_codec(samples, candidates, **choice)
 
 
 def facts_of_store(store: str, level0: str, regions: list[tuple[slice, ...]], channel_axis: int | None,
