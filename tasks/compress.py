@@ -354,7 +354,7 @@ def begin_whole(image: ImageRecord, source: FileRecord, work: str, settings: Com
     samples = sample_regions(level0.shape, level0.chunks, settings.sample_chunks) if len(candidates) > 1 else []
     plans = plan_writes(image, settings)
     thumbnail = partial_name(f"{final}.png") if picture and image.kind == "image" else None
-    call = (source.staged_path, image, store, plans, candidates, samples, settings.choice(_level0_bytes(image)),
+    call = (source.staged_path, image, store, plans, candidates, samples, settings.choice(_encoded_bytes(image)),
             settings.ngff, level0_digest, thumbnail)
     if group is not None:
         future = group.add(call, _level0_bytes(image))
@@ -480,6 +480,13 @@ def _level0_bytes(image: ImageRecord) -> int:
     return int(np.prod(image.levels[0].shape)) * np.dtype(image.dtype).itemsize
 
 
+def _encoded_bytes(image: ImageRecord) -> int:
+    """The bytes level 0's chunks encode: chunks cut by the image's end are encoded whole (padded with the fill
+    value), so a small image's one chunk may encode several times its pixels (the time of a slow candidate)."""
+    level = image.levels[0]
+    return int(np.prod([-(-n // c) * c for n, c in zip(level.shape, level.chunks)])) * np.dtype(image.dtype).itemsize
+
+
 def _stream(client: Any, image: ImageRecord, source: FileRecord, store: str, plans: list[LevelPlan], stored: Stored,
             deadline: float, progress: Callable[[int, int], None] | None, digests: bool) -> list[tuple]:
     """The single streaming pass: each region of the source read once on a worker and written to level 0 and
@@ -538,7 +545,7 @@ def _codec_for(image: ImageRecord, source: FileRecord, settings: CompressSetting
     level0 = image.levels[0]
     regions = sample_regions(level0.shape, level0.chunks, settings.sample_chunks)
     selection = client.submit(select_codec, source.staged_path, image, regions, candidates,
-                              settings.choice(_level0_bytes(image)), pure=False).result()
+                              settings.choice(_encoded_bytes(image)), pure=False).result()
     return make_codec(candidates[selection.chosen]), selection
 
 
