@@ -688,6 +688,8 @@ def test_slow_seconds_is_configuration_and_part_of_the_identity():
     assert none.slow_budget() == 0 and none.slow_floor(10) == float("inf")
     with pytest.raises(ConfigError, match="must be a number of seconds, 0 or more"):
         load_settings(overrides={"compress": {"slow_seconds": {"compat": -1}}})
+    with pytest.raises(ValueError, match="its baseline cannot be slow"):
+        CompressSettings(profile="compat", profiles={"compat": [CodecSpec(codec="zstd", baseline=True, slow=True)]})
     with pytest.raises(ValueError, match="slow_seconds must be a number of seconds"):
         CompressSettings(profile="compat", profiles={"compat": [CodecSpec(codec="zstd")]}, slow_seconds=float("nan"))
 

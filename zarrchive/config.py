@@ -148,6 +148,8 @@ class CompressSettings(Section):
         for name, specs in self.profiles.items():
             if sum(c.baseline for c in specs) > 1:
                 raise ValueError(f"compress.profiles.{name} marks more than one candidate as its baseline")
+            if any(c.baseline and c.slow for c in specs):
+                raise ValueError(f"compress.profiles.{name}: its baseline cannot be slow (it is always tried)")
         floors = self.min_encode_mbps if isinstance(self.min_encode_mbps, dict) else {"any": self.min_encode_mbps}
         if not all(floor >= 0 for floor in floors.values()):  # (NaN is not either)
             raise ValueError("compress.min_encode_mbps must be a number of MB/s, 0 or more")
