@@ -481,8 +481,8 @@ def _level0_bytes(image: ImageRecord) -> int:
 
 
 def _encoded_bytes(image: ImageRecord) -> int:
-    """The bytes level 0's chunks encode: chunks cut by the image's end are encoded whole (padded with the fill
-    value), so a small image's one chunk may encode several times its pixels (the time of a slow candidate)."""
+    """The bytes level 0's chunks encode (what a slow candidate's time is for): a chunk cut by the image's end is
+    encoded whole, padded with the fill value (a small image's chunks are cut to it: no padding)."""
     level = image.levels[0]
     return int(np.prod([-(-n // c) * c for n, c in zip(level.shape, level.chunks)])) * np.dtype(image.dtype).itemsize
 

@@ -549,11 +549,14 @@ class FakeCodecs:
         self.figures = dict(zip(self.names, figures))  # name: (bytes, MB/s)
         self.runs: dict[str, list[int]] = {}
 
-        def encoded(codec, chunks, repeats=1):
+        def encoded(codec, chunks, repeats=1, within=float("inf")):
             name = json.dumps(codec.to_dict(), sort_keys=True)
             self.runs.setdefault(name, []).append(repeats)
             size, speed = self.figures[name]
-            return [b"x" * size], sum(c.nbytes for c in chunks) / 1e6 / speed
+            seconds = sum(c.nbytes for c in chunks) / 1e6 / speed
+            if seconds > within:
+                raise codecs.TooSlow(f"given up after {seconds:g} s")
+            return [b"x" * size], seconds
 
         monkeypatch.setattr(codecs, "_encoded", encoded)
         monkeypatch.setattr(codecs, "_decoded", lambda codec, chunks, data: 1e-3)
@@ -597,18 +600,23 @@ def test_a_slow_candidate_is_tried_only_while_its_family_leads_and_chosen_only_w
     chosen, fake = choose(picture)
     assert chosen.chosen == 2 and fake.tried(4) == [] and fake.tried(5) == []
     assert skipped(chosen)[4] == "not tried: jpegxl 3 stores 1.400x the smallest so far"
-    assert skipped(chosen)[5] == "not tried: jpegxl 7 was not tried or failed"
+    assert skipped(chosen)[5] == "not tried: jpegxl 7 was not tried, or not to the end"
     # a family leads while its last level is within slow_within (5 %) of the smallest so far
     near = [(1000, 50), (624, 100), (500, 3), (600, 30), (597, 4), (420, 0.7)]
     assert choose(near)[0].chosen == 2
     chosen, fake = choose(near, slow_within=0.01)
     assert chosen.chosen == 3 and fake.tried(2) == [] and chosen.slow_within == 0.01
     assert skipped(chosen)[2] == "not tried: zstd 5 stores 1.040x the smallest so far"
-    # a larger image: effort 7 is tried (effort 3 is fast enough that it might be) but under this image's speed,
-    # so it is not eligible, and effort 9 is not tried at all
+    # a larger image: effort 7 is tried (effort 3 is fast enough that it might be), given up as soon as it is
+    # slower than this image allows, and effort 9 is not tried at all
     chosen, fake = choose(cell, slow_mbps=10.0)
     assert chosen.chosen == 3 and fake.tried(4) == [1] and fake.tried(5) == [] and chosen.slow_mbps == 10.0
-    assert skipped(chosen)[5] == "not tried: jpegxl 7 encodes at 4 MB/s, under the 10 MB/s this image allows"
+    assert skipped(chosen)[4].startswith("too slow for this image (under 10 MB/s): given up after")
+    assert skipped(chosen)[5] == "not tried: jpegxl 7 was not tried, or not to the end"
+    # a smaller one: effort 7 is fast enough for it and chosen; effort 9, tried, is given up
+    chosen, fake = choose(cell, slow_mbps=3.0)
+    assert chosen.chosen == 4 and fake.tried(5) == [1]
+    assert skipped(chosen)[5].startswith("too slow for this image (under 3 MB/s): given up after")
     # the leader is itself too slow for this image: nothing of its family is tried
     chosen, fake = choose(cell, slow_mbps=31.0, floor=40.0)
     assert fake.tried(4) == [] and skipped(chosen)[4].startswith("not tried: jpegxl 3 encodes at 30 MB/s")
@@ -620,6 +628,17 @@ def test_a_slow_candidate_is_tried_only_while_its_family_leads_and_chosen_only_w
     # no slow_seconds: the same (the floor holds for every candidate)
     chosen, fake = choose(cell, slow_mbps=float("inf"))
     assert chosen.chosen == 3 and fake.tried(5) == [] and chosen.slow_mbps == 20.0
+    # no floor at all: every candidate is eligible whatever its speed, slow ones too (while their family leads)
+    chosen, fake = choose(cell, floor=0.0, slow_mbps=float("inf"))
+    assert chosen.chosen == 5 and fake.tried(5) == [1] and fake.tried(2) == []
+    # sizes equal among slow levels only: the fastest of them on its one run, none timed again
+    tie = [(1000, 50), (900, 100), (800, 3), (600, 30), (450, 4), (448, 0.7)]
+    chosen, fake = choose(tie)
+    assert chosen.chosen == 4 and fake.tried(4) == [1] and fake.tried(5) == [1]
+    # a slow level ties with one not slow and is faster: the one not slow still wins
+    faster_slow = [(1000, 50), (600, 45), (597, 60), (700, 30), (680, 4), (420, 0.7)]
+    chosen, fake = choose(faster_slow)
+    assert chosen.chosen == 1 and fake.tried(2) == [1] and fake.tried(1) == [1]
     # a benchmark's table tries every candidate, slow or not
     chosen, fake = choose(cell, slow_mbps=float("inf"), time_all=True)
     assert all(fake.tried(i) for i in range(6)) and chosen.chosen == 3
@@ -682,7 +701,15 @@ def test_slow_seconds_is_configuration_and_part_of_the_identity():
         load_settings(overrides={"compress": {"slow_within": {"max": -0.5}}})
     compat = load_settings().compress
     assert compat.slow_floor(4_000_000) == 2.0 and compat.identity()["slow_seconds"] == 2.0
-    assert any(c["slow"] for c in compat.identity()["profiles"]["compat"])
+    assert [c.get("slow") for c in compat.identity()["profiles"]["compat"]].count(True) == 1
+    # a profile with no slow candidate: its identity is what it was before slow candidates existed
+    plain = CompressSettings(profile="compat", profiles={"compat": [CodecSpec(codec="zstd")]}, slow_seconds=5)
+    assert "slow_seconds" not in plain.identity() and "slow_within" not in plain.identity()
+    assert "slow" not in plain.identity()["profiles"]["compat"][0]
+    assert "slow_seconds" not in CompressSettings(profile="fixed", slow_seconds=5).identity()
+    # a profile left out of a per-profile slow_within has the default
+    assert CompressSettings(profile="max", profiles={"max": [CodecSpec(codec="zstd")]}, min_encode_mbps=1,
+                            slow_within={"compat": 0.3}).slow_reach() == 0.05
     assert compat.identity() != compat.model_copy(update={"slow_seconds": 3.0}).identity()
     none = load_settings(overrides={"compress": {"slow_seconds": 0}}).compress
     assert none.slow_budget() == 0 and none.slow_floor(10) == float("inf")
@@ -714,3 +741,18 @@ def test_an_archived_picture_is_stored_with_the_slow_level_its_size_allows(tmp_p
     assert padded >= cell.size and report.selection.slow_mbps == round(padded / 1e6 / 2.0, 3)  # its chunks, encoded
     assert (report.codec.name, report.codec.configuration.get("level")) == ("zstd", 19)
     np.testing.assert_array_equal(zarr.open_array(f"{report.store}/0", mode="r")[...].squeeze(), cell)
+
+
+def test_a_slow_trial_is_given_up_as_soon_as_it_is_too_slow_and_the_time_counts_padded_chunks():
+    from types import SimpleNamespace
+
+    from zarrchive.pixels import codecs
+    from zarrchive.tasks.compress import _encoded_bytes
+
+    samples = [microscopy((1, 64, 64), seed=s)[0] for s in range(3)]
+    with pytest.raises(codecs.TooSlow, match="given up after 1 of 3 sample chunks"):
+        codecs._encoded(make_codec(CodecSpec(codec="zstd", clevel=19)), samples, within=0.0)
+    encoded, seconds = codecs._encoded(make_codec(CodecSpec(codec="zstd", clevel=3)), samples, within=60.0)
+    assert len(encoded) == 3 and 0 < seconds < 60
+    image = SimpleNamespace(levels=[SimpleNamespace(shape=(1, 600, 1100), chunks=(1, 512, 512))], dtype="uint16")
+    assert _encoded_bytes(image) == 2 * 3 * 512 * 512 * 2  # the chunks the image's end cuts, encoded whole

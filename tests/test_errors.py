@@ -98,7 +98,7 @@ def test_a_source_gone_from_under_a_worker_fails_as_itself_never_its_own_cause(t
     path.unlink()
     forget_open_files()
     region = tuple(slice(0, n) for n in image.shape)
-    for read in (lambda: select_codec(str(path), image, [region], [], 1.0),
+    for read in (lambda: select_codec(str(path), image, [region], [], {}),
                  lambda: stream_region(str(path), image, str(tmp_path / "out"), region, [])):
         with pytest.raises(FileNotFoundError) as caught:
             read()

@@ -113,8 +113,9 @@ class CodecSpec(Section):
     # candidate (a rule of the choice, recorded in its objective; not part of identities)
     baseline: bool = Field(default=False, exclude=True)
     # a slow setting of a codec family (a higher level): tried after the others, and only while its family leads;
-    # eligible when it encodes the image's level 0 within the profile's slow_seconds (compress.slow_seconds)
-    slow: bool = False
+    # eligible when it encodes the image's level 0 within the profile's slow_seconds (compress.slow_seconds). In
+    # identities only where true (CompressSettings.identity): a profile without slow candidates keeps its own
+    slow: bool = Field(default=False, exclude=True)
 
 
 class CompressSettings(Section):
@@ -124,7 +125,8 @@ class CompressSettings(Section):
     min_encode_mbps: float | dict[Literal["compat", "max"], float] = 40.0
     size_tolerance: float = Field(default=0.01, ge=0, le=1)
     # the time a slow candidate may take to encode an image's level 0 (seconds, one thread): one for every
-    # profile, or one for each ({compat: 2, max: 20}); 0: slow candidates are held to the floor like the others
+    # profile, or one for each ({compat: 2, max: 20}); 0: slow candidates are not tried (unless min_encode_mbps is 0:
+    # then every candidate is eligible whatever its speed, slow ones too)
     slow_seconds: float | dict[Literal["compat", "max"], float] = 0.0
     # a family leads, and its slow levels are tried, while its last level tried stores within this fraction of the
     # smallest candidate so far (a slower level gains 5-60 % on some images): one for every profile, or one for each
@@ -171,8 +173,12 @@ class CompressSettings(Section):
         data = super().identity()
         data["profiles"] = {} if self.profile == "fixed" else {self.profile: data["profiles"][self.profile]}
         data["min_encode_mbps"] = self.floor()
-        data["slow_seconds"] = self.slow_budget()
-        data["slow_within"] = self.slow_reach()
+        del data["slow_seconds"], data["slow_within"]
+        if self.profile != "fixed" and any(c.slow for c in self.candidates()):  # (else they change nothing)
+            for spec, dumped in zip(self.candidates(), data["profiles"][self.profile]):
+                if spec.slow:
+                    dumped["slow"] = True
+            data["slow_seconds"], data["slow_within"] = self.slow_budget(), self.slow_reach()
         return data
 
     def floor(self) -> float:
@@ -191,7 +197,7 @@ class CompressSettings(Section):
     def slow_reach(self) -> float:
         """How near the smallest candidate so far a family's last level must store for its slow levels to be tried."""
         if isinstance(self.slow_within, dict):
-            return self.slow_within.get(self.profile, 0.0)
+            return self.slow_within.get(self.profile, 0.05)  # (the default)
         return self.slow_within
 
     def slow_floor(self, level0_bytes: int) -> float:

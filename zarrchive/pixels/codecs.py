@@ -303,14 +303,25 @@ def _coder(codec: Any, sample: np.ndarray) -> tuple[Any, Any]:
     return coder
 
 
-def _encoded(codec: Any, samples: list[np.ndarray], repeats: int = 1) -> tuple[list[bytes], float]:
+class TooSlow(Exception):
+    """A trial given up: the candidate took longer than it may on the sample (``_encoded``'s ``within``)."""
+
+
+def _encoded(codec: Any, samples: list[np.ndarray], repeats: int = 1,
+             within: float = float("inf")) -> tuple[list[bytes], float]:
     """The sample chunks encoded through ``codec``, one after another on this thread, and the best encode time of
-    ``repeats`` runs (the first run also pays for warming caches up)."""
+    ``repeats`` runs (the first run also pays for warming caches up); ``TooSlow`` as soon as a run has taken more
+    than ``within`` seconds (then at most one chunk's encode more than that was spent)."""
     encode, _decode = _coder(codec, samples[0])
     encoded, seconds = [], float("inf")
     for _ in range(repeats):
         started = time.perf_counter()
-        encoded = [encode(chunk) for chunk in samples]
+        encoded = []
+        for chunk in samples:
+            encoded.append(encode(chunk))
+            if time.perf_counter() - started > within:
+                raise TooSlow(f"given up after {len(encoded)} of {len(samples)} sample chunks, "
+                              f"{time.perf_counter() - started:.2f} s")
         seconds = min(seconds, time.perf_counter() - started)
     return encoded, seconds
 
@@ -347,9 +358,11 @@ def choose_codec(samples: list[np.ndarray], candidates: list[CodecSpec], min_enc
 
     Slow candidates (``CodecSpec.slow``: a family's higher levels) are tried after the others, and only on an
     image small enough that ``slow_mbps`` (the speed that encodes its level 0 within the profile's time for them)
-    is under the floor, each only while its family leads (``_climbs``; ``time_all``: every one); they are
-    eligible at ``slow_mbps``. Their speed is that of their one run (a first run is the slowest): they are never
-    timed again, and in a tie on size a candidate that is not slow wins."""
+    is under the floor (or where there is no floor), each only while its family leads (``_climbs``;
+    ``time_all``: every one); they are eligible at ``slow_mbps``, and a trial slower than that on the sample is
+    given up as soon as it is (it could not be chosen). Their speed is that of their one run (a first run is the
+    slowest): they are never timed again, and in a tie on size a candidate that is not slow wins (among slow
+    ones only, the fastest)."""
     samples = [np.ascontiguousarray(sample) for sample in samples]
     raw = sum(sample.nbytes for sample in samples)
     trials: list[CodecTrial] = []
@@ -371,10 +384,11 @@ def choose_codec(samples: list[np.ndarray], candidates: list[CodecSpec], min_enc
         if spec.slow and trials[i].skipped is None:
             why = None if time_all else (
                 f"the image is too large to take {slow_mbps:.3g} MB/s (the profile's slow_seconds)"
-                if slow_mbps >= min_encode_mbps else
-                _climbs(candidates, timed, i, size_tolerance, slow_within, slow_mbps, mbps))
+                if slow_mbps >= min_encode_mbps > 0 else
+                _climbs(candidates, timed, i, size_tolerance, slow_within, slow_floor, mbps))
             if why is None:
-                _timed(timed, trials, i, codecs[i], samples, 1, raw <= KEPT_BYTES)
+                within = float("inf") if time_all else raw / 1e6 / max(slow_floor, 1e-9)
+                _timed(timed, trials, i, codecs[i], samples, 1, raw <= KEPT_BYTES, within)
             else:
                 trials[i] = CodecTrial(codec=trials[i].codec, skipped=f"not tried: {why}")
 
@@ -396,7 +410,8 @@ def choose_codec(samples: list[np.ndarray], candidates: list[CodecSpec], min_enc
             small = [i for i in small if timed[i].stored <= timed[baseline].stored]
         if any(i in usual for i in small):  # sizes equal: one not slow before a slow one
             small = [i for i in small if i in usual]
-        return small, near + (small if len(small) > 1 else [])
+        timed_again = [i for i in small if i in usual]  # (a tie among slow ones goes to the fastest, one run each)
+        return small, near + (timed_again if len(timed_again) > 1 else [])
 
     again: set[int] = set()
     while True:
@@ -448,7 +463,7 @@ def _climbs(candidates: list[CodecSpec], timed: dict[int, Timed], i: int, size_t
     before = family[-1]
     name = _label(candidates[before])
     if before not in timed:
-        return f"{name} was not tried or failed"
+        return f"{name} was not tried, or not to the end"
     smallest = min(t.stored for t in timed.values())
     if timed[before].stored > smallest * (1 + slow_within):
         return f"{name} stores {timed[before].stored / smallest:.3f}x the smallest so far"
@@ -472,11 +487,16 @@ class Timed(NamedTuple):
 
 
 def _timed(timed: dict[int, Timed], trials: list[CodecTrial], i: int, codec: Any, samples: list[np.ndarray],
-           runs: int, keep: bool) -> None:
+           runs: int, keep: bool, within: float = float("inf")) -> None:
     """Candidate ``i``'s size and best encode time so far after ``runs`` more runs (with ``keep``, its encoding);
-    a failure skips it, with why."""
+    a failure, or a run longer than ``within`` seconds, skips it, with why."""
     try:
-        encoded, seconds = _encoded(codec, samples, runs)
+        encoded, seconds = _encoded(codec, samples, runs, within)
+    except TooSlow as exc:
+        timed.pop(i, None)
+        trials[i] = CodecTrial(codec=trials[i].codec, skipped=f"too slow for this image (under "
+                               f"{_speed(samples, within):.3g} MB/s): {exc}")
+        return
     except Exception as exc:  # a codec that fails on this content is not a candidate for it
         _skip(timed, trials, i, exc)
         return
@@ -497,6 +517,10 @@ def _checked(timed: dict[int, Timed], decoded: dict[int, float], trials: list[Co
     except Exception as exc:
         decoded.pop(i, None)
         _skip(timed, trials, i, exc)
+
+
+def _speed(samples: list[np.ndarray], seconds: float) -> float:
+    return sum(sample.nbytes for sample in samples) / 1e6 / max(seconds, 1e-9)
 
 
 def _skip(timed: dict[int, Timed], trials: list[CodecTrial], i: int, exc: Exception) -> None:
