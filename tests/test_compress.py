@@ -446,3 +446,66 @@ def test_a_picture_that_cannot_be_put_beside_its_store_never_fails_the_image(sou
     os.unlink(begun.thumbnail)
     report = compress.end_whole(begun)
     assert report.thumbnail is None and os.path.isdir(report.store) and report.store_sha256
+
+
+@pytest.mark.parametrize("ngff", ["0.5", "0.4"])
+@pytest.mark.parametrize("shape, chunk_xy, encoded", [((200, 300), None, 0),  # one chunk: the many-image case
+                                                      ((256, 384), 128, 0),  # six whole chunks, all sampled
+                                                      ((200, 300), 128, 4)])  # two whole ones sampled, four cut
+def test_a_small_image_s_level_0_is_stored_as_its_codec_trial_encoded_it(tmp_path, settings, monkeypatch, ngff,
+                                                                         shape, chunk_xy, encoded):
+    """The codec trial of a small image encodes whole level-0 chunks: in Zarr v3 those bytes are stored, not
+    encoded again (level 0's writer encodes only the chunks not sampled), proven like any chunk, and the store is
+    byte for byte the one written without them; Zarr v2's chunk coder is another, so there it encodes as ever."""
+    from zarrchive.pixels import codecs, passes, shards
+    from zarrchive.pixels.codecs import sample_regions
+    from zarrchive.tasks.compress import plan_writes
+
+    data = random_image(shape, "uint8", 7)
+    path = plain_tiff(tmp_path / "one.tif", data)
+    record = staged(path, "one.tif")
+    comp = settings.compress.model_copy(update={"ngff": ngff})
+    conv = settings.convert.model_copy(update={"chunk_xy": chunk_xy} if chunk_xy else {})
+    [image] = convert_file(record, None, str(tmp_path / "c"), conv)
+    image = build_pyramid(image, settings.pyramid)
+    level0 = image.levels[0]
+    samples = sample_regions(level0.shape, level0.chunks, comp.sample_chunks)
+    assert len(chunk_slices(level0.shape, level0.chunks)) - len(samples) == encoded
+    encodes: dict[tuple, int] = {}
+    original = shards._v3_coder
+
+    def counted(meta, chunks):
+        encode, decode = original(meta, chunks)
+
+        def encode_counted(chunk):
+            key = (tuple(meta.shape), shards._is_sharded(meta))  # (the trial's arrays are not sharded)
+            encodes[key] = encodes.get(key, 0) + 1
+            return encode(chunk)
+
+        return encode_counted, decode
+
+    monkeypatch.setattr(shards, "_v3_coder", counted)
+    monkeypatch.setattr(codecs, "_CODERS", {})
+
+    def whole(store, kept_bytes):
+        monkeypatch.setattr(codecs, "KEPT_BYTES", kept_bytes)
+        encodes.clear()
+        done = passes.whole_image(record.staged_path, image, str(store), plan_writes(image, comp), comp.candidates(),
+                                  samples, comp.choice(data.nbytes), ngff)
+        np.testing.assert_array_equal(zarr.open_array(f"{store}/0", mode="r")[...].reshape(data.shape), data)
+        return done, dict(encodes)
+
+    reused, reused_encodes = whole(tmp_path / "kept.zarr", 1 << 20)
+    again, again_encodes = whole(tmp_path / "again.zarr", 0)  # nothing kept: level 0 encoded again
+    level0_writer = (tuple(level0.shape), True)
+    if ngff == "0.5":
+        assert reused_encodes.get(level0_writer, 0) == encoded
+        assert again_encodes[level0_writer] == len(chunk_slices(level0.shape, level0.chunks))
+        trial = sum(n for (_shape, sharded), n in reused_encodes.items() if not sharded)
+        assert trial >= 2 * len(samples)  # the trial's (every candidate)
+        below = {shape for shape, _sharded in reused_encodes} & {tuple(level.shape) for level in image.levels[1:]}
+        assert len(below) == len(image.levels) - 1  # the levels below are encoded as ever
+    else:
+        assert level0_writer not in reused_encodes  # (Zarr v2: another coder, not counted here)
+    assert (reused.sha256, reused.bytes_out, reused.chunks) == (again.sha256, again.bytes_out, again.chunks)
+    assert reused.selection.chosen == again.selection.chosen

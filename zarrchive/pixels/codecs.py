@@ -341,7 +341,7 @@ def _decoded(codec: Any, samples: list[np.ndarray], encoded: list[bytes]) -> flo
 
 def choose_codec(samples: list[np.ndarray], candidates: list[CodecSpec], min_encode_mbps: float,
                  size_tolerance: float = 0.0, time_all: bool = False, slow_mbps: float = float("inf"),
-                 slow_within: float = 0.05) -> CodecSelection:
+                 slow_within: float = 0.05, kept: dict[str, Any] | None = None) -> CodecSelection:
     """Encode the sample chunks (of one shape) with each candidate and choose by ``OBJECTIVE``.
 
     Every candidate encodes the sample once, which gives its size. A speed is the best of ``TIMED_RUNS`` runs
@@ -362,7 +362,11 @@ def choose_codec(samples: list[np.ndarray], candidates: list[CodecSpec], min_enc
     ``time_all``: every one); they are eligible at ``slow_mbps``, and a trial slower than that on the sample is
     given up as soon as it is (it could not be chosen). Their speed is that of their one run (a first run is the
     slowest): they are never timed again, and in a tie on size a candidate that is not slow wins (among slow
-    ones only, the fastest)."""
+    ones only, the fastest).
+
+    With ``kept``, the chosen candidate's encoding of the samples, when it was kept (a sample up to
+    ``KEPT_BYTES``), is left there under ``"encoded"`` (one ``bytes`` per sample chunk), for a writer to store
+    instead of encoding those chunks again."""
     samples = [np.ascontiguousarray(sample) for sample in samples]
     raw = sum(sample.nbytes for sample in samples)
     trials: list[CodecTrial] = []
@@ -428,6 +432,8 @@ def choose_codec(samples: list[np.ndarray], candidates: list[CodecSpec], min_enc
                 _checked(timed, decoded, trials, i, samples, TIMED_RUNS if time_all else 1)
         if chosen in timed:
             break
+    if kept is not None and timed[chosen].encoded is not None:
+        kept["encoded"] = timed[chosen].encoded
     for i, done in timed.items():
         trials[i] = CodecTrial(codec=trials[i].codec, ratio=round(raw / max(done.stored, 1), 4),
                                stored_bytes=done.stored, encode_mbps=mbps(done.seconds),
@@ -536,5 +542,6 @@ def sample_regions(shape: tuple[int, ...], chunks: tuple[int, ...], n: int) -> l
     whole = [range(0, size - c + 1, c) if size >= c else range(0, 1) for size, c in zip(shape, chunks)]
     chunks = tuple(min(c, size) for c, size in zip(chunks, shape))
     starts = list(itertools.product(*whole))
-    picks = sorted({round(i * (len(starts) - 1) / max(n - 1, 1)) for i in range(min(n, len(starts)))})
+    m = min(n, len(starts))  # (fewer chunks than n: every one)
+    picks = sorted({round(i * (len(starts) - 1) / max(m - 1, 1)) for i in range(m)})
     return [tuple(slice(s, min(s + c, size)) for s, c, size in zip(starts[p], chunks, shape)) for p in picks]

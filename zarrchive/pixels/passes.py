@@ -97,10 +97,11 @@ def _read(source: str, image: ImageRecord, region: tuple[slice, ...]) -> np.ndar
 
 
 def _write_block(block: np.ndarray, image: ImageRecord, store: str, region: tuple[slice, ...],
-                 plans: list[LevelPlan], digests: bool, arrays: dict[str, Any] | None = None
-                 ) -> tuple[Stored, list[tuple], np.ndarray]:
+                 plans: list[LevelPlan], digests: bool, arrays: dict[str, Any] | None = None,
+                 ready: dict[tuple[int, ...], bytes] | None = None) -> tuple[Stored, list[tuple], np.ndarray]:
     """Write a level-0 ``block`` at ``region`` and each streamed level it makes, proven (``arrays``: the levels'
-    arrays by path, already open); also return the block of the last streamed level."""
+    arrays by path, already open; ``ready``: level-0 chunks already encoded, by their origin); also return the
+    block of the last streamed level."""
     level0 = _chunk_digests(block, region, plans[0].level.chunks) if digests else []
     streamed = [p for p in plans if p.streamed]
     stored = Stored()
@@ -108,7 +109,7 @@ def _write_block(block: np.ndarray, image: ImageRecord, store: str, region: tupl
         if plan.halved:
             block = downsample(block, plan.halved, plan.level.downsampling)
         writer = ArrayWriter.open(f"{store}/{plan.level.path}", (arrays or {}).get(plan.level.path))
-        stored.add(writer.write(level_region, block, f"{plan.level.path}/"))
+        stored.add(writer.write(level_region, block, f"{plan.level.path}/", ready if plan is plans[0] else None))
     return stored, level0, block
 
 
@@ -152,17 +153,20 @@ def whole_image(source: str, image: ImageRecord, store: str, plans: list[LevelPl
     started = time.perf_counter()
     region = tuple(slice(0, n) for n in plans[0].level.shape)
     block = _read(source, image, region)
-    selection = None
+    selection, kept = None, {}
     if len(candidates) > 1:
-        selection = choose_codec([np.ascontiguousarray(block[r]) for r in samples], candidates, **choice)
+        selection = choose_codec([np.ascontiguousarray(block[r]) for r in samples], candidates, **choice, kept=kept)
     codec = make_codec(candidates[selection.chosen if selection else 0])
+    # the trial's encodings of whole level-0 chunks are those chunks as stored (Zarr v3: the same chunk coder)
+    ready = {tuple(s.start for s in r): data for r, data in zip(samples, kept.get("encoded", ()))
+             if tuple(s.stop - s.start for s in r) == tuple(plans[0].level.chunks)} if ngff == "0.5" else {}
     if os.path.lexists(store):  # what an attempt killed with its worker left: the pass starts afresh
         shutil.rmtree(store)
     arrays = {plan.level.path: zarr.create_array(  # (the groups' metadata is written whole by finish_store)
         f"{store}/{plan.level.path}", shape=plan.level.shape, chunks=plan.level.chunks, dtype=image.dtype,
         fill_value=0, zarr_format=ZARR_FORMAT[ngff], **array_layout(plan, codec, image.axis_names, ngff))
         for plan in plans}
-    stored, level0, last = _write_block(block, image, store, region, plans, digests, arrays)
+    stored, level0, last = _write_block(block, image, store, region, plans, digests, arrays, ready)
     for above, plan in zip(plans, plans[1:]):
         if not plan.streamed:
             stored.add(downsample_regions(store, above.level.path, plan, chunk_slices(plan.level.shape, plan.unit)))

@@ -79,9 +79,12 @@ class ArrayWriter:
         return cls(path=path, shape=tuple(array.shape), chunks=chunks, objects=objects, sharded=sharded,
                    dtype=dtype, fill=fill, key=meta.encode_chunk_key, encode=encode, decode=decode)
 
-    def write(self, region: tuple[slice, ...], block: np.ndarray, prefix: str = "") -> Stored:
+    def write(self, region: tuple[slice, ...], block: np.ndarray, prefix: str = "",
+              ready: dict[tuple[int, ...], bytes] | None = None) -> Stored:
         """Write ``block`` as the objects covering ``region`` (whole objects; the array's end may cut the last
-        ones), each proven by decoding what was stored; object paths in the result start with ``prefix``."""
+        ones), each proven by decoding what was stored; object paths in the result start with ``prefix``.
+        ``ready``: whole chunks already encoded with this array's chunk coder, by their origin in the array (a
+        codec trial's), stored as they are instead of encoded again (and proven like every other)."""
         if block.dtype != self.dtype or block.shape != tuple(r.stop - r.start for r in region):
             raise ValueError(f"{self.path}: a {block.shape} {block.dtype} block for region {region} of a "
                              f"{self.dtype} array")
@@ -94,13 +97,15 @@ class ArrayWriter:
             cell = tuple(slice(s, min(s + o, n)) for s, o, n in zip(start, self.objects, self.shape))
             local = tuple(slice(c.start - r.start, c.stop - r.start) for c, r in zip(cell, region))
             key = self.key(tuple(c.start // o for c, o in zip(cell, self.objects)))
-            proven, written = self._write_object(os.path.join(self.path, *key.split("/")), block[local])
+            proven, written = self._write_object(os.path.join(self.path, *key.split("/")), block[local],
+                                                 tuple(c.start for c in cell), ready or {})
             stored.chunks += proven
             if written is not None:
                 stored.objects[f"{prefix}{key}"] = written
         return stored
 
-    def _write_object(self, target: str, block: np.ndarray) -> tuple[int, tuple[int, str] | None]:
+    def _write_object(self, target: str, block: np.ndarray, at: tuple[int, ...] = (),
+                      ready: dict[tuple[int, ...], bytes] | None = None) -> tuple[int, tuple[int, str] | None]:
         # what a write holds at once: ``block``, one chunk's contiguous copy, the encoded chunks until they are
         # written, then the object read back; the chunks to prove are kept as views of ``block``, not copies
         inner = [c // k for c, k in zip(self.objects, self.chunks)] if self.sharded else [1] * len(self.chunks)
@@ -114,7 +119,9 @@ class ArrayWriter:
             proven += 1
             if bits(view).flat[0] == self.fill[0] and np.all(bits(view) == self.fill[0]):
                 continue  # only the fill value (bit for bit), which is what a missing chunk reads as: not stored
-            data = self.encode(self._padded(view))
+            data = ready.get(tuple(a + o for a, o in zip(at, origin))) if ready and view.shape == self.chunks else None
+            if data is None:
+                data = self.encode(self._padded(view))
             pieces.append(data)
             table[i] = (offset, len(data))
             offset += len(data)
