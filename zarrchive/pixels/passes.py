@@ -167,6 +167,8 @@ def whole_image(source: str, image: ImageRecord, store: str, plans: list[LevelPl
         fill_value=0, zarr_format=ZARR_FORMAT[ngff], **array_layout(plan, codec, image.axis_names, ngff))
         for plan in plans}
     stored, level0, last = _write_block(block, image, store, region, plans, digests, arrays, ready)
+    kept.clear()  # stored: not held through the levels below
+    ready.clear()
     for above, plan in zip(plans, plans[1:]):
         if not plan.streamed:
             stored.add(downsample_regions(store, above.level.path, plan, chunk_slices(plan.level.shape, plan.unit)))
