@@ -144,11 +144,11 @@ def whole_image(source: str, image: ImageRecord, store: str, plans: list[LevelPl
                 thumbnail: str | None = None) -> WholePass:
     """The whole compress pass of an image no larger than a streaming region may be, in one task: read it once,
     choose its codec among ``candidates`` on the ``samples`` chunks of that read by ``choice`` (``choose_codec``'s
-    rule, ``CompressSettings.choice``; as ``select_codec`` would from
-    the file), create its arrays (``ngff`` 0.5: sharded Zarr v3; 0.4: Zarr v2), write every level (the
-    streamed ones from the block, the others from the level above), each write proven, and finish the store
-    (``finish_store``); with ``thumbnail``, write the image's picture there (``archive.thumbnails``) from the
-    pixels in hand. A small image costs one round trip to the cluster instead of a codec trial, a write
+    arguments, ``CompressSettings.choice``; as ``select_codec`` would from the file), create its arrays (``ngff``
+    0.5: sharded Zarr v3; 0.4: Zarr v2), write every level (the streamed ones from the block, the others from the
+    level above; level 0's sampled chunks as the trial encoded them, ``_ready``), each write proven, and finish
+    the store (``finish_store``); with ``thumbnail``, write the image's picture there (``archive.thumbnails``)
+    from the pixels in hand. A small image costs one round trip to the cluster instead of a codec trial, a write
     and a task per small level, and the process running the flow does nothing with its pixels."""
     started = time.perf_counter()
     region = tuple(slice(0, n) for n in plans[0].level.shape)
@@ -157,9 +157,7 @@ def whole_image(source: str, image: ImageRecord, store: str, plans: list[LevelPl
     if len(candidates) > 1:
         selection = choose_codec([np.ascontiguousarray(block[r]) for r in samples], candidates, **choice, kept=kept)
     codec = make_codec(candidates[selection.chosen if selection else 0])
-    # the trial's encodings of whole level-0 chunks are those chunks as stored (Zarr v3: the same chunk coder)
-    ready = {tuple(s.start for s in r): data for r, data in zip(samples, kept.get("encoded", ()))
-             if tuple(s.stop - s.start for s in r) == tuple(plans[0].level.chunks)} if ngff == "0.5" else {}
+    ready = _ready(samples, kept.get("encoded", []), plans[0].level.chunks) if ngff == "0.5" else {}
     if os.path.lexists(store):  # what an attempt killed with its worker left: the pass starts afresh
         shutil.rmtree(store)
     arrays = {plan.level.path: zarr.create_array(  # (the groups' metadata is written whole by finish_store)
@@ -364,6 +362,14 @@ def downsample_regions(store: str, above: str, plan: LevelPlan, regions: list[tu
             block = downsample(np.ascontiguousarray(source[wide]), plan.halved, plan.level.downsampling)
             stored.add(target.write(region, block, f"{plan.level.path}/"))
     return stored
+
+
+def _ready(samples: list[tuple[slice, ...]], encoded: list[bytes], chunks: tuple[int, ...]
+           ) -> dict[tuple[int, ...], bytes]:
+    """The codec trial's encodings of whole level-0 chunks (``encoded``, one per sample region), by the chunk's
+    origin: in Zarr v3 the trial encodes with the writer's own chunk coder, so they are those chunks as stored."""
+    return {tuple(r.start for r in region): data for region, data in zip(samples, encoded)
+            if tuple(r.stop - r.start for r in region) == tuple(chunks)}
 
 
 def select_codec(source: str, image: ImageRecord, regions: list[tuple[slice, ...]], candidates: list[CodecSpec],
