@@ -92,12 +92,7 @@ def chunks_of(image: np.ndarray, n: int) -> list[np.ndarray]:
 def key(spec: dict[str, Any]) -> str:
     from zarrchive.config import CodecSpec
 
-    s = CodecSpec(**spec)
-    if s.codec == "blosc":
-        return f"blosc {s.cname} {s.clevel} {s.shuffle}"
-    if s.codec == "zstd":
-        return f"zstd {s.clevel}"
-    return f"{s.codec} {s.level}" if s.level is not None else s.codec
+    return CodecSpec(**spec).label()
 
 
 def measure(name: str, image: np.ndarray, n: int, quick: bool) -> dict[str, Any]:

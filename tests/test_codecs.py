@@ -555,7 +555,8 @@ class FakeCodecs:
             size, speed = self.figures[name]
             seconds = sum(c.nbytes for c in chunks) / 1e6 / speed
             if seconds > within:
-                raise codecs.TooSlow(f"given up after {seconds:g} s")
+                mbps = sum(c.nbytes for c in chunks) / 1e6 / within
+                raise codecs.TooSlow(f"(under {mbps:.3g} MB/s): given up after {seconds:g} s")
             return [b"x" * size], seconds
 
         monkeypatch.setattr(codecs, "_encoded", encoded)

@@ -117,6 +117,14 @@ class CodecSpec(Section):
     # identities only where true (CompressSettings.identity): a profile without slow candidates keeps its own
     slow: bool = Field(default=False, exclude=True)
 
+    def label(self) -> str:
+        """A short name of the codec and its settings ("blosc zstd 5 shuffle", "zstd 19", "jpegxl 9")."""
+        if self.codec == "blosc":
+            return f"blosc {self.cname} {self.clevel} {self.shuffle}"
+        if self.codec == "zstd":
+            return f"zstd {self.clevel}"
+        return self.codec if self.level is None else f"{self.codec} {self.level}"
+
 
 class CompressSettings(Section):
     profile: Literal["compat", "max", "fixed"] = "compat"
@@ -152,17 +160,14 @@ class CompressSettings(Section):
                 raise ValueError(f"compress.profiles.{name} marks more than one candidate as its baseline")
             if any(c.baseline and c.slow for c in specs):
                 raise ValueError(f"compress.profiles.{name}: its baseline cannot be slow (it is always tried)")
-        floors = self.min_encode_mbps if isinstance(self.min_encode_mbps, dict) else {"any": self.min_encode_mbps}
-        if not all(floor >= 0 for floor in floors.values()):  # (NaN is not either)
-            raise ValueError("compress.min_encode_mbps must be a number of MB/s, 0 or more")
-        if isinstance(self.min_encode_mbps, dict) and self.profile != "fixed" and self.profile not in floors:
+        for name, what in (("min_encode_mbps", "a number of MB/s"), ("slow_seconds", "a number of seconds"),
+                           ("slow_within", "a fraction")):
+            value = getattr(self, name)
+            if not all(v >= 0 for v in (value.values() if isinstance(value, dict) else [value])):  # (NaN is not)
+                raise ValueError(f"compress.{name} must be {what}, 0 or more")
+        floors = self.min_encode_mbps
+        if isinstance(floors, dict) and self.profile != "fixed" and self.profile not in floors:
             raise ValueError(f"compress.min_encode_mbps gives no floor for the profile {self.profile!r}")
-        budgets = self.slow_seconds if isinstance(self.slow_seconds, dict) else {"any": self.slow_seconds}
-        if not all(budget >= 0 for budget in budgets.values()):  # (NaN is not either)
-            raise ValueError("compress.slow_seconds must be a number of seconds, 0 or more")
-        reaches = self.slow_within if isinstance(self.slow_within, dict) else {"any": self.slow_within}
-        if not all(reach >= 0 for reach in reaches.values()):
-            raise ValueError("compress.slow_within must be a fraction, 0 or more")
         if self.ngff == "0.4" and any(c.codec not in ("blosc", "zstd") for c in self.candidates()):
             raise ValueError("OME-NGFF 0.4 (Zarr v2) output takes blosc or zstd only: use profile compat or fixed")
         return self
@@ -181,24 +186,22 @@ class CompressSettings(Section):
             data["slow_seconds"], data["slow_within"] = self.slow_budget(), self.slow_reach()
         return data
 
+    def _of_profile(self, value: float | dict[str, float], missing: float) -> float:
+        """A setting given once for every profile, or for each: the profile's (``missing`` when it has none)."""
+        return value.get(self.profile, missing) if isinstance(value, dict) else value
+
     def floor(self) -> float:
         """The profile's throughput floor: candidates slower than this (MB/s, one thread) are not chosen."""
-        if isinstance(self.min_encode_mbps, dict):
-            return self.min_encode_mbps.get(self.profile, 0.0)  # (fixed: one candidate, no choice)
-        return self.min_encode_mbps
+        return self._of_profile(self.min_encode_mbps, 0.0)  # (fixed: one candidate, no choice)
 
     def slow_budget(self) -> float:
         """The profile's time for a slow candidate: the seconds of one thread it may take to encode an image's
-        level 0 (0: none beyond the floor)."""
-        if isinstance(self.slow_seconds, dict):
-            return self.slow_seconds.get(self.profile, 0.0)
-        return self.slow_seconds
+        level 0 (0: none is tried, unless there is no floor)."""
+        return self._of_profile(self.slow_seconds, 0.0)
 
     def slow_reach(self) -> float:
         """How near the smallest candidate so far a family's last level must store for its slow levels to be tried."""
-        if isinstance(self.slow_within, dict):
-            return self.slow_within.get(self.profile, 0.05)  # (the default)
-        return self.slow_within
+        return self._of_profile(self.slow_within, 0.05)  # (the default)
 
     def slow_floor(self, level0_bytes: int) -> float:
         """The throughput (MB/s, one thread) at which a slow candidate encodes an image of ``level0_bytes`` within

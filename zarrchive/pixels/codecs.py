@@ -320,8 +320,9 @@ def _encoded(codec: Any, samples: list[np.ndarray], repeats: int = 1,
         for chunk in samples:
             encoded.append(encode(chunk))
             if time.perf_counter() - started > within:
-                raise TooSlow(f"given up after {len(encoded)} of {len(samples)} sample chunks, "
-                              f"{time.perf_counter() - started:.2f} s")
+                mbps = sum(sample.nbytes for sample in samples) / 1e6 / max(within, 1e-9)
+                raise TooSlow(f"(under {mbps:.3g} MB/s): given up after {len(encoded)} of {len(samples)} sample "
+                              f"chunks, {time.perf_counter() - started:.2f} s")
         seconds = min(seconds, time.perf_counter() - started)
     return encoded, seconds
 
@@ -373,6 +374,7 @@ def choose_codec(samples: list[np.ndarray], candidates: list[CodecSpec], min_enc
     timed: dict[int, Timed] = {}
     decoded: dict[int, float] = {}  # candidate: decode seconds, once it gave the sample back
     slow_floor = min(min_encode_mbps, slow_mbps)
+    has_slow = any(spec.slow for spec in candidates)
     codecs = [make_codec(spec) for spec in candidates]
     for i, spec in enumerate(candidates):
         trials.append(CodecTrial(codec=choice_of(codecs[i])))
@@ -439,21 +441,13 @@ def choose_codec(samples: list[np.ndarray], candidates: list[CodecSpec], min_enc
                                stored_bytes=done.stored, encode_mbps=mbps(done.seconds),
                                decode_mbps=mbps(decoded[i]) if i in decoded else None)
     return CodecSelection(objective=OBJECTIVE, min_encode_mbps=min_encode_mbps, size_tolerance=size_tolerance,
-                          slow_mbps=round(slow_floor, 3) if any(spec.slow for spec in candidates) else None,
-                          slow_within=slow_within if any(spec.slow for spec in candidates) else None,
+                          slow_mbps=round(slow_floor, 3) if has_slow else None,
+                          slow_within=slow_within if has_slow else None,
                           sample_chunks=len(samples), sample_bytes=raw, candidates=trials, chosen=chosen)
 
 
 def _family(spec: CodecSpec) -> tuple:
     return (spec.codec, spec.cname, spec.shuffle) if spec.codec == "blosc" else (spec.codec,)
-
-
-def _label(spec: CodecSpec) -> str:
-    if spec.codec == "blosc":
-        return f"blosc {spec.cname} {spec.clevel} {spec.shuffle}"
-    if spec.codec == "zstd":
-        return f"zstd {spec.clevel}"
-    return spec.codec if spec.level is None else f"{spec.codec} {spec.level}"
 
 
 def _climbs(candidates: list[CodecSpec], timed: dict[int, Timed], i: int, size_tolerance: float, slow_within: float,
@@ -467,7 +461,7 @@ def _climbs(candidates: list[CodecSpec], timed: dict[int, Timed], i: int, size_t
     if not family:
         return "no candidate of its family is listed before it"
     before = family[-1]
-    name = _label(candidates[before])
+    name = candidates[before].label()
     if before not in timed:
         return f"{name} was not tried, or not to the end"
     smallest = min(t.stored for t in timed.values())
@@ -478,7 +472,7 @@ def _climbs(candidates: list[CodecSpec], timed: dict[int, Timed], i: int, size_t
                 "image allows")
     if candidates[before].slow and len(family) > 1 and family[-2] in timed \
             and timed[before].stored >= timed[family[-2]].stored * (1 - size_tolerance):
-        return f"{name} stored no more than {size_tolerance:.0%} less than {_label(candidates[family[-2]])}"
+        return f"{name} stored no more than {size_tolerance:.0%} less than {candidates[family[-2]].label()}"
     return None
 
 
@@ -500,8 +494,7 @@ def _timed(timed: dict[int, Timed], trials: list[CodecTrial], i: int, codec: Any
         encoded, seconds = _encoded(codec, samples, runs, within)
     except TooSlow as exc:
         timed.pop(i, None)
-        trials[i] = CodecTrial(codec=trials[i].codec, skipped=f"too slow for this image (under "
-                               f"{_speed(samples, within):.3g} MB/s): {exc}")
+        trials[i] = CodecTrial(codec=trials[i].codec, skipped=f"too slow for this image {exc}")
         return
     except Exception as exc:  # a codec that fails on this content is not a candidate for it
         _skip(timed, trials, i, exc)
@@ -523,10 +516,6 @@ def _checked(timed: dict[int, Timed], decoded: dict[int, float], trials: list[Co
     except Exception as exc:
         decoded.pop(i, None)
         _skip(timed, trials, i, exc)
-
-
-def _speed(samples: list[np.ndarray], seconds: float) -> float:
-    return sum(sample.nbytes for sample in samples) / 1e6 / max(seconds, 1e-9)
 
 
 def _skip(timed: dict[int, Timed], trials: list[CodecTrial], i: int, exc: Exception) -> None:
