@@ -10,7 +10,6 @@ import sys
 import threading
 import time
 import urllib.request
-import uuid
 from pathlib import Path
 
 import dask.array as da
@@ -283,9 +282,9 @@ def test_an_ingest_run_shows_its_dask_dashboard_as_an_artifact(demo, scheduler):
 
 # --- a worker that dies mid-image ----------------------------------------------------------------------------
 
-# Where the victim dies: inside the shard writer's atomic write of a shard, after its bytes are in the temporary
-# file and before the rename; the task's earlier writes are in place, the rest of the image is not.
-DYING_WRITE = "zarrchive.pixels.shards._write_atomically"
+# Where the victim dies: inside the shard writer, as a shard is put in place: its bytes are in the temporary file
+# and not yet renamed; the task's earlier writes are in place, the rest of the image is not.
+DYING_WRITE = "zarrchive.pixels.shards._publish"
 
 
 class DieInFirstWrite(WorkerPlugin):
@@ -305,19 +304,17 @@ class DieInFirstWrite(WorkerPlugin):
         module = importlib.import_module(module_name)
         original, marker = getattr(module, attr), self.marker
 
-        def dying(target, pieces):
+        def dying(partial, target):
             if "/compress/" in target and "/c/" in target.replace(os.sep, "/"):
                 try:
                     fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
                 except FileExistsError:
-                    return original(target, pieces)
-                os.makedirs(os.path.dirname(target), exist_ok=True)
-                with open(f"{target}.{uuid.uuid4().hex}.partial", "wb") as f:
-                    f.write(b"".join(pieces))
+                    return original(partial, target)
+                assert os.path.getsize(partial) > 0
                 os.write(fd, str(os.getpid()).encode())
                 os.close(fd)
                 time.sleep(120)  # killed long before this ends
-            return original(target, pieces)
+            return original(partial, target)
 
         setattr(module, attr, dying)
 

@@ -18,7 +18,7 @@ from builders import archive_images, ome_tiff, plain_tiff, random_image, staged
 from zarrchive.pixels.blocks import chunk_slices, downsample_mean
 from zarrchive.config import CompressSettings
 from zarrchive.errors import InputError, VerificationError
-from zarrchive.pixels.passes import scaled
+from zarrchive.pixels.passes import scaled, slabs
 from zarrchive.records import Axis, ImageRecord, Level, SourceLayout
 from zarrchive.pixels.shards import ArrayWriter
 from zarrchive.pixels.passes import store_digest
@@ -174,6 +174,78 @@ def test_streaming_regions_tile_every_streamed_level_in_whole_shards(z, h, w, ch
     for plan in plans:
         if plan.shards:
             assert all(s % c == 0 for s, c in zip(plan.shards, plan.level.chunks))
+
+
+@given(st.integers(1, 9), st.integers(1, 300), st.integers(1, 300), st.sampled_from([16, 32, 64]),
+       st.integers(1, 3), st.sampled_from([0, 64, 128]), st.integers(1, 4), st.sampled_from([0.5, 1.0, 3.0]))
+@hsettings(max_examples=150, deadline=None)
+def test_a_region_is_read_in_the_thinnest_slabs_that_make_whole_chunks_of_every_streamed_level(
+        z, h, w, chunk, chunk_z, shard_xy, shard_z, z_spacing):
+    shape, chunks = (1, z, h, w), (1, min(chunk_z, z), min(chunk, h), min(chunk, w))
+    image, plans = planned(shape, chunks, (1.0, z_spacing, 1.0, 1.0), "czyx", shard_xy, shard_z)
+    streamed = [p for p in plans if p.streamed]
+    for region in stream_regions(image, plans):
+        seen = np.zeros([r.stop - r.start for r in region], dtype=np.int8)
+        cuts = slabs(region, streamed)
+        for slab in cuts:
+            seen[tuple(slice(s.start - r.start, s.stop - r.start) for s, r in zip(slab, region))] += 1
+            assert slab[-1] == region[-1]  # whole rows: never cut along x
+            for plan, part, whole in zip(streamed, scaled(slab, streamed), scaled(region, streamed)):
+                for s, c, n, r in zip(part, plan.level.chunks, plan.level.shape, whole):
+                    assert s.start % c == 0 and (s.stop % c == 0 or s.stop == n)  # whole chunks of the level
+                    assert r.start <= s.start < s.stop <= r.stop
+        assert (seen == 1).all()  # every pixel of the region read once
+        if not any(1 in p.halved for p in streamed):  # z not halved: a slab is at most one chunk of planes
+            assert max(s[1].stop - s[1].start for s in cuts) <= chunks[1]
+
+
+def test_a_streamed_region_holds_a_slab_not_the_region_and_stores_what_one_block_would(tmp_path, settings):
+    """A z-stack's region of 8 planes (8 MiB) is read and written plane by plane: the task's arrays peak near one
+    plane's worth and its pyramid levels', not the region's; every object is byte for byte the one written from
+    the region read whole."""
+    import tracemalloc
+
+    from zarrchive.pixels import passes
+    from zarrchive.pixels.sources import forget_open_files
+
+    data = random_image((8, 1, 512, 1024), "uint16")
+    path = ome_tiff(tmp_path / "z.ome.tif", data, "ZCYX")
+    comp = settings.compress.model_copy(update={"profile": "fixed", "shard_xy": 512, "shard_z": 8})
+    record = staged(path, "z.ome.tif")
+    [image] = convert_file(record, None, str(tmp_path / "w"), settings.convert.model_copy(update={"chunk_xy": 256}))
+    image = build_pyramid(image, settings.pyramid)
+    plans = plan_writes(image, comp)
+    assert image.axis_names == ["c", "z", "y", "x"] and plans[0].unit == (1, 8, 512, 512) and plans[1].streamed
+    region = (slice(0, 1), slice(0, 8), slice(0, 512), slice(0, 1024))  # two shards of level 0, 8 MiB
+    stores = {}
+    for how in ("slabs", "whole"):
+        store = tmp_path / how
+        root = zarr.open_group(str(store), mode="w", zarr_format=3)
+        for plan in plans:
+            root.create_array(plan.level.path, shape=plan.level.shape, chunks=plan.level.chunks, dtype=image.dtype,
+                              fill_value=0, **passes.array_layout(plan, passes.make_codec(comp.candidates()[0]),
+                                                                  image.axis_names, "0.5"))
+        forget_open_files()
+        tracemalloc.start()
+        try:
+            if how == "slabs":
+                stored, digests = passes.stream_region(record.staged_path, image, str(store), region, plans)
+            else:
+                block = passes._read(record.staged_path, image, region)
+                stored, digests, _ = passes._write_block(block, str(store), region, plans, True)
+                del block
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        stores[how] = (stored, sorted(digests), peak)
+    (slabbed, digests, peak), (whole, whole_digests, whole_peak) = stores["slabs"], stores["whole"]
+    assert slabbed == whole and digests == whole_digests
+    for key in whole.objects:
+        assert (tmp_path / "slabs" / key).read_bytes() == (tmp_path / "whole" / key).read_bytes()
+    plane = 512 * 1024 * 2
+    assert whole_peak > 8 * plane  # the region, read whole
+    # a plane as read and its halves, a chunk's copy, encoding and read-back, the writers' metadata: 3.3 planes here
+    assert peak < 4 * plane and peak < whole_peak / 5, (peak, whole_peak)
 
 
 def test_output_is_sharded_and_each_chunk_still_verified(source, tmp_path, settings, scheduler):

@@ -93,14 +93,16 @@ def test_a_stored_object_that_differs_from_the_one_written_fails(tmp_path, monke
     create(tmp_path / "a", data.shape, (4, 4), (16, 16), data.dtype, "v3 sharded blosc")
     import zarrchive.pixels.shards as shards
 
-    def damaged(target, pieces):  # the disk keeps other bytes than those handed to it
-        stored = bytearray(b"".join(pieces))
-        stored[10] ^= 0xFF
-        os.makedirs(os.path.dirname(target), exist_ok=True)
-        with open(target, "wb") as fh:
-            fh.write(bytes(stored))
+    appended = shards._append
+    flips = iter([True])
 
-    monkeypatch.setattr(shards, "_write_atomically", damaged)
+    def damaged(fd, data):  # the disk keeps other bytes than those handed to it (the object's first ones)
+        stored = bytearray(data)
+        if next(flips, False):
+            stored[10] ^= 0xFF
+        appended(fd, bytes(stored))
+
+    monkeypatch.setattr(shards, "_append", damaged)
     with pytest.raises(VerificationError, match="c/0/0: chunk 0"):
         write_all(tmp_path / "a", data, (16, 16))
 
@@ -141,3 +143,50 @@ def test_a_chunk_cut_by_the_array_end_is_proven_inside_and_in_its_padding(tmp_pa
         dataclasses.replace(writer, decode=decode).write(region, np.full((2, 2), 7, np.uint16))
     writer.write(region, np.full((2, 2), 7, np.uint16))  # and the true codec proves it
     assert zarr.open_array(str(tmp_path / "a"), mode="r")[8:, 8:].tolist() == [[7, 7], [7, 7]]
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@hsettings(max_examples=20, deadline=None)
+@given(case=cases(), data=st.data())
+def test_a_region_written_a_part_at_a_time_stores_the_same_bytes(tmp_path_factory, layout, case, data):
+    """Parts along one outer axis (all but the last, in order: as ``passes.slabs`` cuts a region, a z-stack plane
+    by plane): each object is byte for byte the one a single write of the whole region stores (its chunks come in
+    the same order), and its size and digest the same."""
+    pixels, chunks, shards = case
+    one, parts = tmp_path_factory.mktemp("one") / "a", tmp_path_factory.mktemp("parts") / "a"
+    for path in (one, parts):
+        create(path, pixels.shape, chunks, shards, pixels.dtype, layout)
+    whole = ArrayWriter.open(str(one)).write(tuple(slice(0, n) for n in pixels.shape), pixels)
+    axis = data.draw(st.integers(0, pixels.ndim - 2))
+    step = chunks[axis] * data.draw(st.integers(1, 3))
+    region = tuple(slice(0, n) for n in pixels.shape)
+    with ArrayWriter.open(str(parts)).region(region) as writing:
+        for start in range(0, pixels.shape[axis], step):
+            part = tuple(slice(start, min(start + step, n)) if i == axis else r
+                         for i, (r, n) in enumerate(zip(region, pixels.shape)))
+            writing.add(part, pixels[part])
+        stored = writing.finish()
+    assert stored == whole
+    for key in whole.objects:
+        assert (parts / key).read_bytes() == (one / key).read_bytes()
+
+
+def test_a_region_left_unfinished_leaves_nothing_of_its_open_objects(tmp_path):
+    create(tmp_path / "a", (8, 8, 8), (1, 4, 4), (4, 8, 8), "uint16", "v3 sharded blosc")
+    writer = ArrayWriter.open(str(tmp_path / "a"))
+    ones = np.ones((1, 8, 8), np.uint16)
+    with pytest.raises(RuntimeError, match="the reader failed"):
+        with writer.region((slice(0, 8), slice(0, 8), slice(0, 8))) as writing:
+            for z in range(5):  # the first shard (planes 0-3) is finished and put in place; the second is not
+                writing.add((slice(z, z + 1), slice(0, 8), slice(0, 8)), ones * z + 1)
+            raise RuntimeError("the reader failed")
+    files = sorted(str(p.relative_to(tmp_path / "a")) for p in (tmp_path / "a").rglob("*") if p.is_file())
+    assert files == ["c/0/0/0", "zarr.json"]
+    with pytest.raises(ValueError, match="not written whole"):
+        with writer.region((slice(0, 8), slice(0, 8), slice(0, 8))) as writing:
+            writing.add((slice(0, 2), slice(0, 8), slice(0, 8)), np.ones((2, 8, 8), np.uint16))
+            writing.finish()
+    with pytest.raises(ValueError, match="whole chunks"):
+        writer.region((slice(0, 4), slice(0, 8), slice(0, 8))).add((slice(0, 1), slice(0, 2), slice(0, 8)),
+                                                                    np.ones((1, 2, 8), np.uint16))
+    assert not [p for p in (tmp_path / "a").rglob("*.partial")]

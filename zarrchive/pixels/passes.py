@@ -13,14 +13,16 @@ import keeps the cluster's start short.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
+import math
 import os
 import pickle
 import shutil
 import time
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, Iterable, NamedTuple
 
 import numpy as np
 import zarr
@@ -75,9 +77,30 @@ def stream_region(source: str, image: ImageRecord, store: str, region: tuple[sli
                   plans: list[LevelPlan], digests: bool = True) -> tuple[Stored, list[tuple]]:
     """Read ``region`` of the source once and write it, and each streamed level below it, proven; return what
     was stored and the digests of the level-0 chunks (their start and the sha256 of their pixels; none unless
-    ``digests``)."""
-    stored, level0, _last = _write_block(_read(source, image, region), image, store, region, plans, digests)
+    ``digests``). The region is read a slab at a time (``slabs``: a plane of a z-stack), each slab written into
+    the objects of every level it makes and proven at once, so a task holds a slab, not the region."""
+    read = ((slab, _read(source, image, slab)) for slab in slabs(region, [p for p in plans if p.streamed]))
+    stored, level0, _last = _write_slabs(read, store, region, plans, digests)
     return stored, level0
+
+
+def slabs(region: tuple[slice, ...], streamed: list[LevelPlan]) -> list[tuple[slice, ...]]:
+    """``region`` cut along its outer axes (all but the last) into the thinnest slabs that still make whole chunks
+    of every streamed level: along an axis, the least multiple of each level's chunk times 2 for every halving of
+    that axis down to it (a z-stack's plane when only y and x are halved and chunks are one plane deep; a
+    2-D image's y and x are halved at every level, so its region stays whole)."""
+    thick = []
+    for axis, r in enumerate(region):
+        if axis == len(region) - 1:
+            thick.append(r.stop - r.start)
+            continue
+        step, halvings = 1, 0
+        for plan in streamed:
+            halvings += axis in plan.halved
+            step = math.lcm(step, plan.level.chunks[axis] << halvings)
+        thick.append(min(step, r.stop - r.start))
+    return [tuple(slice(r.start + s.start, r.start + s.stop) for r, s in zip(region, sub))
+            for sub in chunk_slices(tuple(r.stop - r.start for r in region), tuple(thick))]
 
 
 def _read(source: str, image: ImageRecord, region: tuple[slice, ...]) -> np.ndarray:
@@ -96,20 +119,39 @@ def _read(source: str, image: ImageRecord, region: tuple[slice, ...]) -> np.ndar
     return block
 
 
-def _write_block(block: np.ndarray, image: ImageRecord, store: str, region: tuple[slice, ...],
-                 plans: list[LevelPlan], digests: bool, arrays: dict[str, Any] | None = None,
-                 ready: dict[tuple[int, ...], bytes] | None = None) -> tuple[Stored, list[tuple], np.ndarray]:
+def _write_block(block: np.ndarray, store: str, region: tuple[slice, ...], plans: list[LevelPlan], digests: bool,
+                 arrays: dict[str, Any] | None = None, ready: dict[tuple[int, ...], bytes] | None = None
+                 ) -> tuple[Stored, list[tuple], np.ndarray]:
     """Write a level-0 ``block`` at ``region`` and each streamed level it makes, proven (``arrays``: the levels'
     arrays by path, already open; ``ready``: level-0 chunks already encoded, by their origin); also return the
     block of the last streamed level."""
-    level0 = _chunk_digests(block, region, plans[0].level.chunks) if digests else []
+    return _write_slabs([(region, block)], store, region, plans, digests, arrays, ready)
+
+
+def _write_slabs(read: Iterable[tuple[tuple[slice, ...], np.ndarray]], store: str, region: tuple[slice, ...],
+                 plans: list[LevelPlan], digests: bool, arrays: dict[str, Any] | None = None,
+                 ready: dict[tuple[int, ...], bytes] | None = None) -> tuple[Stored, list[tuple], np.ndarray]:
+    """Write ``region`` of level 0 from ``read`` (its slabs and their pixels, in order: ``slabs``) and each
+    streamed level it makes, every slab's chunks proven as they are appended to the objects they belong to
+    (``shards.RegionWrite``); return what was stored, the digests of level 0's chunks (``digests``) and the last
+    slab's block of the last streamed level."""
     streamed = [p for p in plans if p.streamed]
-    stored = Stored()
-    for plan, level_region in zip(streamed, scaled(region, streamed)):
-        if plan.halved:
-            block = downsample(block, plan.halved, plan.level.downsampling)
-        writer = ArrayWriter.open(f"{store}/{plan.level.path}", (arrays or {}).get(plan.level.path))
-        stored.add(writer.write(level_region, block, f"{plan.level.path}/", ready if plan is plans[0] else None))
+    level0: list[tuple] = []
+    with contextlib.ExitStack() as stack:  # an error leaves nothing of the objects not finished
+        parts = [stack.enter_context(
+            ArrayWriter.open(f"{store}/{plan.level.path}", (arrays or {}).get(plan.level.path)).region(
+                level_region, f"{plan.level.path}/", ready if plan is plans[0] else None))
+            for plan, level_region in zip(streamed, scaled(region, streamed))]
+        for slab, block in read:
+            if digests:
+                level0 += _chunk_digests(block, slab, plans[0].level.chunks)
+            for plan, part, level_slab in zip(streamed, parts, scaled(slab, streamed)):
+                if plan.halved:
+                    block = downsample(block, plan.halved, plan.level.downsampling)
+                part.add(level_slab, block)
+        stored = Stored()
+        for part in parts:
+            stored.add(part.finish())
     return stored, level0, block
 
 
@@ -164,7 +206,7 @@ def whole_image(source: str, image: ImageRecord, store: str, plans: list[LevelPl
         f"{store}/{plan.level.path}", shape=plan.level.shape, chunks=plan.level.chunks, dtype=image.dtype,
         fill_value=0, zarr_format=ZARR_FORMAT[ngff], **array_layout(plan, codec, image.axis_names, ngff))
         for plan in plans}
-    stored, level0, last = _write_block(block, image, store, region, plans, digests, arrays, ready)
+    stored, level0, last = _write_block(block, store, region, plans, digests, arrays, ready)
     kept.clear()  # stored: not held through the levels below
     ready.clear()
     for above, plan in zip(plans, plans[1:]):

@@ -5,11 +5,14 @@ not go through zarr-python's asynchronous pipeline, which keeps per-chunk
 bookkeeping on every write and as much again on the read that proves it.
 ``ArrayWriter`` encodes each chunk with the array's own codec objects (those
 zarr built from the array's metadata, so the bytes are the ones zarr would
-write), assembles a shard as the sharding codec specifies (the chunks, then
-the index of offsets and lengths, little-endian uint64, with its CRC32C),
-writes it under a temporary name and renames it into place. Then it reads the
-stored object back from the disk, decodes every chunk of it and compares the
-bits with the block: any difference raises ``VerificationError``.
+write) and assembles a shard as the sharding codec specifies (the chunks, then
+the index of offsets and lengths, little-endian uint64, with its CRC32C). The
+chunks are appended to the object's file under a temporary name as they come
+(``RegionWrite``: a region may be handed over a part at a time, a plane of a
+z-stack, so a task holds one part and never a whole shard's pixels or bytes),
+read back from the disk at once, decoded and compared bit for bit with the
+pixels: any difference raises ``VerificationError``. A finished object is
+renamed into place; its size and sha256 are those of the bytes read back.
 
 Chunks holding only the fill value (bit for bit) are not stored, as zarr does
 not store them either. Zarr v3 (sharded or not) and Zarr v2 (one object per
@@ -18,6 +21,7 @@ chunk: OME-NGFF 0.4) are written; readers see ordinary Zarr arrays.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import os
@@ -85,57 +89,18 @@ class ArrayWriter:
         ones), each proven by decoding what was stored; object paths in the result start with ``prefix``.
         ``ready``: whole chunks already encoded with this array's chunk coder, by their origin in the array (a
         codec trial's), stored as they are instead of encoded again (and proven like every other)."""
-        if block.dtype != self.dtype or block.shape != tuple(r.stop - r.start for r in region):
-            raise ValueError(f"{self.path}: a {block.shape} {block.dtype} block for region {region} of a "
-                             f"{self.dtype} array")
+        with self.region(region, prefix, ready) as part:
+            part.add(region, block)
+            return part.finish()
+
+    def region(self, region: tuple[slice, ...], prefix: str = "",
+               ready: dict[tuple[int, ...], bytes] | None = None) -> RegionWrite:
+        """The objects covering ``region`` (whole objects; the array's end may cut the last ones), to be written a
+        part at a time (``RegionWrite``), as ``write`` writes them from one block."""
         for r, o, n in zip(region, self.objects, self.shape):
             if r.start % o or (r.stop % o and r.stop != n):
                 raise ValueError(f"{self.path}: region {region} is not made of whole objects of {self.objects}")
-        stored = Stored()
-        starts = [range(r.start, r.stop, o) for r, o in zip(region, self.objects)]
-        for start in itertools.product(*starts):
-            cell = tuple(slice(s, min(s + o, n)) for s, o, n in zip(start, self.objects, self.shape))
-            local = tuple(slice(c.start - r.start, c.stop - r.start) for c, r in zip(cell, region))
-            key = self.key(tuple(c.start // o for c, o in zip(cell, self.objects)))
-            proven, written = self._write_object(os.path.join(self.path, *key.split("/")), block[local],
-                                                 tuple(c.start for c in cell), ready or {})
-            stored.chunks += proven
-            if written is not None:
-                stored.objects[f"{prefix}{key}"] = written
-        return stored
-
-    def _write_object(self, target: str, block: np.ndarray, at: tuple[int, ...] = (),
-                      ready: dict[tuple[int, ...], bytes] | None = None) -> tuple[int, tuple[int, str] | None]:
-        # what a write holds at once: ``block``, one chunk's contiguous copy, the encoded chunks until they are
-        # written, then the object read back; the chunks to prove are kept as views of ``block``, not copies
-        inner = [c // k for c, k in zip(self.objects, self.chunks)] if self.sharded else [1] * len(self.chunks)
-        pieces, table, offset, proven = [], np.full((int(np.prod(inner)), 2), ABSENT, dtype="<u8"), 0, 0
-        expected: list[tuple[int, np.ndarray]] = []
-        for i, position in enumerate(itertools.product(*[range(n) for n in inner])):
-            origin = [p * k for p, k in zip(position, self.chunks)]
-            if any(o >= b for o, b in zip(origin, block.shape)):
-                continue  # beyond the array's end
-            view = block[tuple(slice(o, o + k) for o, k in zip(origin, self.chunks))]
-            proven += 1
-            if bits(view).flat[0] == self.fill[0] and np.all(bits(view) == self.fill[0]):
-                continue  # only the fill value (bit for bit), which is what a missing chunk reads as: not stored
-            data = ready.get(tuple(a + o for a, o in zip(at, origin))) if ready and view.shape == self.chunks else None
-            if data is None:
-                data = self.encode(self._padded(view))
-            pieces.append(data)
-            table[i] = (offset, len(data))
-            offset += len(data)
-            expected.append((i, view))
-        if not pieces:
-            if os.path.exists(target):
-                os.remove(target)
-            return proven, None
-        if self.sharded:
-            index_bytes = table.tobytes()
-            pieces.append(index_bytes + _crc32c(index_bytes))
-        _write_atomically(target, pieces)
-        pieces.clear()  # the object is read back from the file to prove it: the bytes written are not needed
-        return proven, self._prove(target, table, expected)
+        return RegionWrite(self, region, prefix, ready or {})
 
     def _padded(self, chunk: np.ndarray) -> np.ndarray:
         """A chunk cut by the array's end, padded with the fill value to the whole chunk (as zarr stores it)."""
@@ -145,26 +110,6 @@ class ArrayWriter:
         bits(whole)[...] = self.fill[0]
         whole[tuple(slice(0, n) for n in chunk.shape)] = chunk
         return whole
-
-    def _prove(self, target: str, table: np.ndarray, expected: list[tuple[int, np.ndarray]]) -> tuple[int, str]:
-        """Size and sha256 of the stored object, read back: every chunk decodes to the pixels written (``expected``:
-        each chunk's index and pixels, cut by the array's end where it ends; raises otherwise)."""
-        with open(target, "rb") as fh:
-            stored = fh.read()
-        if self.sharded:
-            n = len(table) * 16
-            index_bytes, crc = stored[-n - 4:-4], stored[-4:]
-            if crc != _crc32c(index_bytes) or index_bytes != table.tobytes():
-                raise VerificationError(f"{target}: the stored shard index differs from the one written")
-        for i, chunk in expected:
-            start, length = (int(v) for v in table[i]) if self.sharded else (0, len(stored))
-            try:
-                decoded = self.decode(stored[start:start + length])
-            except Exception as exc:
-                raise VerificationError(f"{target}: chunk {i} cannot be decoded: {type(exc).__name__}: {exc}") from exc
-            if decoded.shape != self.chunks or not self._same(decoded, chunk):
-                raise VerificationError(f"{target}: chunk {i} decodes to other pixels than those written")
-        return len(stored), hashlib.sha256(stored).hexdigest()
 
     def _same(self, decoded: np.ndarray, chunk: np.ndarray) -> bool:
         """Whether a whole decoded chunk holds ``chunk``'s bits, and the fill value's beyond the array's end."""
@@ -178,14 +123,176 @@ class ArrayWriter:
         return bool(np.all(bits(decoded)[padding] == self.fill[0]))
 
 
-def _write_atomically(target: str, pieces: list[bytes]) -> None:
-    """Write ``pieces`` as the object ``target``: under a temporary name (``<key>.<hex>.partial``, swept by
-    ``storage.remove_unfinished_writes`` if the process dies), then renamed into place."""
-    os.makedirs(os.path.dirname(target), exist_ok=True)
-    partial = f"{target}.{uuid.uuid4().hex}.partial"
-    with open(partial, "wb") as fh:
-        for piece in pieces:
-            fh.write(piece)
+class RegionWrite:
+    """The objects of a region of an array, written a part at a time: each part (whole chunks of the objects it
+    falls in) is encoded and appended to its objects' temporary files (``<key>.<hex>.partial``, swept by
+    ``storage.remove_unfinished_writes`` if the process dies), read back from there and proven at once, so only
+    the part is held, never a whole object's pixels or bytes. An object whose chunks have all come is finished:
+    its shard index appended and proven, then renamed into place. ``finish`` returns what was stored; leaving the
+    ``with`` block without it (an error) removes every temporary file. A shard holds its chunks in the order they
+    came: parts in C order that never cut the last axis (``passes.slabs``) store them as one write of the region
+    does, byte for byte."""
+
+    def __init__(self, writer: ArrayWriter, region: tuple[slice, ...], prefix: str,
+                 ready: dict[tuple[int, ...], bytes]):
+        self.writer, self.region, self.prefix, self.ready = writer, region, prefix, ready
+        self.open: dict[tuple[int, ...], _ObjectWrite] = {}
+        self.stored = Stored()
+
+    def __enter__(self) -> RegionWrite:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.abort()
+
+    def add(self, part: tuple[slice, ...], block: np.ndarray) -> None:
+        """Write ``block``, the pixels of ``part`` of the region: whole chunks (the array's end may cut the last)."""
+        w = self.writer
+        if block.dtype != w.dtype or block.shape != tuple(p.stop - p.start for p in part):
+            raise ValueError(f"{w.path}: a {block.shape} {block.dtype} block for region {part} of a {w.dtype} array")
+        for p, r, c, n in zip(part, self.region, w.chunks, w.shape):
+            if p.start < r.start or p.stop > r.stop or p.start % c or (p.stop % c and p.stop != n):
+                raise ValueError(f"{w.path}: part {part} is not whole chunks of {w.chunks} in region {self.region}")
+        starts = [range(p.start - p.start % o, p.stop, o) for p, o in zip(part, w.objects)]
+        for start in itertools.product(*starts):
+            obj = self.open.get(start)
+            if obj is None:
+                obj = self.open[start] = _ObjectWrite(w, start)
+            obj.add(part, block, self.ready)
+            if obj.complete:
+                del self.open[start]
+                proven, written = obj.finish()
+                self.stored.chunks += proven
+                if written is not None:
+                    self.stored.objects[f"{self.prefix}{obj.key}"] = written
+
+    def finish(self) -> Stored:
+        """What was stored, once every chunk of the region has been added."""
+        if self.open:
+            missing = sorted(self.open)[0]
+            raise ValueError(f"{self.writer.path}: the object at {missing} of region {self.region} was not written "
+                             "whole")
+        return self.stored
+
+    def abort(self) -> None:
+        """Remove the temporary files of the objects not finished (nothing of them is in place)."""
+        for obj in self.open.values():
+            obj.discard()
+        self.open.clear()
+
+
+class _ObjectWrite:
+    """One stored object (a shard, or a chunk when unsharded) being written, its chunks appended as they come."""
+
+    def __init__(self, writer: ArrayWriter, origin: tuple[int, ...]):
+        w = self.writer = writer
+        self.origin = origin
+        self.extent = tuple(min(o, n - s) for s, o, n in zip(origin, w.objects, w.shape))
+        self.key = w.key(tuple(s // o for s, o in zip(origin, w.objects)))
+        self.target = os.path.join(w.path, *self.key.split("/"))
+        self.inner = tuple(o // c for o, c in zip(w.objects, w.chunks)) if w.sharded else (1,) * len(w.chunks)
+        self.table = np.full((int(np.prod(self.inner)), 2), ABSENT, dtype="<u8")
+        self.left = int(np.prod([-(-e // c) for e, c in zip(self.extent, w.chunks)]))  # chunks inside the array
+        self.proven = 0
+        self.size = 0
+        self.sha = hashlib.sha256()
+        self.partial: str | None = None
+        self.fd: int | None = None
+
+    @property
+    def complete(self) -> bool:
+        return self.left == 0
+
+    def add(self, part: tuple[slice, ...], block: np.ndarray, ready: dict[tuple[int, ...], bytes]) -> None:
+        """Append this object's chunks in ``part`` (``block``: its pixels), then read them back and prove them."""
+        w = self.writer
+        lo = [max(p.start, s) for p, s in zip(part, self.origin)]
+        hi = [min(p.stop, s + e) for p, s, e in zip(part, self.origin, self.extent)]
+        written: list[tuple[int, np.ndarray]] = []
+        for at in itertools.product(*[range(a, b, c) for a, b, c in zip(lo, hi, w.chunks)]):
+            view = block[tuple(slice(a - p.start, min(a + c, b) - p.start)
+                               for a, p, c, b in zip(at, part, w.chunks, hi))]
+            self.left -= 1
+            self.proven += 1
+            if bits(view).flat[0] == w.fill[0] and np.all(bits(view) == w.fill[0]):
+                continue  # only the fill value (bit for bit), which is what a missing chunk reads as: not stored
+            data = ready.get(at) if ready and view.shape == w.chunks else None
+            if data is None:
+                data = w.encode(w._padded(view))
+            i = int(np.ravel_multi_index(tuple((a - s) // c for a, s, c in zip(at, self.origin, w.chunks)),
+                                         self.inner))
+            self.table[i] = (self.size, len(data))
+            self._append(data)
+            written.append((i, view))
+        for i, view in written:  # read back from the file: every chunk decodes to the pixels written
+            start, length = (int(v) for v in self.table[i])
+            stored = _read_back(self.fd, start, length)
+            self.sha.update(stored)
+            try:
+                decoded = w.decode(stored)
+            except Exception as exc:
+                raise VerificationError(f"{self.target}: chunk {i} cannot be decoded: {type(exc).__name__}: "
+                                        f"{exc}") from exc
+            if decoded.shape != w.chunks or not w._same(decoded, view):
+                raise VerificationError(f"{self.target}: chunk {i} decodes to other pixels than those written")
+
+    def _append(self, data: bytes) -> None:
+        if self.fd is None:
+            os.makedirs(os.path.dirname(self.target), exist_ok=True)
+            self.partial = f"{self.target}.{uuid.uuid4().hex}.partial"
+            self.fd = os.open(self.partial, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o644)
+        _append(self.fd, data)
+        self.size += len(data)
+
+    def finish(self) -> tuple[int, tuple[int, str] | None]:
+        """Put the object in place (with its shard index, proven): the chunks proven, and the object's size and
+        sha256 as read back (None when every chunk held only the fill value: no object, and none left there)."""
+        if self.fd is None:
+            if os.path.exists(self.target):
+                os.remove(self.target)
+            return self.proven, None
+        if self.writer.sharded:
+            index = self.table.tobytes() + _crc32c(self.table.tobytes())
+            start = self.size
+            self._append(index)
+            stored = _read_back(self.fd, start, len(index))
+            if stored != index:
+                raise VerificationError(f"{self.target}: the stored shard index differs from the one written")
+            self.sha.update(stored)
+        os.close(self.fd)
+        self.fd = None
+        _publish(self.partial, self.target)
+        return self.proven, (self.size, self.sha.hexdigest())
+
+    def discard(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+        if self.partial is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(self.partial)
+
+
+def _append(fd: int, data: bytes) -> None:
+    """Write all of ``data`` at the end of the open file ``fd``."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _read_back(fd: int, start: int, length: int) -> bytes:
+    """``length`` bytes at ``start`` of the open file ``fd``, as stored."""
+    data = os.pread(fd, length, start)
+    while len(data) < length:
+        more = os.pread(fd, length - len(data), start + len(data))
+        if not more:
+            break
+        data += more
+    return data
+
+
+def _publish(partial: str, target: str) -> None:
+    """Put a finished object in place: rename its temporary file to its key."""
     os.replace(partial, target)
 
 
