@@ -166,7 +166,7 @@ def tool_ceiling(src: str, out: str) -> None:
 
 def tool_copy_compat(src: str, out: str) -> None:
     """The ceiling's copy with the codec ``zarrchive-compat`` stored this input with (``COPY_CODEC``, set from that
-    tool's output in the same run), so that both write the same bytes at level 0."""
+    tool's output in the same run): the same codec, in the ceiling's chunks (512 x 512, unsharded)."""
     _copy(src, out, json.loads(os.environ["COPY_CODEC"]))
 
 

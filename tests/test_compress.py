@@ -195,6 +195,15 @@ def test_a_region_is_read_in_the_thinnest_slabs_that_make_whole_chunks_of_every_
                     assert s.start % c == 0 and (s.stop % c == 0 or s.stop == n)  # whole chunks of the level
                     assert r.start <= s.start < s.stop <= r.stop
         assert (seen == 1).all()  # every pixel of the region read once
+        for plan in streamed:  # every object receives its chunks in C order, as one write of the region stores them
+            arrivals: dict[tuple, list[tuple]] = {}
+            for part in (scaled(slab, streamed)[streamed.index(plan)] for slab in cuts):
+                for chunk in chunk_slices(plan.level.shape, plan.level.chunks):
+                    if all(p.start <= c.start < p.stop for p, c in zip(part, chunk)):
+                        origin = tuple(c.start for c in chunk)
+                        objects = plan.shards or plan.level.chunks
+                        arrivals.setdefault(tuple(o // s for o, s in zip(origin, objects)), []).append(origin)
+            assert all(order == sorted(order) for order in arrivals.values())
         if not any(1 in p.halved for p in streamed):  # z not halved: a slab is at most one chunk of planes
             assert max(s[1].stop - s[1].start for s in cuts) <= chunks[1]
 

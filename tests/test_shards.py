@@ -149,21 +149,21 @@ def test_a_chunk_cut_by_the_array_end_is_proven_inside_and_in_its_padding(tmp_pa
 @hsettings(max_examples=20, deadline=None)
 @given(case=cases(), data=st.data())
 def test_a_region_written_a_part_at_a_time_stores_the_same_bytes(tmp_path_factory, layout, case, data):
-    """Parts along one outer axis (all but the last, in order: as ``passes.slabs`` cuts a region, a z-stack plane
-    by plane): each object is byte for byte the one a single write of the whole region stores (its chunks come in
-    the same order), and its size and digest the same."""
+    """Parts in C order cut along outer axes (never the last), one chunk thick along every axis outside the
+    innermost one cut, as ``passes.slabs`` cuts a region (a z-stack plane by plane): each object is byte for byte
+    the one a single write of the whole region stores (its chunks come in the same order), and its size and digest
+    the same."""
     pixels, chunks, shards = case
     one, parts = tmp_path_factory.mktemp("one") / "a", tmp_path_factory.mktemp("parts") / "a"
     for path in (one, parts):
         create(path, pixels.shape, chunks, shards, pixels.dtype, layout)
     whole = ArrayWriter.open(str(one)).write(tuple(slice(0, n) for n in pixels.shape), pixels)
-    axis = data.draw(st.integers(0, pixels.ndim - 2))
-    step = chunks[axis] * data.draw(st.integers(1, 3))
+    cut = data.draw(st.integers(0, pixels.ndim - 2))  # the innermost axis cut: one chunk thick outside it
+    thick = tuple(c if i < cut else c * data.draw(st.integers(1, 3)) if i == cut else n
+                  for i, (c, n) in enumerate(zip(chunks, pixels.shape)))
     region = tuple(slice(0, n) for n in pixels.shape)
     with ArrayWriter.open(str(parts)).region(region) as writing:
-        for start in range(0, pixels.shape[axis], step):
-            part = tuple(slice(start, min(start + step, n)) if i == axis else r
-                         for i, (r, n) in enumerate(zip(region, pixels.shape)))
+        for part in chunk_slices(pixels.shape, thick):
             writing.add(part, pixels[part])
         stored = writing.finish()
     assert stored == whole
@@ -171,14 +171,20 @@ def test_a_region_written_a_part_at_a_time_stores_the_same_bytes(tmp_path_factor
         assert (parts / key).read_bytes() == (one / key).read_bytes()
 
 
+def _open_files() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
 def test_a_region_left_unfinished_leaves_nothing_of_its_open_objects(tmp_path):
     create(tmp_path / "a", (8, 8, 8), (1, 4, 4), (4, 8, 8), "uint16", "v3 sharded blosc")
     writer = ArrayWriter.open(str(tmp_path / "a"))
     ones = np.ones((1, 8, 8), np.uint16)
+    descriptors = _open_files()
     with pytest.raises(RuntimeError, match="the reader failed"):
         with writer.region((slice(0, 8), slice(0, 8), slice(0, 8))) as writing:
             for z in range(5):  # the first shard (planes 0-3) is finished and put in place; the second is not
                 writing.add((slice(z, z + 1), slice(0, 8), slice(0, 8)), ones * z + 1)
+                assert _open_files() == descriptors  # an object waiting for its next part holds no file open
             raise RuntimeError("the reader failed")
     files = sorted(str(p.relative_to(tmp_path / "a")) for p in (tmp_path / "a").rglob("*") if p.is_file())
     assert files == ["c/0/0/0", "zarr.json"]
@@ -189,4 +195,27 @@ def test_a_region_left_unfinished_leaves_nothing_of_its_open_objects(tmp_path):
     with pytest.raises(ValueError, match="whole chunks"):
         writer.region((slice(0, 4), slice(0, 8), slice(0, 8))).add((slice(0, 1), slice(0, 2), slice(0, 8)),
                                                                     np.ones((1, 2, 8), np.uint16))
-    assert not [p for p in (tmp_path / "a").rglob("*.partial")]
+    with pytest.raises(ValueError, match="handed over twice"):  # a plane given twice never completes a shard
+        with writer.region((slice(0, 4), slice(0, 8), slice(0, 8))) as writing:
+            for z in (0, 1, 2, 2):
+                writing.add((slice(z, z + 1), slice(0, 8), slice(0, 8)), ones)
+    assert not [p for p in (tmp_path / "a").rglob("*.partial")] and _open_files() == descriptors
+
+
+def test_a_stored_shard_index_that_differs_is_caught_and_leaves_nothing(tmp_path, monkeypatch):
+    import zarrchive.pixels.shards as shards
+
+    create(tmp_path / "a", (16, 16), (4, 4), (16, 16), "uint16", "v3 sharded blosc")
+    writer = ArrayWriter.open(str(tmp_path / "a"))
+    read_back, index = shards._read_back, 16 * 16 + 4  # 16 chunks: offset and length each, and the CRC32C
+
+    def damaged(fd, start, length):  # the disk gives back another index than the one written
+        data = read_back(fd, start, length)
+        return data[:-1] + bytes([data[-1] ^ 1]) if length == index else data
+
+    monkeypatch.setattr(shards, "_read_back", damaged)
+    files = _open_files()
+    with pytest.raises(VerificationError, match="stored shard index differs"):
+        writer.write((slice(0, 16), slice(0, 16)), np.arange(256, dtype=np.uint16).reshape(16, 16) + 1)
+    assert not [p for p in (tmp_path / "a").rglob("*") if p.is_file() and p.name != "zarr.json"]
+    assert _open_files() == files

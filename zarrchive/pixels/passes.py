@@ -85,20 +85,25 @@ def stream_region(source: str, image: ImageRecord, store: str, region: tuple[sli
 
 
 def slabs(region: tuple[slice, ...], streamed: list[LevelPlan]) -> list[tuple[slice, ...]]:
-    """``region`` cut along its outer axes (all but the last) into the thinnest slabs that still make whole chunks
+    """``region`` cut along its outer axes (never the last) into the thinnest slabs that still make whole chunks
     of every streamed level: along an axis, the least multiple of each level's chunk times 2 for every halving of
-    that axis down to it (a z-stack's plane when only y and x are halved and chunks are one plane deep; a
-    2-D image's y and x are halved at every level, so its region stays whole)."""
-    thick = []
+    that axis down to it (a z-stack's plane when only y and x are halved and chunks are one plane deep; two planes
+    where z is halved once). Once a slab holds more than one chunk of some level along an axis, the axes inside it
+    are not cut: every object then receives its chunks in C order, as one write of the region stores them (a 2-D
+    image's region is cut along y only where every level's chunk row stays whole)."""
+    thick, whole = [], False
     for axis, r in enumerate(region):
-        if axis == len(region) - 1:
-            thick.append(r.stop - r.start)
+        n = r.stop - r.start
+        if whole or axis == len(region) - 1:
+            thick.append(n)
             continue
-        step, halvings = 1, 0
+        step, halvings, layers = 1, 0, []
         for plan in streamed:
             halvings += axis in plan.halved
             step = math.lcm(step, plan.level.chunks[axis] << halvings)
-        thick.append(min(step, r.stop - r.start))
+            layers.append((halvings, plan.level.chunks[axis]))
+        thick.append(min(step, n))
+        whole = any(-(-thick[-1] // (1 << h)) > c for h, c in layers)  # more than one chunk of a level
     return [tuple(slice(r.start + s.start, r.start + s.stop) for r, s in zip(region, sub))
             for sub in chunk_slices(tuple(r.stop - r.start for r in region), tuple(thick))]
 

@@ -160,8 +160,8 @@ class RegionWrite:
                 obj = self.open[start] = _ObjectWrite(w, start)
             obj.add(part, block, self.ready)
             if obj.complete:
+                proven, written = obj.finish()  # (if it fails, the object is still open: abort removes its file)
                 del self.open[start]
-                proven, written = obj.finish()
                 self.stored.chunks += proven
                 if written is not None:
                     self.stored.objects[f"{self.prefix}{obj.key}"] = written
@@ -182,7 +182,8 @@ class RegionWrite:
 
 
 class _ObjectWrite:
-    """One stored object (a shard, or a chunk when unsharded) being written, its chunks appended as they come."""
+    """One stored object (a shard, or a chunk when unsharded) being written, its chunks appended as they come. Its
+    temporary file is open only while a part is appended and proven (a region may have many objects waiting)."""
 
     def __init__(self, writer: ArrayWriter, origin: tuple[int, ...]):
         w = self.writer = writer
@@ -192,6 +193,7 @@ class _ObjectWrite:
         self.target = os.path.join(w.path, *self.key.split("/"))
         self.inner = tuple(o // c for o, c in zip(w.objects, w.chunks)) if w.sharded else (1,) * len(w.chunks)
         self.table = np.full((int(np.prod(self.inner)), 2), ABSENT, dtype="<u8")
+        self.seen = np.zeros(len(self.table), dtype=bool)
         self.left = int(np.prod([-(-e // c) for e, c in zip(self.extent, w.chunks)]))  # chunks inside the array
         self.proven = 0
         self.size = 0
@@ -209,65 +211,78 @@ class _ObjectWrite:
         lo = [max(p.start, s) for p, s in zip(part, self.origin)]
         hi = [min(p.stop, s + e) for p, s, e in zip(part, self.origin, self.extent)]
         written: list[tuple[int, np.ndarray]] = []
-        for at in itertools.product(*[range(a, b, c) for a, b, c in zip(lo, hi, w.chunks)]):
-            view = block[tuple(slice(a - p.start, min(a + c, b) - p.start)
-                               for a, p, c, b in zip(at, part, w.chunks, hi))]
-            self.left -= 1
-            self.proven += 1
-            if bits(view).flat[0] == w.fill[0] and np.all(bits(view) == w.fill[0]):
-                continue  # only the fill value (bit for bit), which is what a missing chunk reads as: not stored
-            data = ready.get(at) if ready and view.shape == w.chunks else None
-            if data is None:
-                data = w.encode(w._padded(view))
-            i = int(np.ravel_multi_index(tuple((a - s) // c for a, s, c in zip(at, self.origin, w.chunks)),
-                                         self.inner))
-            self.table[i] = (self.size, len(data))
-            self._append(data)
-            written.append((i, view))
-        for i, view in written:  # read back from the file: every chunk decodes to the pixels written
-            start, length = (int(v) for v in self.table[i])
-            stored = _read_back(self.fd, start, length)
-            self.sha.update(stored)
-            try:
-                decoded = w.decode(stored)
-            except Exception as exc:
-                raise VerificationError(f"{self.target}: chunk {i} cannot be decoded: {type(exc).__name__}: "
-                                        f"{exc}") from exc
-            if decoded.shape != w.chunks or not w._same(decoded, view):
-                raise VerificationError(f"{self.target}: chunk {i} decodes to other pixels than those written")
+        try:
+            for at in itertools.product(*[range(a, b, c) for a, b, c in zip(lo, hi, w.chunks)]):
+                i = int(np.ravel_multi_index(tuple((a - s) // c for a, s, c in zip(at, self.origin, w.chunks)),
+                                             self.inner))
+                if self.seen[i]:
+                    raise ValueError(f"{self.target}: chunk {i} was handed over twice")
+                self.seen[i] = True
+                view = block[tuple(slice(a - p.start, min(a + c, b) - p.start)
+                                   for a, p, c, b in zip(at, part, w.chunks, hi))]
+                self.left -= 1
+                self.proven += 1
+                if bits(view).flat[0] == w.fill[0] and np.all(bits(view) == w.fill[0]):
+                    continue  # only the fill value (bit for bit), which is what a missing chunk reads as: not stored
+                data = ready.get(at) if ready and view.shape == w.chunks else None
+                if data is None:
+                    data = w.encode(w._padded(view))
+                self.table[i] = (self.size, len(data))
+                self._append(data)
+                written.append((i, view))
+            for i, view in written:  # read back from the file: every chunk decodes to the pixels written
+                start, length = (int(v) for v in self.table[i])
+                stored = _read_back(self.fd, start, length)
+                self.sha.update(stored)
+                try:
+                    decoded = w.decode(stored)
+                except Exception as exc:
+                    raise VerificationError(f"{self.target}: chunk {i} cannot be decoded: {type(exc).__name__}: "
+                                            f"{exc}") from exc
+                if decoded.shape != w.chunks or not w._same(decoded, view):
+                    raise VerificationError(f"{self.target}: chunk {i} decodes to other pixels than those written")
+        finally:
+            self._close()
 
     def _append(self, data: bytes) -> None:
         if self.fd is None:
-            os.makedirs(os.path.dirname(self.target), exist_ok=True)
-            self.partial = f"{self.target}.{uuid.uuid4().hex}.partial"
-            self.fd = os.open(self.partial, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o644)
+            if self.partial is None:
+                os.makedirs(os.path.dirname(self.target), exist_ok=True)
+                self.partial = f"{self.target}.{uuid.uuid4().hex}.partial"
+                self.fd = os.open(self.partial, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o666)
+            else:
+                self.fd = os.open(self.partial, os.O_RDWR | os.O_APPEND)
         _append(self.fd, data)
         self.size += len(data)
+
+    def _close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
 
     def finish(self) -> tuple[int, tuple[int, str] | None]:
         """Put the object in place (with its shard index, proven): the chunks proven, and the object's size and
         sha256 as read back (None when every chunk held only the fill value: no object, and none left there)."""
-        if self.fd is None:
+        if self.partial is None:
             if os.path.exists(self.target):
                 os.remove(self.target)
             return self.proven, None
         if self.writer.sharded:
             index = self.table.tobytes() + _crc32c(self.table.tobytes())
             start = self.size
-            self._append(index)
-            stored = _read_back(self.fd, start, len(index))
+            try:
+                self._append(index)
+                stored = _read_back(self.fd, start, len(index))
+            finally:
+                self._close()
             if stored != index:
                 raise VerificationError(f"{self.target}: the stored shard index differs from the one written")
             self.sha.update(stored)
-        os.close(self.fd)
-        self.fd = None
         _publish(self.partial, self.target)
         return self.proven, (self.size, self.sha.hexdigest())
 
     def discard(self) -> None:
-        if self.fd is not None:
-            os.close(self.fd)
-            self.fd = None
+        self._close()
         if self.partial is not None:
             with contextlib.suppress(FileNotFoundError):
                 os.remove(self.partial)
