@@ -114,9 +114,10 @@ def crate_problems(version_dir: Path, scratch: Path) -> list[str]:
 
 
 def ome_zarr_input(path: Path, data: np.ndarray, axes: str, scale: dict[str, float] | None = None,
-                   channels: list[str] | None = None, version: str = "0.5", levels: int = 2) -> Path:
+                   channels: list[str] | None = None, version: str = "0.5", levels: int = 2, z_chunk: int = 1) -> Path:
     """An OME-Zarr as another tool writes it (zarr-python and the NGFF metadata by hand): ``levels`` levels, each
-    halving y and x by striding, physical sizes in micrometres, channel names in ``omero``."""
+    halving y and x by striding, physical sizes in micrometres, channel names in ``omero``; chunks of 16 x 16 and
+    ``z_chunk`` planes."""
     import zarr
 
     zarr_format = 3 if version == "0.5" else 2
@@ -125,8 +126,8 @@ def ome_zarr_input(path: Path, data: np.ndarray, axes: str, scale: dict[str, flo
     datasets = []
     for k in range(levels):
         level = data[tuple(slice(None, None, 2**k) if a in "yx" else slice(None) for a in names)]
-        root.create_array(f"s{k}", data=level, chunks=tuple(min(n, 16) if a in "yx" else 1
-                                                            for a, n in zip(names, level.shape)))
+        root.create_array(f"s{k}", data=level, chunks=tuple(min(n, 16) if a in "yx" else min(n, z_chunk) if a == "z"
+                                                            else 1 for a, n in zip(names, level.shape)))
         datasets.append({"path": f"s{k}", "coordinateTransformations": [{"type": "scale", "scale": [
             (scale or {}).get(a, 1.0) * (2**k if a in "yx" else 1) for a in names]}]})
     multiscale = {"name": path.stem, "datasets": datasets, "axes": [

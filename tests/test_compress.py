@@ -177,16 +177,19 @@ def test_streaming_regions_tile_every_streamed_level_in_whole_shards(z, h, w, ch
 
 
 @given(st.integers(1, 9), st.integers(1, 300), st.integers(1, 300), st.sampled_from([16, 32, 64]),
-       st.integers(1, 3), st.sampled_from([0, 64, 128]), st.integers(1, 4), st.sampled_from([0.5, 1.0, 3.0]))
+       st.integers(1, 3), st.sampled_from([0, 64, 128]), st.integers(1, 4), st.sampled_from([0.5, 1.0, 3.0]),
+       st.sampled_from([1, 1, 2, 3, 8]))
 @hsettings(max_examples=150, deadline=None)
 def test_a_region_is_read_in_the_thinnest_slabs_that_make_whole_chunks_of_every_streamed_level(
-        z, h, w, chunk, chunk_z, shard_xy, shard_z, z_spacing):
+        z, h, w, chunk, chunk_z, shard_xy, shard_z, z_spacing, source_z):
     shape, chunks = (1, z, h, w), (1, min(chunk_z, z), min(chunk, h), min(chunk, w))
     image, plans = planned(shape, chunks, (1.0, z_spacing, 1.0, 1.0), "czyx", shard_xy, shard_z)
     streamed = [p for p in plans if p.streamed]
     for region in stream_regions(image, plans):
         seen = np.zeros([r.stop - r.start for r in region], dtype=np.int8)
-        cuts = slabs(region, streamed)
+        cuts = slabs(region, streamed, (1, source_z, 1, 1))  # the source's chunks: source_z planes deep
+        depth = region[1].stop - region[1].start
+        assert all(s[1].stop - s[1].start >= min(source_z, depth) or s[1].stop == region[1].stop for s in cuts)
         for slab in cuts:
             seen[tuple(slice(s.start - r.start, s.stop - r.start) for s, r in zip(slab, region))] += 1
             assert slab[-1] == region[-1]  # whole rows: never cut along x
@@ -204,7 +207,7 @@ def test_a_region_is_read_in_the_thinnest_slabs_that_make_whole_chunks_of_every_
                         objects = plan.shards or plan.level.chunks
                         arrivals.setdefault(tuple(o // s for o, s in zip(origin, objects)), []).append(origin)
             assert all(order == sorted(order) for order in arrivals.values())
-        if not any(1 in p.halved for p in streamed):  # z not halved: a slab is at most one chunk of planes
+        if not any(1 in p.halved for p in streamed) and source_z == 1:  # at most one chunk of planes
             assert max(s[1].stop - s[1].start for s in cuts) <= chunks[1]
 
 
@@ -255,6 +258,42 @@ def test_a_streamed_region_holds_a_slab_not_the_region_and_stores_what_one_block
     assert whole_peak > 8 * plane  # the region, read whole
     # a plane as read and its halves, a chunk's copy, encoding and read-back, the writers' metadata: 3.3 planes here
     assert peak < 4 * plane and peak < whole_peak / 5, (peak, whole_peak)
+
+
+def test_a_source_chunked_deeper_than_a_slab_is_read_in_its_own_chunks(tmp_path, settings, monkeypatch):
+    """An OME-Zarr input in chunks of 4 planes, an Imaris file's HDF5 chunks of 8: a streaming task reads slabs
+    as deep as the source's chunks (never decoding one twice), not plane by plane; a TIFF plane by plane."""
+    from builders import imaris_file, ome_zarr_input
+    from zarrchive.pixels import passes
+    from zarrchive.pixels.sources import read_unit
+
+    data = random_image((8, 64, 64))
+    path = ome_zarr_input(tmp_path / "deep.ome.zarr", data, "zyx", z_chunk=4, levels=1)
+    record = staged(path, "deep.ome.zarr")
+    [image] = convert_file(record, None, str(tmp_path / "w"), settings.convert.model_copy(update={"chunk_xy": 32}))
+    assert read_unit(record.staged_path, image.layout) == {"z": 4, "y": 16, "x": 16}
+    image = build_pyramid(image, settings.pyramid)
+    plans = plan_writes(image, settings.compress.model_copy(update={"profile": "fixed", "shard_xy": 64}))
+    [region] = stream_regions(image, plans)
+    read = []
+    reading = passes._read
+    monkeypatch.setattr(passes, "_read", lambda source, image, slab: read.append(slab) or reading(source, image, slab))
+    store = tmp_path / "out"
+    root = zarr.open_group(str(store), mode="w", zarr_format=3)
+    for plan in plans:
+        root.create_array(plan.level.path, shape=plan.level.shape, chunks=plan.level.chunks, dtype=image.dtype,
+                          fill_value=0, **passes.array_layout(plan, passes.make_codec(CompressSettings(
+                              profile="fixed").candidates()[0]), image.axis_names, "0.5"))
+    passes.stream_region(record.staged_path, image, str(store), region, plans)
+    z = image.axis_names.index("z")
+    assert [(s[z].start, s[z].stop) for s in read] == [(0, 4), (4, 8)]  # two slabs of the source's 4 planes
+    np.testing.assert_array_equal(zarr.open_array(f"{store}/0", mode="r")[...].reshape(data.shape), data)
+    ims = imaris_file(tmp_path / "e.ims", random_image((1, 1, 10, 40, 40)), chunk=(8, 32, 64))
+    [imaris] = convert_file(staged(ims, "e.ims"), None, str(tmp_path / "w"), settings.convert)
+    assert read_unit(str(ims), imaris.layout)["z"] == 8
+    tif = ome_tiff(tmp_path / "z.ome.tif", random_image((4, 32, 32)), "ZYX")
+    [tiff] = convert_file(staged(tif, "z.ome.tif"), None, str(tmp_path / "w"), settings.convert)
+    assert read_unit(str(tif), tiff.layout) == {}
 
 
 def test_output_is_sharded_and_each_chunk_still_verified(source, tmp_path, settings, scheduler):

@@ -114,6 +114,7 @@ class ImarisArray:
         self.dtype = first.dtype
         self.shape = (len(self.times), len(self.channels), int(_text(image["Z"])), int(_text(image["Y"])),
                       int(_text(image["X"])))
+        self.chunks = (1, 1, *first.chunks) if first.chunks else None  # the HDF5 dataset's (z, y, x) chunks
 
     def __getitem__(self, index: tuple) -> np.ndarray:
         index = tuple(index) + (slice(None),) * (5 - len(index))

@@ -35,7 +35,7 @@ from zarrchive.ngff import ZARR_FORMAT, group_attributes, group_documents, valid
 from zarrchive.pixels.blocks import chunk_slices, downsample
 from zarrchive.pixels.codecs import array_codec_kwargs, choose_codec, make_codec, v2_codec
 from zarrchive.pixels.shards import ArrayWriter, Stored
-from zarrchive.pixels.sources import read_region
+from zarrchive.pixels.sources import read_region, read_unit
 from zarrchive.records import CodecSelection, ImageRecord, Level
 
 BATCH = 32  # chunks per Dask task for the small levels made from the level above, and for QC's reads
@@ -79,18 +79,22 @@ def stream_region(source: str, image: ImageRecord, store: str, region: tuple[sli
     was stored and the digests of the level-0 chunks (their start and the sha256 of their pixels; none unless
     ``digests``). The region is read a slab at a time (``slabs``: a plane of a z-stack), each slab written into
     the objects of every level it makes and proven at once, so a task holds a slab, not the region."""
-    read = ((slab, _read(source, image, slab)) for slab in slabs(region, [p for p in plans if p.streamed]))
-    stored, level0, _last = _write_slabs(read, store, region, plans, digests)
+    least = read_unit(source, image.layout)
+    cuts = slabs(region, [p for p in plans if p.streamed], tuple(least.get(name, 1) for name in image.axis_names))
+    stored, level0, _last = _write_slabs(((slab, _read(source, image, slab)) for slab in cuts), store, region, plans,
+                                         digests)
     return stored, level0
 
 
-def slabs(region: tuple[slice, ...], streamed: list[LevelPlan]) -> list[tuple[slice, ...]]:
+def slabs(region: tuple[slice, ...], streamed: list[LevelPlan], least: tuple[int, ...] | None = None
+          ) -> list[tuple[slice, ...]]:
     """``region`` cut along its outer axes (never the last) into the thinnest slabs that still make whole chunks
     of every streamed level: along an axis, the least multiple of each level's chunk times 2 for every halving of
     that axis down to it (a z-stack's plane when only y and x are halved and chunks are one plane deep; two planes
-    where z is halved once). Once a slab holds more than one chunk of some level along an axis, the axes inside it
-    are not cut: every object then receives its chunks in C order, as one write of the region stores them (a 2-D
-    image's region is cut along y only where every level's chunk row stays whole)."""
+    where z is halved once), and no thinner than ``least`` (the source's own chunks, ``sources.read_unit``). Once
+    a slab holds more than one chunk of some level along an axis, the axes inside it are not cut: every object
+    then receives its chunks in C order, as one write of the region stores them (a 2-D image's region is cut
+    along y only where every level's chunk row stays whole)."""
     thick, whole = [], False
     for axis, r in enumerate(region):
         n = r.stop - r.start
@@ -102,7 +106,8 @@ def slabs(region: tuple[slice, ...], streamed: list[LevelPlan]) -> list[tuple[sl
             halvings += axis in plan.halved
             step = math.lcm(step, plan.level.chunks[axis] << halvings)
             layers.append((halvings, plan.level.chunks[axis]))
-        thick.append(min(step, n))
+        floor = least[axis] if least else 1
+        thick.append(min(-(-max(step, floor) // step) * step, n))
         whole = any(-(-thick[-1] // (1 << h)) > c for h, c in layers)  # more than one chunk of a level
     return [tuple(slice(r.start + s.start, r.start + s.stop) for r, s in zip(region, sub))
             for sub in chunk_slices(tuple(r.stop - r.start for r in region), tuple(thick))]
