@@ -28,6 +28,10 @@ LAYOUTS = {
 }
 
 
+def random_pixels(shape):
+    return np.random.default_rng(3).integers(1, 4096, shape, dtype=np.uint16)
+
+
 def create(path, shape, chunks, shards, dtype, layout):
     options = dict(LAYOUTS[layout])
     sharded = options.pop("sharded")
@@ -199,6 +203,10 @@ def test_a_region_left_unfinished_leaves_nothing_of_its_open_objects(tmp_path):
         with writer.region((slice(0, 4), slice(0, 8), slice(0, 8))) as writing:
             for z in (0, 1, 2, 2):
                 writing.add((slice(z, z + 1), slice(0, 8), slice(0, 8)), ones)
+    with pytest.raises(ValueError, match="hands over a chunk twice"):  # nor once its shard is finished
+        with writer.region((slice(0, 4), slice(0, 8), slice(0, 8))) as writing:
+            for z in (0, 1, 2, 3, 0):
+                writing.add((slice(z, z + 1), slice(0, 8), slice(0, 8)), ones)
     assert not [p for p in (tmp_path / "a").rglob("*.partial")] and _open_files() == descriptors
 
 
@@ -219,3 +227,30 @@ def test_a_stored_shard_index_that_differs_is_caught_and_leaves_nothing(tmp_path
         writer.write((slice(0, 16), slice(0, 16)), np.arange(256, dtype=np.uint16).reshape(16, 16) + 1)
     assert not [p for p in (tmp_path / "a").rglob("*") if p.is_file() and p.name != "zarr.json"]
     assert _open_files() == files
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_a_region_written_in_parts_under_a_umask_without_the_owners_write(tmp_path, layout, monkeypatch):
+    """The temporary file is opened again for each part: under a umask that leaves its owner no write bit, the file
+    still lets its owner write (root writes anyway, so the mode itself is checked)."""
+    import zarrchive.pixels.shards as shards
+
+    data = random_pixels((4, 8, 8))
+    create(tmp_path / "a", data.shape, (1, 4, 4), (4, 8, 8), data.dtype, layout)
+    appended, modes = shards._append, []
+
+    def append(fd, data):
+        modes.append(os.fstat(fd).st_mode)
+        appended(fd, data)
+
+    monkeypatch.setattr(shards, "_append", append)
+    before = os.umask(0o277)
+    try:
+        with ArrayWriter.open(str(tmp_path / "a")).region((slice(0, 4), slice(0, 8), slice(0, 8))) as writing:
+            for z in range(4):
+                writing.add((slice(z, z + 1), slice(0, 8), slice(0, 8)), data[z:z + 1])
+            writing.finish()
+    finally:
+        os.umask(before)
+    assert modes and all(mode & 0o200 for mode in modes)
+    np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "a"), mode="r")[...], data)

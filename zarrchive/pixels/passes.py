@@ -91,7 +91,8 @@ def slabs(region: tuple[slice, ...], streamed: list[LevelPlan], least: tuple[int
     """``region`` cut along its outer axes (never the last) into the thinnest slabs that still make whole chunks
     of every streamed level: along an axis, the least multiple of each level's chunk times 2 for every halving of
     that axis down to it (a z-stack's plane when only y and x are halved and chunks are one plane deep; two planes
-    where z is halved once), and no thinner than ``least`` (the source's own chunks, ``sources.read_unit``). Once
+    where z is halved once), and a multiple of ``least`` (the source's own chunks, ``sources.read_unit``; else
+    the whole region along that axis). Once
     a slab holds more than one chunk of some level along an axis, the axes inside it are not cut: every object
     then receives its chunks in C order, as one write of the region stores them (a 2-D image's region is cut
     along y only where every level's chunk row stays whole)."""
@@ -106,8 +107,8 @@ def slabs(region: tuple[slice, ...], streamed: list[LevelPlan], least: tuple[int
             halvings += axis in plan.halved
             step = math.lcm(step, plan.level.chunks[axis] << halvings)
             layers.append((halvings, plan.level.chunks[axis]))
-        floor = least[axis] if least else 1
-        thick.append(min(-(-max(step, floor) // step) * step, n))
+        deep = math.lcm(step, least[axis] if least else 1)  # whole chunks of the levels and of the source
+        thick.append(deep if deep <= n else n)
         whole = any(-(-thick[-1] // (1 << h)) > c for h, c in layers)  # more than one chunk of a level
     return [tuple(slice(r.start + s.start, r.start + s.stop) for r, s in zip(region, sub))
             for sub in chunk_slices(tuple(r.stop - r.start for r in region), tuple(thick))]

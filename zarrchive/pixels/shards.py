@@ -137,6 +137,7 @@ class RegionWrite:
                  ready: dict[tuple[int, ...], bytes]):
         self.writer, self.region, self.prefix, self.ready = writer, region, prefix, ready
         self.open: dict[tuple[int, ...], _ObjectWrite] = {}
+        self.done: set[tuple[int, ...]] = set()  # objects finished
         self.stored = Stored()
 
     def __enter__(self) -> RegionWrite:
@@ -155,6 +156,8 @@ class RegionWrite:
                 raise ValueError(f"{w.path}: part {part} is not whole chunks of {w.chunks} in region {self.region}")
         starts = [range(p.start - p.start % o, p.stop, o) for p, o in zip(part, w.objects)]
         for start in itertools.product(*starts):
+            if start in self.done:
+                raise ValueError(f"{w.path}: the object at {start} is finished: part {part} hands over a chunk twice")
             obj = self.open.get(start)
             if obj is None:
                 obj = self.open[start] = _ObjectWrite(w, start)
@@ -162,6 +165,7 @@ class RegionWrite:
             if obj.complete:
                 proven, written = obj.finish()  # (if it fails, the object is still open: abort removes its file)
                 del self.open[start]
+                self.done.add(start)
                 self.stored.chunks += proven
                 if written is not None:
                     self.stored.objects[f"{self.prefix}{obj.key}"] = written
@@ -250,6 +254,8 @@ class _ObjectWrite:
                 os.makedirs(os.path.dirname(self.target), exist_ok=True)
                 self.partial = f"{self.target}.{uuid.uuid4().hex}.partial"
                 self.fd = os.open(self.partial, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o666)
+                if not (mode := os.fstat(self.fd).st_mode) & 0o200:  # a umask without the owner's write: it is
+                    os.fchmod(self.fd, mode | 0o200)  # opened again for the next part
             else:
                 self.fd = os.open(self.partial, os.O_RDWR | os.O_APPEND)
         _append(self.fd, data)

@@ -56,8 +56,9 @@ def read_region(path: str, layout: SourceLayout, region: tuple[slice, ...]) -> n
 def read_unit(path: str, layout: SourceLayout) -> dict[str, int]:
     """How many pixels along each of the image's axes one read of the source decodes at the least: its chunks (a
     Zarr input's, an HDF5 dataset's, a bioio reader's dask chunks, which may hold a whole z-stack). A streaming
-    task reads no thinner slab, so that it decodes no chunk of the source more often than one read of its region
-    would. A TIFF is read page by page, and a memory-mapped file (MRC) as it lies: none. An axis left out: 1."""
+    task reads slabs of whole multiples of them (or its whole region), so that it decodes no chunk of the source
+    more often than one read of its region would. A TIFF is read page by page, and a memory-mapped file (MRC) as
+    it lies: none. An axis left out: 1."""
     if layout.tiff_axes:
         return {}
     try:
@@ -71,13 +72,11 @@ def read_unit(path: str, layout: SourceLayout) -> dict[str, int]:
             with _one_reader_at_a_time(path, layout):
                 array = _bioio_array(path, layout, _version(path))
             axes = "".join(name for name in NGFF_ORDER if name in layout.axes)
-        chunks = getattr(array, "chunks", None)
-    except Exception:  # the source cannot be opened: reading it says why, naming the file
+        chunks = getattr(array, "chunks", None) or ()
+        return {name: int(max(c)) if isinstance(c, tuple) else int(c)  # dask: every chunk's extent along the axis
+                for name, c in zip(axes, chunks) if name in layout.axes}
+    except Exception:  # the source cannot be opened (reading it says why, naming the file), or chunks unknown
         return {}
-    if not chunks:
-        return {}
-    return {name: int(max(c)) if isinstance(c, tuple) else int(c)  # dask: every chunk's extent along the axis
-            for name, c in zip(axes, chunks) if name in layout.axes}
 
 
 _READER_LOCKS = tuple(threading.Lock() for _ in range(64))  # striped: bounded however many files a worker reads
