@@ -58,11 +58,11 @@ from zarrchive.units import human_size
 LOCAL = fsspec.filesystem("file")
 
 REGION_BYTES = 128 << 20  # level-0 pixels per streaming task at most: a run of whole shards along x
-# a task reads its region a slab at a time (passes.slabs: a z-stack's plane, or two where z is halved, or the
-# source's own chunks when deeper, up to the whole region; a 2-D image's region is cut along y only where every
-# level's chunk rows stay whole) and appends each slab's chunks to its objects as it goes (shards.RegionWrite): its
-# arrays peak at about 3x a slab (the slab, its halves, a chunk encoded and read back), 3.3 MiB for 1 MiB planes by
-# tracemalloc, against 2.5x the region when it held the region
+# a task reads its region a slab at a time (passes.slabs: a z-stack's plane of one shard's width, or two planes
+# where z is halved, or the source's own chunks when deeper, up to the whole region; a 2-D image's region is cut
+# along y only where every level's chunk rows stay whole) and appends each slab's chunks to its objects as it goes
+# (shards.RegionWrite): its arrays peak at about 3x a slab (the slab, its halves, a chunk encoded and read back),
+# 1.8 MiB for a region of 1 MiB planes two shards wide by tracemalloc, against 2.5x the region when it held it
 MEMORY_SHARE = 8
 # a batch's small images go to the cluster several to a task (``Group``): a task costs about 5 ms of CPU whatever its
 # work (3 in the flow's process, where a local cluster's scheduler runs, 2 on the worker; 2,000 tasks on a local

@@ -88,18 +88,22 @@ def stream_region(source: str, image: ImageRecord, store: str, region: tuple[sli
 
 def slabs(region: tuple[slice, ...], streamed: list[LevelPlan], least: tuple[int, ...] | None = None
           ) -> list[tuple[slice, ...]]:
-    """``region`` cut along its outer axes (never the last) into the thinnest slabs that still make whole chunks
-    of every streamed level: along an axis, the least multiple of each level's chunk times 2 for every halving of
-    that axis down to it (a z-stack's plane when only y and x are halved and chunks are one plane deep; two planes
-    where z is halved once), and a multiple of ``least`` (the source's own chunks, ``sources.read_unit``; else
-    the whole region along that axis). Once
-    a slab holds more than one chunk of some level along an axis, the axes inside it are not cut: every object
-    then receives its chunks in C order, as one write of the region stores them (a 2-D image's region is cut
-    along y only where every level's chunk row stays whole)."""
-    thick, whole = [], False
+    """``region`` cut into the thinnest slabs that still make whole chunks of every streamed level: along an outer
+    axis, the least multiple of each level's chunk times 2 for every halving of that axis down to it (a z-stack's
+    plane when only y and x are halved and chunks are one plane deep; two planes where z is halved once), and a
+    multiple of ``least`` (the source's own chunks, ``sources.read_unit``; else the whole region along that axis).
+    Once a slab holds more than one chunk of some level along an axis, the outer axes inside it are not cut. The
+    last axis is cut only at the edges of the region's units (``LevelPlan.unit``: whole objects of every level).
+    So every object receives its chunks in C order, as one write of the region stores them (a 2-D image's region
+    is cut along y only where every level's chunk row stays whole)."""
+    thick, whole, last = [], False, len(region) - 1
     for axis, r in enumerate(region):
         n = r.stop - r.start
-        if whole or axis == len(region) - 1:
+        if axis == last:
+            unit = math.lcm(streamed[0].unit[axis], least[axis] if least else 1) if streamed else n
+            thick.append(unit if unit <= n else n)
+            continue
+        if whole:
             thick.append(n)
             continue
         step, halvings, layers = 1, 0, []

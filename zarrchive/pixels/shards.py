@@ -130,8 +130,8 @@ class RegionWrite:
     the part is held, never a whole object's pixels or bytes. An object whose chunks have all come is finished:
     its shard index appended and proven, then renamed into place. ``finish`` returns what was stored; leaving the
     ``with`` block without it (an error) removes every temporary file. A shard holds its chunks in the order they
-    came: parts in C order that never cut the last axis (``passes.slabs``) store them as one write of the region
-    does, byte for byte."""
+    came: parts in C order that cut the last axis only at objects' edges (``passes.slabs``) store them as one
+    write of the region does, byte for byte."""
 
     def __init__(self, writer: ArrayWriter, region: tuple[slice, ...], prefix: str,
                  ready: dict[tuple[int, ...], bytes]):
