@@ -249,7 +249,7 @@ def test_a_streamed_region_holds_a_slab_not_the_region_and_stores_what_one_block
                 stored, digests = passes.stream_region(record.staged_path, image, str(store), region, plans)
             else:
                 block = passes._read(record.staged_path, image, region)
-                stored, digests, _ = passes._write_block(block, str(store), region, plans, True)
+                stored, digests, _ = passes._write_slabs([(region, block)], str(store), region, plans, True)
                 del block
             _, peak = tracemalloc.get_traced_memory()
         finally:

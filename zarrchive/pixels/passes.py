@@ -97,10 +97,11 @@ def slabs(region: tuple[slice, ...], streamed: list[LevelPlan], least: tuple[int
     So every object receives its chunks in C order, as one write of the region stores them (a 2-D image's region
     is cut along y only where every level's chunk row stays whole)."""
     thick, whole, last = [], False, len(region) - 1
+    least = least or (1,) * len(region)
     for axis, r in enumerate(region):
         n = r.stop - r.start
         if axis == last:
-            unit = math.lcm(streamed[0].unit[axis], least[axis] if least else 1) if streamed else n
+            unit = math.lcm(streamed[0].unit[axis], least[axis]) if streamed else n
             thick.append(unit if unit <= n else n)
             continue
         if whole:
@@ -111,7 +112,7 @@ def slabs(region: tuple[slice, ...], streamed: list[LevelPlan], least: tuple[int
             halvings += axis in plan.halved
             step = math.lcm(step, plan.level.chunks[axis] << halvings)
             layers.append((halvings, plan.level.chunks[axis]))
-        deep = math.lcm(step, least[axis] if least else 1)  # whole chunks of the levels and of the source
+        deep = math.lcm(step, least[axis])  # whole chunks of the levels and of the source
         thick.append(deep if deep <= n else n)
         whole = any(-(-thick[-1] // (1 << h)) > c for h, c in layers)  # more than one chunk of a level
     return [tuple(slice(r.start + s.start, r.start + s.stop) for r, s in zip(region, sub))
@@ -132,15 +133,6 @@ def _read(source: str, image: ImageRecord, region: tuple[slice, ...]) -> np.ndar
         raise InputError(shown_as, f"the reader gave {block.shape} {block.dtype} pixels for a region of "
                                    f"{expected} {image.dtype}")
     return block
-
-
-def _write_block(block: np.ndarray, store: str, region: tuple[slice, ...], plans: list[LevelPlan], digests: bool,
-                 arrays: dict[str, Any] | None = None, ready: dict[tuple[int, ...], bytes] | None = None
-                 ) -> tuple[Stored, list[tuple], np.ndarray]:
-    """Write a level-0 ``block`` at ``region`` and each streamed level it makes, proven (``arrays``: the levels'
-    arrays by path, already open; ``ready``: level-0 chunks already encoded, by their origin); also return the
-    block of the last streamed level."""
-    return _write_slabs([(region, block)], store, region, plans, digests, arrays, ready)
 
 
 def _write_slabs(read: Iterable[tuple[tuple[slice, ...], np.ndarray]], store: str, region: tuple[slice, ...],
@@ -221,7 +213,7 @@ def whole_image(source: str, image: ImageRecord, store: str, plans: list[LevelPl
         f"{store}/{plan.level.path}", shape=plan.level.shape, chunks=plan.level.chunks, dtype=image.dtype,
         fill_value=0, zarr_format=ZARR_FORMAT[ngff], **array_layout(plan, codec, image.axis_names, ngff))
         for plan in plans}
-    stored, level0, last = _write_block(block, store, region, plans, digests, arrays, ready)
+    stored, level0, last = _write_slabs([(region, block)], store, region, plans, digests, arrays, ready)
     kept.clear()  # stored: not held through the levels below
     ready.clear()
     for above, plan in zip(plans, plans[1:]):

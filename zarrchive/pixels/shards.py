@@ -198,8 +198,8 @@ class _ObjectWrite:
         self.inner = tuple(o // c for o, c in zip(w.objects, w.chunks)) if w.sharded else (1,) * len(w.chunks)
         self.table = np.full((int(np.prod(self.inner)), 2), ABSENT, dtype="<u8")
         self.seen = np.zeros(len(self.table), dtype=bool)
-        self.left = int(np.prod([-(-e // c) for e, c in zip(self.extent, w.chunks)]))  # chunks inside the array
-        self.proven = 0
+        self.inside = int(np.prod([-(-e // c) for e, c in zip(self.extent, w.chunks)]))  # chunks inside the array
+        self.proven = 0  # chunks handed over (each seen once), stored or the fill value
         self.size = 0
         self.sha = hashlib.sha256()
         self.partial: str | None = None
@@ -207,7 +207,7 @@ class _ObjectWrite:
 
     @property
     def complete(self) -> bool:
-        return self.left == 0
+        return self.proven == self.inside
 
     def add(self, part: tuple[slice, ...], block: np.ndarray, ready: dict[tuple[int, ...], bytes]) -> None:
         """Append this object's chunks in ``part`` (``block``: its pixels), then read them back and prove them."""
@@ -224,7 +224,6 @@ class _ObjectWrite:
                 self.seen[i] = True
                 view = block[tuple(slice(a - p.start, min(a + c, b) - p.start)
                                    for a, p, c, b in zip(at, part, w.chunks, hi))]
-                self.left -= 1
                 self.proven += 1
                 if bits(view).flat[0] == w.fill[0] and np.all(bits(view) == w.fill[0]):
                     continue  # only the fill value (bit for bit), which is what a missing chunk reads as: not stored
