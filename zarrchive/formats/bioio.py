@@ -42,6 +42,15 @@ def lazy_pixels(img: Any, shown_as: str) -> tuple[da.Array, list[str] | None]:
     return img.get_image_dask_data("TCZYX"), None
 
 
+def scene_pixels(img: Any, shown_as: str) -> tuple[tuple[int, ...], str, list[str] | None]:
+    """The current scene's TCZYX shape, its dtype and its colour samples, as ``lazy_pixels`` gives them; from a
+    stand-in that knows them without bioio (``tiff.TiffScenes``) where ``img`` is one."""
+    if hasattr(img, "scene_pixels"):
+        return img.scene_pixels(shown_as)
+    data, samples = lazy_pixels(img, shown_as)
+    return tuple(int(n) for n in data.shape), str(np.dtype(data.dtype)), samples
+
+
 @functools.cache
 def share_xml_context() -> None:
     """Make OME-XML parses through ``ome_types.from_xml`` share an xsdata ``XmlContext``: one per thread.
@@ -167,7 +176,7 @@ class ReaderFormat:
               shown_as: str, metadata_of: Any, **given: Any) -> Found:
         """The reader's current scene (``position`` in the file as the reader sees it; ``index`` its series in
         the file's own description)."""
-        data, samples = lazy_pixels(img, shown_as)
+        tczyx, dtype, samples = scene_pixels(img, shown_as)
         metadata = metadata_of(index) if metadata_of else self.metadata(opened, img, index)
         if samples:  # colour samples: red, green, blue (and alpha)
             metadata = SourceMetadata(metadata.pixel_size, metadata.unit, metadata.time_increment,
@@ -179,7 +188,7 @@ class ReaderFormat:
             return SourceLayout(axes=axes, **fields)
 
         found = Found(reader=self.name, file=opened.shown_as, index=index, count=count, name=str(names[index]),
-                      tczyx=tuple(int(n) for n in data.shape), dtype=str(np.dtype(data.dtype)), metadata=metadata,
+                      tczyx=tczyx, dtype=dtype, metadata=metadata,
                       layout=layout, own_xml=self.own_xml(opened), description=self.description_of(opened),
                       lossy=self.lossy(opened, position), **given)
         extras = self.extras(opened, position, found)

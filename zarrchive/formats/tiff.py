@@ -26,7 +26,7 @@ from typing import Any
 from zarrchive import budget, runlog
 from zarrchive.errors import InputError
 from zarrchive.formats import Found, Opened, SourceMetadata
-from zarrchive.formats.bioio import ReaderFormat
+from zarrchive.formats.bioio import COLOUR_SAMPLES, ReaderFormat
 from zarrchive.records import slug
 from zarrchive.units import length_unit
 from zarrchive.units import time_unit as normal_time_unit
@@ -46,6 +46,7 @@ ASSOCIATED = {
     "map": "the scanner's map of the scanned area",
 }
 WHOLE_SLIDE = ("svs", "ndpi", "scn", "bif", "philips")
+UNNAMED = "QI"  # tifffile's letters for an axis it cannot name (bioio-tifffile names them from the shape)
 
 
 def is_ome(path: str, shown_as: str, opened: Opened | None = None) -> bool:
@@ -69,6 +70,14 @@ class TiffFormat(ReaderFormat):
     description = "TIFF (ImageJ hyperstacks, whole-slide files)"
     checks_pages = True  # every plane, strip and tile of a series is known to be in the file once described
 
+    def images(self, opened: Opened) -> list[Found]:
+        """Every series, described by tifffile alone where that is what bioio-tifffile would say (``TiffScenes``):
+        a plain TIFF is then converted without importing bioio (0.6 s and 64 MiB of a ``zarrchive convert``)."""
+        self.check_declared(opened)
+        if (alone := TiffScenes.of(opened.tiff)) is not None:
+            return self.scenes(opened, None, img=alone, names=list(alone.scenes))
+        return self.scenes(opened, self.reader(opened.shown_as))
+
     def check_declared(self, opened: Opened) -> None:
         try:
             with tiff_must_be_whole(opened.shown_as):
@@ -84,6 +93,20 @@ class TiffFormat(ReaderFormat):
 
     def metadata(self, opened: Opened, img: Any, index: int) -> SourceMetadata:
         return tiff_metadata(opened.tiff, index)
+
+    def scene(self, opened: Opened, img: Any, index: int, position: int, count: int, names: list[str],
+              shown_as: str, metadata_of: Any, **given: Any) -> Found:
+        """The series as an image, refused where its pixels would not all be archived: bioio-tifffile reads an
+        axis it cannot place among TCZYXS (tifffile's R, H, E, A…) at its first index only."""
+        found = super().scene(opened, img, index, position, count, names, shown_as, metadata_of, **given)
+        series = opened.tiff.series[position]
+        if self.name == TiffFormat.name and math.prod(series.shape) != math.prod(found.tczyx):
+            lost = [f"{a} of {n}" for a, n in zip(series.axes, series.shape) if a not in "TCZYXS" and n > 1]
+            raise InputError(shown_as, f"its {'axes' if len(lost) > 1 else 'axis'} {', '.join(lost) or series.axes} "
+                                       f"(tifffile's axes {series.axes}) cannot be archived as t, c, z, y, x: only "
+                                       f"{math.prod(found.tczyx):,} of its {math.prod(series.shape):,} pixels would "
+                                       "be read. Save it with its axes named T, C, Z (ImageJ or OME-TIFF)")
+        return found
 
     def layout(self, opened: Opened, img: Any, index: int, samples: bool, position: int) -> dict[str, Any]:
         return {**super().layout(opened, img, index, samples, position),
@@ -113,6 +136,80 @@ class TiffFormat(ReaderFormat):
                 extras["notes"] = found.notes + (f"{found.shown_as}: {ASSOCIATED[role]}; archived as {base}_{role} "
                                                  f"beside the slide ({base})",)
         return extras
+
+
+class TiffScenes:
+    """A TIFF's series as ``BioImage`` describes them when bioio-tifffile reads the file (its scenes; a scene's
+    dims, shape and dtype, the reader's own dims), from tifffile alone. Made (``of``) only where that is certain:
+    no OME-XML, no Micro-Manager stack (bioio-tifffile opens files as plain TIFFs), and every series' axes, named
+    as bioio-tifffile names them, among TCZYXS, each once. ``tests/test_formats`` holds it to bioio on every kind
+    of TIFF it writes."""
+
+    def __init__(self, series: list[tuple[str, tuple[int, ...], str]]) -> None:
+        self.series = series  # (dims, shape, dtype) of each series, as the reader names them
+        self.scenes = tuple(f"Image:{i}" for i in range(len(series)))
+        self.index = 0
+
+    @classmethod
+    def of(cls, tif: Any) -> TiffScenes | None:
+        try:
+            if tif.is_ome or tif.is_mmstack:
+                return None
+            series = [(reader_dims(s.axes, tuple(s.shape)), tuple(int(n) for n in s.shape), str(s.dtype))
+                      for s in tif.series]
+        except Exception:  # bioio then reads it, and says what is wrong with it
+            return None
+        if not series or not all(len(dims) == len(shape) == len(set(dims)) and set(dims) <= set("TCZYXS")
+                                 for dims, shape, _dtype in series):
+            return None
+        return cls(series)
+
+    def set_scene(self, index: int) -> None:
+        self.index = index
+
+    @property
+    def native_dims(self) -> list[tuple[str, int]]:
+        dims, shape, _dtype = self.series[self.index]
+        return list(zip(dims, shape))
+
+    @property
+    def dims(self) -> dict[str, int]:
+        """BioImage's dims: TCZYX, and S where the reader has it."""
+        sizes = dict(self.native_dims)
+        return {d: sizes.get(d, 1) for d in ("TCZYXS" if "S" in sizes else "TCZYX")}
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.dims.values())
+
+    @property
+    def dtype(self) -> str:
+        return self.series[self.index][2]
+
+    def scene_pixels(self, shown_as: str) -> tuple[tuple[int, ...], str, list[str] | None]:
+        """As ``bioio.lazy_pixels`` gives them: colour samples (S > 1) become the channels."""
+        d = self.dims
+        if d.get("S", 1) > 1:
+            if d["C"] > 1:
+                raise InputError(shown_as, "images with both channels and colour samples are not supported")
+            return (d["T"], d["S"], d["Z"], d["Y"], d["X"]), self.dtype, COLOUR_SAMPLES[: d["S"]]
+        return (d["T"], d["C"], d["Z"], d["Y"], d["X"]), self.dtype, None
+
+
+def reader_dims(axes: str, shape: tuple[int, ...]) -> str:
+    """A series' axes as bioio-tifffile names them: tifffile's, an unnamed one (``UNNAMED``) given the first of
+    the dims a shape this long is guessed to have (the last of TCZYX) that no other axis has already."""
+    if not any(a in UNNAMED for a in axes):
+        return axes
+    guessed = "TCZYX"[5 - len(shape):]  # bioio's guess, negative start and all
+    named: list[str] = []
+    for letter in axes:
+        if letter not in UNNAMED:
+            named.append(letter)
+            continue
+        free = [g for g in guessed if g not in named and g not in axes]
+        named.append(free[0] if free else letter)
+    return "".join(named)
 
 
 def plate_positions(opened: Opened) -> dict[int, Any]:
@@ -209,8 +306,12 @@ def tiff_axes(opened: Opened, img: Any, series: int) -> str | None:
     """The file's axes in tifffile's order, named as bioio names them, when tifffile can read the series
     directly: the axes longer than one agree in order, size and letter with the reader's native dims (bioio
     may add or drop singleton axes). None otherwise (the bioio reader then reads the pixels)."""
-    native = img.reader.xarray_dask_data
-    dims = [(str(d), int(n)) for d, n in zip(native.dims, native.shape) if int(n) > 1]
+    if isinstance(img, TiffScenes):
+        native = img.native_dims
+    else:
+        data = img.reader.xarray_dask_data
+        native = list(zip(data.dims, data.shape))
+    dims = [(str(d), int(n)) for d, n in native if int(n) > 1]
     try:
         chosen = opened.tiff.series[series]
         t_axes, t_shape = chosen.axes, tuple(chosen.levels[0].shape)
