@@ -370,16 +370,19 @@ def display_windows(store: str, image: ImageRecord, smallest: np.ndarray | None 
         smallest = zarr.open_array(f"{store}/{level.path}", mode="r")
     smallest = np.asarray(smallest[sample])
     planes = np.moveaxis(smallest, axes.index("c"), 0) if "c" in axes else smallest[None]  # a label: no channels
-    windows = []
-    for plane in planes:
-        values = plane[np.isfinite(plane)] if np.issubdtype(plane.dtype, np.floating) else plane
-        values = values.astype(np.float64).ravel()
-        if values.size == 0:
-            windows.append((0.0, 1.0))
-            continue
-        lo, hi = np.percentile(values, [0.1, 99.9])
-        windows.append((float(lo), float(hi if hi > lo else lo + 1)))
-    return windows
+    return [window(plane) for plane in planes]
+
+
+def window(plane: np.ndarray) -> tuple[float, float]:
+    """The 0.1 and 99.9 percentiles of ``plane``'s finite values ((0, 1) when it has none). Integers are taken as
+    they are: the same percentiles as of their float64 copy (numpy interpolates in float64), in a quarter of the
+    memory (a 16-bit stack's 8 planes of 512 x 512 cost 45 MiB at the end of the pass)."""
+    values = plane[np.isfinite(plane)] if np.issubdtype(plane.dtype, np.floating) else plane
+    values = (values if values.dtype.kind in "ui" else values.astype(np.float64)).ravel()
+    if values.size == 0:
+        return 0.0, 1.0
+    lo, hi = np.percentile(values, [0.1, 99.9])
+    return float(lo), float(hi if hi > lo else lo + 1)
 
 
 def _keep_ome_xml(store: str, image: ImageRecord, ngff: str) -> None:
