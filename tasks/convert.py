@@ -272,35 +272,18 @@ def as_label(image: ImageRecord, entry: FileEntry | None, n_series: int) -> Imag
 def generated_xml(found: formats.Found, shape: tuple[int, ...], axes: tuple[str, ...], channels: list[str],
                   sizes: dict[str, float | None], unit: str | None) -> bytes:
     """The OME-XML kept beside an image whose file has none of its own: generated from what was read, with the
-    file's own description kept as an annotation."""
-    from ome_types import model
+    file's own description kept as an annotation (``zarrchive.omexml``)."""
+    from zarrchive.omexml import Generated, document
 
     dims = dict(zip(axes, shape))
     ome_type = {"bool": "bit", "float16": "float", "float32": "float", "float64": "double"}.get(
         str(np.dtype(found.dtype)), str(np.dtype(found.dtype)))
-    pixels: dict[str, Any] = {
-        "id": "Pixels:0", "dimension_order": "XYZCT", "type": ome_type, "metadata_only": True,
-        "size_x": dims["x"], "size_y": dims["y"], "size_z": dims.get("z", 1), "size_c": dims["c"],
-        "size_t": dims.get("t", 1),
-        "channels": [model.Channel(id=f"Channel:0:{i}", name=n, samples_per_pixel=1) for i, n in enumerate(channels)],
-    }
-    for ax in "xyz":
-        if sizes.get(ax) is not None and unit in OME_LENGTH:
-            pixels[f"physical_size_{ax}"] = sizes[ax]
-            pixels[f"physical_size_{ax}_unit"] = OME_LENGTH[unit]
-    if found.metadata.time_increment:
-        pixels["time_increment"] = found.metadata.time_increment
-    annotations = []
-    if found.description:
-        annotations.append(model.CommentAnnotation(id="Annotation:0", namespace="zarrchive/source-description",
-                                                   value=found.description))
-    doc = model.OME(
-        creator=f"zarrchive {__version__} (generated from {found.reader})",
-        images=[model.Image(id="Image:0", name=found.name, pixels=model.Pixels(**pixels),
-                            annotation_refs=[model.AnnotationRef(id=a.id) for a in annotations])],
-        structured_annotations=model.StructuredAnnotations(comment_annotations=annotations) if annotations else None,
-    )
-    return doc.to_xml().encode()
+    physical = {ax: (sizes[ax], OME_LENGTH[unit]) for ax in "xyz" if sizes.get(ax) is not None and unit in OME_LENGTH}
+    return document(Generated(
+        creator=f"zarrchive {__version__} (generated from {found.reader})", name=found.name, pixel_type=ome_type,
+        size={"x": dims["x"], "y": dims["y"], "z": dims.get("z", 1), "c": dims["c"], "t": dims.get("t", 1)},
+        channels=list(channels), physical=physical, time_increment=found.metadata.time_increment or None,
+        description=found.description or None))
 
 
 @stage_task(name="convert", task_run_name="convert: {file.path}", cache_key_fn=convert_key,
