@@ -540,11 +540,24 @@ def test_converting_a_plain_tiff_imports_no_bioio(tmp_path):
 
     path = plain_tiff(tmp_path / "stack.tif", random_image((4, 64, 64), "uint16"), tile=(32, 32),
                       compression="zlib", metadata={"axes": "ZYX"})
+    kept = ('bioio', 'bioio_base', 'xarray', 'ome_types')
     script = ("import sys; from zarrchive.config import load_settings; "
               "from zarrchive.standalone import convert_to_ome_zarr; "
               f"convert_to_ome_zarr({str(path)!r}, {str(tmp_path / 'out.ome.zarr')!r}, load_settings()); "
-              "print(sorted(m for m in sys.modules if m.split('.')[0] in ('bioio', 'bioio_base', 'xarray', 'ome_types')))")
+              f"print(sorted(m for m in sys.modules if m.split('.')[0] in {kept!r}))")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip().splitlines()[-1] == "[]"
     assert zarr.open_array(str(tmp_path / "out.ome.zarr" / "0"), mode="r")[...].reshape(4, 64, 64).shape == (4, 64, 64)
+
+
+def test_a_tiff_description_with_control_characters_is_kept_escaped(tmp_path, settings):
+    """Some acquisition software leaves control characters in a TIFF's description, which XML 1.0 cannot hold:
+    the image converts, and the description kept in its generated OME-XML writes them as escapes."""
+    from xml.etree import ElementTree
+
+    path = plain_tiff(tmp_path / "ctl.tif", random_image((2, 16, 16), "uint16"), metadata=None,
+                      description="scan\x01\x02 gain=3\x1f <ok> & done")
+    [image] = convert_file(staged(path, "ctl.tif"), None, str(tmp_path / "w"), settings.convert)
+    value = ElementTree.parse(image.metadata_xml).getroot().find(".//{*}CommentAnnotation/{*}Value").text
+    assert value == "scan\\x01\\x02 gain=3\\x1f <ok> & done"
