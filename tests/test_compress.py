@@ -646,17 +646,24 @@ def test_a_small_image_s_level_0_is_stored_as_its_codec_trial_encoded_it(tmp_pat
 
 
 @hsettings(max_examples=60, deadline=None)
-@given(dtype=st.sampled_from(["bool", "uint8", "int8", "uint16", "int16", "uint32", "int32", "float32", "float64"]),
-       size=st.integers(0, 5000), seed=st.integers(0, 2**16), spread=st.sampled_from([1, 3, 255, 65535, 2**31 - 1]))
-def test_a_display_window_is_the_percentiles_of_the_float64_values_whatever_the_type(dtype, size, seed, spread):
-    """Integers are no longer copied to float64 for the display window (a quarter of the memory): the window is
-    still exactly what the float64 copy gives, on every type, with NaN and infinities left out of floats."""
+@given(dtype=st.sampled_from(["bool", "uint8", "int8", "uint16", "int16", "uint32", "int32", "int64", "uint64",
+                              "float32", "float64"]),
+       size=st.integers(0, 5000), seed=st.integers(0, 2**16), spread=st.sampled_from([1, 3, 255, 65535, 2**31 - 1]),
+       spikes=st.integers(0, 4))
+def test_a_display_window_is_the_percentiles_of_the_float64_values_whatever_the_type(dtype, size, seed, spread,
+                                                                                     spikes):
+    """Unsigned integers are no longer copied to float64 for the display window (a quarter of the memory): the
+    window is still exactly what the float64 copy gives, on every type, with dead and saturated pixels at the
+    type's extremes (where a signed type's interpolation would wrap), NaN and infinities left out of floats."""
     from zarrchive.pixels.passes import window
 
     rng = np.random.default_rng(seed)
     info = np.iinfo(dtype) if dtype not in ("bool", "float32", "float64") else None
     low, high = (max(info.min, -spread), min(info.max, spread)) if info else (-spread, spread)
     plane = rng.integers(low, high, size, endpoint=True).astype(dtype)
+    if info is not None and size:
+        plane[rng.integers(0, size, spikes)] = info.min
+        plane[rng.integers(0, size, spikes)] = info.max
     if plane.dtype.kind == "f" and size:
         plane[rng.integers(0, size, 3)] = [np.nan, np.inf, -np.inf]
     values = plane[np.isfinite(plane)].astype(np.float64) if plane.dtype.kind == "f" else plane.astype(np.float64)

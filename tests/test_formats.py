@@ -493,6 +493,20 @@ def _tiff_kinds(folder):
     }
     for name, (data, kwargs) in writes.items():
         kinds[name] = plain_tiff(folder / name, data, **kwargs)
+    # damaged: an ImageJ stack declaring 5 planes holding 1; a second page whose tag points past the end
+    kinds["imagej-short.tif"] = plain_tiff(folder / "imagej-short.tif", random_image((16, 16), "uint16"),
+                                           description="ImageJ=1.11a\nimages=5\nslices=5\n", metadata=None)
+    kinds["bad-second-page.tif"] = path = folder / "bad-second-page.tif"
+    with tifffile.TiffWriter(path) as tw:
+        tw.write(random_image((16, 16), "uint16"), metadata=None)
+        tw.write(random_image((8, 8), "uint16"), metadata=None, datetime="2026:01:01 00:00:00")
+    with tifffile.TiffFile(path) as tif:
+        entry = tif.pages[1].tags["DateTime"].offset
+    damaged = bytearray(path.read_bytes())
+    damaged[entry + 8:entry + 12] = (len(damaged) + 1000).to_bytes(4, "little")
+    path.write_bytes(bytes(damaged))
+    kinds["unnamed-and-other.tif"] = plain_tiff(folder / "unnamed-and-other.tif", random_image((3, 3, 16, 16)),
+                                                metadata={"axes": "QHYX"})
     return kinds
 
 
@@ -520,13 +534,18 @@ def test_a_plain_tiff_described_by_tifffile_alone_is_described_as_bioio_describe
     stood_in = {name for name, path in kinds.items() if TiffScenes.of(tifffile.TiffFile(path)) is not None}
     monkeypatch.setattr(TiffScenes, "of", classmethod(lambda cls, tif: None))
     with_bioio = {name: _described(path, settings) for name, path in kinds.items()}
-    for name in kinds:
+    colour_stacks = {"rgb-stack.tif"}  # the one deliberate difference: bioio refuses them (test below)
+    for name in set(kinds) - colour_stacks:
         assert alone[name] == with_bioio[name], name
-    assert stood_in == set(kinds) - {"other-letters.tif", "twice.tif", "shaped-6d.tif"}
-    assert alone["rgb-channels.tif"][0] == "error"  # both channels and colour samples, refused either way
+    assert all(with_bioio[name][0] == "error" and alone[name][0] != "error" for name in colour_stacks)
+    assert stood_in == set(kinds) - {"other-letters.tif", "twice.tif", "shaped-6d.tif", "unnamed-and-other.tif"}
+    for name in ("imagej-short.tif", "bad-second-page.tif"):  # refused, never archived in part
+        assert alone[name][0] == "error" and "damaged TIFF" in alone[name][2], alone[name]
+    assert alone["rgb-channels.tif"][0] == "error"  # named channels and colour samples: refused either way
     # axes with no place among TCZYXS: refused, never archived as their first plane (bioio reads only that)
     assert alone["other-letters.tif"][:2] == ("error", "other-letters.tif") and "R of 2, H of 3" in alone[
         "other-letters.tif"][2]
+    assert "axis H of 3 (of CHYX)" in alone["unnamed-and-other.tif"][2]  # its unnamed axis is read: C
     assert [f["tczyx"] for f, _layout in alone["shaped-qq.tif"]] == [(1, 2, 5, 32, 48)]
     assert [f["tczyx"] for f, _layout in alone["two-series.tif"]] == [(1, 1, 1, 40, 48), (1, 3, 1, 24, 32),
                                                                      (1, 2, 5, 24, 32)]
@@ -561,3 +580,21 @@ def test_a_tiff_description_with_control_characters_is_kept_escaped(tmp_path, se
     [image] = convert_file(staged(path, "ctl.tif"), None, str(tmp_path / "w"), settings.convert)
     value = ElementTree.parse(image.metadata_xml).getroot().find(".//{*}CommentAnnotation/{*}Value").text
     assert value == "scan\\x01\\x02 gain=3\\x1f <ok> & done"
+
+
+@pytest.mark.parametrize("shape, tczyx", [((4, 32, 48, 3), (1, 3, 4, 32, 48)), ((2, 3, 16, 24, 4), (2, 4, 3, 16, 24)),
+                                          ((5, 16, 24, 3), (1, 3, 5, 16, 24))])
+def test_a_stack_of_colour_planes_saved_without_axis_names_converts_as_z_planes(tmp_path, settings, shape, tczyx):
+    """tifffile saves a stack of RGB(A) planes with unnamed axes (``QYXS``); bioio-tifffile names the unnamed axis
+    C, and the image had channels and colour samples both, and was refused. It is now a z-stack (or a time series
+    of z-stacks) whose colours are its channels, read exactly."""
+    from zarrchive.pixels.sources import read_region
+
+    data = random_image(shape, "uint8")
+    path = plain_tiff(tmp_path / "colour.tif", data, photometric="rgb")
+    [image] = convert_file(staged(path, "colour.tif"), None, str(tmp_path / "w"), settings.convert)
+    assert tuple(image.channel_names) == ("R", "G", "B", "A")[: shape[-1]]
+    assert tuple(n for n in tczyx if n > 1) == tuple(n for n in image.shape if n > 1)
+    block = read_region(str(path), image.layout, tuple(slice(0, n) for n in image.shape))
+    expected = np.moveaxis(data, -1, 1 if len(shape) == 5 else 0)  # colours first (after t)
+    np.testing.assert_array_equal(block.reshape(expected.shape), expected)

@@ -74,7 +74,9 @@ class TiffFormat(ReaderFormat):
         """Every series, described by tifffile alone where that is what bioio-tifffile would say (``TiffScenes``):
         a plain TIFF is then converted without importing bioio (0.6 s and 64 MiB of a ``zarrchive convert``)."""
         self.check_declared(opened)
-        if (alone := TiffScenes.of(opened.tiff)) is not None:
+        with tiff_must_be_whole(opened.shown_as):  # what tifffile complains of while it builds the series
+            alone = TiffScenes.of(opened.tiff)
+        if alone is not None:
             return self.scenes(opened, None, img=alone, names=list(alone.scenes))
         return self.scenes(opened, self.reader(opened.shown_as))
 
@@ -99,13 +101,13 @@ class TiffFormat(ReaderFormat):
         """The series as an image, refused where its pixels would not all be archived: bioio-tifffile reads an
         axis it cannot place among TCZYXS (tifffile's R, H, E, A…) at its first index only."""
         found = super().scene(opened, img, index, position, count, names, shown_as, metadata_of, **given)
-        series = opened.tiff.series[position]
-        if self.name == TiffFormat.name and math.prod(series.shape) != math.prod(found.tczyx):
-            lost = [f"{a} of {n}" for a, n in zip(series.axes, series.shape) if a not in "TCZYXS" and n > 1]
-            raise InputError(shown_as, f"its {'axes' if len(lost) > 1 else 'axis'} {', '.join(lost) or series.axes} "
-                                       f"(tifffile's axes {series.axes}) cannot be archived as t, c, z, y, x: only "
-                                       f"{math.prod(found.tczyx):,} of its {math.prod(series.shape):,} pixels would "
-                                       "be read. Save it with its axes named T, C, Z (ImageJ or OME-TIFF)")
+        native = native_dims(img)
+        if self.name == TiffFormat.name and (held := math.prod(n for _d, n in native)) != math.prod(found.tczyx):
+            lost = [f"{d} of {n}" for d, n in native if d not in "TCZYXS" and n > 1]
+            raise InputError(shown_as, f"its {'axes' if len(lost) > 1 else 'axis'} {', '.join(lost) or '?'} (of "
+                                       f"{''.join(d for d, _n in native)}) cannot be archived as t, c, z, y, x: only "
+                                       f"{math.prod(found.tczyx):,} of its {held:,} pixels would be read. Save it "
+                                       "with its axes named T, C, Z (ImageJ or OME-TIFF)")
         return found
 
     def layout(self, opened: Opened, img: Any, index: int, samples: bool, position: int) -> dict[str, Any]:
@@ -143,7 +145,7 @@ class TiffScenes:
     dims, shape and dtype, the reader's own dims), from tifffile alone. Made (``of``) only where that is certain:
     no OME-XML, no Micro-Manager stack (bioio-tifffile opens files as plain TIFFs), and every series' axes, named
     as bioio-tifffile names them, among TCZYXS, each once. ``tests/test_formats`` holds it to bioio on every kind
-    of TIFF it writes."""
+    of TIFF it writes. One deliberate difference: a stack of colour planes (``colour_stack_dims``)."""
 
     def __init__(self, series: list[tuple[str, tuple[int, ...], str]]) -> None:
         self.series = series  # (dims, shape, dtype) of each series, as the reader names them
@@ -155,7 +157,7 @@ class TiffScenes:
         try:
             if tif.is_ome or tif.is_mmstack:
                 return None
-            series = [(reader_dims(s.axes, tuple(s.shape)), tuple(int(n) for n in s.shape), str(s.dtype))
+            series = [(colour_stack_dims(s.axes, tuple(s.shape)), tuple(int(n) for n in s.shape), str(s.dtype))
                       for s in tif.series]
         except Exception:  # bioio then reads it, and says what is wrong with it
             return None
@@ -194,6 +196,18 @@ class TiffScenes:
                 raise InputError(shown_as, "images with both channels and colour samples are not supported")
             return (d["T"], d["S"], d["Z"], d["Y"], d["X"]), self.dtype, COLOUR_SAMPLES[: d["S"]]
         return (d["T"], d["C"], d["Z"], d["Y"], d["X"]), self.dtype, None
+
+
+def colour_stack_dims(axes: str, shape: tuple[int, ...]) -> str:
+    """``reader_dims``, but for one difference: bioio-tifffile names an unnamed axis beside colour samples C, and
+    a stack of colour planes as tifffile saves it by default (``QYXS``) would then have channels and samples both,
+    which is refused. The axis is named Z instead (as the unnamed axis of a stack of grey planes is), or T."""
+    dims = reader_dims(axes, shape)
+    sizes = dict(zip(axes, shape))
+    if sizes.get("S", 1) > 1 and "C" in dims and axes[dims.index("C")] in UNNAMED:
+        if (free := next((d for d in "ZT" if d not in dims), None)) is not None:
+            return dims.replace("C", free)
+    return dims
 
 
 def reader_dims(axes: str, shape: tuple[int, ...]) -> str:
@@ -302,16 +316,19 @@ def tiff_metadata(tif: Any, series: int) -> SourceMetadata:
                           time_unit=tunit if finterval else None)
 
 
+def native_dims(img: Any) -> list[tuple[str, int]]:
+    """The current scene's dims as its reader names them (bioio-tifffile's, or ``TiffScenes``'), with sizes."""
+    if isinstance(img, TiffScenes):
+        return img.native_dims
+    data = img.reader.xarray_dask_data
+    return [(str(d), int(n)) for d, n in zip(data.dims, data.shape)]
+
+
 def tiff_axes(opened: Opened, img: Any, series: int) -> str | None:
     """The file's axes in tifffile's order, named as bioio names them, when tifffile can read the series
     directly: the axes longer than one agree in order, size and letter with the reader's native dims (bioio
     may add or drop singleton axes). None otherwise (the bioio reader then reads the pixels)."""
-    if isinstance(img, TiffScenes):
-        native = img.native_dims
-    else:
-        data = img.reader.xarray_dask_data
-        native = list(zip(data.dims, data.shape))
-    dims = [(str(d), int(n)) for d, n in native if int(n) > 1]
+    dims = [(d, n) for d, n in native_dims(img) if n > 1]
     try:
         chosen = opened.tiff.series[series]
         t_axes, t_shape = chosen.axes, tuple(chosen.levels[0].shape)

@@ -374,11 +374,14 @@ def display_windows(store: str, image: ImageRecord, smallest: np.ndarray | None 
 
 
 def window(plane: np.ndarray) -> tuple[float, float]:
-    """The 0.1 and 99.9 percentiles of ``plane``'s finite values ((0, 1) when it has none). Integers are taken as
-    they are: the same percentiles as of their float64 copy (numpy interpolates in float64), in a quarter of the
-    memory (a 16-bit stack's 8 planes of 512 x 512 cost 45 MiB at the end of the pass)."""
+    """The 0.1 and 99.9 percentiles of ``plane``'s finite values ((0, 1) when it has none). Unsigned integers up to
+    32 bits are taken as they are: the same percentiles as of their float64 copy (numpy interpolates in float64,
+    from a difference that cannot wrap: the larger value minus the smaller), in a quarter of the memory (a 16-bit
+    stack's 8 planes of 512 x 512 cost 45 MiB at the end of the pass). Signed integers are copied: their
+    difference wraps in their own type (-32768 and 199 in int16)."""
     values = plane[np.isfinite(plane)] if np.issubdtype(plane.dtype, np.floating) else plane
-    values = (values if values.dtype.kind in "ui" else values.astype(np.float64)).ravel()
+    exact = values.dtype.kind == "u" and values.dtype.itemsize <= 4
+    values = (values if exact else values.astype(np.float64)).ravel()
     if values.size == 0:
         return 0.0, 1.0
     lo, hi = np.percentile(values, [0.1, 99.9])
