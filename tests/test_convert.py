@@ -407,14 +407,16 @@ def _with_ome_types(image):
 
 _TEXT = st.one_of(st.text(max_size=20), st.sampled_from(["a\r\nb\rc", "\t x \t", "\"q\" 'a'", "<b>&amp;</b>", "]]>",
                                                        "é\u2028\u0085 µm Å", "\x00\x1f\x7f", " ", "\n"]))
-_FLOATS = st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(-5, 10**6),
+_FLOATS = st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(-5, 10**6), st.just(10**400),
+                    st.sampled_from([np.float32(0.1), np.float64(0.65), -0.0]),
                     st.sampled_from([0.1, 0.65, 1e-7, 2.5e-12, 1e16, 1e22, 123456789.125, 5e-324]))
 
 
 @hsettings(max_examples=int(os.environ.get("OMEXML_EXAMPLES", 400)), deadline=None)
 @given(pixel_type=st.sampled_from(sorted(PIXEL_TYPES) + ["int64", "uint64", "complex64", "float16"]),
-       size=st.fixed_dictionaries({a: st.integers(-1, 10**6) for a in "xyzct"}),
-       channels=st.lists(_TEXT, max_size=4), name=_TEXT,
+       size=st.fixed_dictionaries({a: st.one_of(st.integers(-1, 10**6), st.sampled_from([2.0, 2.5, np.int64(3)]))
+                                   for a in "xyzct"}),
+       channels=st.lists(st.one_of(st.none(), _TEXT), max_size=4), name=st.one_of(st.none(), _TEXT),
        physical=st.dictionaries(st.sampled_from("xyz"),
                                 st.tuples(_FLOATS, st.sampled_from(sorted(OME_LENGTH.values()))), max_size=3),
        time_increment=st.one_of(st.none(), _FLOATS), description=st.one_of(st.none(), _TEXT, st.text(max_size=60)),
@@ -432,8 +434,9 @@ def test_the_generated_ome_xml_is_what_ome_types_writes(pixel_type, size, channe
 
     image = Generated(creator=creator, name=name, pixel_type=pixel_type, size=size, channels=channels,
                       physical=physical, time_increment=time_increment, description=description)
-    safe = Generated(creator=xml_safe(creator), name=xml_safe(name), pixel_type=pixel_type, size=size,
-                     channels=[xml_safe(c) for c in channels], physical=physical, time_increment=time_increment,
+    safe = Generated(creator=xml_safe(creator), name=None if name is None else xml_safe(name), pixel_type=pixel_type,
+                     size=size, channels=[None if c is None else xml_safe(c) for c in channels], physical=physical,
+                     time_increment=time_increment,
                      description=None if description is None else xml_safe(description))
     try:
         expected = _with_ome_types(safe)
@@ -444,4 +447,4 @@ def test_the_generated_ome_xml_is_what_ome_types_writes(pixel_type, size, channe
     written = document(image)
     assert written == expected
     root = ElementTree.fromstring(written)
-    assert root.find(".//{*}Image").get("Name") == xml_safe(name)
+    assert root.find(".//{*}Image").get("Name") == (None if name is None else xml_safe(name))

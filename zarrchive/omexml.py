@@ -27,10 +27,10 @@ class Generated:
     """What the document says of the image (``physical``: axis -> (size, OME unit symbol))."""
 
     creator: str
-    name: str
+    name: str | None  # None: no Name (as ome-types writes it)
     pixel_type: str
     size: dict[str, int]  # x, y, z, c, t
-    channels: list[str]
+    channels: list[str | None]
     physical: dict[str, tuple[float, str]] = field(default_factory=dict)
     time_increment: float | None = None
     description: str | None = None
@@ -42,11 +42,15 @@ def document(image: Generated) -> bytes:
     if image.pixel_type not in PIXEL_TYPES:
         raise ValueError(f"OME has no pixel type {image.pixel_type!r} (it has {', '.join(sorted(PIXEL_TYPES))})")
     for axis in "xyzct":
-        if int(image.size[axis]) < 1:
-            raise ValueError(f"size {axis.upper()} {image.size[axis]} is not positive")
+        if int(image.size[axis]) != image.size[axis] or int(image.size[axis]) < 1:
+            raise ValueError(f"size {axis.upper()} {image.size[axis]} is not a positive whole number")
     for axis, (value, unit) in image.physical.items():
-        if not float(value) > 0:
-            raise ValueError(f"physical size {axis.upper()} {value} is not positive")
+        try:
+            positive = float(value) > 0
+        except OverflowError:  # an integer too large for a float
+            positive = False
+        if not positive:
+            raise ValueError(f"physical size {axis.upper()} {value} is not a positive number OME can hold")
         if unit not in LENGTH_UNITS:
             raise ValueError(f"{unit!r} is not an OME length unit")
     pixels = [("ID", "Pixels:0"), ("DimensionOrder", "XYZCT"), ("Type", image.pixel_type)]
@@ -78,7 +82,10 @@ def document(image: Generated) -> bytes:
 
 def number(value: float) -> str:
     """A float as xsdata writes one: ``repr``, upper case, no ``+`` in the exponent; NaN, INF, -INF."""
-    value = float(value)
+    try:
+        value = float(value)
+    except OverflowError:
+        raise ValueError(f"{value} is too large for a number OME can hold") from None
     if math.isnan(value):
         return "NaN"
     if math.isinf(value):
@@ -100,7 +107,7 @@ def text(value: str) -> str:
 
 def attributes(pairs: list[tuple[str, str]]) -> str:
     """Attributes escaped as lxml escapes them (quotes, and the whitespace an attribute would otherwise lose)."""
-    return "".join(f' {name}="{attribute(value)}"' for name, value in pairs)
+    return "".join(f' {name}="{attribute(value)}"' for name, value in pairs if value is not None)
 
 
 def attribute(value: str) -> str:
