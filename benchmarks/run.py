@@ -348,18 +348,20 @@ def check(src: Path, out: Path) -> dict[str, Any]:
     return found
 
 
-def level0_codecs(out: Path) -> list[dict[str, Any]] | None:
-    """The codecs level 0 of a Zarr v3 output stores its chunks with (inside its shards), as JSON (None: Zarr v2)."""
-    meta = json.loads((out / "0" / "zarr.json").read_text()) if (out / "0" / "zarr.json").exists() else None
+def level0_codecs(out: Path, level: str = "0") -> list[dict[str, Any]] | None:
+    """The codecs level 0 (or array ``level``) of a Zarr v3 output stores its chunks with (inside its shards), as
+    JSON (None: Zarr v2, or no such array)."""
+    meta = json.loads((out / level / "zarr.json").read_text()) if (out / level / "zarr.json").exists() else None
     if meta is None:
         return None
     codecs = meta["codecs"]
     return codecs[0]["configuration"]["codecs"] if codecs[0]["name"] == "sharding_indexed" else codecs
 
 
-def stored_codec(out: Path) -> tuple | None:
-    """The codec level 0 of a Zarr v3 output is stored with, as ``codec_key`` (None for Zarr v2)."""
-    if (codecs := level0_codecs(out)) is None:
+def stored_codec(out: Path, level: str = "0") -> tuple | None:
+    """The codec level 0 (or array ``level``) of a Zarr v3 output is stored with, as ``codec_key`` (None for Zarr
+    v2)."""
+    if (codecs := level0_codecs(out, level)) is None:
         return None
     named = [c for c in codecs if c["name"] != "bytes"]
     return codec_key(named[0]["name"], named[0].get("configuration", {})) if named else ("bytes",)
@@ -575,6 +577,8 @@ def main(argv: list[str] | None = None) -> int:
                 row["mb_s"] = round(size / 1e6 / row["wall_s"], 1)
                 row["ratio"] = round(size / row["out_bytes"], 3)
                 row["codec"] = stored_codec(out)
+                if tool in ZARRCHIVE:  # (compress.levels_codec: the levels below may have a faster one)
+                    row["levels_codec"] = stored_codec(out, "1")
                 if tool == "zarrchive-compat" and (codecs := stored_compressors(out)) is not None:
                     env["COPY_CODEC"] = json.dumps(codecs)
                 if tool == "zarrchive-max":  # how good was the choice made on a sample of chunks?

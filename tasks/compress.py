@@ -358,7 +358,7 @@ def begin_whole(image: ImageRecord, source: FileRecord, work: str, settings: Com
     plans = plan_writes(image, settings)
     thumbnail = partial_name(f"{final}.png") if picture and image.kind == "image" else None
     call = (source.staged_path, image, store, plans, candidates, samples, settings.choice(_encoded_bytes(image)),
-            settings.ngff, level0_digest, thumbnail)
+            settings.ngff, level0_digest, thumbnail, settings.levels_candidates())
     if group is not None:
         future = group.add(call, _level0_bytes(image))
     else:
@@ -391,7 +391,8 @@ def end_whole(begun: Begun) -> CompressionReport:
     chosen = begun.candidates[done.selection.chosen if done.selection else 0]
     return _report(image, begun.final, make_codec(chosen), done.selection, begun.plans, settings.ngff,
                    done.chunks, done.level0 if begun.digests else None, done.bytes_out, done.sha256, done.seconds,
-                   _picture_beside(begun) if done.thumbnail else None)
+                   _picture_beside(begun) if done.thumbnail else None,
+                   make_codec(done.levels_spec or chosen), done.levels)
 
 
 def _picture_beside(begun: Begun) -> str | None:
@@ -415,12 +416,13 @@ def _streamed(image: ImageRecord, source: FileRecord, work: str, settings: Compr
     stored = Stored()
     try:
         with client_for(scheduler) as client:
-            codec, selection = _codec_for(image, source, settings, client)
+            codec, selection, level_codec, levels = _codec_for(image, source, settings, client, plans)
             root = zarr.open_group(store, mode="w", zarr_format=ZARR_FORMAT[settings.ngff])
             for plan in plans:
                 root.create_array(plan.level.path, shape=plan.level.shape, chunks=plan.level.chunks,
-                                  dtype=image.dtype, fill_value=0,
-                                  **array_layout(plan, codec, image.axis_names, settings.ngff))
+                                  dtype=image.dtype, fill_value=0, **array_layout(
+                                      plan, codec if plan is plans[0] else level_codec, image.axis_names,
+                                      settings.ngff))
             level0 = _stream(client, image, source, store, plans, stored, deadline, progress, level0_digest)
             _small_levels(client, image, store, plans, stored, deadline)
         bytes_out, digest, _attributes = finish_store(store, image, settings.ngff, stored)
@@ -430,7 +432,8 @@ def _streamed(image: ImageRecord, source: FileRecord, work: str, settings: Compr
             raise
         raise failed from exc
     return _report(image, final, codec, selection, plans, settings.ngff, stored.chunks,
-                   level0 if level0_digest else None, bytes_out, digest, time.perf_counter() - started)
+                   level0 if level0_digest else None, bytes_out, digest, time.perf_counter() - started,
+                   levels_codec=level_codec, levels=levels)
 
 
 def _check_source(image: ImageRecord, source: FileRecord) -> None:
@@ -462,21 +465,27 @@ def _discarded(exc: Exception, image: ImageRecord, store: str) -> Exception:
 
 def _report(image: ImageRecord, store: str, codec: Any, selection: CodecSelection | None, plans: list[LevelPlan],
             ngff: str, chunks: int, level0: list[tuple] | None, bytes_out: int, digest: str,
-            seconds: float, thumbnail: str | None = None) -> CompressionReport:
+            seconds: float, thumbnail: str | None = None, levels_codec: Any = None,
+            levels: CodecSelection | None = None) -> CompressionReport:
     bytes_in = sum(int(np.prod(p.level.shape)) * np.dtype(image.dtype).itemsize for p in plans)
-    if ngff == "0.5":
-        choice = choice_of(codec)
-    else:  # a Zarr v2 compressor: {"id": ..., options}
-        config = v2_codec(codec).get_config()
-        choice = CodecChoice(name=config.pop("id"), configuration=config)
+    below = _choice(levels_codec, ngff) if levels_codec is not None and len(plans) > 1 else None
     return CompressionReport(
-        image_id=image.image_id, store=store, codec=choice, selection=selection,
+        image_id=image.image_id, store=store, codec=_choice(codec, ngff), selection=selection,
+        levels_codec=below if below != _choice(codec, ngff) else None, levels_selection=levels,
         bytes_in=bytes_in, bytes_out=bytes_out, ratio=round(bytes_in / bytes_out, 4) if bytes_out else 0.0,
         seconds=round(seconds, 3), chunks_verified=chunks,
         level0_sha256=hashlib.sha256("".join(d for _s, d in sorted(level0)).encode()).hexdigest()
         if level0 is not None else None,
         store_sha256=digest, thumbnail=thumbnail,
     )
+
+
+def _choice(codec: Any, ngff: str) -> CodecChoice:
+    """A codec as its arrays' metadata names it."""
+    if ngff == "0.5":
+        return choice_of(codec)
+    config = v2_codec(codec).get_config()  # a Zarr v2 compressor: {"id": ..., options}
+    return CodecChoice(name=config.pop("id"), configuration=config)
 
 
 def _level0_bytes(image: ImageRecord) -> int:
@@ -537,19 +546,22 @@ def _report_progress(client: Any, futures: list[Any], regions: list[tuple[slice,
         return  # gather_all reports it
 
 
-def _codec_for(image: ImageRecord, source: FileRecord, settings: CompressSettings,
-               client: Any) -> tuple[Any, CodecSelection | None]:
-    """The image's codec: the fixed one, or the profile's candidate chosen on a sample of its chunks."""
+def _codec_for(image: ImageRecord, source: FileRecord, settings: CompressSettings, client: Any,
+               plans: list[LevelPlan]) -> tuple[Any, CodecSelection | None, Any, CodecSelection | None]:
+    """The image's codec: the fixed one, or the profile's candidate chosen on a sample of its chunks; how it was
+    chosen; the codec of the levels below level 0 and how it was chosen (None: level 0's)."""
     candidates = settings.candidates()
     if len(candidates) == 1:
         if why := supports(candidates[0], np.dtype(image.dtype)):
             raise InputError(image.shown_as, f"the codec profile's one candidate cannot store it losslessly: {why}")
-        return make_codec(candidates[0]), None
+        return make_codec(candidates[0]), None, make_codec(candidates[0]), None
     level0 = image.levels[0]
     regions = sample_regions(level0.shape, level0.chunks, settings.sample_chunks)
-    selection = client.submit(select_codec, source.staged_path, image, regions, candidates,
-                              settings.choice(_encoded_bytes(image)), pure=False).result()
-    return make_codec(candidates[selection.chosen]), selection
+    selection, levels, levels_spec = client.submit(
+        select_codec, source.staged_path, image, regions, candidates, settings.choice(_encoded_bytes(image)),
+        settings.levels_candidates(), plans, pure=False).result()
+    chosen = candidates[selection.chosen]
+    return make_codec(chosen), selection, make_codec(levels_spec or chosen), levels
 
 
 @stage_task(name="compress", task_run_name="compress: {image.image_id}",
@@ -570,12 +582,16 @@ def _log_begun(log: Any, image: ImageRecord) -> None:
 
 def _log_ended(log: Any, report: CompressionReport, image: ImageRecord | None = None) -> None:
     """What an image's pass stored (with what the image is, when ``image`` is given: a batch says it in one line)."""
-    log.info("compress %s: %s%s stored as %s (ratio %.2f, %s), %d chunks decoded back and compared, %.1f s",
+    log.info("compress %s: %s%s stored as %s (ratio %.2f, %s%s), %d chunks decoded back and compared, %.1f s",
              report.image_id, f"{_described(image)} in {len(image.levels)} level(s), " if image else "",
-             human_size(report.bytes_in), human_size(report.bytes_out), report.ratio,
-             " ".join([report.codec.name, *(f"{k}={v}" for k, v in sorted(report.codec.configuration.items())
-                                           if k in ("cname", "clevel", "shuffle", "level"))]),
+             human_size(report.bytes_in), human_size(report.bytes_out), report.ratio, _named_codec(report.codec),
+             f"; the levels below: {_named_codec(report.levels_codec)}" if report.levels_codec else "",
              report.chunks_verified, report.seconds)
+
+
+def _named_codec(codec: CodecChoice) -> str:
+    return " ".join([codec.name, *(f"{k}={v}" for k, v in sorted(codec.configuration.items())
+                                   if k in ("cname", "clevel", "shuffle", "level"))])
 
 
 def _described(image: ImageRecord) -> str:

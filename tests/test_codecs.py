@@ -759,3 +759,49 @@ def test_a_slow_trial_is_given_up_as_soon_as_it_is_too_slow_and_the_time_counts_
     assert len(encoded) == 3 and 0 < seconds < 60
     image = SimpleNamespace(levels=[SimpleNamespace(shape=(1, 600, 1100), chunks=(1, 512, 512))], dtype="uint16")
     assert _encoded_bytes(image) == 2 * 3 * 512 * 512 * 2  # the chunks the image's end cuts, encoded whole
+
+
+def test_the_levels_codec_is_the_fastest_storing_no_more_than_level_0_s_and_is_proven():
+    """``choose_levels_codec``: candidate 0 (level 0's codec) bounds the bytes; a faster candidate that stores more
+    (blosc with no compression) is never chosen, a smaller and faster one is; the one chosen was decoded and
+    compared; a candidate that cannot store the pixels is skipped with why; level 0's alone is level 0's."""
+    from zarrchive.pixels.codecs import LEVELS_OBJECTIVE, choose_levels_codec
+
+    samples = [microscopy((256, 256), seed=s) for s in range(4)]
+    level0 = CodecSpec(codec="zstd", clevel=12)  # slow on noise, and larger than a bit shuffle's
+    copy = CodecSpec(codec="blosc", cname="lz4", clevel=0, shuffle="noshuffle")  # no compression: fastest, largest
+    quick = CodecSpec(codec="blosc", cname="zstd", clevel=1, shuffle="bitshuffle")
+    image = CodecSpec(codec="jpegls")  # not a levels candidate in a profile, but any that cannot store is skipped
+    chosen = choose_levels_codec([s.astype("float32") for s in samples], [CodecSpec(codec="zstd"), image])
+    assert chosen.chosen == 0 and chosen.candidates[1].skipped
+    selection = choose_levels_codec(samples, [level0, copy, quick])
+    figures = selection.candidates
+    assert selection.objective == LEVELS_OBJECTIVE and selection.sample_chunks == 4
+    assert figures[1].stored_bytes > figures[0].stored_bytes > figures[2].stored_bytes
+    assert figures[1].encode_mbps > figures[2].encode_mbps > figures[0].encode_mbps
+    assert selection.chosen == 2 and figures[2].decode_mbps and figures[0].decode_mbps is None
+    assert choose_levels_codec(samples, [level0]).chosen == 0
+
+
+def test_levels_only_candidates_and_levels_codec_are_configuration_and_part_of_the_identity():
+    from zarrchive.config import CompressSettings
+
+    compat = load_settings().compress
+    assert compat.levels_codec == "fastest" and not any(spec.levels for spec in compat.candidates())
+    levels = compat.levels_candidates()
+    assert [s.label() for s in levels if s.levels] == ["blosc zstd 1 bitshuffle"]
+    assert all(s.codec in ("blosc", "zstd") and not s.slow for s in levels)
+    assert compat.identity()["levels_codec"] == "fastest"
+    assert [c.get("levels") for c in compat.identity()["profiles"]["compat"]].count(True) == 1
+    assert compat.identity() != compat.model_copy(update={"levels_codec": "same"}).identity()
+    assert load_settings(overrides={"compress": {"levels_codec": "same"}}).compress.levels_candidates() == []
+    fixed = CompressSettings(profile="fixed")
+    assert fixed.levels_candidates() == [] and "levels_codec" not in fixed.identity()
+    for bad in (CodecSpec(codec="jpegxl", level=3, levels=True),
+                CodecSpec(codec="zstd", levels=True, slow=True), CodecSpec(codec="zstd", levels=True, baseline=True)):
+        with pytest.raises(ValueError, match="is for the levels below level 0 only"):
+            CompressSettings(profile="compat", profiles={"compat": [CodecSpec(codec="zstd"), bad]})
+    with pytest.raises(ValueError, match="has no candidate for level 0"):
+        CompressSettings(profile="compat", profiles={"compat": [CodecSpec(codec="zstd", levels=True)]})
+    with pytest.raises(ConfigError, match="levels_codec"):
+        load_settings(overrides={"compress": {"levels_codec": "smallest"}})

@@ -671,3 +671,60 @@ def test_a_display_window_is_the_percentiles_of_the_float64_values_whatever_the_
     if expected != (0.0, 1.0) and expected[1] <= expected[0]:
         expected = (expected[0], expected[0] + 1)
     assert window(plane) == expected
+
+
+def _array_codec(array_path):
+    """An array's compressor as its metadata names it: (name, its configuration) for Zarr v3 and v2 alike."""
+    import json
+
+    if os.path.exists(f"{array_path}/zarr.json"):
+        codecs = json.loads(Path(f"{array_path}/zarr.json").read_text())["codecs"]
+        inner = codecs[0]["configuration"]["codecs"] if codecs[0]["name"] == "sharding_indexed" else codecs
+        [compressor] = inner[1:]
+        return compressor["name"], compressor["configuration"]
+    config = dict(json.loads(Path(f"{array_path}/.zarray").read_text())["compressor"])
+    return config.pop("id"), config
+
+
+@pytest.mark.parametrize("ngff,streamed", [("0.5", False), ("0.5", True), ("0.4", False)])
+def test_the_levels_below_level_0_take_a_faster_codec_that_stores_no_more(tmp_path, settings, scheduler, monkeypatch,
+                                                                        ngff, streamed):
+    """``compress.levels_codec: fastest``: level 0 keeps the codec its trial chose; the levels below take a levels-only
+    candidate that stores a sample of level 1 in fewer bytes and encodes faster (here blosc zstd 1 with bit shuffle
+    against zstd 12 on shot noise), each array's metadata naming its own; every level proven and read back by plain
+    zarr as the block means; the report and its lineage facts say how. With ``same`` every level has level 0's."""
+    from zarrchive.config import CodecSpec
+    from zarrchive.tasks import compress
+
+    if streamed:
+        monkeypatch.setattr(compress, "region_budget", lambda client: 1)
+    rng = np.random.default_rng(5)
+    data = (smooth((4, 512, 512)) // 4 + rng.poisson(60, (4, 512, 512))).astype(np.uint16)
+    path = plain_tiff(tmp_path / "noise.tif", data)
+    profile = {"profiles": {"compat": [CodecSpec(codec="zstd", clevel=12), CodecSpec(codec="zstd", clevel=13),
+                                       CodecSpec(codec="blosc", cname="zstd", clevel=1, shuffle="bitshuffle",
+                                                 levels=True)]},
+               "min_encode_mbps": 0.0, "ngff": ngff}
+    [(image, report)] = archive_images(path, tmp_path / "a", settings, scheduler, convert={"chunk_xy": 128},
+                                       compress=profile)
+    assert len(image.levels) >= 3 and report.codec.name == "zstd"
+    assert (report.levels_codec.name, report.levels_codec.configuration["clevel"]) == ("blosc", 1)
+    figures, chosen = report.levels_selection.candidates, report.levels_selection.chosen
+    named = lambda choice: (choice.name, choice.configuration.get("clevel"))  # noqa: E731 (Zarr v2: another form)
+    assert named(figures[0].codec) == named(report.codec) and named(figures[chosen].codec) == ("blosc", 1)
+    assert chosen > 0
+    assert figures[chosen].stored_bytes < figures[0].stored_bytes
+    assert len(figures) == 2  # zstd 12 or 13, whichever is slower on level 0's sample, is not tried
+    assert _array_codec(f"{report.store}/0")[0] == "zstd"
+    for level in image.levels[1:]:
+        name, config = _array_codec(f"{report.store}/{level.path}")
+        assert (name, config["clevel"], config["cname"]) == ("blosc", 1, "zstd")
+    assert_levels_are_block_means(report, image, data)
+    facts = report.facts()
+    assert facts["levels_codec"]["name"] == "blosc" and facts["levels_codec_selection"]["chosen"] == chosen
+    [(_image, same)] = archive_images(path, tmp_path / "b", settings, scheduler, convert={"chunk_xy": 128},
+                                      compress={**profile, "levels_codec": "same"})
+    assert same.levels_codec is None and same.levels_selection is None
+    assert {_array_codec(f"{same.store}/{level.path}")[0] for level in image.levels} == {same.codec.name}
+    assert same.bytes_out > report.bytes_out
+    assert_levels_are_block_means(same, image, data)

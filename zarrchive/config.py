@@ -101,6 +101,10 @@ class PyramidSettings(Section):
     max_levels: int = Field(ge=1)
 
 
+LEVEL_CODECS = ("blosc", "zstd")  # the codecs the levels below level 0 may take besides level 0's: every Zarr v3
+#                                  reader has them, so a level never needs more installed than level 0 does
+
+
 class CodecSpec(Section):
     """One lossless codec with its settings: a candidate of a profile, or the fixed codec."""
 
@@ -116,6 +120,9 @@ class CodecSpec(Section):
     # eligible when it encodes the image's level 0 within the profile's slow_seconds (compress.slow_seconds). In
     # identities only where true (CompressSettings.identity): a profile without slow candidates keeps its own
     slow: bool = Field(default=False, exclude=True)
+    # a candidate for the pyramid's levels below level 0 only (compress.levels_codec: fastest): blosc or zstd, never
+    # tried for level 0. In identities only where true, as slow is
+    levels: bool = Field(default=False, exclude=True)
 
     def label(self) -> str:
         """A short name of the codec and its settings ("blosc zstd 5 shuffle", "zstd 19", "jpegxl 9")."""
@@ -147,6 +154,10 @@ class CompressSettings(Section):
     shard_xy: int = Field(default=2048, ge=0)
     shard_z: int = Field(default=8, ge=1)
     ngff: Literal["0.5", "0.4"] = "0.5"
+    # the codec of the levels below level 0: "fastest", the fastest to encode a sample of level 1 among level 0's
+    # codec and the profile's blosc and zstd candidates that store it in no more bytes than level 0's codec does
+    # (codecs.choose_levels_codec); "same": level 0's codec (the fixed profile always)
+    levels_codec: Literal["fastest", "same"] = "fastest"
     timeout_seconds: float = Field(default=86400, gt=0)  # the whole pass over one image
 
     operational: ClassVar[frozenset[str]] = frozenset({"timeout_seconds"})
@@ -160,6 +171,12 @@ class CompressSettings(Section):
                 raise ValueError(f"compress.profiles.{name} marks more than one candidate as its baseline")
             if any(c.baseline and c.slow for c in specs):
                 raise ValueError(f"compress.profiles.{name}: its baseline cannot be slow (it is always tried)")
+            for c in specs:
+                if c.levels and (c.codec not in LEVEL_CODECS or c.baseline or c.slow):
+                    raise ValueError(f"compress.profiles.{name}: {c.label()} is for the levels below level 0 only: "
+                                     "it must be blosc or zstd, and neither the baseline nor slow")
+            if specs and all(c.levels for c in specs):
+                raise ValueError(f"compress.profiles.{name} has no candidate for level 0 (all are levels: true)")
         for name, what in (("min_encode_mbps", "a number of MB/s"), ("slow_seconds", "a number of seconds"),
                            ("slow_within", "a fraction")):
             value = getattr(self, name)
@@ -180,10 +197,12 @@ class CompressSettings(Section):
         data["min_encode_mbps"] = self.floor()
         del data["slow_seconds"], data["slow_within"]
         if self.profile != "fixed" and any(c.slow for c in self.candidates()):  # (else they change nothing)
-            for spec, dumped in zip(self.candidates(), data["profiles"][self.profile]):
-                if spec.slow:
-                    dumped["slow"] = True
             data["slow_seconds"], data["slow_within"] = self.slow_budget(), self.slow_reach()
+        if self.profile != "fixed":
+            for spec, dumped in zip(self.profiles[self.profile], data["profiles"][self.profile]):
+                dumped.update({flag: True for flag in ("slow", "levels") if getattr(spec, flag)})
+        if self.profile == "fixed" or not self.levels_candidates():  # (then the levels take level 0's codec)
+            del data["levels_codec"]
         return data
 
     def _of_profile(self, value: float | dict[str, float], missing: float) -> float:
@@ -215,10 +234,19 @@ class CompressSettings(Section):
                 "slow_mbps": self.slow_floor(level0_bytes), "slow_within": self.slow_reach()}
 
     def candidates(self) -> list[CodecSpec]:
-        """The codecs to choose from: the profile's candidates, or the one fixed codec."""
+        """The codecs level 0's is chosen from: the profile's candidates (not those for the levels only), or the
+        one fixed codec."""
         if self.profile == "fixed":
             return [CodecSpec(codec=self.codec, cname=self.cname, clevel=self.clevel, shuffle=self.shuffle)]
-        return list(self.profiles[self.profile])
+        return [spec for spec in self.profiles[self.profile] if not spec.levels]
+
+    def levels_candidates(self) -> list[CodecSpec]:
+        """The codecs the levels below level 0 may take besides level 0's (``levels_codec: fastest``): the
+        profile's blosc and zstd candidates that are not slow, those for the levels only included; none for the
+        fixed profile, with ``levels_codec: same``, or where level 0's codec is not chosen."""
+        if self.profile == "fixed" or self.levels_codec == "same" or len(self.candidates()) < 2:
+            return []
+        return [spec for spec in self.profiles[self.profile] if spec.codec in LEVEL_CODECS and not spec.slow]
 
 
 def _byte_size(value: str) -> str:

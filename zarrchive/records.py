@@ -459,6 +459,8 @@ class CompressionReport(Record):
     #                              by ``zarrchive convert``, which runs no QC)
     store_sha256: str  # digest over every object of the store (path + sha256)
     selection: CodecSelection | None = None  # how the codec was chosen (None: a fixed codec)
+    levels_codec: CodecChoice | None = None  # the codec of the levels below level 0 (None: level 0's, ``codec``)
+    levels_selection: CodecSelection | None = None  # how it was chosen (None: not chosen, level 0's)
     thumbnail: str | None = None  # staging path of the picture the pass made for the landing page (None: publish
     #                               makes it from the store)
 
@@ -469,7 +471,10 @@ class CompressionReport(Record):
         """What lineage keeps of the stage's outcome: the codec, who can read it, how it was chosen."""
         return {"codec": self.codec.model_dump(mode="json"), "ratio": self.ratio, "bytes_out": self.bytes_out,
                 "chunks_verified": self.chunks_verified,
-                "codec_selection": self.selection.model_dump(mode="json") if self.selection else None}
+                "codec_selection": self.selection.model_dump(mode="json") if self.selection else None,
+                **({"levels_codec": self.levels_codec.model_dump(mode="json")} if self.levels_codec else {}),
+                **({"levels_codec_selection": self.levels_selection.model_dump(mode="json")}
+                   if self.levels_selection else {})}
 
 
 class QCReport(Record):

@@ -16,7 +16,9 @@ entry points, for Python 3.11 (where imagecodecs-zarr does not install) and
 for writing.
 
 ``choose_codec`` encodes a sample of an image's chunks with every candidate of
-the profile and picks by a documented objective (``OBJECTIVE``).
+the profile and picks by a documented objective (``OBJECTIVE``); ``choose_levels_codec``
+picks the codec of the levels below level 0 (``LEVELS_OBJECTIVE``): derived
+pixels, for viewers, are written faster where that costs no byte more.
 """
 
 from __future__ import annotations
@@ -56,6 +58,12 @@ OBJECTIVE = ("the smallest stored size over the sampled chunks among candidates 
 # warnings.catch_warnings swaps the process's filters, and a worker's threads make codecs at once.
 warnings.filterwarnings("ignore", message="Numcodecs codecs are not in the Zarr version 3 specification",
                         category=UserWarning)
+LEVELS_SPEED_TOLERANCE = 0.1  # (so that measured speeds a few per cent apart do not decide between runs)
+LEVELS_OBJECTIVE = ("the levels below level 0: among level 0's codec (candidate 0) and the profile's blosc and zstd "
+                    "candidates that are not slow (those slower than level 0's codec on its sample left out), those "
+                    "storing the sample of level 1 (the sampled chunks of level 0 downsampled) in no more bytes than "
+                    "level 0's codec; the fastest to encode it, speeds within "
+                    f"{LEVELS_SPEED_TOLERANCE:.0%} of the fastest counting as equal (then the smallest of them)")
 TIMED_RUNS = 3  # a speed that decides the choice: the best of this many runs
 KEPT_BYTES = 1 << 20  # a sample up to this size keeps its encodings, for the chosen one to be decoded
 
@@ -444,6 +452,71 @@ def choose_codec(samples: list[np.ndarray], candidates: list[CodecSpec], min_enc
                           slow_mbps=round(slow_floor, 3) if has_slow else None,
                           slow_within=slow_within if has_slow else None,
                           sample_chunks=len(samples), sample_bytes=raw, candidates=trials, chosen=chosen)
+
+
+def levels_trial(candidates: list[CodecSpec], selection: CodecSelection, others: list[CodecSpec]) -> list[CodecSpec]:
+    """The candidates of the levels' codec: level 0's (first, chosen among ``candidates`` by ``selection``), then
+    those of ``others`` (``levels_candidates``) that could be chosen: each that encoded level 0's sample at least
+    about as fast as level 0's codec (within ``LEVELS_SPEED_TOLERANCE``), and each not in that trial (a levels-only
+    candidate). One slower on level 0's pixels is slower on level 1's too: trying it would cost time for nothing."""
+    key = lambda spec: json.dumps(spec.model_dump(), sort_keys=True)  # noqa: E731
+    speeds = {key(spec): trial.encode_mbps for spec, trial in zip(candidates, selection.candidates)}
+    chosen = candidates[selection.chosen]
+    floor = (speeds[key(chosen)] or 0.0) * (1 - LEVELS_SPEED_TOLERANCE)
+    return [chosen, *(spec for spec in others if key(spec) != key(chosen)
+                      and (speeds.get(key(spec)) is None or speeds[key(spec)] >= floor))]
+
+
+def choose_levels_codec(samples: list[np.ndarray], candidates: list[CodecSpec]) -> CodecSelection:
+    """The codec of the levels below level 0 by ``LEVELS_OBJECTIVE``: ``candidates[0]`` is level 0's codec (the
+    bound on bytes, and eligible whatever the others do), ``samples`` pixels of level 1. Every candidate encodes
+    the sample once; those no larger than level 0's codec, and at least 2/3 as fast as the fastest of them, are
+    timed again (the best of ``TIMED_RUNS``); the one chosen is decoded and compared bit for bit (one that fails
+    on this content, or does not give it back, is skipped, and the choice made again). When level 0's codec
+    itself fails here, the smallest of the others."""
+    samples = [np.ascontiguousarray(sample) for sample in samples]
+    raw = sum(sample.nbytes for sample in samples)
+    codecs = [make_codec(spec) for spec in candidates]
+    trials = [CodecTrial(codec=choice_of(codec)) for codec in codecs]
+    timed: dict[int, Timed] = {}
+    decoded: dict[int, float] = {}
+    for i, spec in enumerate(candidates):
+        if (reason := supports(spec, samples[0].dtype)) is not None:
+            trials[i] = CodecTrial(codec=trials[i].codec, skipped=reason)
+        else:
+            _timed(timed, trials, i, codecs[i], samples, 1, raw <= KEPT_BYTES)
+
+    def mbps(seconds: float) -> float:
+        return round(raw / 1e6 / max(seconds, 1e-9), 1)
+
+    again: set[int] = set()
+    while True:
+        if not timed:
+            raise ValueError("no codec candidate can encode this image's levels: "
+                             + "; ".join(f"{t.codec.name}: {t.skipped}" for t in trials))
+        bound = timed[0].stored if 0 in timed else min(t.stored for t in timed.values())
+        eligible = [i for i in timed if timed[i].stored <= bound]
+        first = max(mbps(timed[i].seconds) for i in eligible)  # a first run is the slowest: one under 2/3 of the
+        contenders = [i for i in eligible if mbps(timed[i].seconds) >= first / 1.5]  # fastest's is not timed again
+        for i in (i for i in contenders if i not in again and len(contenders) > 1):
+            again.add(i)
+            _timed(timed, trials, i, timed[i].codec, samples, TIMED_RUNS - 1, raw <= KEPT_BYTES)
+        eligible = [i for i in eligible if i in timed]
+        if not eligible:
+            continue
+        fastest = max(mbps(timed[i].seconds) for i in eligible)
+        chosen = min((i for i in eligible if mbps(timed[i].seconds) >= fastest * (1 - LEVELS_SPEED_TOLERANCE)),
+                     key=lambda i: (timed[i].stored, i))
+        if chosen not in decoded:
+            _checked(timed, decoded, trials, chosen, samples, 1)
+        if chosen in timed:
+            break
+    for i, done in timed.items():
+        trials[i] = CodecTrial(codec=trials[i].codec, ratio=round(raw / max(done.stored, 1), 4),
+                               stored_bytes=done.stored, encode_mbps=mbps(done.seconds),
+                               decode_mbps=mbps(decoded[i]) if i in decoded else None)
+    return CodecSelection(objective=LEVELS_OBJECTIVE, min_encode_mbps=0.0, sample_chunks=len(samples),
+                          sample_bytes=raw, candidates=trials, chosen=chosen)
 
 
 def _family(spec: CodecSpec) -> tuple:

@@ -33,7 +33,9 @@ from zarrchive.config import CodecSpec
 from zarrchive.errors import InputError, is_file_fault
 from zarrchive.ngff import ZARR_FORMAT, group_attributes, group_documents, validate_image, validate_label
 from zarrchive.pixels.blocks import chunk_slices, downsample
-from zarrchive.pixels.codecs import array_codec_kwargs, choose_codec, make_codec, v2_codec
+from zarrchive.pixels.codecs import (
+    array_codec_kwargs, choose_codec, choose_levels_codec, levels_trial, make_codec, v2_codec,
+)
 from zarrchive.pixels.shards import ArrayWriter, Stored
 from zarrchive.pixels.sources import read_region, read_unit
 from zarrchive.records import CodecSelection, ImageRecord, Level
@@ -186,14 +188,17 @@ class WholePass:
     sha256: str
     seconds: float  # the task's own time
     thumbnail: bool = False  # its picture was written where asked
+    levels: CodecSelection | None = None  # how the levels' codec was chosen (None: level 0's)
+    levels_spec: CodecSpec | None = None  # the levels' codec (None: level 0's)
 
 
 def whole_image(source: str, image: ImageRecord, store: str, plans: list[LevelPlan], candidates: list[CodecSpec],
                 samples: list[tuple[slice, ...]], choice: dict[str, float], ngff: str, digests: bool = True,
-                thumbnail: str | None = None) -> WholePass:
+                thumbnail: str | None = None, levels: list[CodecSpec] | None = None) -> WholePass:
     """The whole compress pass of an image no larger than a streaming region may be, in one task: read it once,
     choose its codec among ``candidates`` on the ``samples`` chunks of that read by ``choice`` (``choose_codec``'s
-    arguments, ``CompressSettings.choice``; as ``select_codec`` would from the file), create its arrays (``ngff``
+    arguments, ``CompressSettings.choice``; as ``select_codec`` would from the file) and, with ``levels``
+    (``CompressSettings.levels_candidates``), the levels' codec (``choose_levels_codec``), create its arrays (``ngff``
     0.5: sharded Zarr v3; 0.4: Zarr v2), write every level (the streamed ones from the block, the others from the
     level above; level 0's sampled chunks as the trial encoded them, ``_ready``), each write proven, and finish
     the store (``finish_store``); with ``thumbnail``, write the image's picture there (``archive.thumbnails``)
@@ -202,16 +207,20 @@ def whole_image(source: str, image: ImageRecord, store: str, plans: list[LevelPl
     started = time.perf_counter()
     region = tuple(slice(0, n) for n in plans[0].level.shape)
     block = _read(source, image, region)
-    selection, kept = None, {}
+    selection, levels_selection, levels_spec, kept = None, None, None, {}
     if len(candidates) > 1:
-        selection = choose_codec([np.ascontiguousarray(block[r]) for r in samples], candidates, **choice, kept=kept)
+        chunks = [np.ascontiguousarray(block[r]) for r in samples]
+        selection = choose_codec(chunks, candidates, **choice, kept=kept)
+        levels_selection, levels_spec = _levels_choice(chunks, candidates, selection, levels, plans)
     codec = make_codec(candidates[selection.chosen if selection else 0])
+    level_codec = make_codec(levels_spec) if levels_spec is not None else codec
     ready = _ready(samples, kept.get("encoded", []), plans[0].level.chunks) if ngff == "0.5" else {}
     if os.path.lexists(store):  # what an attempt killed with its worker left: the pass starts afresh
         shutil.rmtree(store)
     arrays = {plan.level.path: zarr.create_array(  # (the groups' metadata is written whole by finish_store)
         f"{store}/{plan.level.path}", shape=plan.level.shape, chunks=plan.level.chunks, dtype=image.dtype,
-        fill_value=0, zarr_format=ZARR_FORMAT[ngff], **array_layout(plan, codec, image.axis_names, ngff))
+        fill_value=0, zarr_format=ZARR_FORMAT[ngff],
+        **array_layout(plan, codec if plan is plans[0] else level_codec, image.axis_names, ngff))
         for plan in plans}
     stored, level0, last = _write_slabs([(region, block)], store, region, plans, digests, arrays, ready)
     kept.clear()  # stored: not held through the levels below
@@ -224,7 +233,21 @@ def whole_image(source: str, image: ImageRecord, store: str, plans: list[LevelPl
     in_hand = {plans[0].level.path: block, **({plans[-1].level.path: smallest} if smallest is not None else {})}
     pictured = thumbnail is not None and _picture(thumbnail, store, finished.attributes, {**arrays, **in_hand})
     return WholePass(selection, stored.chunks, level0, finished.bytes_out, finished.sha256,
-                     time.perf_counter() - started, pictured)
+                     time.perf_counter() - started, pictured, levels_selection, levels_spec)
+
+
+def _levels_choice(samples: list[np.ndarray], candidates: list[CodecSpec], selection: CodecSelection,
+                   levels: list[CodecSpec] | None, plans: list[LevelPlan]
+                   ) -> tuple[CodecSelection | None, CodecSpec | None]:
+    """How the codec of the levels below level 0 was chosen, on ``samples`` (level 0's, whose codec ``selection``
+    chose) downsampled as level 1 is, and that codec; (None, None) where the levels take level 0's codec: no
+    ``levels`` (``CompressSettings.levels_candidates``), no level below 0."""
+    if not levels or len(plans) < 2:
+        return None, None
+    trial = levels_trial(candidates, selection, levels)
+    below = [downsample(sample, plans[1].halved, plans[1].level.downsampling) for sample in samples]
+    levels_selection = choose_levels_codec(below, trial)
+    return levels_selection, trial[levels_selection.chosen]
 
 
 _AT: dict[Any, int] = {}  # each running ``whole_images`` task (its key): the image it is on (``images_at``)
@@ -428,16 +451,20 @@ def _ready(samples: list[tuple[slice, ...]], encoded: list[bytes], chunks: tuple
 
 
 def select_codec(source: str, image: ImageRecord, regions: list[tuple[slice, ...]], candidates: list[CodecSpec],
-                 choice: dict[str, float]) -> CodecSelection:
-    """On a worker: read the sample chunks from the source and choose among the candidates."""
+                 choice: dict[str, float], levels: list[CodecSpec] | None = None, plans: list[LevelPlan] | None = None
+                 ) -> tuple[CodecSelection, CodecSelection | None, CodecSpec | None]:
+    """On a worker: read the sample chunks from the source and choose among the candidates; with ``levels`` and
+    the image's ``plans``, the levels' codec too (``whole_image``'s choices, made on the same pixels): how each was
+    chosen, and the levels' codec (None: level 0's)."""
     shown_as = image.shown_as
     try:
-        samples = [read_region(source, image.layout, region) for region in regions]
+        samples = [np.ascontiguousarray(read_region(source, image.layout, region)) for region in regions]
     except Exception as exc:
         if (named := _named(exc, shown_as, "pixels")) is exc:
             raise
         raise named from exc
-    return choose_codec(samples, candidates, **choice)
+    selection = choose_codec(samples, candidates, **choice)
+    return (selection, *_levels_choice(samples, candidates, selection, levels, plans or []))
 
 
 def facts_of_store(store: str, level0: str, regions: list[tuple[slice, ...]], channel_axis: int | None,
