@@ -793,7 +793,10 @@ def test_levels_only_candidates_and_levels_codec_are_configuration_and_part_of_t
     assert all(s.codec in ("blosc", "zstd") and not s.slow for s in levels)
     assert compat.identity()["levels_codec"] == "fastest"
     assert [c.get("levels") for c in compat.identity()["profiles"]["compat"]].count(True) == 1
-    assert compat.identity() != compat.model_copy(update={"levels_codec": "same"}).identity()
+    same = compat.model_copy(update={"levels_codec": "same"}).identity()
+    assert same != compat.identity() and "levels_codec" not in same  # levels-only candidates then change nothing:
+    assert not any(c.get("levels") for c in same["profiles"]["compat"])  # the identity stores had before them
+    assert len(same["profiles"]["compat"]) == len(compat.candidates())
     assert load_settings(overrides={"compress": {"levels_codec": "same"}}).compress.levels_candidates() == []
     fixed = CompressSettings(profile="fixed")
     assert fixed.levels_candidates() == [] and "levels_codec" not in fixed.identity()

@@ -728,3 +728,27 @@ def test_the_levels_below_level_0_take_a_faster_codec_that_stores_no_more(tmp_pa
     assert {_array_codec(f"{same.store}/{level.path}")[0] for level in image.levels} == {same.codec.name}
     assert same.bytes_out > report.bytes_out
     assert_levels_are_block_means(same, image, data)
+
+
+@given(st.integers(1, 9), st.integers(1, 90), st.integers(1, 90), st.sampled_from([4, 8, 16]), st.integers(1, 3),
+       st.sampled_from([0.5, 1.0, 3.0]), st.integers(0, 2**16))
+@hsettings(max_examples=120, deadline=None)
+def test_the_levels_trial_sees_level_1_s_own_pixels(z, h, w, chunk, chunk_z, z_scale, seed):
+    """The levels' codec is chosen on pixels of level 1 as the pyramid makes them: each sample chunk of level 0
+    widened to the whole 2-blocks of its level-1 pixels (``paired_region``) and halved is exactly that part of
+    level 1, whether level 1 halves z (chunks one plane deep paired with their neighbour) or not, at odd ends too."""
+    from zarrchive.pixels.blocks import downsample
+    from zarrchive.pixels.codecs import sample_regions
+    from zarrchive.pixels.passes import paired_region
+
+    image, plans = planned((z, h, w), (chunk_z, chunk, chunk), (z_scale, 1.0, 1.0), "zyx", 0, 1)
+    if len(plans) < 2:
+        return
+    data = np.random.default_rng(seed).integers(0, 4000, (z, h, w)).astype(np.uint16)
+    halved = plans[1].halved
+    level1 = downsample(data, halved, "mean")
+    for region in sample_regions(data.shape, image.levels[0].chunks, 8):
+        wide = paired_region(region, plans)
+        assert all(w.start <= r.start and r.stop <= w.stop for r, w in zip(region, wide))
+        below = tuple(slice(s.start // 2, -(-s.stop // 2)) if i in halved else s for i, s in enumerate(wide))
+        np.testing.assert_array_equal(downsample(data[wide], halved, "mean"), level1[below])

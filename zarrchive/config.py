@@ -199,9 +199,13 @@ class CompressSettings(Section):
         if self.profile != "fixed" and any(c.slow for c in self.candidates()):  # (else they change nothing)
             data["slow_seconds"], data["slow_within"] = self.slow_budget(), self.slow_reach()
         if self.profile != "fixed":
-            for spec, dumped in zip(self.profiles[self.profile], data["profiles"][self.profile]):
+            specs = self.profiles[self.profile]
+            for spec, dumped in zip(specs, data["profiles"][self.profile]):
                 dumped.update({flag: True for flag in ("slow", "levels") if getattr(spec, flag)})
-        if self.profile == "fixed" or not self.levels_candidates():  # (then the levels take level 0's codec)
+            if not self.levels_candidates():  # the levels take level 0's codec: levels-only candidates change nothing
+                data["profiles"][self.profile] = [d for spec, d in zip(specs, data["profiles"][self.profile])
+                                                  if not spec.levels]
+        if self.profile == "fixed" or not self.levels_candidates():
             del data["levels_codec"]
         return data
 
@@ -243,7 +247,8 @@ class CompressSettings(Section):
     def levels_candidates(self) -> list[CodecSpec]:
         """The codecs the levels below level 0 may take besides level 0's (``levels_codec: fastest``): the
         profile's blosc and zstd candidates that are not slow, those for the levels only included; none for the
-        fixed profile, with ``levels_codec: same``, or where level 0's codec is not chosen."""
+        fixed profile, with ``levels_codec: same``, or where level 0's codec is not chosen (a profile of one
+        candidate for level 0: its levels keep it, as the fixed profile's do)."""
         if self.profile == "fixed" or self.levels_codec == "same" or len(self.candidates()) < 2:
             return []
         return [spec for spec in self.profiles[self.profile] if spec.codec in LEVEL_CODECS and not spec.slow]

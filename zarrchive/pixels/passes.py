@@ -211,7 +211,8 @@ def whole_image(source: str, image: ImageRecord, store: str, plans: list[LevelPl
     if len(candidates) > 1:
         chunks = [np.ascontiguousarray(block[r]) for r in samples]
         selection = choose_codec(chunks, candidates, **choice, kept=kept)
-        levels_selection, levels_spec = _levels_choice(chunks, candidates, selection, levels, plans)
+        paired = [block[paired_region(r, plans)] for r in samples] if levels and len(plans) > 1 else []
+        levels_selection, levels_spec = _levels_choice(paired, candidates, selection, levels, plans)
     codec = make_codec(candidates[selection.chosen if selection else 0])
     level_codec = make_codec(levels_spec) if levels_spec is not None else codec
     ready = _ready(samples, kept.get("encoded", []), plans[0].level.chunks) if ngff == "0.5" else {}
@@ -236,16 +237,25 @@ def whole_image(source: str, image: ImageRecord, store: str, plans: list[LevelPl
                      time.perf_counter() - started, pictured, levels_selection, levels_spec)
 
 
-def _levels_choice(samples: list[np.ndarray], candidates: list[CodecSpec], selection: CodecSelection,
+def paired_region(region: tuple[slice, ...], plans: list[LevelPlan]) -> tuple[slice, ...]:
+    """A level-0 region widened to the whole 2-blocks level 1 is made of (along the axes it halves): a sample chunk
+    one plane deep, where level 1 halves z, becomes two planes (at the image's end the block is cut, as the level's
+    own pixels are)."""
+    return tuple(slice(r.start - r.start % 2, min(n, r.stop + r.stop % 2)) if i in plans[1].halved else r
+                 for i, (r, n) in enumerate(zip(region, plans[0].level.shape)))
+
+
+def _levels_choice(paired: list[np.ndarray], candidates: list[CodecSpec], selection: CodecSelection,
                    levels: list[CodecSpec] | None, plans: list[LevelPlan]
                    ) -> tuple[CodecSelection | None, CodecSpec | None]:
-    """How the codec of the levels below level 0 was chosen, on ``samples`` (level 0's, whose codec ``selection``
-    chose) downsampled as level 1 is, and that codec; (None, None) where the levels take level 0's codec: no
-    ``levels`` (``CompressSettings.levels_candidates``), no level below 0."""
+    """How the codec of the levels below level 0 was chosen, on the pixels of level 1 that ``paired`` make (level
+    0's sample chunks widened by ``paired_region``; level 0's codec chosen by ``selection``), and that codec;
+    (None, None) where the levels take level 0's codec: no ``levels`` (``CompressSettings.levels_candidates``), no
+    level below 0."""
     if not levels or len(plans) < 2:
         return None, None
     trial = levels_trial(candidates, selection, levels)
-    below = [downsample(sample, plans[1].halved, plans[1].level.downsampling) for sample in samples]
+    below = [downsample(block, plans[1].halved, plans[1].level.downsampling) for block in paired]
     levels_selection = choose_levels_codec(below, trial)
     return levels_selection, trial[levels_selection.chosen]
 
@@ -457,14 +467,19 @@ def select_codec(source: str, image: ImageRecord, regions: list[tuple[slice, ...
     the image's ``plans``, the levels' codec too (``whole_image``'s choices, made on the same pixels): how each was
     chosen, and the levels' codec (None: level 0's)."""
     shown_as = image.shown_as
+    plans = plans or []
+    wide = [paired_region(region, plans) if levels and len(plans) > 1 else region for region in regions]
     try:
-        samples = [np.ascontiguousarray(read_region(source, image.layout, region)) for region in regions]
+        paired = [read_region(source, image.layout, region) for region in wide]
     except Exception as exc:
         if (named := _named(exc, shown_as, "pixels")) is exc:
             raise
         raise named from exc
+    samples = [np.ascontiguousarray(block[tuple(slice(r.start - w.start, r.stop - w.start)
+                                                for r, w in zip(region, at))])
+               for block, region, at in zip(paired, regions, wide)]
     selection = choose_codec(samples, candidates, **choice)
-    return (selection, *_levels_choice(samples, candidates, selection, levels, plans or []))
+    return (selection, *_levels_choice(paired, candidates, selection, levels, plans))
 
 
 def facts_of_store(store: str, level0: str, regions: list[tuple[slice, ...]], channel_axis: int | None,
