@@ -137,8 +137,12 @@ def _tiff_array(path: str, series: int, _version: tuple[int, int]) -> Any:
     import tifffile
     import zarr
 
-    store = tifffile.TiffFile(path).series[series].aszarr(level=0)
-    return zarr.open_array(store, mode="r")
+    found = tifffile.TiffFile(path).series[series]
+    # maxworkers > 1: the store decodes each compressed tile in a thread of its own (asyncio.to_thread), not in
+    # zarr's one event loop, which every thread of this process reads through: the threads of one worker (`zarrchive
+    # convert`) would decode a compressed TIFF's tiles one at a time. Uncompressed tiles are only copied: no hop
+    compressed = found.keyframe is not None and found.keyframe.compression != 1
+    return zarr.open_array(found.aszarr(level=0, maxworkers=2 if compressed else 1), mode="r")
 
 
 @functools.lru_cache(maxsize=4)
