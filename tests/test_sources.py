@@ -119,3 +119,24 @@ def test_a_plugin_s_reader_is_read_from_one_thread_at_a_time_and_other_files_mea
     for t in threads:
         t.join()
     assert most == {one: 1, other: 1, "all": 2}  # never two threads in one reader; the two files side by side
+
+
+@pytest.mark.parametrize("compression", [None, "zlib", "lzw", "zstd"])
+def test_a_compressed_tiff_s_tiles_are_decoded_in_threads_and_read_back_exactly(tmp_path, compression):
+    """tifffile's Zarr view decodes a compressed tile in a thread of its own (not in zarr's one event loop, which
+    every thread of a process reads through); an uncompressed one, only copied, without the hop. The pixels of any
+    region, read from several threads at once, are tifffile's."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from zarrchive.pixels.sources import _tiff_array
+
+    data = np.random.default_rng(2).integers(0, 4000, (6, 96, 80)).astype(np.uint16)
+    path = tmp_path / "t.tif"
+    tifffile.imwrite(path, data, tile=(32, 32), compression=compression)
+    _tiff_array.cache_clear()
+    array = _tiff_array(str(path), 0, _version(str(path)))
+    assert array.store._maxworkers == (1 if compression is None else 2)
+    regions = [(slice(z, z + 2), slice(y, y + 40), slice(x, x + 50)) for z in (0, 3) for y in (0, 45) for x in (0, 29)]
+    with ThreadPoolExecutor(4) as pool:
+        for region, got in zip(regions, pool.map(lambda r: array[r], regions)):
+            np.testing.assert_array_equal(got, data[region])
