@@ -61,8 +61,9 @@ warnings.filterwarnings("ignore", message="Numcodecs codecs are not in the Zarr 
 LEVELS_SPEED_TOLERANCE = 0.1  # (so that measured speeds a few per cent apart do not decide between runs)
 LEVELS_OBJECTIVE = ("the levels below level 0: among level 0's codec (candidate 0) and the profile's blosc and zstd "
                     "candidates that are not slow (those slower than level 0's codec on its sample left out), those "
-                    "storing the sample of level 1 (the sampled chunks of level 0 downsampled) in no more bytes than "
-                    "level 0's codec; the fastest to encode it, speeds within "
+                    "storing level 1's pixels over that sample (each sampled chunk of level 0 widened to the 2-blocks "
+                    "its level-1 pixels are made of, then halved) in no more bytes than level 0's codec; the fastest "
+                    "to encode them, speeds within "
                     f"{LEVELS_SPEED_TOLERANCE:.0%} of the fastest counting as equal (then the smallest of them)")
 TIMED_RUNS = 3  # a speed that decides the choice: the best of this many runs
 KEPT_BYTES = 1 << 20  # a sample up to this size keeps its encodings, for the chosen one to be decoded
