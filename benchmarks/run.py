@@ -348,7 +348,7 @@ def check(src: Path, out: Path) -> dict[str, Any]:
     return found
 
 
-def level0_codecs(out: Path, level: str = "0") -> list[dict[str, Any]] | None:
+def array_codecs(out: Path, level: str = "0") -> list[dict[str, Any]] | None:
     """The codecs level 0 (or array ``level``) of a Zarr v3 output stores its chunks with (inside its shards), as
     JSON (None: Zarr v2, or no such array)."""
     meta = json.loads((out / level / "zarr.json").read_text()) if (out / level / "zarr.json").exists() else None
@@ -361,15 +361,15 @@ def level0_codecs(out: Path, level: str = "0") -> list[dict[str, Any]] | None:
 def stored_codec(out: Path, level: str = "0") -> tuple | None:
     """The codec level 0 (or array ``level``) of a Zarr v3 output is stored with, as ``codec_key`` (None for Zarr
     v2)."""
-    if (codecs := level0_codecs(out, level)) is None:
+    if (codecs := array_codecs(out, level)) is None:
         return None
     named = [c for c in codecs if c["name"] != "bytes"]
     return codec_key(named[0]["name"], named[0].get("configuration", {})) if named else ("bytes",)
 
 
 def stored_compressors(out: Path) -> list[dict[str, Any]] | None:
-    """The bytes-to-bytes codecs of level 0 of a Zarr v3 output (``level0_codecs`` but its serializer)."""
-    codecs = level0_codecs(out)
+    """The bytes-to-bytes codecs of level 0 of a Zarr v3 output (``array_codecs`` but its serializer)."""
+    codecs = array_codecs(out)
     return None if codecs is None else [c for c in codecs if c["name"] not in ("bytes", "transpose")]
 
 

@@ -468,10 +468,11 @@ def _report(image: ImageRecord, store: str, codec: Any, selection: CodecSelectio
             seconds: float, thumbnail: str | None = None, levels_codec: Any = None,
             levels: CodecSelection | None = None) -> CompressionReport:
     bytes_in = sum(int(np.prod(p.level.shape)) * np.dtype(image.dtype).itemsize for p in plans)
+    first = _choice(codec, ngff)
     below = _choice(levels_codec, ngff) if levels_codec is not None and len(plans) > 1 else None
     return CompressionReport(
-        image_id=image.image_id, store=store, codec=_choice(codec, ngff), selection=selection,
-        levels_codec=below if below != _choice(codec, ngff) else None, levels_selection=levels,
+        image_id=image.image_id, store=store, codec=first, selection=selection,
+        levels_codec=below if below != first else None, levels_selection=levels,
         bytes_in=bytes_in, bytes_out=bytes_out, ratio=round(bytes_in / bytes_out, 4) if bytes_out else 0.0,
         seconds=round(seconds, 3), chunks_verified=chunks,
         level0_sha256=hashlib.sha256("".join(d for _s, d in sorted(level0)).encode()).hexdigest()

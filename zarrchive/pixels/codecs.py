@@ -445,10 +445,7 @@ def choose_codec(samples: list[np.ndarray], candidates: list[CodecSpec], min_enc
             break
     if kept is not None and timed[chosen].encoded is not None:
         kept["encoded"] = timed[chosen].encoded
-    for i, done in timed.items():
-        trials[i] = CodecTrial(codec=trials[i].codec, ratio=round(raw / max(done.stored, 1), 4),
-                               stored_bytes=done.stored, encode_mbps=mbps(done.seconds),
-                               decode_mbps=mbps(decoded[i]) if i in decoded else None)
+    _with_figures(trials, timed, decoded, raw, mbps)
     return CodecSelection(objective=OBJECTIVE, min_encode_mbps=min_encode_mbps, size_tolerance=size_tolerance,
                           slow_mbps=round(slow_floor, 3) if has_slow else None,
                           slow_within=slow_within if has_slow else None,
@@ -512,12 +509,19 @@ def choose_levels_codec(samples: list[np.ndarray], candidates: list[CodecSpec]) 
             _checked(timed, decoded, trials, chosen, samples, 1)
         if chosen in timed:
             break
+    _with_figures(trials, timed, decoded, raw, mbps)
+    return CodecSelection(objective=LEVELS_OBJECTIVE, min_encode_mbps=0.0, sample_chunks=len(samples),
+                          sample_bytes=raw, candidates=trials, chosen=chosen)
+
+
+def _with_figures(trials: list[CodecTrial], timed: dict[int, Timed], decoded: dict[int, float], raw: int,
+                  mbps: Callable[[float], float]) -> None:
+    """Each candidate tried (``timed``) recorded with its ratio (of the sample's ``raw`` bytes), stored bytes,
+    encode and, where decoded, decode speed (``mbps``: seconds over the sample as MB/s)."""
     for i, done in timed.items():
         trials[i] = CodecTrial(codec=trials[i].codec, ratio=round(raw / max(done.stored, 1), 4),
                                stored_bytes=done.stored, encode_mbps=mbps(done.seconds),
                                decode_mbps=mbps(decoded[i]) if i in decoded else None)
-    return CodecSelection(objective=LEVELS_OBJECTIVE, min_encode_mbps=0.0, sample_chunks=len(samples),
-                          sample_bytes=raw, candidates=trials, chosen=chosen)
 
 
 def _family(spec: CodecSpec) -> tuple:
