@@ -1,4 +1,5 @@
-"""Sources: regions of uncompressed, contiguous TIFF series read straight from the file equal tifffile's pixels."""
+"""Sources: regions of TIFF series read straight from the file (a contiguous run; strips and tiles decoded in the
+calling thread) equal tifffile's pixels."""
 
 from __future__ import annotations
 
@@ -121,13 +122,159 @@ def test_a_plugin_s_reader_is_read_from_one_thread_at_a_time_and_other_files_mea
     assert most == {one: 1, other: 1, "all": 2}  # never two threads in one reader; the two files side by side
 
 
+def _zarr_view(series):
+    import zarr
+
+    return zarr.open_array(series.aszarr(level=0), mode="r")
+
+
+def _same_as_the_zarr_view(path, rng, regions=30):
+    """Every region ``TiffSegments`` reads of the file's first series is what tifffile's Zarr view reads."""
+    from zarrchive.pixels.segments import TiffSegments
+
+    with tifffile.TiffFile(path) as tif:
+        series = tif.series[0]
+        segments = TiffSegments.of(series)
+        assert segments is not None, f"{path}: left to the Zarr view"
+        view = _zarr_view(series)
+        for index in [tuple(slice(None) for _ in series.shape)] + [_region(rng, series.shape) for _ in range(regions)]:
+            got, expected = segments[index], view[index]
+            assert (got.shape, got.dtype) == (expected.shape, expected.dtype), index
+            np.testing.assert_array_equal(got, expected, err_msg=str(index))
+
+
+_RNG = np.random.default_rng(7)
+_GRAY = _RNG.integers(1, 4000, (5, 77, 93)).astype(np.uint16)
+_RGB = _RNG.integers(0, 255, (3, 70, 90, 3)).astype(np.uint8)
+_LAYOUTS = {  # every kind of strip and tile tifffile writes: compressions, predictors, samples, depths, bit depths
+    "tiles, deflate": (_GRAY, {"tile": (32, 48), "compression": "zlib"}),
+    "strips, deflate": (_GRAY, {"rowsperstrip": 10, "compression": "zlib"}),
+    "tiles, uncompressed": (_GRAY, {"tile": (32, 16)}),
+    "tiles, LZW, horizontal predictor": (_GRAY, {"tile": (16, 16), "compression": "lzw", "predictor": True}),
+    "tiles, zstd, big-endian": (_GRAY, {"tile": (32, 32), "compression": "zstd", "byteorder": ">"}),
+    "strips, PackBits": ((_GRAY > 2000).astype(np.uint8), {"rowsperstrip": 7, "compression": "packbits"}),
+    "strips, LZMA, one row each": (_GRAY.astype(np.int16), {"rowsperstrip": 1, "compression": "lzma"}),
+    "float32, floating-point predictor": (_RNG.random((3, 50, 60)).astype(np.float32),
+                                          {"tile": (16, 32), "compression": "zlib", "predictor": 3,
+                                           "photometric": "minisblack", "planarconfig": "contig"}),
+    "float64 strips, floating-point predictor": (_RNG.random((2, 20, 30)), {"rowsperstrip": 4, "compression": "zlib",
+                                                                            "predictor": 3}),
+    "uint32 tiles, horizontal predictor": (_RNG.integers(0, 2**31, (2, 40, 50)).astype(np.uint32),
+                                           {"tile": (16, 16), "compression": "zlib", "predictor": True}),
+    "RGB, contiguous samples": (_RGB, {"tile": (32, 32), "compression": "zlib", "photometric": "rgb"}),
+    "RGB, separate sample planes": (_RGB.transpose(0, 3, 1, 2).copy(),
+                                    {"tile": (32, 32), "compression": "zlib", "photometric": "rgb",
+                                     "planarconfig": "separate"}),
+    "RGB, JPEG tiles": (_RGB, {"tile": (32, 32), "compression": "jpeg", "photometric": "rgb"}),
+    "RGB, JPEG strips": (_RGB, {"rowsperstrip": 16, "compression": "jpeg", "photometric": "rgb"}),
+    "YCbCr, JPEG, chroma subsampled": (_RGB, {"tile": (32, 32), "compression": "jpeg", "photometric": "ycbcr",
+                                              "subsampling": (2, 2)}),
+    "1-bit, strips": (_GRAY > 2000, {}),
+    "1-bit, tiles": (_GRAY > 2000, {"tile": (16, 16)}),
+    "volumetric tiles": (_RNG.integers(0, 999, (20, 40, 50)).astype(np.uint16),
+                         {"tile": (8, 16, 16), "compression": "zlib", "volumetric": True}),
+    "ImageJ hyperstack": (_RNG.integers(0, 999, (2, 3, 2, 40, 50)).astype(np.uint16),
+                          {"imagej": True, "metadata": {"axes": "TZCYX"}, "compression": "zlib"}),
+    "OME-TIFF, tiled": (_RNG.integers(0, 999, (2, 3, 2, 40, 50)).astype(np.uint16),
+                        {"metadata": {"axes": "TCZYX"}, "tile": (16, 32), "compression": "zlib"}),
+    "one plane, odd strips": (_GRAY[:1].astype(np.int16), {"compression": "zlib", "rowsperstrip": 3}),
+}
+
+
+@pytest.mark.parametrize("kind", list(_LAYOUTS))
+def test_a_series_strips_and_tiles_read_in_the_calling_thread_are_tifffile_s_pixels(tmp_path, kind):
+    """Every region of a series read segment by segment (``TiffSegments``) equals what tifffile's Zarr view
+    reads of it: shape, dtype and pixels, for every layout of strips and tiles tifffile writes."""
+    data, options = _LAYOUTS[kind]
+    path = tmp_path / "t.ome.tif" if kind.startswith("OME") else tmp_path / "t.tif"
+    tifffile.imwrite(path, data, **options)
+    _same_as_the_zarr_view(path, np.random.default_rng(len(kind)))
+
+
+@st.composite
+def segmented_series(draw):
+    planes = draw(st.integers(1, 4))
+    shape = (planes, draw(st.integers(2, 70)), draw(st.integers(2, 70)))  # one pixel wide: see the next test
+    dtype = draw(st.sampled_from(["u1", "u2", "i2", "u4", "f4"]))
+    compression = draw(st.sampled_from([None, "zlib", "lzw", "zstd", "packbits"]))
+    cut = (draw(st.sampled_from([16, 32, 48])), draw(st.sampled_from([16, 32])))
+    layout = {"tile": cut} if draw(st.booleans()) else {"rowsperstrip": draw(st.integers(1, 80))}
+    predictor = draw(st.booleans()) and compression in ("zlib", "lzw", "zstd") and dtype != "f4"
+    return shape, dtype, compression, layout, predictor, draw(st.sampled_from(["<", ">"])), draw(st.integers(0, 99))
+
+
+@given(segmented_series())
+@hsettings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_any_strip_or_tile_layout_is_read_as_tifffile_reads_it(tmp_path, case):
+    shape, dtype, compression, layout, predictor, byteorder, seed = case
+    rng = np.random.default_rng(seed)
+    data = (rng.random(shape) * 250).astype(dtype)
+    path = tmp_path / f"{seed}.tif"
+    tifffile.imwrite(path, data, compression=compression, predictor=predictor or None, byteorder=byteorder,
+                     photometric="minisblack", **layout)
+    with tifffile.TiffFile(path) as tif:
+        if tif.series[0].dataoffset is not None:
+            return  # one contiguous run (uncompressed strips): read_contiguous reads it
+    _same_as_the_zarr_view(path, rng, regions=6)
+
+
+@pytest.mark.parametrize("kind", ["TileByteCounts", "StripByteCounts"])
+def test_a_missing_strip_or_tile_is_the_page_s_fill_as_tifffile_reads_it(tmp_path, kind):
+    """A sparse segment (its byte count 0) reads as the page's no-data value, as tifffile reads it."""
+    path = tmp_path / "sparse.tif"
+    cut = {"tile": (32, 32)} if kind == "TileByteCounts" else {"rowsperstrip": 10}
+    tifffile.imwrite(path, _GRAY, compression="zlib", photometric="minisblack", **cut)
+    with tifffile.TiffFile(path, mode="r+b") as tif:
+        for page in (0, 3):
+            counts = list(tif.pages[page].tags[kind].value)
+            counts[1] = counts[-1] = 0
+            tif.pages[page].tags[kind].overwrite(counts)
+    _same_as_the_zarr_view(path, np.random.default_rng(3))
+    with tifffile.TiffFile(path) as tif:
+        assert (_zarr_view(tif.series[0])[0] == 0).any()  # the view fills them, as the segments do
+
+
+def test_a_multi_file_set_is_read_page_by_page_from_each_file_and_a_missing_member_is_the_fill(tmp_path):
+    from builders import ome_tiff_file_set, random_image
+
+    from zarrchive.pixels.segments import TiffSegments
+
+    data = random_image((4, 16, 16))
+    first, second = ome_tiff_file_set(tmp_path / "set", data, ["a.ome.tif", "b.ome.tif"])
+    with tifffile.TiffFile(first) as tif:
+        segments = TiffSegments.of(tif.series[0])
+        np.testing.assert_array_equal(segments[(slice(0, 4), slice(0, 16), slice(0, 16))], data)
+    second.unlink()
+    with tifffile.TiffFile(first) as tif:
+        series = tif.series[0]
+        got = TiffSegments.of(series)[(slice(1, 4), slice(2, 16), slice(0, 9))]
+        np.testing.assert_array_equal(got, _zarr_view(series)[1:4, 2:16, 0:9])
+        np.testing.assert_array_equal(got[0], data[1, 2:16, 0:9])
+
+
+def test_a_strip_or_tile_past_the_file_s_end_is_named(tmp_path):
+    path = tmp_path / "cut.tif"
+    tifffile.imwrite(path, _GRAY, tile=(32, 32), compression="zlib", photometric="minisblack")
+    with tifffile.TiffFile(path, mode="r+b") as tif:
+        counts = list(tif.pages[4].tags["TileByteCounts"].value)
+        counts[-1] = 65000  # the last tile claims bytes the file does not have
+        tif.pages[4].tags["TileByteCounts"].overwrite(counts)
+    from zarrchive.pixels.segments import TiffSegments
+
+    with tifffile.TiffFile(path) as tif:
+        segments = TiffSegments.of(tif.series[0])
+        with pytest.raises(Truncated, match="cut.tif: ends at byte"):  # bad input, never retried
+            segments[(4, slice(0, 77), slice(0, 93))]
+        np.testing.assert_array_equal(segments[(4, slice(0, 32), slice(0, 32))], _GRAY[4, :32, :32])
+
+
 @pytest.mark.parametrize("compression", [None, "zlib", "lzw", "zstd"])
-def test_a_compressed_tiff_s_tiles_are_decoded_in_threads_and_read_back_exactly(tmp_path, compression):
-    """tifffile's Zarr view decodes a compressed tile in a thread of its own (not in zarr's one event loop, which
-    every thread of a process reads through); an uncompressed one, only copied, without the hop. The pixels of any
-    region, read from several threads at once, are tifffile's."""
+def test_a_tiled_tiff_is_read_segment_by_segment_from_several_threads_at_once(tmp_path, compression):
+    """A tiled TIFF's regions are read by ``TiffSegments`` (no event loop, no shared file position), and
+    regions read from four threads at once are tifffile's pixels."""
     from concurrent.futures import ThreadPoolExecutor
 
+    from zarrchive.pixels.segments import TiffSegments
     from zarrchive.pixels.sources import _tiff_array
 
     data = np.random.default_rng(2).integers(0, 4000, (6, 96, 80)).astype(np.uint16)
@@ -135,8 +282,31 @@ def test_a_compressed_tiff_s_tiles_are_decoded_in_threads_and_read_back_exactly(
     tifffile.imwrite(path, data, tile=(32, 32), compression=compression)
     _tiff_array.cache_clear()
     array = _tiff_array(str(path), 0, _version(str(path)))
-    assert array.store._maxworkers == (1 if compression is None else 2)
+    assert isinstance(array, TiffSegments)
     regions = [(slice(z, z + 2), slice(y, y + 40), slice(x, x + 50)) for z in (0, 3) for y in (0, 45) for x in (0, 29)]
     with ThreadPoolExecutor(4) as pool:
-        for region, got in zip(regions, pool.map(lambda r: array[r], regions)):
+        for region, got in zip(regions * 4, pool.map(lambda r: array[r], regions * 4)):
             np.testing.assert_array_equal(got, data[region])
+
+
+def test_what_the_segments_cannot_lay_out_is_left_to_the_zarr_view(tmp_path):
+    """A contiguous run (``read_contiguous`` reads it), a series with a transform (MD Gel's scaled pixels), and
+    one whose shape is not whole pages of its key frame's shape are not read segment by segment."""
+    from zarrchive.pixels.segments import TiffSegments
+
+    path = tmp_path / "run.tif"
+    tifffile.imwrite(path, _GRAY, contiguous=True, photometric="minisblack")
+    with tifffile.TiffFile(path) as tif:
+        assert tif.series[0].dataoffset is not None and TiffSegments.of(tif.series[0]) is None
+    tifffile.imwrite(path, _GRAY, tile=(32, 32), compression="zlib", photometric="minisblack")
+    with tifffile.TiffFile(path) as tif:
+        pages = list(tif.pages)
+        assert TiffSegments.of(tif.series[0]) is not None
+        scaled = tifffile.TiffPageSeries(pages[:1], (77, 93), np.float32, "YX", transform=lambda a: a * 2.0)
+        assert TiffSegments.of(scaled) is None
+        flat = tifffile.TiffPageSeries(pages, (5, 77 * 93), np.uint16, "QX")
+        assert TiffSegments.of(flat) is None
+    tifffile.imwrite(path, np.arange(6, dtype=np.uint8).reshape(3, 2, 1), tile=(16, 16), photometric="minisblack")
+    with tifffile.TiffFile(path) as tif:  # one pixel wide: tifffile's pages are (1, 2), its series (3, 2, 1)
+        assert TiffSegments.of(tif.series[0]) is None
+        np.testing.assert_array_equal(_zarr_view(tif.series[0])[:], np.arange(6).reshape(3, 2, 1))

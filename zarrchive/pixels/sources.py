@@ -6,14 +6,15 @@ onto the image's t, c, z, y, x); the compress pass reads
 the regions it writes with ``read_region`` on a Dask worker, so pixels flow
 from the source file straight into the compressed store.
 
-TIFF-based files (OME-TIFF and TIFF) are read through tifffile's Zarr view of
-the series, and OME-Zarr inputs through zarr, their level-0 array: only the
-pages, strips or chunks of a region are read. A TIFF series stored
-uncompressed in one contiguous run of the file (what microscopes and ImageJ
-write most) is read straight into the region's buffer instead, a few large
-reads at computed offsets: a copy from the page cache, about eight times less
-work than the Zarr view's per-page path. Other formats go through the bioio
-reader's own lazy array.
+TIFF-based files (OME-TIFF and TIFF) are read strip by strip or tile by tile
+(``segments.TiffSegments``: only the segments a region touches, decoded by
+tifffile in the calling thread), and OME-Zarr inputs through zarr, their
+level-0 array: only the pages, strips or chunks of a region are read. A TIFF
+series stored uncompressed in one contiguous run of the file (what microscopes
+and ImageJ write most) is read straight into the region's buffer instead, a
+few large reads at computed offsets: a copy from the page cache. The few TIFF
+series neither lays out go through tifffile's Zarr view. Other formats go
+through the bioio reader's own lazy array.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ NGFF_ORDER = "tczyx"
 def read_region(path: str, layout: SourceLayout, region: tuple[slice, ...]) -> np.ndarray:
     """The pixels of ``region`` (slices in ``layout.axes``) of the series, as a numpy array (of
     ``layout.dtype`` when the layout stores another type than the file's)."""
-    if layout.tiff_axes:  # tifffile's Zarr view locks its file handle; a contiguous run is read with preadv
+    if layout.tiff_axes:  # strips, tiles and contiguous runs are read with pread: no shared file position
         block = _read_tiff(path, layout, region)
     elif layout.stored_axes:  # a format zarrchive reads itself (zarrchive.formats)
         with _one_reader_at_a_time(path, layout):
@@ -137,10 +138,14 @@ def _tiff_array(path: str, series: int, _version: tuple[int, int]) -> Any:
     import tifffile
     import zarr
 
+    from zarrchive.pixels.segments import TiffSegments
+
     found = tifffile.TiffFile(path).series[series]
-    # maxworkers > 1: the store decodes each compressed tile in a thread of its own (asyncio.to_thread), not in
-    # zarr's one event loop, which every thread of this process reads through: the threads of one worker (`zarrchive
-    # convert`) would decode a compressed TIFF's tiles one at a time. Uncompressed tiles are only copied: no hop
+    if (segments := TiffSegments.of(found)) is not None:
+        return segments  # read segment by segment in the calling thread
+    # what TiffSegments leaves to tifffile's Zarr view (a transform, a page shape of its own); maxworkers > 1: the
+    # view decodes each compressed tile in a thread of its own (asyncio.to_thread), not in zarr's one event loop,
+    # which every thread of this process reads through. Uncompressed tiles are only copied: no hop
     compressed = found.keyframe is not None and found.keyframe.compression != 1
     return zarr.open_array(found.aszarr(level=0, maxworkers=2 if compressed else 1), mode="r")
 
