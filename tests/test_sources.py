@@ -72,7 +72,7 @@ def test_a_truncated_file_is_named(tmp_path):
     np.testing.assert_array_equal(read_contiguous(str(path), *raw, (1, slice(0, 64), slice(0, 64))), 1)
 
 
-def test_a_multi_file_set_is_left_to_the_zarr_view(tmp_path):
+def test_a_multi_file_set_is_not_read_as_one_contiguous_run(tmp_path):
     from builders import ome_tiff_file_set, random_image
 
     first, _second = ome_tiff_file_set(tmp_path / "set", random_image((4, 16, 16)), ["a.ome.tif", "b.ome.tif"])
@@ -220,10 +220,12 @@ def test_any_strip_or_tile_layout_is_read_as_tifffile_reads_it(tmp_path, case):
 
 @pytest.mark.parametrize("kind", ["TileByteCounts", "StripByteCounts"])
 def test_a_missing_strip_or_tile_is_the_page_s_fill_as_tifffile_reads_it(tmp_path, kind):
-    """A sparse segment (its byte count 0) reads as the page's no-data value, as tifffile reads it."""
+    """A sparse segment (its byte count 0) reads as the page's no-data value (GDAL's tag: 7 here, not a zero
+    that fresh memory might hold anyway), as tifffile reads it."""
     path = tmp_path / "sparse.tif"
     cut = {"tile": (32, 32)} if kind == "TileByteCounts" else {"rowsperstrip": 10}
-    tifffile.imwrite(path, _GRAY, compression="zlib", photometric="minisblack", **cut)
+    tifffile.imwrite(path, _GRAY, compression="zlib", photometric="minisblack",
+                     extratags=[(42113, "s", 0, "7", True)], **cut)
     with tifffile.TiffFile(path, mode="r+b") as tif:
         for page in (0, 3):
             counts = list(tif.pages[page].tags[kind].value)
@@ -231,7 +233,7 @@ def test_a_missing_strip_or_tile_is_the_page_s_fill_as_tifffile_reads_it(tmp_pat
             tif.pages[page].tags[kind].overwrite(counts)
     _same_as_the_zarr_view(path, np.random.default_rng(3))
     with tifffile.TiffFile(path) as tif:
-        assert (_zarr_view(tif.series[0])[0] == 0).any()  # the view fills them, as the segments do
+        assert tif.pages[0].nodata == 7 and (_zarr_view(tif.series[0])[0] == 7).sum() >= 32 * 3
 
 
 def test_a_multi_file_set_is_read_page_by_page_from_each_file_and_a_missing_member_is_the_fill(tmp_path):
@@ -250,6 +252,63 @@ def test_a_multi_file_set_is_read_page_by_page_from_each_file_and_a_missing_memb
         got = TiffSegments.of(series)[(slice(1, 4), slice(2, 16), slice(0, 9))]
         np.testing.assert_array_equal(got, _zarr_view(series)[1:4, 2:16, 0:9])
         np.testing.assert_array_equal(got[0], data[1, 2:16, 0:9])
+
+
+def _set_of_two(folder, first_options, second_options, data):
+    """A multi-file OME-TIFF set of ``data``'s two planes, one a file, each written with its own options."""
+    import uuid
+
+    names, ids = ["a.ome.tif", "b.ome.tif"], [f"urn:uuid:{uuid.uuid4()}" for _ in range(2)]
+    tiff_data = "".join(f'<TiffData FirstZ="{i}" IFD="0" PlaneCount="1"><UUID FileName="{n}">{u}</UUID></TiffData>'
+                        for i, (n, u) in enumerate(zip(names, ids)))
+    folder.mkdir()
+    for i, (name, own, options) in enumerate(zip(names, ids, (first_options, second_options))):
+        xml = ('<?xml version="1.0" encoding="UTF-8"?>'
+               f'<OME xmlns="http://www.openmicroscopy.org/Schemas/OME/2016-06" UUID="{own}"><Image ID="Image:0">'
+               f'<Pixels ID="Pixels:0" DimensionOrder="XYZCT" Type="uint16" SizeX="{data.shape[2]}" '
+               f'SizeY="{data.shape[1]}" SizeZ="2" SizeC="1" SizeT="1"><Channel ID="Channel:0:0" SamplesPerPixel="1"/>'
+               f'{tiff_data}</Pixels></Image></OME>')
+        plane = data[i:i + 1].astype(options.pop("dtype", data.dtype))
+        tifffile.imwrite(folder / name, plane, description=xml, metadata=None, photometric="minisblack", **options)
+    return folder / names[0]
+
+
+def test_the_files_of_a_set_may_cut_their_pages_differently_but_not_hold_other_pixels(tmp_path):
+    """A multi-file set whose members were written with strips of other heights, or tiles, is read right (each
+    page by its own key frame); a member holding another pixel type is refused naming the file (tifffile's Zarr
+    view fails on both)."""
+    from zarrchive.pixels.segments import TiffSegments
+
+    data = np.random.default_rng(5).integers(1, 60000, (2, 40, 56)).astype(np.uint16)
+    cuts = _set_of_two(tmp_path / "cuts", {"compression": "zlib", "rowsperstrip": 16},
+                       {"compression": "lzw", "tile": (16, 32)}, data)
+    with tifffile.TiffFile(cuts) as tif:
+        segments = TiffSegments.of(tif.series[0])
+        np.testing.assert_array_equal(segments[(slice(0, 2), slice(0, 40), slice(0, 56))], data)
+        np.testing.assert_array_equal(segments[(1, slice(9, 31), slice(5, 50))], data[1, 9:31, 5:50])
+    other = _set_of_two(tmp_path / "other", {"compression": "zlib"}, {"compression": "zlib", "dtype": np.uint8},
+                        data)
+    with tifffile.TiffFile(other) as tif:
+        segments = TiffSegments.of(tif.series[0])
+        np.testing.assert_array_equal(segments[(0, slice(0, 40), slice(0, 56))], data[0])
+        with pytest.raises(ValueError, match=r"b\.ome\.tif: page 1 of the series holds .* uint8 pixels"):
+            segments[(1, slice(0, 40), slice(0, 56))]
+
+
+@pytest.mark.parametrize("index, why", [
+    ((0, slice(0, 40, 2), slice(None)), "slices of step 1"), ((0, 77, slice(None)), "outside an axis of 77"),
+    ((5, slice(None), slice(None)), "outside an axis of 5"), ((0, slice(None), slice(None), 0), "4 indices"),
+    ((0, slice(9, 3), slice(None)), "empty or reversed"), ((0, slice(None)), "2 indices")])
+def test_an_index_the_segments_cannot_read_is_refused(tmp_path, index, why):
+    from zarrchive.pixels.segments import TiffSegments
+
+    path = tmp_path / "t.tif"
+    tifffile.imwrite(path, _GRAY, tile=(32, 32), compression="zlib", photometric="minisblack")
+    with tifffile.TiffFile(path) as tif:
+        segments = TiffSegments.of(tif.series[0])
+        with pytest.raises(IndexError, match=why):
+            segments[index]
+        np.testing.assert_array_equal(segments[(-1, -77, slice(-10, None))], _GRAY[-1, -77, -10:])  # from the end
 
 
 def test_a_strip_or_tile_past_the_file_s_end_is_named(tmp_path):

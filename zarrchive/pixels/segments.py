@@ -36,6 +36,7 @@ class TiffSegments:
     frames: tuple[int, ...]  # the series' leading axes, one page per index
     page_axes: tuple[int, ...]  # for each axis of a page (the key frame's shape), its axis in ``shaped``
     shaped: tuple[int, int, int, int, int]
+    key: Any  # the series' key frame; ``segment`` and ``tiled`` are its
     segment: tuple[int, int, int, int]  # depth, length, width, contiguous samples of one strip or tile
     tiled: bool
     dtype: np.dtype
@@ -56,15 +57,13 @@ class TiffSegments:
         page_axes = _aligned(page_shape, tuple(key.shaped))
         if page_axes is None:
             return None
-        samples = key.samplesperpixel if key.planarconfig == 1 else 1
-        segment = ((key.tiledepth, key.tilelength, key.tilewidth, samples) if key.is_tiled
-                   else (1, key.rowsperstrip, key.imagewidth, samples))
-        if min(segment) < 1:
+        segment = _segment(key)
+        handle = key.parent.filehandle
+        if min(segment) < 1 or not os.path.isfile(handle.path):  # (a file inside another is opened by its name)
             return None
         key.decode  # noqa: B018 - tifffile makes the page's decoder once, here, not in two threads at once
-        handle = key.parent.filehandle
         handle.set_lock(True)
-        return cls(series, handle.lock, frames, page_axes, tuple(key.shaped), segment, bool(key.is_tiled),
+        return cls(series, handle.lock, frames, page_axes, tuple(key.shaped), key, segment, bool(key.is_tiled),
                    np.dtype(series.dtype), key.nodata)
 
     def __getitem__(self, index: tuple[int | slice, ...]) -> np.ndarray:
@@ -73,9 +72,7 @@ class TiffSegments:
     def read(self, index: tuple[int | slice, ...]) -> np.ndarray:
         """``series[index]`` (an integer or a step-1 slice per axis), as tifffile's Zarr view of it reads."""
         full = tuple(self.frames) + tuple(self.shaped[a] for a in self.page_axes)
-        bounds = [(i, i + 1) if isinstance(i, (int, np.integer)) else i.indices(n)[:2] for i, n in zip(index, full)]
-        if len(bounds) != len(full) or any(b <= a for a, b in bounds):
-            raise ValueError(f"empty or reversed region {index} of {full}")
+        bounds = _bounds(index, full)
         out = np.empty([b - a for a, b in bounds], self.dtype)
         within = [(0, 1)] * 5  # the region inside one page, in ``shaped`` axes
         for axis, bound in zip(self.page_axes, bounds[len(self.frames):]):
@@ -99,8 +96,13 @@ class TiffSegments:
         if page is None or page.keyframe is None:  # a page the file does not hold: the view's fill
             target[...] = self.nodata
             return
-        key = page.keyframe
-        path = page.parent.filehandle.path
+        key, path = page.keyframe, page.parent.filehandle.path
+        segment, tiled = self.segment, self.tiled
+        if key is not self.key:  # a page of another file of a set: its strips or tiles may be cut otherwise
+            if tuple(key.shaped) != self.shaped or np.dtype(key.dtype) != self.dtype:
+                raise ValueError(f"{path}: page {number} of the series holds {key.shaped} {key.dtype} pixels, its "
+                                 f"first page {self.shaped} {self.dtype}")
+            segment, tiled = _segment(key), bool(key.is_tiled)
         fd = files.get(path)
         if fd is None:
             fd = files[path] = os.open(path, os.O_RDONLY)
@@ -111,11 +113,11 @@ class TiffSegments:
         if key.jpegheader is not None:
             args["jpegheader"] = key.jpegheader
         offsets, counts = page.dataoffsets, page.databytecounts
-        for number_, start in self._segments(within):
+        for number_, start in _segments(within, self.shaped, segment, tiled):
             offset = offsets[number_] if number_ < len(offsets) else 0
             count = counts[number_] if number_ < len(counts) else 0
             if not offset or not count:  # a sparse segment: the view's fill
-                _place(target, within, start, None, self.segment, self.nodata)
+                _place(target, within, start, None, segment, self.nodata)
                 continue
             data = os.pread(fd, count, base + offset)
             if len(data) < count:
@@ -124,24 +126,59 @@ class TiffSegments:
             pixels, where, _shape = key.decode(data, number_, **args)
             if tuple(where) != start:  # tifffile lays segments out as _segments does; never otherwise
                 raise RuntimeError(f"segment {number_} of {path} decoded at {tuple(where)}, not at {start}")
-            _place(target, within, start, pixels, self.segment, self.nodata)
+            inside = tuple(min(n, size - p) for n, size, p in zip(segment, self.shaped[1:], start[1:]))
+            if pixels is None or any(have < need for have, need in zip(pixels.shape, inside)):
+                raise ValueError(f"{path}: strip or tile {number_} of page {number} decodes to "
+                                 f"{None if pixels is None else pixels.shape} pixels, not the {inside} it holds")
+            _place(target, within, start, pixels, segment, self.nodata)
 
-    def _segments(self, within: list[tuple[int, int]]):
-        """The segments of a page that the region ``within`` touches: their number in the page's offsets and
-        where each starts in ``shaped`` (as tifffile's decoder says)."""
-        _planes, depth, length, width, _samples = self.shaped
-        d, h, w, _s = self.segment
-        across, down, deep = -(-width // w), -(-length // h), -(-depth // d)
-        (s0, s1), (z0, z1), (y0, y1), (x0, x1), _ = within
-        for s in range(s0, s1):
-            for dz in range(z0 // d, -(-z1 // d)):
-                for ty in range(y0 // h, -(-y1 // h)):
-                    for tx in range(x0 // w, -(-x1 // w)):
-                        if self.tiled:
-                            number = ((s * deep + dz) * down + ty) * across + tx
-                        else:  # strips: rows of whole width, one plane of depth after another
-                            number = (s * depth + dz) * down + ty
-                        yield number, (s, dz * d, ty * h, tx * w, 0)
+
+def _segment(key: Any) -> tuple[int, int, int, int]:
+    """The depth, length, width and contiguous samples of one strip or tile of a key frame's pages."""
+    samples = key.samplesperpixel if key.planarconfig == 1 else 1
+    if key.is_tiled:
+        return key.tiledepth, key.tilelength, key.tilewidth, samples
+    return 1, key.rowsperstrip, key.imagewidth, samples
+
+
+def _bounds(index: tuple[int | slice, ...], full: tuple[int, ...]) -> list[tuple[int, int]]:
+    """The start and stop of ``index`` along each axis of an array of shape ``full``: one entry per axis, each an
+    integer inside the axis (counted from its end when negative) or a slice of step 1 selecting something."""
+    if len(index) != len(full):
+        raise IndexError(f"{len(index)} indices for an array of {len(full)} axes {full}")
+    bounds = []
+    for i, n in zip(index, full):
+        if isinstance(i, (int, np.integer)):
+            if not -n <= i < n:
+                raise IndexError(f"index {i} outside an axis of {n}")
+            bounds.append((int(i) % n, int(i) % n + 1))
+        elif isinstance(i, slice) and i.step in (None, 1):
+            a, b, _ = i.indices(n)
+            if b <= a:
+                raise IndexError(f"an empty or reversed slice {i} of an axis of {n}")
+            bounds.append((a, b))
+        else:
+            raise IndexError(f"{i!r}: only integers and slices of step 1 are read")
+    return bounds
+
+
+def _segments(within: list[tuple[int, int]], shaped: tuple[int, ...], segment: tuple[int, int, int, int],
+              tiled: bool):
+    """The segments of a page that the region ``within`` touches: their number in the page's offsets and where
+    each starts in ``shaped`` (as tifffile's decoder says)."""
+    _planes, depth, length, width, _samples = shaped
+    d, h, w, _s = segment
+    across, down, deep = -(-width // w), -(-length // h), -(-depth // d)
+    (s0, s1), (z0, z1), (y0, y1), (x0, x1), _ = within
+    for s in range(s0, s1):
+        for dz in range(z0 // d, -(-z1 // d)):
+            for ty in range(y0 // h, -(-y1 // h)):
+                for tx in range(x0 // w, -(-x1 // w)):
+                    if tiled:
+                        number = ((s * deep + dz) * down + ty) * across + tx
+                    else:  # strips: rows of whole width, one plane of depth after another
+                        number = (s * depth + dz) * down + ty
+                    yield number, (s, dz * d, ty * h, tx * w, 0)
 
 
 def _place(target: np.ndarray, within: list[tuple[int, int]], start: tuple[int, ...], pixels: np.ndarray | None,
