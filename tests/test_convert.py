@@ -379,6 +379,44 @@ def test_a_lif_file_converts_exactly_with_its_voxel_size_and_channels(tmp_path, 
     np.testing.assert_array_equal(zarr.open_array(f"{report.store}/0", mode="r")[...], expected)
 
 
+def test_a_lif_image_is_read_from_its_memory_block_as_bioio_lif_reads_it(tmp_path):
+    """A LIF image's pixels are read where they lie (a few reads at computed offsets), not through bioio-lif's
+    lazy array (one chunk a z-stack): every region equals what bioio-lif reads, and one plane is read without the
+    rest. What is not one block of the file (an image it does not have) is left to bioio-lif."""
+    pytest.importorskip("bioio_lif", reason="the LIF reader plugin (zarrchive[lif]) is not installed")
+    from bioio import BioImage
+    from builders import lif_file
+
+    import bioio_lif
+    from zarrchive.formats import plugins
+    from zarrchive.pixels import sources
+    from zarrchive.records import SourceLayout
+
+    data = random_image((2, 5, 40, 48), "uint16")  # C, Z, Y, X
+    path = str(lif_file(tmp_path / "stack.lif", data, (1.5, 0.2, 0.2), ["Green", "Red"]))
+    offset, shape, dtype, axes = plugins.lif_block(path, 0)
+    assert axes == "zcyx" and shape == (5, 2, 40, 48) and dtype == np.dtype("<u2")
+    assert plugins.lif_block(path, 1) is None
+    layout = SourceLayout(reader="bioio_lif", series=0, axes=("c", "z", "y", "x"), stored_axes=axes)
+    reference = BioImage(path, reader=bioio_lif.Reader).get_image_data("CZYX")
+    rng = np.random.default_rng(3)
+    for _ in range(12):
+        region = []
+        for n in reference.shape:
+            start = int(rng.integers(n))
+            region.append(slice(start, int(rng.integers(start + 1, n + 1))))
+        np.testing.assert_array_equal(sources.read_region(path, layout, tuple(region)), reference[tuple(region)])
+    reads = []
+    original = sources._read_exactly
+    sources._read_exactly = lambda fd, target, at, p: (reads.append(len(target)), original(fd, target, at, p))
+    try:
+        plane = sources.read_region(path, layout, (slice(0, 2), slice(3, 4), slice(0, 40), slice(0, 48)))
+    finally:
+        sources._read_exactly = original
+    np.testing.assert_array_equal(plane, data[:, 3:4])
+    assert sum(reads) == 2 * 40 * 48 * 2  # the plane's bytes, not the stack's
+
+
 def _with_ome_types(image):
     """The generated OME-XML as zarrchive wrote it with ome-types' models (to 34b85b7): the reference."""
     from ome_types import model

@@ -340,7 +340,7 @@ class SourceLayout(Record):
     #                                 only some of the images its OME-XML describes)
     zarr_array: str | None = None  # an OME-Zarr input: its level-0 array (path in the store), read with zarr
     zarr_axes: str | None = None  # ... and that array's axes (NGFF names, in its order)
-    stored_axes: str | None = None  # a zarrchive format (``reader`` zarrchive_*): the series' stored axis order
+    stored_axes: str | None = None  # a format's own array (``formats.by_name(reader).array``): its axis order
     dtype: str | None = None  # the stored type when it differs from the file's (a bool mask stored as uint8 labels)
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 from zarrchive.errors import UnsupportedFormat
 from zarrchive.formats.bioio import ReaderFormat
@@ -35,6 +35,56 @@ class PluginFormat(ReaderFormat):
                 f"{self.package} (pip install 'zarrchive[{self.extra}]'; {self.licence})")
 
 
+class LifFormat(PluginFormat):
+    """Leica LIF. bioio-lif describes the file; its pixels are read as they lie. A LIF image is one memory block of
+    uncompressed pixels in C order of liffile's dims, and bioio-lif's lazy array makes a whole z-stack one chunk
+    (a task reading one plane would hold the stack). Where the image is such a block (a ``LifImage`` of a .lif
+    file, its dims among TCZYX, no padded rows, no BGR samples), the layout names its stored axes and the
+    pixels are read with a few reads at computed offsets (``sources.read_contiguous``); else through bioio-lif."""
+
+    def layout(self, opened: Any, img: Any, index: int, samples: bool, position: int) -> dict[str, Any]:
+        fields = super().layout(opened, img, index, samples, position)
+        raw = lif_block(opened.path, position)
+        if raw is None or samples or index != position:
+            return fields
+        return {**fields, "stored_axes": raw[3]}
+
+    def array(self, path: str, series: int) -> Any:
+        from zarrchive.pixels.sources import ContiguousArray
+
+        raw = lif_block(path, series)
+        if raw is None:
+            raise ValueError(f"{path}: image {series} is no longer one block of pixels")
+        return ContiguousArray(path, *raw[:3])
+
+
+def lif_block(path: str, image: int) -> tuple[int, tuple[int, ...], Any, str] | None:
+    """Where image ``image`` of a LIF file lies: its memory block's offset, its shape and dtype (little-endian)
+    in liffile's dims, and those dims as NGFF axes; None where it is not one such block."""
+    try:
+        return _lif_block(path, image)
+    except Exception:  # a file liffile reads otherwise than bioio-lif did: bioio-lif reads its pixels (and says why)
+        return None
+
+
+def _lif_block(path: str, image: int) -> tuple[int, tuple[int, ...], Any, str] | None:
+    import liffile
+    import numpy as np
+
+    with liffile.LifFile(path) as lif:
+        if lif.type != liffile.LifFileType.LIF or not 0 <= image < len(lif.images):
+            return None
+        found = lif.images[image]
+        dims = "".join(found.dims).lower()
+        if (type(found) is not liffile.LifImage or found._shape_stored is not None or found._is_bgr
+                or len(set(dims)) != len(dims) or not set(dims) <= set("tczyx")):
+            return None
+        block, dtype = found.memory_block, np.dtype(found.dtype).newbyteorder("<")
+        if block.offset <= 0 or block.size < int(np.prod(found.shape)) * dtype.itemsize:
+            return None
+        return int(block.offset), tuple(int(n) for n in found.shape), dtype, dims
+
+
 class VsiFormat(PluginFormat):
     def missing(self) -> str:
         return ("Olympus/Evident cellSens VSI: the .vsi file holds only an overview, the image lies in its companion "
@@ -48,8 +98,8 @@ FORMATS = (
     PluginFormat("bioio_czi", "Zeiss CZI", "bioio-czi", "czi",
                  "bioio-czi: GPL-3.0; aicspylibczi: GPL-3.0-or-later; pylibCZIrw: LGPL-3.0 (libCZI)",
                  lambda head: head[:10] == b"ZISRAWFILE"),
-    PluginFormat("bioio_lif", "Leica LIF", "bioio-lif", "lif", "bioio-lif and liffile: BSD-3-Clause",
-                 lambda head: head[:4] == b"\x70\x00\x00\x00" and head[8:9] == b"\x2a"),
+    LifFormat("bioio_lif", "Leica LIF", "bioio-lif", "lif", "bioio-lif and liffile: BSD-3-Clause",
+              lambda head: head[:4] == b"\x70\x00\x00\x00" and head[8:9] == b"\x2a"),
 )
 # An Olympus/Evident cellSens VSI file is a TIFF holding only an overview: the image lies in the companion
 # ``_<name>_/stack*/frame_t*.ets`` files. bioio-vsi reads those (and refuses what it cannot read, naming it);

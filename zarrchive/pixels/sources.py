@@ -202,6 +202,17 @@ def read_contiguous(path: str, offset: int, shape: tuple[int, ...], dtype: np.dt
     return block.astype(dtype.newbyteorder("="), copy=False) if dtype.byteorder not in "=|" else block
 
 
+class ContiguousArray:
+    """A C-ordered array of ``shape`` and ``dtype`` stored at ``offset`` in ``path``, indexed as a numpy array is
+    (integers and step-1 slices), each index read with ``read_contiguous``: nothing is mapped or held."""
+
+    def __init__(self, path: str, offset: int, shape: tuple[int, ...], dtype: np.dtype):
+        self.path, self.offset, self.shape, self.dtype = path, offset, shape, np.dtype(dtype)
+
+    def __getitem__(self, index: tuple[int | slice, ...]) -> np.ndarray:
+        return read_contiguous(self.path, self.offset, self.shape, self.dtype, tuple(index))
+
+
 def _read_exactly(fd: int, target: memoryview, offset: int, path: str) -> None:
     done = 0
     while done < len(target):
