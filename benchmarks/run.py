@@ -66,16 +66,27 @@ LAYOUTS = {"contiguous": {}, "tiled": {"tile": (512, 512)},
            "jpeg": {"tile": (512, 512), "compression": "jpeg", "compressionargs": {"level": 95}}}
 
 
+VENDOR = {"imaris": ".ims", "lif": ".lif"}  # vendor formats: Imaris (HDF5, gzip chunks), Leica LIF (raw planes)
+IMARIS_CHUNKS = (8, 256, 256)  # an Imaris file's level-0 chunks (z, y, x), gzip level 2, as Imaris writes them
+IMARIS_DATA = "DataSet/ResolutionLevel 0/TimePoint 0/Channel 0/Data"
+
+
 def synthetic(path: Path, nbytes: int, seed: int = 0, layout: str = "contiguous") -> Path:
     """A uint16 z-stack of about ``nbytes`` (uncompressed) that looks like fluorescence microscopy, written plane
-    by plane in ``layout`` (``LAYOUTS``)."""
-    import tifffile
-
+    by plane in ``layout`` (``LAYOUTS``, or a vendor format: ``VENDOR``)."""
     y, x = 2048, 2048
     itemsize = 1 if layout == "jpeg" else 2
     z = max(1, nbytes // (y * x * itemsize))  # (the same bytes of image in every layout)
     if path.exists() and pixel_bytes(path) == z * y * x * itemsize:  # made before, whole
         return path
+    tmp = path.with_suffix(".partial")
+    writer = {"imaris": _write_imaris, "lif": _write_lif}.get(layout, _write_tiff)
+    writer(tmp, _planes(z, y, x, seed, layout), (z, y, x), layout)
+    tmp.replace(path)
+    return path
+
+
+def _planes(z: int, y: int, x: int, seed: int, layout: str):
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:y, 0:x].astype(np.float32)
     background = 100 + 40 * np.sin(yy / 310.0) * np.cos(xx / 270.0)
@@ -84,18 +95,127 @@ def synthetic(path: Path, nbytes: int, seed: int = 0, layout: str = "contiguous"
                             rng.uniform(200, 2500, 400)):
         sl = (slice(max(0, int(cy - 3 * r)), int(cy + 3 * r)), slice(max(0, int(cx - 3 * r)), int(cx + 3 * r)))
         blobs[sl] += a * np.exp(-((yy[sl] - cy) ** 2 + (xx[sl] - cx) ** 2) / (2 * r * r))
-    tmp = path.with_suffix(".partial")
+    for k in range(z):
+        signal = background + blobs * (0.6 + 0.4 * np.cos(k / 9.0))
+        plane = np.clip(rng.poisson(signal).astype(np.float32) + rng.normal(0, 3, (y, x)).astype(np.float32),
+                        0, 65535)
+        yield np.clip(plane / 12, 0, 255).astype(np.uint8) if layout == "jpeg" else plane.astype(np.uint16)
+
+
+def _write_tiff(path: Path, planes, shape: tuple[int, int, int], layout: str) -> None:
+    import tifffile
+
+    z, y, x = shape
     options = LAYOUTS[layout]
-    with tifffile.TiffWriter(tmp, bigtiff=z * y * x * 2 > 3 << 30) as tif:
-        for k in range(z):
-            signal = background + blobs * (0.6 + 0.4 * np.cos(k / 9.0))
-            plane = np.clip(rng.poisson(signal).astype(np.float32) + rng.normal(0, 3, (y, x)).astype(np.float32),
-                            0, 65535)
-            plane = np.clip(plane / 12, 0, 255).astype(np.uint8) if layout == "jpeg" else plane.astype(np.uint16)
+    with tifffile.TiffWriter(path, bigtiff=z * y * x * 2 > 3 << 30) as tif:
+        for plane in planes:
             tif.write(plane, contiguous=not options, metadata=None, resolution=(1 / 0.2, 1 / 0.2),
                       photometric="minisblack", **options)
-    tmp.replace(path)
-    return path
+
+
+def _write_imaris(path: Path, planes, shape: tuple[int, int, int], layout: str) -> None:
+    """An Imaris 5.5 file as Imaris writes one: level 0 in gzip (level 2) chunks, a level 1 of half the size
+    (2x2x2 subsampled), DataSetInfo with the sizes and extents in micrometres (0.5 z, 0.2 y and x)."""
+    import h5py
+
+    def attr(text: object) -> np.ndarray:
+        return np.array([c.encode() for c in str(text)], dtype="S1")
+
+    z, y, x = shape
+    with h5py.File(path, "w") as f:
+        for key, value in {"ImarisDataSet": "ImarisDataSet", "ImarisVersion": "5.5.0",
+                           "DataSetDirectoryName": "DataSet", "DataSetInfoDirectoryName": "DataSetInfo"}.items():
+            f.attrs[key] = attr(value)
+        f.attrs["NumberOfDataSets"] = np.array([1], dtype="uint32")
+        level0 = f.create_dataset(IMARIS_DATA, shape=shape, dtype=np.uint16,
+                                  chunks=tuple(min(c, n) for c, n in zip(IMARIS_CHUNKS, shape)),
+                                  compression="gzip", compression_opts=2)
+        half = (z // 2, y // 2, x // 2)
+        level1 = f.create_dataset(IMARIS_DATA.replace("Level 0", "Level 1"), shape=half, dtype=np.uint16,
+                                  chunks=tuple(max(1, min(c, n)) for c, n in zip(IMARIS_CHUNKS, half)),
+                                  compression="gzip", compression_opts=2)
+        depth = IMARIS_CHUNKS[0]  # (even: a slab's planes 0, 2, … are level 1's)
+        slab = np.empty((depth, y, x), np.uint16)
+        for k, plane in enumerate(planes):
+            slab[k % depth] = plane
+            if k % depth == depth - 1 or k == z - 1:
+                start, n = k - k % depth, k % depth + 1
+                level0[start:start + n] = slab[:n]
+                m = min(-(-n // 2), half[0] - start // 2)  # level 1's planes in this slab
+                if m > 0:
+                    level1[start // 2:start // 2 + m] = slab[:2 * m:2, :2 * half[1]:2, :2 * half[2]:2]
+        for level, (n_z, n_y, n_x) in ((0, shape), (1, (z // 2, y // 2, x // 2))):
+            group = f[IMARIS_DATA.replace("Level 0", f"Level {level}").rsplit("/", 1)[0]]
+            for key, value in {"ImageSizeX": n_x, "ImageSizeY": n_y, "ImageSizeZ": n_z}.items():
+                group.attrs[key] = attr(value)
+        image = f.create_group("DataSetInfo/Image")
+        for key, value in {"X": x, "Y": y, "Z": z, "Unit": "um", "Name": "synthetic", "ExtMin0": 0, "ExtMin1": 0,
+                           "ExtMin2": 0, "ExtMax0": x * 0.2, "ExtMax1": y * 0.2, "ExtMax2": z * 0.5}.items():
+            image.attrs[key] = attr(value)
+        channel = f.create_group("DataSetInfo/Channel 0")
+        channel.attrs["Name"] = attr("DNA")
+        channel.attrs["Color"] = attr("0 0 1")
+        f.create_group("DataSetInfo/TimeInfo").attrs["FileTimePoints"] = attr(1)
+        f["DataSetInfo/TimeInfo"].attrs["TimePoint1"] = attr("2026-11-27 10:00:00.000")
+
+
+def _write_lif(path: Path, planes, shape: tuple[int, int, int], layout: str) -> None:
+    """A Leica LIF file (format version 2) of one uint16 z-stack, as the LAS X software lays one out: a UTF-16 XML
+    header describing the image (its dimensions in metres: 0.2 um in y and x, 0.5 in z), then its memory block,
+    the planes one after another."""
+    import struct
+
+    z, y, x = shape
+    size = z * y * x * 2
+    dims = "".join(f'<DimensionDescription DimID="{dim}" NumberOfElements="{n}" Origin="0" Length="{(n - 1) * um!r}" '
+                   f'Unit="m" BitInc="0" BytesInc="{inc}"/>'
+                   for dim, n, um, inc in ((1, x, 0.2e-6, 2), (2, y, 0.2e-6, x * 2), (3, z, 0.5e-6, y * x * 2)))
+    xml = ('<LMSDataContainerHeader Version="2"><Element Name="project" Visibility="1" CopyOption="1" UniqueID="1">'
+           '<Data><Experiment/></Data><Memory Size="0" MemoryBlockID="MemBlock_0"/><Children>'
+           '<Element Name="synthetic" Visibility="1" CopyOption="1" UniqueID="2"><Data><Image><ImageDescription>'
+           '<Channels><ChannelDescription DataType="0" ChannelTag="0" Resolution="16" NameOfMeasuredQuantity="" '
+           'Min="0" Max="65535" Unit="" LUTName="Gray" IsLUTInverted="0" BytesInc="0" BitInc="0"/></Channels>'
+           f'<Dimensions>{dims}</Dimensions></ImageDescription></Image></Data>'
+           f'<Memory Size="{size}" MemoryBlockID="MemBlock_1"/><Children/></Element></Children></Element>'
+           '</LMSDataContainerHeader>')
+
+    def block(name: str, length: int) -> bytes:
+        return struct.pack("<IIBQBI", 0x70, 0, 0x2A, length, 0x2A, len(name)) + name.encode("utf-16-le")
+
+    with open(path, "wb") as fh:
+        fh.write(struct.pack("<IIBI", 0x70, 2 * len(xml) + 5, 0x2A, len(xml)) + xml.encode("utf-16-le"))
+        fh.write(block("MemBlock_0", 0) + block("MemBlock_1", size))
+        for plane in planes:
+            fh.write(plane.astype("<u2").tobytes())
+
+
+class Planes:
+    """An input's z-stack, read as a reader of its format would read it: ``read(k0, k1)`` planes k0..k1-1, in
+    slabs of ``depth`` planes (an Imaris file's chunk depth; one plane elsewhere). Open one per thread."""
+
+    def __init__(self, path: Path | str):
+        self.path = str(path)
+        suffix = Path(self.path).suffix.lower()
+        self.depth = 1
+        if suffix == ".ims":
+            import h5py
+
+            self.file = h5py.File(self.path, "r")
+            self.data = self.file[IMARIS_DATA]
+            self.shape, self.dtype, self.depth = self.data.shape, self.data.dtype, self.data.chunks[0]
+            self.read = lambda k0, k1: self.data[k0:k1]
+        elif suffix == ".lif":
+            import liffile
+
+            self.image = liffile.LifFile(self.path).images[0]
+            self.shape, self.dtype = self.image.shape, self.image.dtype
+            self.read = lambda k0, k1: np.stack([self.image.frame(Z=k) for k in range(k0, k1)])
+        else:
+            import tifffile
+
+            with tifffile.TiffFile(self.path) as tif:
+                self.shape, self.dtype = (len(tif.pages),) + tif.pages[0].shape, tif.pages[0].dtype
+            self.read = lambda k0, k1: np.stack([tifffile.imread(self.path, key=k) for k in range(k0, k1)])
 
 
 def samples(folder: Path) -> list[Path]:
@@ -118,9 +238,12 @@ def samples(folder: Path) -> list[Path]:
 
 
 def pixel_bytes(path: Path) -> int:
-    """The bytes of the image in a TIFF (every series, uncompressed)."""
+    """The bytes of the image in an input (every series of a TIFF; uncompressed)."""
     import tifffile
 
+    if path.suffix.lower() in VENDOR.values():
+        planes = Planes(path)
+        return int(np.prod(planes.shape)) * planes.dtype.itemsize
     with tifffile.TiffFile(path) as tif:
         return sum(int(np.prod(series.shape)) * series.dtype.itemsize for series in tif.series)
 
@@ -171,21 +294,26 @@ def tool_copy_compat(src: str, out: str) -> None:
 
 
 def _copy(src: str, out: str, compressors: list[Any]) -> None:
+    """Two threads, each with a reader of its own (``Planes``: tifffile, h5py for Imaris, liffile for LIF), copy
+    slabs of planes into one level of Zarr v3."""
+    import threading
     from concurrent.futures import ThreadPoolExecutor
 
-    import tifffile
     import zarr
 
-    with tifffile.TiffFile(src) as tif:
-        shape, dtype = (len(tif.pages),) + tif.pages[0].shape, tif.pages[0].dtype
+    first = Planes(src)
+    shape, dtype, depth = first.shape, first.dtype, first.depth
     root = zarr.open_group(out, mode="w", zarr_format=3)
     dst = root.create_array("0", shape=shape, chunks=CHUNK[-len(shape):], dtype=dtype, compressors=compressors)
+    own = threading.local()
 
     def copy(k: int) -> None:
-        dst[k] = tifffile.imread(src, key=k)  # a file handle per read: threads never share one
+        if not hasattr(own, "planes"):
+            own.planes = Planes(src)  # a reader per thread: threads never share a file handle
+        dst[k:k + depth] = own.planes.read(k, min(k + depth, shape[0]))
 
     with ThreadPoolExecutor(2) as pool:
-        list(pool.map(copy, range(shape[0])))
+        list(pool.map(copy, range(0, shape[0], depth)))
 
 
 def tool_ome_zarr(matched: bool) -> Callable[[str, str], None]:
@@ -297,7 +425,6 @@ def measure(tool: str, src: Path, out: Path, env: dict[str, str] | None = None) 
 
 def check(src: Path, out: Path) -> dict[str, Any]:
     """Bytes and objects stored, level-0 exactness, level-1 error against the exact 2x2 mean, validation."""
-    import tifffile
     import zarr
 
     files = [p for p in out.rglob("*") if p.is_file()]
@@ -308,37 +435,37 @@ def check(src: Path, out: Path) -> dict[str, Any]:
     paths = [d["path"] for d in datasets]
     level0 = group[paths[0]]
     lead = (0,) * (level0.ndim - 3)  # singleton t/c axes some writers keep in front of z, y, x
-    with tifffile.TiffFile(src) as tif:
-        n = len(tif.pages)
-        exact = level0.shape[len(lead):] == (n,) + tif.pages[0].shape and all(s == 1 for s in level0.shape[:len(lead)])
-        planes = range(0, n, max(1, n // 8)) if exact else []
-        for k in planes:
-            exact = exact and np.array_equal(level0[lead + (k,)], tif.pages[k].asarray())
-        found["level0_exact"] = bool(exact)
-        if len(paths) > 1 and exact:
-            level1 = group[paths[1]]
-            errors, smoothed = [], []
-            for k in list(planes)[:3]:
-                plane = tif.pages[k].asarray().astype(np.float64)
-                h, w = plane.shape
-                padded = np.pad(plane, [(0, h % 2), (0, w % 2)], mode="edge")
-                mean = padded.reshape(padded.shape[0] // 2, 2, padded.shape[1] // 2, 2).mean(axis=(1, 3))
-                kz = k if level1.shape[len(lead)] == n else k // 2
-                got = level1[lead + (kz,)]
-                if got.shape != mean.shape:
-                    errors.append(float("nan"))
-                    continue
-                off = np.abs(got.astype(np.float64) - mean)
-                errors.append(float(off.max()))
-                # low-pass filtered (a mean, a Gaussian…) rather than picked pixels: on average much closer to
-                # the block mean than plain subsampling is
-                picked = np.abs(padded[::2, ::2] - mean).mean()
-                smoothed.append(bool(off.mean() < 0.5 * picked))
-            found["pyramid_max_err"] = max(errors) if errors else None
-            found["block_mean"] = bool(errors) and all(e <= 1.0 for e in errors)  # the exact mean, up to rounding
-            found["anti_aliased"] = bool(smoothed) and all(smoothed)
-        else:
-            found["pyramid_max_err"], found["anti_aliased"], found["block_mean"] = None, False, False
+    source = Planes(src)
+    n = source.shape[0]
+    exact = level0.shape[len(lead):] == tuple(source.shape) and all(s == 1 for s in level0.shape[:len(lead)])
+    planes = range(0, n, max(1, n // 8)) if exact else []
+    for k in planes:
+        exact = exact and np.array_equal(level0[lead + (k,)], source.read(k, k + 1)[0])
+    found["level0_exact"] = bool(exact)
+    if len(paths) > 1 and exact:
+        level1 = group[paths[1]]
+        errors, smoothed = [], []
+        for k in list(planes)[:3]:
+            plane = source.read(k, k + 1)[0].astype(np.float64)
+            h, w = plane.shape
+            padded = np.pad(plane, [(0, h % 2), (0, w % 2)], mode="edge")
+            mean = padded.reshape(padded.shape[0] // 2, 2, padded.shape[1] // 2, 2).mean(axis=(1, 3))
+            kz = k if level1.shape[len(lead)] == n else k // 2
+            got = level1[lead + (kz,)]
+            if got.shape != mean.shape:
+                errors.append(float("nan"))
+                continue
+            off = np.abs(got.astype(np.float64) - mean)
+            errors.append(float(off.max()))
+            # low-pass filtered (a mean, a Gaussian…) rather than picked pixels: on average much closer to
+            # the block mean than plain subsampling is
+            picked = np.abs(padded[::2, ::2] - mean).mean()
+            smoothed.append(bool(off.mean() < 0.5 * picked))
+        found["pyramid_max_err"] = max(errors) if errors else None
+        found["block_mean"] = bool(errors) and all(e <= 1.0 for e in errors)  # the exact mean, up to rounding
+        found["anti_aliased"] = bool(smoothed) and all(smoothed)
+    else:
+        found["pyramid_max_err"], found["anti_aliased"], found["block_mean"] = None, False, False
     try:
         from zarrchive.ngff import validate_image
 
@@ -523,9 +650,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tool", nargs=3, metavar=("NAME", "INPUT", "OUTPUT"), help=argparse.SUPPRESS)
     parser.add_argument("--size", action="append", help="synthetic input size, e.g. 1GiB (repeatable)")
-    parser.add_argument("--layout", action="append", choices=sorted(LAYOUTS),
+    parser.add_argument("--layout", action="append", choices=sorted(LAYOUTS) + sorted(VENDOR),
                         help="how the synthetic inputs are stored (repeatable; default contiguous): tiled, tiled and "
-                             "compressed (deflate, lzw, zstd) or JPEG (8-bit)")
+                             "compressed (deflate, lzw, zstd) or JPEG (8-bit); or a vendor format: imaris (HDF5, gzip "
+                             "chunks), lif (Leica, raw planes)")
     parser.add_argument("--inputs", help="a folder of real TIFF/OME-TIFF files to include")
     parser.add_argument("--samples", action="store_true",
                         help="include the real microscopy images scikit-image ships (small: for sizes, not speed)")
@@ -543,8 +671,9 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
     sizes = args.size or ([] if args.inputs or args.samples else ["1GiB"])
-    inputs = [synthetic(work / f"synthetic-{s}{'' if layout == 'contiguous' else '-' + layout}.tif", parse_size(s),
-                        layout=layout) for s in sizes for layout in args.layout or ["contiguous"]]
+    inputs = [synthetic(work / f"synthetic-{s}{'' if layout == 'contiguous' else '-' + layout}"
+                               f"{VENDOR.get(layout, '.tif')}", parse_size(s), layout=layout)
+              for s in sizes for layout in args.layout or ["contiguous"]]
     if args.samples:
         inputs += samples(work / "samples")
     if args.inputs:
