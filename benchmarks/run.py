@@ -7,7 +7,8 @@
     .venv/bin/python benchmarks/run.py --many [--images 50,1000] [--workers 1,2] [--repeat N]  # benchmarks/many.py
 
 Inputs: synthetic uint16 z-stacks of each ``--size`` (smooth background, Gaussian blobs, shot and read noise,
-written plane by plane as TIFF and cached in ``--workdir``), plus every TIFF in ``--inputs`` and, with ``--samples``,
+written plane by plane as TIFF, or with ``--layout imaris``/``lif`` as an Imaris or Leica LIF file, and cached in
+``--workdir``), plus every TIFF in ``--inputs`` and, with ``--samples``,
 the real microscopy images scikit-image ships (``samples``; without ``--size`` no synthetic input is made unless
 nothing else is given).
 Each input is read once before the tools run, so all of them read it from the page cache. Each tool runs in a
