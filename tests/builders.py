@@ -172,10 +172,12 @@ def ome_tiff_file_set(folder: Path, data: np.ndarray, names: list[str], sizes: d
     return paths
 
 
-def lif_file(path: Path, data: np.ndarray, voxel_um: tuple[float, float, float], luts: list[str]) -> Path:
+def lif_file(path: Path, data: np.ndarray, voxel_um: tuple[float, float, float], luts: list[str],
+             extra: str = "", unit: str = "m") -> Path:
     """A Leica LIF file (format version 2) of one image, (C, Z, Y, X) uint8 or uint16, written by hand from the
     layout the readers parse: a UTF-16 XML header describing the image (channels, dimensions with their lengths
-    in metres, the memory block holding it), then the memory block of its planes (z by z, channel by channel)."""
+    in ``unit``, the memory block holding it; ``extra``: more XML inside its Image element, such as
+    WideFieldChannelInfo), then the memory block of its planes (z by z, channel by channel)."""
     import struct
 
     c, z, y, x = data.shape
@@ -185,8 +187,8 @@ def lif_file(path: Path, data: np.ndarray, voxel_um: tuple[float, float, float],
         f'Min="0" Max="{np.iinfo(data.dtype).max}" Unit="" LUTName="{lut}" IsLUTInverted="0" '
         f'BytesInc="{i * y * x * item}" BitInc="0"/>' for i, lut in enumerate(luts))
     dims = "".join(
-        f'<DimensionDescription DimID="{dim_id}" NumberOfElements="{n}" Origin="0" Length="{(n - 1) * um * 1e-6!r}" '
-        f'Unit="m" BitInc="0" BytesInc="{inc}"/>'
+        f'<DimensionDescription DimID="{dim_id}" NumberOfElements="{n}" Origin="0" '
+        f'Length="{(n - 1) * um * (1e-6 if unit == "m" else 1)!r}" Unit="{unit}" BitInc="0" BytesInc="{inc}"/>'
         for dim_id, n, um, inc in ((1, x, voxel_um[2], item), (2, y, voxel_um[1], x * item),
                                    (3, z, voxel_um[0], c * y * x * item)))
     pixels = np.ascontiguousarray(np.moveaxis(data, 1, 0)).astype(data.dtype.newbyteorder("<")).tobytes()
@@ -194,7 +196,7 @@ def lif_file(path: Path, data: np.ndarray, voxel_um: tuple[float, float, float],
            'UniqueID="1"><Data><Experiment/></Data><Memory Size="0" MemoryBlockID="MemBlock_0"/><Children>'
            f'<Element Name="{path.stem}" Visibility="1" CopyOption="1" UniqueID="2"><Data><Image>'
            f'<ImageDescription><Channels>{channels}</Channels><Dimensions>{dims}</Dimensions></ImageDescription>'
-           f'</Image></Data><Memory Size="{len(pixels)}" MemoryBlockID="MemBlock_1"/><Children/></Element>'
+           f'{extra}</Image></Data><Memory Size="{len(pixels)}" MemoryBlockID="MemBlock_1"/><Children/></Element>'
            '</Children></Element></LMSDataContainerHeader>')
 
     def block(name: str, payload: bytes) -> bytes:

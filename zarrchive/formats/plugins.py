@@ -6,8 +6,9 @@ its licence. What the plugin says of the pixel sizes and channel names is carrie
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 from zarrchive.errors import UnsupportedFormat
 from zarrchive.formats.bioio import ReaderFormat
@@ -41,6 +42,20 @@ class LifFormat(PluginFormat):
     (a task reading one plane would hold the stack). Where the image is such a block (a ``LifImage`` of a .lif
     file, its dims among TCZYX, no padded rows, no BGR samples), the layout names its stored axes and the
     pixels are read with a few reads at computed offsets (``sources.read_contiguous``); else through bioio-lif."""
+
+    def check_installed(self, shown_as: str) -> PluginFormat:
+        """Installed, without importing bioio-lif (2.4 s: bioio, pint, ome-types' models, pandas), which a file
+        ``LifScenes`` describes never needs."""
+        if importlib.util.find_spec(self.name) is None:
+            raise UnsupportedFormat(shown_as, self.missing())
+        return self
+
+    def images(self, opened: Any) -> list[Any]:
+        scenes = LifScenes.of(opened.path)
+        if scenes is None:
+            return super().images(opened)
+        self.check_declared(opened)
+        return self.scenes(opened, None, img=scenes, names=list(scenes.scenes))
 
     def layout(self, opened: Any, img: Any, index: int, samples: bool, position: int) -> dict[str, Any]:
         fields = super().layout(opened, img, index, samples, position)
@@ -83,6 +98,94 @@ def _lif_block(path: str, image: int) -> tuple[int, tuple[int, ...], Any, str] |
         if block.offset <= 0 or block.size < int(np.prod(found.shape)) * dtype.itemsize:
             return None
         return int(block.offset), tuple(int(n) for n in found.shape), dtype, dims
+
+
+class PixelSizes(NamedTuple):
+    Z: float | None
+    Y: float | None
+    X: float | None
+
+
+_LIF_DIMS = {"1": "X", "2": "Y", "3": "Z", "4": "T"}  # DimensionDescription DimIDs with a physical scale
+
+
+class LifScenes:
+    """A LIF file's images as ``BioImage`` describes them when bioio-lif reads the file (its scenes, a scene's
+    TCZYX shape and dtype, pixel sizes and channel names), from liffile alone, as bioio-lif computes them: the
+    scenes are liffile's images by path; a channel is named by the WideFieldChannelInfo of its LUT, else by its
+    LUT; a dimension's scale is its Length over its elements less one, in micrometres when its unit is metres.
+    Made (``of``) only where that is certain: a .lif file whose every image is a plain ``LifImage`` with dims
+    among TCZYX (no mosaic tiles, no colour samples) and a name for each channel. ``tests/test_convert`` holds it
+    to bioio-lif."""
+
+    def __init__(self, images: list[dict[str, Any]]) -> None:
+        self.images = images
+        self.scenes = tuple(image["name"] for image in images)
+        self.index = 0
+
+    @classmethod
+    def of(cls, path: str) -> LifScenes | None:
+        try:
+            import liffile
+
+            with liffile.LifFile(path) as lif:
+                if lif.type != liffile.LifFileType.LIF or not lif.images:
+                    return None
+                images = [_lif_scene(image) for image in lif.images]
+        except Exception:  # bioio-lif then reads it, and says what is wrong with it
+            return None
+        return None if any(image is None for image in images) else cls(images)
+
+    def set_scene(self, index: int) -> None:
+        self.index = index
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.images[self.index]["shape"]
+
+    @property
+    def dtype(self) -> Any:
+        return self.images[self.index]["dtype"]
+
+    @property
+    def physical_pixel_sizes(self) -> PixelSizes:
+        return self.images[self.index]["sizes"]
+
+    @property
+    def channel_names(self) -> list[str]:
+        return self.images[self.index]["channels"]
+
+    def scene_pixels(self, shown_as: str) -> tuple[tuple[int, ...], str, None]:
+        return self.shape, str(self.dtype), None
+
+
+def _lif_scene(image: Any) -> dict[str, Any] | None:
+    import liffile
+    import numpy as np
+
+    sizes = dict(image.sizes)
+    if type(image) is not liffile.LifImage or not set(sizes) <= set("TCZYX") or image._is_bgr:
+        return None
+    xml = image.xml_element.find("Data/Image")
+    details: dict[str, Any] = {}
+    for detail in xml.findall(".//WideFieldChannelInfo"):
+        details.setdefault(detail.attrib.get("LUT", ""), detail)
+    channels = []
+    for channel in xml.findall(".//ChannelDescription"):
+        detail = details.get(channel.attrib.get("LUTName", ""))
+        channels.append("--".join(detail.attrib.get(key, "") for key in ("LUT", "ContrastingMethodName",
+                                                                         "FluoCubeName"))
+                        if detail is not None else channel.attrib.get("LUTName", ""))
+    if len(channels) != sizes.get("C", 1):
+        return None
+    scales: dict[str, float] = {}
+    for dim in xml.findall(".//DimensionDescription"):
+        name, count = _LIF_DIMS.get(dim.attrib["DimID"]), int(dim.attrib["NumberOfElements"])
+        if name is None or count < 2:
+            continue
+        scales[name] = float(dim.attrib["Length"]) / (count - 1) * (1e6 if dim.attrib.get("Unit") == "m" else 1)
+    return {"name": image.path, "shape": tuple(int(sizes.get(d, 1)) for d in "TCZYX"), "dtype": np.dtype(image.dtype),
+            "sizes": PixelSizes(scales.get("Z"), scales.get("Y"), scales.get("X")), "channels": channels}
 
 
 class VsiFormat(PluginFormat):
