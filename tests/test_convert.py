@@ -417,6 +417,69 @@ def test_a_lif_image_is_read_from_its_memory_block_as_bioio_lif_reads_it(tmp_pat
     assert sum(reads) == 2 * 40 * 48 * 2  # the plane's bytes, not the stack's
 
 
+def _laid_out_lif(path, payload: bytes, dims: list[tuple[int, int, int]], channel_increments: list[int]) -> str:
+    """A LIF file of one uint8 image whose memory block is ``payload``, its dimensions (DimID, elements, BytesInc)
+    and channels' BytesInc declared as given: how LAS X may lay pixels out (padded rows, channels apart)."""
+    import struct
+
+    channels = "".join(f'<ChannelDescription DataType="0" ChannelTag="0" Resolution="8" NameOfMeasuredQuantity="" '
+                       f'Min="0" Max="255" Unit="" LUTName="Gray{i}" IsLUTInverted="0" BytesInc="{inc}" BitInc="0"/>'
+                       for i, inc in enumerate(channel_increments))
+    described = "".join(f'<DimensionDescription DimID="{d}" NumberOfElements="{n}" Origin="0" Length="{(n - 1) * 1e-7!r}" '
+                        f'Unit="m" BitInc="0" BytesInc="{inc}"/>' for d, n, inc in dims)
+    xml = ('<LMSDataContainerHeader Version="2"><Element Name="project" Visibility="1" CopyOption="1" UniqueID="1">'
+           '<Data><Experiment/></Data><Memory Size="0" MemoryBlockID="MemBlock_0"/><Children><Element Name="laid" '
+           'Visibility="1" CopyOption="1" UniqueID="2"><Data><Image><ImageDescription>'
+           f'<Channels>{channels}</Channels><Dimensions>{described}</Dimensions></ImageDescription></Image></Data>'
+           f'<Memory Size="{len(payload)}" MemoryBlockID="MemBlock_1"/><Children/></Element></Children></Element>'
+           '</LMSDataContainerHeader>')
+
+    def block(name: str, data: bytes) -> bytes:
+        return struct.pack("<IIBQBI", 0x70, 0, 0x2A, len(data), 0x2A, len(name)) + name.encode("utf-16-le") + data
+
+    path.write_bytes(struct.pack("<IIBI", 0x70, 2 * len(xml) + 5, 0x2A, len(xml)) + xml.encode("utf-16-le")
+                     + block("MemBlock_0", b"") + block("MemBlock_1", payload))
+    return str(path)
+
+
+def test_a_lif_image_not_laid_out_as_one_c_ordered_block_is_read_by_bioio_lif(tmp_path):
+    """Rows padded beyond their pixels, a channel that does not start its block, channels in another order than
+    their planes: each is declared by byte increments that are not the C order of liffile's dims, so it is not
+    read from the block by offset (bioio-lif reads it, by those increments). What is C-ordered (a z-stack,
+    channels inside z or z inside channels) is, and reads as bioio-lif reads it."""
+    pytest.importorskip("bioio_lif", reason="the LIF reader plugin (zarrchive[lif]) is not installed")
+    from zarrchive.formats import plugins
+
+    pixels = bytes(range(1, 241))
+    cases = {  # (dims as (DimID, elements, BytesInc): X=1, Y=2, Z=3), channels' BytesInc
+        "c order": ([(1, 5, 1), (2, 3, 5), (3, 2, 15)], [0]),
+        "padded rows": ([(1, 5, 1), (2, 3, 8), (3, 2, 24)], [0]),
+        "channel after a header": ([(1, 5, 1), (2, 3, 5)], [16]),
+        "channels in reverse": ([(1, 5, 1), (2, 3, 5)], [15, 0]),
+        "channels inside z": ([(1, 5, 1), (2, 3, 5), (3, 2, 30)], [0, 15]),
+        "z inside channels": ([(1, 5, 1), (2, 3, 5), (3, 2, 15)], [0, 30]),
+    }
+    from bioio import BioImage
+
+    import bioio_lif
+    from zarrchive.pixels import sources
+    from zarrchive.records import SourceLayout
+
+    refused = set()
+    for i, (name, (dims, channels)) in enumerate(cases.items()):
+        path = _laid_out_lif(tmp_path / f"{i}.lif", pixels, dims, channels)
+        block = plugins.lif_block(path, 0)
+        if block is None:
+            refused.add(name)
+            continue
+        reference = BioImage(path, reader=bioio_lif.Reader).get_image_data("CZYX")  # read by the increments
+        axes = tuple(a for a, n in zip("czyx", reference.shape) if n > 1)
+        layout = SourceLayout(reader="bioio_lif", series=0, axes=axes, stored_axes=block[3])
+        got = sources.read_region(path, layout, tuple(slice(0, n) for n in reference.shape if n > 1))
+        np.testing.assert_array_equal(got, reference.reshape(got.shape), err_msg=name)
+    assert refused == {"padded rows", "channel after a header", "channels in reverse"}
+
+
 def _with_ome_types(image):
     """The generated OME-XML as zarrchive wrote it with ome-types' models (to 34b85b7): the reference."""
     from ome_types import model

@@ -5,6 +5,7 @@ its licence. What the plugin says of the pixel sizes and channel names is carrie
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.util
 from dataclasses import dataclass
@@ -52,7 +53,8 @@ class LifFormat(PluginFormat):
 
     def images(self, opened: Any) -> list[Any]:
         scenes = LifScenes.of(opened.path)
-        if scenes is None:
+        if scenes is None:  # bioio-lif describes it: importable, or refused naming the plugin
+            PluginFormat.check_installed(self, opened.shown_as)
             return super().images(opened)
         self.check_declared(opened)
         return self.scenes(opened, None, img=scenes, names=list(scenes.scenes))
@@ -76,28 +78,54 @@ class LifFormat(PluginFormat):
 def lif_block(path: str, image: int) -> tuple[int, tuple[int, ...], Any, str] | None:
     """Where image ``image`` of a LIF file lies: its memory block's offset, its shape and dtype (little-endian)
     in liffile's dims, and those dims as NGFF axes; None where it is not one such block."""
+    import os
+
+    stat = os.stat(path)
+    blocks = _lif_blocks(path, stat.st_mtime_ns, stat.st_size)  # the header parsed once for all its images
+    return blocks[image] if 0 <= image < len(blocks) else None
+
+
+@functools.lru_cache(maxsize=8)
+def _lif_blocks(path: str, _mtime: int, _size: int) -> tuple[tuple[int, tuple[int, ...], Any, str] | None, ...]:
     try:
-        return _lif_block(path, image)
+        import liffile
+
+        with liffile.LifFile(path) as lif:
+            if lif.type != liffile.LifFileType.LIF:
+                return ()
+            return tuple(_lif_block(lif, found) for found in lif.images)
     except Exception:  # a file liffile reads otherwise than bioio-lif did: bioio-lif reads its pixels (and says why)
-        return None
+        return ()
 
 
-def _lif_block(path: str, image: int) -> tuple[int, tuple[int, ...], Any, str] | None:
+def _lif_block(lif: Any, found: Any) -> tuple[int, tuple[int, ...], Any, str] | None:
+    """One image's block, where its pixels are exactly the C-ordered array of its shape: every dimension's and
+    every channel's byte increment (as the XML declares them, which bioio-lif reads by) is that array's."""
     import liffile
     import numpy as np
 
-    with liffile.LifFile(path) as lif:
-        if lif.type != liffile.LifFileType.LIF or not 0 <= image < len(lif.images):
-            return None
-        found = lif.images[image]
+    try:
         dims = "".join(found.dims).lower()
-        if (type(found) is not liffile.LifImage or found._shape_stored is not None or found._is_bgr
-                or len(set(dims)) != len(dims) or not set(dims) <= set("tczyx")):
+        if (type(found) is not liffile.LifImage or found.parent is not lif or found._shape_stored is not None
+                or found._is_bgr or len(set(dims)) != len(dims) or not set(dims) <= set("tczyx")):
+            return None  # (an image of a referenced .lof file lies in that file)
+        shape, dtype = tuple(int(n) for n in found.shape), np.dtype(found.dtype).newbyteorder("<")
+        strides = dict(zip(dims, np.cumprod((shape[1:] + (1,))[::-1])[::-1] * dtype.itemsize))
+        xml = found.xml_element.find("Data/Image")
+        for dim in xml.findall(".//DimensionDescription"):
+            name = _LIF_DIMS.get(dim.attrib["DimID"], "?").lower()
+            if int(dim.attrib["NumberOfElements"]) > 1 and (name not in strides
+                                                            or int(dim.attrib["BytesInc"]) != strides[name]):
+                return None
+        increments = [int(c.attrib["BytesInc"]) for c in xml.findall(".//ChannelDescription")]
+        if increments != [i * int(strides.get("c", 0)) for i in range(len(increments))]:
             return None
-        block, dtype = found.memory_block, np.dtype(found.dtype).newbyteorder("<")
-        if block.offset <= 0 or block.size < int(np.prod(found.shape)) * dtype.itemsize:
+        block = found.memory_block
+        if block.offset <= 0 or block.size < int(np.prod(shape)) * dtype.itemsize:
             return None
-        return int(block.offset), tuple(int(n) for n in found.shape), dtype, dims
+        return int(block.offset), shape, dtype, dims
+    except Exception:  # what it cannot be sure of is bioio-lif's to read
+        return None
 
 
 class PixelSizes(NamedTuple):
