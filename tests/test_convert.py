@@ -425,8 +425,8 @@ def _laid_out_lif(path, payload: bytes, dims: list[tuple[int, int, int]], channe
     channels = "".join(f'<ChannelDescription DataType="0" ChannelTag="0" Resolution="8" NameOfMeasuredQuantity="" '
                        f'Min="0" Max="255" Unit="" LUTName="Gray{i}" IsLUTInverted="0" BytesInc="{inc}" BitInc="0"/>'
                        for i, inc in enumerate(channel_increments))
-    described = "".join(f'<DimensionDescription DimID="{d}" NumberOfElements="{n}" Origin="0" Length="{(n - 1) * 1e-7!r}" '
-                        f'Unit="m" BitInc="0" BytesInc="{inc}"/>' for d, n, inc in dims)
+    described = "".join(f'<DimensionDescription DimID="{d}" NumberOfElements="{n}" Origin="0" '
+                        f'Length="{(n - 1) * 1e-7!r}" Unit="m" BitInc="0" BytesInc="{inc}"/>' for d, n, inc in dims)
     xml = ('<LMSDataContainerHeader Version="2"><Element Name="project" Visibility="1" CopyOption="1" UniqueID="1">'
            '<Data><Experiment/></Data><Memory Size="0" MemoryBlockID="MemBlock_0"/><Children><Element Name="laid" '
            'Visibility="1" CopyOption="1" UniqueID="2"><Data><Image><ImageDescription>'
