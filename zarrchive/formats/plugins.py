@@ -40,9 +40,11 @@ class PluginFormat(ReaderFormat):
 class LifFormat(PluginFormat):
     """Leica LIF. bioio-lif describes the file; its pixels are read as they lie. A LIF image is one memory block of
     uncompressed pixels in C order of liffile's dims, and bioio-lif's lazy array makes a whole z-stack one chunk
-    (a task reading one plane would hold the stack). Where the image is such a block (a ``LifImage`` of a .lif
-    file, its dims among TCZYX, no padded rows, no BGR samples), the layout names its stored axes and the
-    pixels are read with a few reads at computed offsets (``sources.read_contiguous``); else through bioio-lif."""
+    (a task reading one plane would hold the stack). Where the image is such a block (``lif_block``: a
+    ``LifImage`` of the .lif file itself, its dims among TCZYX, every byte increment the XML declares that of the
+    C order, no BGR samples), the layout names its stored axes and the pixels are read with a few reads at
+    computed offsets (``sources.read_contiguous``); else through bioio-lif. Where ``LifScenes`` can describe the
+    file, bioio-lif is not imported at all."""
 
     def check_installed(self, shown_as: str) -> PluginFormat:
         """Installed, without importing bioio-lif (2.4 s: bioio, pint, ome-types' models, pandas), which a file
@@ -143,7 +145,7 @@ class LifScenes:
     scenes are liffile's images by path; a channel is named by the WideFieldChannelInfo of its LUT, else by its
     LUT; a dimension's scale is its Length over its elements less one, in micrometres when its unit is metres.
     Made (``of``) only where that is certain: a .lif file whose every image is a plain ``LifImage`` with dims
-    among TCZYX (no mosaic tiles, no colour samples) and a name for each channel. ``tests/test_convert`` holds it
+    among TCZYX (no mosaic tiles, no colour samples) and a name for each channel. ``tests/test_formats`` holds it
     to bioio-lif."""
 
     def __init__(self, images: list[dict[str, Any]]) -> None:

@@ -6,7 +6,7 @@ back as a buffer and copied into the region. ``TiffSegments`` does what that vie
 the loop: it reads the bytes of the segments the region touches (``os.pread``, no shared file position, so no
 lock), decodes each with tifffile's own decoder for the page (``TiffPage.decode``: every compression, predictor,
 fill order and bit depth tifffile reads), and copies the part inside the region straight into the region's
-buffer. The threads of a worker decode side by side, and a deflate TIFF costs about a fifth less CPU.
+buffer. The threads of a worker decode side by side, and reading a deflate TIFF costs about a fifth less CPU.
 
 It reads the series the view would describe, in the same axes, with the same fill (the page's no-data value)
 where a page or a segment is missing. The series it cannot lay out that way (a transform, a contiguous run, a
