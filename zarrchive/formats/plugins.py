@@ -80,24 +80,32 @@ class LifFormat(PluginFormat):
 def lif_block(path: str, image: int) -> tuple[int, tuple[int, ...], Any, str] | None:
     """Where image ``image`` of a LIF file lies: its memory block's offset, its shape and dtype (little-endian)
     in liffile's dims, and those dims as NGFF axes; None where it is not one such block."""
-    import os
-
-    stat = os.stat(path)
-    blocks = _lif_blocks(path, stat.st_mtime_ns, stat.st_size)  # the header parsed once for all its images
+    blocks = _lif_header(path)[1]
     return blocks[image] if 0 <= image < len(blocks) else None
 
 
+def _lif_header(path: str) -> tuple[list[dict[str, Any] | None], tuple[Any, ...]]:
+    """What ``LifScenes`` and ``lif_block`` read of a LIF file's header, parsed once for both and all its images:
+    each image's scene (None: bioio-lif's to describe) and block (None: bioio-lif's to read); nothing for a file
+    liffile does not read as a .lif."""
+    import os
+
+    stat = os.stat(path)
+    return _lif_header_of(path, stat.st_mtime_ns, stat.st_size)
+
+
 @functools.lru_cache(maxsize=8)
-def _lif_blocks(path: str, _mtime: int, _size: int) -> tuple[tuple[int, tuple[int, ...], Any, str] | None, ...]:
+def _lif_header_of(path: str, _mtime: int, _size: int) -> tuple[list[dict[str, Any] | None], tuple[Any, ...]]:
     try:
         import liffile
 
         with liffile.LifFile(path) as lif:
             if lif.type != liffile.LifFileType.LIF:
-                return ()
-            return tuple(_lif_block(lif, found) for found in lif.images)
-    except Exception:  # a file liffile reads otherwise than bioio-lif did: bioio-lif reads its pixels (and says why)
-        return ()
+                return [], ()
+            return ([_lif_scene(found) for found in lif.images],
+                    tuple(_lif_block(lif, found) for found in lif.images))
+    except Exception:  # a file liffile reads otherwise than bioio-lif does: bioio-lif reads it (and says why)
+        return [], ()
 
 
 def _lif_block(lif: Any, found: Any) -> tuple[int, tuple[int, ...], Any, str] | None:
@@ -155,16 +163,8 @@ class LifScenes:
 
     @classmethod
     def of(cls, path: str) -> LifScenes | None:
-        try:
-            import liffile
-
-            with liffile.LifFile(path) as lif:
-                if lif.type != liffile.LifFileType.LIF or not lif.images:
-                    return None
-                images = [_lif_scene(image) for image in lif.images]
-        except Exception:  # bioio-lif then reads it, and says what is wrong with it
-            return None
-        return None if any(image is None for image in images) else cls(images)
+        images = _lif_header(path)[0]  # (none: bioio-lif then reads it, and says what is wrong with it)
+        return cls(images) if images and all(image is not None for image in images) else None
 
     def set_scene(self, index: int) -> None:
         self.index = index
@@ -190,6 +190,13 @@ class LifScenes:
 
 
 def _lif_scene(image: Any) -> dict[str, Any] | None:
+    try:
+        return _lif_scene_of(image)
+    except Exception:  # what it cannot be sure of is bioio-lif's to describe
+        return None
+
+
+def _lif_scene_of(image: Any) -> dict[str, Any] | None:
     import liffile
     import numpy as np
 
