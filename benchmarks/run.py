@@ -7,8 +7,8 @@
     .venv/bin/python benchmarks/run.py --many [--images 50,1000] [--workers 1,2] [--repeat N]  # benchmarks/many.py
 
 Inputs: synthetic uint16 z-stacks of each ``--size`` (smooth background, Gaussian blobs, shot and read noise,
-written plane by plane as TIFF, or with ``--layout imaris``/``lif`` as an Imaris or Leica LIF file, and cached in
-``--workdir``), plus every TIFF in ``--inputs`` and, with ``--samples``,
+written plane by plane as TIFF, or with ``--layout imaris``/``lif``/``czi``/``czi-zstd`` as an Imaris, Leica LIF or
+Zeiss CZI file, and cached in ``--workdir``), plus every TIFF in ``--inputs`` and, with ``--samples``,
 the real microscopy images scikit-image ships (``samples``; without ``--size`` no synthetic input is made unless
 nothing else is given).
 Each input is read once before the tools run, so all of them read it from the page cache. Each tool runs in a
@@ -67,7 +67,9 @@ LAYOUTS = {"contiguous": {}, "tiled": {"tile": (512, 512)},
            "jpeg": {"tile": (512, 512), "compression": "jpeg", "compressionargs": {"level": 95}}}
 
 
-VENDOR = {"imaris": ".ims", "lif": ".lif"}  # vendor formats: Imaris (HDF5, gzip chunks), Leica LIF (raw planes)
+VENDOR = {"imaris": ".ims", "lif": ".lif", "czi": ".czi", "czi-zstd": ".czi"}  # vendor formats: Imaris (HDF5, gzip
+# chunks), Leica LIF (raw planes), Zeiss CZI (a subblock per plane: raw, or zstd as ZEN compresses losslessly)
+CZI_ZSTD = "zstd1:ExplicitLevel=1;PreProcess=HiLoByteUnpack"  # ZEN's lossless zstd option for 16-bit images
 IMARIS_CHUNKS = (8, 256, 256)  # an Imaris file's level-0 chunks (z, y, x), gzip level 2, as Imaris writes them
 IMARIS_DATA = "DataSet/ResolutionLevel 0/TimePoint 0/Channel 0/Data"
 
@@ -81,7 +83,8 @@ def synthetic(path: Path, nbytes: int, seed: int = 0, layout: str = "contiguous"
     if path.exists() and pixel_bytes(path) == z * y * x * itemsize:  # made before, whole
         return path
     tmp = path.with_suffix(".partial")
-    writer = {"imaris": _write_imaris, "lif": _write_lif}.get(layout, _write_tiff)
+    writer = {"imaris": _write_imaris, "lif": _write_lif, "czi": _write_czi, "czi-zstd": _write_czi}.get(layout,
+                                                                                                      _write_tiff)
     writer(tmp, _planes(z, y, x, seed, layout), (z, y, x), layout)
     tmp.replace(path)
     return path
@@ -190,6 +193,19 @@ def _write_lif(path: Path, planes, shape: tuple[int, int, int], layout: str) -> 
             fh.write(plane.astype("<u2").tobytes())
 
 
+def _write_czi(path: Path, planes, shape: tuple[int, int, int], layout: str) -> None:
+    """A Zeiss CZI file written with libCZI (pylibCZIrw), as ZEN stores a z-stack: one subblock per plane,
+    uncompressed or (``czi-zstd``) in zstd with the high and low bytes apart; scaling 0.2 um in y and x, 0.5 in z."""
+    from pylibCZIrw import czi as pyczi
+
+    options = CZI_ZSTD if layout == "czi-zstd" else None
+    with pyczi.create_czi(str(path), exist_ok=True) as czi:
+        for k, plane in enumerate(planes):
+            czi.write(plane, plane={"C": 0, "Z": k, "T": 0}, location=(0, 0), compression_options=options)
+        czi.write_metadata(document_name="synthetic", channel_names={0: "DNA"}, scale_x=0.2e-6, scale_y=0.2e-6,
+                           scale_z=0.5e-6)
+
+
 class Planes:
     """An input's z-stack, read as a reader of its format would read it: ``read(k0, k1)`` planes k0..k1-1, in
     slabs of ``depth`` planes (an Imaris file's chunk depth; one plane elsewhere). Open one per thread."""
@@ -211,6 +227,15 @@ class Planes:
             self.image = liffile.LifFile(self.path).images[0]
             self.shape, self.dtype = self.image.shape, self.image.dtype
             self.read = lambda k0, k1: np.stack([self.image.frame(Z=k) for k in range(k0, k1)])
+        elif suffix == ".czi":
+            from pylibCZIrw import czi as pyczi
+
+            self.file = pyczi.CziReader(self.path)
+            box = self.file.total_bounding_rectangle
+            self.shape = (self.file.total_bounding_box["Z"][1], box.h, box.w)
+            self.dtype = np.dtype(self.file.get_channel_pixel_type(0).replace("Gray", "uint"))
+            self.read = lambda k0, k1: np.stack([self.file.read(plane={"Z": k, "C": 0, "T": 0})[..., 0]
+                                                 for k in range(k0, k1)])
         else:
             import tifffile
 
@@ -295,7 +320,8 @@ def tool_copy_compat(src: str, out: str) -> None:
 
 
 def _copy(src: str, out: str, compressors: list[Any]) -> None:
-    """Two threads, each with a reader of its own (``Planes``: tifffile, h5py for Imaris, liffile for LIF), copy
+    """Two threads, each with a reader of its own (``Planes``: tifffile, h5py for Imaris, liffile for LIF,
+    pylibCZIrw for CZI), copy
     slabs of planes into one level of Zarr v3."""
     import threading
     from concurrent.futures import ThreadPoolExecutor
@@ -654,7 +680,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--layout", action="append", choices=sorted(LAYOUTS) + sorted(VENDOR),
                         help="how the synthetic inputs are stored (repeatable; default contiguous): tiled, tiled and "
                              "compressed (deflate, lzw, zstd) or JPEG (8-bit); or a vendor format: imaris (HDF5, gzip "
-                             "chunks), lif (Leica, raw planes)")
+                             "chunks), lif (Leica, raw planes), czi and czi-zstd (Zeiss: raw or zstd subblocks)")
     parser.add_argument("--inputs", help="a folder of real TIFF/OME-TIFF files to include")
     parser.add_argument("--samples", action="store_true",
                         help="include the real microscopy images scikit-image ships (small: for sizes, not speed)")

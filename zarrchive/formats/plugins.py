@@ -11,7 +11,7 @@ import importlib.util
 from dataclasses import dataclass
 from typing import Any, Callable, NamedTuple
 
-from zarrchive.errors import UnsupportedFormat
+from zarrchive.errors import InputError, UnsupportedFormat
 from zarrchive.formats.bioio import ReaderFormat
 
 
@@ -75,6 +75,49 @@ class LifFormat(PluginFormat):
         if raw is None:
             raise ValueError(f"{path}: image {series} is no longer one block of pixels")
         return ContiguousArray(path, *raw[:3])
+
+
+class CziFormat(PluginFormat):
+    """Zeiss CZI. bioio-czi describes the file and reads what libCZI cannot read plane by plane. Its lazy array
+    makes a whole z-stack one chunk, so a task reading one plane would read, decode and hold the stack. Where a
+    scene is one unscaled subblock per plane, all covering the scene (``pixels.czi.CziPlanes.of``), and bioio-czi
+    gives it exactly that TCZYX shape and type with no colour samples, its regions are read plane by plane with
+    libCZI (``CziPlanes``)."""
+
+    def images(self, opened: Any) -> list[Any]:
+        """bioio-czi's scenes are those the metadata describes; a file whose subblocks hold more (written by a
+        tool that describes none) is refused, naming it, rather than archived without them."""
+        from zarrchive.pixels.czi import CziPlanes
+
+        found = super().images(opened)
+        held = CziPlanes.held(opened.path)
+        if held > len(found):
+            raise InputError(opened.shown_as, f"its pixels hold {held} scenes but its metadata describes "
+                                              f"{len(found)}: bioio-czi would read only those, the rest would be lost")
+        return found
+
+    def layout(self, opened: Any, img: Any, index: int, samples: bool, position: int) -> dict[str, Any]:
+        import numpy as np
+
+        from zarrchive.pixels.czi import CziPlanes
+
+        fields = super().layout(opened, img, index, samples, position)
+        scene = CziPlanes.of(opened.path, index)
+        if scene is None or samples or index != position:
+            return fields
+        dims = img.reader.dims
+        extra = [d for d, n in zip(dims.order, dims.shape) if d not in "TCZYX" and n != 1]
+        if extra or tuple(getattr(dims, d, 1) for d in "TCZYX") != scene.shape or np.dtype(img.dtype) != scene.dtype:
+            return fields
+        return {**fields, "stored_axes": "tczyx"}
+
+    def array(self, path: str, series: int) -> Any:
+        from zarrchive.pixels.czi import CziPlanes
+
+        scene = CziPlanes.of(path, series)
+        if scene is None:
+            raise ValueError(f"{path}: scene {series} is no longer one subblock per plane")
+        return CziPlanes(path, scene)
 
 
 def lif_block(path: str, image: int) -> tuple[int, tuple[int, ...], Any, str] | None:
@@ -235,7 +278,7 @@ class VsiFormat(PluginFormat):
 FORMATS = (
     PluginFormat("bioio_nd2", "Nikon ND2", "bioio-nd2", "nd2", "bioio-nd2: MIT; nd2: BSD-3-Clause",
                  lambda head: head[:4] == b"\xda\xce\xbe\x0a"),
-    PluginFormat("bioio_czi", "Zeiss CZI", "bioio-czi", "czi",
+    CziFormat("bioio_czi", "Zeiss CZI", "bioio-czi", "czi",
                  "bioio-czi: GPL-3.0; aicspylibczi: GPL-3.0-or-later; pylibCZIrw: LGPL-3.0 (libCZI)",
                  lambda head: head[:10] == b"ZISRAWFILE"),
     LifFormat("bioio_lif", "Leica LIF", "bioio-lif", "lif", "bioio-lif and liffile: BSD-3-Clause",

@@ -19,6 +19,7 @@ through the bioio reader's own lazy array.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 import os
@@ -42,9 +43,11 @@ def read_region(path: str, layout: SourceLayout, region: tuple[slice, ...]) -> n
     if layout.tiff_axes:  # strips, tiles and contiguous runs are read with pread: no shared file position
         block = _read_tiff(path, layout, region)
     elif layout.stored_axes:  # a format zarrchive reads itself (zarrchive.formats)
-        with _one_reader_at_a_time(path, layout):
-            block = _in_image_axes(_native_array(path, layout.reader, layout.series, _version(path)),
-                                   layout.stored_axes, layout, region)
+        lock = _one_reader_at_a_time(path, layout)
+        with lock:
+            array = _native_array(path, layout.reader, layout.series, _version(path))
+        with contextlib.nullcontext() if getattr(array, "concurrent", False) else lock:  # (threads read at once)
+            block = _in_image_axes(array, layout.stored_axes, layout, region)
     elif layout.zarr_array and layout.zarr_axes:
         block = _in_image_axes(_zarr_array(path, layout.zarr_array, _version(path)), layout.zarr_axes, layout,
                                region)
@@ -204,7 +207,10 @@ def read_contiguous(path: str, offset: int, shape: tuple[int, ...], dtype: np.dt
 
 class ContiguousArray:
     """A C-ordered array of ``shape`` and ``dtype`` stored at ``offset`` in ``path``, indexed as a numpy array is
-    (integers and step-1 slices), each index read with ``read_contiguous``: nothing is mapped or held."""
+    (integers and step-1 slices), each index read with ``read_contiguous``: nothing is mapped or held, and
+    threads read at once (``concurrent``: each read opens the file and reads at offsets)."""
+
+    concurrent = True
 
     def __init__(self, path: str, offset: int, shape: tuple[int, ...], dtype: np.dtype):
         self.path, self.offset, self.shape, self.dtype = path, offset, shape, np.dtype(dtype)
