@@ -11,7 +11,7 @@ import pytest
 import zarr
 from hypothesis import given, settings as hsettings, strategies as st
 
-from builders import ome_tiff, plain_tiff, random_image
+from builders import czi_file, czi_kinds, ome_tiff, plain_tiff, random_image
 from zarrchive.tasks.convert import convert_file
 
 from zarrchive.errors import InputError, UnsupportedFormat
@@ -338,54 +338,6 @@ def test_a_czi_file_converts_exactly_with_its_scaling_and_channel_names(tmp_path
     np.testing.assert_array_equal(zarr.open_array(f"{report.store}/0", mode="r")[...], expected)
 
 
-def _czi_of(path: Path, planes: list[tuple[dict[str, int], np.ndarray, tuple[int, int], int, str | None]],
-            scenes: int = 1) -> str:
-    """A CZI file of these subblocks (plane coordinates, pixels, location, scene, compression), written with
-    libCZI, its metadata describing ``scenes`` scenes (pylibCZIrw describes none; ZEN describes every one)."""
-    from pylibCZIrw import czi as pyczi
-
-    with pyczi.create_czi(str(path), exist_ok=True) as czi:
-        for plane, pixels, location, scene, compression in planes:
-            czi.write(pixels, plane=plane, location=location, scene=scene, compression_options=compression)
-        czi.write_metadata(document_name=path.stem, scale_x=2e-7, scale_y=2e-7, scale_z=1e-6)
-    if scenes > 1:  # the scenes' descriptions, as ZEN writes them
-        described = "".join(f'<Scene Index="{i}" Name="P{i + 1}"/>' for i in range(scenes))
-        with pyczi.edit_czi(str(path)) as editor:
-            xml = editor.read_metadata_xml().replace("<Dimensions>", f"<Dimensions><S><Scenes>{described}"
-                                                                         "</Scenes></S>", 1)
-            with editor.edit_session() as builder:
-                builder.set_xml(xml)
-    return str(path)
-
-
-def _czi_kinds(tmp_path: Path) -> dict[str, tuple[str, list[np.ndarray]]]:
-    """CZI files of each kind ZEN writes one subblock per plane: a z-stack of channels, a time lapse in zstd (with
-    and without the bytes split), 8-bit at an offset from the origin, float32; each with its scenes' TCZYX
-    pixels."""
-    rng = np.random.default_rng(5)
-    kinds = {}
-
-    def kind(name, shape, dtype, location=(0, 0), compression=None):
-        data = (rng.random(shape).astype(dtype) if dtype == "float32" else
-                rng.integers(0, np.iinfo(dtype).max, shape, dtype=dtype, endpoint=True))
-        planes = [({"T": t, "C": c, "Z": z}, data[t, c, z], location, 0, compression)
-                  for t in range(shape[0]) for c in range(shape[1]) for z in range(shape[2])]
-        kinds[name] = (_czi_of(tmp_path / f"{name}.czi", planes), [data])
-
-    kind("channels", (1, 2, 5, 40, 48), "uint16")
-    kind("timelapse-zstd1", (3, 2, 2, 33, 21), "uint16", compression="zstd1:ExplicitLevel=2;PreProcess=HiLoByteUnpack")
-    kind("timelapse-zstd0", (2, 1, 3, 17, 64), "uint16", compression="zstd0:ExplicitLevel=1")
-    kind("offset", (1, 1, 3, 30, 20), "uint8", location=(37, 11))
-    kind("float", (1, 1, 2, 20, 30), "float32", location=(-5, 7))
-    first, second = random_image((1, 2, 2, 20, 24), "uint16", seed=1), random_image((1, 2, 2, 8, 30), "uint16", seed=2)
-    kinds["scenes"] = (_czi_of(tmp_path / "scenes.czi", [({"T": 0, "C": c, "Z": z}, data[0, c, z], at, s, None)
-                                                         for s, (data, at) in enumerate([(first, (0, 0)),
-                                                                                         (second, (100, 50))])
-                                                         for c in range(2) for z in range(2)], scenes=2),
-                       [first, second])
-    return kinds
-
-
 def test_a_czi_scene_of_one_subblock_per_plane_is_read_plane_by_plane_as_bioio_czi_reads_it(tmp_path):
     """A CZI scene ZEN stores as one subblock per plane is read a plane at a time with libCZI, not through
     bioio-czi's lazy array (one chunk a z-stack): on each kind of such file, every region equals what bioio-czi
@@ -399,7 +351,7 @@ def test_a_czi_scene_of_one_subblock_per_plane_is_read_plane_by_plane_as_bioio_c
     from zarrchive.records import SourceLayout
 
     rng = np.random.default_rng(3)
-    kinds = _czi_kinds(tmp_path)
+    kinds = czi_kinds(tmp_path)
     for name, (path, scenes) in kinds.items():
         for index, data in enumerate(scenes):
             scene = CziPlanes.of(path, index)
@@ -437,9 +389,9 @@ def test_czi_files_convert_exactly_each_scene_read_plane_by_plane_where_it_is_on
     pytest.importorskip("bioio_czi", reason="the CZI reader plugin (zarrchive[czi]) is not installed")
     from builders import archive_images
 
-    kinds = _czi_kinds(tmp_path / "in")
+    kinds = czi_kinds(tmp_path / "in")
     tile = random_image((20, 24), "uint16")
-    mosaic = _czi_of(tmp_path / "in" / "mosaic.czi", [({"C": 0, "Z": 0, "T": 0}, tile, (0, 0), 0, None),
+    mosaic = czi_file(tmp_path / "in" / "mosaic.czi", [({"C": 0, "Z": 0, "T": 0}, tile, (0, 0), 0, None),
                                                      ({"C": 0, "Z": 0, "T": 0}, tile + 1, (24, 0), 0, None)])
     for path, scenes, planes in [(kinds["scenes"][0], kinds["scenes"][1], "tczyx"),
                                  (kinds["timelapse-zstd1"][0], kinds["timelapse-zstd1"][1], "tczyx"),
@@ -472,7 +424,7 @@ def test_a_czi_scene_not_one_subblock_per_plane_is_left_to_bioio_czi(tmp_path):
         "colour": [(plane(0, 0), colour, (0, 0), 0, None)],
     }
     for name, planes in kinds.items():
-        assert CziPlanes.of(_czi_of(tmp_path / f"{name}.czi", planes), 0) is None, name
+        assert CziPlanes.of(czi_file(tmp_path / f"{name}.czi", planes), 0) is None, name
 
 
 def test_a_czi_file_holding_scenes_its_metadata_does_not_describe_is_refused_naming_it(tmp_path, settings):
@@ -482,7 +434,7 @@ def test_a_czi_file_holding_scenes_its_metadata_does_not_describe_is_refused_nam
     from zarrchive.pixels.czi import CziPlanes
 
     grey = random_image((20, 24), "uint16")
-    path = _czi_of(tmp_path / "two.czi", [({"C": 0, "Z": 0, "T": 0}, grey, (0, 0), 0, None),
+    path = czi_file(tmp_path / "two.czi", [({"C": 0, "Z": 0, "T": 0}, grey, (0, 0), 0, None),
                                           ({"C": 0, "Z": 0, "T": 0}, grey[:8], (100, 50), 1, None)])
     assert CziPlanes.held(path) == 2 and CziPlanes.of(path, 1).rect == (100, 50, 24, 8)
     with pytest.raises(InputError) as err:

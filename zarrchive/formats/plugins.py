@@ -84,11 +84,23 @@ class CziFormat(PluginFormat):
     gives it exactly that TCZYX shape and type with no colour samples, its regions are read plane by plane with
     libCZI (``CziPlanes``)."""
 
+    def check_installed(self, shown_as: str) -> PluginFormat:
+        """Installed, without importing bioio-czi (2 s: bioio, ome-types' models, xarray, pandas), which a file
+        ``CziScenes`` describes never needs."""
+        if importlib.util.find_spec(self.name) is None:
+            raise UnsupportedFormat(shown_as, self.missing())
+        return self
+
     def images(self, opened: Any) -> list[Any]:
         """bioio-czi's scenes are those the metadata describes; a file whose subblocks hold more (written by a
         tool that describes none) is refused, naming it, rather than archived without them."""
         from zarrchive.pixels.czi import CziPlanes
 
+        scenes = CziScenes.of(opened.path)
+        if scenes is not None:
+            self.check_declared(opened)
+            return self.scenes(opened, None, img=scenes, names=list(scenes.scenes))
+        PluginFormat.check_installed(self, opened.shown_as)  # bioio-czi describes it: importable, or refused
         found = super().images(opened)
         held = CziPlanes.held(opened.path)
         if held > len(found):
@@ -105,6 +117,8 @@ class CziFormat(PluginFormat):
         scene = CziPlanes.of(opened.path, index)
         if scene is None or samples or index != position:
             return fields
+        if isinstance(img, CziScenes):  # (described from these scenes)
+            return {**fields, "stored_axes": "tczyx"}
         dims = img.reader.dims
         extra = [d for d, n in zip(dims.order, dims.shape) if d not in "TCZYX" and n != 1]
         if extra or tuple(getattr(dims, d, 1) for d in "TCZYX") != scene.shape or np.dtype(img.dtype) != scene.dtype:
@@ -181,33 +195,15 @@ def _lif_block(lif: Any, found: Any) -> tuple[int, tuple[int, ...], Any, str] | 
         return None
 
 
-class PixelSizes(NamedTuple):
-    Z: float | None
-    Y: float | None
-    X: float | None
-
-
-_LIF_DIMS = {"1": "X", "2": "Y", "3": "Z", "4": "T"}  # DimensionDescription DimIDs with a physical scale
-
-
-class LifScenes:
-    """A LIF file's images as ``BioImage`` describes them when bioio-lif reads the file (its scenes, a scene's
-    TCZYX shape and dtype, pixel sizes and channel names), from liffile alone, as bioio-lif computes them: the
-    scenes are liffile's images by path; a channel is named by the WideFieldChannelInfo of its LUT, else by its
-    LUT; a dimension's scale is its Length over its elements less one, in micrometres when its unit is metres.
-    Made (``of``) only where that is certain: a .lif file whose every image is a plain ``LifImage`` with dims
-    among TCZYX (no mosaic tiles, no colour samples) and a name for each channel. ``tests/test_formats`` holds it
-    to bioio-lif."""
+class Scenes:
+    """A file's images as ``BioImage`` describes them (its scenes, a scene's TCZYX shape and dtype, pixel sizes
+    and channel names), from what a format's own reader gives, for a file its bioio plugin need not be imported
+    for (``LifScenes``, ``CziScenes``)."""
 
     def __init__(self, images: list[dict[str, Any]]) -> None:
         self.images = images
         self.scenes = tuple(image["name"] for image in images)
         self.index = 0
-
-    @classmethod
-    def of(cls, path: str) -> LifScenes | None:
-        images = _lif_header(path)[0]  # (none: bioio-lif then reads it, and says what is wrong with it)
-        return cls(images) if images and all(image is not None for image in images) else None
 
     def set_scene(self, index: int) -> None:
         self.index = index
@@ -230,6 +226,87 @@ class LifScenes:
 
     def scene_pixels(self, shown_as: str) -> tuple[tuple[int, ...], str, None]:
         return self.shape, str(self.dtype), None
+
+
+class CziScenes(Scenes):
+    """A CZI file's scenes as bioio-czi describes them, from libCZI's subblock directory and the metadata XML:
+    the scenes named as the metadata names them (``Image:0`` for a file that describes none), a scene's shape
+    from its planes, a channel named by its Name, else its Id, a pixel size from the metadata's Distance in
+    metres. Made (``of``) only where that is certain: every scene one subblock per plane
+    (``pixels.czi.CziPlanes.of``), the scenes the subblocks hold described (each by a name of its own, no
+    shape) or none and one held, one scale each for X and Y (at most one for Z), and a name or id for each
+    channel. ``tests/test_formats`` holds it to bioio-czi."""
+
+    @classmethod
+    def of(cls, path: str) -> CziScenes | None:
+        import xml.etree.ElementTree as ET
+
+        from zarrchive.pixels.czi import CziPlanes
+
+        found, text = CziPlanes.every(path)
+        if not found or any(scene is None for scene in found):
+            return None
+        try:
+            root = ET.fromstring(text)
+        except ET.ParseError:
+            return None
+        described = root.findall("./Metadata/Information/Image/Dimensions/S/Scenes/Scene")
+        names = [scene.get("Name") for scene in described]
+        if not described and len(found) == 1:
+            names = ["Image:0"]
+        elif (len(names) != len(found) or None in names or len(set(names)) != len(names)
+              or any(scene.find("Shape") is not None for scene in described)):
+            return None
+        sizes = {}
+        for axis in "ZYX":
+            scales = root.findall(f"./Metadata/Scaling/Items/Distance[@Id='{axis}']")
+            value = scales[0].find("./Value") if len(scales) == 1 else None
+            if value is None or value.text is None:
+                if axis != "Z" or scales:
+                    return None
+                sizes[axis] = None
+                continue
+            try:
+                sizes[axis] = float(value.text) / 1e-6  # (metres, in micrometres: as bioio-czi computes it)
+            except ValueError:
+                return None
+        channel_sets = root.findall(".//Image/Dimensions/Channels")
+        images = []
+        for index, scene in enumerate(found):
+            count = scene.shape[1]
+            if not channel_sets:
+                return None
+            channels = channel_sets[index if index < len(channel_sets) else 0].findall("./Channel")[:count]
+            channel_names = [channel.get("Name") or channel.get("Id") for channel in channels]
+            if len(channel_names) != count or None in channel_names:
+                return None
+            images.append({"name": names[index], "shape": scene.shape, "dtype": scene.dtype,
+                           "sizes": PixelSizes(sizes["Z"], sizes["Y"], sizes["X"]), "channels": channel_names})
+        return cls(images)
+
+
+class PixelSizes(NamedTuple):
+    Z: float | None
+    Y: float | None
+    X: float | None
+
+
+_LIF_DIMS = {"1": "X", "2": "Y", "3": "Z", "4": "T"}  # DimensionDescription DimIDs with a physical scale
+
+
+class LifScenes(Scenes):
+    """A LIF file's images as ``BioImage`` describes them when bioio-lif reads the file (its scenes, a scene's
+    TCZYX shape and dtype, pixel sizes and channel names), from liffile alone, as bioio-lif computes them: the
+    scenes are liffile's images by path; a channel is named by the WideFieldChannelInfo of its LUT, else by its
+    LUT; a dimension's scale is its Length over its elements less one, in micrometres when its unit is metres.
+    Made (``of``) only where that is certain: a .lif file whose every image is a plain ``LifImage`` with dims
+    among TCZYX (no mosaic tiles, no colour samples) and a name for each channel. ``tests/test_formats`` holds it
+    to bioio-lif."""
+
+    @classmethod
+    def of(cls, path: str) -> LifScenes | None:
+        images = _lif_header(path)[0]  # (none: bioio-lif then reads it, and says what is wrong with it)
+        return cls(images) if images and all(image is not None for image in images) else None
 
 
 def _lif_scene(image: Any) -> dict[str, Any] | None:

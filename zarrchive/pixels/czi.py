@@ -70,6 +70,11 @@ class CziPlanes:
         libCZI does not read)."""
         return _scenes(path)[0]
 
+    @staticmethod
+    def every(path: str) -> tuple[list[Scene | None], str]:
+        """Every scene of the file (none where its S indices are not 0, 1, …) and its metadata XML."""
+        return _scenes(path)[1:]
+
     def __getitem__(self, index: tuple[int | slice, ...]) -> np.ndarray:
         if len(index) != 5:
             raise IndexError(f"{self.path}: {len(index)} indices for a TCZYX array")
@@ -110,17 +115,17 @@ class CziPlanes:
 _LOCK = threading.Lock()
 
 
-def _scenes(path: str) -> tuple[int, list[Scene | None]]:
+def _scenes(path: str) -> tuple[int, list[Scene | None], str]:
     stat = os.stat(path)
     with _LOCK:
         return _scenes_of(path, stat.st_mtime_ns, stat.st_size)
 
 
 @functools.lru_cache(maxsize=8)
-def _scenes_of(path: str, _mtime: int, _size: int) -> tuple[int, list[Scene | None]]:
-    """How many scenes the subblocks hold, and each S index's scene, in order (one scene when the file has no S
-    dimension), or None where its subblocks are not one per plane; no scenes for a file whose S indices are not
-    0, 1, … (bioio-czi counts scenes so), nothing for one libCZI does not read."""
+def _scenes_of(path: str, _mtime: int, _size: int) -> tuple[int, list[Scene | None], str]:
+    """How many scenes the subblocks hold, each S index's scene, in order (one scene when the file has no S
+    dimension), or None where its subblocks are not one per plane, and the metadata XML; no scenes for a file
+    whose S indices are not 0, 1, … (bioio-czi counts scenes so), nothing for one libCZI does not read."""
     try:
         from pylibCZIrw import czi as pyczi
 
@@ -134,15 +139,16 @@ def _scenes_of(path: str, _mtime: int, _size: int) -> tuple[int, list[Scene | No
 
         with pyczi.open_czi(path) as czi:
             czi.enumerate_subblocks(seen)
+            xml = czi.raw_metadata
     except Exception:  # libCZI cannot read it: bioio-czi reads it, or says why
-        return 0, []
+        return 0, [], ""
     by_scene: dict[int | None, list[Any]] = {}
     for block in blocks:
         by_scene.setdefault(block[0].get("S"), []).append(block)
     keys = sorted(by_scene, key=lambda s: -1 if s is None else s)
     if keys != [None] and keys != list(range(len(keys))):
-        return len(keys), []
-    return len(keys), [_scene(s, by_scene[s]) for s in keys]
+        return len(keys), [], xml
+    return len(keys), [_scene(s, by_scene[s]) for s in keys], xml
 
 
 def _scene(s: int | None, blocks: list[Any]) -> Scene | None:
