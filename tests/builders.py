@@ -210,10 +210,11 @@ def lif_file(path: Path, data: np.ndarray, voxel_um: tuple[float, float, float],
 
 
 def czi_file(path: Path, planes: list[tuple[dict[str, int], np.ndarray, tuple[int, int], int, str | None]],
-             scenes: int = 1, channel_names: dict[int, str] | None = None, scale_z: float = 1e-6) -> str:
+             scenes: int = 1, channel_names: dict[int, str] | None = None, scale_z: float = 1e-6,
+             edit: Any = None) -> str:
     """A Zeiss CZI file of these subblocks (plane coordinates, pixels, location, scene, compression), written with
     libCZI (pylibCZIrw), 0.2 um pixels; its metadata describes ``scenes`` scenes as ZEN does (pylibCZIrw
-    describes none)."""
+    describes none), and is then changed by ``edit`` (the XML in, the XML out)."""
     from pylibCZIrw import czi as pyczi
 
     with pyczi.create_czi(str(path), exist_ok=True) as czi:
@@ -221,20 +222,23 @@ def czi_file(path: Path, planes: list[tuple[dict[str, int], np.ndarray, tuple[in
             czi.write(pixels, plane=plane, location=location, scene=scene, compression_options=compression)
         czi.write_metadata(document_name=path.stem, channel_names=channel_names, scale_x=2e-7, scale_y=2e-7,
                            scale_z=scale_z)
-    if scenes > 1:
+    if scenes > 1 or edit:
         described = "".join(f'<Scene Index="{i}" Name="P{i + 1}"/>' for i in range(scenes))
         with pyczi.edit_czi(str(path)) as editor:
-            xml = editor.read_metadata_xml().replace("<Dimensions>", f"<Dimensions><S><Scenes>{described}"
-                                                                         "</Scenes></S>", 1)
+            xml = editor.read_metadata_xml()
+            if scenes > 1:
+                xml = xml.replace("<Dimensions>", f"<Dimensions><S><Scenes>{described}</Scenes></S>", 1)
             with editor.edit_session() as builder:
-                builder.set_xml(xml)
+                builder.set_xml(edit(xml) if edit else xml)
     return str(path)
 
 
 def czi_kinds(tmp_path: Path) -> dict[str, tuple[str, list[np.ndarray]]]:
     """CZI files of each kind ZEN writes one subblock per plane: a z-stack of named channels, a time lapse in zstd
-    (with and without the bytes split), 8-bit at an offset from the origin, float32 with no z scale, two scenes;
-    each with its scenes' TCZYX pixels."""
+    (with and without the bytes split), 8-bit at an offset from the origin and a z scale of 0, float32 with no z
+    scale, two scenes, a channel named by an empty name; each with its scenes' TCZYX pixels."""
+    import re
+
     rng = np.random.default_rng(5)
     kinds = {}
 
@@ -248,8 +252,11 @@ def czi_kinds(tmp_path: Path) -> dict[str, tuple[str, list[np.ndarray]]]:
     kind("channels", (1, 2, 5, 40, 48), "uint16", channel_names={0: "DAPI", 1: "GFP"})
     kind("timelapse-zstd1", (3, 2, 2, 33, 21), "uint16", compression="zstd1:ExplicitLevel=2;PreProcess=HiLoByteUnpack")
     kind("timelapse-zstd0", (2, 1, 3, 17, 64), "uint16", compression="zstd0:ExplicitLevel=1")
-    kind("offset", (1, 1, 3, 30, 20), "uint8", location=(37, 11))
-    kind("float", (1, 1, 2, 20, 30), "float32", location=(-5, 7), scale_z=0.0)
+    kind("offset", (1, 1, 3, 30, 20), "uint8", location=(37, 11), scale_z=0.0)
+    kind("float", (1, 1, 2, 20, 30), "float32", location=(-5, 7),
+         edit=lambda xml: re.sub(r'<Distance Id="Z">.*?</Distance>', "", xml, flags=re.S))
+    kind("empty-name", (1, 2, 2, 16, 16), "uint16", channel_names={0: "A", 1: "B"},
+         edit=lambda xml: xml.replace('Name="A"', 'Name=""'))
     first, second = random_image((1, 2, 2, 20, 24), "uint16", seed=1), random_image((1, 2, 2, 8, 30), "uint16", seed=2)
     kinds["scenes"] = (czi_file(tmp_path / "scenes.czi", [({"T": 0, "C": c, "Z": z}, data[0, c, z], at, s, None)
                                                          for s, (data, at) in enumerate([(first, (0, 0)),

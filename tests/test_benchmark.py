@@ -38,16 +38,19 @@ def test_benchmark_runs_and_writes_its_result(tmp_path):
 
 
 def test_the_benchmark_converts_vendor_inputs_and_copies_them_with_their_own_readers(tmp_path):
-    """``--layout imaris`` and ``--layout lif``: the synthetic z-stack as an Imaris file (HDF5, gzip chunks) and a
-    Leica LIF file; zarrchive converts each bit-exactly, and the copy reads it with h5py and liffile."""
+    """``--layout imaris``, ``lif``, ``czi`` and ``czi-zstd``: the synthetic z-stack as an Imaris file (HDF5, gzip
+    chunks), a Leica LIF file and Zeiss CZI files (raw and zstd subblocks); zarrchive converts each bit-exactly,
+    and the copy reads it with h5py, liffile and pylibCZIrw."""
     out = tmp_path / "result.json"
-    done = subprocess.run([sys.executable, str(SCRIPT), "--size", "24MiB", "--layout", "imaris", "--layout", "lif",
-                           "--workdir", str(tmp_path), "--tools", "zarrchive-compat,copy-compat", "--out", str(out)],
+    vendor = (("imaris", "ims"), ("lif", "lif"), ("czi", "czi"), ("czi-zstd", "czi"))
+    done = subprocess.run([sys.executable, str(SCRIPT), "--size", "24MiB",
+                           *[a for layout, _suffix in vendor for a in ("--layout", layout)], "--workdir", str(tmp_path),
+                           "--tools", "zarrchive-compat,copy-compat", "--out", str(out)],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     rows = json.loads(out.read_text())["rows"]
     assert {(r["input"], r["tool"]) for r in rows} == {
-        (f"synthetic-24MiB-{layout}.{suffix}", tool) for layout, suffix in (("imaris", "ims"), ("lif", "lif"))
+        (f"synthetic-24MiB-{layout}.{suffix}", tool) for layout, suffix in vendor
         for tool in ("zarrchive-compat", "copy-compat")}
     for row in rows:
         assert "error" not in row and row["level0_exact"], row
@@ -55,10 +58,11 @@ def test_the_benchmark_converts_vendor_inputs_and_copies_them_with_their_own_rea
         if row["tool"] == "zarrchive-compat":
             assert row["valid"] is True and row["block_mean"]
     bench = _bench()
-    first, second = (bench.Planes(tmp_path / f"synthetic-24MiB-{layout}.{suffix}")
-                     for layout, suffix in (("imaris", "ims"), ("lif", "lif")))
-    np.testing.assert_array_equal(first.read(0, 3), second.read(0, 3))  # the same planes in both formats
-    assert first.depth == 3 and second.depth == 1  # an Imaris file's chunks of (at most) 8 planes
+    first, *others = (bench.Planes(tmp_path / f"synthetic-24MiB-{layout}.{suffix}") for layout, suffix in vendor)
+    for other in others:
+        np.testing.assert_array_equal(first.read(0, 3), other.read(0, 3))  # the same planes in every format
+        assert other.depth == 1
+    assert first.depth == 3  # an Imaris file's chunks of (at most) 8 planes
 
 
 def _bench():

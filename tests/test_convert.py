@@ -405,8 +405,9 @@ def test_czi_files_convert_exactly_each_scene_read_plane_by_plane_where_it_is_on
 
 
 def test_a_czi_scene_not_one_subblock_per_plane_is_left_to_bioio_czi(tmp_path):
-    """What is not one unscaled subblock per plane, all of one rectangle, is read by bioio-czi: a mosaic (tiles
-    of a plane), a plane missing, planes of other sizes or places, colour (BGR) samples."""
+    """What is not one unscaled subblock per plane, all of one rectangle, indexed from 0, is not read plane by
+    plane (bioio-czi reads it; ``test_czi_files_convert_exactly…`` converts a mosaic so): a mosaic (tiles of a
+    plane), a plane missing, planes of other sizes or places, planes indexed from 1, colour (BGR) samples."""
     pytest.importorskip("bioio_czi", reason="the CZI reader plugin (zarrchive[czi]) is not installed")
     from zarrchive.pixels.czi import CziPlanes
 
@@ -422,6 +423,7 @@ def test_a_czi_scene_not_one_subblock_per_plane_is_left_to_bioio_czi(tmp_path):
         "sizes": [(plane(0, 0), grey, (0, 0), 0, None), (plane(0, 1), grey[:10], (0, 0), 0, None)],
         "places": [(plane(0, 0), grey, (0, 0), 0, None), (plane(0, 1), grey, (3, 0), 0, None)],
         "colour": [(plane(0, 0), colour, (0, 0), 0, None)],
+        "from-one": [(plane(1, 1), grey, (0, 0), 0, None), (plane(1, 2), grey, (0, 0), 0, None)],
     }
     for name, planes in kinds.items():
         assert CziPlanes.of(czi_file(tmp_path / f"{name}.czi", planes), 0) is None, name

@@ -559,10 +559,11 @@ def test_a_lif_file_described_by_liffile_alone_is_described_as_bioio_lif_describ
 def test_a_czi_file_described_from_its_subblocks_and_metadata_is_described_as_bioio_czi_describes_it(
         tmp_path, settings, monkeypatch):
     """``CziScenes`` stands in for bioio-czi (whose import costs 2 s) only where it gives what bioio gives: on each
-    kind of CZI file of one subblock per plane (named and unnamed channels, a time lapse, 8 and 16 bits and float,
-    with and without a z scale, two described scenes) the images found (shape, dtype, names, pixel sizes, channel
-    names, how they are read) are the same either way; what it cannot be sure of it leaves to bioio-czi: a
-    mosaic, scenes described without names or not at all, a file libCZI cannot read."""
+    kind of CZI file of one subblock per plane (named, unnamed and empty-named channels, a time lapse, 8 and 16
+    bits and float, a z scale, one of 0 and none, two described scenes) the images found (shape, dtype, names,
+    pixel sizes, channel names, how they are read) are the same either way; what it cannot be sure of it leaves
+    to bioio-czi: a mosaic, scenes not described, planes whose indices do not start at 0 (bioio-czi counts from
+    0), scenes of two pixel types (bioio-czi gives the file one), a file libCZI cannot read."""
     pytest.importorskip("bioio_czi", reason="the CZI reader plugin (zarrchive[czi]) is not installed")
     from builders import czi_file, czi_kinds
 
@@ -571,14 +572,18 @@ def test_a_czi_file_described_from_its_subblocks_and_metadata_is_described_as_bi
     kinds = {name: Path(path) for name, (path, _scenes) in czi_kinds(tmp_path).items()}
     grey, plane = random_image((20, 24), "uint16"), {"C": 0, "Z": 0, "T": 0}
     left = {"mosaic": [(plane, grey, (0, 0), 0, None), (plane, grey, (24, 0), 0, None)],
-            "undescribed": [(plane, grey, (0, 0), 0, None), (plane, grey, (0, 0), 1, None)]}
+            "undescribed": [(plane, grey, (0, 0), 0, None), (plane, grey, (0, 0), 1, None)],
+            "late-channels": [({**plane, "C": c}, grey, (0, 0), 0, None) for c in (1, 2)],
+            "late-planes": [({**plane, "Z": z}, grey, (0, 0), 0, None) for z in (2, 3)]}
     kinds.update({f"{name}.czi": Path(czi_file(tmp_path / f"{name}.czi", planes)) for name, planes in left.items()})
+    kinds["two-types.czi"] = Path(czi_file(tmp_path / "two-types.czi", [
+        (plane, grey, (0, 0), 0, None), (plane, (grey >> 8).astype("uint8"), (0, 0), 1, None)], scenes=2))
     damaged = tmp_path / "damaged.czi"
     damaged.write_bytes(b"ZISRAWFILE" + bytes(200))
     kinds["damaged.czi"] = damaged
     alone = {name: _described(path, settings) for name, path in kinds.items()}
     stood_in = {name for name, path in kinds.items() if CziScenes.of(str(path)) is not None}
-    assert stood_in == set(kinds) - {"mosaic.czi", "undescribed.czi", "damaged.czi"}
+    assert stood_in == set(kinds) - {f"{name}.czi" for name in [*left, "two-types", "damaged"]}
     monkeypatch.setattr(CziScenes, "of", classmethod(lambda cls, path: None))
     for name, path in kinds.items():
         assert alone[name] == _described(path, settings), name
@@ -586,6 +591,8 @@ def test_a_czi_file_described_from_its_subblocks_and_metadata_is_described_as_bi
     assert found["metadata"].channel_names == ["DAPI", "GFP"] and layout.stored_axes == "tczyx"
     assert found["metadata"].pixel_size == {"z": pytest.approx(1.0), "y": pytest.approx(0.2), "x": pytest.approx(0.2)}
     assert [f["name"] for f, _layout in alone["scenes"]] == ["P1", "P2"]
+    assert alone["float"][0][0]["metadata"].pixel_size["z"] is None
+    assert alone["empty-name"][0][0]["metadata"].channel_names == ["", "B"]
     assert alone["undescribed.czi"][0] == "error" and "2 scenes" in alone["undescribed.czi"][2]
 
 

@@ -232,10 +232,10 @@ class CziScenes(Scenes):
     """A CZI file's scenes as bioio-czi describes them, from libCZI's subblock directory and the metadata XML:
     the scenes named as the metadata names them (``Image:0`` for a file that describes none), a scene's shape
     from its planes, a channel named by its Name, else its Id, a pixel size from the metadata's Distance in
-    metres. Made (``of``) only where that is certain: every scene one subblock per plane
-    (``pixels.czi.CziPlanes.of``), the scenes the subblocks hold described (each by a name of its own, no
-    shape) or none and one held, one scale each for X and Y (at most one for Z), and a name or id for each
-    channel. ``tests/test_formats`` holds it to bioio-czi."""
+    metres. Made (``of``) only where that is certain: every scene one subblock per plane, its planes counted
+    from 0 (``pixels.czi.CziPlanes.of``), all of one pixel type, the scenes the subblocks hold described (each by
+    a name of its own, no shape) or none and one held, one scale each for X and Y (at most one for Z), and a
+    name or id for each channel. ``tests/test_formats`` holds it to bioio-czi."""
 
     @classmethod
     def of(cls, path: str) -> CziScenes | None:
@@ -244,8 +244,8 @@ class CziScenes(Scenes):
         from zarrchive.pixels.czi import CziPlanes
 
         found, text = CziPlanes.every(path)
-        if not found or any(scene is None for scene in found):
-            return None
+        if not found or any(scene is None for scene in found) or len({scene.dtype for scene in found}) != 1:
+            return None  # (bioio-czi gives every scene the file's one pixel type)
         try:
             root = ET.fromstring(text)
         except ET.ParseError:
@@ -277,7 +277,8 @@ class CziScenes(Scenes):
             if not channel_sets:
                 return None
             channels = channel_sets[index if index < len(channel_sets) else 0].findall("./Channel")[:count]
-            channel_names = [channel.get("Name") or channel.get("Id") for channel in channels]
+            channel_names = [channel.get("Id") if channel.get("Name") is None else channel.get("Name")
+                             for channel in channels]
             if len(channel_names) != count or None in channel_names:
                 return None
             images.append({"name": names[index], "shape": scene.shape, "dtype": scene.dtype,

@@ -23,14 +23,14 @@ PLANE_DIMS = "TCZ"  # the plane coordinates a scene read here may have (besides 
 
 
 class Scene(NamedTuple):
-    """Where a scene's planes lie: its rectangle in the file's pixel coordinates, the first T, C and Z index of
-    its planes and their counts, and its pixel type."""
+    """Where a scene's planes lie: its rectangle in the file's pixel coordinates, their counts (T, C and Z from
+    0), and its pixel type."""
 
     s: int | None  # the scene's S index (None: the file has no S dimension)
     rect: tuple[int, int, int, int]  # x, y, w, h
-    begin: tuple[int, int, int]  # T, C, Z
     shape: tuple[int, int, int, int, int]  # T, C, Z, Y, X
     dtype: np.dtype
+    kind: str  # libCZI's pixel type (the scene's own: libCZI would otherwise take its first channel's)
 
 
 class CziPlanes:
@@ -54,7 +54,7 @@ class CziPlanes:
             from pylibCZIrw import czi as pyczi
 
             reader = self._own.reader = pyczi.CziReader(self.path)
-            with _LOCK:
+            with _READERS:
                 self._readers.append(reader)
         return reader
 
@@ -94,10 +94,10 @@ class CziPlanes:
         if out.size:
             x, y, _w, _h = self.scene.rect
             roi = (x + x0, y + y0, x1 - x0, y1 - y0)
-            bt, bc, bz = self.scene.begin
             reader = self.reader
             for t, c, z in itertools.product(range(t0, t1), range(c0, c1), range(z0, z1)):
-                plane = reader.read(roi=roi, plane={"T": bt + t, "C": bc + c, "Z": bz + z}, scene=self.scene.s)
+                plane = reader.read(roi=roi, plane={"T": t, "C": c, "Z": z}, scene=self.scene.s,
+                                    pixel_type=self.scene.kind)
                 if plane.shape[:2] != (y1 - y0, x1 - x0) or plane.dtype != self.dtype:
                     raise ValueError(f"{self.path}: libCZI gave {plane.shape} {plane.dtype} pixels for a plane "
                                      f"region of {(y1 - y0, x1 - x0)} {self.dtype}")
@@ -106,13 +106,14 @@ class CziPlanes:
         return out[drop]
 
     def close(self) -> None:
-        with _LOCK:
+        with _READERS:
             readers, self._readers = self._readers, []
         for reader in readers:
             reader.close()
 
 
-_LOCK = threading.Lock()
+_LOCK = threading.Lock()  # one scan of a file's subblocks at a time (each scan is cached)
+_READERS = threading.Lock()
 
 
 def _scenes(path: str) -> tuple[int, list[Scene | None], str]:
@@ -152,8 +153,8 @@ def _scenes_of(path: str, _mtime: int, _size: int) -> tuple[int, list[Scene | No
 
 
 def _scene(s: int | None, blocks: list[Any]) -> Scene | None:
-    """The scene of these subblocks where each of its planes (T, C, Z, from their first indices on) is exactly one
-    unscaled subblock, all of one rectangle and one grey pixel type; None otherwise."""
+    """The scene of these subblocks where each of its planes (T, C, Z, each counted from 0, as bioio-czi counts
+    them) is exactly one unscaled subblock, all of one rectangle and one grey pixel type; None otherwise."""
     rects = {rect for _c, rect, _p, _m, _t in blocks}
     types = {kind for _c, _r, _p, _m, kind in blocks}
     if len(rects) != 1 or len(types) != 1 or (kind := types.pop()) not in DTYPES:
@@ -164,8 +165,7 @@ def _scene(s: int | None, blocks: list[Any]) -> Scene | None:
     if any(set(coord) - set(PLANE_DIMS) - {"S"} for coord, *_ in blocks):
         return None  # another dimension (a phase, a rotation, an illumination, a view, a block)
     planes = {tuple(coord.get(d, 0) for d in PLANE_DIMS) for coord, *_ in blocks}
-    begin = tuple(min(p[k] for p in planes) for k in range(3))
-    counts = tuple(max(p[k] for p in planes) - begin[k] + 1 for k in range(3))
-    if len(planes) != len(blocks) or len(planes) != int(np.prod(counts)):
-        return None  # two subblocks of one plane, or a plane with none
-    return Scene(s, rect, begin, (*counts, rect[3], rect[2]), DTYPES[kind])
+    counts = tuple(max(p[k] for p in planes) + 1 for k in range(3))
+    if len(planes) != len(blocks) or len(planes) != int(np.prod(counts)) or min(min(p) for p in planes) < 0:
+        return None  # two subblocks of one plane, a plane with none (one before the first index: not from 0)
+    return Scene(s, rect, (*counts, rect[3], rect[2]), DTYPES[kind], kind)
