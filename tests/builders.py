@@ -266,6 +266,48 @@ def czi_kinds(tmp_path: Path) -> dict[str, tuple[str, list[np.ndarray]]]:
     return kinds
 
 
+def jpeg_tables_tiff(path: Path, planes: np.ndarray, tile: tuple[int, int] = (64, 64), photometric: str = "rgb",
+                     labelled: int | None = None) -> Path:
+    """A TIFF of JPEG tiles sharing one JPEGTables tag, as Aperio and Hamamatsu scanners write a slide: each tile
+    an abbreviated JPEG stream (no quantisation or Huffman tables of its own), the tables once in the tag.
+    ``planes``: (pages, y, x[, 3]) uint8. ``labelled``: a PhotometricInterpretation to write instead of
+    tifffile's (2, RGB, as Aperio labels its YCbCr tiles)."""
+    import imagecodecs
+
+    def split(stream: bytes) -> tuple[bytes, bytes]:
+        at, tables, rest = 2, [], [b"\xff\xd8"]
+        while at < len(stream):
+            marker = stream[at:at + 2]
+            if marker == b"\xff\xda":  # the scan, to the end
+                rest.append(stream[at:])
+                break
+            end = at + 2 + int.from_bytes(stream[at + 2:at + 4], "big")
+            (tables if marker in (b"\xff\xdb", b"\xff\xc4") else rest).append(stream[at:end])
+            at = end
+        return b"\xff\xd8" + b"".join(tables) + b"\xff\xd9", b"".join(rest)
+
+    shared = None
+    with tifffile.TiffWriter(path) as tif:
+        for plane in planes:
+            tiles = []
+            for y in range(0, plane.shape[0], tile[0]):
+                for x in range(0, plane.shape[1], tile[1]):
+                    padded = np.zeros(tile + plane.shape[2:], plane.dtype)
+                    part = plane[y:y + tile[0], x:x + tile[1]]
+                    padded[:part.shape[0], :part.shape[1]] = part
+                    tables, abbreviated = split(imagecodecs.jpeg8_encode(padded, level=90))
+                    assert shared in (None, tables)  # one set of tables for every tile
+                    shared = tables
+                    tiles.append(abbreviated)
+            tif.write(iter(tiles), shape=plane.shape, dtype=plane.dtype, tile=tile, compression="jpeg",
+                      jpegtables=shared, photometric=photometric, metadata=None)
+    if labelled is not None:
+        with tifffile.TiffFile(path, mode="r+b") as tif:
+            for page in tif.pages:
+                page.tags["PhotometricInterpretation"].overwrite(labelled)
+    return path
+
+
 def declaring_tiff(path: Path, width: int, length: int, depth: int = 1) -> Path:
     """A few hundred bytes of tiled TIFF whose tags declare ``depth`` × ``length`` × ``width`` uint16 pixels (a
     decompression bomb: tifffile would stream every declared tile)."""

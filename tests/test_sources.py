@@ -191,6 +191,33 @@ def test_a_series_strips_and_tiles_read_in_the_calling_thread_are_tifffile_s_pix
     _same_as_the_zarr_view(path, np.random.default_rng(len(kind)))
 
 
+@pytest.mark.parametrize("kind", ["grey", "RGB as YCbCr", "RGB labelled RGB"])
+def test_jpeg_tiles_sharing_one_table_as_slide_scanners_write_them_are_read_as_tifffile_reads_them(tmp_path, kind):
+    """Aperio and Hamamatsu scanners write JPEG tiles that share one JPEGTables tag, each tile an abbreviated
+    stream without tables. Read segment by segment, every region is what tifffile's Zarr view reads, and the pixels
+    are the source's within JPEG's error: grey pages, RGB stored as YCbCr, and RGB tiles labelled RGB (Aperio's)."""
+    from builders import jpeg_tables_tiff
+
+    from zarrchive.pixels.segments import TiffSegments
+
+    yy, xx = np.mgrid[0:150, 0:200]
+    if kind == "grey":
+        planes = np.stack([((yy + xx * k) % 256).astype(np.uint8) for k in (1, 2, 3)])
+    else:
+        smooth = np.stack([(yy * 1.5) % 256, (xx * 1.2) % 256, ((yy + xx) * 0.6) % 256], -1).astype(np.uint8)
+        planes = np.stack([smooth, smooth[::-1]])
+    path = jpeg_tables_tiff(tmp_path / "slide.tif", planes, photometric="minisblack" if kind == "grey" else "rgb",
+                            labelled=2 if kind == "RGB labelled RGB" else None)
+    with tifffile.TiffFile(path) as tif:
+        page = tif.pages[0]
+        assert page.jpegtables is not None and page.compression == 7
+        tif.filehandle.seek(page.dataoffsets[0])
+        assert b"\xff\xdb" not in tif.filehandle.read(page.databytecounts[0])  # no tables of its own
+        whole = TiffSegments.of(tif.series[0])[tuple(slice(None) for _ in planes.shape)]
+    _same_as_the_zarr_view(path, np.random.default_rng(3))
+    assert whole.shape == planes.shape and np.abs(whole.astype(int) - planes).mean() < 2
+
+
 @st.composite
 def segmented_series(draw):
     planes = draw(st.integers(1, 4))
