@@ -233,6 +233,39 @@ def czi_file(path: Path, planes: list[tuple[dict[str, int], np.ndarray, tuple[in
     return str(path)
 
 
+def czi_declaring_compression(path: str, code: int, scene: int | None = None) -> str:
+    """Rewrite every subblock of a CZI file (of scene ``scene``: its S index) as declaring compression ``code``
+    (1 JPEG, 4 JPEG XR: libCZI writes neither here), in the subblock directory and in each subblock's own copy of
+    its entry (the pixels stay what they were: such a file can be described, not read)."""
+    import struct
+
+    with open(path, "r+b") as fh:
+        def entry(at: int) -> int:  # patch the entry at ``at``; return its length
+            fh.seek(at)
+            head = fh.read(32)
+            assert head[:2] == b"DV", head[:2]
+            count = struct.unpack_from("<i", head, 28)[0]
+            dims = fh.read(20 * count)
+            starts = {dims[k:k + 4].rstrip(b"\0").decode(): struct.unpack_from("<i", dims, k + 4)[0]
+                      for k in range(0, len(dims), 20)}
+            if scene is None or starts.get("S") == scene:
+                fh.seek(at + 18)
+                fh.write(struct.pack("<i", code))
+            return 32 + 20 * count
+
+        fh.seek(32 + 52)  # the file header's DirectoryPosition
+        (directory,) = struct.unpack("<q", fh.read(8))
+        fh.seek(directory + 32)
+        (count,) = struct.unpack("<i", fh.read(4))
+        at = directory + 32 + 128
+        for _ in range(count):
+            fh.seek(at + 6)
+            (position,) = struct.unpack("<q", fh.read(8))
+            at += entry(at)
+            entry(position + 32 + 16)  # (segment header; metadata, attachment and data sizes)
+    return path
+
+
 def czi_kinds(tmp_path: Path) -> dict[str, tuple[str, list[np.ndarray]]]:
     """CZI files of each kind ZEN writes one subblock per plane: a z-stack of named channels, a time lapse in zstd
     (with and without the bytes split), 8-bit at an offset from the origin and a z scale of 0, float32 with no z

@@ -596,6 +596,28 @@ def test_a_czi_file_described_from_its_subblocks_and_metadata_is_described_as_bi
     assert alone["undescribed.czi"][0] == "error" and "2 scenes" in alone["undescribed.czi"][2]
 
 
+def test_a_czi_of_jpeg_or_jpeg_xr_subblocks_is_reported_as_a_lossy_source(tmp_path, settings):
+    """ZEN stores JPEG XR subblocks (lossy unless set to lossless), slide scanners JPEG: such a scene is
+    reported as a lossy source, named by its compression (as a TIFF of such tiles is); raw and zstd ones are not;
+    in a file of two scenes, only the scene that holds them."""
+    pytest.importorskip("bioio_czi", reason="the CZI reader plugin (zarrchive[czi]) is not installed")
+    from builders import czi_declaring_compression, czi_file
+
+    grey, plane = random_image((20, 24), "uint16"), {"C": 0, "Z": 0, "T": 0}
+    kinds = {}
+    for name, code in (("jpegxr", 4), ("jpeg", 1), ("raw", None)):
+        path = czi_file(tmp_path / f"{name}.czi", [(plane, grey, (0, 0), 0, None)])
+        kinds[name] = Path(czi_declaring_compression(path, code) if code else path)
+    kinds["zstd"] = Path(czi_file(tmp_path / "zstd.czi", [(plane, grey, (0, 0), 0, "zstd0:ExplicitLevel=1")]))
+    described = {name: _described(path, settings) for name, path in kinds.items()}
+    assert {name: [found["lossy"] for found, _layout in images] for name, images in described.items()} == {
+        "jpegxr": ["JPEGXR"], "jpeg": ["JPEG"], "raw": [None], "zstd": [None]}
+    two = czi_file(tmp_path / "two.czi", [(plane, grey, (0, 0), 0, None), (plane, grey, (0, 0), 1, None)], scenes=2)
+    assert [found["lossy"] for found, _layout in _described(Path(two), settings)] == [None, None]
+    czi_declaring_compression(two, 4, scene=1)
+    assert [found["lossy"] for found, _layout in _described(Path(two), settings)] == [None, "JPEGXR"]
+
+
 def test_converting_a_czi_z_stack_imports_no_bioio(tmp_path):
     """A CZI z-stack of one subblock per plane converts, exactly, without bioio, bioio-czi, xarray or ome-types
     in the process (their imports cost a ``zarrchive convert`` 2 s)."""

@@ -125,6 +125,13 @@ class CziFormat(PluginFormat):
             return fields
         return {**fields, "stored_axes": "tczyx"}
 
+    def lossy(self, opened: Any, index: int) -> str | None:
+        """JPEG or JPEG XR subblocks (ZEN's JPEG XR is lossy unless set to lossless): QC reports the source as
+        lossy, as it does a TIFF of such tiles."""
+        from zarrchive.pixels.czi import CziPlanes
+
+        return CziPlanes.lossy(opened.path, index)
+
     def array(self, path: str, series: int) -> Any:
         from zarrchive.pixels.czi import CziPlanes
 

@@ -61,19 +61,26 @@ class CziPlanes:
     @classmethod
     def of(cls, path: str, scene: int) -> Scene | None:
         """Scene ``scene`` (bioio-czi's index) of the file as one subblock per plane; None where it is not."""
-        scenes = _scenes(path)[1]
+        scenes = _scenes(path).scenes
         return scenes[scene] if 0 <= scene < len(scenes) else None
 
     @staticmethod
     def held(path: str) -> int:
         """How many scenes the file's subblocks hold (their distinct S indices; 1 without any; 0 for a file
         libCZI does not read)."""
-        return _scenes(path)[0]
+        return _scenes(path).held
 
     @staticmethod
     def every(path: str) -> tuple[list[Scene | None], str]:
         """Every scene of the file (none where its S indices are not 0, 1, …) and its metadata XML."""
-        return _scenes(path)[1:]
+        scan = _scenes(path)
+        return scan.scenes, scan.xml
+
+    @staticmethod
+    def lossy(path: str, scene: int) -> str | None:
+        """The lossy compression (JPEG, JPEG XR) any subblock of the scene was stored with, if one was."""
+        found = _scenes(path).lossy
+        return found[scene] if 0 <= scene < len(found) else None
 
     def __getitem__(self, index: tuple[int | slice, ...]) -> np.ndarray:
         if len(index) != 5:
@@ -114,57 +121,82 @@ class CziPlanes:
 
 _LOCK = threading.Lock()  # one scan of a file's subblocks at a time (each scan is cached)
 _READERS = threading.Lock()
+LOSSY = {"Jpg": "JPEG", "JpgXr": "JPEGXR"}  # subblock compressions that are lossy in practice (as in a TIFF)
 
 
-def _scenes(path: str) -> tuple[int, list[Scene | None], str]:
+class Block(NamedTuple):
+    """What libCZI's directory says of one subblock."""
+
+    coordinate: dict[str, int]  # T, C, Z, S, …
+    rect: tuple[int, int, int, int]  # x, y, w, h (logical)
+    stored: tuple[int, int]  # w, h (physical: smaller in a pyramid's scaled layers)
+    tile: bool  # a mosaic tile (an M index other than 0)
+    kind: str  # pixel type
+    compression: str
+
+
+class Scan(NamedTuple):
+    """What a file's subblock directory says of its scenes."""
+
+    held: int  # scenes the subblocks hold (their distinct S indices; 1 without any; 0: libCZI cannot read it)
+    scenes: list[Scene | None]  # each S index's scene, where those are 0, 1, … (None: not one subblock a plane)
+    xml: str  # the metadata
+    lossy: list[str | None]  # each scene's lossy compression, where S indices are 0, 1, …; else the file's
+
+
+def _scenes(path: str) -> Scan:
     stat = os.stat(path)
     with _LOCK:
         return _scenes_of(path, stat.st_mtime_ns, stat.st_size)
 
 
 @functools.lru_cache(maxsize=8)
-def _scenes_of(path: str, _mtime: int, _size: int) -> tuple[int, list[Scene | None], str]:
-    """How many scenes the subblocks hold, each S index's scene, in order (one scene when the file has no S
-    dimension), or None where its subblocks are not one per plane, and the metadata XML; no scenes for a file
-    whose S indices are not 0, 1, … (bioio-czi counts scenes so), nothing for one libCZI does not read."""
+def _scenes_of(path: str, _mtime: int, _size: int) -> Scan:
+    """The file's scenes, in order of their S index (one scene when the file has no S dimension); none where the S
+    indices are not 0, 1, … (bioio-czi counts scenes so), nothing for a file libCZI does not read."""
     try:
         from pylibCZIrw import czi as pyczi
 
-        blocks: list[tuple[dict[str, int], tuple[int, int, int, int], tuple[int, int], bool, str]] = []
+        blocks: list[Block] = []
 
         def seen(_index: int, info: Any) -> bool:
             rect, size = info.logicalRect, info.physicalSize
-            blocks.append((dict(info.coordinate.to_dict()), (rect.x, rect.y, rect.w, rect.h), (size.w, size.h),
-                           bool(info.is_mindex_valid()) and info.mIndex != 0, str(info.pixelType).split(".")[-1]))
+            blocks.append(Block(dict(info.coordinate.to_dict()), (rect.x, rect.y, rect.w, rect.h),
+                                (size.w, size.h), bool(info.is_mindex_valid()) and info.mIndex != 0,
+                                str(info.pixelType).split(".")[-1], str(info.get_compression_mode()).split(".")[-1]))
             return True
 
         with pyczi.open_czi(path) as czi:
             czi.enumerate_subblocks(seen)
             xml = czi.raw_metadata
     except Exception:  # libCZI cannot read it: bioio-czi reads it, or says why
-        return 0, [], ""
-    by_scene: dict[int | None, list[Any]] = {}
+        return Scan(0, [], "", [])
+    by_scene: dict[int | None, list[Block]] = {}
     for block in blocks:
-        by_scene.setdefault(block[0].get("S"), []).append(block)
+        by_scene.setdefault(block.coordinate.get("S"), []).append(block)
     keys = sorted(by_scene, key=lambda s: -1 if s is None else s)
+
+    def lossy(of: list[Block]) -> str | None:
+        return next((LOSSY[b.compression] for b in of if b.compression in LOSSY), None)
+
     if keys != [None] and keys != list(range(len(keys))):
-        return len(keys), [], xml
-    return len(keys), [_scene(s, by_scene[s]) for s in keys], xml
+        return Scan(len(keys), [], xml, [lossy(blocks)] * len(keys))
+    return Scan(len(keys), [_scene(s, by_scene[s]) for s in keys], xml, [lossy(by_scene[s]) for s in keys])
 
 
-def _scene(s: int | None, blocks: list[Any]) -> Scene | None:
+def _scene(s: int | None, blocks: list[Block]) -> Scene | None:
     """The scene of these subblocks where each of its planes (T, C, Z, each counted from 0, as bioio-czi counts
     them) is exactly one unscaled subblock, all of one rectangle and one grey pixel type; None otherwise."""
-    rects = {rect for _c, rect, _p, _m, _t in blocks}
-    types = {kind for _c, _r, _p, _m, kind in blocks}
+    rects = {block.rect for block in blocks}
+    types = {block.kind for block in blocks}
     if len(rects) != 1 or len(types) != 1 or (kind := types.pop()) not in DTYPES:
         return None
     rect = rects.pop()
-    if any(size != rect[2:] or tiled for _c, _r, size, tiled, _t in blocks):
+    if any(block.stored != rect[2:] or block.tile for block in blocks):
         return None  # a pyramid layer (scaled), or mosaic tiles of one plane
-    if any(set(coord) - set(PLANE_DIMS) - {"S"} for coord, *_ in blocks):
+    if any(set(block.coordinate) - set(PLANE_DIMS) - {"S"} for block in blocks):
         return None  # another dimension (a phase, a rotation, an illumination, a view, a block)
-    planes = {tuple(coord.get(d, 0) for d in PLANE_DIMS) for coord, *_ in blocks}
+    planes = {tuple(block.coordinate.get(d, 0) for d in PLANE_DIMS) for block in blocks}
     counts = tuple(max(p[k] for p in planes) + 1 for k in range(3))
     if len(planes) != len(blocks) or len(planes) != int(np.prod(counts)) or min(min(p) for p in planes) < 0:
         return None  # two subblocks of one plane, a plane with none (one before the first index: not from 0)
