@@ -404,10 +404,11 @@ def test_czi_files_convert_exactly_each_scene_read_plane_by_plane_where_it_is_on
             np.testing.assert_array_equal(stored, data.reshape(stored.shape))
 
 
-def test_a_czi_scene_not_one_subblock_per_plane_is_left_to_bioio_czi(tmp_path):
+def test_a_czi_scene_not_one_subblock_per_plane_is_left_to_bioio_czi(tmp_path, monkeypatch):
     """What is not one unscaled subblock per plane, all of one rectangle, indexed from 0, is not read plane by
     plane (bioio-czi reads it; ``test_czi_files_convert_exactly…`` converts a mosaic so): a mosaic (tiles of a
-    plane), a plane missing, planes of other sizes or places, planes indexed from 1, colour (BGR) samples."""
+    plane), a plane missing, planes of other sizes or places, planes indexed from 1, colour (BGR) samples; and a
+    file of more subblocks than are scanned."""
     pytest.importorskip("bioio_czi", reason="the CZI reader plugin (zarrchive[czi]) is not installed")
     from zarrchive.pixels.czi import CziPlanes
 
@@ -427,6 +428,14 @@ def test_a_czi_scene_not_one_subblock_per_plane_is_left_to_bioio_czi(tmp_path):
     }
     for name, planes in kinds.items():
         assert CziPlanes.of(czi_file(tmp_path / f"{name}.czi", planes), 0) is None, name
+    from zarrchive.pixels import czi
+
+    many = czi_file(tmp_path / "many.czi", [(plane(0, z), grey, (0, 0), 0, None) for z in range(4)])
+    monkeypatch.setattr(czi, "MOST_SUBBLOCKS", 3)
+    assert CziPlanes.of(many, 0) is None and CziPlanes.held(many) == 0
+    monkeypatch.setattr(czi, "MOST_SUBBLOCKS", 4)
+    czi._scenes_of.cache_clear()
+    assert CziPlanes.of(many, 0).shape == (1, 1, 4, 20, 24)
 
 
 def test_a_czi_file_holding_scenes_its_metadata_does_not_describe_is_refused_naming_it(tmp_path, settings):

@@ -122,6 +122,8 @@ class CziPlanes:
 _LOCK = threading.Lock()  # one scan of a file's subblocks at a time (each scan is cached)
 _READERS = threading.Lock()
 LOSSY = {"Jpg": "JPEG", "JpgXr": "JPEGXR"}  # subblock compressions that are lossy in practice (as in a TIFF)
+MOST_SUBBLOCKS = 250_000  # scanned at most (a slide scanner's mosaic and pyramid hold tens of thousands); a file of
+# more is bioio-czi's to describe and read: its scan would hold a few hundred bytes of Python for each
 
 
 class Block(NamedTuple):
@@ -153,13 +155,16 @@ def _scenes(path: str) -> Scan:
 @functools.lru_cache(maxsize=8)
 def _scenes_of(path: str, _mtime: int, _size: int) -> Scan:
     """The file's scenes, in order of their S index (one scene when the file has no S dimension); none where the S
-    indices are not 0, 1, … (bioio-czi counts scenes so), nothing for a file libCZI does not read."""
+    indices are not 0, 1, … (bioio-czi counts scenes so), nothing for a file libCZI does not read or of more than
+    ``MOST_SUBBLOCKS``."""
     try:
         from pylibCZIrw import czi as pyczi
 
         blocks: list[Block] = []
 
         def seen(_index: int, info: Any) -> bool:
+            if len(blocks) >= MOST_SUBBLOCKS:
+                raise OverflowError(f"more than {MOST_SUBBLOCKS:,} subblocks")
             rect, size = info.logicalRect, info.physicalSize
             blocks.append(Block(dict(info.coordinate.to_dict()), (rect.x, rect.y, rect.w, rect.h),
                                 (size.w, size.h), bool(info.is_mindex_valid()) and info.mIndex != 0,
@@ -169,7 +174,7 @@ def _scenes_of(path: str, _mtime: int, _size: int) -> Scan:
         with pyczi.open_czi(path) as czi:
             czi.enumerate_subblocks(seen)
             xml = czi.raw_metadata
-    except Exception:  # libCZI cannot read it: bioio-czi reads it, or says why
+    except Exception:  # libCZI cannot read it (or it holds too many subblocks): bioio-czi reads it, or says why
         return Scan(0, [], "", [])
     by_scene: dict[int | None, list[Block]] = {}
     for block in blocks:
