@@ -338,6 +338,12 @@ def test_a_czi_file_converts_exactly_with_its_scaling_and_channel_names(tmp_path
     np.testing.assert_array_equal(zarr.open_array(f"{report.store}/0", mode="r")[...], expected)
 
 
+def _some_region(rng: np.random.Generator, shape: tuple[int, ...]) -> tuple[slice, ...]:
+    """A random non-empty region of an array of ``shape``."""
+    starts = [int(rng.integers(n)) for n in shape]
+    return tuple(slice(a, int(rng.integers(a + 1, n + 1))) for a, n in zip(starts, shape))
+
+
 def test_a_czi_scene_of_one_subblock_per_plane_is_read_plane_by_plane_as_bioio_czi_reads_it(tmp_path):
     """A CZI scene ZEN stores as one subblock per plane is read a plane at a time with libCZI, not through
     bioio-czi's lazy array (one chunk a z-stack): on each kind of such file, every region equals what bioio-czi
@@ -360,12 +366,8 @@ def test_a_czi_scene_of_one_subblock_per_plane_is_read_plane_by_plane_as_bioio_c
             img.set_scene(index)
             np.testing.assert_array_equal(img.get_image_data("TCZYX"), data)
             layout = SourceLayout(reader="bioio_czi", series=index, axes=tuple("tczyx"), stored_axes="tczyx")
-            for _ in range(12):
-                region = []
-                for n in data.shape:
-                    start = int(rng.integers(n))
-                    region.append(slice(start, int(rng.integers(start + 1, n + 1))))
-                np.testing.assert_array_equal(sources.read_region(path, layout, tuple(region)), data[tuple(region)])
+            for region in (_some_region(rng, data.shape) for _ in range(12)):
+                np.testing.assert_array_equal(sources.read_region(path, layout, region), data[region])
             planes = CziPlanes(path, scene)
             reads = []
             original = planes.reader.read
@@ -515,12 +517,8 @@ def test_a_lif_image_is_read_from_its_memory_block_as_bioio_lif_reads_it(tmp_pat
     layout = SourceLayout(reader="bioio_lif", series=0, axes=("c", "z", "y", "x"), stored_axes=axes)
     reference = BioImage(path, reader=bioio_lif.Reader).get_image_data("CZYX")
     rng = np.random.default_rng(3)
-    for _ in range(12):
-        region = []
-        for n in reference.shape:
-            start = int(rng.integers(n))
-            region.append(slice(start, int(rng.integers(start + 1, n + 1))))
-        np.testing.assert_array_equal(sources.read_region(path, layout, tuple(region)), reference[tuple(region)])
+    for region in (_some_region(rng, reference.shape) for _ in range(12)):
+        np.testing.assert_array_equal(sources.read_region(path, layout, region), reference[region])
     reads = []
     original = sources._read_exactly
     sources._read_exactly = lambda fd, target, at, p: (reads.append(len(target)), original(fd, target, at, p))

@@ -37,7 +37,18 @@ class PluginFormat(ReaderFormat):
                 f"{self.package} (pip install 'zarrchive[{self.extra}]'; {self.licence})")
 
 
-class LifFormat(PluginFormat):
+class DescribedAlone(PluginFormat):
+    """A vendor format zarrchive describes without its bioio plugin where it can be sure to say what the plugin
+    would (``LifScenes``, ``CziScenes``): whether the plugin is installed is known without importing it (2-2.4 s:
+    bioio, ome-types' models, xarray, pint, pandas), which a file so described never needs."""
+
+    def check_installed(self, shown_as: str) -> PluginFormat:
+        if importlib.util.find_spec(self.name) is None:
+            raise UnsupportedFormat(shown_as, self.missing())
+        return self
+
+
+class LifFormat(DescribedAlone):
     """Leica LIF. bioio-lif describes the file; its pixels are read as they lie. A LIF image is one memory block of
     uncompressed pixels in C order of liffile's dims, and bioio-lif's lazy array makes a whole z-stack one chunk
     (a task reading one plane would hold the stack). Where the image is such a block (``lif_block``: a
@@ -45,13 +56,6 @@ class LifFormat(PluginFormat):
     C order, no BGR samples), the layout names its stored axes and the pixels are read with a few reads at
     computed offsets (``sources.read_contiguous``); else through bioio-lif. Where ``LifScenes`` can describe the
     file, bioio-lif is not imported at all."""
-
-    def check_installed(self, shown_as: str) -> PluginFormat:
-        """Installed, without importing bioio-lif (2.4 s: bioio, pint, ome-types' models, pandas), which a file
-        ``LifScenes`` describes never needs."""
-        if importlib.util.find_spec(self.name) is None:
-            raise UnsupportedFormat(shown_as, self.missing())
-        return self
 
     def images(self, opened: Any) -> list[Any]:
         scenes = LifScenes.of(opened.path)
@@ -77,19 +81,12 @@ class LifFormat(PluginFormat):
         return ContiguousArray(path, *raw[:3])
 
 
-class CziFormat(PluginFormat):
+class CziFormat(DescribedAlone):
     """Zeiss CZI. bioio-czi describes the file and reads what libCZI cannot read plane by plane. Its lazy array
     makes a whole z-stack one chunk, so a task reading one plane would read, decode and hold the stack. Where a
     scene is one unscaled subblock per plane, all covering the scene (``pixels.czi.CziPlanes.of``), and bioio-czi
     gives it exactly that TCZYX shape and type with no colour samples, its regions are read plane by plane with
     libCZI (``CziPlanes``)."""
-
-    def check_installed(self, shown_as: str) -> PluginFormat:
-        """Installed, without importing bioio-czi (2 s: bioio, ome-types' models, xarray, pandas), which a file
-        ``CziScenes`` describes never needs."""
-        if importlib.util.find_spec(self.name) is None:
-            raise UnsupportedFormat(shown_as, self.missing())
-        return self
 
     def images(self, opened: Any) -> list[Any]:
         """bioio-czi's scenes are those the metadata describes; a file whose subblocks hold more (written by a

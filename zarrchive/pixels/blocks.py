@@ -12,6 +12,27 @@ import itertools
 import numpy as np
 
 
+def index_bounds(index: tuple[int | slice, ...], full: tuple[int, ...]) -> list[tuple[int, int]]:
+    """The start and stop of ``index`` along each axis of an array of shape ``full``: one entry per axis, each an
+    integer inside the axis (counted from its end when negative) or a slice of step 1 selecting something."""
+    if len(index) != len(full):
+        raise IndexError(f"{len(index)} indices for an array of {len(full)} axes {full}")
+    bounds = []
+    for i, n in zip(index, full):
+        if isinstance(i, (int, np.integer)):
+            if not -n <= i < n:
+                raise IndexError(f"index {i} outside an axis of {n}")
+            bounds.append((int(i) % n, int(i) % n + 1))
+        elif isinstance(i, slice) and i.step in (None, 1):
+            a, b, _ = i.indices(n)
+            if b <= a:
+                raise IndexError(f"an empty or reversed slice {i} of an axis of {n}")
+            bounds.append((a, b))
+        else:
+            raise IndexError(f"{i!r}: only integers and slices of step 1 are read")
+    return bounds
+
+
 def chunk_slices(shape: tuple[int, ...], chunks: tuple[int, ...]) -> list[tuple[slice, ...]]:
     """The region of every chunk, in C order of chunk indices."""
     ranges = [range(0, n, c) for n, c in zip(shape, chunks)]

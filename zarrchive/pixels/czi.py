@@ -18,6 +18,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from zarrchive.pixels.blocks import index_bounds
+
 DTYPES = {"Gray8": np.dtype(np.uint8), "Gray16": np.dtype(np.uint16), "Gray32Float": np.dtype(np.float32)}
 PLANE_DIMS = "TCZ"  # the plane coordinates a scene read here may have (besides S, its scene)
 
@@ -34,7 +36,8 @@ class Scene(NamedTuple):
 
 
 class CziPlanes:
-    """Scene ``scene`` of a CZI file as a TCZYX array, indexed as a numpy array is (integers and step-1 slices):
+    """Scene ``scene`` of a CZI file as a TCZYX array, indexed as a numpy array is (integers and step-1 slices,
+    each selecting something: ``blocks.index_bounds``):
     each plane's part of the region is read from its subblock by libCZI. Each thread reads with a libCZI reader
     of its own, which decodes without holding the GIL: threads read at once (``concurrent``)."""
 
@@ -83,32 +86,19 @@ class CziPlanes:
         return found[scene] if 0 <= scene < len(found) else None
 
     def __getitem__(self, index: tuple[int | slice, ...]) -> np.ndarray:
-        if len(index) != 5:
-            raise IndexError(f"{self.path}: {len(index)} indices for a TCZYX array")
-        bounds = []
-        for i, n in zip(index, self.shape):
-            if isinstance(i, (int, np.integer)):
-                if not -n <= i < n:
-                    raise IndexError(f"{self.path}: index {i} out of range for an axis of {n}")
-                bounds.append((int(i) % n, int(i) % n + 1))
-            elif isinstance(i, slice) and i.step in (None, 1):
-                a, b, _ = i.indices(n)
-                bounds.append((a, max(a, b)))
-            else:
-                raise IndexError(f"{self.path}: only integers and step-1 slices index a CZI scene, not {i!r}")
+        bounds = index_bounds(index, self.shape)
         (t0, t1), (c0, c1), (z0, z1), (y0, y1), (x0, x1) = bounds
         out = np.empty([b - a for a, b in bounds], dtype=self.dtype)
-        if out.size:
-            x, y, _w, _h = self.scene.rect
-            roi = (x + x0, y + y0, x1 - x0, y1 - y0)
-            reader = self.reader
-            for t, c, z in itertools.product(range(t0, t1), range(c0, c1), range(z0, z1)):
-                plane = reader.read(roi=roi, plane={"T": t, "C": c, "Z": z}, scene=self.scene.s,
-                                    pixel_type=self.scene.kind)
-                if plane.shape[:2] != (y1 - y0, x1 - x0) or plane.dtype != self.dtype:
-                    raise ValueError(f"{self.path}: libCZI gave {plane.shape} {plane.dtype} pixels for a plane "
-                                     f"region of {(y1 - y0, x1 - x0)} {self.dtype}")
-                out[t - t0, c - c0, z - z0] = plane.reshape(plane.shape[:2])
+        x, y, _w, _h = self.scene.rect
+        roi = (x + x0, y + y0, x1 - x0, y1 - y0)
+        reader = self.reader
+        for t, c, z in itertools.product(range(t0, t1), range(c0, c1), range(z0, z1)):
+            plane = reader.read(roi=roi, plane={"T": t, "C": c, "Z": z}, scene=self.scene.s,
+                                pixel_type=self.scene.kind)
+            if plane.shape[:2] != (y1 - y0, x1 - x0) or plane.dtype != self.dtype:
+                raise ValueError(f"{self.path}: libCZI gave {plane.shape} {plane.dtype} pixels for a plane "
+                                 f"region of {(y1 - y0, x1 - x0)} {self.dtype}")
+            out[t - t0, c - c0, z - z0] = plane.reshape(plane.shape[:2])
         drop = tuple(0 if isinstance(i, (int, np.integer)) else slice(None) for i in index)
         return out[drop]
 

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from zarrchive.errors import Truncated
+from zarrchive.pixels.blocks import index_bounds
 
 
 @dataclass(frozen=True)
@@ -72,7 +73,7 @@ class TiffSegments:
     def read(self, index: tuple[int | slice, ...]) -> np.ndarray:
         """``series[index]`` (an integer or a step-1 slice per axis), as tifffile's Zarr view of it reads."""
         full = tuple(self.frames) + tuple(self.shaped[a] for a in self.page_axes)
-        bounds = _bounds(index, full)
+        bounds = index_bounds(index, full)
         out = np.empty([b - a for a, b in bounds], self.dtype)
         within = [(0, 1)] * 5  # the region inside one page, in ``shaped`` axes
         for axis, bound in zip(self.page_axes, bounds[len(self.frames):]):
@@ -139,27 +140,6 @@ def _segment(key: Any) -> tuple[int, int, int, int]:
     if key.is_tiled:
         return key.tiledepth, key.tilelength, key.tilewidth, samples
     return 1, key.rowsperstrip, key.imagewidth, samples
-
-
-def _bounds(index: tuple[int | slice, ...], full: tuple[int, ...]) -> list[tuple[int, int]]:
-    """The start and stop of ``index`` along each axis of an array of shape ``full``: one entry per axis, each an
-    integer inside the axis (counted from its end when negative) or a slice of step 1 selecting something."""
-    if len(index) != len(full):
-        raise IndexError(f"{len(index)} indices for an array of {len(full)} axes {full}")
-    bounds = []
-    for i, n in zip(index, full):
-        if isinstance(i, (int, np.integer)):
-            if not -n <= i < n:
-                raise IndexError(f"index {i} outside an axis of {n}")
-            bounds.append((int(i) % n, int(i) % n + 1))
-        elif isinstance(i, slice) and i.step in (None, 1):
-            a, b, _ = i.indices(n)
-            if b <= a:
-                raise IndexError(f"an empty or reversed slice {i} of an axis of {n}")
-            bounds.append((a, b))
-        else:
-            raise IndexError(f"{i!r}: only integers and slices of step 1 are read")
-    return bounds
 
 
 def _segments(within: list[tuple[int, int]], shaped: tuple[int, ...], segment: tuple[int, int, int, int],
