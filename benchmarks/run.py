@@ -233,7 +233,8 @@ class Planes:
             self.file = pyczi.CziReader(self.path)
             box = self.file.total_bounding_rectangle
             self.shape = (self.file.total_bounding_box["Z"][1], box.h, box.w)
-            self.dtype = np.dtype(self.file.get_channel_pixel_type(0).replace("Gray", "uint"))
+            self.dtype = np.dtype({"Gray8": np.uint8, "Gray16": np.uint16, "Gray32Float": np.float32}[
+                self.file.get_channel_pixel_type(0)])
             self.read = lambda k0, k1: np.stack([self.file.read(plane={"Z": k, "C": 0, "T": 0})[..., 0]
                                                  for k in range(k0, k1)])
         else:
@@ -321,8 +322,7 @@ def tool_copy_compat(src: str, out: str) -> None:
 
 def _copy(src: str, out: str, compressors: list[Any]) -> None:
     """Two threads, each with a reader of its own (``Planes``: tifffile, h5py for Imaris, liffile for LIF,
-    pylibCZIrw for CZI), copy
-    slabs of planes into one level of Zarr v3."""
+    pylibCZIrw for CZI), copy slabs of planes into one level of Zarr v3."""
     import threading
     from concurrent.futures import ThreadPoolExecutor
 

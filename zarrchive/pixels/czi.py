@@ -5,7 +5,9 @@ and holds every plane of it. ZEN stores a z-stack, a time lapse or a multi-chann
 one subblock per plane, each covering the scene, raw or compressed (zstd, JPEG-XR). Such a scene is read here
 a plane at a time, each plane's part of a region cropped from its subblock by libCZI, the reader bioio-czi's own
 readers wrap. ``CziPlanes.of`` says so only where that is certain; any other scene (a mosaic, a pyramid, colour
-samples, a dimension beyond T, C and Z) is bioio-czi's to read, as before.
+samples, a dimension beyond T, C and Z, planes not counted from 0, a plane missing) is bioio-czi's to read, as
+before, and so is a file of more than ``MOST_SUBBLOCKS``. The same scan of the subblock directory says which
+scenes hold JPEG or JPEG XR subblocks (a lossy source) and how many scenes the file holds.
 """
 
 from __future__ import annotations
@@ -37,9 +39,9 @@ class Scene(NamedTuple):
 
 class CziPlanes:
     """Scene ``scene`` of a CZI file as a TCZYX array, indexed as a numpy array is (integers and step-1 slices,
-    each selecting something: ``blocks.index_bounds``):
-    each plane's part of the region is read from its subblock by libCZI. Each thread reads with a libCZI reader
-    of its own, which decodes without holding the GIL: threads read at once (``concurrent``)."""
+    each selecting something: ``blocks.index_bounds``): each plane's part of the region is read from its subblock
+    by libCZI. Each thread reads with a libCZI reader of its own, which decodes without holding the GIL: threads
+    read at once (``concurrent``)."""
 
     concurrent = True  # (``sources.read_region`` reads it without a lock)
 
