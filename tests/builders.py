@@ -301,7 +301,7 @@ def czi_kinds(tmp_path: Path) -> dict[str, tuple[str, list[np.ndarray]]]:
 
 def jpeg_tables_tiff(path: Path, planes: np.ndarray, tile: tuple[int, int] = (64, 64), photometric: str = "rgb",
                      labelled: int | None = None) -> Path:
-    """A TIFF of JPEG tiles sharing one JPEGTables tag, as Aperio and Hamamatsu scanners write a slide: each tile
+    """A TIFF of JPEG tiles sharing one JPEGTables tag, as Aperio scanners write an SVS slide: each tile
     an abbreviated JPEG stream (no quantisation or Huffman tables of its own), the tables once in the tag.
     ``planes``: (pages, y, x[, 3]) uint8. ``labelled``: a PhotometricInterpretation to write instead of
     tifffile's (2, RGB, as Aperio labels its YCbCr tiles)."""

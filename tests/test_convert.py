@@ -434,22 +434,29 @@ def test_a_czi_scene_not_one_subblock_per_plane_is_left_to_bioio_czi(tmp_path, m
 
     many = czi_file(tmp_path / "many.czi", [(plane(0, z), grey, (0, 0), 0, None) for z in range(4)])
     monkeypatch.setattr(czi, "MOST_SUBBLOCKS", 3)
-    assert CziPlanes.of(many, 0) is None and CziPlanes.held(many) == 0
+    assert CziPlanes.of(many, 0) is None and CziPlanes.held(many) == 1  # (its scenes still counted)
     monkeypatch.setattr(czi, "MOST_SUBBLOCKS", 4)
     czi._scenes_of.cache_clear()
     assert CziPlanes.of(many, 0).shape == (1, 1, 4, 20, 24)
 
 
-def test_a_czi_file_holding_scenes_its_metadata_does_not_describe_is_refused_naming_it(tmp_path, settings):
+@pytest.mark.parametrize("most", [250_000, 1])
+def test_a_czi_file_holding_scenes_its_metadata_does_not_describe_is_refused_naming_it(tmp_path, settings,
+                                                                                       monkeypatch, most):
     """bioio-czi's scenes are those the metadata describes: a file whose subblocks hold two scenes, described as
-    one, would lose the second; it is refused, naming the file and why, and nothing is archived from it."""
+    one, would lose the second; it is refused, naming the file and why, and nothing is archived from it; a file
+    of more subblocks than are recorded too (its scenes are counted from every subblock)."""
     pytest.importorskip("bioio_czi", reason="the CZI reader plugin (zarrchive[czi]) is not installed")
     from zarrchive.pixels.czi import CziPlanes
 
     grey = random_image((20, 24), "uint16")
     path = czi_file(tmp_path / "two.czi", [({"C": 0, "Z": 0, "T": 0}, grey, (0, 0), 0, None),
                                           ({"C": 0, "Z": 0, "T": 0}, grey[:8], (100, 50), 1, None)])
-    assert CziPlanes.held(path) == 2 and CziPlanes.of(path, 1).rect == (100, 50, 24, 8)
+    from zarrchive.pixels import czi
+
+    monkeypatch.setattr(czi, "MOST_SUBBLOCKS", most)
+    assert CziPlanes.held(path) == 2 and (CziPlanes.of(path, 1).rect == (100, 50, 24, 8) if most > 1 else
+                                          CziPlanes.of(path, 1) is None)
     with pytest.raises(InputError) as err:
         convert_file(staged(Path(path), "raw/two.czi"), None, str(tmp_path / "w"), settings.convert)
     assert err.value.file == "raw/two.czi" and "2 scenes" in err.value.reason and "describes 1" in err.value.reason

@@ -596,10 +596,11 @@ def test_a_czi_file_described_from_its_subblocks_and_metadata_is_described_as_bi
     assert alone["undescribed.czi"][0] == "error" and "2 scenes" in alone["undescribed.czi"][2]
 
 
-def test_a_czi_of_jpeg_or_jpeg_xr_subblocks_is_reported_as_a_lossy_source(tmp_path, settings):
+def test_a_czi_of_jpeg_or_jpeg_xr_subblocks_is_reported_as_a_lossy_source(tmp_path, settings, monkeypatch):
     """ZEN stores JPEG XR subblocks (lossy unless set to lossless), slide scanners JPEG: such a scene is
     reported as a lossy source, named by its compression (as a TIFF of such tiles is); raw and zstd ones are not;
-    in a file of two scenes, only the scene that holds them."""
+    in a file of two scenes, only the scene that holds them; in a file whose S indices leave a gap (which
+    bioio-czi counts otherwise), every scene; in a file of more subblocks than are recorded, still."""
     pytest.importorskip("bioio_czi", reason="the CZI reader plugin (zarrchive[czi]) is not installed")
     from builders import czi_declaring_compression, czi_file
 
@@ -616,6 +617,14 @@ def test_a_czi_of_jpeg_or_jpeg_xr_subblocks_is_reported_as_a_lossy_source(tmp_pa
     assert [found["lossy"] for found, _layout in _described(Path(two), settings)] == [None, None]
     czi_declaring_compression(two, 4, scene=1)
     assert [found["lossy"] for found, _layout in _described(Path(two), settings)] == [None, "JPEGXR"]
+    gap = czi_file(tmp_path / "gap.czi", [(plane, grey, (0, 0), s, None) for s in (0, 2)], scenes=3)
+    czi_declaring_compression(gap, 1, scene=2)
+    assert [found["lossy"] for found, _layout in _described(Path(gap), settings)] == ["JPEG"] * 3
+    from zarrchive.pixels import czi
+
+    monkeypatch.setattr(czi, "MOST_SUBBLOCKS", 0)
+    czi._scenes_of.cache_clear()
+    assert [found["lossy"] for found, _layout in _described(kinds["jpegxr"], settings)] == ["JPEGXR"]
 
 
 def test_converting_a_czi_z_stack_imports_no_bioio(tmp_path):

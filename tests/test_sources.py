@@ -193,7 +193,7 @@ def test_a_series_strips_and_tiles_read_in_the_calling_thread_are_tifffile_s_pix
 
 @pytest.mark.parametrize("kind", ["grey", "RGB as YCbCr", "RGB labelled RGB"])
 def test_jpeg_tiles_sharing_one_table_as_slide_scanners_write_them_are_read_as_tifffile_reads_them(tmp_path, kind):
-    """Aperio and Hamamatsu scanners write JPEG tiles that share one JPEGTables tag, each tile an abbreviated
+    """Aperio scanners write an SVS slide as JPEG tiles sharing one JPEGTables tag, each tile an abbreviated
     stream without tables. Read segment by segment, every region is what tifffile's Zarr view reads, and the pixels
     are the source's within JPEG's error: grey pages, RGB stored as YCbCr, and RGB tiles labelled RGB (Aperio's)."""
     from builders import jpeg_tables_tiff

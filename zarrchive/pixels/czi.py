@@ -6,8 +6,9 @@ one subblock per plane, each covering the scene, raw or compressed (zstd, JPEG-X
 a plane at a time, each plane's part of a region cropped from its subblock by libCZI, the reader bioio-czi's own
 readers wrap. ``CziPlanes.of`` says so only where that is certain; any other scene (a mosaic, a pyramid, colour
 samples, a dimension beyond T, C and Z, planes not counted from 0, a plane missing) is bioio-czi's to read, as
-before, and so is a file of more than ``MOST_SUBBLOCKS``. The same scan of the subblock directory says which
-scenes hold JPEG or JPEG XR subblocks (a lossy source) and how many scenes the file holds.
+before, and so is a file of more than ``MOST_SUBBLOCKS``. The same scan of the subblock directory says, for every
+file libCZI reads however many subblocks it holds, which scenes hold JPEG or JPEG XR subblocks (a lossy source)
+and how many scenes the file holds.
 """
 
 from __future__ import annotations
@@ -83,12 +84,17 @@ class CziPlanes:
 
     @staticmethod
     def lossy(path: str, scene: int) -> str | None:
-        """The lossy compression (JPEG, JPEG XR) any subblock of the scene was stored with, if one was."""
-        found = _scenes(path).lossy
-        return found[scene] if 0 <= scene < len(found) else None
+        """The lossy compression (JPEG, JPEG XR) a subblock of scene ``scene`` (bioio-czi's index) was stored
+        with, if one was. Where the S indices are 0, 1, … a scene is its S index; else (gaps, or no S dimension,
+        which bioio-czi may still count scenes in) any subblock of the file counts for every scene."""
+        scan = _scenes(path)
+        return scan.lossy.get(scene) if scan.numbered else next(iter(scan.lossy.values()), None)
 
     def __getitem__(self, index: tuple[int | slice, ...]) -> np.ndarray:
-        bounds = index_bounds(index, self.shape)
+        try:
+            bounds = index_bounds(index, self.shape)
+        except IndexError as exc:
+            raise IndexError(f"{self.path}: {exc}") from None
         (t0, t1), (c0, c1), (z0, z1), (y0, y1), (x0, x1) = bounds
         out = np.empty([b - a for a, b in bounds], dtype=self.dtype)
         x, y, _w, _h = self.scene.rect
@@ -114,8 +120,9 @@ class CziPlanes:
 _LOCK = threading.Lock()  # one scan of a file's subblocks at a time (each scan is cached)
 _READERS = threading.Lock()
 LOSSY = {"Jpg": "JPEG", "JpgXr": "JPEGXR"}  # subblock compressions that are lossy in practice (as in a TIFF)
-MOST_SUBBLOCKS = 250_000  # scanned at most (a slide scanner's mosaic and pyramid hold tens of thousands); a file of
-# more is bioio-czi's to describe and read: its scan would hold a few hundred bytes of Python for each
+MOST_SUBBLOCKS = 250_000  # subblocks recorded at most (a slide scanner's mosaic and pyramid hold tens of thousands):
+# a file of more is bioio-czi's to describe and read, as a record holds a few hundred bytes of Python; its scenes and
+# their lossy compressions are still counted from every subblock
 
 
 class Block(NamedTuple):
@@ -133,9 +140,11 @@ class Scan(NamedTuple):
     """What a file's subblock directory says of its scenes."""
 
     held: int  # scenes the subblocks hold (their distinct S indices; 1 without any; 0: libCZI cannot read it)
-    scenes: list[Scene | None]  # each S index's scene, where those are 0, 1, … (None: not one subblock a plane)
+    scenes: list[Scene | None]  # each S index's scene, where those are 0, 1, … (None: not one subblock a plane);
+    #                             none for a file of more than ``MOST_SUBBLOCKS``
     xml: str  # the metadata
-    lossy: list[str | None]  # each scene's lossy compression, where S indices are 0, 1, …; else the file's
+    lossy: dict[int | None, str]  # the lossy compression of each S index that has one (None: no S dimension)
+    numbered: bool  # the S indices are 0, 1, … (a scene of bioio-czi's is then its S index)
 
 
 def _scenes(path: str) -> Scan:
@@ -147,38 +156,41 @@ def _scenes(path: str) -> Scan:
 @functools.lru_cache(maxsize=8)
 def _scenes_of(path: str, _mtime: int, _size: int) -> Scan:
     """The file's scenes, in order of their S index (one scene when the file has no S dimension); none where the S
-    indices are not 0, 1, … (bioio-czi counts scenes so), nothing for a file libCZI does not read or of more than
-    ``MOST_SUBBLOCKS``."""
+    indices are not 0, 1, … (bioio-czi counts scenes so) or the file holds more than ``MOST_SUBBLOCKS`` (then only
+    its S indices and their compressions are kept, not each subblock); nothing for a file libCZI does not read."""
     try:
         from pylibCZIrw import czi as pyczi
 
         blocks: list[Block] = []
+        held: set[int | None] = set()
+        lossy: dict[int | None, str] = {}
 
         def seen(_index: int, info: Any) -> bool:
-            if len(blocks) >= MOST_SUBBLOCKS:
-                raise OverflowError(f"more than {MOST_SUBBLOCKS:,} subblocks")
-            rect, size = info.logicalRect, info.physicalSize
-            blocks.append(Block(dict(info.coordinate.to_dict()), (rect.x, rect.y, rect.w, rect.h),
-                                (size.w, size.h), bool(info.is_mindex_valid()) and info.mIndex != 0,
-                                str(info.pixelType).split(".")[-1], str(info.get_compression_mode()).split(".")[-1]))
+            coordinate = dict(info.coordinate.to_dict())
+            compression = str(info.get_compression_mode()).split(".")[-1]
+            held.add(coordinate.get("S"))
+            if compression in LOSSY:
+                lossy.setdefault(coordinate.get("S"), LOSSY[compression])
+            if len(blocks) <= MOST_SUBBLOCKS:  # (one more than the most: the file is then left to bioio-czi)
+                rect, size = info.logicalRect, info.physicalSize
+                blocks.append(Block(coordinate, (rect.x, rect.y, rect.w, rect.h), (size.w, size.h),
+                                    bool(info.is_mindex_valid()) and info.mIndex != 0,
+                                    str(info.pixelType).split(".")[-1], compression))
             return True
 
         with pyczi.open_czi(path) as czi:
             czi.enumerate_subblocks(seen)
             xml = czi.raw_metadata
-    except Exception:  # libCZI cannot read it (or it holds too many subblocks): bioio-czi reads it, or says why
-        return Scan(0, [], "", [])
+    except Exception:  # libCZI cannot read it: bioio-czi reads it, or says why
+        return Scan(0, [], "", {}, False)
+    keys = sorted(held, key=lambda s: -1 if s is None else s)
+    numbered = keys == list(range(len(keys)))
+    if len(blocks) > MOST_SUBBLOCKS or (keys != [None] and not numbered):
+        return Scan(len(keys), [], xml, lossy, numbered)
     by_scene: dict[int | None, list[Block]] = {}
     for block in blocks:
         by_scene.setdefault(block.coordinate.get("S"), []).append(block)
-    keys = sorted(by_scene, key=lambda s: -1 if s is None else s)
-
-    def lossy(of: list[Block]) -> str | None:
-        return next((LOSSY[b.compression] for b in of if b.compression in LOSSY), None)
-
-    if keys != [None] and keys != list(range(len(keys))):
-        return Scan(len(keys), [], xml, [lossy(blocks)] * len(keys))
-    return Scan(len(keys), [_scene(s, by_scene[s]) for s in keys], xml, [lossy(by_scene[s]) for s in keys])
+    return Scan(len(keys), [_scene(s, by_scene[s]) for s in keys], xml, lossy, numbered)
 
 
 def _scene(s: int | None, blocks: list[Block]) -> Scene | None:
