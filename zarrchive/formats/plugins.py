@@ -47,6 +47,18 @@ class DescribedAlone(PluginFormat):
             raise UnsupportedFormat(shown_as, self.missing())
         return self
 
+    def stand_in(self, path: str) -> Scenes | None:
+        """The file described without the plugin; None where that is not certain."""
+        raise NotImplementedError
+
+    def images(self, opened: Any) -> list[Any]:
+        scenes = self.stand_in(opened.path)
+        if scenes is None:  # the plugin describes it: importable, or refused naming the plugin
+            PluginFormat.check_installed(self, opened.shown_as)
+            return super().images(opened)
+        self.check_declared(opened)
+        return self.scenes(opened, None, img=scenes, names=list(scenes.scenes))
+
 
 class LifFormat(DescribedAlone):
     """Leica LIF. bioio-lif describes the file; its pixels are read as they lie. A LIF image is one memory block of
@@ -57,13 +69,8 @@ class LifFormat(DescribedAlone):
     computed offsets (``sources.read_contiguous``); else through bioio-lif. Where ``LifScenes`` can describe the
     file, bioio-lif is not imported at all."""
 
-    def images(self, opened: Any) -> list[Any]:
-        scenes = LifScenes.of(opened.path)
-        if scenes is None:  # bioio-lif describes it: importable, or refused naming the plugin
-            PluginFormat.check_installed(self, opened.shown_as)
-            return super().images(opened)
-        self.check_declared(opened)
-        return self.scenes(opened, None, img=scenes, names=list(scenes.scenes))
+    def stand_in(self, path: str) -> Scenes | None:
+        return LifScenes.of(path)
 
     def layout(self, opened: Any, img: Any, index: int, samples: bool, position: int) -> dict[str, Any]:
         fields = super().layout(opened, img, index, samples, position)
@@ -88,16 +95,15 @@ class CziFormat(DescribedAlone):
     gives it exactly that TCZYX shape and type with no colour samples, its regions are read plane by plane with
     libCZI (``CziPlanes``)."""
 
+    def stand_in(self, path: str) -> Scenes | None:
+        return CziScenes.of(path)
+
     def images(self, opened: Any) -> list[Any]:
         """bioio-czi's scenes are those the metadata describes; a file whose subblocks hold more (written by a
-        tool that describes none) is refused, naming it, rather than archived without them."""
+        tool that describes none) is refused, naming it, rather than archived without them (``CziScenes`` stands
+        in only where they are the same)."""
         from zarrchive.pixels.czi import CziPlanes
 
-        scenes = CziScenes.of(opened.path)
-        if scenes is not None:
-            self.check_declared(opened)
-            return self.scenes(opened, None, img=scenes, names=list(scenes.scenes))
-        PluginFormat.check_installed(self, opened.shown_as)  # bioio-czi describes it: importable, or refused
         found = super().images(opened)
         held = CziPlanes.held(opened.path)
         if held > len(found):
@@ -245,9 +251,10 @@ class CziScenes(Scenes):
     def of(cls, path: str) -> CziScenes | None:
         import xml.etree.ElementTree as ET
 
-        from zarrchive.pixels.czi import CziPlanes
+        from zarrchive.pixels.czi import scan as czi_scan
 
-        found, text = CziPlanes.every(path)
+        scan = czi_scan(path)
+        found, text = scan.scenes, scan.xml
         if not found or any(scene is None for scene in found) or len({scene.dtype for scene in found}) != 1:
             return None  # (bioio-czi gives every scene the file's one pixel type)
         try:

@@ -67,28 +67,22 @@ class CziPlanes:
     @classmethod
     def of(cls, path: str, scene: int) -> Scene | None:
         """Scene ``scene`` (bioio-czi's index) of the file as one subblock per plane; None where it is not."""
-        scenes = _scenes(path).scenes
+        scenes = scan(path).scenes
         return scenes[scene] if 0 <= scene < len(scenes) else None
 
     @staticmethod
     def held(path: str) -> int:
         """How many scenes the file's subblocks hold (their distinct S indices; 1 without any; 0 for a file
         libCZI does not read)."""
-        return _scenes(path).held
-
-    @staticmethod
-    def every(path: str) -> tuple[list[Scene | None], str]:
-        """Every scene of the file (none where its S indices are not 0, 1, …) and its metadata XML."""
-        scan = _scenes(path)
-        return scan.scenes, scan.xml
+        return scan(path).held
 
     @staticmethod
     def lossy(path: str, scene: int) -> str | None:
         """The lossy compression (JPEG, JPEG XR) a subblock of scene ``scene`` (bioio-czi's index) was stored
         with, if one was. Where the S indices are 0, 1, … a scene is its S index; else (gaps, or no S dimension,
         which bioio-czi may still count scenes in) any subblock of the file counts for every scene."""
-        scan = _scenes(path)
-        return scan.lossy.get(scene) if scan.numbered else next(iter(scan.lossy.values()), None)
+        found = scan(path)
+        return found.lossy.get(scene) if found.numbered else next(iter(found.lossy.values()), None)
 
     def __getitem__(self, index: tuple[int | slice, ...]) -> np.ndarray:
         try:
@@ -147,7 +141,8 @@ class Scan(NamedTuple):
     numbered: bool  # the S indices are 0, 1, … (a scene of bioio-czi's is then its S index)
 
 
-def _scenes(path: str) -> Scan:
+def scan(path: str) -> Scan:
+    """What the file's subblock directory says (``Scan``): scanned once while the file stays the same."""
     stat = os.stat(path)
     with _LOCK:
         return _scenes_of(path, stat.st_mtime_ns, stat.st_size)
